@@ -1,0 +1,5 @@
+//! sea-orm entities of attache's tables. Plain data: no GraphQL or HTTP derives here.
+
+pub mod attachment;
+pub mod direct_upload;
+pub mod storage_deletion;

@@ -1,0 +1,20 @@
+//! Database migrations, applied by `attache db migrate` and at `attache serve` startup.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_attachments;
+mod m20261125_000002_create_storage_deletions;
+mod m20261125_000003_create_direct_uploads;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261125_000001_create_attachments::Migration),
+            Box::new(m20261125_000002_create_storage_deletions::Migration),
+            Box::new(m20261125_000003_create_direct_uploads::Migration),
+        ]
+    }
+}

@@ -1,0 +1,76 @@
+//! [`App`]: everything a request, a command or a test needs, built once from
+//! [`Config`] by the same code path everywhere.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::Semaphore;
+
+use crate::auth::{JwtVerifier, LinkSigner, TokenMinter};
+use crate::collections::Collections;
+use crate::config::{Config, ConfigError, Secret};
+use crate::storage::Storage;
+
+pub struct App {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub storage: Storage,
+    pub verifier: JwtVerifier,
+    /// Present in development mode only: mints the token `serve` prints.
+    pub dev_minter: Option<TokenMinter>,
+    pub links: LinkSigner,
+    pub collections: Collections,
+    /// Origin of every absolute URL attache hands out, without a trailing `/`.
+    pub public_base_url: String,
+    /// Bounds the upload requests read into memory at once.
+    pub upload_permits: Semaphore,
+}
+
+pub type SharedApp = Arc<App>;
+
+impl App {
+    /// Validates the configuration, connects to the database and builds storage.
+    /// Migrations and the storage probe are the caller's to run.
+    pub async fn build(config: Config, public_base_url: String) -> Result<App, ConfigError> {
+        config.validate()?;
+        let collections = Collections::load(config.collections_file.as_deref())?;
+        let (verifier, dev_minter) = match JwtVerifier::from_config(&config.auth)? {
+            Some(verifier) => (verifier, None),
+            None => {
+                let secret = random_secret();
+                let verifier = JwtVerifier::hmac(secret.expose().as_bytes(), &config.auth);
+                (verifier, Some(TokenMinter::new(&secret, &config.auth)))
+            }
+        };
+        let links = match &config.urls.signing_key {
+            Some(key) => LinkSigner::new(key.expose().as_bytes()),
+            None => {
+                tracing::warn!(
+                    "SIGNING_KEY is not set: signed links use a random key and die at restart"
+                );
+                LinkSigner::new(random_secret().expose().as_bytes())
+            }
+        };
+        let storage = Storage::from_config(&config.storage)?;
+        let db = crate::db::connect(&config.database.database_url).await?;
+        let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
+        Ok(App {
+            db,
+            storage,
+            verifier,
+            dev_minter,
+            links,
+            collections,
+            public_base_url,
+            upload_permits: Semaphore::new(permits),
+            config,
+        })
+    }
+}
+
+fn random_secret() -> Secret {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+        .parse()
+        .unwrap_or_else(|_| unreachable!("a hex string is never empty"))
+}

@@ -1,0 +1,281 @@
+//! Direct uploads (SPEC 6): the client declares a file, PUTs its bytes to a presigned
+//! S3 URL (or attache's signed upload route on fs), then asks attache to complete it.
+//! Completion reads the object back and runs the same checks as every other upload;
+//! a mismatch removes the object. Unfinished uploads expire and are swept.
+
+use bytes::Bytes;
+use chrono::Utc;
+use entity::{attachment, direct_upload};
+use futures::Stream;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::attachments::upload::{self, Draft, Target, ValidUpload, sanitize_filename};
+use crate::auth::Principal;
+use crate::auth::link::{LinkFault, LinkPurpose};
+use crate::error::{AppError, AppResult};
+use crate::media::MediaType;
+use crate::storage::{StorageKey, StreamWriteError};
+use crate::urls;
+
+/// What the client declares before sending the bytes.
+pub struct Declaration<'a> {
+    pub filename: &'a str,
+    pub content_type: &'a str,
+    pub byte_size: i64,
+    pub sha256: &'a str,
+}
+
+/// An announced direct upload: where to PUT and with which headers.
+pub struct Announced {
+    pub id: Uuid,
+    pub upload_url: String,
+    pub headers: Vec<(String, String)>,
+    pub expires_at: chrono::DateTime<Utc>,
+}
+
+/// Checks the declaration as far as it can be before the bytes exist, records it and
+/// returns the URL to PUT to.
+pub async fn announce(
+    app: &App,
+    principal: &Principal,
+    target: Target,
+    declared: Declaration<'_>,
+) -> AppResult<Announced> {
+    let limit = target
+        .collection
+        .max_bytes
+        .min(app.config.limits.max_upload_bytes);
+    let byte_size = u64::try_from(declared.byte_size).unwrap_or(0);
+    if byte_size == 0 {
+        return Err(AppError::bad_input("byteSize must be positive"));
+    }
+    if byte_size > limit {
+        return Err(AppError::PayloadTooLarge(format!(
+            "byteSize {byte_size} exceeds the {limit} bytes `{}` accepts",
+            target.owner_type
+        )));
+    }
+    let media = MediaType::from_mime(declared.content_type)
+        .filter(|media| target.collection.accept.contains(media))
+        .ok_or_else(|| {
+            AppError::UnsupportedMediaType(format!(
+                "`{}` does not accept this contentType",
+                target.owner_type
+            ))
+        })?;
+    let sha256 = upload::parse_sha256(declared.sha256)?;
+    let id = Uuid::now_v7();
+    let key = StorageKey::for_attachment(
+        &target.collection.key,
+        &principal.tenant,
+        target.owner_id.as_ref(),
+        id,
+        media,
+    );
+    let ttl = app.config.url_ttl();
+    let now = Utc::now();
+    let expires_at =
+        now + chrono::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2));
+    let (upload_url, mut headers) = match app.storage.presign_write(&key, ttl, media.mime()).await?
+    {
+        Some(presigned) => (presigned.url, presigned.headers),
+        None => (
+            urls::upload_link(app, id, principal.tenant.as_str(), ttl),
+            Vec::new(),
+        ),
+    };
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        headers.push(("Content-Type".to_owned(), media.mime().to_owned()));
+    }
+    direct_upload::Model {
+        id,
+        tenant_id: principal.tenant.to_string(),
+        owner_type: target.owner_type,
+        owner_id: target.owner_id.map(|owner| owner.to_string()),
+        filename: sanitize_filename(declared.filename),
+        content_type: media.mime().to_owned(),
+        byte_size: declared.byte_size,
+        sha256,
+        storage_key: key.into_string(),
+        created_by: principal.subject.clone(),
+        created_at: now,
+        expires_at,
+    }
+    .into_active_model()
+    .reset_all()
+    .insert(&app.db)
+    .await?;
+    Ok(Announced {
+        id,
+        upload_url,
+        headers,
+        expires_at,
+    })
+}
+
+/// attache's signed upload route on fs: checks the link, then streams the body into
+/// storage, refusing more bytes than were declared.
+pub async fn receive<S, E>(
+    app: &App,
+    id: Uuid,
+    expires: i64,
+    signature: &str,
+    body: S,
+) -> AppResult<()>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let now = Utc::now().timestamp();
+    if expires < now {
+        return Err(AppError::Forbidden("this upload link has expired".into()));
+    }
+    let pending = direct_upload::Entity::find_by_id(id)
+        .one(&app.db)
+        .await?
+        .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
+    match app.links.verify(
+        LinkPurpose::Upload,
+        id,
+        &pending.tenant_id,
+        expires,
+        signature,
+        now,
+    ) {
+        Ok(()) => {}
+        Err(LinkFault::Expired) => {
+            return Err(AppError::Forbidden("this upload link has expired".into()));
+        }
+        Err(LinkFault::BadSignature) => {
+            return Err(AppError::Forbidden("invalid link signature".into()));
+        }
+    }
+    let key = StorageKey::from_stored(pending.storage_key);
+    let declared = u64::try_from(pending.byte_size).unwrap_or_default();
+    match app.storage.put_stream(&key, body, declared).await {
+        Ok(_) => Ok(()),
+        Err(StreamWriteError::TooLarge) => Err(AppError::PayloadTooLarge(format!(
+            "the body exceeds the declared {declared} bytes"
+        ))),
+        Err(StreamWriteError::Body(reason)) => Err(AppError::bad_input(reason)),
+        Err(StreamWriteError::Storage(err))
+            if err.kind() == opendal::ErrorKind::ConditionNotMatch =>
+        {
+            Err(AppError::bad_input(
+                "this direct upload has already received its file",
+            ))
+        }
+        Err(StreamWriteError::Storage(err)) => Err(err.into()),
+    }
+}
+
+/// Reads the uploaded object back, checks it against the declaration with the checks
+/// of every upload, and turns it into an attachment. A mismatch removes the object.
+pub async fn complete(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
+    let pending = direct_upload::Entity::find_by_id(id)
+        .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
+        .one(&app.db)
+        .await?
+        .filter(|pending| pending.expires_at > Utc::now())
+        .ok_or_else(|| AppError::NotFound("no such direct upload, or it has expired".into()))?;
+    let key = StorageKey::from_stored(pending.storage_key.clone());
+    let declared = u64::try_from(pending.byte_size).unwrap_or_default();
+    let stored = app
+        .storage
+        .size(&key)
+        .await?
+        .ok_or_else(|| AppError::bad_input("no file has been uploaded to uploadUrl yet"))?;
+    let checked = if stored == declared {
+        let bytes = app.storage.read_all(&key).await?;
+        Target::resolve(
+            &app.collections,
+            &pending.owner_type,
+            pending.owner_id.as_deref(),
+        )
+        .and_then(|target| {
+            let draft = Draft {
+                filename: &pending.filename,
+                declared_type: Some(&pending.content_type),
+                sha256: Some(&pending.sha256),
+                bytes,
+            };
+            ValidUpload::check(target, draft, app.config.limits.max_upload_bytes)
+        })
+    } else {
+        Err(AppError::bad_input(format!(
+            "the uploaded file has {stored} bytes, not the declared {declared}"
+        )))
+    };
+    let valid = match checked {
+        Ok(valid) => valid,
+        Err(err) => {
+            discard(app, &pending).await;
+            return Err(err);
+        }
+    };
+    let row = attachment::Model {
+        id: pending.id,
+        tenant_id: pending.tenant_id.clone(),
+        owner_type: pending.owner_type.clone(),
+        owner_id: pending.owner_id.clone(),
+        filename: pending.filename.clone(),
+        content_type: valid.media.mime().to_owned(),
+        byte_size: pending.byte_size,
+        sha256: valid.sha256,
+        storage_key: pending.storage_key.clone(),
+        created_by: principal.subject.clone(),
+        created_at: Utc::now(),
+    };
+    let txn = app.db.begin().await?;
+    let claimed = direct_upload::Entity::delete_by_id(pending.id)
+        .exec(&txn)
+        .await?;
+    if claimed.rows_affected == 0 {
+        return Err(AppError::NotFound(
+            "no such direct upload, or it has expired".into(),
+        ));
+    }
+    row.clone()
+        .into_active_model()
+        .reset_all()
+        .insert(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// Removes a refused or expired direct upload: its object, then its row.
+async fn discard(app: &App, pending: &direct_upload::Model) {
+    let key = StorageKey::from_stored(pending.storage_key.clone());
+    if let Err(err) = app.storage.delete(&key).await {
+        tracing::warn!(key = %key, error = %err, "cannot remove a refused direct upload's object yet");
+        return;
+    }
+    if let Err(err) = direct_upload::Entity::delete_by_id(pending.id)
+        .exec(&app.db)
+        .await
+    {
+        tracing::warn!(id = %pending.id, error = %err, "cannot remove a refused direct upload's row yet");
+    }
+}
+
+/// Removes direct uploads whose link expired without completion.
+pub async fn expire(app: &App) -> AppResult<()> {
+    let expired = direct_upload::Entity::find()
+        .filter(direct_upload::Column::ExpiresAt.lt(Utc::now()))
+        .limit(500)
+        .all(&app.db)
+        .await?;
+    for pending in &expired {
+        discard(app, pending).await;
+    }
+    Ok(())
+}

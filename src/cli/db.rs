@@ -1,0 +1,31 @@
+//! `attache db migrate`: applies the database migrations.
+
+use clap::{Args, Subcommand};
+
+use crate::config::DatabaseConfig;
+
+#[derive(Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    command: DbCommand,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply pending database migrations.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+pub async fn run(args: DbArgs) -> anyhow::Result<()> {
+    match args.command {
+        DbCommand::Migrate { database } => {
+            let db = crate::db::connect(&database.database_url).await?;
+            crate::db::migrate(&db).await?;
+            println!("database migrations applied");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `attache serve`: bind, build the app, migrate, probe storage, then serve until
+//! SIGTERM or Ctrl-C. Without a JWT key it prints a development token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::ids::SafeId;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// How often failed object removals are retried and expired direct uploads swept.
+const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.listen_addr))?;
+    let base_url = config.public_base_url(listener.local_addr()?)?;
+    let app = Arc::new(App::build(config, base_url).await?);
+    crate::db::migrate(&app.db)
+        .await
+        .context("DATABASE_URL: applying database migrations failed")?;
+    app.storage.startup_check(&app.config.storage).await?;
+    warn_unavailable(&app.config);
+    if let Some(minter) = &app.dev_minter {
+        let tenant = SafeId::parse("dev").context("the dev tenant id")?;
+        let token = minter.mint(&tenant, "dev", Duration::from_secs(24 * 3600), None)?;
+        println!(
+            "WARNING: neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE is set: development mode, \
+             tokens are signed with a key that dies with this process.\n\
+             Development token for tenant `dev`, valid 24 h:\n\n{token}\n\n\
+             Playground: {}/graphql (HTTP header: Authorization: Bearer <token>)\n",
+            app.public_base_url
+        );
+    }
+    tokio::spawn(crate::attachments::maintain_forever(
+        app.clone(),
+        MAINTENANCE_PERIOD,
+    ));
+    tracing::info!(url = %format!("{}/graphql", app.public_base_url), "attache is listening");
+    crate::http::serve(listener, app, shutdown_signal()).await?;
+    tracing::info!("attache stopped");
+    Ok(())
+}
+
+/// Settings this version accepts but does not act on yet, said out loud.
+fn warn_unavailable(config: &Config) {
+    if !config.webhook_urls.is_empty() {
+        tracing::warn!("WEBHOOK_URLS is set, but this version does not deliver events yet");
+    }
+    if config.auto_migrate_storage {
+        tracing::warn!(
+            "AUTO_MIGRATE_STORAGE is set, but this version has no storage migration yet"
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            () = terminate => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,45 @@
+//! `attache token`: mints a client token with the configured `JWT_SECRET`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::auth::TokenMinter;
+use crate::config::AuthConfig;
+use crate::ids::SafeId;
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// Tenant the token is for.
+    #[arg(long)]
+    tenant: String,
+    /// Subject (`sub`): who acts.
+    #[arg(long, default_value = "attache-cli")]
+    sub: String,
+    /// Lifetime, such as 1h, 30m or 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Space-separated scopes, such as "attachments:read"; none: every scope.
+    #[arg(long)]
+    scope: Option<String>,
+    #[command(flatten)]
+    auth: AuthConfig,
+}
+
+pub fn run(args: TokenArgs) -> anyhow::Result<()> {
+    let secret = args
+        .auth
+        .jwt_secret
+        .as_ref()
+        .context("JWT_SECRET: required to mint tokens (tokens of a JWT_PUBLIC_KEY_FILE come from your identity provider)")?;
+    let tenant = SafeId::parse(&args.tenant).context("--tenant must match [A-Za-z0-9_-]{1,64}")?;
+    let token = TokenMinter::new(secret, &args.auth).mint(
+        &tenant,
+        &args.sub,
+        args.ttl,
+        args.scope.as_deref(),
+    )?;
+    println!("{token}");
+    Ok(())
+}

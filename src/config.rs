@@ -1,0 +1,259 @@
+//! Typed settings: every one an environment variable and the same-named flag (SPEC 2).
+//! Secrets are wrapped in [`Secret`] so that no `Debug` print shows them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// A misconfiguration found at startup: one line that names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            variable,
+            message: message.into(),
+        }
+    }
+}
+
+/// A string that never appears in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(Self(value.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// SQLite (`sqlite://file.db?mode=rwc`) or PostgreSQL (`postgres://...`) URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://attache.db?mode=rwc",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageBackend {
+    Fs,
+    S3,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// Where files live: `fs` (local disk) or `s3` (an S3-compatible bucket).
+    #[arg(long, env = "STORAGE_BACKEND", value_enum, default_value = "fs")]
+    pub storage_backend: StorageBackend,
+    /// Root folder of the `fs` backend (and the source of `storage migrate`).
+    #[arg(long, env = "STORAGE_ROOT", default_value = "./uploads")]
+    pub storage_root: PathBuf,
+    /// Bucket name; required when STORAGE_BACKEND=s3.
+    #[arg(long, env = "S3_BUCKET_NAME")]
+    pub s3_bucket_name: Option<String>,
+    /// Endpoint of an S3-compatible service (default: AWS).
+    #[arg(long, env = "S3_ENDPOINT_URL")]
+    pub s3_endpoint_url: Option<String>,
+    /// Region (`auto` for Cloudflare R2).
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Access key id; when both keys are unset, the ambient AWS configuration is used.
+    #[arg(long, env = "S3_ACCESS_KEY", hide_env_values = true)]
+    pub s3_access_key: Option<Secret>,
+    /// Secret access key.
+    #[arg(long, env = "S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<Secret>,
+    /// Key prefix inside the bucket, joined with `/`.
+    #[arg(long, env = "S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UrlMode {
+    Signed,
+    Public,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UrlConfig {
+    /// `signed`: presigned S3 URLs or signed download links; `public`: unsigned URLs.
+    #[arg(long, env = "URL_MODE", value_enum, default_value = "signed")]
+    pub url_mode: UrlMode,
+    /// Base of unsigned URLs on s3 when URL_MODE=public (custom domain, CDN, public R2 URL).
+    #[arg(long, env = "S3_PUBLIC_BASE_URL")]
+    pub s3_public_base_url: Option<String>,
+    /// Lifetime of a signed URL, in seconds.
+    #[arg(long, env = "URL_TTL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub url_ttl_seconds: u64,
+    /// HMAC key for signed links; random at startup when unset (links then die at restart).
+    #[arg(long, env = "SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// HS256 secret for client tokens.
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key_file"
+    )]
+    pub jwt_secret: Option<Secret>,
+    /// PEM public key for RS256 / ES256 / EdDSA tokens (instead of JWT_SECRET).
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, checked when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, checked when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Claim that names the tenant.
+    #[arg(long, env = "TENANT_CLAIM", default_value = "tenant_id")]
+    pub tenant_claim: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Largest decoded file accepted; a collection's own limit applies when lower.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 10 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload_bytes: u64,
+    /// Largest GraphQL request body [default: ceil(MAX_UPLOAD_BYTES*4/3) + 1 MiB].
+    #[arg(long, env = "MAX_REQUEST_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_request_bytes: Option<u64>,
+    /// Most files in one `uploadAttachments`.
+    #[arg(long, env = "MAX_BATCH_FILES", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_batch_files: u64,
+    /// Upload requests read and processed at once; more wait their turn (bounds memory).
+    #[arg(long, env = "MAX_CONCURRENT_UPLOADS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_concurrent_uploads: u64,
+}
+
+impl LimitsConfig {
+    pub fn request_bytes(&self) -> u64 {
+        self.max_request_bytes
+            .unwrap_or_else(|| self.max_upload_bytes.div_ceil(3) * 4 + 1024 * 1024)
+    }
+}
+
+/// Everything `attache serve` needs; commands flatten the parts they use.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// HTTP listen address.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// Origin used to build absolute URLs [default: http://<LISTEN_ADDR>].
+    #[arg(long, env = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    #[command(flatten)]
+    pub urls: UrlConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+    /// Comma-separated origins allowed by CORS; unset: no CORS headers.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+    /// Comma-separated receivers of events (not delivered by this version yet).
+    #[arg(long, env = "WEBHOOK_URLS", value_delimiter = ',')]
+    pub webhook_urls: Vec<String>,
+    /// Standard Webhooks signing secret (`whsec_...`).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+    /// With s3, copy not-yet-migrated local files in the background at startup (not in this version yet).
+    #[arg(long, env = "AUTO_MIGRATE_STORAGE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auto_migrate_storage: bool,
+    /// TOML file replacing the built-in collections.
+    #[arg(long, env = "COLLECTIONS_FILE")]
+    pub collections_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// The origin of absolute URLs: PUBLIC_BASE_URL, else the address actually bound.
+    pub fn public_base_url(&self, bound: SocketAddr) -> Result<String, ConfigError> {
+        match &self.public_base_url {
+            Some(url) => {
+                let trimmed = url.trim_end_matches('/');
+                if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+                    return Err(ConfigError::new(
+                        "PUBLIC_BASE_URL",
+                        "must start with http:// or https://",
+                    ));
+                }
+                Ok(trimmed.to_owned())
+            }
+            None if bound.ip().is_unspecified() => Ok(format!("http://localhost:{}", bound.port())),
+            None => Ok(format!("http://{bound}")),
+        }
+    }
+
+    /// Rules that span several variables; clap already checked each value alone.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let storage = &self.storage;
+        if storage.storage_backend == StorageBackend::S3 {
+            if storage.s3_bucket_name.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::new(
+                    "S3_BUCKET_NAME",
+                    "required when STORAGE_BACKEND=s3",
+                ));
+            }
+            if storage.s3_access_key.is_some() != storage.s3_secret_key.is_some() {
+                let missing = if storage.s3_access_key.is_none() {
+                    "S3_ACCESS_KEY"
+                } else {
+                    "S3_SECRET_KEY"
+                };
+                return Err(ConfigError::new(
+                    missing,
+                    "S3_ACCESS_KEY and S3_SECRET_KEY go together",
+                ));
+            }
+            if self.urls.url_mode == UrlMode::Public && self.urls.s3_public_base_url.is_none() {
+                return Err(ConfigError::new(
+                    "S3_PUBLIC_BASE_URL",
+                    "required when URL_MODE=public and STORAGE_BACKEND=s3",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn url_ttl(&self) -> Duration {
+        Duration::from_secs(self.urls.url_ttl_seconds)
+    }
+}

@@ -1,0 +1,124 @@
+//! The one error type of request paths, mapped once to a GraphQL `extensions.code`
+//! and to an HTTP status. Messages are for people and never carry internals: the
+//! cause chain of storage and database failures is logged, not returned.
+
+use async_graphql::ErrorExtensions;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadUserInput(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    ChecksumMismatch(String),
+    #[error("storage is unavailable, try again later")]
+    StorageUnavailable(#[source] opendal::Error),
+    #[error("internal server error")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("internal server error")]
+    Internal(#[source] anyhow::Error),
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+impl AppError {
+    pub fn not_found() -> Self {
+        Self::NotFound("attachment not found".into())
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::BadUserInput(message.into())
+    }
+
+    /// The stable code clients switch on (SPEC 6).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::BadUserInput(_) => "BAD_USER_INPUT",
+            Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            Self::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
+            Self::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",
+            Self::Database(_) | Self::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadUserInput(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ChecksumMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Logs what the client will not see: the cause of server-side failures.
+    fn log(&self) {
+        match self {
+            Self::StorageUnavailable(source) => tracing::error!(error = %source, "storage failure"),
+            Self::Database(source) => tracing::error!(error = %source, "database failure"),
+            Self::Internal(source) => {
+                tracing::error!(error = format!("{source:#}"), "internal failure")
+            }
+            _ => {}
+        }
+    }
+
+    /// A GraphQL-shaped body for HTTP answers that never reach the executor (413, 400).
+    pub fn graphql_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "errors": [{ "message": self.to_string(), "extensions": { "code": self.code() } }]
+        })
+    }
+}
+
+impl From<opendal::Error> for AppError {
+    fn from(error: opendal::Error) -> Self {
+        if error.kind() == opendal::ErrorKind::NotFound {
+            Self::not_found()
+        } else {
+            Self::StorageUnavailable(error)
+        }
+    }
+}
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        self.log();
+        async_graphql::Error::new(self.to_string())
+            .extend_with(|_, ext| ext.set("code", self.code()))
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let mut response = (status, self.to_string()).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

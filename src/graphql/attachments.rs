@@ -1,0 +1,399 @@
+//! The attachment domain of the schema: the `Attachment` type, its queries and its
+//! mutations. Resolvers parse input and call `crate::attachments`; they import
+//! neither sea-orm nor OpenDAL.
+
+use std::io::Read;
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{
+    Context, ErrorExtensions, ID, InputObject, Object, ResultExt, SimpleObject, Upload,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use entity::attachment;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::attachments::{self, Draft, Target, ValidUpload, direct, upload};
+use crate::auth::{Access, Principal};
+use crate::error::{AppError, AppResult};
+use crate::graphql::context::{app, principal};
+use crate::urls;
+
+/// Largest page of `attachments`.
+const MAX_PAGE: i32 = 100;
+
+pub struct Attachment(attachment::Model);
+
+#[Object]
+impl Attachment {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn owner_type(&self) -> &str {
+        &self.0.owner_type
+    }
+
+    async fn owner_id(&self) -> Option<&str> {
+        self.0.owner_id.as_deref()
+    }
+
+    async fn filename(&self) -> &str {
+        &self.0.filename
+    }
+
+    async fn content_type(&self) -> &str {
+        &self.0.content_type
+    }
+
+    async fn byte_size(&self) -> i64 {
+        self.0.byte_size
+    }
+
+    async fn sha256(&self) -> &str {
+        &self.0.sha256
+    }
+
+    /// Absolute URL a browser can GET without headers: presigned S3 URL, public URL, or signed download link.
+    async fn url(
+        &self,
+        ctx: &Context<'_>,
+        ttl_seconds: Option<i32>,
+    ) -> async_graphql::Result<String> {
+        let app = app(ctx)?;
+        let ttl = urls::clamp_ttl(app, ttl_seconds.map(i64::from));
+        urls::browser_url(app, &self.0, ttl).await.extend()
+    }
+
+    /// Absolute URL of the authenticated download route (needs the bearer token).
+    async fn download_url(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
+        Ok(urls::download_url(app(ctx)?, self.0.id))
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+
+    async fn created_by(&self) -> &str {
+        &self.0.created_by
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct AttachmentTotal {
+    /// How many attachments match, on every page.
+    total_count: u64,
+}
+
+type AttachmentConnection = Connection<String, Attachment, AttachmentTotal>;
+
+#[derive(Default)]
+pub struct AttachmentQuery;
+
+#[Object]
+impl AttachmentQuery {
+    /// One attachment of the caller's tenant; null when missing or another tenant's.
+    async fn attachment(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<Attachment>> {
+        let principal = principal(ctx, Access::Read)?;
+        let Ok(id) = Uuid::parse_str(&id) else {
+            return Ok(None);
+        };
+        let found = attachments::find(app(ctx)?, &principal.tenant, id)
+            .await
+            .extend()?;
+        Ok(found.map(Attachment))
+    }
+
+    /// Newest first. Relay cursor pagination; first is at most 100.
+    async fn attachments(
+        &self,
+        ctx: &Context<'_>,
+        owner_type: String,
+        owner_id: Option<String>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<AttachmentConnection> {
+        let principal = principal(ctx, Access::Read)?;
+        let app = app(ctx)?;
+        let page = list(
+            app,
+            principal,
+            &owner_type,
+            owner_id.as_deref(),
+            first,
+            after.as_deref(),
+        )
+        .await
+        .extend()?;
+        let mut connection = Connection::with_additional_fields(
+            after.is_some(),
+            page.has_next_page,
+            AttachmentTotal {
+                total_count: page.total_count,
+            },
+        );
+        connection.edges.extend(
+            page.rows
+                .into_iter()
+                .map(|row| Edge::new(encode_cursor(row.id), Attachment(row))),
+        );
+        Ok(connection)
+    }
+}
+
+async fn list(
+    app: &App,
+    principal: &Principal,
+    owner_type: &str,
+    owner_id: Option<&str>,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> AppResult<attachments::Page> {
+    let target = Target::filter(&app.collections, owner_type, owner_id)?;
+    let first = first.unwrap_or(20);
+    if !(0..=MAX_PAGE).contains(&first) {
+        return Err(AppError::bad_input(format!(
+            "first must be between 0 and {MAX_PAGE}"
+        )));
+    }
+    let after = after.map(decode_cursor).transpose()?;
+    attachments::list(app, &principal.tenant, &target, first as u64, after).await
+}
+
+fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> AppResult<Uuid> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .ok_or_else(|| AppError::bad_input("invalid cursor"))
+}
+
+#[derive(InputObject)]
+pub struct UploadAttachmentInput {
+    owner_type: String,
+    owner_id: Option<String>,
+    filename: String,
+    content_type: Option<String>,
+    base64: String,
+    sha256: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct UploadAttachmentFileInput {
+    owner_type: String,
+    owner_id: Option<String>,
+    file: Upload,
+    sha256: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct DirectUploadInput {
+    owner_type: String,
+    owner_id: Option<String>,
+    filename: String,
+    content_type: String,
+    byte_size: i64,
+    sha256: String,
+}
+
+#[derive(SimpleObject)]
+pub struct DirectUpload {
+    id: ID,
+    /// PUT the file's bytes here, with `headers`.
+    upload_url: String,
+    headers: Vec<HttpHeader>,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(SimpleObject)]
+pub struct HttpHeader {
+    name: String,
+    value: String,
+}
+
+impl UploadAttachmentInput {
+    /// SPEC 4 in order: owner type, base64, then the checks of [`ValidUpload::check`].
+    fn validate(self, app: &App) -> AppResult<ValidUpload> {
+        let target = Target::resolve(&app.collections, &self.owner_type, self.owner_id.as_deref())?;
+        let bytes = upload::decode_base64(self.base64)?;
+        let draft = Draft {
+            filename: &self.filename,
+            declared_type: self.content_type.as_deref(),
+            sha256: self.sha256.as_deref(),
+            bytes,
+        };
+        ValidUpload::check(target, draft, app.config.limits.max_upload_bytes)
+    }
+}
+
+#[derive(Default)]
+pub struct AttachmentMutation;
+
+#[Object]
+impl AttachmentMutation {
+    async fn upload_attachment(
+        &self,
+        ctx: &Context<'_>,
+        input: UploadAttachmentInput,
+    ) -> async_graphql::Result<Attachment> {
+        let principal = principal(ctx, Access::Write)?;
+        let app = app(ctx)?;
+        let upload = input.validate(app).extend()?;
+        store_one(app, principal, upload).await
+    }
+
+    /// All or nothing: either every file is stored or none is.
+    async fn upload_attachments(
+        &self,
+        ctx: &Context<'_>,
+        input: Vec<UploadAttachmentInput>,
+    ) -> async_graphql::Result<Vec<Attachment>> {
+        let principal = principal(ctx, Access::Write)?;
+        let app = app(ctx)?;
+        let most = app.config.limits.max_batch_files;
+        if input.len() as u64 > most {
+            return Err(
+                AppError::bad_input(format!("at most {most} files per uploadAttachments")).extend(),
+            );
+        }
+        let mut uploads = Vec::with_capacity(input.len());
+        for (index, file) in input.into_iter().enumerate() {
+            let upload = file.validate(app).map_err(|err| {
+                let mut error = err.extend().extend_with(|_, ext| ext.set("index", index));
+                error.message = format!("file {index}: {}", error.message);
+                error
+            })?;
+            uploads.push(upload);
+        }
+        let rows = attachments::create(app, principal, uploads)
+            .await
+            .extend()?;
+        Ok(rows.into_iter().map(Attachment).collect())
+    }
+
+    /// Stores a file sent as a part of a `multipart/form-data` request.
+    async fn upload_attachment_file(
+        &self,
+        ctx: &Context<'_>,
+        input: UploadAttachmentFileInput,
+    ) -> async_graphql::Result<Attachment> {
+        let principal = principal(ctx, Access::Write)?;
+        let app = app(ctx)?;
+        let file = input
+            .file
+            .value(ctx)
+            .map_err(|_| AppError::bad_input("the file part is missing").extend())?;
+        let target = Target::resolve(
+            &app.collections,
+            &input.owner_type,
+            input.owner_id.as_deref(),
+        )
+        .extend()?;
+        let size = file.size().unwrap_or(0);
+        let bytes = read_part(file.content, size, app.config.limits.max_upload_bytes).extend()?;
+        let draft = Draft {
+            filename: &file.filename,
+            declared_type: file.content_type.as_deref(),
+            sha256: input.sha256.as_deref(),
+            bytes,
+        };
+        let upload =
+            ValidUpload::check(target, draft, app.config.limits.max_upload_bytes).extend()?;
+        store_one(app, principal, upload).await
+    }
+
+    /// Announces a file the client will PUT to `uploadUrl` itself.
+    async fn create_direct_upload(
+        &self,
+        ctx: &Context<'_>,
+        input: DirectUploadInput,
+    ) -> async_graphql::Result<DirectUpload> {
+        let principal = principal(ctx, Access::Write)?;
+        let app = app(ctx)?;
+        let target = Target::resolve(
+            &app.collections,
+            &input.owner_type,
+            input.owner_id.as_deref(),
+        )
+        .extend()?;
+        let declaration = direct::Declaration {
+            filename: &input.filename,
+            content_type: &input.content_type,
+            byte_size: input.byte_size,
+            sha256: &input.sha256,
+        };
+        let announced = direct::announce(app, principal, target, declaration)
+            .await
+            .extend()?;
+        Ok(DirectUpload {
+            id: ID(announced.id.to_string()),
+            upload_url: announced.upload_url,
+            headers: announced
+                .headers
+                .into_iter()
+                .map(|(name, value)| HttpHeader { name, value })
+                .collect(),
+            expires_at: announced.expires_at,
+        })
+    }
+
+    /// Checks the uploaded file against its declaration and creates the attachment.
+    async fn complete_direct_upload(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Attachment> {
+        let principal = principal(ctx, Access::Write)?;
+        let id = Uuid::parse_str(&id)
+            .map_err(|_| AppError::NotFound("no such direct upload".into()).extend())?;
+        let row = direct::complete(app(ctx)?, principal, id).await.extend()?;
+        Ok(Attachment(row))
+    }
+
+    /// Deletes the row and the stored file; returns the id.
+    async fn delete_attachment(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ID> {
+        let principal = principal(ctx, Access::Write)?;
+        let id = Uuid::parse_str(&id).map_err(|_| AppError::not_found().extend())?;
+        let deleted = attachments::delete(app(ctx)?, &principal.tenant, id)
+            .await
+            .extend()?;
+        Ok(ID(deleted.to_string()))
+    }
+}
+
+async fn store_one(
+    app: &App,
+    principal: &Principal,
+    upload: ValidUpload,
+) -> async_graphql::Result<Attachment> {
+    let mut rows = attachments::create(app, principal, vec![upload])
+        .await
+        .extend()?;
+    rows.pop()
+        .map(Attachment)
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("create returned no row")).extend())
+}
+
+/// Reads a multipart file part, refusing it before reading when it is too large.
+fn read_part(mut file: std::fs::File, size: u64, max_upload_bytes: u64) -> AppResult<Vec<u8>> {
+    if size > max_upload_bytes {
+        return Err(AppError::PayloadTooLarge(format!(
+            "the file has {size} bytes; at most {max_upload_bytes} are accepted"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or_default());
+    file.read_to_end(&mut bytes).map_err(|err| {
+        AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"))
+    })?;
+    Ok(bytes)
+}

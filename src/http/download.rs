@@ -1,0 +1,252 @@
+//! `GET`/`HEAD /api/attachments/{id}/download` (bearer token or signed link) and
+//! `/media/{key}` (public URLs on fs). Streams from storage with Range, ETag and a
+//! safe Content-Disposition; never holds a file in memory.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use entity::attachment;
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::attachments;
+use crate::auth::Access;
+use crate::auth::link::{LinkFault, LinkPurpose};
+use crate::config::UrlMode;
+use crate::disposition::content_disposition;
+use crate::error::{AppError, AppResult};
+use crate::http::{AppState, bearer_token};
+use crate::media::MediaType;
+
+#[derive(Deserialize)]
+pub struct DownloadParams {
+    expires: Option<i64>,
+    signature: Option<String>,
+    inline: Option<String>,
+}
+
+impl DownloadParams {
+    fn inline(&self) -> bool {
+        matches!(self.inline.as_deref(), Some("1" | "true"))
+    }
+}
+
+pub async fn by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<DownloadParams>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let app = &state.app;
+    let found = match authorize(app, &id, &params, &headers).await {
+        Ok(row) => row,
+        Err(err) => return err.into_response(),
+    };
+    respond(app, found, &method, &headers, params.inline())
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A signed link when the query carries one, else the bearer token.
+async fn authorize(
+    app: &App,
+    id: &str,
+    params: &DownloadParams,
+    headers: &HeaderMap,
+) -> AppResult<attachment::Model> {
+    let id = Uuid::parse_str(id).map_err(|_| AppError::not_found())?;
+    if params.expires.is_some() || params.signature.is_some() {
+        let (Some(expires), Some(signature)) = (params.expires, params.signature.as_deref()) else {
+            return Err(AppError::Forbidden("incomplete signed link".into()));
+        };
+        let now = chrono::Utc::now().timestamp();
+        if expires < now {
+            return Err(AppError::Forbidden("this link has expired".into()));
+        }
+        let row = attachments::find_for_signed_link(app, id)
+            .await?
+            .ok_or_else(AppError::not_found)?;
+        return match app.links.verify(
+            LinkPurpose::Download,
+            id,
+            &row.tenant_id,
+            expires,
+            signature,
+            now,
+        ) {
+            Ok(()) => Ok(row),
+            Err(LinkFault::Expired) => Err(AppError::Forbidden("this link has expired".into())),
+            Err(LinkFault::BadSignature) => {
+                Err(AppError::Forbidden("invalid link signature".into()))
+            }
+        };
+    }
+    let token = bearer_token(headers).ok_or_else(|| {
+        AppError::Unauthenticated(
+            "an `Authorization: Bearer <token>` header or a signed link is required".into(),
+        )
+    })?;
+    let principal = app.verifier.verify(token)?;
+    principal.require(Access::Read)?;
+    attachments::find(app, &principal.tenant, id)
+        .await?
+        .ok_or_else(AppError::not_found)
+}
+
+/// Public URLs on fs (`URL_MODE=public`): no authentication, by storage key.
+pub async fn by_key(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Query(params): Query<DownloadParams>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let app = &state.app;
+    if app.config.urls.url_mode != UrlMode::Public {
+        return AppError::not_found().into_response();
+    }
+    let found = match attachments::find_by_key(app, &key).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return AppError::not_found().into_response(),
+        Err(err) => return err.into_response(),
+    };
+    respond(app, found, &method, &headers, params.inline())
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+enum RangeRequest {
+    Full,
+    Partial(std::ops::Range<u64>),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range of RFC 9110; several ranges or a malformed header are served whole.
+fn parse_range(value: &str, size: u64) -> RangeRequest {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((start, end)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let (start, end) = (start.trim(), end.trim());
+    match (start.parse::<u64>(), end.parse::<u64>()) {
+        (Ok(start), _) if start >= size => RangeRequest::Unsatisfiable,
+        (Ok(start), Ok(end)) if end >= start => {
+            RangeRequest::Partial(start..end.saturating_add(1).min(size))
+        }
+        (Ok(start), Err(_)) if end.is_empty() => RangeRequest::Partial(start..size),
+        (Err(_), Ok(0)) if start.is_empty() => RangeRequest::Unsatisfiable,
+        (Err(_), Ok(suffix)) if start.is_empty() => {
+            RangeRequest::Partial(size.saturating_sub(suffix)..size)
+        }
+        _ => RangeRequest::Full,
+    }
+}
+
+fn etag_matches(header_value: &str, etag: &str) -> bool {
+    header_value
+        .split(',')
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == "*" || tag == etag)
+}
+
+async fn respond(
+    app: &App,
+    row: attachment::Model,
+    method: &Method,
+    request: &HeaderMap,
+    inline: bool,
+) -> AppResult<Response> {
+    let size = u64::try_from(row.byte_size).unwrap_or_default();
+    let etag = format!("\"{}\"", row.sha256);
+    let inline =
+        inline && MediaType::from_mime(&row.content_type).is_some_and(MediaType::is_inline_safe);
+    let mut response = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, "private")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(
+            header::LAST_MODIFIED,
+            row.created_at
+                .format("%a, %d %b %Y %H:%M:%S GMT")
+                .to_string(),
+        );
+    let header_text =
+        |name: header::HeaderName| request.get(name).and_then(|value| value.to_str().ok());
+    if header_text(header::IF_NONE_MATCH).is_some_and(|value| etag_matches(value, &etag)) {
+        return build(response.status(StatusCode::NOT_MODIFIED), Body::empty());
+    }
+    let range_applies = header_text(header::IF_RANGE).is_none_or(|value| value.trim() == etag);
+    let range = match header_text(header::RANGE) {
+        Some(value) if range_applies => parse_range(value, size),
+        _ => RangeRequest::Full,
+    };
+    let (status, range) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0..size),
+        RangeRequest::Partial(range) => {
+            let content_range = format!("bytes {}-{}/{size}", range.start, range.end - 1);
+            response = response.header(header::CONTENT_RANGE, content_range);
+            (StatusCode::PARTIAL_CONTENT, range)
+        }
+        RangeRequest::Unsatisfiable => {
+            let response = response
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"));
+            return build(response, Body::empty());
+        }
+    };
+    let content_type = HeaderValue::from_str(&row.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    let response = response
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, range.end - range.start)
+        .header(
+            header::CONTENT_DISPOSITION,
+            content_disposition(&row.filename, inline),
+        );
+    if method == Method::HEAD {
+        return build(response, Body::empty());
+    }
+    let stream = attachments::read(app, &row, range).await?;
+    build(response, Body::from_stream(stream))
+}
+
+fn build(builder: axum::http::response::Builder, body: Body) -> AppResult<Response> {
+    builder.body(body).map_err(|err| {
+        AppError::Internal(anyhow::Error::new(err).context("building a download response"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_single_byte_ranges() {
+        let check = |value: &str| match parse_range(value, 100) {
+            RangeRequest::Full => "full".to_owned(),
+            RangeRequest::Partial(range) => format!("{}..{}", range.start, range.end),
+            RangeRequest::Unsatisfiable => "416".to_owned(),
+        };
+        assert_eq!(check("bytes=0-9"), "0..10");
+        assert_eq!(check("bytes=90-"), "90..100");
+        assert_eq!(check("bytes=-10"), "90..100");
+        assert_eq!(check("bytes=-1000"), "0..100");
+        assert_eq!(check("bytes=95-1000"), "95..100");
+        assert_eq!(check("bytes=100-"), "416");
+        assert_eq!(check("bytes=-0"), "416");
+        assert_eq!(check("bytes=0-1,5-6"), "full");
+        assert_eq!(check("items=0-1"), "full");
+        assert_eq!(check("bytes=9-3"), "full");
+    }
+}

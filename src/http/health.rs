@@ -1,0 +1,41 @@
+//! `/healthz`: the process answers. `/readyz`: the database and storage answer too.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::http::AppState;
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = state.app.db.ping().await.map_err(|err| err.to_string());
+    let storage = state
+        .app
+        .storage
+        .ping()
+        .await
+        .map_err(|err| err.to_string());
+    let describe = |result: &Result<(), String>| match result {
+        Ok(()) => "ok",
+        Err(_) => "unavailable",
+    };
+    for (part, result) in [("database", &database), ("storage", &storage)] {
+        if let Err(err) = result {
+            tracing::warn!(part, error = %err, "not ready");
+        }
+    }
+    let status = if database.is_ok() && storage.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "database": describe(&database), "storage": describe(&storage) })),
+    )
+}

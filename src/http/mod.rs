@@ -1,0 +1,96 @@
+//! The HTTP surface: `/graphql`, the download route, `/media` (public URLs on fs),
+//! health checks. [`router`] builds it; [`serve`] runs it until shutdown.
+
+mod download;
+mod graphql;
+mod health;
+mod uploads;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::routing::{get, put};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::app::SharedApp;
+use crate::graphql::AppSchema;
+
+/// What every handler receives.
+#[derive(Clone)]
+pub struct AppState {
+    pub app: SharedApp,
+    pub schema: AppSchema,
+}
+
+pub fn router(app: SharedApp) -> Router {
+    let schema = crate::graphql::schema(app.clone());
+    let cors = cors_layer(&app.config.cors_allowed_origins);
+    let state = AppState { app, schema };
+    let router = Router::new()
+        .route("/graphql", get(graphql::handle).post(graphql::handle))
+        .route("/api/attachments/{id}/download", get(download::by_id))
+        .route("/api/uploads/{id}", put(uploads::put))
+        .route("/media/{*key}", get(download::by_key))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
+        .layer(TraceLayer::new_for_http());
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins only; none configured, no CORS headers at all.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .map(|origin| origin.trim())
+        .filter(|origin| !origin.is_empty())
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::HEAD,
+                axum::http::Method::PUT,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::RANGE,
+                header::IF_NONE_MATCH,
+                header::HeaderName::from_static("apollo-require-preflight"),
+                header::HeaderName::from_static("x-apollo-operation-name"),
+            ])
+            .expose_headers([
+                header::CONTENT_DISPOSITION,
+                header::CONTENT_RANGE,
+                header::ETAG,
+            ]),
+    )
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: SharedApp,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

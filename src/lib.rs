@@ -1,0 +1,19 @@
+//! attache: a GraphQL API server that keeps the file attachments of multi-tenant
+//! business applications. Data flows one way: request -> auth -> validation ->
+//! storage -> database.
+
+pub mod app;
+pub mod attachments;
+pub mod auth;
+pub mod cli;
+pub mod collections;
+pub mod config;
+pub mod db;
+pub mod disposition;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod ids;
+pub mod media;
+pub mod storage;
+pub mod urls;

@@ -1,0 +1,168 @@
+//! The file types attache accepts, detected from the bytes (magic numbers), never
+//! trusted from the client's declaration.
+
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaType {
+    Pdf,
+    Png,
+    Jpeg,
+    Gif,
+    Webp,
+    Docx,
+    Xlsx,
+    Odt,
+    Ods,
+    Txt,
+    Csv,
+}
+
+impl MediaType {
+    pub const ALL: [MediaType; 11] = [
+        Self::Pdf,
+        Self::Png,
+        Self::Jpeg,
+        Self::Gif,
+        Self::Webp,
+        Self::Docx,
+        Self::Xlsx,
+        Self::Odt,
+        Self::Ods,
+        Self::Txt,
+        Self::Csv,
+    ];
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Pdf => "application/pdf",
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Gif => "image/gif",
+            Self::Webp => "image/webp",
+            Self::Docx => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            Self::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            Self::Odt => "application/vnd.oasis.opendocument.text",
+            Self::Ods => "application/vnd.oasis.opendocument.spreadsheet",
+            Self::Txt => "text/plain",
+            Self::Csv => "text/csv",
+        }
+    }
+
+    /// The canonical extension, with its dot (SPEC 3).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Pdf => ".pdf",
+            Self::Png => ".png",
+            Self::Jpeg => ".jpg",
+            Self::Gif => ".gif",
+            Self::Webp => ".webp",
+            Self::Docx => ".docx",
+            Self::Xlsx => ".xlsx",
+            Self::Odt => ".odt",
+            Self::Ods => ".ods",
+            Self::Txt => ".txt",
+            Self::Csv => ".csv",
+        }
+    }
+
+    /// Types a browser may show inline without risk (`?inline=1`).
+    pub fn is_inline_safe(self) -> bool {
+        matches!(
+            self,
+            Self::Pdf | Self::Png | Self::Jpeg | Self::Gif | Self::Webp
+        )
+    }
+
+    fn is_text(self) -> bool {
+        matches!(self, Self::Txt | Self::Csv)
+    }
+
+    /// The type a stored `Content-Type` names.
+    pub fn from_mime(mime: &str) -> Option<Self> {
+        let essence = mime
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let canonical = match essence.as_str() {
+            "image/jpg" | "image/pjpeg" => "image/jpeg",
+            "application/x-pdf" => "application/pdf",
+            other => other,
+        };
+        Self::ALL.into_iter().find(|kind| kind.mime() == canonical)
+    }
+
+    /// Detects the type from the bytes. Text has no magic number: valid UTF-8 without
+    /// NUL is text, and csv when the declared type or the filename says so.
+    pub fn detect(bytes: &[u8], declared: Option<&str>, filename: &str) -> Option<Self> {
+        if let Some(found) = infer::get(bytes) {
+            return Self::from_mime(found.mime_type()).filter(|kind| !kind.is_text());
+        }
+        let text = std::str::from_utf8(bytes).is_ok_and(|text| !text.contains('\0'));
+        if !text {
+            return None;
+        }
+        let says_csv = declared.and_then(Self::from_mime) == Some(Self::Csv)
+            || filename.to_ascii_lowercase().ends_with(".csv");
+        Some(if says_csv { Self::Csv } else { Self::Txt })
+    }
+
+    /// Whether a client's declared `contentType` contradicts the detected type.
+    /// `application/octet-stream` declares nothing; the two text types are compatible.
+    pub fn contradicts(self, declared: &str) -> bool {
+        let essence = declared.split(';').next().unwrap_or_default().trim();
+        if essence.is_empty() || essence.eq_ignore_ascii_case("application/octet-stream") {
+            return false;
+        }
+        match Self::from_mime(essence) {
+            Some(kind) => kind != self && !(kind.is_text() && self.is_text()),
+            None => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MediaType;
+
+    #[test]
+    fn detects_from_bytes_not_names() {
+        assert_eq!(
+            MediaType::detect(b"%PDF-1.4\n%...", None, "x.png"),
+            Some(MediaType::Pdf)
+        );
+        assert_eq!(
+            MediaType::detect(b"a,b\n1,2\n", None, "x.csv"),
+            Some(MediaType::Csv)
+        );
+        assert_eq!(
+            MediaType::detect(b"a,b\n", Some("text/csv"), "x"),
+            Some(MediaType::Csv)
+        );
+        assert_eq!(
+            MediaType::detect(b"hello", None, "x.pdf"),
+            Some(MediaType::Txt)
+        );
+        assert_eq!(
+            MediaType::detect(&[0xff, 0xfe, 0x00, 0x01], None, "x.txt"),
+            None
+        );
+        assert_eq!(
+            MediaType::detect(b"MZ\x90\x00\x03\x00\x00\x00", None, "x.txt"),
+            None
+        );
+    }
+
+    #[test]
+    fn declarations_contradict_only_when_they_name_another_type() {
+        assert!(!MediaType::Pdf.contradicts("application/pdf"));
+        assert!(!MediaType::Jpeg.contradicts("image/jpg"));
+        assert!(!MediaType::Csv.contradicts("text/plain; charset=utf-8"));
+        assert!(!MediaType::Pdf.contradicts("application/octet-stream"));
+        assert!(MediaType::Txt.contradicts("application/pdf"));
+        assert!(MediaType::Png.contradicts("image/svg+xml"));
+    }
+}

@@ -1,0 +1,153 @@
+//! [`StorageKey`] is the only place that builds object keys; [`KeyTemplate`] is a
+//! collection's layout, checked when it is loaded so no key can escape its tenant.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::ids::SafeId;
+use crate::media::MediaType;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Tenant,
+    Owner,
+    Id,
+    Ext,
+}
+
+/// A parsed key template such as `{tenant}/contracts/{owner}/{id}{ext}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyTemplate {
+    parts: Vec<Part>,
+}
+
+impl KeyTemplate {
+    pub fn parse(template: &str) -> Result<Self, String> {
+        if !template.starts_with("{tenant}/") {
+            return Err(
+                "must start with `{tenant}/`, so that each tenant's files stay apart".into(),
+            );
+        }
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('{') {
+                let end = after.find('}').ok_or("has an unclosed `{`")?;
+                parts.push(match &after[..end] {
+                    "tenant" => Part::Tenant,
+                    "owner" => Part::Owner,
+                    "id" => Part::Id,
+                    "ext" => Part::Ext,
+                    other => return Err(format!("has an unknown placeholder `{{{other}}}`")),
+                });
+                rest = &after[end + 1..];
+            } else {
+                let end = rest.find('{').unwrap_or(rest.len());
+                let literal = &rest[..end];
+                let safe = literal
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'/' | b'.'));
+                if !safe || literal.contains("..") || literal.contains("//") {
+                    return Err(format!("has an unsafe literal `{literal}`"));
+                }
+                parts.push(Part::Literal(literal.to_owned()));
+                rest = &rest[end..];
+            }
+        }
+        if !parts.contains(&Part::Id) {
+            return Err("must contain `{id}`, so that keys never collide".into());
+        }
+        if template.ends_with('/') {
+            return Err("must not end with `/`".into());
+        }
+        Ok(Self { parts })
+    }
+
+    /// Whether the layout has a folder per owner record, so `ownerId` is required.
+    pub fn needs_owner(&self) -> bool {
+        self.parts.contains(&Part::Owner)
+    }
+}
+
+/// A relative object key, valid on every backend (like Django's FileField name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StorageKey(String);
+
+impl StorageKey {
+    /// The key of a new attachment. `owner` must be given when the template needs it.
+    pub fn for_attachment(
+        template: &KeyTemplate,
+        tenant: &SafeId,
+        owner: Option<&SafeId>,
+        id: Uuid,
+        media: MediaType,
+    ) -> Self {
+        let mut key = String::new();
+        for part in &template.parts {
+            match part {
+                Part::Literal(text) => key.push_str(text),
+                Part::Tenant => key.push_str(tenant.as_str()),
+                Part::Owner => key.push_str(owner.map(SafeId::as_str).unwrap_or("_")),
+                Part::Id => key.push_str(&id.to_string()),
+                Part::Ext => key.push_str(media.extension()),
+            }
+        }
+        Self(key)
+    }
+
+    /// A key read back from the database.
+    pub fn from_stored(key: String) -> Self {
+        Self(key)
+    }
+
+    /// The key of a short-lived object written by `storage check` and `/readyz`.
+    pub fn probe() -> Self {
+        Self(format!(".attache-probe/{}", Uuid::now_v7()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for StorageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_collection_layout() {
+        let template = KeyTemplate::parse("{tenant}/contracts/{owner}/{id}{ext}").expect("valid");
+        let tenant = SafeId::parse("acme").expect("valid");
+        let owner = SafeId::parse("c-1").expect("valid");
+        let id = Uuid::nil();
+        let key = StorageKey::for_attachment(&template, &tenant, Some(&owner), id, MediaType::Pdf);
+        assert_eq!(key.as_str(), format!("acme/contracts/c-1/{id}.pdf"));
+        assert!(template.needs_owner());
+    }
+
+    #[test]
+    fn refuses_templates_that_could_escape_or_collide() {
+        for bad in [
+            "contracts/{id}",
+            "{tenant}/../{id}",
+            "{tenant}/x",
+            "{tenant}/{nope}/{id}",
+            "{tenant}//{id}",
+            "{tenant}/a b/{id}",
+        ] {
+            assert!(KeyTemplate::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! One OpenDAL operator behind a small interface: write a new object (never
+//! overwriting), stream a range of it, delete it, probe the backend. The database
+//! keeps only relative keys, so every key is valid on every backend (SPEC 8).
+
+mod key;
+
+use std::ops::Range;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use opendal::Operator;
+
+pub use key::{KeyTemplate, StorageKey};
+
+use crate::config::{ConfigError, StorageBackend, StorageConfig};
+
+/// Why a streamed write did not store an object.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamWriteError {
+    #[error("more bytes than allowed")]
+    TooLarge,
+    #[error("the request body broke: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Storage(#[from] opendal::Error),
+}
+
+/// A presigned PUT: its URL and the headers that are part of its signature.
+#[derive(Clone, Debug)]
+pub struct PresignedPut {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// The object store of attache: local disk or an S3-compatible bucket.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    operator: Operator,
+    backend: StorageBackend,
+}
+
+impl Storage {
+    /// Builds the operator from configuration; [`Storage::check`] then proves it works.
+    pub fn from_config(config: &StorageConfig) -> Result<Self, ConfigError> {
+        opendal::install_default();
+        let operator = match config.storage_backend {
+            StorageBackend::Fs => Self::fs_operator(config)?,
+            StorageBackend::S3 => Self::s3_operator(config)?,
+        };
+        Ok(Self {
+            operator,
+            backend: config.storage_backend,
+        })
+    }
+
+    fn fs_operator(config: &StorageConfig) -> Result<Operator, ConfigError> {
+        let fail = |message: String| ConfigError::new("STORAGE_ROOT", message);
+        std::fs::create_dir_all(&config.storage_root).map_err(|err| {
+            fail(format!(
+                "cannot create {}: {err}",
+                config.storage_root.display()
+            ))
+        })?;
+        let root = std::path::absolute(&config.storage_root)
+            .map_err(|err| fail(format!("{}: {err}", config.storage_root.display())))?;
+        let root = root
+            .to_str()
+            .ok_or_else(|| fail("is not valid UTF-8".into()))?;
+        let builder = opendal::services::Fs::default()
+            .root(root)
+            .atomic_write_dir(&format!("{root}/.attache-tmp"));
+        Operator::new(builder).map_err(|err| fail(err.to_string()))
+    }
+
+    fn s3_operator(config: &StorageConfig) -> Result<Operator, ConfigError> {
+        let bucket = config.s3_bucket_name.as_deref().unwrap_or_default();
+        let mut builder = opendal::services::S3::default()
+            .bucket(bucket)
+            .region(&config.s3_region)
+            .root(&format!("/{}", config.s3_prefix.trim_matches('/')));
+        if let Some(endpoint) = &config.s3_endpoint_url {
+            builder = builder.endpoint(endpoint);
+        }
+        if let (Some(access), Some(secret)) = (&config.s3_access_key, &config.s3_secret_key) {
+            builder = builder
+                .access_key_id(access.expose())
+                .secret_access_key(secret.expose())
+                .disable_config_load()
+                .disable_ec2_metadata();
+        }
+        Operator::new(builder).map_err(|err| ConfigError::new("S3_BUCKET_NAME", err.to_string()))
+    }
+
+    pub fn backend(&self) -> StorageBackend {
+        self.backend
+    }
+
+    /// Writes a new object; an existing key is an error, never a silent replacement.
+    pub async fn put_new(&self, key: &StorageKey, bytes: Vec<u8>) -> opendal::Result<()> {
+        self.operator
+            .write_with(key.as_str(), bytes)
+            .if_not_exists(true)
+            .await
+            .map(drop)
+    }
+
+    /// Writes a new object from a stream, refusing more than `max` bytes; a refused
+    /// or broken stream leaves no object behind.
+    pub async fn put_stream<S, E>(
+        &self,
+        key: &StorageKey,
+        mut body: S,
+        max: u64,
+    ) -> Result<u64, StreamWriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut writer = self
+            .operator
+            .writer_with(key.as_str())
+            .if_not_exists(true)
+            .await?;
+        let mut total: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let failure = match chunk {
+                Err(err) => Some(StreamWriteError::Body(err.to_string())),
+                Ok(chunk) => {
+                    total += chunk.len() as u64;
+                    if total > max {
+                        Some(StreamWriteError::TooLarge)
+                    } else {
+                        writer
+                            .write(chunk)
+                            .await
+                            .err()
+                            .map(StreamWriteError::Storage)
+                    }
+                }
+            };
+            if let Some(failure) = failure {
+                if let Err(err) = writer.abort().await {
+                    tracing::warn!(key = %key, error = %err, "cannot abort a refused write");
+                }
+                return Err(failure);
+            }
+        }
+        writer.close().await?;
+        Ok(total)
+    }
+
+    /// Reads a whole object; only for objects whose size was checked first.
+    pub async fn read_all(&self, key: &StorageKey) -> opendal::Result<Vec<u8>> {
+        Ok(self.operator.read(key.as_str()).await?.to_vec())
+    }
+
+    /// The size of an object, `None` when there is none.
+    pub async fn size(&self, key: &StorageKey) -> opendal::Result<Option<u64>> {
+        match self.operator.stat(key.as_str()).await {
+            Ok(meta) => Ok(Some(meta.content_length())),
+            Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A presigned GET with the given `Content-Disposition`, where the backend presigns
+    /// (S3); `None` on fs, whose links are signed by attache itself.
+    pub async fn presign_read(
+        &self,
+        key: &StorageKey,
+        ttl: Duration,
+        disposition: &str,
+    ) -> opendal::Result<Option<String>> {
+        if self.backend == StorageBackend::Fs {
+            return Ok(None);
+        }
+        let request = self
+            .operator
+            .presign_read_with(key.as_str(), ttl)
+            .override_content_disposition(disposition)
+            .await?;
+        Ok(Some(request.uri().to_string()))
+    }
+
+    /// A presigned PUT and the headers the client must send with it (S3); `None` on fs.
+    pub async fn presign_write(
+        &self,
+        key: &StorageKey,
+        ttl: Duration,
+        content_type: &str,
+    ) -> opendal::Result<Option<PresignedPut>> {
+        if self.backend == StorageBackend::Fs {
+            return Ok(None);
+        }
+        let request = self
+            .operator
+            .presign_write_with(key.as_str(), ttl)
+            .content_type(content_type)
+            .await?;
+        let headers = request
+            .header()
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect();
+        Ok(Some(PresignedPut {
+            url: request.uri().to_string(),
+            headers,
+        }))
+    }
+
+    /// Streams `range` of an object without holding it in memory.
+    pub async fn stream(
+        &self,
+        key: &StorageKey,
+        range: Range<u64>,
+    ) -> opendal::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
+        self.operator
+            .reader(key.as_str())
+            .await?
+            .into_bytes_stream(range)
+            .await
+    }
+
+    /// Removes an object; a missing object counts as removed.
+    pub async fn delete(&self, key: &StorageKey) -> opendal::Result<()> {
+        self.operator.delete(key.as_str()).await
+    }
+
+    /// A cheap liveness check of the backend (a stat or list, no write).
+    pub async fn ping(&self) -> opendal::Result<()> {
+        self.operator.check().await
+    }
+
+    /// The startup probe: a failure becomes one line naming the variable to fix.
+    pub async fn startup_check(&self, config: &StorageConfig) -> Result<(), ConfigError> {
+        let Err(err) = self.check().await else {
+            return Ok(());
+        };
+        let variable = match (self.backend, err.kind()) {
+            (StorageBackend::Fs, _) => "STORAGE_ROOT",
+            (StorageBackend::S3, opendal::ErrorKind::PermissionDenied) => "S3_SECRET_KEY",
+            (StorageBackend::S3, opendal::ErrorKind::NotFound) => "S3_BUCKET_NAME",
+            (StorageBackend::S3, _) if config.s3_endpoint_url.is_some() => "S3_ENDPOINT_URL",
+            (StorageBackend::S3, _) => "S3_BUCKET_NAME",
+        };
+        Err(ConfigError::new(
+            variable,
+            format!("storage probe failed: {}", err.kind()),
+        ))
+    }
+
+    /// Writes, reads back and deletes a probe object: the proof that storage answers.
+    pub async fn check(&self) -> opendal::Result<()> {
+        let probe = StorageKey::probe();
+        let payload = b"attache storage probe".to_vec();
+        self.put_new(&probe, payload.clone()).await?;
+        let read = self.operator.read(probe.as_str()).await;
+        let deleted = self.delete(&probe).await;
+        let read = read?;
+        deleted?;
+        if read.to_vec() != payload {
+            return Err(opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                "probe object read back differs from what was written",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! The absolute URLs attache hands to clients: `url` opens without headers (presigned
+//! S3 URL, signed link to the download route, or a public URL), `downloadUrl` needs
+//! the bearer token, and direct uploads get a presigned or signed PUT.
+
+use std::time::Duration;
+
+use entity::attachment;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::auth::link::LinkPurpose;
+use crate::config::{StorageBackend, UrlMode};
+use crate::disposition::content_disposition;
+use crate::error::AppResult;
+use crate::storage::StorageKey;
+
+/// Longest lifetime a client may ask of a signed URL (and S3's own limit).
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The requested lifetime, or the configured default, kept within 1 s and 7 days.
+pub fn clamp_ttl(app: &App, requested_seconds: Option<i64>) -> Duration {
+    let max = i64::try_from(MAX_TTL.as_secs()).unwrap_or(i64::MAX);
+    let seconds = requested_seconds.map_or(app.config.urls.url_ttl_seconds, |seconds| {
+        u64::try_from(seconds.clamp(1, max)).unwrap_or(1)
+    });
+    Duration::from_secs(seconds)
+}
+
+/// The authenticated download route of an attachment.
+pub fn download_url(app: &App, id: Uuid) -> String {
+    format!("{}/api/attachments/{id}/download", app.public_base_url)
+}
+
+/// A URL that works without headers until `ttl` has passed (for ever when public).
+pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> AppResult<String> {
+    let urls = &app.config.urls;
+    match (urls.url_mode, app.storage.backend()) {
+        (UrlMode::Public, StorageBackend::Fs) => {
+            Ok(format!("{}/media/{}", app.public_base_url, row.storage_key))
+        }
+        (UrlMode::Public, StorageBackend::S3) => {
+            let base = urls
+                .s3_public_base_url
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches('/');
+            let prefix = app.config.storage.s3_prefix.trim_matches('/');
+            Ok(match prefix {
+                "" => format!("{base}/{}", row.storage_key),
+                prefix => format!("{base}/{prefix}/{}", row.storage_key),
+            })
+        }
+        (UrlMode::Signed, _) => {
+            let key = StorageKey::from_stored(row.storage_key.clone());
+            let disposition = content_disposition(&row.filename, false);
+            match app.storage.presign_read(&key, ttl, &disposition).await? {
+                Some(url) => Ok(url),
+                None => Ok(signed_link(
+                    app,
+                    LinkPurpose::Download,
+                    row.id,
+                    &row.tenant_id,
+                    ttl,
+                )),
+            }
+        }
+    }
+}
+
+/// attache's own signed upload route, for direct uploads on fs.
+pub fn upload_link(app: &App, id: Uuid, tenant: &str, ttl: Duration) -> String {
+    signed_link(app, LinkPurpose::Upload, id, tenant, ttl)
+}
+
+fn signed_link(app: &App, purpose: LinkPurpose, id: Uuid, tenant: &str, ttl: Duration) -> String {
+    let expires =
+        chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    let signature = app.links.sign(purpose, id, tenant, expires);
+    let route = match purpose {
+        LinkPurpose::Download => download_url(app, id),
+        LinkPurpose::Upload => format!("{}/api/uploads/{id}", app.public_base_url),
+    };
+    format!("{route}?expires={expires}&signature={signature}")
+}
