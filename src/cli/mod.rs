@@ -3,6 +3,7 @@
 mod db;
 mod schema;
 mod serve;
+mod storage;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Schema,
     /// Mint a client token signed with JWT_SECRET.
     Token(token::TokenArgs),
+    /// Storage maintenance.
+    Storage(storage::StorageArgs),
 }
 
 impl Cli {
@@ -40,6 +43,7 @@ impl Cli {
                 Ok(())
             }
             Command::Token(args) => token::run(args),
+            Command::Storage(args) => storage::run(args).await,
         }
     }
 }

@@ -39,23 +39,34 @@ pub struct PresignedPut {
 pub struct Storage {
     operator: Operator,
     backend: StorageBackend,
+    /// The absolute root folder on fs, where objects are plain files.
+    fs_root: Option<std::path::PathBuf>,
 }
+
+/// How long the startup probe may take before the bucket counts as unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Storage {
     /// Builds the operator from configuration; [`Storage::check`] then proves it works.
     pub fn from_config(config: &StorageConfig) -> Result<Self, ConfigError> {
-        opendal::install_default();
-        let operator = match config.storage_backend {
-            StorageBackend::Fs => Self::fs_operator(config)?,
-            StorageBackend::S3 => Self::s3_operator(config)?,
+        // Outgoing HTTPS uses rustls with ring; later calls find both installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        opendal_http_transport_reqwest::install_default();
+        let (operator, fs_root) = match config.storage_backend {
+            StorageBackend::Fs => {
+                let (operator, root) = Self::fs_operator(config)?;
+                (operator, Some(root))
+            }
+            StorageBackend::S3 => (Self::s3_operator(config)?, None),
         };
         Ok(Self {
             operator,
             backend: config.storage_backend,
+            fs_root,
         })
     }
 
-    fn fs_operator(config: &StorageConfig) -> Result<Operator, ConfigError> {
+    fn fs_operator(config: &StorageConfig) -> Result<(Operator, std::path::PathBuf), ConfigError> {
         let fail = |message: String| ConfigError::new("STORAGE_ROOT", message);
         std::fs::create_dir_all(&config.storage_root).map_err(|err| {
             fail(format!(
@@ -65,13 +76,14 @@ impl Storage {
         })?;
         let root = std::path::absolute(&config.storage_root)
             .map_err(|err| fail(format!("{}: {err}", config.storage_root.display())))?;
-        let root = root
+        let text = root
             .to_str()
             .ok_or_else(|| fail("is not valid UTF-8".into()))?;
         let builder = opendal::services::Fs::default()
-            .root(root)
-            .atomic_write_dir(&format!("{root}/.attache-tmp"));
-        Operator::new(builder).map_err(|err| fail(err.to_string()))
+            .root(text)
+            .atomic_write_dir(&format!("{text}/.attache-tmp"));
+        let operator = Operator::new(builder).map_err(|err| fail(err.to_string()))?;
+        Ok((operator, root))
     }
 
     fn s3_operator(config: &StorageConfig) -> Result<Operator, ConfigError> {
@@ -194,10 +206,15 @@ impl Storage {
         if self.backend == StorageBackend::Fs {
             return Ok(None);
         }
+        // If-None-Match: * is signed in, so the URL cannot replace a completed upload.
+        let options = opendal::options::WriteOptions {
+            content_type: Some(content_type.to_owned()),
+            if_not_exists: true,
+            ..Default::default()
+        };
         let request = self
             .operator
-            .presign_write_with(key.as_str(), ttl)
-            .content_type(content_type)
+            .presign_write_options(key.as_str(), ttl, options)
             .await?;
         let headers = request
             .header()
@@ -233,39 +250,129 @@ impl Storage {
         self.operator.check().await
     }
 
-    /// The startup probe: a failure becomes one line naming the variable to fix.
+    /// The startup probe: a failure becomes one line naming the variable to fix,
+    /// within [`PROBE_TIMEOUT`] rather than at the first upload.
     pub async fn startup_check(&self, config: &StorageConfig) -> Result<(), ConfigError> {
-        let Err(err) = self.check().await else {
-            return Ok(());
+        let failure = match tokio::time::timeout(PROBE_TIMEOUT, self.check()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => err,
+            Err(_) => opendal::Error::new(opendal::ErrorKind::Unexpected, "no answer in time"),
         };
-        let variable = match (self.backend, err.kind()) {
-            (StorageBackend::Fs, _) => "STORAGE_ROOT",
-            (StorageBackend::S3, opendal::ErrorKind::PermissionDenied) => "S3_SECRET_KEY",
-            (StorageBackend::S3, opendal::ErrorKind::NotFound) => "S3_BUCKET_NAME",
-            (StorageBackend::S3, _) if config.s3_endpoint_url.is_some() => "S3_ENDPOINT_URL",
-            (StorageBackend::S3, _) => "S3_BUCKET_NAME",
+        let (variable, reason) = match (self.backend, failure.kind()) {
+            (StorageBackend::Fs, _) => ("STORAGE_ROOT", "the folder cannot be written and read"),
+            (StorageBackend::S3, opendal::ErrorKind::PermissionDenied) => (
+                "S3_ACCESS_KEY / S3_SECRET_KEY",
+                "the bucket refused these credentials",
+            ),
+            (
+                StorageBackend::S3,
+                opendal::ErrorKind::NotFound | opendal::ErrorKind::ConfigInvalid,
+            ) => ("S3_BUCKET_NAME", "no such bucket"),
+            (StorageBackend::S3, _) if config.s3_endpoint_url.is_some() => (
+                "S3_ENDPOINT_URL",
+                "the endpoint cannot be reached or answers errors",
+            ),
+            (StorageBackend::S3, _) => ("S3_BUCKET_NAME", "the bucket cannot be reached"),
         };
         Err(ConfigError::new(
             variable,
-            format!("storage probe failed: {}", err.kind()),
+            format!("storage probe failed: {reason} ({})", failure.kind()),
         ))
     }
 
     /// Writes, reads back and deletes a probe object: the proof that storage answers.
     pub async fn check(&self) -> opendal::Result<()> {
+        self.check_steps()
+            .await
+            .into_iter()
+            .try_for_each(|(_, result)| result)
+    }
+
+    /// Each step of the probe and its outcome, for `attache storage check`: list the
+    /// root (a missing bucket shows here), then write, read, stat and delete a probe
+    /// object. After a failed list or write, the later steps are not tried.
+    pub async fn check_steps(&self) -> Vec<(&'static str, opendal::Result<()>)> {
+        let listed = self.ping().await;
+        if listed.is_err() {
+            return vec![("list", listed)];
+        }
         let probe = StorageKey::probe();
         let payload = b"attache storage probe".to_vec();
-        self.put_new(&probe, payload.clone()).await?;
-        let read = self.operator.read(probe.as_str()).await;
-        let deleted = self.delete(&probe).await;
-        let read = read?;
-        deleted?;
-        if read.to_vec() != payload {
-            return Err(opendal::Error::new(
-                opendal::ErrorKind::Unexpected,
-                "probe object read back differs from what was written",
-            ));
+        let written = self.put_new(&probe, payload.clone()).await;
+        if written.is_err() {
+            return vec![("list", Ok(())), ("write", written)];
         }
-        Ok(())
+        let read = self.read_all(&probe).await.and_then(|read| {
+            if read == payload {
+                Ok(())
+            } else {
+                Err(opendal::Error::new(
+                    opendal::ErrorKind::Unexpected,
+                    "read back differs from what was written",
+                ))
+            }
+        });
+        let stat = self.size(&probe).await.and_then(|size| match size {
+            Some(size) if size == payload.len() as u64 => Ok(()),
+            _ => Err(opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                "stat gives another size",
+            )),
+        });
+        let deleted = self.delete(&probe).await;
+        vec![
+            ("list", Ok(())),
+            ("write", Ok(())),
+            ("read", read),
+            ("stat", stat),
+            ("delete", deleted),
+        ]
+    }
+
+    /// A real filesystem path to an object, for tools that need one (scanners,
+    /// converters): the file itself on fs, a temporary copy removed on drop on s3.
+    pub async fn local_path(&self, key: &StorageKey) -> std::io::Result<LocalFile> {
+        if let Some(root) = &self.fs_root {
+            let path = root.join(key.as_str());
+            tokio::fs::metadata(&path).await?;
+            return Ok(LocalFile { path, _copy: None });
+        }
+        let copy = tempfile::NamedTempFile::new()?.into_temp_path();
+        let mut file = tokio::fs::File::create(&copy).await?;
+        let stream = self
+            .stream_whole(key)
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut reader = tokio_util::io::StreamReader::new(stream);
+        tokio::io::copy(&mut reader, &mut file).await?;
+        tokio::io::AsyncWriteExt::flush(&mut file).await?;
+        Ok(LocalFile {
+            path: copy.to_path_buf(),
+            _copy: Some(copy),
+        })
+    }
+
+    async fn stream_whole(
+        &self,
+        key: &StorageKey,
+    ) -> opendal::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
+        self.operator
+            .reader(key.as_str())
+            .await?
+            .into_bytes_stream(..)
+            .await
+    }
+}
+
+/// A path on the local filesystem holding an object's bytes; a temporary copy is
+/// removed when this is dropped.
+pub struct LocalFile {
+    path: std::path::PathBuf,
+    _copy: Option<tempfile::TempPath>,
+}
+
+impl LocalFile {
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 }

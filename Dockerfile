@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# Build: dependencies first (cached while only our sources change), then attache.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY entity/Cargo.toml entity/Cargo.toml
+COPY migration/Cargo.toml migration/Cargo.toml
+RUN mkdir -p src entity/src migration/src benches \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs entity/src/lib.rs migration/src/lib.rs \
+ && echo 'fn main() {}' > benches/upload_download.rs \
+ && cargo build --release --locked \
+ && rm -rf src entity/src migration/src benches
+COPY . .
+RUN touch src/main.rs src/lib.rs entity/src/lib.rs migration/src/lib.rs \
+ && cargo build --release --locked --bin attache
+
+# Run: a slim image, a non-root user, data under /data.
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /data attache \
+ && mkdir -p /data/uploads && chown -R attache /data
+COPY --from=build /src/target/release/attache /usr/local/bin/attache
+USER attache
+WORKDIR /data
+ENV LISTEN_ADDR=0.0.0.0:8080 \
+    DATABASE_URL=sqlite:///data/attache.db?mode=rwc \
+    STORAGE_ROOT=/data/uploads
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+ENTRYPOINT ["attache"]
+CMD ["serve"]

@@ -1,0 +1,308 @@
+//! Every token fault of SPEC 5, the key families, scopes, and two tenants that cannot
+//! see, link, download or delete each other's files.
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    DELETE, GET, SECRET, Setup, TestApp, codes, data, fixture, hs256, now, pdf, sign, tenant,
+};
+
+const LIST: &str = "query { attachments(ownerType: \"contract\") { totalCount } }";
+
+fn unsigned(claims: &Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.",
+        b64.encode(json!({ "alg": "none", "typ": "JWT" }).to_string()),
+        b64.encode(claims.to_string())
+    )
+}
+
+async fn assert_unauthenticated(app: &TestApp, token: Option<&str>, case: &str) {
+    let body = app.gql(LIST, json!({}), token).await;
+    assert_eq!(codes(&body), vec!["UNAUTHENTICATED"], "{case}: {body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains(SECRET), "{case}: leaks the secret");
+}
+
+async fn every_token_fault_is_unauthenticated(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let valid = json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 });
+    let rsa = EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa_private.pem")).expect("key"))
+        .expect("rsa");
+    let other_secret = EncodingKey::from_secret(b"another secret entirely");
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("garbage", Some("garbage".into())),
+        (
+            "expired",
+            Some(hs256(
+                json!({ "sub": "u", "tenant_id": acme, "exp": now() - 120 }),
+            )),
+        ),
+        (
+            "not yet valid",
+            Some(hs256(
+                json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600, "nbf": now() + 300 }),
+            )),
+        ),
+        (
+            "no exp",
+            Some(hs256(json!({ "sub": "u", "tenant_id": acme }))),
+        ),
+        (
+            "wrong key",
+            Some(sign(Algorithm::HS256, &other_secret, valid.clone())),
+        ),
+        ("alg none", Some(unsigned(&valid))),
+        (
+            "RS256 where HS256 is configured",
+            Some(sign(Algorithm::RS256, &rsa, valid.clone())),
+        ),
+        (
+            "no sub",
+            Some(hs256(json!({ "tenant_id": acme, "exp": now() + 600 }))),
+        ),
+        (
+            "no tenant",
+            Some(hs256(json!({ "sub": "u", "exp": now() + 600 }))),
+        ),
+        (
+            "tenant not a string",
+            Some(hs256(
+                json!({ "sub": "u", "tenant_id": 42, "exp": now() + 600 }),
+            )),
+        ),
+        (
+            "hostile tenant",
+            Some(hs256(
+                json!({ "sub": "u", "tenant_id": "../other", "exp": now() + 600 }),
+            )),
+        ),
+    ];
+    for (case, token) in cases {
+        assert_unauthenticated(&app, token.as_deref(), case).await;
+    }
+    let fine = app.gql(LIST, json!({}), Some(&hs256(valid))).await;
+    assert_eq!(data(&fine, "attachments")["totalCount"], 0);
+    let hs512 = sign(
+        Algorithm::HS512,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }),
+    );
+    assert_eq!(
+        data(&app.gql(LIST, json!({}), Some(&hs512)).await, "attachments")["totalCount"],
+        0,
+        "the HS family"
+    );
+}
+
+async fn issuer_and_audience_are_required_when_configured(setup: Setup) {
+    let app = TestApp::spawn_with(
+        setup,
+        &[
+            "--jwt-issuer",
+            "https://idp.example",
+            "--jwt-audience",
+            "attache",
+        ],
+    )
+    .await;
+    let acme = tenant();
+    let claims = |extra: Value| {
+        let mut claims = json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 });
+        claims
+            .as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        hs256(claims)
+    };
+    for (case, token) in [
+        ("no iss", claims(json!({ "aud": "attache" }))),
+        ("no aud", claims(json!({ "iss": "https://idp.example" }))),
+        (
+            "wrong iss",
+            claims(json!({ "iss": "https://evil.example", "aud": "attache" })),
+        ),
+        (
+            "wrong aud",
+            claims(json!({ "iss": "https://idp.example", "aud": "other" })),
+        ),
+    ] {
+        assert_unauthenticated(&app, Some(&token), case).await;
+    }
+    let good = claims(json!({ "iss": "https://idp.example", "aud": "attache" }));
+    assert_eq!(
+        data(&app.gql(LIST, json!({}), Some(&good)).await, "attachments")["totalCount"],
+        0
+    );
+}
+
+async fn public_key_files_pin_their_family(setup: Setup) {
+    let acme = tenant();
+    let claims = json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 });
+    for (public, private, algorithm) in [
+        ("rsa_public.pem", "rsa_private.pem", Algorithm::RS256),
+        ("ec_public.pem", "ec_private.pem", Algorithm::ES256),
+        ("ed_public.pem", "ed_private.pem", Algorithm::EdDSA),
+    ] {
+        let public_path = fixture(public);
+        let app = TestApp::spawn_with(
+            setup,
+            &[
+                "--jwt-public-key-file",
+                public_path.to_str().expect("utf-8"),
+            ],
+        )
+        .await;
+        let pem = std::fs::read(fixture(private)).expect("private key");
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+            _ => EncodingKey::from_ed_pem(&pem),
+        }
+        .expect("encoding key");
+        let good = sign(algorithm, &key, claims.clone());
+        assert_eq!(
+            data(&app.gql(LIST, json!({}), Some(&good)).await, "attachments")["totalCount"],
+            0,
+            "{public}"
+        );
+        // The classic confusion: an HS256 token whose secret is the public key file.
+        let public_pem = std::fs::read(&public_path).expect("public key");
+        let confused = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&public_pem),
+            claims.clone(),
+        );
+        assert_unauthenticated(&app, Some(&confused), "HS256 signed with the public key").await;
+        assert_unauthenticated(
+            &app,
+            Some(&hs256(claims.clone())),
+            "HS256 with the old secret",
+        )
+        .await;
+    }
+}
+
+async fn scopes_guard_reads_and_writes(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let with_scope = |scope: &str| {
+        hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600, "scope": scope }))
+    };
+    let writer = with_scope("attachments:read attachments:write");
+    let att = app
+        .upload(&writer, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+
+    let reader = with_scope("attachments:read");
+    assert_eq!(
+        data(
+            &app.gql(LIST, json!({}), Some(&reader)).await,
+            "attachments"
+        )["totalCount"],
+        1
+    );
+    assert_eq!(
+        codes(
+            &app.gql(DELETE, json!({ "id": att["id"] }), Some(&reader))
+                .await
+        ),
+        vec!["FORBIDDEN"]
+    );
+    let download = app
+        .client
+        .get(att["downloadUrl"].as_str().expect("url"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(download.status(), 200);
+
+    let nothing = with_scope("");
+    assert_eq!(
+        codes(&app.gql(LIST, json!({}), Some(&nothing)).await),
+        vec!["FORBIDDEN"],
+        "an empty scope grants nothing"
+    );
+    let download = app
+        .client
+        .get(att["downloadUrl"].as_str().expect("url"))
+        .bearer_auth(&nothing)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(download.status(), 403);
+    let write_only = with_scope("attachments:write");
+    assert_eq!(
+        codes(
+            &app.gql(GET, json!({ "id": att["id"] }), Some(&write_only))
+                .await
+        ),
+        vec!["FORBIDDEN"]
+    );
+}
+
+async fn tenants_cannot_see_link_download_or_delete_each_other(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let (acme, other) = (tenant(), tenant());
+    let (acme_token, other_token) = (app.token(&acme), app.token(&other));
+    let att = app
+        .upload(&acme_token, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    let id = att["id"].clone();
+
+    assert_eq!(
+        data(
+            &app.gql(GET, json!({ "id": id }), Some(&other_token)).await,
+            "attachment"
+        ),
+        Value::Null
+    );
+    let listed = app.gql(LIST, json!({}), Some(&other_token)).await;
+    assert_eq!(data(&listed, "attachments")["totalCount"], 0);
+    let deleted = app
+        .gql(DELETE, json!({ "id": id }), Some(&other_token))
+        .await;
+    assert_eq!(codes(&deleted), vec!["NOT_FOUND"]);
+    let missing = app
+        .gql(
+            DELETE,
+            json!({ "id": uuid::Uuid::now_v7().to_string() }),
+            Some(&other_token),
+        )
+        .await;
+    assert_eq!(
+        deleted["errors"][0]["message"], missing["errors"][0]["message"],
+        "foreign looks like missing"
+    );
+    let download = app
+        .client
+        .get(att["downloadUrl"].as_str().expect("url"))
+        .bearer_auth(&other_token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(download.status(), 404);
+
+    assert_eq!(app.row_count(&acme).await, 1, "still there for its owner");
+    assert_eq!(
+        data(
+            &app.gql(GET, json!({ "id": id }), Some(&acme_token)).await,
+            "attachment"
+        )["id"],
+        id
+    );
+}
+
+crate::matrix!(
+    every_token_fault_is_unauthenticated,
+    issuer_and_audience_are_required_when_configured,
+    public_key_files_pin_their_family,
+    scopes_guard_reads_and_writes,
+    tenants_cannot_see_link_download_or_delete_each_other,
+);

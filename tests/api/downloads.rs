@@ -1,0 +1,394 @@
+//! The download route: signed links without headers, the bearer route, every header
+//! rule (Range, ETag, HEAD, disposition, nosniff, cache), refused links, delete.
+
+use attache::auth::LinkSigner;
+use attache::auth::link::LinkPurpose;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    DELETE, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, codes, data, now, pdf, png, tenant,
+};
+
+/// The `url` of an attachment with the given lifetime.
+async fn url_with_ttl(app: &TestApp, bearer: &str, id: &Value, ttl: i64) -> String {
+    let body = app
+        .gql(
+            "query($id: ID!, $ttl: Int) { attachment(id: $id) { url(ttlSeconds: $ttl) } }",
+            json!({ "id": id, "ttl": ttl }),
+            Some(bearer),
+        )
+        .await;
+    data(&body, "attachment")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned()
+}
+
+/// The value of a query parameter of `url`.
+fn param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
+}
+
+async fn the_url_opens_without_headers(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = pdf();
+    let att = app
+        .upload(&bearer, &content, "contract", Some("c-1"), "März.pdf")
+        .await;
+    let url = att["url"].as_str().expect("url");
+    let id = att["id"].as_str().expect("id");
+    let key = format!("{acme}/contracts/c-1/{id}.pdf");
+    match &app.s3 {
+        None => assert!(url.starts_with(&app.base_url), "absolute: {url}"),
+        Some(s3) => {
+            let object = format!("{}/{S3_BUCKET}/{key}?", s3.endpoint);
+            assert!(
+                url.starts_with(&object),
+                "a presigned URL of the object: {url}"
+            );
+            let disposition = param(url, "response-content-disposition").expect("disposition");
+            assert!(
+                disposition.contains("M%25C3%25A4rz.pdf") || disposition.contains("M%C3%A4rz.pdf"),
+                "{disposition}"
+            );
+        }
+    }
+    let response = reqwest::get(url).await.expect("GET url");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.bytes().await.expect("body").as_ref(),
+        content.as_slice()
+    );
+
+    let capped = url_with_ttl(&app, &bearer, &att["id"], 100_000_000).await;
+    let seven_days = 7 * 24 * 3600;
+    match &app.s3 {
+        None => {
+            let expires: i64 = param(&capped, "expires")
+                .and_then(|v| v.parse().ok())
+                .expect("expires");
+            assert!(
+                expires <= i64::try_from(now()).expect("i64") + seven_days + 5,
+                "ttl capped at 7 days"
+            );
+        }
+        Some(_) => assert_eq!(
+            param(&capped, "X-Amz-Expires"),
+            Some(seven_days.to_string())
+        ),
+    }
+}
+
+async fn the_bearer_route_follows_every_header_rule(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let content = pdf();
+    let att = app
+        .upload(
+            &bearer,
+            &content,
+            "contract",
+            Some("c-1"),
+            "Vertrag März.pdf",
+        )
+        .await;
+    let route = att["downloadUrl"].as_str().expect("downloadUrl").to_owned();
+    let etag = format!("\"{}\"", att["sha256"].as_str().expect("sha256"));
+    let get = |headers: &[(&str, &str)]| {
+        let mut request = app.client.get(&route).bearer_auth(&bearer);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+
+    let whole = get(&[]).await.expect("GET");
+    assert_eq!(whole.status(), 200);
+    let headers = whole.headers().clone();
+    assert_eq!(headers["etag"], etag.as_str());
+    assert_eq!(headers["content-type"], "application/pdf");
+    assert_eq!(
+        headers["content-length"],
+        content.len().to_string().as_str()
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["cache-control"], "private");
+    assert_eq!(headers["accept-ranges"], "bytes");
+    let disposition = headers["content-disposition"].to_str().expect("ascii");
+    assert!(disposition.starts_with("attachment;"), "{disposition}");
+    assert!(
+        disposition.contains("filename*=UTF-8''Vertrag%20M%C3%A4rz.pdf"),
+        "{disposition}"
+    );
+    assert_eq!(
+        whole.bytes().await.expect("body").as_ref(),
+        content.as_slice()
+    );
+
+    let partial = get(&[("range", "bytes=0-3")]).await.expect("GET range");
+    assert_eq!(partial.status(), 206);
+    assert_eq!(
+        partial.headers()["content-range"],
+        format!("bytes 0-3/{}", content.len()).as_str()
+    );
+    assert_eq!(partial.bytes().await.expect("body").as_ref(), b"%PDF");
+
+    let suffix = get(&[("range", "bytes=-6")]).await.expect("GET suffix");
+    assert_eq!(suffix.status(), 206);
+    assert_eq!(
+        suffix.bytes().await.expect("body").as_ref(),
+        &content[content.len() - 6..]
+    );
+
+    let beyond = get(&[("range", &format!("bytes={}-", content.len()))])
+        .await
+        .expect("GET 416");
+    assert_eq!(beyond.status(), 416);
+    assert_eq!(
+        beyond.headers()["content-range"],
+        format!("bytes */{}", content.len()).as_str()
+    );
+
+    let stale_if_range = get(&[("range", "bytes=0-3"), ("if-range", "\"other\"")])
+        .await
+        .expect("GET if-range");
+    assert_eq!(
+        stale_if_range.status(),
+        200,
+        "If-Range with another ETag gets the whole file"
+    );
+
+    let cached = get(&[("if-none-match", &etag)]).await.expect("GET 304");
+    assert_eq!(cached.status(), 304);
+    assert_eq!(cached.headers()["etag"], etag.as_str());
+
+    let head = app
+        .client
+        .head(&route)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        content.len().to_string().as_str()
+    );
+    assert!(head.bytes().await.expect("body").is_empty());
+
+    let inline = app
+        .client
+        .get(format!("{route}?inline=1"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET inline");
+    assert!(
+        inline.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("inline;")
+    );
+
+    let text = app
+        .upload(&bearer, b"just text", "contract", Some("c-1"), "notes.txt")
+        .await;
+    let text_route = format!(
+        "{}?inline=1",
+        text["downloadUrl"].as_str().expect("downloadUrl")
+    );
+    let text = app
+        .client
+        .get(text_route)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET txt");
+    assert!(
+        text.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("attachment;"),
+        "inline only for pdf and images"
+    );
+
+    let logo = app
+        .upload(&bearer, &png(), "invoice_logo", None, "logo.png")
+        .await;
+    let logo_route = format!(
+        "{}?inline=1",
+        logo["downloadUrl"].as_str().expect("downloadUrl")
+    );
+    let logo = app
+        .client
+        .get(logo_route)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET png");
+    assert_eq!(logo.headers()["content-type"], "image/png");
+    assert!(
+        logo.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("inline;")
+    );
+}
+
+async fn refused_links_and_tokens_answer_401_403_404(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let att = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    let other = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), "b.pdf")
+        .await;
+    let id: uuid::Uuid = att["id"].as_str().expect("id").parse().expect("uuid");
+    let route = att["downloadUrl"].as_str().expect("downloadUrl").to_owned();
+    let url = att["url"].as_str().expect("url").to_owned();
+    let status =
+        |url: String| async move { reqwest::get(url).await.expect("GET").status().as_u16() };
+
+    assert_eq!(status(route.clone()).await, 401, "no token");
+    let forged = app
+        .client
+        .get(&route)
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(forged.status(), 401);
+
+    let mut tampered = url.clone();
+    let last = tampered.pop().expect("signature");
+    tampered.push(if last == '0' { '1' } else { '0' });
+    assert_eq!(status(tampered).await, 403, "one changed character");
+
+    match &app.s3 {
+        None => {
+            let later = url.replace("expires=", "expires=9");
+            assert_eq!(status(later).await, 403, "a changed expiry");
+            let signer = LinkSigner::new(SIGNING_KEY.as_bytes());
+            let row = attache::attachments::find_for_signed_link(&app.app, id)
+                .await
+                .expect("find")
+                .expect("row");
+            let past = i64::try_from(now()).expect("i64") - 10;
+            let expired = signer.sign(LinkPurpose::Download, id, &row.tenant_id, past);
+            assert_eq!(
+                status(format!("{route}?expires={past}&signature={expired}")).await,
+                403,
+                "expired link"
+            );
+            let future = past + 3600;
+            let upload = signer.sign(LinkPurpose::Upload, id, &row.tenant_id, future);
+            assert_eq!(
+                status(format!("{route}?expires={future}&signature={upload}")).await,
+                403,
+                "an upload link is no download link"
+            );
+            let other_route = other["downloadUrl"].as_str().expect("downloadUrl");
+            let (_, query) = url.split_once('?').expect("query");
+            assert_eq!(
+                status(format!("{other_route}?{query}")).await,
+                403,
+                "another file's id"
+            );
+        }
+        Some(_) => {
+            let other_url = other["url"].as_str().expect("url");
+            let (_, query) = url.split_once('?').expect("query");
+            let (other_path, _) = other_url.split_once('?').expect("path");
+            assert_eq!(
+                status(format!("{other_path}?{query}")).await,
+                403,
+                "another key"
+            );
+            let put = app
+                .client
+                .put(&url)
+                .body("overwritten")
+                .send()
+                .await
+                .expect("PUT");
+            assert_eq!(put.status(), 403, "a presigned GET is no PUT");
+            let delete = app.client.delete(&url).send().await.expect("DELETE");
+            assert_eq!(delete.status(), 403, "a presigned GET is no DELETE");
+        }
+    }
+
+    let short = url_with_ttl(&app, &bearer, &att["id"], 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(status(short).await, 403, "a 1 s link, 2 s later");
+
+    assert_eq!(
+        data(
+            &app.gql(DELETE, json!({ "id": att["id"] }), Some(&bearer))
+                .await,
+            "deleteAttachment"
+        ),
+        att["id"]
+    );
+    assert_eq!(status(url).await, 404, "a valid link to a deleted file");
+    let gone = app
+        .client
+        .get(&route)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(gone.status(), 404);
+    let bad_id = app
+        .client
+        .get(app.url("/api/attachments/not-a-uuid/download"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(bad_id.status(), 404);
+}
+
+async fn delete_removes_row_and_file(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let att = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    assert_eq!(app.stored_keys().len(), 1);
+    let body = app
+        .gql(DELETE, json!({ "id": att["id"] }), Some(&bearer))
+        .await;
+    assert_eq!(data(&body, "deleteAttachment"), att["id"]);
+    assert_eq!(
+        data(
+            &app.gql(GET, json!({ "id": att["id"] }), Some(&bearer))
+                .await,
+            "attachment"
+        ),
+        Value::Null
+    );
+    assert_eq!(app.row_count(&acme).await, 0);
+    assert!(app.stored_keys().is_empty(), "file outlived its row");
+    let again = app
+        .gql(DELETE, json!({ "id": att["id"] }), Some(&bearer))
+        .await;
+    assert_eq!(codes(&again), vec!["NOT_FOUND"]);
+    let malformed = app
+        .gql(DELETE, json!({ "id": "nope" }), Some(&bearer))
+        .await;
+    assert_eq!(codes(&malformed), vec!["NOT_FOUND"]);
+}
+
+crate::matrix!(
+    the_url_opens_without_headers,
+    the_bearer_route_follows_every_header_rule,
+    refused_links_and_tokens_answer_401_403_404,
+    delete_removes_row_and_file,
+);

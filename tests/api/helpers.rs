@@ -1,0 +1,535 @@
+//! The test harness: the real app on 127.0.0.1:0 with a fresh database (SQLite, or
+//! PostgreSQL when TEST_DATABASE_URL is set) and fresh storage (a temporary folder,
+//! or an in-process S3 server that checks SigV4 signatures), a real HTTP client,
+//! tokens minted the way an identity provider would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use attache::app::App;
+use attache::config::Config;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::Parser;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::OnceCell;
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Which storage backend a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Fs,
+    S3,
+}
+
+/// One cell of the test matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    pub db: Db,
+    pub store: Store,
+}
+
+impl Setup {
+    /// `None`, said loudly, when the cell cannot run here; in CI (`CI` set) every cell runs.
+    pub fn available(db: Db, store: Store) -> Option<Self> {
+        if db == Db::Postgres && std::env::var_os("TEST_DATABASE_URL").is_none() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but TEST_DATABASE_URL is not: PostgreSQL tests must not skip in CI"
+            );
+            eprintln!("SKIPPED: PostgreSQL test, because TEST_DATABASE_URL is not set");
+            return None;
+        }
+        Some(Self { db, store })
+    }
+}
+
+/// Runs each named `async fn(Setup)` on every database and storage backend;
+/// `s3:` on the S3 cells only, `once:` a single time (tests of the binary).
+#[macro_export]
+macro_rules! matrix {
+    (s3: $($name:ident),* $(,)?) => {
+        $crate::matrix!(@cell sqlite_s3_only, Sqlite, S3, $($name),*);
+        $crate::matrix!(@cell postgres_s3_only, Postgres, S3, $($name),*);
+    };
+    (once: $($name:ident),* $(,)?) => {
+        $crate::matrix!(@cell once, Sqlite, S3, $($name),*);
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::matrix!(@cell sqlite_fs, Sqlite, Fs, $($name),*);
+        $crate::matrix!(@cell postgres_fs, Postgres, Fs, $($name),*);
+        $crate::matrix!(@cell sqlite_s3, Sqlite, S3, $($name),*);
+        $crate::matrix!(@cell postgres_s3, Postgres, S3, $($name),*);
+    };
+    (@cell $module:ident, $db:ident, $store:ident, $($name:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $crate::helpers::{Db, Setup, Store};
+                    if let Some(setup) = Setup::available(Db::$db, Store::$store) {
+                        super::$name(setup).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+pub const S3_ACCESS_KEY: &str = "attache-test-access";
+pub const S3_SECRET_KEY: &str = "attache-test-secret-0123456789";
+pub const S3_BUCKET: &str = "attache";
+
+/// A real S3 endpoint in the test process (s3s-fs), checking SigV4 signatures and
+/// presigned URLs with [`S3_ACCESS_KEY`] / [`S3_SECRET_KEY`]. A bucket is a folder.
+pub struct S3Server {
+    pub endpoint: String,
+    pub root: PathBuf,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    pub async fn start(root: &Path) -> Self {
+        std::fs::create_dir_all(root.join(S3_BUCKET)).expect("bucket folder");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind S3");
+        Self::serve(root, listener)
+    }
+
+    fn serve(root: &Path, listener: tokio::net::TcpListener) -> Self {
+        let addr = listener.local_addr().expect("S3 addr");
+        let filesystem = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
+        let mut builder = s3s::service::S3ServiceBuilder::new(filesystem);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+        ));
+        let service = builder.build();
+        let task = tokio::spawn(async move {
+            // Dropping the set (on abort) closes every open connection too.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                let service = service.clone();
+                connections.spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            endpoint: format!("http://{addr}"),
+            root: root.to_owned(),
+            addr,
+            task,
+        }
+    }
+
+    /// An outage: the port closes and every connection drops.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// The end of an outage: the same endpoint answers again.
+    pub async fn restart(&mut self) {
+        self.task.abort();
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(err) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("rebinding the S3 server: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("cannot rebind the S3 server: {err}"),
+            }
+        };
+        *self = Self::serve(&self.root.clone(), listener);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub const SECRET: &str = "test-secret-with-enough-entropy-0123456789";
+pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef";
+
+/// A running attache and what a test needs to talk to it.
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub app: Arc<App>,
+    /// Where objects end up as files: the fs root, or the S3 server's bucket folder.
+    pub storage_root: PathBuf,
+    pub s3: Option<S3Server>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A fresh database URL: a SQLite file in `dir`, or a PostgreSQL database of this run.
+async fn database_url(db: Db, dir: &Path) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("attache.db").display()),
+        Db::Postgres => postgres_database().await.clone(),
+    }
+}
+
+/// One PostgreSQL database per test run, created fresh; tests keep apart by tenant.
+async fn postgres_database() -> &'static String {
+    static URL: OnceCell<String> = OnceCell::const_new();
+    URL.get_or_init(|| async {
+        let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+        let admin = Database::connect(&admin_url)
+            .await
+            .expect("connect to TEST_DATABASE_URL");
+        drop_previous_databases(&admin).await;
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis();
+        let name = format!("attache_test_{}_{stamp}", std::process::id());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create the test database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        let db = Database::connect(&url)
+            .await
+            .expect("connect to the test database");
+        attache::db::migrate(&db)
+            .await
+            .expect("migrate the test database");
+        url
+    })
+    .await
+}
+
+/// Removes the databases of earlier runs; one still in use by another run stays.
+async fn drop_previous_databases(admin: &sea_orm::DatabaseConnection) {
+    use sea_orm::{DbBackend, Statement};
+    let rows = admin
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT datname FROM pg_database WHERE datname LIKE 'attache_test_%'",
+        ))
+        .await
+        .unwrap_or_default();
+    for row in rows {
+        if let Ok(name) = row.try_get::<String>("", "datname") {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                .await;
+        }
+    }
+}
+
+/// A tenant id no other test uses, so tests can share a database.
+pub fn tenant() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+impl TestApp {
+    pub async fn spawn(setup: Setup) -> Self {
+        Self::spawn_with(setup, &[]).await
+    }
+
+    /// Starts the app with `extra` flags of `attache serve` on top of the test defaults.
+    pub async fn spawn_with(setup: Setup, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uploads = dir.path().join("uploads");
+        let database_url = database_url(setup.db, dir.path()).await;
+        let mut args: Vec<String> = [
+            "attache",
+            "--database-url",
+            &database_url,
+            "--storage-root",
+            uploads.to_str().expect("utf-8 path"),
+            "--signing-key",
+            SIGNING_KEY,
+            "--listen-addr",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        if !extra.contains(&"--jwt-public-key-file") {
+            args.extend(["--jwt-secret".to_owned(), SECRET.to_owned()]);
+        }
+        let (s3, storage_root) = match setup.store {
+            Store::Fs => (None, uploads),
+            Store::S3 => {
+                let server = S3Server::start(&dir.path().join("s3")).await;
+                args.extend(s3_flags(&server.endpoint));
+                let bucket = server.root.join(S3_BUCKET);
+                (Some(server), bucket)
+            }
+        };
+        args.extend(extra.iter().map(ToString::to_string));
+        let config = TestCli::try_parse_from(&args)
+            .expect("test configuration")
+            .config;
+        Self::start(config, storage_root, s3, dir).await
+    }
+
+    async fn start(
+        config: Config,
+        storage_root: PathBuf,
+        s3: Option<S3Server>,
+        dir: TempDir,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("local addr");
+        let base_url = config.public_base_url(addr).expect("base url");
+        let app = Arc::new(
+            App::build(config, base_url.clone())
+                .await
+                .expect("build the app"),
+        );
+        attache::db::migrate(&app.db).await.expect("migrate");
+        app.storage.check().await.expect("storage answers");
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let served = app.clone();
+        tokio::spawn(async move {
+            let _ = attache::http::serve(listener, served, async {
+                let _ = stop.await;
+            })
+            .await;
+        });
+        Self {
+            base_url,
+            client: reqwest::Client::new(),
+            app,
+            storage_root,
+            s3,
+            shutdown: Some(shutdown),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// An HS256 token for `tenant`, as the identity provider of the tests mints it.
+    pub fn token(&self, tenant: &str) -> String {
+        hs256(json!({ "sub": "user-1", "tenant_id": tenant, "exp": now() + 3600 }))
+    }
+
+    /// POSTs a GraphQL request as JSON; returns the JSON body.
+    pub async fn gql(&self, query: &str, variables: Value, bearer: Option<&str>) -> Value {
+        let mut request = self
+            .client
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.expect("POST /graphql");
+        assert_eq!(response.status(), 200, "GraphQL answers HTTP 200");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+        response.json().await.expect("JSON body")
+    }
+
+    /// Uploads `content` through `uploadAttachment`; panics on any GraphQL error.
+    pub async fn upload(
+        &self,
+        bearer: &str,
+        content: &[u8],
+        owner_type: &str,
+        owner_id: Option<&str>,
+        filename: &str,
+    ) -> Value {
+        let body = self
+            .gql(
+                UPLOAD,
+                json!({ "input": {
+                    "ownerType": owner_type, "ownerId": owner_id, "filename": filename,
+                    "base64": STANDARD.encode(content),
+                }}),
+                Some(bearer),
+            )
+            .await;
+        data(&body, "uploadAttachment")
+    }
+
+    /// Every stored object under the storage root, as relative keys.
+    pub fn stored_keys(&self) -> Vec<String> {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, root, out);
+                } else {
+                    out.push(
+                        path.strip_prefix(root)
+                            .expect("under root")
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        walk(&self.storage_root, &self.storage_root, &mut keys);
+        keys.retain(|key| !key.starts_with(".attache-tmp") && !key.starts_with(".attache-probe"));
+        keys.sort();
+        keys
+    }
+
+    /// How many attachment rows `tenant` has.
+    pub async fn row_count(&self, tenant: &str) -> u64 {
+        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+        entity::attachment::Entity::find()
+            .filter(entity::attachment::Column::TenantId.eq(tenant))
+            .count(&self.app.db)
+            .await
+            .expect("count rows")
+    }
+}
+
+/// The flags that point attache at an in-process S3 server.
+pub fn s3_flags(endpoint: &str) -> Vec<String> {
+    [
+        "--storage-backend",
+        "s3",
+        "--s3-bucket-name",
+        S3_BUCKET,
+        "--s3-endpoint-url",
+        endpoint,
+        "--s3-access-key",
+        S3_ACCESS_KEY,
+        "--s3-secret-key",
+        S3_SECRET_KEY,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect()
+}
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    config: Config,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A token signed with the tests' HS256 secret.
+pub fn hs256(claims: Value) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        claims,
+    )
+}
+
+pub fn sign(algorithm: Algorithm, key: &EncodingKey, claims: Value) -> String {
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, key).expect("sign a token")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The field of a response that must have no errors.
+pub fn data(body: &Value, field: &str) -> Value {
+    assert!(
+        body.get("errors").is_none_or(Value::is_null),
+        "{field}: {body}"
+    );
+    body["data"][field].clone()
+}
+
+/// The `extensions.code` of every error.
+pub fn codes(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|error| {
+                    error["extensions"]["code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub const UPLOAD: &str = "mutation($input: UploadAttachmentInput!) { uploadAttachment(input: $input) { id ownerType ownerId filename contentType byteSize sha256 url downloadUrl createdAt createdBy } }";
+pub const GET: &str =
+    "query($id: ID!) { attachment(id: $id) { id filename sha256 url downloadUrl } }";
+pub const DELETE: &str = "mutation($id: ID!) { deleteAttachment(id: $id) }";
+
+/// A small well-formed PDF, different at every call.
+pub fn pdf() -> Vec<u8> {
+    format!(
+        "%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n% {}\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n",
+        uuid::Uuid::new_v4()
+    )
+    .into_bytes()
+}
+
+/// A 1x1 PNG.
+pub fn png() -> Vec<u8> {
+    STANDARD
+        .decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+        .expect("png fixture")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,175 @@
+//! Request limits and the HTTP rules around GraphQL: 413 before parsing, depth and
+//! complexity, CSRF, GET queries, the playground, health checks.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+use crate::helpers::{Setup, TestApp, UPLOAD, codes, data, pdf, tenant};
+
+async fn oversize_bodies_get_413_before_parsing(setup: Setup) {
+    let app = TestApp::spawn_with(setup, &["--max-request-bytes", "65536"]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let mut big = pdf();
+    big.resize(60_000, b' ');
+    let body = json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "c-1", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}});
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&bearer)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 413);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/json")
+    );
+    let answer: Value = response.json().await.expect("GraphQL-shaped body");
+    assert_eq!(codes(&answer), vec!["PAYLOAD_TOO_LARGE"]);
+
+    // Without Content-Length (chunked), the limit still holds while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+        .to_string()
+        .into_bytes()
+        .chunks(8192)
+        .map(|chunk| Ok(chunk.to_vec()))
+        .collect();
+    let streamed = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&bearer)
+        .header("content-type", "application/json")
+        .body(streamed)
+        .send()
+        .await
+        .expect("POST chunked");
+    assert_eq!(response.status(), 413);
+    assert_eq!(app.row_count(&acme).await, 0);
+    assert!(app.stored_keys().is_empty());
+}
+
+async fn depth_and_complexity_are_limited(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let aliases: String = (0..1000)
+        .map(|i| format!("a{i}: attachment(id: \"x\") {{ id }} "))
+        .collect();
+    let body = app
+        .gql(&format!("query {{ {aliases} }}"), json!({}), Some(&bearer))
+        .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("complex"),
+        "{body}"
+    );
+    let deep = format!(
+        "query {{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+        "ofType { ".repeat(14),
+        "} ".repeat(14)
+    );
+    let body = app.gql(&deep, json!({}), Some(&bearer)).await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nested"),
+        "{body}"
+    );
+}
+
+async fn simple_requests_need_a_preflight_header(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let query = "{ attachments(ownerType: \"contract\") { totalCount } }";
+    let get = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[("query", query)])
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(get.status(), 400);
+    assert!(
+        get.text()
+            .await
+            .expect("body")
+            .contains("apollo-require-preflight")
+    );
+    let text_plain = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&bearer)
+        .header("content-type", "text/plain")
+        .body(json!({ "query": query }).to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(text_plain.status(), 400);
+
+    let allowed = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[("query", query)])
+        .bearer_auth(&bearer)
+        .header("apollo-require-preflight", "true")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(allowed.status(), 200);
+    let body: Value = allowed.json().await.expect("JSON");
+    assert_eq!(data(&body, "attachments")["totalCount"], 0);
+}
+
+async fn browsers_get_the_playground_and_probes_answer(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let page = app
+        .client
+        .get(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .expect("html")
+            .to_lowercase()
+            .contains("graphiql")
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.expect("JSON");
+    assert_eq!(ready, json!({ "database": "ok", "storage": "ok" }));
+}
+
+crate::matrix!(
+    oversize_bodies_get_413_before_parsing,
+    depth_and_complexity_are_limited,
+    simple_requests_need_a_preflight_header,
+    browsers_get_the_playground_and_probes_answer,
+);

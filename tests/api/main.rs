@@ -1,0 +1,11 @@
+//! The one integration test binary: the real server on 127.0.0.1:0, real HTTP.
+
+mod helpers;
+
+mod auth;
+mod downloads;
+mod limits;
+mod listing;
+mod schema;
+mod storage;
+mod uploads;

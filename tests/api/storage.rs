@@ -1,0 +1,528 @@
+//! Storage on both backends: no overwrite, local paths, public URLs, direct uploads,
+//! an S3 outage, fail-fast startup and `attache storage check`.
+
+use attache::storage::StorageKey;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp, UPLOAD, codes, data, pdf, s3_flags,
+    sha256_hex, tenant,
+};
+
+async fn objects_are_never_overwritten(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let key = StorageKey::from_stored(format!("{}/contracts/c-1/fixed.pdf", tenant()));
+    app.app
+        .storage
+        .put_new(&key, b"first".to_vec())
+        .await
+        .expect("first write");
+    let second = app.app.storage.put_new(&key, b"second".to_vec()).await;
+    assert_eq!(
+        second.expect_err("a collision is an error").kind(),
+        opendal::ErrorKind::ConditionNotMatch
+    );
+    assert_eq!(
+        app.app.storage.read_all(&key).await.expect("read"),
+        b"first"
+    );
+}
+
+async fn tools_get_a_real_local_path(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let content = pdf();
+    let att = app
+        .upload(
+            &app.token(&tenant()),
+            &content,
+            "contract",
+            Some("c-1"),
+            "a.pdf",
+        )
+        .await;
+    let row = attache::attachments::find_for_signed_link(
+        &app.app,
+        att["id"].as_str().expect("id").parse().expect("uuid"),
+    )
+    .await
+    .expect("find")
+    .expect("row");
+    let local = app
+        .app
+        .storage
+        .local_path(&StorageKey::from_stored(row.storage_key.clone()))
+        .await
+        .expect("local path");
+    let path = local.path().to_owned();
+    assert_eq!(std::fs::read(&path).expect("read the path"), content);
+    drop(local);
+    match setup.store {
+        Store::Fs => assert!(
+            path.exists() && path.starts_with(&app.storage_root),
+            "the file itself"
+        ),
+        Store::S3 => assert!(!path.exists(), "the temporary copy is removed on drop"),
+    }
+}
+
+async fn public_urls_need_no_signature(setup: Setup) {
+    let cdn = "https://cdn.example.com/files/";
+    let app = TestApp::spawn_with(
+        setup,
+        &["--url-mode", "public", "--s3-public-base-url", cdn],
+    )
+    .await;
+    let acme = tenant();
+    let content = pdf();
+    let att = app
+        .upload(
+            &app.token(&acme),
+            &content,
+            "contract",
+            Some("c-1"),
+            "a.pdf",
+        )
+        .await;
+    let key = format!(
+        "{acme}/contracts/c-1/{}.pdf",
+        att["id"].as_str().expect("id")
+    );
+    let url = att["url"].as_str().expect("url");
+    match setup.store {
+        Store::S3 => assert_eq!(url, format!("https://cdn.example.com/files/{key}")),
+        Store::Fs => {
+            assert_eq!(url, app.url(&format!("/media/{key}")));
+            let response = reqwest::get(url).await.expect("GET");
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+            assert_eq!(
+                response.bytes().await.expect("body").as_ref(),
+                content.as_slice()
+            );
+            let missing = reqwest::get(app.url(&format!("/media/{acme}/contracts/c-1/nope.pdf")))
+                .await
+                .expect("GET");
+            assert_eq!(missing.status(), 404);
+        }
+    }
+    let signed = TestApp::spawn(setup).await;
+    let media = reqwest::get(signed.url(&format!("/media/{key}")))
+        .await
+        .expect("GET");
+    assert_eq!(
+        media.status(),
+        404,
+        "no /media route unless URL_MODE=public"
+    );
+}
+
+const CREATE: &str = "mutation($input: DirectUploadInput!) { createDirectUpload(input: $input) { id uploadUrl headers { name value } expiresAt } }";
+const COMPLETE: &str = "mutation($id: ID!) { completeDirectUpload(id: $id) { id filename contentType byteSize sha256 url } }";
+
+fn declaration(content: &[u8], content_type: &str) -> Value {
+    json!({ "ownerType": "contract", "ownerId": "c-7", "filename": "Direkt.pdf", "contentType": content_type,
+            "byteSize": content.len(), "sha256": sha256_hex(content) })
+}
+
+/// `createDirectUpload`, then the client's PUT with the given headers.
+async fn announce_and_put(
+    app: &TestApp,
+    bearer: &str,
+    declared: Value,
+    body: Vec<u8>,
+) -> (Value, u16) {
+    let created = app
+        .gql(CREATE, json!({ "input": declared }), Some(bearer))
+        .await;
+    let direct = data(&created, "createDirectUpload");
+    let mut put = app
+        .client
+        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
+        .body(body);
+    for header in direct["headers"].as_array().expect("headers") {
+        put = put.header(
+            header["name"].as_str().expect("name"),
+            header["value"].as_str().expect("value"),
+        );
+    }
+    let status = put.send().await.expect("PUT").status().as_u16();
+    (direct, status)
+}
+
+async fn direct_uploads_end_to_end(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = pdf();
+    let (direct, status) = announce_and_put(
+        &app,
+        &bearer,
+        declaration(&content, "application/pdf"),
+        content.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "PUT to uploadUrl");
+    assert_eq!(
+        app.row_count(&acme).await,
+        0,
+        "no attachment before completion"
+    );
+
+    let other = app
+        .gql(
+            COMPLETE,
+            json!({ "id": direct["id"] }),
+            Some(&app.token(&tenant())),
+        )
+        .await;
+    assert_eq!(
+        codes(&other),
+        vec!["NOT_FOUND"],
+        "another tenant cannot complete it"
+    );
+
+    let done = app
+        .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
+        .await;
+    let att = data(&done, "completeDirectUpload");
+    assert_eq!(att["id"], direct["id"]);
+    assert_eq!(att["sha256"], sha256_hex(&content));
+    assert_eq!(att["contentType"], "application/pdf");
+    let key = format!(
+        "{acme}/contracts/c-7/{}.pdf",
+        direct["id"].as_str().expect("id")
+    );
+    assert_eq!(app.stored_keys(), vec![key]);
+    let fetched = reqwest::get(att["url"].as_str().expect("url"))
+        .await
+        .expect("GET");
+    assert_eq!(
+        fetched.bytes().await.expect("body").as_ref(),
+        content.as_slice()
+    );
+
+    let again = app
+        .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
+        .await;
+    assert_eq!(codes(&again), vec!["NOT_FOUND"], "completes once");
+    let mut replay = app
+        .client
+        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
+        .body(pdf());
+    for header in direct["headers"].as_array().expect("headers") {
+        replay = replay.header(
+            header["name"].as_str().expect("name"),
+            header["value"].as_str().expect("value"),
+        );
+    }
+    let replayed = replay.send().await.expect("PUT").status().as_u16();
+    assert!(
+        replayed >= 400,
+        "the upload URL cannot replace a completed file: {replayed}"
+    );
+    let fetched = reqwest::get(att["url"].as_str().expect("url"))
+        .await
+        .expect("GET");
+    assert_eq!(
+        fetched.bytes().await.expect("body").as_ref(),
+        content.as_slice()
+    );
+}
+
+async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = pdf();
+    let mut wrong_sha = declaration(&content, "application/pdf");
+    wrong_sha["sha256"] = json!(sha256_hex(b"other bytes"));
+    let mut wrong_size = declaration(&content, "application/pdf");
+    wrong_size["byteSize"] = json!(content.len() + 10);
+    for (case, declared, code) in [
+        ("checksum", wrong_sha, "CHECKSUM_MISMATCH"),
+        (
+            "type",
+            declaration(&content, "image/png"),
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        ("size", wrong_size, "BAD_USER_INPUT"),
+    ] {
+        let (direct, status) = announce_and_put(&app, &bearer, declared, content.clone()).await;
+        assert_eq!(status, 200, "{case}: PUT");
+        let done = app
+            .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
+            .await;
+        assert_eq!(codes(&done), vec![code], "{case}: {done}");
+        assert!(
+            app.stored_keys().is_empty(),
+            "{case}: object left behind {:?}",
+            app.stored_keys()
+        );
+    }
+    assert_eq!(app.row_count(&acme).await, 0);
+
+    for (case, declared, code) in [
+        (
+            "unknown owner type",
+            json!({ "ownerType": "x", "ownerId": "c", "filename": "a", "contentType": "application/pdf", "byteSize": 1, "sha256": sha256_hex(b"a") }),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "type not accepted",
+            declaration(&content, "application/zip"),
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "too large",
+            json!({ "ownerType": "invoice_logo", "filename": "a.png", "contentType": "image/png", "byteSize": 3 * 1024 * 1024, "sha256": sha256_hex(b"a") }),
+            "PAYLOAD_TOO_LARGE",
+        ),
+    ] {
+        let created = app
+            .gql(CREATE, json!({ "input": declared }), Some(&bearer))
+            .await;
+        assert_eq!(codes(&created), vec![code], "{case}: {created}");
+    }
+}
+
+async fn expired_direct_uploads_are_swept(setup: Setup) {
+    let app = TestApp::spawn_with(setup, &["--url-ttl-seconds", "1"]).await;
+    let bearer = app.token(&tenant());
+    let content = pdf();
+    let (direct, status) = announce_and_put(
+        &app,
+        &bearer,
+        declaration(&content, "application/pdf"),
+        content,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.stored_keys().len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let late = app
+        .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
+        .await;
+    assert_eq!(codes(&late), vec!["NOT_FOUND"], "expired");
+    attache::attachments::direct::expire(&app.app)
+        .await
+        .expect("sweep");
+    assert!(
+        app.stored_keys().is_empty(),
+        "the expired upload's object is removed"
+    );
+}
+
+async fn a_storage_outage_is_storage_unavailable(setup: Setup) {
+    let mut app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    app.s3.as_ref().expect("s3").stop();
+    let input = json!({ "input": { "ownerType": "contract", "ownerId": "c-1", "filename": "a.pdf",
+        "base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pdf()) }});
+    let body = app.gql(UPLOAD, input.clone(), Some(&bearer)).await;
+    assert_eq!(codes(&body), vec!["STORAGE_UNAVAILABLE"], "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.contains(S3_ACCESS_KEY) && !message.contains("127.0.0.1"),
+        "leaks internals: {message}"
+    );
+    assert_eq!(app.row_count(&acme).await, 0);
+    let ready = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+
+    app.s3.as_mut().expect("s3").restart().await;
+    let mut stored = None;
+    for _ in 0..5 {
+        let body = app.gql(UPLOAD, input.clone(), Some(&bearer)).await;
+        if body.get("errors").is_none() {
+            stored = Some(body);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        stored.is_some(),
+        "the server serves again once storage returns"
+    );
+    assert_eq!(app.row_count(&acme).await, 1);
+    assert_eq!(app.stored_keys().len(), 1);
+}
+
+/// Runs `attache ARGS` to completion, off the runtime (the S3 server lives in it);
+/// a command still running after 30 s is killed and fails the test.
+async fn attache(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+            .args(&args)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run attache");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if started.elapsed().as_secs() > 30 {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("output");
+                panic!(
+                    "`attache {args:?}` still ran after 30 s: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("output")
+    })
+    .await
+    .expect("join")
+}
+
+async fn bad_bucket_settings_fail_fast_in_one_line(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3")).await;
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let serve = |overrides: &[(&str, &str)]| {
+        let mut args = vec![
+            "serve".to_owned(),
+            "--database-url".to_owned(),
+            database.clone(),
+        ];
+        args.extend([
+            "--listen-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--jwt-secret".to_owned(),
+            "s".to_owned(),
+        ]);
+        let mut flags = s3_flags(&s3.endpoint);
+        for (flag, value) in overrides {
+            let at = flags.iter().position(|f| f == flag).expect("known flag");
+            flags[at + 1] = (*value).to_owned();
+        }
+        args.extend(flags);
+        args
+    };
+    for (case, overrides, variable) in [
+        (
+            "wrong secret",
+            vec![("--s3-secret-key", "wrong-secret")],
+            "S3_SECRET_KEY",
+        ),
+        (
+            "missing bucket",
+            vec![("--s3-bucket-name", "no-such-bucket")],
+            "S3_BUCKET_NAME",
+        ),
+        (
+            "unreachable endpoint",
+            vec![("--s3-endpoint-url", "http://127.0.0.1:9")],
+            "S3_ENDPOINT_URL",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let output = attache(serve(&overrides)).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|line| line.starts_with("error:"))
+            .collect();
+        assert!(!output.status.success(), "{case}: exits non-zero");
+        assert_eq!(lines.len(), 1, "{case}: one error line in {stderr}");
+        assert!(
+            lines[0].contains(variable),
+            "{case}: names {variable}: {}",
+            lines[0]
+        );
+        assert!(started.elapsed().as_secs() < 15, "{case}: within seconds");
+    }
+    let no_bucket = attache(vec![
+        "serve".into(),
+        "--storage-backend".into(),
+        "s3".into(),
+    ])
+    .await;
+    assert!(String::from_utf8_lossy(&no_bucket.stderr).contains("S3_BUCKET_NAME"));
+    let mut public = serve(&[]);
+    public.extend(["--url-mode".to_owned(), "public".to_owned()]);
+    let public = attache(public).await;
+    assert!(String::from_utf8_lossy(&public.stderr).contains("S3_PUBLIC_BASE_URL"));
+}
+
+async fn storage_check_says_what_works(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3")).await;
+    let mut good = vec!["storage".to_owned(), "check".to_owned()];
+    good.extend(s3_flags(&s3.endpoint));
+    let output = attache(good.clone()).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for step in ["list", "write", "read", "stat", "delete"] {
+        assert!(
+            stdout.contains(&format!("{step:<6} ok")),
+            "{step}: {stdout}"
+        );
+    }
+    let mut bad = good.clone();
+    let at = bad
+        .iter()
+        .position(|f| f == "--s3-bucket-name")
+        .expect("flag");
+    bad[at + 1] = "missing".to_owned();
+    let output = attache(bad).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("list   FAILED"));
+    assert_eq!(
+        files_under(&s3.root.join(S3_BUCKET)),
+        0,
+        "the probe cleans up"
+    );
+
+    let folder = dir.path().join("files");
+    let fs = attache(vec![
+        "storage".into(),
+        "check".into(),
+        "--storage-root".into(),
+        folder.display().to_string(),
+    ])
+    .await;
+    assert!(
+        fs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fs.stdout)
+    );
+}
+
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| {
+                    if entry.path().is_dir() {
+                        files_under(&entry.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+crate::matrix!(
+    objects_are_never_overwritten,
+    tools_get_a_real_local_path,
+    public_urls_need_no_signature,
+    direct_uploads_end_to_end,
+    lying_direct_uploads_are_refused_and_removed,
+    expired_direct_uploads_are_swept,
+);
+
+crate::matrix!(s3: a_storage_outage_is_storage_unavailable);
+
+crate::matrix!(once: bad_bucket_settings_fail_fast_in_one_line, storage_check_says_what_works);

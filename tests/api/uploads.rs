@@ -1,0 +1,375 @@
+//! Uploads: what is stored where, every validation error with its code and nothing
+//! written, hostile input, all-or-nothing batches, multipart, a failing row.
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
+
+use crate::helpers::{Db, Setup, TestApp, UPLOAD, codes, data, pdf, png, sha256_hex, tenant};
+
+async fn upload_stores_the_file_under_its_collection_key(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = pdf();
+    let att = app
+        .upload(
+            &bearer,
+            &content,
+            "contract",
+            Some("c-1"),
+            "Vertrag März.pdf",
+        )
+        .await;
+    assert_eq!(att["ownerType"], "contract");
+    assert_eq!(att["ownerId"], "c-1");
+    assert_eq!(att["filename"], "Vertrag März.pdf");
+    assert_eq!(att["contentType"], "application/pdf");
+    assert_eq!(att["byteSize"], content.len());
+    assert_eq!(att["sha256"], sha256_hex(&content));
+    assert_eq!(att["createdBy"], "user-1");
+    let id = att["id"].as_str().expect("id");
+    assert_eq!(
+        uuid::Uuid::parse_str(id).expect("uuid").get_version_num(),
+        7
+    );
+    let key = format!("{acme}/contracts/c-1/{id}.pdf");
+    assert_eq!(app.stored_keys(), vec![key.clone()]);
+    assert_eq!(
+        std::fs::read(app.storage_root.join(&key)).expect("stored file"),
+        content
+    );
+
+    let logo = app
+        .upload(
+            &bearer,
+            &png(),
+            "invoice_logo",
+            Some("ignored-1"),
+            "logo.png",
+        )
+        .await;
+    let logo_id = logo["id"].as_str().expect("id");
+    assert!(
+        app.stored_keys()
+            .contains(&format!("{acme}/invoices/logos/{logo_id}.png"))
+    );
+    assert_eq!(logo["ownerId"], "ignored-1", "kept as metadata");
+}
+
+async fn every_tolerated_base64_form_is_accepted(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let content = pdf();
+    let standard = STANDARD.encode(&content);
+    let wrapped: String = standard
+        .as_bytes()
+        .chunks(76)
+        .map(|line| format!("{}\r\n", std::str::from_utf8(line).expect("ascii")))
+        .collect();
+    for encoded in [
+        URL_SAFE_NO_PAD.encode(&content),
+        format!("data:application/pdf;base64,{standard}"),
+        wrapped,
+    ] {
+        let body = app
+            .gql(
+                UPLOAD,
+                json!({ "input": { "ownerType": "contract", "ownerId": "c-1", "filename": "a.pdf", "base64": encoded }}),
+                Some(&bearer),
+            )
+            .await;
+        assert_eq!(
+            data(&body, "uploadAttachment")["sha256"],
+            sha256_hex(&content)
+        );
+    }
+}
+
+fn input(owner_type: &str, owner_id: Option<&str>, filename: &str, base64: &str) -> Value {
+    json!({ "ownerType": owner_type, "ownerId": owner_id, "filename": filename, "base64": base64 })
+}
+
+async fn every_validation_error_has_its_code_and_stores_nothing(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let pdf64 = STANDARD.encode(pdf());
+    let big_png = {
+        let mut bytes = png();
+        bytes.resize(2 * 1024 * 1024 + 1, 0);
+        STANDARD.encode(bytes)
+    };
+    let mut declared_png = input("contract", Some("c-1"), "x.pdf", &pdf64);
+    declared_png["contentType"] = json!("image/png");
+    let mut wrong_sha = input("contract", Some("c-1"), "x.pdf", &pdf64);
+    wrong_sha["sha256"] = json!(sha256_hex(b"something else"));
+    let mut malformed_sha = input("contract", Some("c-1"), "x.pdf", &pdf64);
+    malformed_sha["sha256"] = json!("xyz");
+    let cases = [
+        (
+            "unknown owner type",
+            input("spaceship", Some("c-1"), "x.pdf", &pdf64),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "invalid base64",
+            input("contract", Some("c-1"), "x.pdf", "not base64 at all!"),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "empty file",
+            input("contract", Some("c-1"), "x.pdf", ""),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "owner id missing",
+            input("contract", None, "x.pdf", &pdf64),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "owner id with a path",
+            input("contract", Some("../../etc"), "x.pdf", &pdf64),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "owner id with a slash",
+            input("customer", Some("a/b"), "x.pdf", &pdf64),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "larger than the collection",
+            input("invoice_logo", None, "x.png", &big_png),
+            "PAYLOAD_TOO_LARGE",
+        ),
+        (
+            "executable",
+            input(
+                "contract",
+                Some("c-1"),
+                "x.pdf",
+                &STANDARD.encode(b"MZ\x90\x00\x03\x00\x00\x00\x04\x00"),
+            ),
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "pdf as a logo",
+            input("invoice_logo", None, "x.png", &pdf64),
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "invalid UTF-8 text",
+            input(
+                "contract",
+                Some("c-1"),
+                "x.txt",
+                &STANDARD.encode([0xff, 0xfe, 0xfd]),
+            ),
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "declared type contradicts",
+            declared_png,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        ("checksum differs", wrong_sha, "CHECKSUM_MISMATCH"),
+        ("malformed checksum", malformed_sha, "BAD_USER_INPUT"),
+    ];
+    for (case, input, code) in cases {
+        let body = app
+            .gql(UPLOAD, json!({ "input": input }), Some(&bearer))
+            .await;
+        assert_eq!(codes(&body), vec![code], "{case}: {body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        let root = app.storage_root.to_string_lossy();
+        assert!(
+            !message.contains(root.as_ref()),
+            "{case}: message leaks a path: {message}"
+        );
+    }
+    assert_eq!(app.row_count(&acme).await, 0);
+    assert!(app.stored_keys().is_empty(), "{:?}", app.stored_keys());
+}
+
+async fn hostile_filenames_lose_paths_and_control_characters(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let hostile = format!("../../etc/\u{202e}fdp.exe\u{0}\r\n{}", "ü".repeat(200));
+    let att = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), &hostile)
+        .await;
+    let filename = att["filename"].as_str().expect("filename");
+    assert!(filename.starts_with("fdp.exe"), "{filename}");
+    assert!(
+        filename.len() <= 255 && !filename.contains('/') && !filename.chars().any(char::is_control)
+    );
+    let id = att["id"].as_str().expect("id");
+    assert_eq!(
+        app.stored_keys(),
+        vec![format!("{acme}/contracts/c-1/{id}.pdf")]
+    );
+}
+
+async fn a_batch_is_all_or_nothing(setup: Setup) {
+    let app = TestApp::spawn_with(setup, &["--max-batch-files", "3"]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let batch = "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id filename } }";
+    let pdf64 = STANDARD.encode(pdf());
+    let good = input("contract", Some("c-1"), "a.pdf", &pdf64);
+    let bad = input("contract", Some("c-1"), "b.pdf", "%%%");
+    let body = app
+        .gql(batch, json!({ "input": [good, good, bad] }), Some(&bearer))
+        .await;
+    assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["index"], 2);
+    assert_eq!(app.row_count(&acme).await, 0);
+    assert!(app.stored_keys().is_empty());
+
+    let body = app
+        .gql(
+            batch,
+            json!({ "input": [good, good, good, good] }),
+            Some(&bearer),
+        )
+        .await;
+    assert_eq!(
+        codes(&body),
+        vec!["BAD_USER_INPUT"],
+        "over MAX_BATCH_FILES: {body}"
+    );
+
+    let body = app
+        .gql(batch, json!({ "input": [good, good, good] }), Some(&bearer))
+        .await;
+    assert_eq!(
+        data(&body, "uploadAttachments").as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(app.row_count(&acme).await, 3);
+    assert_eq!(app.stored_keys().len(), 3);
+}
+
+async fn multipart_uploads_follow_the_same_rules(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = pdf();
+    let operations = json!({
+        "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id filename contentType sha256 } }",
+        "variables": { "input": { "ownerType": "customer", "ownerId": "k-9", "file": null } }
+    });
+    let form = || {
+        reqwest::multipart::Form::new()
+            .text("operations", operations.to_string())
+            .text("map", json!({ "0": ["variables.input.file"] }).to_string())
+            .part(
+                "0",
+                reqwest::multipart::Part::bytes(content.clone())
+                    .file_name("Auftrag.pdf")
+                    .mime_str("application/pdf")
+                    .expect("mime"),
+            )
+    };
+    let blocked = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&bearer)
+        .multipart(form())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        blocked.status(),
+        400,
+        "multipart without a preflight header is a CSRF risk"
+    );
+    assert!(
+        blocked
+            .text()
+            .await
+            .expect("body")
+            .contains("apollo-require-preflight")
+    );
+    assert_eq!(app.row_count(&acme).await, 0);
+
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&bearer)
+        .header("apollo-require-preflight", "true")
+        .multipart(form())
+        .send()
+        .await
+        .expect("POST");
+    let body: Value = response.json().await.expect("JSON");
+    let att = data(&body, "uploadAttachmentFile");
+    assert_eq!(att["filename"], "Auftrag.pdf");
+    assert_eq!(att["sha256"], sha256_hex(&content));
+    let id = att["id"].as_str().expect("id");
+    assert_eq!(
+        app.stored_keys(),
+        vec![format!("{acme}/customers/k-9/{id}.pdf")]
+    );
+}
+
+/// A row that cannot be written must not leave its object behind.
+async fn a_failing_row_removes_its_object(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let trigger = match setup.db {
+        Db::Sqlite => format!(
+            "CREATE TRIGGER refuse_{acme} BEFORE INSERT ON attachments WHEN NEW.tenant_id = '{acme}' \
+             BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;"
+        ),
+        Db::Postgres => format!(
+            "CREATE FUNCTION refuse_{acme}() RETURNS trigger AS $$ BEGIN \
+             IF NEW.tenant_id = '{acme}' THEN RAISE EXCEPTION 'refused by test trigger'; END IF; RETURN NEW; END; $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_{acme} BEFORE INSERT ON attachments FOR EACH ROW EXECUTE FUNCTION refuse_{acme}();"
+        ),
+    };
+    app.app
+        .db
+        .execute_unprepared(&trigger)
+        .await
+        .expect("install trigger");
+    let body = app
+        .gql(
+            UPLOAD,
+            json!({ "input": input("contract", Some("c-1"), "a.pdf", &STANDARD.encode(pdf())) }),
+            Some(&app.token(&acme)),
+        )
+        .await;
+    assert_eq!(codes(&body), vec!["INTERNAL_SERVER_ERROR"], "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.contains("trigger") && !message.to_lowercase().contains("insert"),
+        "leaks SQL: {message}"
+    );
+    assert!(
+        app.stored_keys().is_empty(),
+        "object left behind: {:?}",
+        app.stored_keys()
+    );
+    if setup.db == Db::Postgres {
+        let cleanup =
+            format!("DROP TRIGGER refuse_{acme} ON attachments; DROP FUNCTION refuse_{acme}();");
+        app.app
+            .db
+            .execute_unprepared(&cleanup)
+            .await
+            .expect("remove trigger");
+    }
+}
+
+crate::matrix!(
+    upload_stores_the_file_under_its_collection_key,
+    every_tolerated_base64_form_is_accepted,
+    every_validation_error_has_its_code_and_stores_nothing,
+    hostile_filenames_lose_paths_and_control_characters,
+    a_batch_is_all_or_nothing,
+    multipart_uploads_follow_the_same_rules,
+    a_failing_row_removes_its_object,
+);
