@@ -197,6 +197,8 @@ pub fn decode_base64(text: String) -> AppResult<Vec<u8>> {
         read = end;
     }
     buf.truncate(out);
+    // Gives back the quarter of the buffer that base64 needed and the bytes do not.
+    buf.shrink_to_fit();
     Ok(buf)
 }
 

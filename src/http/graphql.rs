@@ -7,7 +7,7 @@ use async_graphql_axum::GraphQLResponse;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -51,7 +51,14 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     } else {
         None
     };
-    let batch = match read_request(request, limit, state.app.config.limits.max_batch_files).await {
+    let batch = match read_request(
+        request,
+        length,
+        limit,
+        state.app.config.limits.max_batch_files,
+    )
+    .await
+    {
         Ok(batch) => batch,
         Err(response) => return *response,
     };
@@ -137,6 +144,7 @@ fn bad_request(message: String) -> Box<Response> {
 /// in place, or a multipart body streamed to temporary files.
 async fn read_request(
     request: Request,
+    length: Option<u64>,
     limit: u64,
     max_files: u64,
 ) -> Result<BatchRequest, Box<Response>> {
@@ -165,13 +173,21 @@ async fn read_request(
             .await
             .map_err(|err| parse_failure(&err, limit));
     }
-    let bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(Box::new(too_large(limit)));
+    // One buffer of the announced size: no chunk list plus a contiguous copy.
+    let capacity = usize::try_from(length.unwrap_or(0))
+        .unwrap_or(0)
+        .min(limit_usize);
+    let mut bytes = Vec::with_capacity(capacity);
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(Box::new(too_large(limit)));
+            }
+            Err(err) => return Err(bad_request(format!("cannot read the request body: {err}"))),
         }
-        Err(err) => return Err(bad_request(format!("cannot read the request body: {err}"))),
-    };
+    }
     serde_json::from_slice::<BatchRequest>(&bytes)
         .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))
 }

@@ -9,6 +9,7 @@ mod uploads;
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::routing::{get, put};
+use axum::serve::ListenerExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -90,6 +91,12 @@ pub async fn serve(
     app: SharedApp,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // No Nagle delay between a response's headers and a small body.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown)
         .await

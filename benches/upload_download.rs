@@ -1,0 +1,295 @@
+//! Upload and download benchmark: `cargo bench --bench upload_download`.
+//!
+//! Starts the release `attache serve` as a child process (SQLite, local disk), then:
+//! 1. uploads 10 KiB, 1 MiB and 10 MiB files through `uploadAttachment` one at a time
+//!    and downloads each through the bearer route: p50/p99 latency and MB/s;
+//! 2. on a fresh server, sends a burst of concurrent 10 MiB uploads: the server's peak
+//!    RSS per in-flight upload (at most `MAX_CONCURRENT_UPLOADS` are read at once);
+//! 3. on a fresh server over the same data, downloads 10 MiB files concurrently: the
+//!    growth of peak RSS, which must not follow the file size.
+//!
+//! `BENCH_QUICK=1` runs fewer iterations.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::json;
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+const PERMITS: usize = 8;
+const MIB: usize = 1024 * 1024;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_attache"))
+            .arg("serve")
+            .current_dir(dir)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("JWT_SECRET", SECRET)
+            .env("SIGNING_KEY", SECRET)
+            .env("MAX_CONCURRENT_UPLOADS", PERMITS.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start attache serve");
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("attache serve did not listen within 30 s");
+    }
+
+    /// A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM).
+    fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(field)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .expect("memory field")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = json!({ "sub": "bench", "tenant_id": "bench", "exp": now + 3600 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+/// The JSON body of an `uploadAttachment` of `size` bytes of text, built once.
+fn upload_body(size: usize, seed: usize) -> Vec<u8> {
+    let line =
+        format!("attache benchmark line {seed:08}, the quick brown fox jumps over the lazy dog\n");
+    let content: Vec<u8> = line.bytes().cycle().take(size).collect();
+    json!({
+        "query": "mutation($input: UploadAttachmentInput!) { uploadAttachment(input: $input) { id downloadUrl } }",
+        "variables": { "input": { "ownerType": "contract", "ownerId": "bench", "filename": "bench.txt",
+                                  "base64": STANDARD.encode(&content) } }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn upload(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    body: Vec<u8>,
+) -> (Duration, String) {
+    let started = Instant::now();
+    let response = client
+        .post(format!("{}/graphql", server.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST /graphql");
+    let answer: serde_json::Value = response.json().await.expect("JSON");
+    let elapsed = started.elapsed();
+    let url = answer["data"]["uploadAttachment"]["downloadUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("upload failed: {answer}"))
+        .to_owned();
+    (elapsed, url)
+}
+
+async fn download(client: &reqwest::Client, url: &str, token: &str) -> (Duration, usize) {
+    let started = Instant::now();
+    let mut response = client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    let mut bytes = 0;
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        bytes += chunk.len();
+    }
+    (started.elapsed(), bytes)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn report(label: &str, size: usize, mut times: Vec<Duration>) {
+    times.sort();
+    let total: Duration = times.iter().sum();
+    let mb_per_s = (size * times.len()) as f64 / 1e6 / total.as_secs_f64();
+    println!(
+        "{label:<9} {:>7}  n={:<4} p50 {:>9.2} ms  p99 {:>9.2} ms  {:>8.1} MB/s",
+        human(size),
+        times.len(),
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+        mb_per_s
+    );
+}
+
+fn human(size: usize) -> String {
+    if size >= MIB {
+        format!("{} MiB", size / MIB)
+    } else {
+        format!("{} KiB", size / 1024)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let quick = std::env::var_os("BENCH_QUICK").is_some();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = reqwest::Client::new();
+    let token = token();
+    let ten_mib = 10 * MIB;
+
+    println!("attache upload/download benchmark (release build, SQLite, local disk)\n");
+    let server = Server::start(dir.path());
+    let mut large_paths = Vec::new();
+    for (size, count) in [(10 * 1024, 200), (MIB, 40), (ten_mib, 12)] {
+        let count = if quick { count / 4 } else { count };
+        let mut uploads = Vec::new();
+        let mut downloads = Vec::new();
+        for seed in 0..count {
+            let (elapsed, url) = upload(&client, &server, &token, upload_body(size, seed)).await;
+            uploads.push(elapsed);
+            let (elapsed, bytes) = download(&client, &url, &token).await;
+            assert_eq!(bytes, size);
+            downloads.push(elapsed);
+            if size == ten_mib {
+                large_paths.push(url.trim_start_matches(&server.base).to_owned());
+            }
+        }
+        report("upload", size, uploads);
+        report("download", size, downloads);
+    }
+    let rss = server.memory_kib("VmRSS:");
+    println!(
+        "\nserver RSS after the sequential runs: {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+    drop(server);
+
+    let burst = 4 * PERMITS;
+    let server = Server::start(dir.path());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = server.memory_kib("VmRSS:");
+    let bodies: Vec<Vec<u8>> = (0..burst)
+        .map(|seed| upload_body(ten_mib, 10_000 + seed))
+        .collect();
+    let started = Instant::now();
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (client, token, base) = (client.clone(), token.clone(), server.base.clone());
+            tokio::spawn(async move {
+                let response = client
+                    .post(format!("{base}/graphql"))
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("POST");
+                let answer: serde_json::Value = response.json().await.expect("JSON");
+                assert!(answer["errors"].is_null(), "{answer}");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("upload task");
+    }
+    let elapsed = started.elapsed();
+    let peak = server.memory_kib("VmHWM:");
+    let growth_mib = peak.saturating_sub(baseline) as f64 / 1024.0;
+    let per_upload = growth_mib / PERMITS.min(burst) as f64;
+    println!(
+        "\nburst of {burst} concurrent 10 MiB uploads (MAX_CONCURRENT_UPLOADS={PERMITS}): {:.2} s, {:.1} MB/s",
+        elapsed.as_secs_f64(),
+        (burst * ten_mib) as f64 / 1e6 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  server RSS {:.1} MiB -> peak {:.1} MiB: +{growth_mib:.1} MiB, {per_upload:.1} MiB per in-flight upload = {:.2}x the file",
+        baseline as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        per_upload / 10.0
+    );
+    drop(server);
+
+    let server = Server::start(dir.path());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = server.memory_kib("VmRSS:");
+    let rounds = if quick { 2 } else { 5 };
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let tasks: Vec<_> = large_paths
+            .iter()
+            .take(8)
+            .map(|path| {
+                let (client, token, url) = (
+                    client.clone(),
+                    token.clone(),
+                    format!("{}{path}", server.base),
+                );
+                tokio::spawn(async move { download(&client, &url, &token).await.1 })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.expect("download task"), ten_mib);
+        }
+    }
+    let elapsed = started.elapsed();
+    let peak = server.memory_kib("VmHWM:");
+    let files = rounds * large_paths.len().min(8);
+    println!(
+        "\n{files} downloads of 10 MiB, 8 at a time: {:.1} MB/s; server RSS {:.1} MiB -> peak {:.1} MiB (+{:.1} MiB for 80 MiB in flight)",
+        (files * ten_mib) as f64 / 1e6 / elapsed.as_secs_f64(),
+        baseline as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        peak.saturating_sub(baseline) as f64 / 1024.0
+    );
+}
