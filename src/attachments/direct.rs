@@ -46,28 +46,12 @@ pub async fn announce(
     target: Target,
     declared: Declaration<'_>,
 ) -> AppResult<Announced> {
-    let limit = target
-        .collection
-        .max_bytes
-        .min(app.config.limits.max_upload_bytes);
     let byte_size = u64::try_from(declared.byte_size).unwrap_or(0);
     if byte_size == 0 {
         return Err(AppError::bad_input("byteSize must be positive"));
     }
-    if byte_size > limit {
-        return Err(AppError::PayloadTooLarge(format!(
-            "byteSize {byte_size} exceeds the {limit} bytes `{}` accepts",
-            target.owner_type
-        )));
-    }
-    let media = MediaType::from_mime(declared.content_type)
-        .filter(|media| target.collection.accept.contains(media))
-        .ok_or_else(|| {
-            AppError::UnsupportedMediaType(format!(
-                "`{}` does not accept this contentType",
-                target.owner_type
-            ))
-        })?;
+    target.check_size(byte_size, app.config.limits.max_upload_bytes)?;
+    let media = target.accept(MediaType::from_mime(declared.content_type))?;
     let sha256 = upload::parse_sha256(declared.sha256)?;
     let id = Uuid::now_v7();
     let key = StorageKey::for_attachment(

@@ -51,6 +51,30 @@ impl Target {
             collection: collection.clone(),
         })
     }
+
+    /// PAYLOAD_TOO_LARGE above the collection's limit or `MAX_UPLOAD_BYTES`.
+    pub fn check_size(&self, size: u64, max_upload_bytes: u64) -> AppResult<()> {
+        let limit = self.collection.max_bytes.min(max_upload_bytes);
+        if size > limit {
+            return Err(AppError::PayloadTooLarge(format!(
+                "the file has {size} bytes; `{}` accepts at most {limit}",
+                self.owner_type
+            )));
+        }
+        Ok(())
+    }
+
+    /// UNSUPPORTED_MEDIA_TYPE unless the type is known and the collection accepts it.
+    pub fn accept(&self, media: Option<MediaType>) -> AppResult<MediaType> {
+        media
+            .filter(|media| self.collection.accept.contains(media))
+            .ok_or_else(|| {
+                AppError::UnsupportedMediaType(format!(
+                    "the file is not a type that `{}` accepts",
+                    self.owner_type
+                ))
+            })
+    }
 }
 
 /// An `ownerId` that may reach a key: `[A-Za-z0-9_-]{1,64}`.
@@ -86,23 +110,9 @@ impl ValidUpload {
         if bytes.is_empty() {
             return Err(AppError::bad_input("the file is empty"));
         }
-        let limit = target.collection.max_bytes.min(max_upload_bytes);
-        if bytes.len() as u64 > limit {
-            return Err(AppError::PayloadTooLarge(format!(
-                "the file has {} bytes; `{}` accepts at most {limit}",
-                bytes.len(),
-                target.owner_type
-            )));
-        }
+        target.check_size(bytes.len() as u64, max_upload_bytes)?;
         let filename = sanitize_filename(draft.filename);
-        let media = MediaType::detect(&bytes, draft.declared_type, &filename)
-            .filter(|media| target.collection.accept.contains(media))
-            .ok_or_else(|| {
-                AppError::UnsupportedMediaType(format!(
-                    "the file's content is not a type that `{}` accepts",
-                    target.owner_type
-                ))
-            })?;
+        let media = target.accept(MediaType::detect(&bytes, draft.declared_type, &filename))?;
         if let Some(declared) = draft.declared_type
             && media.contradicts(declared)
         {

@@ -348,6 +348,12 @@ impl TestApp {
         hs256(json!({ "sub": "user-1", "tenant_id": tenant, "exp": now() + 3600 }))
     }
 
+    /// The status of a GET of `path` without headers.
+    pub async fn status_of(&self, path: &str) -> u16 {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        response.status().as_u16()
+    }
+
     /// POSTs a GraphQL request as JSON; returns the JSON body.
     pub async fn gql(&self, query: &str, variables: Value, bearer: Option<&str>) -> Value {
         let mut request = self

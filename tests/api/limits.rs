@@ -147,15 +147,7 @@ async fn browsers_get_the_playground_and_probes_answer(setup: Setup) {
             .to_lowercase()
             .contains("graphiql")
     );
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .expect("healthz")
-            .status(),
-        200
-    );
+    assert_eq!(app.status_of("/healthz").await, 200);
     let ready = app
         .client
         .get(app.url("/readyz"))

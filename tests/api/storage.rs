@@ -135,6 +135,12 @@ async fn announce_and_put(
         .gql(CREATE, json!({ "input": declared }), Some(bearer))
         .await;
     let direct = data(&created, "createDirectUpload");
+    let status = put_to(app, &direct, body).await;
+    (direct, status)
+}
+
+/// The client's PUT to a direct upload's `uploadUrl`, with its `headers`.
+async fn put_to(app: &TestApp, direct: &Value, body: Vec<u8>) -> u16 {
     let mut put = app
         .client
         .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
@@ -145,8 +151,13 @@ async fn announce_and_put(
             header["value"].as_str().expect("value"),
         );
     }
-    let status = put.send().await.expect("PUT").status().as_u16();
-    (direct, status)
+    put.send().await.expect("PUT").status().as_u16()
+}
+
+/// The body of a GET of `url` without headers.
+async fn fetch(url: &Value) -> Vec<u8> {
+    let response = reqwest::get(url.as_str().expect("url")).await.expect("GET");
+    response.bytes().await.expect("body").to_vec()
 }
 
 async fn direct_uploads_end_to_end(setup: Setup) {
@@ -193,40 +204,18 @@ async fn direct_uploads_end_to_end(setup: Setup) {
         direct["id"].as_str().expect("id")
     );
     assert_eq!(app.stored_keys(), vec![key]);
-    let fetched = reqwest::get(att["url"].as_str().expect("url"))
-        .await
-        .expect("GET");
-    assert_eq!(
-        fetched.bytes().await.expect("body").as_ref(),
-        content.as_slice()
-    );
+    assert_eq!(fetch(&att["url"]).await, content);
 
     let again = app
         .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
         .await;
     assert_eq!(codes(&again), vec!["NOT_FOUND"], "completes once");
-    let mut replay = app
-        .client
-        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
-        .body(pdf());
-    for header in direct["headers"].as_array().expect("headers") {
-        replay = replay.header(
-            header["name"].as_str().expect("name"),
-            header["value"].as_str().expect("value"),
-        );
-    }
-    let replayed = replay.send().await.expect("PUT").status().as_u16();
+    let replayed = put_to(&app, &direct, pdf()).await;
     assert!(
         replayed >= 400,
         "the upload URL cannot replace a completed file: {replayed}"
     );
-    let fetched = reqwest::get(att["url"].as_str().expect("url"))
-        .await
-        .expect("GET");
-    assert_eq!(
-        fetched.bytes().await.expect("body").as_ref(),
-        content.as_slice()
-    );
+    assert_eq!(fetch(&att["url"]).await, content);
 }
 
 async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
@@ -327,13 +316,7 @@ async fn a_storage_outage_is_storage_unavailable(setup: Setup) {
         "leaks internals: {message}"
     );
     assert_eq!(app.row_count(&acme).await, 0);
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), 503);
+    assert_eq!(app.status_of("/readyz").await, 503);
 
     app.s3.as_mut().expect("s3").restart().await;
     let mut stored = None;
