@@ -6,6 +6,8 @@ mod serve;
 mod storage;
 mod token;
 
+use std::error::Error as _;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,6 +36,45 @@ enum Command {
 }
 
 impl Cli {
+    /// Parses the command line; a bad setting ends the process with one line that
+    /// names its variable (clap's own format spans several lines).
+    pub fn parse_or_exit() -> Self {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        let err = match Self::try_parse() {
+            Ok(cli) => return cli,
+            Err(err) => err,
+        };
+        let bad_value = matches!(
+            err.kind(),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation
+        );
+        let argument = match err.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(argument)) if bad_value => argument.clone(),
+            _ => err.exit(),
+        };
+        // "--max-upload-bytes <MAX_UPLOAD_BYTES>": the variable is the value name.
+        let variable = argument
+            .split_once('<')
+            .and_then(|(_, rest)| rest.strip_suffix('>'))
+            .unwrap_or(&argument);
+        let value = match err.get(ContextKind::InvalidValue) {
+            Some(ContextValue::String(value)) => value.clone(),
+            _ => String::new(),
+        };
+        let detail = err
+            .source()
+            .map(|source| format!(": {source}"))
+            .or_else(|| match err.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(valid)) => {
+                    Some(format!(": expected one of {}", valid.join(", ")))
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        eprintln!("error: {variable}: invalid value '{value}'{detail}");
+        std::process::exit(2);
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Serve(args) => serve::run(*args).await,

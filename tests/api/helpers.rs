@@ -539,3 +539,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// Runs `attache ARGS` to completion, off the runtime (the S3 server lives in it);
+/// a command still running after 30 s is killed and fails the test.
+pub async fn run_attache(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+            .args(&args)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run attache");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if started.elapsed().as_secs() > 30 {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("output");
+                panic!(
+                    "`attache {args:?}` still ran after 30 s: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("output")
+    })
+    .await
+    .expect("join")
+}

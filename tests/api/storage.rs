@@ -4,6 +4,7 @@
 use attache::storage::StorageKey;
 use serde_json::{Value, json};
 
+use crate::helpers::run_attache;
 use crate::helpers::{
     S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp, UPLOAD, codes, data, pdf, s3_flags,
     sha256_hex, tenant,
@@ -336,36 +337,6 @@ async fn a_storage_outage_is_storage_unavailable(setup: Setup) {
     assert_eq!(app.stored_keys().len(), 1);
 }
 
-/// Runs `attache ARGS` to completion, off the runtime (the S3 server lives in it);
-/// a command still running after 30 s is killed and fails the test.
-async fn attache(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
-            .args(&args)
-            .env_clear()
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run attache");
-        let started = std::time::Instant::now();
-        while child.try_wait().expect("wait").is_none() {
-            if started.elapsed().as_secs() > 30 {
-                let _ = child.kill();
-                let output = child.wait_with_output().expect("output");
-                panic!(
-                    "`attache {args:?}` still ran after 30 s: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        child.wait_with_output().expect("output")
-    })
-    .await
-    .expect("join")
-}
-
 async fn bad_bucket_settings_fail_fast_in_one_line(_setup: Setup) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s3 = S3Server::start(&dir.path().join("s3")).await;
@@ -408,7 +379,7 @@ async fn bad_bucket_settings_fail_fast_in_one_line(_setup: Setup) {
         ),
     ] {
         let started = std::time::Instant::now();
-        let output = attache(serve(&overrides)).await;
+        let output = run_attache(serve(&overrides)).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr
             .lines()
@@ -423,7 +394,7 @@ async fn bad_bucket_settings_fail_fast_in_one_line(_setup: Setup) {
         );
         assert!(started.elapsed().as_secs() < 15, "{case}: within seconds");
     }
-    let no_bucket = attache(vec![
+    let no_bucket = run_attache(vec![
         "serve".into(),
         "--storage-backend".into(),
         "s3".into(),
@@ -432,7 +403,7 @@ async fn bad_bucket_settings_fail_fast_in_one_line(_setup: Setup) {
     assert!(String::from_utf8_lossy(&no_bucket.stderr).contains("S3_BUCKET_NAME"));
     let mut public = serve(&[]);
     public.extend(["--url-mode".to_owned(), "public".to_owned()]);
-    let public = attache(public).await;
+    let public = run_attache(public).await;
     assert!(String::from_utf8_lossy(&public.stderr).contains("S3_PUBLIC_BASE_URL"));
 }
 
@@ -441,7 +412,7 @@ async fn storage_check_says_what_works(_setup: Setup) {
     let s3 = S3Server::start(&dir.path().join("s3")).await;
     let mut good = vec!["storage".to_owned(), "check".to_owned()];
     good.extend(s3_flags(&s3.endpoint));
-    let output = attache(good.clone()).await;
+    let output = run_attache(good.clone()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     for step in ["list", "write", "read", "stat", "delete"] {
@@ -456,7 +427,7 @@ async fn storage_check_says_what_works(_setup: Setup) {
         .position(|f| f == "--s3-bucket-name")
         .expect("flag");
     bad[at + 1] = "missing".to_owned();
-    let output = attache(bad).await;
+    let output = run_attache(bad).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("list   FAILED"));
     assert_eq!(
@@ -466,7 +437,7 @@ async fn storage_check_says_what_works(_setup: Setup) {
     );
 
     let folder = dir.path().join("files");
-    let fs = attache(vec![
+    let fs = run_attache(vec![
         "storage".into(),
         "check".into(),
         "--storage-root".into(),
@@ -506,6 +477,27 @@ crate::matrix!(
     expired_direct_uploads_are_swept,
 );
 
-crate::matrix!(s3: a_storage_outage_is_storage_unavailable);
+async fn the_prefix_is_joined_inside_the_bucket(setup: Setup) {
+    let app = TestApp::spawn_with(setup, &["--s3-prefix", "/files/prod/"]).await;
+    let acme = tenant();
+    let content = pdf();
+    let att = app
+        .upload(
+            &app.token(&acme),
+            &content,
+            "contract",
+            Some("c-1"),
+            "a.pdf",
+        )
+        .await;
+    let key = format!(
+        "files/prod/{acme}/contracts/c-1/{}.pdf",
+        att["id"].as_str().expect("id")
+    );
+    assert_eq!(app.stored_keys(), vec![key]);
+    assert_eq!(fetch(&att["url"]).await, content);
+}
+
+crate::matrix!(s3: a_storage_outage_is_storage_unavailable, the_prefix_is_joined_inside_the_bucket);
 
 crate::matrix!(once: bad_bucket_settings_fail_fast_in_one_line, storage_check_says_what_works);
