@@ -15,7 +15,11 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "JWT_PUBLIC_KEY_FILE",
         ),
     ] {
-        let output = run_attache(vec!["serve".into(), flag.into(), value.into()]).await;
+        let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
+        if flag != "--listen-addr" {
+            args.extend(["--listen-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        let output = run_attache(args).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         let errors: Vec<&str> = stderr
             .lines()
@@ -64,5 +68,63 @@ async fn the_token_command_mints_what_the_server_accepts(setup: Setup) {
     assert!(String::from_utf8_lossy(&without_secret.stderr).contains("JWT_SECRET"));
 }
 
+async fn a_collections_file_replaces_the_built_in_ones(setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("collections.toml");
+    let toml = "[purchase_order]\nkey = \"{tenant}/orders/{owner}/{id}{ext}\"\nmax_bytes = 4096\naccept = [\"pdf\", \"csv\"]\n";
+    std::fs::write(&file, toml).expect("write");
+    let path = file.to_str().expect("utf-8");
+    let app = TestApp::spawn_with(setup, &["--collections-file", path]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let att = app
+        .upload(
+            &bearer,
+            b"a,b\n1,2\n",
+            "purchase_order",
+            Some("po-1"),
+            "lines.csv",
+        )
+        .await;
+    assert_eq!(att["contentType"], "text/csv");
+    let key = format!("{acme}/orders/po-1/{}.csv", att["id"].as_str().expect("id"));
+    assert_eq!(app.stored_keys(), vec![key]);
+    let pdf = crate::helpers::pdf();
+    let body = app
+        .gql(
+            crate::helpers::UPLOAD,
+            serde_json::json!({ "input": { "ownerType": "contract", "ownerId": "c-1", "filename": "a.pdf",
+                "base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pdf) }}),
+            Some(&bearer),
+        )
+        .await;
+    assert_eq!(
+        crate::helpers::codes(&body),
+        vec!["BAD_USER_INPUT"],
+        "built-ins are replaced"
+    );
+
+    std::fs::write(
+        &file,
+        "[bad]\nkey = \"../{id}\"\nmax_bytes = 1\naccept = [\"pdf\"]\n",
+    )
+    .expect("write");
+    let output = run_attache(vec![
+        "serve".into(),
+        "--collections-file".into(),
+        path.into(),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("error: COLLECTIONS_FILE: [bad] key must start with `{tenant}/`"),
+        "{stderr}"
+    );
+}
+
 crate::matrix!(once: a_bad_value_is_one_line_naming_its_variable);
-crate::matrix!(the_token_command_mints_what_the_server_accepts);
+crate::matrix!(
+    the_token_command_mints_what_the_server_accepts,
+    a_collections_file_replaces_the_built_in_ones,
+);

@@ -159,7 +159,58 @@ async fn browsers_get_the_playground_and_probes_answer(setup: Setup) {
     assert_eq!(ready, json!({ "database": "ok", "storage": "ok" }));
 }
 
+async fn cors_answers_only_the_configured_origins(setup: Setup) {
+    let app = TestApp::spawn_with(
+        setup,
+        &[
+            "--cors-allowed-origins",
+            "https://app.example,https://admin.example",
+        ],
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://admin.example").await.expect("OPTIONS");
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://admin.example"
+    );
+    let refused = preflight("https://evil.example").await.expect("OPTIONS");
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let plain = TestApp::spawn(setup).await;
+    let response = plain
+        .client
+        .get(plain.url("/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("GET");
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "no CORS unless configured"
+    );
+}
+
 crate::matrix!(
+    cors_answers_only_the_configured_origins,
     oversize_bodies_get_413_before_parsing,
     depth_and_complexity_are_limited,
     simple_requests_need_a_preflight_header,

@@ -396,6 +396,8 @@ async fn bad_bucket_settings_fail_fast_in_one_line(_setup: Setup) {
     }
     let no_bucket = run_attache(vec![
         "serve".into(),
+        "--listen-addr".into(),
+        "127.0.0.1:0".into(),
         "--storage-backend".into(),
         "s3".into(),
     ])
