@@ -154,10 +154,10 @@ fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
-const DECODER: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::RequireNone),
-);
+const CONFIG: GeneralPurposeConfig =
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::RequireNone);
+const STANDARD_DECODER: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
+const URL_SAFE_DECODER: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
 
 /// Decodes base64 inside the string's own buffer, so an upload is never held twice.
 /// Accepts the standard and URL-safe alphabets, optional padding, whitespace and a
@@ -165,31 +165,27 @@ const DECODER: GeneralPurpose = GeneralPurpose::new(
 pub fn decode_base64(text: String) -> AppResult<Vec<u8>> {
     let invalid = || AppError::bad_input("the file is not valid base64");
     let mut buf = text.into_bytes();
-    let start = if buf.starts_with(b"data:") {
+    if buf.starts_with(b"data:") {
         let comma = buf.iter().position(|&b| b == b',').ok_or_else(invalid)?;
         if !buf[..comma].ends_with(b";base64") {
             return Err(invalid());
         }
-        comma + 1
-    } else {
-        0
-    };
-    let mut len = 0;
-    for index in start..buf.len() {
-        let byte = match buf[index] {
-            b if b.is_ascii_whitespace() => continue,
-            b'-' => b'+',
-            b'_' => b'/',
-            b => b,
-        };
-        buf[len] = byte;
-        len += 1;
+        buf.drain(..=comma);
     }
-    let unpadded = buf[..len]
+    // Scans first and compacts only when needed: most uploads have no whitespace.
+    if buf.iter().any(u8::is_ascii_whitespace) {
+        buf.retain(|b| !b.is_ascii_whitespace());
+    }
+    let decoder = if buf.iter().any(|&b| b == b'-' || b == b'_') {
+        &URL_SAFE_DECODER
+    } else {
+        &STANDARD_DECODER
+    };
+    let unpadded = buf
         .iter()
         .rposition(|&b| b != b'=')
         .map_or(0, |last| last + 1);
-    if len - unpadded > 2 {
+    if buf.len() - unpadded > 2 {
         return Err(invalid());
     }
     // 4 input characters give 3 bytes, so the output never overtakes the input.
@@ -199,7 +195,7 @@ pub fn decode_base64(text: String) -> AppResult<Vec<u8>> {
     let mut read = 0;
     while read < unpadded {
         let end = (read + CHUNK).min(unpadded);
-        let written = DECODER
+        let written = decoder
             .decode_slice(&buf[read..end], &mut scratch)
             .map_err(|_| invalid())?;
         buf[out..out + written].copy_from_slice(&scratch[..written]);
@@ -268,6 +264,7 @@ mod tests {
             "a",
             "aGV=sbG8",
             "data:text/plain,aGVsbG8",
+            "aGVs+G8_Pg",
         ] {
             assert!(decode_base64(text.to_owned()).is_err(), "{text}");
         }
