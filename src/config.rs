@@ -162,8 +162,12 @@ pub struct LimitsConfig {
 
 impl LimitsConfig {
     pub fn request_bytes(&self) -> u64 {
-        self.max_request_bytes
-            .unwrap_or_else(|| self.max_upload_bytes.div_ceil(3) * 4 + 1024 * 1024)
+        self.max_request_bytes.unwrap_or_else(|| {
+            self.max_upload_bytes
+                .saturating_mul(4)
+                .div_ceil(3)
+                .saturating_add(1024 * 1024)
+        })
     }
 }
 

@@ -95,6 +95,15 @@ impl MediaType {
         Self::ALL.into_iter().find(|kind| kind.mime() == canonical)
     }
 
+    /// The type a client declares before sending the bytes (direct uploads), with the
+    /// csv rule of [`MediaType::detect`].
+    pub fn declared(content_type: &str, filename: &str) -> Option<Self> {
+        match Self::from_mime(content_type)? {
+            Self::Txt if filename.to_ascii_lowercase().ends_with(".csv") => Some(Self::Csv),
+            kind => Some(kind),
+        }
+    }
+
     /// Detects the type from the bytes. Text has no magic number: valid UTF-8 without
     /// NUL is text, and csv when the declared type or the filename says so.
     pub fn detect(bytes: &[u8], declared: Option<&str>, filename: &str) -> Option<Self> {

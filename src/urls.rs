@@ -80,5 +80,5 @@ fn signed_link(app: &App, purpose: LinkPurpose, id: Uuid, tenant: &str, ttl: Dur
         LinkPurpose::Download => download_url(app, id),
         LinkPurpose::Upload => format!("{}/api/uploads/{id}", app.public_base_url),
     };
-    format!("{route}?expires={expires}&signature={signature}")
+    format!("{route}?tenant={tenant}&expires={expires}&signature={signature}")
 }

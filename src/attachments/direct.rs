@@ -16,8 +16,8 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::attachments::upload::{self, Draft, Target, ValidUpload, sanitize_filename};
 use crate::auth::Principal;
-use crate::auth::link::{LinkFault, LinkPurpose};
 use crate::error::{AppError, AppResult};
+use crate::ids::SafeId;
 use crate::media::MediaType;
 use crate::storage::{StorageKey, StreamWriteError};
 use crate::urls;
@@ -51,7 +51,10 @@ pub async fn announce(
         return Err(AppError::bad_input("byteSize must be positive"));
     }
     target.check_size(byte_size, app.config.limits.max_upload_bytes)?;
-    let media = target.accept(MediaType::from_mime(declared.content_type))?;
+    let media = target.accept(MediaType::declared(
+        declared.content_type,
+        declared.filename,
+    ))?;
     let sha256 = upload::parse_sha256(declared.sha256)?;
     let id = Uuid::now_v7();
     let key = StorageKey::for_attachment(
@@ -65,8 +68,12 @@ pub async fn announce(
     let now = Utc::now();
     let expires_at =
         now + chrono::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2));
-    let (upload_url, mut headers) = match app.storage.presign_write(&key, ttl, media.mime()).await?
-    {
+    let presigned = app
+        .storage
+        .presign_write(&key, ttl, media.mime())
+        .await
+        .map_err(AppError::StorageUnavailable)?;
+    let (upload_url, mut headers) = match presigned {
         Some(presigned) => (presigned.url, presigned.headers),
         None => (
             urls::upload_link(app, id, principal.tenant.as_str(), ttl),
@@ -105,43 +112,19 @@ pub async fn announce(
     })
 }
 
-/// attache's signed upload route on fs: checks the link, then streams the body into
-/// storage, refusing more bytes than were declared.
-pub async fn receive<S, E>(
-    app: &App,
-    id: Uuid,
-    expires: i64,
-    signature: &str,
-    body: S,
-) -> AppResult<()>
+/// attache's signed upload route on fs, once its link is checked: streams the body
+/// into storage, refusing more bytes than were declared.
+pub async fn receive<S, E>(app: &App, id: Uuid, tenant: &SafeId, body: S) -> AppResult<()>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let now = Utc::now().timestamp();
-    if expires < now {
-        return Err(AppError::Forbidden("this upload link has expired".into()));
-    }
     let pending = direct_upload::Entity::find_by_id(id)
+        .filter(direct_upload::Column::TenantId.eq(tenant.as_str()))
+        .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
         .one(&app.db)
         .await?
         .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
-    match app.links.verify(
-        LinkPurpose::Upload,
-        id,
-        &pending.tenant_id,
-        expires,
-        signature,
-        now,
-    ) {
-        Ok(()) => {}
-        Err(LinkFault::Expired) => {
-            return Err(AppError::Forbidden("this upload link has expired".into()));
-        }
-        Err(LinkFault::BadSignature) => {
-            return Err(AppError::Forbidden("invalid link signature".into()));
-        }
-    }
     let key = StorageKey::from_stored(pending.storage_key);
     let declared = u64::try_from(pending.byte_size).unwrap_or_default();
     match app.storage.put_stream(&key, body, declared).await {
@@ -164,6 +147,12 @@ where
 /// Reads the uploaded object back, checks it against the declaration with the checks
 /// of every upload, and turns it into an attachment. A mismatch removes the object.
 pub async fn complete(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
+    // Reading the object back holds it in memory: counted like any upload.
+    let _permit = app
+        .upload_permits
+        .acquire()
+        .await
+        .map_err(|err| AppError::Internal(anyhow::Error::new(err)))?;
     let pending = direct_upload::Entity::find_by_id(id)
         .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
         .one(&app.db)
@@ -201,7 +190,9 @@ pub async fn complete(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     let valid = match checked {
         Ok(valid) => valid,
         Err(err) => {
-            discard(app, &pending).await;
+            if let Err(cleanup) = discard(app, &pending, None).await {
+                tracing::warn!(id = %pending.id, error = %cleanup, "cannot discard a refused direct upload yet");
+            }
             return Err(err);
         }
     };
@@ -219,7 +210,9 @@ pub async fn complete(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         created_at: Utc::now(),
     };
     let txn = app.db.begin().await?;
-    let claimed = direct_upload::Entity::delete_by_id(pending.id)
+    let claimed = direct_upload::Entity::delete_many()
+        .filter(direct_upload::Column::Id.eq(pending.id))
+        .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
         .exec(&txn)
         .await?;
     if claimed.rows_affected == 0 {
@@ -236,30 +229,41 @@ pub async fn complete(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     Ok(row)
 }
 
-/// Removes a refused or expired direct upload: its object, then its row.
-async fn discard(app: &App, pending: &direct_upload::Model) {
-    let key = StorageKey::from_stored(pending.storage_key.clone());
-    if let Err(err) = app.storage.delete(&key).await {
-        tracing::warn!(key = %key, error = %err, "cannot remove a refused direct upload's object yet");
-        return;
+/// Removes a refused or expired direct upload: the row is claimed first (for expiry,
+/// only while `expires_at < expired_before`, so a completion that won the race keeps
+/// its object), and its object is recorded for removal in the same transaction, so
+/// it is never forgotten.
+async fn discard(
+    app: &App,
+    pending: &direct_upload::Model,
+    expired_before: Option<chrono::DateTime<Utc>>,
+) -> AppResult<()> {
+    let txn = app.db.begin().await?;
+    let mut claim =
+        direct_upload::Entity::delete_many().filter(direct_upload::Column::Id.eq(pending.id));
+    if let Some(before) = expired_before {
+        claim = claim.filter(direct_upload::Column::ExpiresAt.lt(before));
     }
-    if let Err(err) = direct_upload::Entity::delete_by_id(pending.id)
-        .exec(&app.db)
-        .await
-    {
-        tracing::warn!(id = %pending.id, error = %err, "cannot remove a refused direct upload's row yet");
+    let claimed = claim.exec(&txn).await?;
+    if claimed.rows_affected == 0 {
+        return Ok(());
     }
+    super::schedule_removal(&txn, &pending.storage_key).await?;
+    txn.commit().await?;
+    super::remove_object(app, &pending.storage_key).await;
+    Ok(())
 }
 
 /// Removes direct uploads whose link expired without completion.
 pub async fn expire(app: &App) -> AppResult<()> {
+    let now = Utc::now();
     let expired = direct_upload::Entity::find()
-        .filter(direct_upload::Column::ExpiresAt.lt(Utc::now()))
+        .filter(direct_upload::Column::ExpiresAt.lt(now))
         .limit(500)
         .all(&app.db)
         .await?;
     for pending in &expired {
-        discard(app, pending).await;
+        discard(app, pending, Some(now)).await?;
     }
     Ok(())
 }

@@ -65,7 +65,7 @@ pub async fn create(
             .await
         {
             remove_objects(app, &rows).await;
-            return Err(err.into());
+            return Err(AppError::StorageUnavailable(err));
         }
         rows.push(row);
     }
@@ -108,12 +108,6 @@ pub async fn find(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Option<atta
         .filter(attachment::Column::TenantId.eq(tenant.as_str()))
         .one(&app.db)
         .await?)
-}
-
-/// The attachment `id` of any tenant: only for signed links, whose signature binds
-/// the tenant and is checked against this row.
-pub async fn find_for_signed_link(app: &App, id: Uuid) -> AppResult<Option<attachment::Model>> {
-    Ok(attachment::Entity::find_by_id(id).one(&app.db).await?)
 }
 
 /// The attachment stored under `key`: only for public URLs (`URL_MODE=public`).
@@ -195,16 +189,26 @@ pub async fn delete(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
     if deleted.rows_affected == 0 {
         return Err(AppError::not_found());
     }
-    storage_deletion::ActiveModel {
-        storage_key: sea_orm::Set(row.storage_key.clone()),
-        attempts: sea_orm::Set(0),
-        created_at: sea_orm::Set(Utc::now()),
-    }
-    .insert(&txn)
-    .await?;
+    schedule_removal(&txn, &row.storage_key).await?;
     txn.commit().await?;
     remove_object(app, &row.storage_key).await;
     Ok(row.id)
+}
+
+/// Records, inside the caller's transaction, an object that must be removed once the
+/// transaction commits; [`remove_object`] or [`retry_deletions`] removes it.
+async fn schedule_removal(
+    txn: &sea_orm::DatabaseTransaction,
+    key: &str,
+) -> Result<(), sea_orm::DbErr> {
+    storage_deletion::ActiveModel {
+        storage_key: sea_orm::Set(key.to_owned()),
+        attempts: sea_orm::Set(0),
+        created_at: sea_orm::Set(Utc::now()),
+    }
+    .insert(txn)
+    .await
+    .map(drop)
 }
 
 /// Removes one object and its `storage_deletions` entry; on failure, counts the attempt.

@@ -105,7 +105,6 @@ pub struct Draft<'a> {
 impl ValidUpload {
     /// Size, type, declared type and checksum, in that order.
     pub fn check(target: Target, draft: Draft<'_>, max_upload_bytes: u64) -> AppResult<Self> {
-        let expected_sha256 = draft.sha256.map(parse_sha256).transpose()?;
         let bytes = draft.bytes;
         if bytes.is_empty() {
             return Err(AppError::bad_input("the file is empty"));
@@ -123,9 +122,12 @@ impl ValidUpload {
             )));
         }
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        if expected_sha256.is_some_and(|expected| expected != sha256) {
+        // Last, as SPEC 4 orders it; a malformed checksum cannot match either.
+        if let Some(expected) = draft.sha256
+            && parse_sha256(expected).ok().as_deref() != Some(sha256.as_str())
+        {
             return Err(AppError::ChecksumMismatch(
-                "the file's sha256 differs from the one given".into(),
+                "the file's sha256 differs from the one given (64 hexadecimal characters)".into(),
             ));
         }
         Ok(Self {
@@ -216,15 +218,14 @@ pub fn sanitize_filename(raw: &str) -> String {
         .chars()
         .filter(|c| !c.is_control() && !matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
         .collect();
-    let trimmed = cleaned.trim().trim_start_matches('.');
     let mut name = String::new();
-    for c in trimmed.chars() {
+    for c in cleaned.chars() {
         if name.len() + c.len_utf8() > 255 {
             break;
         }
         name.push(c);
     }
-    if name.trim().is_empty() {
+    if matches!(name.trim(), "" | "." | "..") {
         "unnamed".to_owned()
     } else {
         name
@@ -279,7 +280,7 @@ mod tests {
         );
         assert_eq!(sanitize_filename("in\u{202e}fdp.exe\u{0}\n"), "infdp.exe");
         assert_eq!(sanitize_filename(".."), "unnamed");
-        assert_eq!(sanitize_filename(".bashrc"), "bashrc");
+        assert_eq!(sanitize_filename(".bashrc"), ".bashrc");
         let long = "ü".repeat(200);
         let cut = sanitize_filename(&long);
         assert!(cut.len() <= 255 && cut.chars().all(|c| c == 'ü'));

@@ -2,8 +2,6 @@
 //! mutations. Resolvers parse input and call `crate::attachments`; they import
 //! neither sea-orm nor OpenDAL.
 
-use std::io::Read;
-
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{
     Context, ErrorExtensions, ID, InputObject, Object, ResultExt, SimpleObject, Upload,
@@ -300,7 +298,9 @@ impl AttachmentMutation {
         )
         .extend()?;
         let size = file.size().unwrap_or(0);
-        let bytes = read_part(file.content, size, app.config.limits.max_upload_bytes).extend()?;
+        let bytes = read_part(file.content, size, app.config.limits.max_upload_bytes)
+            .await
+            .extend()?;
         let draft = Draft {
             filename: &file.filename,
             declared_type: file.content_type.as_deref(),
@@ -384,16 +384,21 @@ async fn store_one(
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("create returned no row")).extend())
 }
 
-/// Reads a multipart file part, refusing it before reading when it is too large.
-fn read_part(mut file: std::fs::File, size: u64, max_upload_bytes: u64) -> AppResult<Vec<u8>> {
+/// Reads a multipart file part (a temporary file), refusing it before reading when
+/// it is too large.
+async fn read_part(file: std::fs::File, size: u64, max_upload_bytes: u64) -> AppResult<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
     if size > max_upload_bytes {
         return Err(AppError::PayloadTooLarge(format!(
             "the file has {size} bytes; at most {max_upload_bytes} are accepted"
         )));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or_default());
-    file.read_to_end(&mut bytes).map_err(|err| {
-        AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"))
-    })?;
+    tokio::fs::File::from_std(file)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|err| {
+            AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"))
+        })?;
     Ok(bytes)
 }

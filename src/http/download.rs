@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::attachments;
 use crate::auth::Access;
-use crate::auth::link::{LinkFault, LinkPurpose};
+use crate::auth::link::{LinkPurpose, LinkQuery};
 use crate::config::UrlMode;
 use crate::disposition::content_disposition;
 use crate::error::{AppError, AppResult};
@@ -23,8 +23,8 @@ use crate::media::MediaType;
 
 #[derive(Deserialize)]
 pub struct DownloadParams {
-    expires: Option<i64>,
-    signature: Option<String>,
+    #[serde(flatten)]
+    link: LinkQuery,
     inline: Option<String>,
 }
 
@@ -51,39 +51,21 @@ pub async fn by_id(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// A signed link when the query carries one, else the bearer token.
+/// A signed link when the query carries one (checked before any lookup), else the
+/// bearer token (checked before the id): 401/403 first, then 404.
 async fn authorize(
     app: &App,
     id: &str,
     params: &DownloadParams,
     headers: &HeaderMap,
 ) -> AppResult<attachment::Model> {
-    let id = Uuid::parse_str(id).map_err(|_| AppError::not_found())?;
-    if params.expires.is_some() || params.signature.is_some() {
-        let (Some(expires), Some(signature)) = (params.expires, params.signature.as_deref()) else {
-            return Err(AppError::Forbidden("incomplete signed link".into()));
-        };
-        let now = chrono::Utc::now().timestamp();
-        if expires < now {
-            return Err(AppError::Forbidden("this link has expired".into()));
-        }
-        let row = attachments::find_for_signed_link(app, id)
+    if params.link.is_present() {
+        let (id, tenant) = app
+            .links
+            .authorize(LinkPurpose::Download, id, &params.link)?;
+        return attachments::find(app, &tenant, id)
             .await?
-            .ok_or_else(AppError::not_found)?;
-        return match app.links.verify(
-            LinkPurpose::Download,
-            id,
-            &row.tenant_id,
-            expires,
-            signature,
-            now,
-        ) {
-            Ok(()) => Ok(row),
-            Err(LinkFault::Expired) => Err(AppError::Forbidden("this link has expired".into())),
-            Err(LinkFault::BadSignature) => {
-                Err(AppError::Forbidden("invalid link signature".into()))
-            }
-        };
+            .ok_or_else(AppError::not_found);
     }
     let token = bearer_token(headers).ok_or_else(|| {
         AppError::Unauthenticated(
@@ -92,6 +74,7 @@ async fn authorize(
     })?;
     let principal = app.verifier.verify(token)?;
     principal.require(Access::Read)?;
+    let id = Uuid::parse_str(id).map_err(|_| AppError::not_found())?;
     attachments::find(app, &principal.tenant, id)
         .await?
         .ok_or_else(AppError::not_found)

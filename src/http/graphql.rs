@@ -149,9 +149,18 @@ async fn read_request(
     max_files: u64,
 ) -> Result<BatchRequest, Box<Response>> {
     if request.method() == Method::GET {
-        return async_graphql::http::parse_query_string(request.uri().query().unwrap_or_default())
-            .map(BatchRequest::Single)
-            .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")));
+        let query = request.uri().query().unwrap_or_default();
+        let parsed = async_graphql::http::parse_query_string(query)
+            .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
+        if is_mutation(&parsed) {
+            let refused = (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(header::ALLOW, "POST")],
+                "Mutations cannot be sent over GET: use POST.\n",
+            );
+            return Err(Box::new(refused.into_response()));
+        }
+        return Ok(BatchRequest::Single(parsed));
     }
     let content_type = request
         .headers()
@@ -159,12 +168,13 @@ async fn read_request(
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let body = Limited::new(request.into_body(), limit_usize);
+    let body = request.into_body();
     let is_multipart = content_type
         .as_deref()
         .is_some_and(|value| value.to_ascii_lowercase().starts_with("multipart/"));
     if is_multipart {
-        let stream = body.into_data_stream().map_err(std::io::Error::other);
+        let limited = Limited::new(body, limit_usize);
+        let stream = limited.into_data_stream().map_err(std::io::Error::other);
         let reader = tokio_util::io::StreamReader::new(stream).compat();
         let options = MultipartOptions::default()
             .max_file_size(limit_usize)
@@ -178,18 +188,47 @@ async fn read_request(
         .unwrap_or(0)
         .min(limit_usize);
     let mut bytes = Vec::with_capacity(capacity);
+    let mut received: u64 = 0;
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
-        match chunk {
-            Ok(chunk) => bytes.extend_from_slice(&chunk),
-            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(Box::new(too_large(limit)));
+        let chunk =
+            chunk.map_err(|err| bad_request(format!("cannot read the request body: {err}")))?;
+        received += chunk.len() as u64;
+        if received > limit {
+            // Past the limit nothing is kept; a modest excess is read and dropped so
+            // the client sees the 413 instead of a reset connection.
+            bytes = Vec::new();
+            if received > limit.saturating_mul(2) {
+                break;
             }
-            Err(err) => return Err(bad_request(format!("cannot read the request body: {err}"))),
+            continue;
         }
+        bytes.extend_from_slice(&chunk);
+    }
+    if received > limit {
+        return Err(Box::new(too_large(limit)));
     }
     serde_json::from_slice::<BatchRequest>(&bytes)
         .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))
+}
+
+/// Whether the operation a request would run is a mutation (GET may only query).
+fn is_mutation(request: &async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    let operation = match &document.operations {
+        DocumentOperations::Single(operation) => Some(operation),
+        DocumentOperations::Multiple(operations) => match &request.operation_name {
+            Some(name) => operations
+                .iter()
+                .find(|(key, _)| key.as_str() == name)
+                .map(|(_, op)| op),
+            None => operations.values().next(),
+        },
+    };
+    operation.is_some_and(|operation| operation.node.ty == OperationType::Mutation)
 }
 
 fn parse_failure(err: &ParseRequestError, limit: u64) -> Box<Response> {

@@ -79,9 +79,9 @@ impl Storage {
         let text = root
             .to_str()
             .ok_or_else(|| fail("is not valid UTF-8".into()))?;
-        let builder = opendal::services::Fs::default()
-            .root(text)
-            .atomic_write_dir(&format!("{text}/.attache-tmp"));
+        // No atomic_write_dir: its final rename would overwrite, while without it
+        // `if_not_exists` opens with O_EXCL and two writers can never share a key.
+        let builder = opendal::services::Fs::default().root(text);
         let operator = Operator::new(builder).map_err(|err| fail(err.to_string()))?;
         Ok((operator, root))
     }
@@ -153,14 +153,26 @@ impl Storage {
                 }
             };
             if let Some(failure) = failure {
-                if let Err(err) = writer.abort().await {
-                    tracing::warn!(key = %key, error = %err, "cannot abort a refused write");
-                }
+                self.discard_partial(key, writer.abort().await).await;
                 return Err(failure);
             }
         }
         writer.close().await?;
         Ok(total)
+    }
+
+    /// After a refused stream: S3 aborts the unfinished upload; fs cannot abort, but
+    /// the file is this writer's own (opened with O_EXCL), so it is removed.
+    async fn discard_partial(&self, key: &StorageKey, aborted: opendal::Result<()>) {
+        let removed = match aborted {
+            Err(err) if err.kind() == opendal::ErrorKind::Unsupported && self.fs_root.is_some() => {
+                self.delete(key).await
+            }
+            other => other,
+        };
+        if let Err(err) = removed {
+            tracing::warn!(key = %key, error = %err, "cannot remove a refused write");
+        }
     }
 
     /// Reads a whole object; only for objects whose size was checked first.

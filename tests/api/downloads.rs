@@ -242,7 +242,8 @@ async fn the_bearer_route_follows_every_header_rule(setup: Setup) {
 
 async fn refused_links_and_tokens_answer_401_403_404(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let bearer = app.token(&tenant());
+    let acme = tenant();
+    let bearer = app.token(&acme);
     let att = app
         .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
         .await;
@@ -275,24 +276,44 @@ async fn refused_links_and_tokens_answer_401_403_404(setup: Setup) {
             let later = url.replace("expires=", "expires=9");
             assert_eq!(status(later).await, 403, "a changed expiry");
             let signer = LinkSigner::new(SIGNING_KEY.as_bytes());
-            let row = attache::attachments::find_for_signed_link(&app.app, id)
-                .await
-                .expect("find")
-                .expect("row");
+            let link = |purpose, id, tenant: &str, expires: i64| {
+                let signature = signer.sign(purpose, id, tenant, expires);
+                format!(
+                    "{}/api/attachments/{id}/download?tenant={tenant}&expires={expires}&signature={signature}",
+                    app.base_url
+                )
+            };
             let past = i64::try_from(now()).expect("i64") - 10;
-            let expired = signer.sign(LinkPurpose::Download, id, &row.tenant_id, past);
+            let future = past + 3600;
             assert_eq!(
-                status(format!("{route}?expires={past}&signature={expired}")).await,
+                status(link(LinkPurpose::Download, id, &acme, past)).await,
                 403,
                 "expired link"
             );
-            let future = past + 3600;
-            let upload = signer.sign(LinkPurpose::Upload, id, &row.tenant_id, future);
             assert_eq!(
-                status(format!("{route}?expires={future}&signature={upload}")).await,
+                status(link(LinkPurpose::Upload, id, &acme, future)).await,
                 403,
                 "an upload link is no download link"
             );
+            let valid = link(LinkPurpose::Download, id, &acme, future);
+            assert_eq!(status(valid.clone()).await, 200);
+            let other_tenant = valid.replace(&format!("tenant={acme}"), "tenant=other");
+            assert_eq!(status(other_tenant).await, 403, "another tenant's name");
+            let missing = uuid::Uuid::now_v7();
+            assert_eq!(
+                status(link(LinkPurpose::Download, missing, &acme, future)).await,
+                404,
+                "valid link, no file"
+            );
+            let forged = link(LinkPurpose::Download, missing, &acme, future)
+                .replace("signature=", "signature=00");
+            assert_eq!(
+                status(forged).await,
+                403,
+                "a forged link to a missing id looks like any forged link"
+            );
+            let malformed = format!("{route}?tenant={acme}&expires=12x&signature=00");
+            assert_eq!(status(malformed).await, 403, "malformed expiry");
             let other_route = other["downloadUrl"].as_str().expect("downloadUrl");
             let (_, query) = url.split_once('?').expect("query");
             assert_eq!(

@@ -420,7 +420,7 @@ impl TestApp {
         }
         let mut keys = Vec::new();
         walk(&self.storage_root, &self.storage_root, &mut keys);
-        keys.retain(|key| !key.starts_with(".attache-tmp") && !key.starts_with(".attache-probe"));
+        keys.retain(|key| !key.starts_with(".attache-probe"));
         keys.sort();
         keys
     }

@@ -128,6 +128,17 @@ async fn simple_requests_need_a_preflight_header(setup: Setup) {
     assert_eq!(allowed.status(), 200);
     let body: Value = allowed.json().await.expect("JSON");
     assert_eq!(data(&body, "attachments")["totalCount"], 0);
+
+    let mutation = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[("query", "mutation { deleteAttachment(id: \"x\") }")])
+        .bearer_auth(&bearer)
+        .header("apollo-require-preflight", "true")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(mutation.status(), 405, "GET may only query");
 }
 
 async fn browsers_get_the_playground_and_probes_answer(setup: Setup) {

@@ -31,19 +31,22 @@ async fn objects_are_never_overwritten(setup: Setup) {
 
 async fn tools_get_a_real_local_path(setup: Setup) {
     let app = TestApp::spawn(setup).await;
+    let acme = tenant();
     let content = pdf();
     let att = app
         .upload(
-            &app.token(&tenant()),
+            &app.token(&acme),
             &content,
             "contract",
             Some("c-1"),
             "a.pdf",
         )
         .await;
-    let row = attache::attachments::find_for_signed_link(
+    let id = att["id"].as_str().expect("id").parse().expect("uuid");
+    let row = attache::attachments::find(
         &app.app,
-        att["id"].as_str().expect("id").parse().expect("uuid"),
+        &attache::ids::SafeId::parse(&acme).expect("tenant"),
+        id,
     )
     .await
     .expect("find")

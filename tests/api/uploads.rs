@@ -107,6 +107,8 @@ async fn every_validation_error_has_its_code_and_stores_nothing(setup: Setup) {
     wrong_sha["sha256"] = json!(sha256_hex(b"something else"));
     let mut malformed_sha = input("contract", Some("c-1"), "x.pdf", &pdf64);
     malformed_sha["sha256"] = json!("xyz");
+    let mut big_with_bad_sha = input("invoice_logo", None, "x.png", &big_png);
+    big_with_bad_sha["sha256"] = json!("xyz");
     let cases = [
         (
             "unknown owner type",
@@ -174,7 +176,12 @@ async fn every_validation_error_has_its_code_and_stores_nothing(setup: Setup) {
             "UNSUPPORTED_MEDIA_TYPE",
         ),
         ("checksum differs", wrong_sha, "CHECKSUM_MISMATCH"),
-        ("malformed checksum", malformed_sha, "BAD_USER_INPUT"),
+        ("malformed checksum", malformed_sha, "CHECKSUM_MISMATCH"),
+        (
+            "too large and a bad checksum: size first",
+            big_with_bad_sha,
+            "PAYLOAD_TOO_LARGE",
+        ),
     ];
     for (case, input, code) in cases {
         let body = app
