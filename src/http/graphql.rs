@@ -19,6 +19,9 @@ use crate::http::AppState;
 /// never wait behind large uploads.
 const SMALL_REQUEST_BYTES: u64 = 64 * 1024;
 
+/// How long a request body may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers();
     if request.method() == Method::GET && wants_html(headers) && request.uri().query().is_none() {
@@ -51,16 +54,27 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     } else {
         None
     };
-    let batch = match read_request(
-        request,
-        length,
-        limit,
-        state.app.config.limits.max_batch_files,
-    )
-    .await
-    {
-        Ok(batch) => batch,
-        Err(response) => return *response,
+    // A slow client must not hold an upload permit for ever.
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        read_request(
+            request,
+            length,
+            limit,
+            state.app.config.limits.max_batch_files,
+        ),
+    );
+    let batch = match read.await {
+        Ok(Ok(batch)) => batch,
+        Ok(Err(response)) => return *response,
+        Err(_) => {
+            let error = AppError::bad_input("the request body was not received in time");
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                axum::Json(error.graphql_body()),
+            )
+                .into_response();
+        }
     };
     let response = state.schema.execute_batch(batch.data(caller)).await;
     let mut response = GraphQLResponse::from(response).into_response();
