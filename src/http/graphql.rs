@@ -142,8 +142,10 @@ fn too_large(limit: u64) -> Response {
     let error = AppError::PayloadTooLarge(format!(
         "the request body exceeds {limit} bytes (MAX_REQUEST_BYTES)"
     ));
+    // The rest of the body stays unread: the client must not reuse this connection.
     (
         StatusCode::PAYLOAD_TOO_LARGE,
+        [(header::CONNECTION, "close")],
         axum::Json(error.graphql_body()),
     )
         .into_response()

@@ -24,6 +24,11 @@ async fn oversize_bodies_get_413_before_parsing(setup: Setup) {
         .await
         .expect("POST");
     assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["connection"],
+        "close",
+        "the unread body ends the connection"
+    );
     assert!(
         response.headers()["content-type"]
             .to_str()
