@@ -1,12 +1,12 @@
 //! `GET`/`POST /graphql`: CSRF rule, bearer token, body limit (413 before parsing),
 //! bounded concurrent uploads, then the executor. GraphiQL for browsers.
 
-use async_graphql::http::{GraphiQLSource, MultipartOptions};
+use async_graphql::http::MultipartOptions;
 use async_graphql::{BatchRequest, ParseRequestError};
 use async_graphql_axum::GraphQLResponse;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio_util::compat::TokioAsyncReadCompatExt;
@@ -25,7 +25,7 @@ const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers();
     if request.method() == Method::GET && wants_html(headers) && request.uri().query().is_none() {
-        return Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response();
+        return crate::http::playground::page();
     }
     if needs_preflight_header(request.method(), headers) {
         return (

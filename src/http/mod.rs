@@ -4,6 +4,7 @@
 mod download;
 mod graphql;
 mod health;
+mod playground;
 mod uploads;
 
 use axum::Router;
@@ -29,6 +30,7 @@ pub fn router(app: SharedApp) -> Router {
     let state = AppState { app, schema };
     let router = Router::new()
         .route("/graphql", get(graphql::handle).post(graphql::handle))
+        .route("/graphql/assets/{name}", get(playground::asset))
         .route("/api/attachments/{id}/download", get(download::by_id))
         .route("/api/uploads/{id}", put(uploads::put))
         .route("/media/{*key}", get(download::by_key))

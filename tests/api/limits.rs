@@ -156,13 +156,39 @@ async fn browsers_get_the_playground_and_probes_answer(setup: Setup) {
         .await
         .expect("GET");
     assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("GraphiQL"));
     assert!(
-        page.text()
-            .await
-            .expect("html")
-            .to_lowercase()
-            .contains("graphiql")
+        !html.contains("https://"),
+        "the playground loads nothing from the internet"
     );
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|part| part.starts_with("/graphql/assets/"))
+        .collect();
+    assert_eq!(assets.len(), 4, "{assets:?}");
+    for asset in assets {
+        let response = app
+            .client
+            .get(app.url(asset))
+            .send()
+            .await
+            .expect("GET asset");
+        assert_eq!(response.status(), 200, "{asset}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/javascript") || content_type.starts_with("text/css"),
+            "{asset}: {content_type}"
+        );
+        assert!(
+            response.bytes().await.expect("body").len() > 1000,
+            "{asset}"
+        );
+    }
+    assert_eq!(app.status_of("/graphql/assets/other.js").await, 404);
     assert_eq!(app.status_of("/healthz").await, 200);
     let ready = app
         .client
