@@ -123,7 +123,73 @@ async fn a_collections_file_replaces_the_built_in_ones(setup: Setup) {
     );
 }
 
-crate::matrix!(once: a_bad_value_is_one_line_naming_its_variable);
+/// What `attache serve` prints with no JWT key: the token and the playground URL.
+fn dev_mode_banner(dir: &std::path::Path) -> (std::process::Child, String, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (mut token, mut playground) = (String::new(), String::new());
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        if line.starts_with("eyJ") {
+            token = line.trim().to_owned();
+        }
+        if let Some(url) = line.strip_prefix("Playground: ") {
+            playground = url.split_whitespace().next().unwrap_or_default().to_owned();
+            break;
+        }
+    }
+    (child, token, playground)
+}
+
+async fn development_mode_prints_a_working_token(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    let (mut child, token, playground) =
+        tokio::task::spawn_blocking(move || dev_mode_banner(&path))
+            .await
+            .expect("join");
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).expect("payload");
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("base64"),
+        )
+        .expect("json")
+    };
+    assert_eq!(claims["tenant_id"], "dev");
+    let lifetime = claims["exp"].as_u64().expect("exp") - crate::helpers::now();
+    assert!((23 * 3600..=24 * 3600).contains(&lifetime), "{lifetime}");
+    assert!(playground.ends_with("/graphql"), "{playground}");
+    let list =
+        serde_json::json!({ "query": "{ attachments(ownerType: \"contract\") { totalCount } }" });
+    let response = crate::helpers::http_client()
+        .post(&playground)
+        .bearer_auth(&token)
+        .json(&list)
+        .send()
+        .await
+        .expect("POST");
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(data(&body, "attachments")["totalCount"], 0);
+    assert!(
+        dir.path().join("attache.db").exists() && dir.path().join("uploads").is_dir(),
+        "SQLite and ./uploads"
+    );
+}
+
+crate::matrix!(once: a_bad_value_is_one_line_naming_its_variable, development_mode_prints_a_working_token);
 crate::matrix!(
     the_token_command_mints_what_the_server_accepts,
     a_collections_file_replaces_the_built_in_ones,

@@ -330,7 +330,7 @@ impl TestApp {
         });
         Self {
             base_url,
-            client: reqwest::Client::new(),
+            client: http_client(),
             app,
             storage_root,
             s3,
@@ -459,6 +459,12 @@ pub fn s3_flags(endpoint: &str) -> Vec<String> {
 struct TestCli {
     #[command(flatten)]
     config: Config,
+}
+
+/// A client for tests; TLS (unused on loopback) needs the process's ring provider.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 pub fn now() -> u64 {
