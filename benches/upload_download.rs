@@ -114,13 +114,13 @@ fn upload_body(size: usize, seed: usize) -> Vec<u8> {
 
 async fn upload(
     client: &reqwest::Client,
-    server: &Server,
+    base: &str,
     token: &str,
     body: Vec<u8>,
 ) -> (Duration, String) {
     let started = Instant::now();
     let response = client
-        .post(format!("{}/graphql", server.base))
+        .post(format!("{base}/graphql"))
         .bearer_auth(token)
         .header("content-type", "application/json")
         .body(body)
@@ -195,7 +195,8 @@ async fn main() {
         let mut uploads = Vec::new();
         let mut downloads = Vec::new();
         for seed in 0..count {
-            let (elapsed, url) = upload(&client, &server, &token, upload_body(size, seed)).await;
+            let (elapsed, url) =
+                upload(&client, &server.base, &token, upload_body(size, seed)).await;
             uploads.push(elapsed);
             let (elapsed, bytes) = download(&client, &url, &token).await;
             assert_eq!(bytes, size);
@@ -226,18 +227,7 @@ async fn main() {
         .into_iter()
         .map(|body| {
             let (client, token, base) = (client.clone(), token.clone(), server.base.clone());
-            tokio::spawn(async move {
-                let response = client
-                    .post(format!("{base}/graphql"))
-                    .bearer_auth(token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("POST");
-                let answer: serde_json::Value = response.json().await.expect("JSON");
-                assert!(answer["errors"].is_null(), "{answer}");
-            })
+            tokio::spawn(async move { upload(&client, &base, &token, body).await })
         })
         .collect();
     for task in tasks {

@@ -170,7 +170,10 @@ pub async fn read(
 ) -> AppResult<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
     Ok(app
         .storage
-        .stream(&StorageKey::from_stored(row.storage_key.clone()), range)
+        .stream(
+            &StorageKey::from_stored(row.storage_key.clone()),
+            range.into(),
+        )
         .await?)
 }
 

@@ -4,8 +4,6 @@
 
 mod key;
 
-use std::ops::Range;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -243,7 +241,7 @@ impl Storage {
     pub async fn stream(
         &self,
         key: &StorageKey,
-        range: Range<u64>,
+        range: opendal::BytesRange,
     ) -> opendal::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
         self.operator
             .reader(key.as_str())
@@ -352,7 +350,7 @@ impl Storage {
         let copy = tempfile::NamedTempFile::new()?.into_temp_path();
         let mut file = tokio::fs::File::create(&copy).await?;
         let stream = self
-            .stream_whole(key)
+            .stream(key, opendal::BytesRange::from(..))
             .await
             .map_err(std::io::Error::other)?;
         let mut reader = tokio_util::io::StreamReader::new(stream);
@@ -362,17 +360,6 @@ impl Storage {
             path: copy.to_path_buf(),
             _copy: Some(copy),
         })
-    }
-
-    async fn stream_whole(
-        &self,
-        key: &StorageKey,
-    ) -> opendal::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
-        self.operator
-            .reader(key.as_str())
-            .await?
-            .into_bytes_stream(..)
-            .await
     }
 }
 

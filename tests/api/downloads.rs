@@ -84,6 +84,20 @@ async fn the_url_opens_without_headers(setup: Setup) {
     }
 }
 
+/// Content-Type and Content-Disposition of the bearer route with `?inline=1`.
+async fn inline_answer(app: &TestApp, bearer: &str, att: &Value) -> (String, String) {
+    let route = att["downloadUrl"].as_str().expect("downloadUrl");
+    let response = app
+        .client
+        .get(format!("{route}?inline=1"))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("GET inline");
+    let header = |name: &str| response.headers()[name].to_str().expect("ascii").to_owned();
+    (header("content-type"), header("content-disposition"))
+}
+
 async fn the_bearer_route_follows_every_header_rule(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let bearer = app.token(&tenant());
@@ -181,63 +195,24 @@ async fn the_bearer_route_follows_every_header_rule(setup: Setup) {
     );
     assert!(head.bytes().await.expect("body").is_empty());
 
-    let inline = app
-        .client
-        .get(format!("{route}?inline=1"))
-        .bearer_auth(&bearer)
-        .send()
-        .await
-        .expect("GET inline");
-    assert!(
-        inline.headers()["content-disposition"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("inline;")
-    );
+    let pdf_inline = inline_answer(&app, &bearer, &att).await;
+    assert!(pdf_inline.1.starts_with("inline;"), "{pdf_inline:?}");
 
     let text = app
         .upload(&bearer, b"just text", "contract", Some("c-1"), "notes.txt")
         .await;
-    let text_route = format!(
-        "{}?inline=1",
-        text["downloadUrl"].as_str().expect("downloadUrl")
-    );
-    let text = app
-        .client
-        .get(text_route)
-        .bearer_auth(&bearer)
-        .send()
-        .await
-        .expect("GET txt");
+    let text_inline = inline_answer(&app, &bearer, &text).await;
     assert!(
-        text.headers()["content-disposition"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("attachment;"),
-        "inline only for pdf and images"
+        text_inline.1.starts_with("attachment;"),
+        "inline only for pdf and images: {text_inline:?}"
     );
 
     let logo = app
         .upload(&bearer, &png(), "invoice_logo", None, "logo.png")
         .await;
-    let logo_route = format!(
-        "{}?inline=1",
-        logo["downloadUrl"].as_str().expect("downloadUrl")
-    );
-    let logo = app
-        .client
-        .get(logo_route)
-        .bearer_auth(&bearer)
-        .send()
-        .await
-        .expect("GET png");
-    assert_eq!(logo.headers()["content-type"], "image/png");
-    assert!(
-        logo.headers()["content-disposition"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("inline;")
-    );
+    let (content_type, disposition) = inline_answer(&app, &bearer, &logo).await;
+    assert_eq!(content_type, "image/png");
+    assert!(disposition.starts_with("inline;"), "{disposition}");
 }
 
 async fn refused_links_and_tokens_answer_401_403_404(setup: Setup) {

@@ -398,6 +398,14 @@ impl TestApp {
         data(&body, "uploadAttachment")
     }
 
+    /// The key a PDF of the `contract` collection gets: `{tenant}/contracts/{owner}/{id}.pdf`.
+    pub fn contract_key(tenant: &str, owner: &str, att: &Value) -> String {
+        format!(
+            "{tenant}/contracts/{owner}/{}.pdf",
+            att["id"].as_str().expect("id")
+        )
+    }
+
     /// Every stored object under the storage root, as relative keys.
     pub fn stored_keys(&self) -> Vec<String> {
         fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {

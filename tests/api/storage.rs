@@ -87,10 +87,7 @@ async fn public_urls_need_no_signature(setup: Setup) {
             "a.pdf",
         )
         .await;
-    let key = format!(
-        "{acme}/contracts/c-1/{}.pdf",
-        att["id"].as_str().expect("id")
-    );
+    let key = TestApp::contract_key(&acme, "c-1", &att);
     let url = att["url"].as_str().expect("url");
     match setup.store {
         Store::S3 => assert_eq!(url, format!("https://cdn.example.com/files/{key}")),
@@ -203,11 +200,10 @@ async fn direct_uploads_end_to_end(setup: Setup) {
     assert_eq!(att["id"], direct["id"]);
     assert_eq!(att["sha256"], sha256_hex(&content));
     assert_eq!(att["contentType"], "application/pdf");
-    let key = format!(
-        "{acme}/contracts/c-7/{}.pdf",
-        direct["id"].as_str().expect("id")
+    assert_eq!(
+        app.stored_keys(),
+        vec![TestApp::contract_key(&acme, "c-7", &direct)]
     );
-    assert_eq!(app.stored_keys(), vec![key]);
     assert_eq!(fetch(&att["url"]).await, content);
 
     let again = app
@@ -495,10 +491,7 @@ async fn the_prefix_is_joined_inside_the_bucket(setup: Setup) {
             "a.pdf",
         )
         .await;
-    let key = format!(
-        "files/prod/{acme}/contracts/c-1/{}.pdf",
-        att["id"].as_str().expect("id")
-    );
+    let key = format!("files/prod/{}", TestApp::contract_key(&acme, "c-1", &att));
     assert_eq!(app.stored_keys(), vec![key]);
     assert_eq!(fetch(&att["url"]).await, content);
 }
