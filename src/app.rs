@@ -8,13 +8,18 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{JwtVerifier, LinkSigner, TokenMinter};
 use crate::collections::Collections;
-use crate::config::{Config, ConfigError, Secret};
+use crate::config::{Config, ConfigError, Secret, StorageBackend};
 use crate::storage::Storage;
 
 pub struct App {
     pub config: Config,
     pub db: DatabaseConnection,
     pub storage: Storage,
+    /// `AUTO_MIGRATE_STORAGE` on s3: the local folder that downloads fall back to
+    /// until the background migration has copied a file into the bucket.
+    pub local_fallback: Option<Storage>,
+    /// Set once the background migration has verified every file in the bucket.
+    pub migration_done: std::sync::atomic::AtomicBool,
     pub verifier: JwtVerifier,
     /// Present in development mode only: mints the token `serve` prints.
     pub dev_minter: Option<TokenMinter>,
@@ -52,11 +57,19 @@ impl App {
             }
         };
         let storage = Storage::from_config(&config.storage)?;
+        let local_fallback = match (config.auto_migrate_storage, storage.backend()) {
+            (true, StorageBackend::S3) => {
+                Some(Storage::local_source(&config.storage.storage_root)?)
+            }
+            _ => None,
+        };
         let db = crate::db::connect(&config.database.database_url).await?;
         let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
         Ok(App {
             db,
             storage,
+            local_fallback,
+            migration_done: std::sync::atomic::AtomicBool::new(false),
             verifier,
             dev_minter,
             links,

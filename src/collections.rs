@@ -122,4 +122,12 @@ impl Collections {
     pub fn get(&self, owner_type: &str) -> Option<&Collection> {
         self.by_owner_type.get(owner_type)
     }
+
+    /// Whether some collection's layout could have made `key`: what `storage sweep`
+    /// may consider, so that nothing else in the store (backups, probes) is touched.
+    pub fn covers(&self, key: &str) -> bool {
+        self.by_owner_type
+            .values()
+            .any(|collection| collection.key.matches(key))
+    }
 }

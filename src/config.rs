@@ -199,7 +199,7 @@ pub struct Config {
     /// Standard Webhooks signing secret (`whsec_...`).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
-    /// With s3, copy not-yet-migrated local files in the background at startup (not in this version yet).
+    /// With s3, copy not-yet-migrated files of STORAGE_ROOT into the bucket in the background at startup.
     #[arg(long, env = "AUTO_MIGRATE_STORAGE", default_value_t = false, action = clap::ArgAction::Set)]
     pub auto_migrate_storage: bool,
     /// TOML file replacing the built-in collections.
@@ -228,7 +228,28 @@ impl Config {
 
     /// Rules that span several variables; clap already checked each value alone.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let storage = &self.storage;
+        self.storage.validate()?;
+        if self.storage.storage_backend == StorageBackend::S3
+            && self.urls.url_mode == UrlMode::Public
+            && self.urls.s3_public_base_url.is_none()
+        {
+            return Err(ConfigError::new(
+                "S3_PUBLIC_BASE_URL",
+                "required when URL_MODE=public and STORAGE_BACKEND=s3",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn url_ttl(&self) -> Duration {
+        Duration::from_secs(self.urls.url_ttl_seconds)
+    }
+}
+
+impl StorageConfig {
+    /// The S3 settings that go together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let storage = self;
         if storage.storage_backend == StorageBackend::S3 {
             if storage.s3_bucket_name.as_deref().is_none_or(str::is_empty) {
                 return Err(ConfigError::new(
@@ -247,17 +268,7 @@ impl Config {
                     "S3_ACCESS_KEY and S3_SECRET_KEY go together",
                 ));
             }
-            if self.urls.url_mode == UrlMode::Public && self.urls.s3_public_base_url.is_none() {
-                return Err(ConfigError::new(
-                    "S3_PUBLIC_BASE_URL",
-                    "required when URL_MODE=public and STORAGE_BACKEND=s3",
-                ));
-            }
         }
         Ok(())
-    }
-
-    pub fn url_ttl(&self) -> Duration {
-        Duration::from_secs(self.urls.url_ttl_seconds)
     }
 }

@@ -22,6 +22,9 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     ChecksumMismatch(String),
+    /// The row exists but its object is on no store: lost data, logged as such.
+    #[error("the file of attachment {0} is missing from storage")]
+    ObjectMissing(uuid::Uuid),
     #[error("storage is unavailable, try again later")]
     StorageUnavailable(#[source] opendal::Error),
     #[error("internal server error")]
@@ -46,7 +49,7 @@ impl AppError {
         match self {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::Forbidden(_) => "FORBIDDEN",
-            Self::NotFound(_) => "NOT_FOUND",
+            Self::NotFound(_) | Self::ObjectMissing(_) => "NOT_FOUND",
             Self::BadUserInput(_) => "BAD_USER_INPUT",
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
@@ -60,7 +63,7 @@ impl AppError {
         match self {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::ObjectMissing(_) => StatusCode::NOT_FOUND,
             Self::BadUserInput(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -74,6 +77,9 @@ impl AppError {
     fn log(&self) {
         match self {
             Self::StorageUnavailable(source) => tracing::error!(error = %source, "storage failure"),
+            Self::ObjectMissing(id) => {
+                tracing::error!(attachment = %id, "lost data: the attachment's file is missing from storage")
+            }
             Self::Database(source) => tracing::error!(error = %source, "database failure"),
             Self::Internal(source) => {
                 tracing::error!(error = format!("{source:#}"), "internal failure")
@@ -82,10 +88,15 @@ impl AppError {
         }
     }
 
-    /// A GraphQL-shaped body for HTTP answers that never reach the executor (413, 400).
+    /// A GraphQL-shaped body for HTTP answers that never reach the executor (413, 400)
+    /// and for the errors of the REST routes.
     pub fn graphql_body(&self) -> serde_json::Value {
+        let mut extensions = serde_json::json!({ "code": self.code() });
+        if let Self::ObjectMissing(id) = self {
+            extensions["attachmentId"] = serde_json::json!(id);
+        }
         serde_json::json!({
-            "errors": [{ "message": self.to_string(), "extensions": { "code": self.code() } }]
+            "errors": [{ "message": self.to_string(), "extensions": extensions }]
         })
     }
 }
@@ -112,7 +123,7 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         self.log();
         let status = self.status();
-        let mut response = (status, self.to_string()).into_response();
+        let mut response = (status, axum::Json(self.graphql_body())).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

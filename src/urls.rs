@@ -2,6 +2,7 @@
 //! S3 URL, signed link to the download route, or a public URL), `downloadUrl` needs
 //! the bearer token, and direct uploads get a presigned or signed PUT.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use entity::attachment;
@@ -50,6 +51,13 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
                 prefix => format!("{base}/{prefix}/{}", row.storage_key),
             })
         }
+        (UrlMode::Signed, _) if !in_bucket(app, row).await? => Ok(signed_link(
+            app,
+            LinkPurpose::Download,
+            row.id,
+            &row.tenant_id,
+            ttl,
+        )),
         (UrlMode::Signed, _) => {
             let key = StorageKey::from_stored(row.storage_key.clone());
             let disposition = content_disposition(&row.filename, false);
@@ -65,6 +73,15 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
             }
         }
     }
+}
+
+/// Whether a presigned URL would find the object: always, unless files are still
+/// moving to the bucket and this one is not yet recorded as copied.
+async fn in_bucket(app: &App, row: &attachment::Model) -> AppResult<bool> {
+    if app.local_fallback.is_none() || app.migration_done.load(Ordering::Relaxed) {
+        return Ok(true);
+    }
+    Ok(crate::attachments::migrate::is_migrated(&app.db, &row.storage_key).await?)
 }
 
 /// attache's own signed upload route, for direct uploads on fs.

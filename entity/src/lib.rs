@@ -3,3 +3,4 @@
 pub mod attachment;
 pub mod direct_upload;
 pub mod storage_deletion;
+pub mod storage_migration;

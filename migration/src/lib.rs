@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_attachments;
 mod m20261125_000002_create_storage_deletions;
 mod m20261125_000003_create_direct_uploads;
+mod m20261202_000001_create_storage_migrations;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_attachments::Migration),
             Box::new(m20261125_000002_create_storage_deletions::Migration),
             Box::new(m20261125_000003_create_direct_uploads::Migration),
+            Box::new(m20261202_000001_create_storage_migrations::Migration),
         ]
     }
 }

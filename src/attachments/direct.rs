@@ -254,16 +254,27 @@ async fn discard(
     Ok(())
 }
 
-/// Removes direct uploads whose link expired without completion.
-pub async fn expire(app: &App) -> AppResult<()> {
-    let now = Utc::now();
-    let expired = direct_upload::Entity::find()
+/// Direct uploads whose link expired without completion.
+pub async fn expired(
+    app: &App,
+    now: chrono::DateTime<Utc>,
+) -> AppResult<Vec<direct_upload::Model>> {
+    Ok(direct_upload::Entity::find()
         .filter(direct_upload::Column::ExpiresAt.lt(now))
         .limit(500)
         .all(&app.db)
-        .await?;
+        .await?)
+}
+
+/// Removes direct uploads whose link expired without completion; returns their keys.
+pub async fn expire(app: &App) -> AppResult<Vec<String>> {
+    let now = Utc::now();
+    let expired = expired(app, now).await?;
     for pending in &expired {
         discard(app, pending, Some(now)).await?;
     }
-    Ok(())
+    Ok(expired
+        .into_iter()
+        .map(|pending| pending.storage_key)
+        .collect())
 }

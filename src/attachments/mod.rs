@@ -4,6 +4,8 @@
 //! entry until its object is gone.
 
 pub mod direct;
+pub mod migrate;
+pub mod sweep;
 pub mod upload;
 
 use std::ops::Range;
@@ -23,7 +25,7 @@ use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
-use crate::storage::StorageKey;
+use crate::storage::{Storage, StorageKey};
 pub use upload::{Draft, Target, ValidUpload};
 
 /// Stores every upload or none: objects first, then one transaction for all rows.
@@ -162,14 +164,34 @@ pub async fn list(
     })
 }
 
-/// Streams `range` of an attachment's object.
+/// The store that holds an attachment's object with the row's size: storage, or
+/// the local copy while files move to the bucket (`AUTO_MIGRATE_STORAGE`). Checked
+/// before any header goes out, so a lost object is a clear error, never a
+/// truncated 200.
+pub async fn locate<'a>(app: &'a App, row: &attachment::Model) -> AppResult<&'a Storage> {
+    let key = StorageKey::from_stored(row.storage_key.clone());
+    let expected = u64::try_from(row.byte_size).unwrap_or_default();
+    for store in std::iter::once(&app.storage).chain(app.local_fallback.as_ref()) {
+        match store.size(&key).await {
+            Ok(Some(size)) if size == expected => return Ok(store),
+            Ok(Some(size)) => tracing::error!(
+                key = %key, size, expected, location = store.location(),
+                "a stored object has another size than its row"
+            ),
+            Ok(None) => {}
+            Err(err) => return Err(AppError::StorageUnavailable(err)),
+        }
+    }
+    Err(AppError::ObjectMissing(row.id))
+}
+
+/// Streams `range` of an attachment's object from the store [`locate`] found.
 pub async fn read(
-    app: &App,
+    store: &Storage,
     row: &attachment::Model,
     range: Range<u64>,
 ) -> AppResult<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
-    Ok(app
-        .storage
+    Ok(store
         .stream(
             &StorageKey::from_stored(row.storage_key.clone()),
             range.into(),
@@ -214,8 +236,9 @@ async fn schedule_removal(
     .map(drop)
 }
 
-/// Removes one object and its `storage_deletions` entry; on failure, counts the attempt.
-async fn remove_object(app: &App, key: &str) {
+/// Removes one object and its `storage_deletions` entry; on failure, counts the
+/// attempt. Whether the object is gone.
+async fn remove_object(app: &App, key: &str) -> bool {
     let entry = storage_deletion::Entity::find_by_id(key.to_owned());
     match app
         .storage
@@ -229,6 +252,7 @@ async fn remove_object(app: &App, key: &str) {
             {
                 tracing::warn!(key, error = %err, "object removed, but its deletion entry stays; it will be retried");
             }
+            true
         }
         Err(err) => {
             tracing::warn!(key, error = %err, "cannot remove object yet; it will be retried");
@@ -240,21 +264,33 @@ async fn remove_object(app: &App, key: &str) {
                     tracing::warn!(key, error = %err, "cannot count a deletion attempt");
                 }
             }
+            false
         }
     }
 }
 
-/// Retries the removal of every object still recorded in `storage_deletions`.
-pub async fn retry_deletions(app: &App) -> AppResult<()> {
-    let pending = storage_deletion::Entity::find()
+/// Objects whose rows are gone and whose removal is still pending, oldest first.
+pub async fn pending_deletions(app: &App) -> AppResult<Vec<String>> {
+    Ok(storage_deletion::Entity::find()
         .order_by_asc(storage_deletion::Column::CreatedAt)
         .limit(500)
         .all(&app.db)
-        .await?;
-    for entry in pending {
-        remove_object(app, &entry.storage_key).await;
+        .await?
+        .into_iter()
+        .map(|entry| entry.storage_key)
+        .collect())
+}
+
+/// Retries the removal of objects still recorded in `storage_deletions`; returns
+/// the keys now gone.
+pub async fn retry_deletions(app: &App) -> AppResult<Vec<String>> {
+    let mut removed = Vec::new();
+    for key in pending_deletions(app).await? {
+        if remove_object(app, &key).await {
+            removed.push(key);
+        }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Every `period` until the process stops: retries pending object deletions and

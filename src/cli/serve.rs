@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 use crate::ids::SafeId;
 
 #[derive(Args)]
@@ -48,6 +48,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         app.clone(),
         MAINTENANCE_PERIOD,
     ));
+    tokio::spawn(crate::attachments::migrate::run_in_background(app.clone()));
     tracing::info!(url = %format!("{}/graphql", app.public_base_url), "attache is listening");
     crate::http::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("attache stopped");
@@ -59,10 +60,8 @@ fn warn_unavailable(config: &Config) {
     if !config.webhook_urls.is_empty() {
         tracing::warn!("WEBHOOK_URLS is set, but this version does not deliver events yet");
     }
-    if config.auto_migrate_storage {
-        tracing::warn!(
-            "AUTO_MIGRATE_STORAGE is set, but this version has no storage migration yet"
-        );
+    if config.auto_migrate_storage && config.storage.storage_backend == StorageBackend::Fs {
+        tracing::warn!("AUTO_MIGRATE_STORAGE has no effect with STORAGE_BACKEND=fs");
     }
 }
 

@@ -1,9 +1,16 @@
-//! `attache storage check`: writes, reads, stats and deletes a probe object and says
-//! which step works; the exit status tells whether all did.
+//! `attache storage check | migrate | sweep`: probe the store, move the local files
+//! into the bucket, remove what crashes and abandoned uploads left behind.
 
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::config::StorageConfig;
+use crate::app::App;
+use crate::attachments::migrate::{self, Outcome, Plan, Progress};
+use crate::config::{Config, DatabaseConfig, StorageBackend, StorageConfig};
 use crate::storage::Storage;
 
 #[derive(Args)]
@@ -19,35 +26,196 @@ enum StorageCommand {
         #[command(flatten)]
         storage: StorageConfig,
     },
+    /// Copy every attachment file from STORAGE_ROOT into the S3 bucket under the same
+    /// key, verify it and record it in `storage_migrations`. Safe to interrupt and re-run.
+    Migrate(Box<MigrateArgs>),
+    /// Remove objects no row references (older than --older-than), expired direct
+    /// uploads and pending deletions. Never touches `backups/`.
+    Sweep(Box<SweepArgs>),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseConfig,
+    #[command(flatten)]
+    storage: StorageConfig,
+    /// List what would be copied; write nothing anywhere.
+    #[arg(long)]
+    dry_run: bool,
+    /// Attachment rows read per database query.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    batch_size: u64,
+    /// Files copied at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    config: Config,
+    /// Only list what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Orphans younger than this are kept (an upload may be about to commit its row).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    older_than: Duration,
 }
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     match args.command {
-        StorageCommand::Check { storage: config } => {
-            let storage = Storage::from_config(&config)?;
-            let target = match &config.s3_bucket_name {
-                Some(bucket) if storage.backend() == crate::config::StorageBackend::S3 => {
-                    format!("s3 bucket {bucket}")
-                }
-                _ => format!("folder {}", config.storage_root.display()),
-            };
-            println!("checking {target}");
-            let mut failed = 0;
-            for (step, result) in storage.check_steps().await {
-                match result {
-                    Ok(()) => println!("  {step:<6} ok"),
-                    Err(err) => {
-                        failed += 1;
-                        println!("  {step:<6} FAILED: {}", err.kind());
-                        tracing::debug!(step, error = %err, "storage check step failed");
-                    }
-                }
+        StorageCommand::Check { storage } => check(&storage).await,
+        StorageCommand::Migrate(args) => migrate(*args).await,
+        StorageCommand::Sweep(args) => sweep(*args).await,
+    }
+}
+
+async fn check(config: &StorageConfig) -> anyhow::Result<()> {
+    let storage = Storage::from_config(config)?;
+    let target = match &config.s3_bucket_name {
+        Some(bucket) if storage.backend() == StorageBackend::S3 => format!("s3 bucket {bucket}"),
+        _ => format!("folder {}", config.storage_root.display()),
+    };
+    println!("checking {target}");
+    let mut failed = 0;
+    for (step, result) in storage.check_steps().await {
+        match result {
+            Ok(()) => println!("  {step:<6} ok"),
+            Err(err) => {
+                failed += 1;
+                println!("  {step:<6} FAILED: {}", err.kind());
+                tracing::debug!(step, error = %err, "storage check step failed");
             }
-            if failed > 0 {
-                anyhow::bail!("storage check failed: see the steps above");
-            }
-            println!("storage works");
-            Ok(())
         }
     }
+    if failed > 0 {
+        anyhow::bail!("storage check failed: see the steps above");
+    }
+    println!("storage works");
+    Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    if args.storage.storage_backend != StorageBackend::S3 {
+        anyhow::bail!(
+            "STORAGE_BACKEND: storage migrate copies STORAGE_ROOT into the S3 bucket; \
+             set STORAGE_BACKEND=s3 and the S3_ variables"
+        );
+    }
+    args.storage.validate()?;
+    // Both sides answer before anything is copied; each failure names its side.
+    let source = Storage::local_source(&args.storage.storage_root)?;
+    let destination = Storage::from_config(&args.storage)?;
+    destination.probe(&args.storage, !args.dry_run).await?;
+    let db = crate::db::connect(&args.database.database_url).await?;
+    crate::db::migrate(&db)
+        .await
+        .context("DATABASE_URL: applying database migrations failed")?;
+    println!(
+        "{} {} -> {}",
+        if args.dry_run {
+            "dry run:"
+        } else {
+            "migrating"
+        },
+        source.location(),
+        destination.location()
+    );
+    let plan = Plan {
+        dry_run: args.dry_run,
+        batch_size: args.batch_size,
+        concurrency: usize::from(args.concurrency),
+    };
+    let progress = BarProgress::new(args.dry_run);
+    let summary = migrate::run(&db, &source, &destination, plan, &progress).await?;
+    progress.bar.finish_and_clear();
+    println!("{summary}");
+    if summary.missing + summary.failed > 0 {
+        anyhow::bail!(
+            "{} files missing and {} failed: see the lines above",
+            summary.missing,
+            summary.failed
+        );
+    }
+    Ok(())
+}
+
+/// An `indicatif` bar (files and bytes) on a terminal; lines for what needs a look.
+struct BarProgress {
+    bar: indicatif::ProgressBar,
+    dry_run: bool,
+    files_done: AtomicU64,
+    files: AtomicU64,
+}
+
+impl BarProgress {
+    fn new(dry_run: bool) -> Self {
+        let bar = if std::io::stderr().is_terminal() && !dry_run {
+            indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            )
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Self {
+            bar,
+            dry_run,
+            files_done: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress for BarProgress {
+    fn begin(&self, files: u64, bytes: u64) {
+        self.bar.set_length(bytes);
+        self.files.store(files, Ordering::Relaxed);
+        self.bar.set_message(format!("0/{files} files"));
+    }
+
+    fn file(&self, key: &str, bytes: u64, outcome: &Outcome) {
+        self.bar.inc(bytes);
+        let line = match outcome {
+            Outcome::WouldCopy if self.dry_run => Some(format!("would copy {key} ({bytes} bytes)")),
+            Outcome::Missing => Some(format!("missing: {key} is not in the source folder")),
+            Outcome::Failed(reason) => Some(format!("failed: {key}: {reason}")),
+            _ => None,
+        };
+        if let Some(line) = line {
+            self.bar.suspend(|| println!("{line}"));
+        }
+        let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
+        let files = self.files.load(Ordering::Relaxed);
+        self.bar.set_message(format!("{done}/{files} files"));
+    }
+
+    fn waiting(&self) {
+        self.bar
+            .suspend(|| eprintln!("another storage migration holds the lock; waiting for it"));
+    }
+}
+
+async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
+    let config = args.config;
+    config.validate()?;
+    let base_url = config.public_base_url(config.listen_addr)?;
+    let app = App::build(config, base_url).await?;
+    crate::db::migrate(&app.db)
+        .await
+        .context("DATABASE_URL: applying database migrations failed")?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let swept = crate::attachments::sweep::run(&app, args.older_than, args.dry_run).await?;
+    for item in &swept {
+        println!("{verb} {} ({})", item.key, item.reason);
+    }
+    println!("{verb} {} objects", swept.len());
+    Ok(())
 }

@@ -187,6 +187,7 @@ async fn respond(
             return build(response, Body::empty());
         }
     };
+    let store = attachments::locate(app, &row).await?;
     let content_type = HeaderValue::from_str(&row.content_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     let response = response
@@ -200,7 +201,7 @@ async fn respond(
     if method == Method::HEAD {
         return build(response, Body::empty());
     }
-    let stream = attachments::read(app, &row, range).await?;
+    let stream = attachments::read(store, &row, range).await?;
     build(response, Body::from_stream(stream))
 }
 

@@ -65,6 +65,37 @@ impl KeyTemplate {
         Ok(Self { parts })
     }
 
+    /// Whether `key` has exactly this layout: safe ids where the tenant and owner go,
+    /// a UUID for `{id}`, a canonical extension for `{ext}`.
+    pub fn matches(&self, key: &str) -> bool {
+        fn rest(parts: &[Part], key: &str) -> bool {
+            let Some((part, tail)) = parts.split_first() else {
+                return key.is_empty();
+            };
+            match part {
+                Part::Literal(text) => key
+                    .strip_prefix(text.as_str())
+                    .is_some_and(|key| rest(tail, key)),
+                Part::Tenant | Part::Owner => (1..=SafeId::MAX_LEN.min(key.len())).any(|len| {
+                    key.is_char_boundary(len)
+                        && SafeId::parse(&key[..len]).is_some()
+                        && rest(tail, &key[len..])
+                }),
+                Part::Id => {
+                    key.len() >= 36
+                        && key.is_char_boundary(36)
+                        && Uuid::try_parse(&key[..36]).is_ok()
+                        && rest(tail, &key[36..])
+                }
+                Part::Ext => MediaType::ALL.iter().any(|media| {
+                    key.strip_prefix(media.extension())
+                        .is_some_and(|key| rest(tail, key))
+                }),
+            }
+        }
+        rest(&self.parts, key)
+    }
+
     /// Whether the layout has a folder per owner record, so `ownerId` is required.
     pub fn needs_owner(&self) -> bool {
         self.parts.contains(&Part::Owner)
@@ -135,6 +166,17 @@ mod tests {
         let key = StorageKey::for_attachment(&template, &tenant, Some(&owner), id, MediaType::Pdf);
         assert_eq!(key.as_str(), format!("acme/contracts/c-1/{id}.pdf"));
         assert!(template.needs_owner());
+        assert!(template.matches(key.as_str()));
+        for other in [
+            format!("backups/contracts/c-1/{id}.pdf.tmp"),
+            format!("acme/contracts/{id}.pdf"),
+            format!("acme/contracts/c-1/{id}.exe"),
+            format!("acme/contracts/c 1/{id}.pdf"),
+            "backups/2026-12-02T10-00-00Z.sqlite".to_owned(),
+            ".attache-probe/x".to_owned(),
+        ] {
+            assert!(!template.matches(&other), "{other}");
+        }
     }
 
     #[test]

@@ -32,6 +32,30 @@ pub struct PresignedPut {
     pub headers: Vec<(String, String)>,
 }
 
+/// Why an object was not copied from one store to another, and which side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("reading the source failed: {0}")]
+    Source(#[source] opendal::Error),
+    #[error("writing the destination failed: {0}")]
+    Destination(#[source] opendal::Error),
+}
+
+/// The size and sha256 of an object's bytes, as read back from a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A stored object as a listing sees it.
+#[derive(Clone, Debug)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<std::time::SystemTime>,
+}
+
 /// The object store of attache: local disk or an S3-compatible bucket.
 #[derive(Clone, Debug)]
 pub struct Storage {
@@ -39,7 +63,13 @@ pub struct Storage {
     backend: StorageBackend,
     /// The absolute root folder on fs, where objects are plain files.
     fs_root: Option<std::path::PathBuf>,
+    /// Where the objects live, for people: `fs:/srv/uploads`, `s3://bucket/prefix`.
+    location: String,
 }
+
+/// Parts of an object copied between stores are buffered up to this size (an S3
+/// multipart part), so a copy holds the same memory whatever the file's size.
+const COPY_CHUNK: usize = 8 * 1024 * 1024;
 
 /// How long the startup probe may take before the bucket counts as unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,30 +80,48 @@ impl Storage {
         // Outgoing HTTPS uses rustls with ring; later calls find both installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         opendal_http_transport_reqwest::install_default();
-        let (operator, fs_root) = match config.storage_backend {
+        match config.storage_backend {
             StorageBackend::Fs => {
-                let (operator, root) = Self::fs_operator(config)?;
-                (operator, Some(root))
+                std::fs::create_dir_all(&config.storage_root).map_err(|err| {
+                    ConfigError::new(
+                        "STORAGE_ROOT",
+                        format!("cannot create {}: {err}", config.storage_root.display()),
+                    )
+                })?;
+                Self::fs(&config.storage_root)
             }
-            StorageBackend::S3 => (Self::s3_operator(config)?, None),
-        };
-        Ok(Self {
-            operator,
-            backend: config.storage_backend,
-            fs_root,
-        })
+            StorageBackend::S3 => {
+                let bucket = config.s3_bucket_name.as_deref().unwrap_or_default();
+                let prefix = config.s3_prefix.trim_matches('/');
+                Ok(Self {
+                    operator: Self::s3_operator(config)?,
+                    backend: StorageBackend::S3,
+                    fs_root: None,
+                    location: format!("s3://{bucket}/{prefix}")
+                        .trim_end_matches('/')
+                        .to_owned(),
+                })
+            }
+        }
     }
 
-    fn fs_operator(config: &StorageConfig) -> Result<(Operator, std::path::PathBuf), ConfigError> {
-        let fail = |message: String| ConfigError::new("STORAGE_ROOT", message);
-        std::fs::create_dir_all(&config.storage_root).map_err(|err| {
-            fail(format!(
-                "cannot create {}: {err}",
-                config.storage_root.display()
-            ))
+    /// The local folder `STORAGE_ROOT` as it is, never created: the source of
+    /// `storage migrate` and the fallback of downloads while files move to S3.
+    pub fn local_source(root: &std::path::Path) -> Result<Self, ConfigError> {
+        let listed = std::fs::read_dir(root).map_err(|err| {
+            ConfigError::new(
+                "STORAGE_ROOT",
+                format!("the source folder {} cannot be read: {err}", root.display()),
+            )
         })?;
-        let root = std::path::absolute(&config.storage_root)
-            .map_err(|err| fail(format!("{}: {err}", config.storage_root.display())))?;
+        drop(listed);
+        Self::fs(root)
+    }
+
+    fn fs(root: &std::path::Path) -> Result<Self, ConfigError> {
+        let fail = |message: String| ConfigError::new("STORAGE_ROOT", message);
+        let root =
+            std::path::absolute(root).map_err(|err| fail(format!("{}: {err}", root.display())))?;
         let text = root
             .to_str()
             .ok_or_else(|| fail("is not valid UTF-8".into()))?;
@@ -81,7 +129,12 @@ impl Storage {
         // `if_not_exists` opens with O_EXCL and two writers can never share a key.
         let builder = opendal::services::Fs::default().root(text);
         let operator = Operator::new(builder).map_err(|err| fail(err.to_string()))?;
-        Ok((operator, root))
+        Ok(Self {
+            operator,
+            backend: StorageBackend::Fs,
+            location: format!("fs:{text}"),
+            fs_root: Some(root),
+        })
     }
 
     fn s3_operator(config: &StorageConfig) -> Result<Operator, ConfigError> {
@@ -105,6 +158,11 @@ impl Storage {
 
     pub fn backend(&self) -> StorageBackend {
         self.backend
+    }
+
+    /// Where the objects live, for people and audit rows; never carries credentials.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// Writes a new object; an existing key is an error, never a silent replacement.
@@ -187,6 +245,21 @@ impl Storage {
         }
     }
 
+    /// When an object was last written, `None` when there is no such object.
+    pub async fn modified(
+        &self,
+        key: &StorageKey,
+    ) -> opendal::Result<Option<std::time::SystemTime>> {
+        match self.operator.stat(key.as_str()).await {
+            Ok(meta) => Ok(Some(
+                meta.last_modified()
+                    .map_or_else(std::time::SystemTime::now, Into::into),
+            )),
+            Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// A presigned GET with the given `Content-Disposition`, where the backend presigns
     /// (S3); `None` on fs, whose links are signed by attache itself.
     pub async fn presign_read(
@@ -250,6 +323,93 @@ impl Storage {
             .await
     }
 
+    /// The size and sha256 of a stored object, read as a stream; `None` when there is
+    /// no such object.
+    pub async fn digest(&self, key: &StorageKey) -> opendal::Result<Option<Digest>> {
+        use sha2::Digest as _;
+        let mut stream = match self.stream(key, opendal::BytesRange::from(..)).await {
+            Ok(stream) => stream,
+            Err(err) if err.kind() == opendal::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|err| {
+                opendal::Error::new(opendal::ErrorKind::Unexpected, "reading an object failed")
+                    .set_source(err)
+            })?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok(Some(Digest {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        }))
+    }
+
+    /// Copies `key` from `source` into this store as a stream, replacing what is
+    /// there, and returns the digest of the bytes read from the source.
+    pub async fn copy_from(&self, source: &Storage, key: &StorageKey) -> Result<Digest, CopyError> {
+        use sha2::Digest as _;
+        let mut stream = source
+            .stream(key, opendal::BytesRange::from(..))
+            .await
+            .map_err(CopyError::Source)?;
+        let mut writer = self
+            .operator
+            .writer_with(key.as_str())
+            .chunk(COPY_CHUNK)
+            .await
+            .map_err(CopyError::Destination)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let written = match chunk {
+                Ok(chunk) => {
+                    size += chunk.len() as u64;
+                    hasher.update(&chunk);
+                    writer.write(chunk).await.map_err(CopyError::Destination)
+                }
+                Err(err) => Err(CopyError::Source(
+                    opendal::Error::new(opendal::ErrorKind::Unexpected, "reading failed")
+                        .set_source(err),
+                )),
+            };
+            if let Err(err) = written {
+                // The bucket keeps what was there before an aborted multipart upload.
+                let _ = writer.abort().await;
+                return Err(err);
+            }
+        }
+        writer.close().await.map_err(CopyError::Destination)?;
+        Ok(Digest {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
+    /// Every object of the store (directories left out), in no particular order.
+    pub async fn list(
+        &self,
+    ) -> opendal::Result<impl Stream<Item = opendal::Result<StoredObject>> + use<>> {
+        let lister = self.operator.lister_with("").recursive(true).await?;
+        Ok(lister.filter_map(|entry| {
+            std::future::ready(match entry {
+                Err(err) => Some(Err(err)),
+                Ok(entry) if entry.metadata().is_dir() => None,
+                Ok(entry) => {
+                    let metadata = entry.metadata();
+                    Some(Ok(StoredObject {
+                        size: metadata.content_length(),
+                        modified: metadata.last_modified().map(Into::into),
+                        key: entry.path().to_owned(),
+                    }))
+                }
+            })
+        }))
+    }
+
     /// Removes an object; a missing object counts as removed.
     pub async fn delete(&self, key: &StorageKey) -> opendal::Result<()> {
         self.operator.delete(key.as_str()).await
@@ -263,7 +423,18 @@ impl Storage {
     /// The startup probe: a failure becomes one line naming the variable to fix,
     /// within [`PROBE_TIMEOUT`] rather than at the first upload.
     pub async fn startup_check(&self, config: &StorageConfig) -> Result<(), ConfigError> {
-        let failure = match tokio::time::timeout(PROBE_TIMEOUT, self.check()).await {
+        self.probe(config, true).await
+    }
+
+    /// Like [`Storage::startup_check`]; without `write`, only lists (writes nothing).
+    pub async fn probe(&self, config: &StorageConfig, write: bool) -> Result<(), ConfigError> {
+        let checked = async {
+            match write {
+                true => self.check().await,
+                false => self.ping().await,
+            }
+        };
+        let failure = match tokio::time::timeout(PROBE_TIMEOUT, checked).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(err)) => err,
             Err(_) => opendal::Error::new(opendal::ErrorKind::Unexpected, "no answer in time"),

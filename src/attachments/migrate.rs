@@ -1,0 +1,482 @@
+//! Moving files from the local disk into the bucket (SPEC 9, `storage migrate`): walk
+//! the attachment rows by id, copy each object under the same key as a stream,
+//! verify size and sha256 of what landed against the row, and record it in
+//! `storage_migrations`. Only verified objects are recorded, so an interrupted run
+//! is completed by the next one; no attachment row is ever written.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use entity::{attachment, storage_migration};
+use futures::StreamExt;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::storage::{CopyError, Digest, Storage, StorageKey};
+
+/// Copies of one file tried before it counts as failed.
+const MAX_ATTEMPTS: u32 = 3;
+/// Wait before the second copy; doubled for each later one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The PostgreSQL advisory lock that makes migrations run one at a time.
+const LOCK_ID: i64 = 0x6174_7461_6368_6531;
+
+/// How a migration runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// List what would be copied; write nothing anywhere.
+    pub dry_run: bool,
+    /// Attachment rows read per query.
+    pub batch_size: u64,
+    /// Files copied at once.
+    pub concurrency: usize,
+}
+
+/// What happened to one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Copied and verified, after this many attempts.
+    Copied { attempts: u32 },
+    /// Already in the bucket with the right bytes (an interrupted run, or an upload
+    /// made on S3); now recorded.
+    AlreadyThere,
+    /// Recorded by an earlier run.
+    Skipped,
+    /// `--dry-run`: would be copied.
+    WouldCopy,
+    /// No local file and no verified object in the bucket.
+    Missing,
+    /// Every attempt failed; the reason, for people.
+    Failed(String),
+}
+
+/// The counts a run ends with.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub copied: u64,
+    pub already_there: u64,
+    pub skipped: u64,
+    pub would_copy: u64,
+    pub missing: u64,
+    pub failed: u64,
+    /// Bytes copied (or, on a dry run, that would be).
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub dry_run: bool,
+}
+
+impl Summary {
+    fn add(&mut self, outcome: &Outcome, bytes: u64) {
+        match outcome {
+            Outcome::Copied { .. } => {
+                self.copied += 1;
+                self.bytes += bytes;
+            }
+            Outcome::AlreadyThere => self.already_there += 1,
+            Outcome::Skipped => self.skipped += 1,
+            Outcome::WouldCopy => {
+                self.would_copy += 1;
+                self.bytes += bytes;
+            }
+            Outcome::Missing => self.missing += 1,
+            Outcome::Failed(_) => self.failed += 1,
+        }
+    }
+
+    /// Whether every file is now verified in the bucket.
+    pub fn complete(&self) -> bool {
+        self.missing == 0 && self.failed == 0 && self.would_copy == 0
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seconds = self.elapsed.as_secs_f64();
+        let rate = if seconds > 0.0 {
+            self.bytes as f64 / seconds / 1_000_000.0
+        } else {
+            0.0
+        };
+        if self.dry_run {
+            write!(f, "dry run: would copy {}, ", self.would_copy)?;
+        }
+        write!(
+            f,
+            "copied {}, already there {}, skipped {}, missing {}, failed {}, {} bytes, {seconds:.1} s, {rate:.1} MB/s",
+            self.copied, self.already_there, self.skipped, self.missing, self.failed, self.bytes
+        )
+    }
+}
+
+/// Where a run reports each file: a progress bar on a terminal, the log in `serve`.
+pub trait Progress: Send + Sync {
+    /// Called once, with the rows and bytes the run will walk.
+    fn begin(&self, files: u64, bytes: u64);
+    /// Called once per file, in no particular order.
+    fn file(&self, key: &str, bytes: u64, outcome: &Outcome);
+    /// Called when another migration holds the lock and this one waits for it.
+    fn waiting(&self);
+}
+
+/// Why a run could not go on at all (a single file's failure is an [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("DATABASE_URL: {0}")]
+    Database(#[from] sea_orm::DbErr),
+}
+
+/// Copies every attachment's object from `source` (the local folder) into
+/// `destination` (the bucket). One run at a time per database: see [`RunLock`].
+pub async fn run(
+    db: &DatabaseConnection,
+    source: &Storage,
+    destination: &Storage,
+    plan: Plan,
+    progress: &dyn Progress,
+) -> Result<Summary, MigrateError> {
+    let started = Instant::now();
+    let _lock = match plan.dry_run {
+        true => None,
+        false => Some(RunLock::acquire(db, progress).await?),
+    };
+    let (files, bytes) = totals(db).await?;
+    progress.begin(files, bytes);
+    let copier = Copier {
+        db,
+        source,
+        destination,
+        dry_run: plan.dry_run,
+    };
+    let mut summary = Summary {
+        dry_run: plan.dry_run,
+        ..Summary::default()
+    };
+    let mut after: Option<Uuid> = None;
+    loop {
+        let mut query = attachment::Entity::find().order_by_asc(attachment::Column::Id);
+        if let Some(after) = after {
+            query = query.filter(attachment::Column::Id.gt(after));
+        }
+        let rows = query.limit(plan.batch_size.max(1)).all(db).await?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.id);
+        let recorded = recorded_keys(db, &rows).await?;
+        let copier = &copier;
+        let recorded = &recorded;
+        let mut outcomes = futures::stream::iter(rows)
+            .map(|row| async move {
+                let outcome = if recorded.contains(&row.storage_key) {
+                    Outcome::Skipped
+                } else {
+                    copier.migrate(&row).await
+                };
+                (row, outcome)
+            })
+            .buffer_unordered(plan.concurrency.max(1));
+        while let Some((row, outcome)) = outcomes.next().await {
+            let size = u64::try_from(row.byte_size).unwrap_or_default();
+            progress.file(&row.storage_key, size, &outcome);
+            summary.add(&outcome, size);
+        }
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Whether `key` has been copied into the bucket and verified.
+pub async fn is_migrated(db: &DatabaseConnection, key: &str) -> Result<bool, sea_orm::DbErr> {
+    Ok(storage_migration::Entity::find_by_id(key.to_owned())
+        .one(db)
+        .await?
+        .is_some())
+}
+
+async fn totals(db: &DatabaseConnection) -> Result<(u64, u64), sea_orm::DbErr> {
+    let row: Option<(i64, Option<i64>)> = attachment::Entity::find()
+        .select_only()
+        .column_as(attachment::Column::Id.count(), "files")
+        .column_as(attachment::Column::ByteSize.sum(), "bytes")
+        .into_tuple()
+        .one(db)
+        .await?;
+    let (files, bytes) = row.unwrap_or_default();
+    Ok((
+        u64::try_from(files).unwrap_or_default(),
+        u64::try_from(bytes.unwrap_or_default()).unwrap_or_default(),
+    ))
+}
+
+async fn recorded_keys(
+    db: &DatabaseConnection,
+    rows: &[attachment::Model],
+) -> Result<HashSet<String>, sea_orm::DbErr> {
+    let keys = rows.iter().map(|row| row.storage_key.clone());
+    Ok(storage_migration::Entity::find()
+        .select_only()
+        .column(storage_migration::Column::FilePath)
+        .filter(storage_migration::Column::FilePath.is_in(keys))
+        .into_tuple::<String>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// Why one copy did not end verified.
+#[derive(Debug, thiserror::Error)]
+enum FileError {
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    #[error("verifying the bucket failed: {0}")]
+    Verify(#[source] opendal::Error),
+    #[error("the local file differs from its row ({0} bytes, sha256 {1})")]
+    SourceDiffers(u64, String),
+    #[error("the object in the bucket differs from what was sent")]
+    LandedDiffers,
+    #[error("recording the copy failed: {0}")]
+    Record(#[from] sea_orm::DbErr),
+}
+
+impl FileError {
+    /// A local file that does not match its row will not match on the next attempt.
+    fn retryable(&self) -> bool {
+        !matches!(self, Self::SourceDiffers(..))
+    }
+}
+
+struct Copier<'a> {
+    db: &'a DatabaseConnection,
+    source: &'a Storage,
+    destination: &'a Storage,
+    dry_run: bool,
+}
+
+impl Copier<'_> {
+    /// One file, retried with backoff; every error ends as an [`Outcome`].
+    async fn migrate(&self, row: &attachment::Model) -> Outcome {
+        let key = StorageKey::from_stored(row.storage_key.clone());
+        let expected = Digest {
+            size: u64::try_from(row.byte_size).unwrap_or_default(),
+            sha256: row.sha256.clone(),
+        };
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&key, &expected, attempt).await {
+                Ok(outcome) => return outcome,
+                Err(err) if err.retryable() && attempt < MAX_ATTEMPTS => {
+                    tracing::warn!(key = %key, attempt, error = %err, "copy failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(err) => return Outcome::Failed(err.to_string()),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        key: &StorageKey,
+        expected: &Digest,
+        attempt: u32,
+    ) -> Result<Outcome, FileError> {
+        if self.dry_run {
+            let local = self.source.size(key).await.map_err(CopyError::Source)?;
+            return Ok(match local {
+                Some(_) => Outcome::WouldCopy,
+                None => Outcome::Missing,
+            });
+        }
+        if self.verified_in_bucket(key, expected).await? {
+            self.record(key, expected, attempt).await?;
+            return Ok(Outcome::AlreadyThere);
+        }
+        if self
+            .source
+            .size(key)
+            .await
+            .map_err(CopyError::Source)?
+            .is_none()
+        {
+            return Ok(Outcome::Missing);
+        }
+        let sent = self.destination.copy_from(self.source, key).await?;
+        if &sent != expected {
+            return Err(FileError::SourceDiffers(sent.size, sent.sha256));
+        }
+        if !self.verified_in_bucket(key, expected).await? {
+            return Err(FileError::LandedDiffers);
+        }
+        self.record(key, expected, attempt).await?;
+        Ok(Outcome::Copied { attempts: attempt })
+    }
+
+    /// Whether the bucket holds exactly the row's bytes; a stat first, so a missing
+    /// or wrong-sized object is never read.
+    async fn verified_in_bucket(
+        &self,
+        key: &StorageKey,
+        expected: &Digest,
+    ) -> Result<bool, FileError> {
+        match self
+            .destination
+            .size(key)
+            .await
+            .map_err(FileError::Verify)?
+        {
+            Some(size) if size == expected.size => {}
+            _ => return Ok(false),
+        }
+        let landed = self
+            .destination
+            .digest(key)
+            .await
+            .map_err(FileError::Verify)?;
+        Ok(landed.as_ref() == Some(expected))
+    }
+
+    /// The tracking row; a concurrent run that recorded the same key first wins.
+    async fn record(
+        &self,
+        key: &StorageKey,
+        digest: &Digest,
+        attempts: u32,
+    ) -> Result<(), sea_orm::DbErr> {
+        let row = storage_migration::Model {
+            file_path: key.to_string(),
+            migrated_at: Utc::now(),
+            source: self.source.location().to_owned(),
+            destination: self.destination.location().to_owned(),
+            byte_size: i64::try_from(digest.size).unwrap_or(i64::MAX),
+            sha256: digest.sha256.clone(),
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+        };
+        storage_migration::Entity::insert(sea_orm::IntoActiveModel::into_active_model(row))
+            .on_conflict_do_nothing_on([storage_migration::Column::FilePath])
+            .exec_without_returning(self.db)
+            .await
+            .map(drop)
+    }
+}
+
+/// One migration at a time: on PostgreSQL a transaction-scoped advisory lock, held
+/// until this value is dropped (another run, in a server or a command, waits for
+/// it). SQLite has no such lock: one process owns a SQLite database (README).
+struct RunLock {
+    _transaction: Option<DatabaseTransaction>,
+}
+
+impl RunLock {
+    async fn acquire(
+        db: &DatabaseConnection,
+        progress: &dyn Progress,
+    ) -> Result<Self, sea_orm::DbErr> {
+        if db.get_database_backend() != DbBackend::Postgres {
+            return Ok(Self { _transaction: None });
+        }
+        let txn = db.begin().await?;
+        let locked = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                [LOCK_ID.into()],
+            ))
+            .await?
+            .map(|row| row.try_get::<bool>("", "locked"))
+            .transpose()?
+            .unwrap_or(false);
+        if !locked {
+            progress.waiting();
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [LOCK_ID.into()],
+            ))
+            .await?;
+        }
+        Ok(Self {
+            _transaction: Some(txn),
+        })
+    }
+}
+
+/// Files between two progress lines of the background migration.
+const LOG_EVERY: u64 = 100;
+/// Wait before a background migration that left files behind tries again.
+const RETRY_PERIOD: Duration = Duration::from_secs(300);
+
+/// `AUTO_MIGRATE_STORAGE`: the migration of `storage migrate`, run by `serve` beside
+/// the HTTP server, progress in the log; passes repeat until every file is verified.
+pub async fn run_in_background(app: std::sync::Arc<crate::app::App>) {
+    let Some(source) = app.local_fallback.as_ref() else {
+        return;
+    };
+    let plan = Plan {
+        dry_run: false,
+        batch_size: 100,
+        concurrency: 4,
+    };
+    loop {
+        tracing::info!(
+            from = source.location(),
+            to = app.storage.location(),
+            "storage migration started"
+        );
+        match run(&app.db, source, &app.storage, plan, &LogProgress::default()).await {
+            Ok(summary) if summary.complete() => {
+                app.migration_done
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(%summary, "storage migration complete: every file is in the bucket");
+                return;
+            }
+            Ok(summary) => tracing::warn!(
+                %summary, "storage migration left files behind; retrying in 5 minutes"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "storage migration stopped; retrying in 5 minutes")
+            }
+        }
+        tokio::time::sleep(RETRY_PERIOD).await;
+    }
+}
+
+/// Progress in the log: a line every [`LOG_EVERY`] files and one per problem.
+#[derive(Default)]
+struct LogProgress {
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl Progress for LogProgress {
+    fn begin(&self, files: u64, bytes: u64) {
+        self.total
+            .store(files, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(files, bytes, "storage migration: files to check");
+    }
+
+    fn file(&self, key: &str, _bytes: u64, outcome: &Outcome) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        match outcome {
+            Outcome::Missing => {
+                tracing::error!(key, "storage migration: the local file is missing")
+            }
+            Outcome::Failed(reason) => {
+                tracing::error!(key, reason, "storage migration: copy failed")
+            }
+            _ => {}
+        }
+        if done.is_multiple_of(LOG_EVERY) {
+            let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(done, total, "storage migration progress");
+        }
+    }
+
+    fn waiting(&self) {
+        tracing::info!("another storage migration holds the lock; waiting for it");
+    }
+}

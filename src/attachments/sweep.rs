@@ -1,0 +1,164 @@
+//! `storage sweep`: removes what a crash or an abandoned upload left in storage.
+//! Objects under the collections' layouts that no row references (a crash between
+//! the object write and the row commit), expired direct uploads, and objects whose
+//! deletion is still pending. Only objects older than a threshold are touched, so
+//! an upload in flight (object written, row not yet committed) is never swept.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use entity::{attachment, direct_upload, storage_deletion};
+use futures::StreamExt;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+
+use crate::app::App;
+use crate::error::{AppError, AppResult};
+use crate::storage::{StorageKey, StoredObject};
+
+/// Keys looked up in the database per query.
+const LOOKUP_BATCH: usize = 500;
+
+/// Why an object is (or would be) removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No row references it.
+    Orphan,
+    /// A direct upload that expired without completion.
+    ExpiredUpload,
+    /// Its row was deleted; its removal had failed before.
+    PendingDeletion,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Orphan => "orphan",
+            Self::ExpiredUpload => "expired direct upload",
+            Self::PendingDeletion => "pending deletion",
+        })
+    }
+}
+
+/// One object the sweep removed (or, on a dry run, would remove).
+#[derive(Clone, Debug)]
+pub struct Swept {
+    pub key: String,
+    pub reason: Reason,
+}
+
+/// Sweeps storage; `older_than` is the youngest age of an orphan it may remove.
+pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Vec<Swept>> {
+    let mut swept = Vec::new();
+    let cutoff = SystemTime::now()
+        .checked_sub(older_than)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    for key in orphans(app, cutoff).await? {
+        if !dry_run {
+            app.storage
+                .delete(&StorageKey::from_stored(key.clone()))
+                .await
+                .map_err(AppError::StorageUnavailable)?;
+        }
+        swept.push(Swept {
+            key,
+            reason: Reason::Orphan,
+        });
+    }
+    let expired = match dry_run {
+        true => super::direct::expired(app, chrono::Utc::now())
+            .await?
+            .into_iter()
+            .map(|pending| pending.storage_key)
+            .collect(),
+        false => super::direct::expire(app).await?,
+    };
+    swept.extend(expired.into_iter().map(|key| Swept {
+        key,
+        reason: Reason::ExpiredUpload,
+    }));
+    let deleted = match dry_run {
+        true => super::pending_deletions(app).await?,
+        false => super::retry_deletions(app).await?,
+    };
+    swept.extend(deleted.into_iter().map(|key| Swept {
+        key,
+        reason: Reason::PendingDeletion,
+    }));
+    Ok(swept)
+}
+
+/// Objects of the collections' layouts, last modified before `cutoff`, that no
+/// attachment, direct upload or pending deletion names.
+async fn orphans(app: &App, cutoff: SystemTime) -> AppResult<Vec<String>> {
+    let listing = app
+        .storage
+        .list()
+        .await
+        .map_err(AppError::StorageUnavailable)?;
+    let mut candidates = Box::pin(listing.filter_map(|object| {
+        std::future::ready(match object {
+            Ok(object) if !app.collections.covers(&object.key) => None,
+            other => Some(other),
+        })
+    }))
+    .chunks(LOOKUP_BATCH);
+    let mut orphans = Vec::new();
+    while let Some(chunk) = candidates.next().await {
+        let mut old = Vec::with_capacity(chunk.len());
+        for object in chunk {
+            let object = object.map_err(AppError::StorageUnavailable)?;
+            if modified(app, &object).await? < cutoff {
+                old.push(object.key);
+            }
+        }
+        let known = referenced(app, &old).await?;
+        orphans.extend(old.into_iter().filter(|key| !known.contains(key)));
+    }
+    Ok(orphans)
+}
+
+/// When an object was last written; a listing that does not say is completed by a stat.
+async fn modified(app: &App, object: &StoredObject) -> AppResult<SystemTime> {
+    match object.modified {
+        Some(modified) => Ok(modified),
+        None => Ok(app
+            .storage
+            .modified(&StorageKey::from_stored(object.key.clone()))
+            .await
+            .map_err(AppError::StorageUnavailable)?
+            .unwrap_or_else(SystemTime::now)),
+    }
+}
+
+/// Which of `keys` a row still names: an attachment, a direct upload in progress,
+/// or a pending deletion (removed by its own step).
+async fn referenced(app: &App, keys: &[String]) -> AppResult<HashSet<String>> {
+    let mut known = HashSet::new();
+    if keys.is_empty() {
+        return Ok(known);
+    }
+    known.extend(keys_in::<attachment::Entity>(app, attachment::Column::StorageKey, keys).await?);
+    known.extend(
+        keys_in::<direct_upload::Entity>(app, direct_upload::Column::StorageKey, keys).await?,
+    );
+    known.extend(
+        keys_in::<storage_deletion::Entity>(app, storage_deletion::Column::StorageKey, keys)
+            .await?,
+    );
+    Ok(known)
+}
+
+/// The values of the key column `column` of table `E` that are among `keys`.
+async fn keys_in<E: EntityTrait>(
+    app: &App,
+    column: E::Column,
+    keys: &[String],
+) -> Result<Vec<String>, sea_orm::DbErr> {
+    E::find()
+        .select_only()
+        .column(column)
+        .filter(column.is_in(keys.iter().cloned()))
+        .into_tuple::<String>()
+        .all(&app.db)
+        .await
+}
