@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use entity::{attachment, storage_migration};
 use futures::StreamExt;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
@@ -199,7 +200,8 @@ async fn totals(db: &DatabaseConnection) -> Result<(u64, u64), sea_orm::DbErr> {
     let row: Option<(i64, Option<i64>)> = attachment::Entity::find()
         .select_only()
         .column_as(attachment::Column::Id.count(), "files")
-        .column_as(attachment::Column::ByteSize.sum(), "bytes")
+        // SUM of a BIGINT is a NUMERIC on PostgreSQL: cast back.
+        .column_as(Expr::cust("CAST(SUM(byte_size) AS BIGINT)"), "bytes")
         .into_tuple()
         .one(db)
         .await?;

@@ -202,6 +202,27 @@ async fn database_url(db: Db, dir: &Path) -> String {
     }
 }
 
+/// A database no other test uses: for tests of commands that walk every row.
+pub async fn fresh_database_url(db: Db, dir: &Path) -> String {
+    match db {
+        Db::Sqlite => database_url(db, dir).await,
+        Db::Postgres => {
+            let shared = postgres_database().await;
+            let admin = Database::connect(shared.as_str())
+                .await
+                .expect("connect to the test database");
+            let suffix = &tenant()[..9];
+            let name = format!("{}_{suffix}", shared.rsplit('/').next().expect("name"));
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("create a fresh database");
+            let base = shared.rsplit_once('/').expect("url").0;
+            format!("{base}/{name}")
+        }
+    }
+}
+
 /// One PostgreSQL database per test run, created fresh; tests keep apart by tenant.
 async fn postgres_database() -> &'static String {
     static URL: OnceCell<String> = OnceCell::const_new();
@@ -269,10 +290,22 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let uploads = dir.path().join("uploads");
         let database_url = database_url(setup.db, dir.path()).await;
+        Self::spawn_at(setup, dir, &database_url, &uploads, extra).await
+    }
+
+    /// Starts the app on a given database and `STORAGE_ROOT` (with S3, a fresh
+    /// bucket is started in `dir`).
+    pub async fn spawn_at(
+        setup: Setup,
+        dir: TempDir,
+        database_url: &str,
+        uploads: &Path,
+        extra: &[&str],
+    ) -> Self {
         let mut args: Vec<String> = [
             "attache",
             "--database-url",
-            &database_url,
+            database_url,
             "--storage-root",
             uploads.to_str().expect("utf-8 path"),
             "--signing-key",
@@ -287,7 +320,7 @@ impl TestApp {
             args.extend(["--jwt-secret".to_owned(), SECRET.to_owned()]);
         }
         let (s3, storage_root) = match setup.store {
-            Store::Fs => (None, uploads),
+            Store::Fs => (None, uploads.to_owned()),
             Store::S3 => {
                 let server = S3Server::start(&dir.path().join("s3")).await;
                 args.extend(s3_flags(&server.endpoint));

@@ -7,6 +7,7 @@ mod cli;
 mod downloads;
 mod limits;
 mod listing;
+mod migrate;
 mod schema;
 mod storage;
 mod uploads;

@@ -4,11 +4,11 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
-import { ApolloClient, CombinedGraphQLErrors, HttpLink, InMemoryCache, gql } from "@apollo/client";
+import { ApolloClient, CombinedGraphQLErrors, HttpLink, InMemoryCache, ServerError, gql } from "@apollo/client";
 import { relayStylePagination } from "@apollo/client/utilities";
 
 import { attach, createClient } from "../build/src/attach.js";
-import { download, graphqlUrl, ownerId, pdf, png, sha256, token, tokenFor } from "./helpers.mjs";
+import { download, graphqlUrl, ownerId, pdf, png, refusedWithStatus, sha256, token, tokenFor } from "./helpers.mjs";
 
 const FIELDS = "id ownerType ownerId filename contentType byteSize sha256 url downloadUrl createdAt createdBy";
 
@@ -147,28 +147,44 @@ describe("Apollo Client", () => {
       }),
     });
     const query = paged.watchQuery({ query: LIST, variables: { ownerType: "contract", ownerId: owner, first: 2 } });
-    let subscription;
-    try {
-      let { data: page } = await new Promise((resolve, reject) => {
-        subscription = query.subscribe({ next: (result) => result.loading || resolve(result), error: reject });
+
+    // What a component rendering the list sees: every result the query emits.
+    let latest;
+    let waiting;
+    const subscription = query.subscribe({
+      next: (result) => {
+        latest = result;
+        if (waiting && !result.loading && waiting.until(result)) waiting.resolve(result);
+      },
+      error: (error) => waiting?.reject(error),
+    });
+    const rendered = (until) =>
+      new Promise((resolve, reject) => {
+        if (latest && !latest.loading && until(latest)) return resolve(latest);
+        waiting = { until, resolve, reject };
       });
-      assert.equal(page.attachments.edges.length, 2);
-      assert.equal(page.attachments.totalCount, 5);
-      const fetched = [page.attachments.edges.length];
-      while (page.attachments.pageInfo.hasNextPage) {
-        const more = await query.fetchMore({ variables: { after: page.attachments.pageInfo.endCursor } });
+    try {
+      let page = (await rendered(() => true)).data.attachments;
+      assert.equal(page.edges.length, 2);
+      assert.equal(page.totalCount, 5);
+      const fetched = [page.edges.length];
+      while (page.pageInfo.hasNextPage) {
+        assert.ok(fetched.length < 5, "pagination ends");
+        const more = await query.fetchMore({ variables: { after: page.pageInfo.endCursor } });
+        const got = more.data.attachments.edges.length;
         assert.equal(more.data.attachments.totalCount, 5);
-        fetched.push(more.data.attachments.edges.length);
-        page = query.getCurrentResult().data;
+        fetched.push(got);
+        const total = page.edges.length + got;
+        page = (await rendered((result) => result.data.attachments.edges.length === total)).data.attachments;
       }
       assert.deepEqual(fetched, [2, 2, 1]);
-      const ids = page.attachments.edges.map((edge) => edge.node.id);
+      const ids = page.edges.map((edge) => edge.node.id);
       assert.equal(new Set(ids).size, 5, "no attachment twice");
       assert.deepEqual([...ids].sort(), [...uploaded].sort());
-      for (const edge of page.attachments.edges) assert.equal(typeof edge.cursor, "string");
-      assert.equal(page.attachments.pageInfo.hasNextPage, false);
+      for (const edge of page.edges) assert.equal(typeof edge.cursor, "string");
+      assert.equal(page.pageInfo.hasNextPage, false);
     } finally {
-      subscription?.unsubscribe();
+      subscription.unsubscribe();
     }
   });
 
@@ -223,7 +239,7 @@ describe("Apollo Client", () => {
     assert.equal(errors[0].extensions.code, "NOT_FOUND");
   });
 
-  describe("refused uploads surface as CombinedGraphQLErrors with extensions.code", () => {
+  describe("refused uploads as Apollo surfaces them: extensions.code", () => {
     const cases = [
       {
         name: "a PDF declared as a PNG",
@@ -260,6 +276,30 @@ describe("Apollo Client", () => {
         assert.equal((await list(owner)).totalCount, 0);
       });
     }
+
+    it("a logo over invoice_logo's 2 MiB: PAYLOAD_TOO_LARGE, nothing stored", async () => {
+      const big = Buffer.concat([png, Buffer.alloc(2 * 1024 * 1024)]);
+      const errors = await refusal(
+        client.mutate({
+          mutation: UPLOAD,
+          variables: { input: { ownerType: "invoice_logo", filename: "logo.png", base64: big.toString("base64") } },
+        }),
+      );
+      assert.equal(errors[0].extensions.code, "PAYLOAD_TOO_LARGE", errors[0].message);
+    });
+
+    it("a body over MAX_REQUEST_BYTES: HTTP 413, a ServerError whose body says PAYLOAD_TOO_LARGE", async () => {
+      const base64 = Buffer.alloc(11 * 1024 * 1024, "A").toString("base64"); // 14.7 MiB of JSON
+      const error = await refusedWithStatus(
+        client.mutate({
+          mutation: UPLOAD,
+          variables: { input: { ownerType: "contract", ownerId: ownerId("413"), filename: "big.txt", base64 } },
+        }),
+      );
+      assert.ok(ServerError.is(error), `expected ServerError, got ${error?.name}: ${error}`);
+      assert.equal(error.statusCode, 413);
+      assert.equal(JSON.parse(error.bodyText).errors[0].extensions.code, "PAYLOAD_TOO_LARGE");
+    });
 
     it("a batch with one bad file stores none of them", async () => {
       const owner = ownerId("batch-refused");

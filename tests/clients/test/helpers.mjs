@@ -62,3 +62,24 @@ export async function download(url, headers = {}) {
   const response = await fetch(url, { headers });
   return { status: response.status, headers: response.headers, bytes: Buffer.from(await response.arrayBuffer()) };
 }
+
+/**
+ * Awaits a request that the server must answer with an HTTP error status. A connection
+ * the server closed while the client was still sending the body (EPIPE, ECONNRESET)
+ * fails with that explanation: the client never saw the answer.
+ */
+export async function refusedWithStatus(promise) {
+  try {
+    return await promise;
+  } catch (error) {
+    const cause = error?.cause?.code ?? error?.networkError?.cause?.code;
+    if (cause === "EPIPE" || cause === "ECONNRESET") {
+      throw new Error(
+        `the server closed the connection before the client could read its answer (${cause}): ` +
+          "it answered without reading the request body, which a client still sending it cannot see",
+        { cause: error },
+      );
+    }
+    return error;
+  }
+}

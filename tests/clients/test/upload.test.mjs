@@ -9,7 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { ApolloClient, CombinedGraphQLErrors, InMemoryCache, ServerError, gql } from "@apollo/client";
 import UploadHttpLink from "apollo-upload-client/UploadHttpLink.mjs";
 
-import { download, graphqlUrl, ownerId, pdf, sha256, token } from "./helpers.mjs";
+import { download, graphqlUrl, ownerId, pdf, refusedWithStatus, sha256, token } from "./helpers.mjs";
 
 const UPLOAD_FILE = gql`
   mutation UploadFile($input: UploadAttachmentFileInput!) {
@@ -61,7 +61,7 @@ describe("apollo-upload-client: uploadAttachmentFile", () => {
     assert.equal(sha256(bearer.bytes), sha256(bytes));
   });
 
-  it("takes the file part's own name and type; a wrong sha256 is CHECKSUM_MISMATCH", async () => {
+  it("a wrong sha256 over multipart is CHECKSUM_MISMATCH", async () => {
     const file = new File([bytes], "scan.pdf", { type: "application/pdf" });
     const error = await uploadClient()
       .mutate({
@@ -87,9 +87,9 @@ describe("CSRF prevention (SPEC 6)", () => {
   it("a multipart request without apollo-require-preflight is refused with HTTP 400", async () => {
     const file = new File([pdf("csrf")], "csrf.pdf", { type: "application/pdf" });
     const owner = ownerId("csrf");
-    const error = await uploadClient({})
-      .mutate({ mutation: UPLOAD_FILE, variables: { input: { ownerType: "contract", ownerId: owner, file } } })
-      .then(() => assert.fail("expected HTTP 400"), (e) => e);
+    const error = await refusedWithStatus(
+      uploadClient({}).mutate({ mutation: UPLOAD_FILE, variables: { input: { ownerType: "contract", ownerId: owner, file } } }),
+    );
     assert.ok(ServerError.is(error), `expected ServerError, got ${error?.name}: ${error}`);
     assert.equal(error.statusCode, 400);
     assert.match(error.bodyText, /apollo-require-preflight/);
@@ -106,7 +106,9 @@ describe("CSRF prevention (SPEC 6)", () => {
     );
     form.append("map", JSON.stringify({ 1: ["variables.file"] }));
     form.append("1", new Blob([pdf("csrf")], { type: "application/pdf" }), "csrf.pdf");
-    const response = await fetch(graphqlUrl, { method: "POST", headers: { Authorization: `Bearer ${token}` }, body: form });
+    const response = await refusedWithStatus(
+      fetch(graphqlUrl, { method: "POST", headers: { Authorization: `Bearer ${token}` }, body: form }),
+    );
     assert.equal(response.status, 400);
     assert.match(await response.text(), /CSRF|apollo-require-preflight/);
 
