@@ -27,20 +27,25 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     if request.method() == Method::GET && wants_html(headers) && request.uri().query().is_none() {
         return crate::http::playground::page();
     }
+    let limit = state.app.config.limits.request_bytes();
     if needs_preflight_header(request.method(), headers) {
-        return (
+        let refused = (
             StatusCode::BAD_REQUEST,
             "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF). \
              Send a non-empty `apollo-require-preflight` or `x-apollo-operation-name` header, \
              or use the content type application/json.\n",
         )
             .into_response();
+        return after_draining(request, drain_limit(limit), refused).await;
     }
     let caller = authenticate(&state, headers);
-    let limit = state.app.config.limits.request_bytes();
     let length = content_length(headers);
     if length.is_some_and(|length| length > limit) {
-        return too_large(limit);
+        let refused = too_large(limit);
+        return match length.is_some_and(|length| length <= drain_limit(limit)) {
+            true => after_draining(request, drain_limit(limit), refused).await,
+            false => refused,
+        };
     }
     let _permit = if request.method() == Method::POST
         && length.is_none_or(|length| length > SMALL_REQUEST_BYTES)
@@ -151,6 +156,33 @@ fn too_large(limit: u64) -> Response {
         .into_response()
 }
 
+/// Most bytes of a refused body read and dropped, so the client, still sending,
+/// sees the answer instead of a reset connection (what nginx's lingering close does).
+fn drain_limit(limit: u64) -> u64 {
+    limit.saturating_mul(2).max(DRAIN_AT_LEAST)
+}
+
+const DRAIN_AT_LEAST: u64 = 64 * 1024 * 1024;
+/// How long a refused body may keep the connection before it is closed anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and drops up to `max` bytes of the body (within [`DRAIN_TIMEOUT`]), then
+/// answers `response`; nothing of the body is kept.
+async fn after_draining(request: Request, max: u64, response: Response) -> Response {
+    let drain = async {
+        let mut chunks = request.into_body().into_data_stream();
+        let mut received: u64 = 0;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            received += chunk.len() as u64;
+            if received > max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    response
+}
+
 fn bad_request(message: String) -> Box<Response> {
     let error = AppError::BadUserInput(message);
     Box::new((StatusCode::BAD_REQUEST, axum::Json(error.graphql_body())).into_response())
@@ -214,7 +246,7 @@ async fn read_request(
             // Past the limit nothing is kept; a modest excess is read and dropped so
             // the client sees the 413 instead of a reset connection.
             bytes = Vec::new();
-            if received > limit.saturating_mul(2) {
+            if received > drain_limit(limit) {
                 break;
             }
             continue;
