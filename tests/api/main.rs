@@ -8,6 +8,7 @@ mod downloads;
 mod limits;
 mod listing;
 mod migrate;
+mod reliability;
 mod schema;
 mod storage;
 mod uploads;
