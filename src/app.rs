@@ -65,7 +65,7 @@ impl App {
             }
             _ => None,
         };
-        let db = crate::db::connect(&config.database.database_url).await?;
+        let db = crate::db::connect(&config.database).await?;
         let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
         Ok(App {
             db,

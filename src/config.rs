@@ -62,6 +62,17 @@ pub struct DatabaseConfig {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// SQLite only: `normal` (a commit survives a crash of the process) or `full` (it
+    /// also survives a power loss, at the cost of a sync per commit).
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
+    pub sqlite_synchronous: SqliteSync,
+}
+
+/// SQLite's `synchronous` setting in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSync {
+    Normal,
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
