@@ -441,28 +441,8 @@ impl TestApp {
 
     /// Every stored object under the storage root, as relative keys.
     pub fn stored_keys(&self) -> Vec<String> {
-        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, root, out);
-                } else {
-                    out.push(
-                        path.strip_prefix(root)
-                            .expect("under root")
-                            .to_string_lossy()
-                            .into_owned(),
-                    );
-                }
-            }
-        }
-        let mut keys = Vec::new();
-        walk(&self.storage_root, &self.storage_root, &mut keys);
+        let mut keys = keys_under(&self.storage_root, &self.storage_root);
         keys.retain(|key| !key.starts_with(".attache-probe"));
-        keys.sort();
         keys
     }
 
@@ -475,6 +455,24 @@ impl TestApp {
             .await
             .expect("count rows")
     }
+}
+
+/// The files under `dir`, as keys relative to `root`, sorted.
+pub fn keys_under(root: &Path, dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if let Ok(key) = path.strip_prefix(root) {
+                out.push(key.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    walk(dir, root, &mut keys);
+    keys.sort();
+    keys
 }
 
 /// The flags that point attache at an in-process S3 server.

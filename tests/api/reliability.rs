@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
-    SECRET, SIGNING_KEY, Setup, TestApp, UPLOAD, hs256, http_client, now, pdf, run_attache,
-    sha256_hex, tenant,
+    SECRET, SIGNING_KEY, Setup, TestApp, UPLOAD, hs256, http_client, keys_under, now, pdf,
+    run_attache, sha256_hex, tenant,
 };
 
 /// A PDF of about `size` bytes, different at every call.
@@ -75,20 +75,7 @@ async fn assert_files_equal_rows(app: &TestApp, tenant: &str) {
 
 /// The stored keys under `root/tenant/`.
 fn tenant_keys(root: &Path, tenant: &str) -> Vec<String> {
-    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, root, out);
-            } else if let Ok(key) = path.strip_prefix(root) {
-                out.push(key.to_string_lossy().into_owned());
-            }
-        }
-    }
-    let mut keys = Vec::new();
-    walk(&root.join(tenant), root, &mut keys);
-    keys.sort();
-    keys
+    keys_under(root, &root.join(tenant))
 }
 
 async fn clients_that_disconnect_leave_no_orphan(setup: Setup) {
@@ -152,14 +139,14 @@ async fn a_busy_server_answers_503_with_retry_after(setup: Setup) {
     let request = json!({ "query": UPLOAD, "variables": { "input": {
         "ownerType": "contract", "ownerId": "c-1", "filename": "busy.pdf",
         "base64": STANDARD.encode(&content) }}});
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(&token)
-        .json(&request)
-        .send()
-        .await
-        .expect("POST");
+    let post = || {
+        app.client
+            .post(app.url("/graphql"))
+            .bearer_auth(&token)
+            .json(&request)
+            .send()
+    };
+    let response = post().await.expect("POST");
     assert_eq!(response.status(), 503);
     assert!(started.elapsed() < Duration::from_secs(5), "a bounded wait");
     assert_eq!(response.headers()["retry-after"], "2");
@@ -177,14 +164,7 @@ async fn a_busy_server_answers_503_with_retry_after(setup: Setup) {
 
     drop(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let retried = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(&token)
-        .json(&request)
-        .send()
-        .await
-        .expect("POST");
+    let retried = post().await.expect("POST");
     assert_eq!(retried.status(), 200, "the slot is free again");
     assert_files_equal_rows(&app, &acme).await;
 }
