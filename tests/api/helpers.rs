@@ -616,3 +616,15 @@ pub async fn run_attache(args: Vec<String>) -> std::process::Output {
     .await
     .expect("join")
 }
+
+/// Starts `attache ARGS` without waiting for it.
+pub fn spawn_attache(args: Vec<String>) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(&args)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start attache")
+}
