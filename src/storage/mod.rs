@@ -186,12 +186,7 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let writer = self
-            .operator
-            .writer_with(key.as_str())
-            .if_not_exists(true)
-            .await?;
-        self.write_new(writer, key, body, max).await
+        self.write_new(key, body, max, None).await
     }
 
     /// Writes a new object of any length from a stream, in parts of [`COPY_CHUNK`]
@@ -202,28 +197,28 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let writer = self
-            .operator
-            .writer_with(key.as_str())
-            .if_not_exists(true)
-            .chunk(COPY_CHUNK)
-            .await?;
-        self.write_new(writer, key, body, u64::MAX).await
+        self.write_new(key, body, u64::MAX, Some(COPY_CHUNK)).await
     }
 
-    /// Feeds `body` to `writer`, which created `key`; closes it at the end, or
-    /// discards the object when the body breaks or passes `max` bytes.
+    /// Creates `key` (never overwriting) and feeds it `body`, buffered into parts of
+    /// `chunk` bytes when given; closes it at the end, or discards the object when
+    /// the body breaks or passes `max` bytes.
     async fn write_new<S, E>(
         &self,
-        mut writer: opendal::Writer,
         key: &StorageKey,
         mut body: S,
         max: u64,
+        chunk: Option<usize>,
     ) -> Result<u64, StreamWriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let mut writer = self.operator.writer_with(key.as_str()).if_not_exists(true);
+        if let Some(chunk) = chunk {
+            writer = writer.chunk(chunk);
+        }
+        let mut writer = writer.await?;
         let mut total: u64 = 0;
         while let Some(chunk) = body.next().await {
             let failure = match chunk {

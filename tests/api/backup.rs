@@ -58,18 +58,9 @@ impl Scene {
         flags
     }
 
-    /// `attache backup ARGS` against this scene.
-    async fn backup(&self, args: &[&str]) -> Ran {
-        self.backup_of(&self.database_url, args).await
-    }
-
-    /// `attache backup ARGS` with another `DATABASE_URL`.
-    async fn backup_of(&self, database_url: &str, args: &[&str]) -> Ran {
-        let mut command: Vec<String> = std::iter::once("backup")
-            .chain(args.iter().copied())
-            .map(ToString::to_string)
-            .collect();
-        let database_url = (args.first() != Some(&"list")).then_some(database_url);
+    /// `attache ARGS` against this scene's storage and `database_url`, when given.
+    async fn attache(&self, args: &[&str], database_url: Option<&str>) -> Ran {
+        let mut command: Vec<String> = args.iter().map(ToString::to_string).collect();
         command.extend(self.flags(database_url));
         let output = run_attache(command).await;
         Ran {
@@ -77,6 +68,18 @@ impl Scene {
             out: String::from_utf8_lossy(&output.stdout).into_owned(),
             err: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
+    }
+
+    /// `attache backup ARGS` against this scene.
+    async fn backup(&self, args: &[&str]) -> Ran {
+        self.backup_of(&self.database_url, args).await
+    }
+
+    /// `attache backup ARGS` with another `DATABASE_URL` (`list` takes none).
+    async fn backup_of(&self, database_url: &str, args: &[&str]) -> Ran {
+        let database_url = (args.first() != Some(&"list")).then_some(database_url);
+        self.attache(&[&["backup"], args].concat(), database_url)
+            .await
     }
 
     /// `backup create`, which must succeed; returns the name it printed.
@@ -116,6 +119,15 @@ impl Scene {
         keys.retain(|key| key.starts_with("backups/"));
         keys
     }
+
+    /// Storage holds the backup `name` and no other.
+    fn assert_only_backup(&self, name: &str, why: &str) {
+        assert_eq!(
+            self.stored_backups(),
+            vec![format!("backups/{name}")],
+            "{why}"
+        );
+    }
 }
 
 fn extension(setup: Setup) -> &'static str {
@@ -149,7 +161,7 @@ async fn backup_change_restore_brings_the_table_back_exactly(setup: Setup) {
         name.starts_with("attache-") && name.ends_with(extension(setup)),
         "{name}"
     );
-    assert_eq!(scene.stored_backups(), vec![format!("backups/{name}")]);
+    scene.assert_only_backup(&name, "the backup is stored");
     let listed = scene.backup(&["list"]).await;
     assert!(listed.ok, "{}", listed.err);
     assert!(listed.out.starts_with("NAME"), "{}", listed.out);
@@ -181,11 +193,7 @@ async fn backup_change_restore_brings_the_table_back_exactly(setup: Setup) {
         restored.out
     );
     assert_eq!(scene.rows().await, before, "the table is back exactly");
-    assert_eq!(
-        scene.stored_backups(),
-        vec![format!("backups/{name}")],
-        "a restore keeps the backup"
-    );
+    scene.assert_only_backup(&name, "a restore keeps the backup");
 }
 
 async fn keep_prunes_older_backups_and_sweep_leaves_them(setup: Setup) {
@@ -205,23 +213,16 @@ async fn keep_prunes_older_backups_and_sweep_leaves_them(setup: Setup) {
     );
     let listed = scene.backup(&["list"]).await;
     assert!(listed.out.contains(&second) && !listed.out.contains(&first));
-    assert_eq!(scene.stored_backups(), vec![format!("backups/{second}")]);
+    scene.assert_only_backup(&second, "--keep 1 keeps the newest");
 
-    let mut sweep: Vec<String> = ["storage", "sweep", "--older-than", "0s"]
-        .map(ToString::to_string)
-        .to_vec();
-    sweep.extend(scene.flags(Some(&scene.database_url)));
-    let swept = run_attache(sweep).await;
-    assert!(
-        swept.status.success(),
-        "{}",
-        String::from_utf8_lossy(&swept.stderr)
-    );
-    assert_eq!(
-        scene.stored_backups(),
-        vec![format!("backups/{second}")],
-        "sweep never touches backups/"
-    );
+    let swept = scene
+        .attache(
+            &["storage", "sweep", "--older-than", "0s"],
+            Some(&scene.database_url),
+        )
+        .await;
+    assert!(swept.ok, "{}", swept.err);
+    scene.assert_only_backup(&second, "sweep never touches backups/");
 }
 
 async fn a_failed_snapshot_leaves_no_backup_and_shows_no_password(setup: Setup) {
