@@ -148,3 +148,44 @@ pub fn sqlite_folder(file: &Path) -> &Path {
         _ => Path::new("."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_file_of_a_sqlite_url() {
+        let file = |url: &str| sqlite_file(url).map(|path| path.display().to_string());
+        assert_eq!(
+            file("sqlite://attache.db?mode=rwc").as_deref(),
+            Some("attache.db")
+        );
+        assert_eq!(
+            file("sqlite:///data/attache.db?mode=rwc").as_deref(),
+            Some("/data/attache.db")
+        );
+        for none in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://?mode=memory",
+            "sqlite://x.db?mode=memory",
+            "postgres://postgres@127.0.0.1/attache",
+        ] {
+            assert_eq!(file(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_claimed_file_is_refused_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = dir.path().join("attache.db");
+        let claim = SqliteClaim::acquire(&database).expect("the first claim");
+        let again = dir.path().join(".").join("attache.db");
+        match SqliteClaim::acquire(&again) {
+            Err(ClaimError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a second claim must fail: {other:?}"),
+        }
+        drop(claim);
+        SqliteClaim::acquire(&database).expect("free again");
+    }
+}

@@ -27,13 +27,27 @@ impl PgTarget {
     pub fn parse(database_url: &str) -> Result<Self, BackupError> {
         let mut url = url::Url::parse(database_url)
             .map_err(|err| BackupError::Database(format!("not a PostgreSQL URL ({err})")))?;
-        let password = url.password().map(|password| {
+        let mut password = url.password().map(|password| {
             percent_encoding::percent_decode_str(password)
                 .decode_utf8_lossy()
                 .into_owned()
         });
-        url.set_password(None)
-            .map_err(|()| BackupError::Database("not a PostgreSQL URL".into()))?;
+        if password.is_some() {
+            url.set_password(None)
+                .map_err(|()| BackupError::Database("not a PostgreSQL URL".into()))?;
+        }
+        // libpq also takes the password as a parameter: `?password=...`.
+        let (secret, kept): (Vec<_>, Vec<_>) = url
+            .query_pairs()
+            .into_owned()
+            .partition(|(name, _)| name == "password");
+        if let Some((_, value)) = secret.into_iter().next_back() {
+            password = Some(value);
+            url.set_query(None);
+            if !kept.is_empty() {
+                url.query_pairs_mut().extend_pairs(kept);
+            }
+        }
         Ok(Self {
             url: url.to_string(),
             password,
@@ -188,5 +202,18 @@ mod tests {
         );
         assert_eq!(target.password.as_deref(), Some("p@ss"));
         assert_eq!(target.redact("FATAL p@ss wrong"), "FATAL *** wrong");
+
+        let target = PgTarget::parse(
+            "postgres:///attache?host=/run/postgresql&password=s%26cret&sslmode=disable",
+        )
+        .expect("parses");
+        assert_eq!(
+            target.to_string(),
+            "postgres:///attache?host=%2Frun%2Fpostgresql&sslmode=disable"
+        );
+        assert_eq!(target.password.as_deref(), Some("s&cret"));
+        let bare = PgTarget::parse("postgres://app@db/attache").expect("parses");
+        assert_eq!(bare.to_string(), "postgres://app@db/attache");
+        assert_eq!(bare.password, None);
     }
 }

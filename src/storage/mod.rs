@@ -547,21 +547,19 @@ impl Storage {
         ]
     }
 
-    /// Streams a whole object into `file` without holding it in memory; returns
-    /// the number of bytes written.
+    /// Streams a whole object into `file` without holding it in memory.
     pub async fn download_to(
         &self,
         key: &StorageKey,
         file: &mut tokio::fs::File,
-    ) -> std::io::Result<u64> {
+    ) -> std::io::Result<()> {
         let stream = self
             .stream(key, opendal::BytesRange::from(..))
             .await
             .map_err(std::io::Error::other)?;
         let mut reader = tokio_util::io::StreamReader::new(stream);
-        let written = tokio::io::copy(&mut reader, file).await?;
-        tokio::io::AsyncWriteExt::flush(file).await?;
-        Ok(written)
+        tokio::io::copy(&mut reader, file).await?;
+        tokio::io::AsyncWriteExt::flush(file).await
     }
 
     /// A real filesystem path to an object, for tools that need one (scanners,
