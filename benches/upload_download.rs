@@ -10,107 +10,11 @@
 //!
 //! `BENCH_QUICK=1` runs fewer iterations.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use serde_json::json;
-
-const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
-const PERMITS: usize = 8;
-const MIB: usize = 1024 * 1024;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_attache"))
-            .arg("serve")
-            .current_dir(dir)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("JWT_SECRET", SECRET)
-            .env("SIGNING_KEY", SECRET)
-            .env("MAX_CONCURRENT_UPLOADS", PERMITS.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start attache serve");
-        let server = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("attache serve did not listen within 30 s");
-    }
-
-    /// A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM).
-    fn memory_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("proc status");
-        status
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .expect("memory field")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn token() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let claims = json!({ "sub": "bench", "tenant_id": "bench", "exp": now + 3600 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token")
-}
-
-/// The JSON body of an `uploadAttachment` of `size` bytes of text, built once.
-fn upload_body(size: usize, seed: usize) -> Vec<u8> {
-    let line =
-        format!("attache benchmark line {seed:08}, the quick brown fox jumps over the lazy dog\n");
-    let content: Vec<u8> = line.bytes().cycle().take(size).collect();
-    json!({
-        "query": "mutation($input: UploadAttachmentInput!) { uploadAttachment(input: $input) { id downloadUrl } }",
-        "variables": { "input": { "ownerType": "contract", "ownerId": "bench", "filename": "bench.txt",
-                                  "base64": STANDARD.encode(&content) } }
-    })
-    .to_string()
-    .into_bytes()
-}
+use common::{MIB, PERMITS, Server, human, percentile, token, upload_body};
 
 async fn upload(
     client: &reqwest::Client,
@@ -151,11 +55,6 @@ async fn download(client: &reqwest::Client, url: &str, token: &str) -> (Duration
     (started.elapsed(), bytes)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
 fn report(label: &str, size: usize, mut times: Vec<Duration>) {
     times.sort();
     let total: Duration = times.iter().sum();
@@ -170,14 +69,6 @@ fn report(label: &str, size: usize, mut times: Vec<Duration>) {
     );
 }
 
-fn human(size: usize) -> String {
-    if size >= MIB {
-        format!("{} MiB", size / MIB)
-    } else {
-        format!("{} KiB", size / 1024)
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -188,7 +79,7 @@ async fn main() {
     let ten_mib = 10 * MIB;
 
     println!("attache upload/download benchmark (release build, SQLite, local disk)\n");
-    let server = Server::start(dir.path());
+    let server = Server::start_with(dir.path(), &[]);
     let mut large_paths = Vec::new();
     for (size, count) in [(10 * 1024, 200), (MIB, 40), (ten_mib, 12)] {
         let count = if quick { count / 4 } else { count };
@@ -216,7 +107,7 @@ async fn main() {
     drop(server);
 
     let burst = 4 * PERMITS;
-    let server = Server::start(dir.path());
+    let server = Server::start_with(dir.path(), &[]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let baseline = server.memory_kib("VmRSS:");
     let bodies: Vec<Vec<u8>> = (0..burst)
@@ -250,7 +141,7 @@ async fn main() {
     );
     drop(server);
 
-    let server = Server::start(dir.path());
+    let server = Server::start_with(dir.path(), &[]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let baseline = server.memory_kib("VmRSS:");
     let rounds = if quick { 2 } else { 5 };

@@ -2,6 +2,7 @@
 //! [`Config`] by the same code path everywhere.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use tokio::sync::Semaphore;
@@ -9,6 +10,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{JwtVerifier, LinkSigner, TokenMinter};
 use crate::collections::Collections;
 use crate::config::{Config, ConfigError, Secret, StorageBackend};
+use crate::error::{AppError, AppResult, RETRY_AFTER_SECONDS};
 use crate::storage::Storage;
 
 pub struct App {
@@ -63,7 +65,7 @@ impl App {
             }
             _ => None,
         };
-        let db = crate::db::connect(&config.database.database_url).await?;
+        let db = crate::db::connect(&config.database).await?;
         let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
         Ok(App {
             db,
@@ -86,4 +88,17 @@ fn random_secret() -> Secret {
     hex::encode(bytes)
         .parse()
         .unwrap_or_else(|_| unreachable!("a hex string is never empty"))
+}
+
+impl App {
+    /// A slot among the `MAX_CONCURRENT_UPLOADS` uploads held in memory at once; after
+    /// `UPLOAD_QUEUE_TIMEOUT_SECONDS` of waiting, a clear "busy" instead of a longer queue.
+    pub async fn upload_permit(&self) -> AppResult<tokio::sync::SemaphorePermit<'_>> {
+        let wait = Duration::from_secs(self.config.limits.upload_queue_timeout_seconds);
+        match tokio::time::timeout(wait, self.upload_permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(closed)) => Err(AppError::Internal(anyhow::Error::new(closed))),
+            Err(_) => Err(AppError::Overloaded(RETRY_AFTER_SECONDS)),
+        }
+    }
 }

@@ -62,6 +62,17 @@ pub struct DatabaseConfig {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// SQLite only: `normal` (a commit survives a crash of the process) or `full` (it
+    /// also survives a power loss, at the cost of a sync per commit).
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
+    pub sqlite_synchronous: SqliteSync,
+}
+
+/// SQLite's `synchronous` setting in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSync {
+    Normal,
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -158,6 +169,10 @@ pub struct LimitsConfig {
     /// Upload requests read and processed at once; more wait their turn (bounds memory).
     #[arg(long, env = "MAX_CONCURRENT_UPLOADS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_concurrent_uploads: u64,
+    /// Seconds an upload waits for a free slot (and a query for a database connection)
+    /// before it is answered 503 with Retry-After.
+    #[arg(long, env = "UPLOAD_QUEUE_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub upload_queue_timeout_seconds: u64,
 }
 
 impl LimitsConfig {

@@ -27,8 +27,12 @@ pub enum AppError {
     ObjectMissing(uuid::Uuid),
     #[error("storage is unavailable, try again later")]
     StorageUnavailable(#[source] opendal::Error),
+    /// Every upload slot or database connection stayed busy for the bounded wait;
+    /// the client should retry after the given seconds.
+    #[error("the server is busy; retry in {0} s")]
+    Overloaded(u64),
     #[error("internal server error")]
-    Database(#[from] sea_orm::DbErr),
+    Database(#[source] sea_orm::DbErr),
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
 }
@@ -54,7 +58,8 @@ impl AppError {
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Self::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
-            Self::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",
+            // SPEC 6's code for "unavailable, try again later".
+            Self::StorageUnavailable(_) | Self::Overloaded(_) => "STORAGE_UNAVAILABLE",
             Self::Database(_) | Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -68,7 +73,7 @@ impl AppError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ChecksumMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StorageUnavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +86,7 @@ impl AppError {
                 tracing::error!(attachment = %id, "lost data: the attachment's file is missing from storage")
             }
             Self::Database(source) => tracing::error!(error = %source, "database failure"),
+            Self::Overloaded(_) => tracing::warn!("refused a request: the server is busy"),
             Self::Internal(source) => {
                 tracing::error!(error = format!("{source:#}"), "internal failure")
             }
@@ -98,6 +104,20 @@ impl AppError {
         serde_json::json!({
             "errors": [{ "message": self.to_string(), "extensions": extensions }]
         })
+    }
+}
+
+/// Seconds a client is told to wait when the server is busy.
+pub const RETRY_AFTER_SECONDS: u64 = 2;
+
+impl From<sea_orm::DbErr> for AppError {
+    fn from(error: sea_orm::DbErr) -> Self {
+        match error {
+            sea_orm::DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout) => {
+                Self::Overloaded(RETRY_AFTER_SECONDS)
+            }
+            other => Self::Database(other),
+        }
     }
 }
 
@@ -129,6 +149,11 @@ impl IntoResponse for AppError {
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Self::Overloaded(seconds) = self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response
     }

@@ -1,5 +1,7 @@
-//! A stored object whose row is gone and which still has to be removed from storage.
-//! Written in the same transaction as the row's deletion, so no object is forgotten.
+//! A stored object that has to be removed from storage unless a row claims it: the
+//! object of a deleted row (written in the deletion's transaction), or the intent of
+//! an upload in flight (written before its object, removed with the row's insert), so
+//! no object is ever forgotten, not even after a crash.
 
 use sea_orm::entity::prelude::*;
 
@@ -10,6 +12,8 @@ pub struct Model {
     pub storage_key: String,
     pub attempts: i32,
     pub created_at: DateTimeUtc,
+    /// An upload's intent: removed only once it is older than any upload can last.
+    pub intent: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

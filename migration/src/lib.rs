@@ -6,6 +6,7 @@ mod m20261125_000001_create_attachments;
 mod m20261125_000002_create_storage_deletions;
 mod m20261125_000003_create_direct_uploads;
 mod m20261202_000001_create_storage_migrations;
+mod m20261202_000002_add_intent_to_storage_deletions;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_create_storage_deletions::Migration),
             Box::new(m20261125_000003_create_direct_uploads::Migration),
             Box::new(m20261202_000001_create_storage_migrations::Migration),
+            Box::new(m20261202_000002_add_intent_to_storage_deletions::Migration),
         ]
     }
 }

@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::app::App;
+use crate::app::{App, SharedApp};
 use crate::attachments::upload::{self, Draft, Target, ValidUpload, sanitize_filename};
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
@@ -146,13 +146,20 @@ where
 
 /// Reads the uploaded object back, checks it against the declaration with the checks
 /// of every upload, and turns it into an attachment. A mismatch removes the object.
-pub async fn complete(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
+/// Runs to its end even if the client goes away.
+pub async fn complete(
+    app: &SharedApp,
+    principal: &Principal,
+    id: Uuid,
+) -> AppResult<attachment::Model> {
+    let app = SharedApp::clone(app);
+    let principal = principal.clone();
+    super::uncancellable(async move { complete_now(&app, &principal, id).await }).await
+}
+
+async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
     // Reading the object back holds it in memory: counted like any upload.
-    let _permit = app
-        .upload_permits
-        .acquire()
-        .await
-        .map_err(|err| AppError::Internal(anyhow::Error::new(err)))?;
+    let _permit = app.upload_permit().await?;
     let pending = direct_upload::Entity::find_by_id(id)
         .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
         .one(&app.db)

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use entity::{attachment, storage_deletion};
 use futures::Stream;
 use sea_orm::{
@@ -21,65 +21,117 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::app::App;
+use crate::app::{App, SharedApp};
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
 use crate::storage::{Storage, StorageKey};
 pub use upload::{Draft, Target, ValidUpload};
 
-/// Stores every upload or none: objects first, then one transaction for all rows.
+/// Runs `work` to its end even if the request that started it is dropped (a client
+/// that disconnects, a timeout): once storage is touched, the object, its row and
+/// the clean-up on failure all happen, so nothing is left half-made.
+async fn uncancellable<T, F>(work: F) -> AppResult<T>
+where
+    F: Future<Output = AppResult<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(work).await.map_err(|err| {
+        AppError::Internal(anyhow::Error::new(err).context("a storage task failed"))
+    })?
+}
+
+/// Stores every upload or none, whatever the client does meanwhile: the keys are
+/// recorded as intents, the objects written, then one transaction inserts the rows
+/// and drops the intents. A crash in between leaves intents, and their objects are
+/// removed later ([`retry_deletions`]); a row never names a missing object.
 pub async fn create(
+    app: &SharedApp,
+    principal: &Principal,
+    uploads: Vec<ValidUpload>,
+) -> AppResult<Vec<attachment::Model>> {
+    let app = SharedApp::clone(app);
+    let principal = principal.clone();
+    uncancellable(async move { store(&app, &principal, uploads).await }).await
+}
+
+async fn store(
     app: &App,
     principal: &Principal,
     uploads: Vec<ValidUpload>,
 ) -> AppResult<Vec<attachment::Model>> {
-    let mut rows = Vec::with_capacity(uploads.len());
-    for upload in uploads {
-        let id = Uuid::now_v7();
-        let target = &upload.target;
-        let key = StorageKey::for_attachment(
-            &target.collection.key,
-            &principal.tenant,
-            target.owner_id.as_ref(),
-            id,
-            upload.media,
-        );
-        let row = attachment::Model {
-            id,
-            tenant_id: principal.tenant.to_string(),
-            owner_type: target.owner_type.clone(),
-            owner_id: target.owner_id.as_ref().map(ToString::to_string),
-            filename: upload.filename,
-            content_type: upload.media.mime().to_owned(),
-            byte_size: i64::try_from(upload.bytes.len()).unwrap_or(i64::MAX),
-            sha256: upload.sha256,
-            storage_key: key.into_string(),
-            created_by: principal.subject.clone(),
-            created_at: Utc::now(),
-        };
-        if let Err(err) = app
-            .storage
-            .put_new(
-                &StorageKey::from_stored(row.storage_key.clone()),
-                upload.bytes,
-            )
-            .await
-        {
-            remove_objects(app, &rows).await;
+    let planned: Vec<(attachment::Model, Vec<u8>)> = uploads
+        .into_iter()
+        .map(|upload| (new_row(principal, &upload), upload.bytes))
+        .collect();
+    let keys: Vec<String> = planned
+        .iter()
+        .map(|(row, _)| row.storage_key.clone())
+        .collect();
+    record_intents(app, &keys).await?;
+    let mut rows = Vec::with_capacity(planned.len());
+    for (row, bytes) in planned {
+        let key = StorageKey::from_stored(row.storage_key.clone());
+        if let Err(err) = app.storage.put_new(&key, bytes).await {
+            discard(app, &keys).await;
             return Err(AppError::StorageUnavailable(err));
         }
         rows.push(row);
     }
-    let inserted = insert_rows(app, &rows).await;
-    if let Err(err) = inserted {
-        remove_objects(app, &rows).await;
+    if let Err(err) = insert_rows(app, &rows, &keys).await {
+        discard(app, &keys).await;
         return Err(err.into());
     }
     Ok(rows)
 }
 
-async fn insert_rows(app: &App, rows: &[attachment::Model]) -> Result<(), sea_orm::DbErr> {
+/// The row a valid upload becomes: a new UUIDv7 and the key its collection lays out.
+fn new_row(principal: &Principal, upload: &ValidUpload) -> attachment::Model {
+    let id = Uuid::now_v7();
+    let target = &upload.target;
+    let key = StorageKey::for_attachment(
+        &target.collection.key,
+        &principal.tenant,
+        target.owner_id.as_ref(),
+        id,
+        upload.media,
+    );
+    attachment::Model {
+        id,
+        tenant_id: principal.tenant.to_string(),
+        owner_type: target.owner_type.clone(),
+        owner_id: target.owner_id.as_ref().map(ToString::to_string),
+        filename: upload.filename.clone(),
+        content_type: upload.media.mime().to_owned(),
+        byte_size: i64::try_from(upload.bytes.len()).unwrap_or(i64::MAX),
+        sha256: upload.sha256.clone(),
+        storage_key: key.into_string(),
+        created_by: principal.subject.clone(),
+        created_at: Utc::now(),
+    }
+}
+
+/// Records the keys about to be written, before any byte reaches storage.
+async fn record_intents(app: &App, keys: &[String]) -> Result<(), sea_orm::DbErr> {
+    let now = Utc::now();
+    let intents = keys.iter().map(|key| storage_deletion::ActiveModel {
+        storage_key: sea_orm::Set(key.clone()),
+        attempts: sea_orm::Set(0),
+        created_at: sea_orm::Set(now),
+        intent: sea_orm::Set(true),
+    });
+    storage_deletion::Entity::insert_many(intents)
+        .exec_without_returning(&app.db)
+        .await
+        .map(drop)
+}
+
+/// One transaction: the rows, and the end of their keys' intents.
+async fn insert_rows(
+    app: &App,
+    rows: &[attachment::Model],
+    keys: &[String],
+) -> Result<(), sea_orm::DbErr> {
     let txn = app.db.begin().await?;
     for row in rows {
         row.clone()
@@ -88,19 +140,18 @@ async fn insert_rows(app: &App, rows: &[attachment::Model]) -> Result<(), sea_or
             .insert(&txn)
             .await?;
     }
+    storage_deletion::Entity::delete_many()
+        .filter(storage_deletion::Column::StorageKey.is_in(keys.iter().cloned()))
+        .exec(&txn)
+        .await?;
     txn.commit().await
 }
 
-/// Best effort clean-up of objects whose rows never committed.
-async fn remove_objects(app: &App, rows: &[attachment::Model]) {
-    for row in rows {
-        if let Err(err) = app
-            .storage
-            .delete(&StorageKey::from_stored(row.storage_key.clone()))
-            .await
-        {
-            tracing::error!(key = %row.storage_key, error = %err, "cannot remove an object whose row failed; `storage sweep` will");
-        }
+/// After a failed upload: removes whatever objects were written, and their intents;
+/// what cannot be removed now stays recorded and is retried.
+async fn discard(app: &App, keys: &[String]) {
+    for key in keys {
+        remove_object(app, key).await;
     }
 }
 
@@ -199,10 +250,16 @@ pub async fn read(
         .await?)
 }
 
-/// Deletes the row, then the object. The row's deletion records the object in
-/// `storage_deletions` in the same transaction, so a failed removal is retried by
-/// [`retry_deletions`] and never forgotten.
-pub async fn delete(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
+/// Deletes the row, then the object, to the end even if the client goes away. The
+/// row's deletion records the object in `storage_deletions` in the same transaction,
+/// so a failed removal is retried by [`retry_deletions`] and never forgotten.
+pub async fn delete(app: &SharedApp, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
+    let app = SharedApp::clone(app);
+    let tenant = tenant.clone();
+    uncancellable(async move { delete_row(&app, &tenant, id).await }).await
+}
+
+async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
     let row = find(app, tenant, id)
         .await?
         .ok_or_else(AppError::not_found)?;
@@ -230,6 +287,7 @@ async fn schedule_removal(
         storage_key: sea_orm::Set(key.to_owned()),
         attempts: sea_orm::Set(0),
         created_at: sea_orm::Set(Utc::now()),
+        intent: sea_orm::Set(false),
     }
     .insert(txn)
     .await
@@ -269,9 +327,16 @@ async fn remove_object(app: &App, key: &str) -> bool {
     }
 }
 
-/// Objects whose rows are gone and whose removal is still pending, oldest first.
-pub async fn pending_deletions(app: &App) -> AppResult<Vec<String>> {
+/// Objects whose removal is pending, oldest first: those of deleted rows, and those
+/// of uploads that recorded their intent before `intents_before` and never
+/// committed (younger ones may still be in flight).
+pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppResult<Vec<String>> {
     Ok(storage_deletion::Entity::find()
+        .filter(
+            Condition::any()
+                .add(storage_deletion::Column::Intent.eq(false))
+                .add(storage_deletion::Column::CreatedAt.lt(intents_before)),
+        )
         .order_by_asc(storage_deletion::Column::CreatedAt)
         .limit(500)
         .all(&app.db)
@@ -281,11 +346,11 @@ pub async fn pending_deletions(app: &App) -> AppResult<Vec<String>> {
         .collect())
 }
 
-/// Retries the removal of objects still recorded in `storage_deletions`; returns
-/// the keys now gone.
-pub async fn retry_deletions(app: &App) -> AppResult<Vec<String>> {
+/// Retries the removal of objects still recorded in `storage_deletions` (see
+/// [`pending_deletions`]); returns the keys now gone.
+pub async fn retry_deletions(app: &App, intents_before: DateTime<Utc>) -> AppResult<Vec<String>> {
     let mut removed = Vec::new();
-    for key in pending_deletions(app).await? {
+    for key in pending_deletions(app, intents_before).await? {
         if remove_object(app, &key).await {
             removed.push(key);
         }
@@ -293,13 +358,18 @@ pub async fn retry_deletions(app: &App) -> AppResult<Vec<String>> {
     Ok(removed)
 }
 
+/// How old an upload's intent must be before its object counts as abandoned: longer
+/// than any upload can last (the body must arrive within a minute).
+const INTENT_GRACE: chrono::Duration = chrono::Duration::minutes(15);
+
 /// Every `period` until the process stops: retries pending object deletions and
 /// removes expired direct uploads.
 pub async fn maintain_forever(app: std::sync::Arc<App>, period: Duration) {
     let mut ticker = tokio::time::interval(period);
     loop {
         ticker.tick().await;
-        if let Err(err) = retry_deletions(&app).await {
+        let intents_before = Utc::now() - INTENT_GRACE;
+        if let Err(err) = retry_deletions(&app, intents_before).await {
             tracing::warn!(error = %err, "retrying pending object deletions failed");
         }
         if let Err(err) = direct::expire(&app).await {

@@ -76,9 +76,12 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         key,
         reason: Reason::ExpiredUpload,
     }));
+    // Intents of uploads are as old as their objects: the same threshold applies.
+    let intents_before = chrono::Utc::now()
+        - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
     let deleted = match dry_run {
-        true => super::pending_deletions(app).await?,
-        false => super::retry_deletions(app).await?,
+        true => super::pending_deletions(app, intents_before).await?,
+        false => super::retry_deletions(app, intents_before).await?,
     };
     swept.extend(deleted.into_iter().map(|key| Swept {
         key,

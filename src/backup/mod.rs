@@ -15,7 +15,7 @@ use sea_orm::{ConnectionTrait, Statement};
 
 pub use name::{BackupName, Engine};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, DatabaseConfig};
 use crate::db::{ClaimError, SqliteClaim};
 use crate::storage::{Storage, StorageKey, StreamWriteError};
 use postgres::PgTarget;
@@ -67,7 +67,7 @@ impl BackupError {
 
 /// The database of `DATABASE_URL`, as backups see it.
 pub struct Database {
-    url: String,
+    config: DatabaseConfig,
     kind: Kind,
 }
 
@@ -77,7 +77,8 @@ enum Kind {
 }
 
 impl Database {
-    pub fn from_url(url: &str) -> Result<Self, BackupError> {
+    pub fn from_config(config: &DatabaseConfig) -> Result<Self, BackupError> {
+        let url = config.database_url.as_str();
         let kind = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Kind::Postgres(PgTarget::parse(url)?)
         } else if let Some(file) = crate::db::sqlite_file(url) {
@@ -88,7 +89,7 @@ impl Database {
             ));
         };
         Ok(Self {
-            url: url.to_owned(),
+            config: config.clone(),
             kind,
         })
     }
@@ -103,7 +104,7 @@ impl Database {
     /// The number of attachment rows, read with plain SQL so that an older schema
     /// (a restored backup before `serve` migrates it) reads too.
     async fn attachments(&self) -> Result<i64, BackupError> {
-        let db = crate::db::connect(&self.url).await?;
+        let db = crate::db::connect(&self.config).await?;
         let counted = db
             .query_one_raw(Statement::from_string(
                 db.get_database_backend(),
@@ -142,7 +143,7 @@ pub async fn create(database: &Database, storage: &Storage) -> Result<Backup, Ba
     let name = BackupName::new(chrono::Utc::now(), database.engine());
     let key = StorageKey::backup(&name);
     let body = match &database.kind {
-        Kind::Sqlite(file) => sqlite::dump(&database.url, file).await?.left_stream(),
+        Kind::Sqlite(file) => sqlite::dump(&database.config, file).await?.left_stream(),
         Kind::Postgres(target) => target.dump()?.right_stream(),
     };
     let size = storage

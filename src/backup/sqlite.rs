@@ -9,12 +9,13 @@ use futures::Stream;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use super::BackupError;
+use crate::config::DatabaseConfig;
 use crate::storage::{Storage, StorageKey};
 
 /// A consistent copy of the database at `file` as a stream; the temporary file is
 /// already unlinked, so nothing is left behind whatever happens to the stream.
 pub async fn dump(
-    url: &str,
+    config: &DatabaseConfig,
     file: &Path,
 ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Unpin + use<>, BackupError> {
     if !tokio::fs::try_exists(file).await.unwrap_or(false) {
@@ -31,7 +32,7 @@ pub async fn dump(
     let target = snapshot.to_str().ok_or_else(|| {
         BackupError::Database(format!("{} is not a UTF-8 path", snapshot.display()))
     })?;
-    let db = crate::db::connect(url).await?;
+    let db = crate::db::connect(config).await?;
     // An empty file is what VACUUM INTO accepts as a target.
     let vacuumed = db
         .execute_raw(Statement::from_sql_and_values(

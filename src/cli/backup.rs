@@ -56,7 +56,7 @@ struct Target {
 impl Target {
     fn open(&self) -> anyhow::Result<(Database, Storage)> {
         self.storage.validate()?;
-        let database = Database::from_url(&self.database.database_url)?;
+        let database = Database::from_config(&self.database)?;
         Ok((database, Storage::from_config(&self.storage)?))
     }
 }

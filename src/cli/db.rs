@@ -22,7 +22,7 @@ enum DbCommand {
 pub async fn run(args: DbArgs) -> anyhow::Result<()> {
     match args.command {
         DbCommand::Migrate { database } => {
-            let db = crate::db::connect(&database.database_url).await?;
+            let db = crate::db::connect(&database).await?;
             crate::db::migrate(&db).await?;
             println!("database migrations applied");
             Ok(())

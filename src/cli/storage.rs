@@ -108,7 +108,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let source = Storage::local_source(&args.storage.storage_root)?;
     let destination = Storage::from_config(&args.storage)?;
     destination.probe(&args.storage, !args.dry_run).await?;
-    let db = crate::db::connect(&args.database.database_url).await?;
+    let db = crate::db::connect(&args.database).await?;
     crate::db::migrate(&db)
         .await
         .context("DATABASE_URL: applying database migrations failed")?;

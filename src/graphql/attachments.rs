@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use entity::attachment;
 use uuid::Uuid;
 
-use crate::app::App;
+use crate::app::{App, SharedApp};
 use crate::attachments::{self, Draft, Target, ValidUpload, direct, upload};
 use crate::auth::{Access, Principal};
 use crate::error::{AppError, AppResult};
@@ -372,7 +372,7 @@ impl AttachmentMutation {
 }
 
 async fn store_one(
-    app: &App,
+    app: &SharedApp,
     principal: &Principal,
     upload: ValidUpload,
 ) -> async_graphql::Result<Attachment> {

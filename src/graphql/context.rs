@@ -3,7 +3,7 @@
 
 use async_graphql::{Context, ErrorExtensions};
 
-use crate::app::{App, SharedApp};
+use crate::app::SharedApp;
 use crate::auth::{Access, Principal};
 use crate::error::AppError;
 
@@ -15,9 +15,8 @@ pub enum Caller {
     Verified(Principal),
 }
 
-pub fn app<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a App> {
+pub fn app<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a SharedApp> {
     ctx.data::<SharedApp>()
-        .map(AsRef::as_ref)
         .map_err(|_| AppError::Internal(anyhow::anyhow!("schema built without the app")).extend())
 }
 

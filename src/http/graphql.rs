@@ -50,10 +50,10 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     let _permit = if request.method() == Method::POST
         && length.is_none_or(|length| length > SMALL_REQUEST_BYTES)
     {
-        match state.app.upload_permits.acquire().await {
+        match state.app.upload_permit().await {
             Ok(permit) => Some(permit),
-            Err(_) => {
-                return AppError::Internal(anyhow::anyhow!("upload queue closed")).into_response();
+            Err(err) => {
+                return after_draining(request, drain_limit(limit), err.into_response()).await;
             }
         }
     } else {

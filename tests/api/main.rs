@@ -9,6 +9,7 @@ mod downloads;
 mod limits;
 mod listing;
 mod migrate;
+mod reliability;
 mod schema;
 mod storage;
 mod uploads;
