@@ -14,14 +14,20 @@ COPY . .
 RUN touch src/main.rs src/lib.rs entity/src/lib.rs migration/src/lib.rs \
  && cargo build --release --locked --bin attache
 
-# Run: a slim image, a non-root user, data under /data.
+# Run: a slim image, a non-root user (uid 10001), data under /data. pg_dump and
+# pg_restore (Debian's PostgreSQL 15 client) are there for `attache backup`.
+# Versions are not pinned: Debian's security updates replace them in the archive.
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl postgresql-client \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /data attache \
- && mkdir -p /data/uploads && chown -R attache /data
+ && groupadd --system --gid 10001 attache \
+ && useradd --system --uid 10001 --gid attache --home-dir /data attache \
+ && mkdir -p /data/uploads && chown -R attache:attache /data
 COPY --from=build /src/target/release/attache /usr/local/bin/attache
-USER attache
+COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+USER 10001:10001
 WORKDIR /data
 ENV LISTEN_ADDR=0.0.0.0:8080 \
     DATABASE_URL=sqlite:///data/attache.db?mode=rwc \
@@ -29,6 +35,7 @@ ENV LISTEN_ADDR=0.0.0.0:8080 \
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
-ENTRYPOINT ["attache"]
+  CMD ["sh", "-c", "curl -fsS \"http://127.0.0.1:${LISTEN_ADDR##*:}/healthz\" >/dev/null || exit 1"]
+# Migrations, then `exec attache serve` (docker/entrypoint.sh); other commands run as given.
+ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["serve"]

@@ -1,10 +1,13 @@
-//! Database connection and migrations; SQLite and PostgreSQL alike.
+//! Database connection and migrations, SQLite and PostgreSQL alike; the file of a
+//! SQLite database and the claim one process holds on it.
 //!
 //! SQLite runs in WAL mode: readers never wait for the writer, and a commit is one
 //! append to the log instead of a journal written, synced and deleted. With
 //! `synchronous=NORMAL` (the default) a committed upload survives a crash of the
 //! process; `SQLITE_SYNCHRONOUS=full` syncs the log at every commit, so it also
 //! survives a power loss.
+
+use std::path::{Path, PathBuf};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
@@ -53,4 +56,158 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
 /// Removes the URL (and so any password in it) from a driver's message.
 fn redact(message: &str, url: &str) -> String {
     message.replace(url, "DATABASE_URL")
+}
+
+/// The file of a SQLite `DATABASE_URL` (relative to the working directory, as
+/// SQLite opens it); `None` for an in-memory SQLite database and for PostgreSQL.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let in_memory = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|param| param == "mode=memory"));
+    let options: SqliteConnectOptions = url.parse().ok()?;
+    let path = options.get_filename();
+    // sqlx names `:memory:` databases `file:sqlx-in-memory-N`.
+    let memory_name = path.to_string_lossy().starts_with("file:");
+    (!in_memory && !memory_name && !path.as_os_str().is_empty()).then(|| path.to_owned())
+}
+
+/// One process's claim on a SQLite database file: an exclusive advisory lock
+/// (`flock`) on `<file>.lock` beside it, holding the owner's process id.
+/// `attache serve` holds it for its whole life and `attache backup restore` while
+/// it replaces the file, so neither runs under the other. The kernel releases it
+/// when the process ends, however it ends (no stale lock after a crash); a file of
+/// its own keeps it apart from SQLite's locks and survives the rename that
+/// replaces the database.
+#[derive(Debug)]
+pub struct SqliteClaim {
+    _file: std::fs::File,
+}
+
+/// Why a SQLite database file cannot be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error(
+        "{} is in use by another attache process{}: a running `attache serve` or `attache backup restore`",
+        path.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse { path: PathBuf, pid: Option<u32> },
+    #[error("cannot lock {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SqliteClaim {
+    /// Claims the file of a SQLite `DATABASE_URL`; `None` where there is no file.
+    pub fn for_url(url: &str) -> Result<Option<Self>, ClaimError> {
+        sqlite_file(url)
+            .map(|file| Self::acquire(&file))
+            .transpose()
+    }
+
+    /// Claims `database` (which need not exist yet), or says who holds it.
+    pub fn acquire(database: &Path) -> Result<Self, ClaimError> {
+        use std::io::{Read, Seek, Write};
+        let lock = lock_path(database).map_err(|source| ClaimError::Io {
+            path: database.to_owned(),
+            source,
+        })?;
+        let io = |source| ClaimError::Io {
+            path: lock.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut owner = String::new();
+                let _ = file.read_to_string(&mut owner);
+                return Err(ClaimError::InUse {
+                    path: database.to_owned(),
+                    pid: owner.trim().parse().ok(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(io(err)),
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(io)?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// `<file>.lock` in the database's folder, with the folder's real path, so that
+/// every way of naming the database (relative, through a symlinked folder) finds
+/// the same lock.
+fn lock_path(database: &Path) -> std::io::Result<PathBuf> {
+    let mut name = database
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the database path names no file"))?
+        .to_owned();
+    name.push(".lock");
+    Ok(std::fs::canonicalize(sqlite_folder(database))?.join(name))
+}
+
+/// The folder of a SQLite database file (`.` for a bare file name): where its
+/// journal, its lock and the temporary files of backups go.
+pub fn sqlite_folder(file: &Path) -> &Path {
+    match file.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_file_of_a_sqlite_url() {
+        let file = |url: &str| sqlite_file(url).map(|path| path.display().to_string());
+        assert_eq!(
+            file("sqlite://attache.db?mode=rwc").as_deref(),
+            Some("attache.db")
+        );
+        assert_eq!(
+            file("sqlite:///data/attache.db?mode=rwc").as_deref(),
+            Some("/data/attache.db")
+        );
+        for none in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://?mode=memory",
+            "sqlite://x.db?mode=memory",
+            "postgres://postgres@127.0.0.1/attache",
+        ] {
+            assert_eq!(file(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_claimed_file_is_refused_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = dir.path().join("attache.db");
+        let claim = SqliteClaim::acquire(&database).expect("the first claim");
+        let again = dir.path().join(".").join("attache.db");
+        match SqliteClaim::acquire(&again) {
+            Err(ClaimError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a second claim must fail: {other:?}"),
+        }
+        drop(claim);
+        SqliteClaim::acquire(&database).expect("free again");
+    }
 }

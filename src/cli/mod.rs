@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand; `anyhow` only at this boundary.
 
+mod backup;
 mod db;
 mod schema;
 mod serve;
@@ -33,6 +34,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Storage maintenance.
     Storage(storage::StorageArgs),
+    /// Database backups in storage under backups/.
+    Backup(backup::BackupArgs),
 }
 
 impl Cli {
@@ -85,6 +88,7 @@ impl Cli {
             }
             Command::Token(args) => token::run(args),
             Command::Storage(args) => storage::run(args).await,
+            Command::Backup(args) => backup::run(args).await,
         }
     }
 }

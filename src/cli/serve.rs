@@ -23,6 +23,9 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config;
     config.validate()?;
+    // A SQLite file belongs to one server; `backup restore` waits for it to stop.
+    let _claim =
+        crate::db::SqliteClaim::for_url(&config.database.database_url).context("DATABASE_URL")?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.listen_addr))?;

@@ -5,6 +5,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
+use crate::backup::BackupName;
 use crate::ids::SafeId;
 use crate::media::MediaType;
 
@@ -133,6 +134,15 @@ impl StorageKey {
         Self(key)
     }
 
+    /// The folder of database backups; no collection layout reaches into it (each
+    /// starts with a tenant and holds a UUID), so `storage sweep` never touches it.
+    pub const BACKUPS: &str = "backups/";
+
+    /// The key of a database backup: `backups/<name>`.
+    pub fn backup(name: &BackupName) -> Self {
+        Self(format!("{}{name}", Self::BACKUPS))
+    }
+
     /// The key of a short-lived object written by `storage check` and `/readyz`.
     pub fn probe() -> Self {
         Self(format!(".attache-probe/{}", Uuid::now_v7()))
@@ -173,6 +183,7 @@ mod tests {
             format!("acme/contracts/c-1/{id}.exe"),
             format!("acme/contracts/c 1/{id}.pdf"),
             "backups/2026-12-02T10-00-00Z.sqlite".to_owned(),
+            "backups/attache-20261202T101500Z.pgdump".to_owned(),
             ".attache-probe/x".to_owned(),
         ] {
             assert!(!template.matches(&other), "{other}");

@@ -179,18 +179,46 @@ impl Storage {
     pub async fn put_stream<S, E>(
         &self,
         key: &StorageKey,
-        mut body: S,
+        body: S,
         max: u64,
     ) -> Result<u64, StreamWriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut writer = self
-            .operator
-            .writer_with(key.as_str())
-            .if_not_exists(true)
-            .await?;
+        self.write_new(key, body, max, None).await
+    }
+
+    /// Writes a new object of any length from a stream, in parts of [`COPY_CHUNK`]
+    /// bytes (an S3 multipart upload), so memory stays flat however large it is; a
+    /// broken stream (its producer reports an error) leaves no object behind.
+    pub async fn put_large<S, E>(&self, key: &StorageKey, body: S) -> Result<u64, StreamWriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        self.write_new(key, body, u64::MAX, Some(COPY_CHUNK)).await
+    }
+
+    /// Creates `key` (never overwriting) and feeds it `body`, buffered into parts of
+    /// `chunk` bytes when given; closes it at the end, or discards the object when
+    /// the body breaks or passes `max` bytes.
+    async fn write_new<S, E>(
+        &self,
+        key: &StorageKey,
+        mut body: S,
+        max: u64,
+        chunk: Option<usize>,
+    ) -> Result<u64, StreamWriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut writer = self.operator.writer_with(key.as_str()).if_not_exists(true);
+        if let Some(chunk) = chunk {
+            writer = writer.chunk(chunk);
+        }
+        let mut writer = writer.await?;
         let mut total: u64 = 0;
         while let Some(chunk) = body.next().await {
             let failure = match chunk {
@@ -393,7 +421,16 @@ impl Storage {
     pub async fn list(
         &self,
     ) -> opendal::Result<impl Stream<Item = opendal::Result<StoredObject>> + use<>> {
-        let lister = self.operator.lister_with("").recursive(true).await?;
+        self.list_in("").await
+    }
+
+    /// Every object whose key starts with `folder` (`""` or ending in `/`), in no
+    /// particular order; a folder that does not exist is empty.
+    pub async fn list_in(
+        &self,
+        folder: &str,
+    ) -> opendal::Result<impl Stream<Item = opendal::Result<StoredObject>> + use<>> {
+        let lister = self.operator.lister_with(folder).recursive(true).await?;
         Ok(lister.filter_map(|entry| {
             std::future::ready(match entry {
                 Err(err) => Some(Err(err)),
@@ -510,6 +547,21 @@ impl Storage {
         ]
     }
 
+    /// Streams a whole object into `file` without holding it in memory.
+    pub async fn download_to(
+        &self,
+        key: &StorageKey,
+        file: &mut tokio::fs::File,
+    ) -> std::io::Result<()> {
+        let stream = self
+            .stream(key, opendal::BytesRange::from(..))
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut reader = tokio_util::io::StreamReader::new(stream);
+        tokio::io::copy(&mut reader, file).await?;
+        tokio::io::AsyncWriteExt::flush(file).await
+    }
+
     /// A real filesystem path to an object, for tools that need one (scanners,
     /// converters): the file itself on fs, a temporary copy removed on drop on s3.
     pub async fn local_path(&self, key: &StorageKey) -> std::io::Result<LocalFile> {
@@ -520,13 +572,7 @@ impl Storage {
         }
         let copy = tempfile::NamedTempFile::new()?.into_temp_path();
         let mut file = tokio::fs::File::create(&copy).await?;
-        let stream = self
-            .stream(key, opendal::BytesRange::from(..))
-            .await
-            .map_err(std::io::Error::other)?;
-        let mut reader = tokio_util::io::StreamReader::new(stream);
-        tokio::io::copy(&mut reader, &mut file).await?;
-        tokio::io::AsyncWriteExt::flush(&mut file).await?;
+        self.download_to(key, &mut file).await?;
         Ok(LocalFile {
             path: copy.to_path_buf(),
             _copy: Some(copy),

@@ -589,12 +589,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// a command still running after 30 s is killed and fails the test.
 pub async fn run_attache(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
-            .args(&args)
-            .env_clear()
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+        let mut child = attache_command(&args, std::process::Stdio::piped)
             .spawn()
             .expect("run attache");
         let started = std::time::Instant::now();
@@ -613,4 +608,23 @@ pub async fn run_attache(args: Vec<String>) -> std::process::Output {
     })
     .await
     .expect("join")
+}
+
+/// Starts `attache ARGS` without waiting for it.
+pub fn spawn_attache(args: Vec<String>) -> std::process::Child {
+    attache_command(&args, std::process::Stdio::null)
+        .spawn()
+        .expect("start attache")
+}
+
+/// `attache ARGS` in an empty environment, its stdout and stderr set by `output`.
+fn attache_command(args: &[String], output: fn() -> std::process::Stdio) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_attache"));
+    command
+        .args(args)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .stdout(output())
+        .stderr(output());
+    command
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     Db, S3_BUCKET, S3Server, Setup, Store, TestApp, data, fresh_database_url, pdf, png,
-    run_attache, s3_flags, sha256_hex, tenant,
+    run_attache, s3_flags, sha256_hex, spawn_attache, tenant,
 };
 
 /// Files of two tenants in all four collections, on the local disk of an fs app
@@ -570,18 +570,6 @@ async fn sweep_removes_old_orphans_and_keeps_everything_else(setup: Setup) {
         !app.stored_keys().contains(&young_orphan),
         "0s sweeps young orphans too"
     );
-}
-
-/// Starts `attache ARGS` without waiting for it.
-fn spawn_attache(args: Vec<String>) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
-        .args(&args)
-        .env_clear()
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start attache")
 }
 
 crate::matrix!(

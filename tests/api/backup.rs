@@ -1,0 +1,356 @@
+//! `attache backup create | list | restore` on every database and store: back up,
+//! change the data, restore, and the attachments table is back exactly; `--keep`
+//! prunes, a failed snapshot leaves nothing, SQLite refuses a restore under a
+//! running server, and `storage sweep` leaves `backups/` alone.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use entity::attachment;
+use sea_orm::{Database, EntityTrait, QueryOrder};
+use serde_json::json;
+
+use crate::helpers::{
+    DELETE, Db, Setup, TestApp, data, fresh_database_url, pdf, png, run_attache, s3_flags,
+    spawn_attache, tenant,
+};
+
+/// An app on a database of its own (a restore rewrites all of it).
+struct Scene {
+    app: TestApp,
+    database_url: String,
+    uploads: PathBuf,
+}
+
+/// What a command did: success, stdout, stderr.
+struct Ran {
+    ok: bool,
+    out: String,
+    err: String,
+}
+
+impl Scene {
+    async fn new(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = fresh_database_url(setup.db, dir.path()).await;
+        let uploads = dir.path().join("uploads");
+        let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
+        Self {
+            app,
+            database_url,
+            uploads,
+        }
+    }
+
+    /// The flags that point a command at a database (when given) and this scene's
+    /// storage.
+    fn flags(&self, database_url: Option<&str>) -> Vec<String> {
+        let mut flags = vec![
+            "--storage-root".to_owned(),
+            self.uploads.display().to_string(),
+        ];
+        if let Some(url) = database_url {
+            flags.extend(["--database-url".to_owned(), url.to_owned()]);
+        }
+        if let Some(s3) = &self.app.s3 {
+            flags.extend(s3_flags(&s3.endpoint));
+        }
+        flags
+    }
+
+    /// `attache ARGS` against this scene's storage and `database_url`, when given.
+    async fn attache(&self, args: &[&str], database_url: Option<&str>) -> Ran {
+        let mut command: Vec<String> = args.iter().map(ToString::to_string).collect();
+        command.extend(self.flags(database_url));
+        let output = run_attache(command).await;
+        Ran {
+            ok: output.status.success(),
+            out: String::from_utf8_lossy(&output.stdout).into_owned(),
+            err: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `attache backup ARGS` against this scene.
+    async fn backup(&self, args: &[&str]) -> Ran {
+        self.backup_of(&self.database_url, args).await
+    }
+
+    /// `attache backup ARGS` with another `DATABASE_URL` (`list` takes none).
+    async fn backup_of(&self, database_url: &str, args: &[&str]) -> Ran {
+        let database_url = (args.first() != Some(&"list")).then_some(database_url);
+        self.attache(&[&["backup"], args].concat(), database_url)
+            .await
+    }
+
+    /// `backup create`, which must succeed; returns the name it printed.
+    async fn create(&self, extra: &[&str]) -> String {
+        let args: Vec<&str> = std::iter::once("create")
+            .chain(extra.iter().copied())
+            .collect();
+        let ran = self.backup(&args).await;
+        assert!(ran.ok, "backup create: {}{}", ran.out, ran.err);
+        let name = ran.out.trim().to_owned();
+        assert!(
+            !name.contains('\n'),
+            "the name alone on stdout: {}",
+            ran.out
+        );
+        name
+    }
+
+    /// Every attachment row, read through a connection of its own (a SQLite
+    /// restore replaces the file under the app's pool).
+    async fn rows(&self) -> Vec<attachment::Model> {
+        let db = Database::connect(&self.database_url)
+            .await
+            .expect("connect");
+        let rows = attachment::Entity::find()
+            .order_by_asc(attachment::Column::Id)
+            .all(&db)
+            .await
+            .expect("rows");
+        db.close().await.expect("close");
+        rows
+    }
+
+    /// The keys under `backups/` in storage.
+    fn stored_backups(&self) -> Vec<String> {
+        let mut keys = self.app.stored_keys();
+        keys.retain(|key| key.starts_with("backups/"));
+        keys
+    }
+
+    /// Storage holds the backup `name` and no other.
+    fn assert_only_backup(&self, name: &str, why: &str) {
+        assert_eq!(
+            self.stored_backups(),
+            vec![format!("backups/{name}")],
+            "{why}"
+        );
+    }
+}
+
+fn extension(setup: Setup) -> &'static str {
+    match setup.db {
+        Db::Sqlite => ".sqlite",
+        Db::Postgres => ".pgdump",
+    }
+}
+
+async fn backup_change_restore_brings_the_table_back_exactly(setup: Setup) {
+    let scene = Scene::new(setup).await;
+    let acme = tenant();
+    let token = scene.app.token(&acme);
+    let contract = scene
+        .app
+        .upload(&token, &pdf(), "contract", Some("c-1"), "contract.pdf")
+        .await;
+    scene
+        .app
+        .upload(&token, &png(), "customer", Some("cu-9"), "logo.png")
+        .await;
+    scene
+        .app
+        .upload(&token, &pdf(), "invoice_reference", None, "ref.pdf")
+        .await;
+    let before = scene.rows().await;
+    assert_eq!(before.len(), 3);
+
+    let name = scene.create(&[]).await;
+    assert!(
+        name.starts_with("attache-") && name.ends_with(extension(setup)),
+        "{name}"
+    );
+    scene.assert_only_backup(&name, "the backup is stored");
+    let listed = scene.backup(&["list"]).await;
+    assert!(listed.ok, "{}", listed.err);
+    assert!(listed.out.starts_with("NAME"), "{}", listed.out);
+    assert!(listed.out.contains(&name), "{}", listed.out);
+
+    scene
+        .app
+        .upload(&token, &pdf(), "contract", Some("c-2"), "later.pdf")
+        .await;
+    let deleted = scene
+        .app
+        .gql(DELETE, json!({ "id": contract["id"] }), Some(&token))
+        .await;
+    assert_eq!(data(&deleted, "deleteAttachment"), contract["id"]);
+    let changed = scene.rows().await;
+    assert_ne!(changed, before);
+
+    let unconfirmed = scene.backup(&["restore", &name]).await;
+    assert!(!unconfirmed.ok, "without --yes nothing happens");
+    assert!(unconfirmed.err.contains("--yes"), "{}", unconfirmed.err);
+    assert_eq!(scene.rows().await, changed);
+
+    let restored = scene.backup(&["restore", &name, "--yes"]).await;
+    assert!(restored.ok, "{}{}", restored.out, restored.err);
+    assert!(
+        restored.out.contains(&format!("restored {name}"))
+            && restored.out.contains("3 attachments"),
+        "{}",
+        restored.out
+    );
+    assert_eq!(scene.rows().await, before, "the table is back exactly");
+    scene.assert_only_backup(&name, "a restore keeps the backup");
+}
+
+async fn keep_prunes_older_backups_and_sweep_leaves_them(setup: Setup) {
+    let scene = Scene::new(setup).await;
+    let first = scene.create(&[]).await;
+    // Names tell the second; the next one must be taken in another.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ran = scene.backup(&["create", "--keep", "1"]).await;
+    assert!(ran.ok, "{}{}", ran.out, ran.err);
+    let second = ran.out.trim().to_owned();
+    assert!(second > first, "names sort by time: {first} {second}");
+    assert!(
+        ran.err
+            .contains(&format!("removed the older backup {first}")),
+        "{}",
+        ran.err
+    );
+    let listed = scene.backup(&["list"]).await;
+    assert!(listed.out.contains(&second) && !listed.out.contains(&first));
+    scene.assert_only_backup(&second, "--keep 1 keeps the newest");
+
+    let swept = scene
+        .attache(
+            &["storage", "sweep", "--older-than", "0s"],
+            Some(&scene.database_url),
+        )
+        .await;
+    assert!(swept.ok, "{}", swept.err);
+    scene.assert_only_backup(&second, "sweep never touches backups/");
+}
+
+async fn a_failed_snapshot_leaves_no_backup_and_shows_no_password(setup: Setup) {
+    let scene = Scene::new(setup).await;
+    let password = "pw-never-shown-0451";
+    let broken = match setup.db {
+        Db::Sqlite => format!(
+            "sqlite://{}?mode=rwc",
+            scene.uploads.join("no/such/folder/attache.db").display()
+        ),
+        Db::Postgres => {
+            let (base, _) = scene.database_url.rsplit_once('/').expect("url");
+            let base = base.replacen("://postgres@", &format!("://postgres:{password}@"), 1);
+            format!("{base}/attache_no_such_database")
+        }
+    };
+    let ran = scene.backup_of(&broken, &["create"]).await;
+    assert!(!ran.ok, "{}", ran.out);
+    assert!(ran.out.is_empty(), "no name printed: {}", ran.out);
+    let said = match setup.db {
+        Db::Sqlite => "there is no database at",
+        Db::Postgres => "pg_dump failed",
+    };
+    assert!(ran.err.contains(said), "{}", ran.err);
+    assert!(!ran.err.contains(password), "{}", ran.err);
+    assert!(scene.stored_backups().is_empty(), "no half-written backup");
+    let listed = scene.backup(&["list"]).await;
+    assert!(listed.ok && listed.out.is_empty(), "{}", listed.out);
+    assert!(listed.err.contains("no backups"), "{}", listed.err);
+}
+
+async fn a_sqlite_restore_refuses_while_a_server_uses_the_file(setup: Setup) {
+    let scene = Scene::new(setup).await;
+    let name = scene.create(&[]).await;
+    let mut serve: Vec<String> = ["serve", "--listen-addr", "127.0.0.1:0"]
+        .map(ToString::to_string)
+        .to_vec();
+    serve.extend(scene.flags(Some(&scene.database_url)));
+    let mut server = spawn_attache(serve.clone());
+    // The server writes its process id into the lock once it holds it.
+    let database = attache::db::sqlite_file(&scene.database_url).expect("a SQLite file");
+    let lock = PathBuf::from(format!("{}.lock", database.display()));
+    let mut waited = 0;
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != server.id().to_string() {
+        assert!(server.try_wait().expect("wait").is_none(), "serve exited");
+        assert!(waited < 300, "serve did not claim the database");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+
+    let refused = scene.backup(&["restore", &name, "--yes"]).await;
+    assert!(!refused.ok);
+    let line = refused.err.trim();
+    assert!(!line.contains('\n'), "one line: {line}");
+    assert!(
+        line.starts_with("error: refusing to restore: ")
+            && line.contains("in use")
+            && line.contains(&format!("(pid {})", server.id())),
+        "{line}"
+    );
+    let second = run_attache(serve).await;
+    assert!(!second.status.success(), "a second server is refused too");
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use"));
+    assert!(
+        server.try_wait().expect("wait").is_none(),
+        "the server runs on"
+    );
+
+    server.kill().expect("stop the server");
+    server.wait().expect("reap");
+    let restored = scene.backup(&["restore", &name, "--yes"]).await;
+    assert!(restored.ok, "{}{}", restored.out, restored.err);
+}
+
+async fn a_backup_larger_than_a_part_streams_in_parts_and_restores(setup: Setup) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let scene = Scene::new(setup).await;
+    // Random bytes, so the custom format's compression cannot shrink them below
+    // one 8 MiB part: the upload is multipart.
+    let ballast: Vec<u8> = (0..(9 << 20) / 16)
+        .flat_map(|_| uuid::Uuid::new_v4().into_bytes())
+        .collect();
+    let db = Database::connect(&scene.database_url)
+        .await
+        .expect("connect");
+    let (blob, insert) = match setup.db {
+        Db::Sqlite => ("BLOB", "INSERT INTO ballast (b) VALUES (?)"),
+        Db::Postgres => ("BYTEA", "INSERT INTO ballast (b) VALUES ($1)"),
+    };
+    let backend = db.get_database_backend();
+    db.execute_unprepared(&format!("CREATE TABLE ballast (b {blob} NOT NULL)"))
+        .await
+        .expect("create");
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        insert,
+        [ballast.clone().into()],
+    ))
+    .await
+    .expect("insert");
+    let name = scene.create(&[]).await;
+    let stored = std::fs::metadata(scene.app.storage_root.join("backups").join(&name))
+        .expect("the backup object")
+        .len();
+    assert!(stored > 8 << 20, "{stored} bytes: more than one part");
+
+    db.execute_unprepared("DELETE FROM ballast")
+        .await
+        .expect("delete");
+    db.close().await.expect("close");
+    let restored = scene.backup(&["restore", &name, "--yes"]).await;
+    assert!(restored.ok, "{}{}", restored.out, restored.err);
+    let db = Database::connect(&scene.database_url)
+        .await
+        .expect("connect");
+    let row = db
+        .query_one_raw(Statement::from_string(backend, "SELECT b FROM ballast"))
+        .await
+        .expect("select")
+        .expect("the row is back");
+    let back: Vec<u8> = row.try_get("", "b").expect("bytes");
+    assert!(back == ballast, "every byte is back");
+}
+
+crate::matrix!(s3: a_backup_larger_than_a_part_streams_in_parts_and_restores);
+crate::matrix!(
+    backup_change_restore_brings_the_table_back_exactly,
+    keep_prunes_older_backups_and_sweep_leaves_them,
+    a_failed_snapshot_leaves_no_backup_and_shows_no_password,
+);
+crate::matrix!(once: a_sqlite_restore_refuses_while_a_server_uses_the_file);
