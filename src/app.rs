@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{JwtVerifier, LinkSigner, TokenMinter};
 use crate::collections::Collections;
 use crate::config::{Config, ConfigError, Secret};
+use crate::events::Webhooks;
 use crate::storage::Storage;
 
 pub struct App {
@@ -24,6 +25,8 @@ pub struct App {
     pub public_base_url: String,
     /// Bounds the upload requests read into memory at once.
     pub upload_permits: Semaphore,
+    /// Where events go and how they are delivered.
+    pub webhooks: Webhooks,
 }
 
 pub type SharedApp = Arc<App>;
@@ -51,6 +54,7 @@ impl App {
                 LinkSigner::new(random_secret().expose().as_bytes())
             }
         };
+        let webhooks = Webhooks::from_config(&config.events)?;
         let storage = Storage::from_config(&config.storage)?;
         let db = crate::db::connect(&config.database.database_url).await?;
         let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
@@ -63,6 +67,7 @@ impl App {
             collections,
             public_base_url,
             upload_permits: Semaphore::new(permits),
+            webhooks,
             config,
         })
     }

@@ -2,4 +2,7 @@
 
 pub mod attachment;
 pub mod direct_upload;
+pub mod outbox_event;
 pub mod storage_deletion;
+pub mod webhook_delivery;
+pub mod worker_lease;

@@ -5,6 +5,9 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_attachments;
 mod m20261125_000002_create_storage_deletions;
 mod m20261125_000003_create_direct_uploads;
+mod m20261202_000010_create_outbox_events;
+mod m20261202_000011_create_webhook_deliveries;
+mod m20261202_000012_create_worker_leases;
 
 pub struct Migrator;
 
@@ -15,6 +18,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_attachments::Migration),
             Box::new(m20261125_000002_create_storage_deletions::Migration),
             Box::new(m20261125_000003_create_direct_uploads::Migration),
+            Box::new(m20261202_000010_create_outbox_events::Migration),
+            Box::new(m20261202_000011_create_webhook_deliveries::Migration),
+            Box::new(m20261202_000012_create_worker_leases::Migration),
         ]
     }
 }

@@ -1,16 +1,17 @@
 //! Create, find, list, stream and delete attachments: the only module that touches
 //! both the database and storage. Objects are written before their rows commit and
 //! removed again when the rows fail; a deleted row leaves a `storage_deletions`
-//! entry until its object is gone.
+//! entry until its object is gone. Every row written or deleted writes its event
+//! (`file.stored`, `file.deleted`) in the same transaction.
 
 pub mod direct;
 pub mod upload;
 
 use std::ops::Range;
-use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
+use entity::outbox_event::EventType;
 use entity::{attachment, storage_deletion};
 use futures::Stream;
 use sea_orm::{
@@ -22,6 +23,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
+use crate::events;
 use crate::ids::SafeId;
 use crate::storage::StorageKey;
 pub use upload::{Draft, Target, ValidUpload};
@@ -77,16 +79,27 @@ pub async fn create(
     Ok(rows)
 }
 
+/// The rows and their `file.stored` events, in one transaction.
 async fn insert_rows(app: &App, rows: &[attachment::Model]) -> Result<(), sea_orm::DbErr> {
     let txn = app.db.begin().await?;
     for row in rows {
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .insert(&txn)
-            .await?;
+        insert_stored(app, &txn, row).await?;
     }
     txn.commit().await
+}
+
+/// Inserts an attachment row and its `file.stored` event in the caller's transaction.
+async fn insert_stored(
+    app: &App,
+    txn: &sea_orm::DatabaseTransaction,
+    row: &attachment::Model,
+) -> Result<(), sea_orm::DbErr> {
+    row.clone()
+        .into_active_model()
+        .reset_all()
+        .insert(txn)
+        .await?;
+    events::record(txn, &app.webhooks, EventType::Stored, row).await
 }
 
 /// Best effort clean-up of objects whose rows never committed.
@@ -178,8 +191,8 @@ pub async fn read(
 }
 
 /// Deletes the row, then the object. The row's deletion records the object in
-/// `storage_deletions` in the same transaction, so a failed removal is retried by
-/// [`retry_deletions`] and never forgotten.
+/// `storage_deletions` and the `file.deleted` event in the same transaction, so a
+/// failed removal is retried by [`retry_deletions`] and never forgotten.
 pub async fn delete(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
     let row = find(app, tenant, id)
         .await?
@@ -193,6 +206,7 @@ pub async fn delete(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
         return Err(AppError::not_found());
     }
     schedule_removal(&txn, &row.storage_key).await?;
+    events::record(&txn, &app.webhooks, EventType::Deleted, &row).await?;
     txn.commit().await?;
     remove_object(app, &row.storage_key).await;
     Ok(row.id)
@@ -255,19 +269,4 @@ pub async fn retry_deletions(app: &App) -> AppResult<()> {
         remove_object(app, &entry.storage_key).await;
     }
     Ok(())
-}
-
-/// Every `period` until the process stops: retries pending object deletions and
-/// removes expired direct uploads.
-pub async fn maintain_forever(app: std::sync::Arc<App>, period: Duration) {
-    let mut ticker = tokio::time::interval(period);
-    loop {
-        ticker.tick().await;
-        if let Err(err) = retry_deletions(&app).await {
-            tracing::warn!(error = %err, "retrying pending object deletions failed");
-        }
-        if let Err(err) = direct::expire(&app).await {
-            tracing::warn!(error = %err, "removing expired direct uploads failed");
-        }
-    }
 }

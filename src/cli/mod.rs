@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand; `anyhow` only at this boundary.
 
 mod db;
+mod events;
 mod schema;
 mod serve;
 mod storage;
@@ -33,6 +34,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Storage maintenance.
     Storage(storage::StorageArgs),
+    /// Webhook deliveries: list them, send failed ones again.
+    Events(events::EventsArgs),
 }
 
 impl Cli {
@@ -85,6 +88,7 @@ impl Cli {
             }
             Command::Token(args) => token::run(args),
             Command::Storage(args) => storage::run(args).await,
+            Command::Events(args) => events::run(args).await,
         }
     }
 }
