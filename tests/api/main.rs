@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod cli;
 mod downloads;
+mod events;
 mod limits;
 mod listing;
 mod schema;
