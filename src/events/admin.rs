@@ -2,8 +2,6 @@
 //! failed ones again (`attache events retry`), and prune delivered events once they
 //! are older than `EVENTS_RETENTION_DAYS` (serve's maintenance).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use entity::outbox_event::{self, EventType};
 use entity::webhook_delivery::{self, DeliveryStatus};
@@ -13,7 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::redact_url;
+use super::{events_by_seq, redact_url};
 
 /// One delivery as an operator sees it; the receiver without its query string.
 #[derive(Debug)]
@@ -45,13 +43,7 @@ pub async fn list<C: ConnectionTrait>(
         .limit(limit)
         .all(db)
         .await?;
-    let events: HashMap<i64, outbox_event::Model> = outbox_event::Entity::find()
-        .filter(outbox_event::Column::Seq.is_in(deliveries.iter().map(|d| d.event_seq)))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|event| (event.seq, event))
-        .collect();
+    let events = events_by_seq(db, &deliveries).await?;
     Ok(deliveries
         .into_iter()
         .filter_map(|delivery| {

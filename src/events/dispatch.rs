@@ -10,26 +10,25 @@
 //! process. A record is not due while an earlier event of the same attachment is
 //! undelivered to the same receiver, so receivers see an attachment's events in order.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use entity::attachment;
 use entity::outbox_event::{self, EventType};
 use entity::webhook_delivery::{self, DeliveryStatus};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query};
 use sea_orm::{
     ActiveEnum, ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Set,
+    QueryTrait, Set, UpdateMany,
 };
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{EventData, WebhookSecret, later, redact_url};
+use super::{EventData, WebhookSecret, events_by_seq, later, redact_url};
 use crate::app::SharedApp;
 
 /// Deliveries in flight to one receiver at once: enough to keep a fast receiver busy,
@@ -190,47 +189,8 @@ impl Dispatcher {
         let db = &self.app.db;
         let now = Utc::now();
         let token = Uuid::now_v7();
-        let earlier = "earlier";
-        let held_back = Query::select()
-            .expr(Expr::val(1))
-            .from_as(webhook_delivery::Entity, earlier)
-            .and_where(
-                Expr::col((earlier, Column::AttachmentId))
-                    .equals((webhook_delivery::Entity, Column::AttachmentId)),
-            )
-            .and_where(
-                Expr::col((earlier, Column::Receiver))
-                    .equals((webhook_delivery::Entity, Column::Receiver)),
-            )
-            .and_where(
-                Expr::col((earlier, Column::EventSeq))
-                    .lt(Expr::col((webhook_delivery::Entity, Column::EventSeq))),
-            )
-            .and_where(Expr::col((earlier, Column::Status)).ne(DeliveryStatus::Delivered))
-            .to_owned();
-        let due = webhook_delivery::Entity::find()
-            .select_only()
-            .column(Column::Id)
-            .filter(Column::Receiver.eq(receiver))
-            .filter(Column::Status.eq(DeliveryStatus::Pending))
-            .filter(Column::NextAttemptAt.lte(now))
-            .filter(
-                Condition::any()
-                    .add(Column::ClaimedUntil.is_null())
-                    .add(Column::ClaimedUntil.lt(now)),
-            )
-            .filter(Expr::not_exists(held_back))
-            .order_by_asc(Column::EventSeq)
-            .limit(u64::try_from(limit).unwrap_or(u64::MAX))
-            .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-            .into_query();
-        let marked = webhook_delivery::Entity::update_many()
-            .set(webhook_delivery::ActiveModel {
-                claimed_by: Set(Some(token)),
-                claimed_until: Set(Some(later(now, self.lease))),
-                ..Default::default()
-            })
-            .filter(Column::Id.in_subquery(due))
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let marked = claim_statement(receiver, limit, now, token, later(now, self.lease))
             .exec(db)
             .await?;
         if marked.rows_affected == 0 {
@@ -241,13 +201,7 @@ impl Dispatcher {
             .order_by_asc(Column::EventSeq)
             .all(db)
             .await?;
-        let mut events: HashMap<i64, outbox_event::Model> = outbox_event::Entity::find()
-            .filter(outbox_event::Column::Seq.is_in(deliveries.iter().map(|d| d.event_seq)))
-            .all(db)
-            .await?
-            .into_iter()
-            .map(|event| (event.seq, event))
-            .collect();
+        let mut events = events_by_seq(db, &deliveries).await?;
         Ok(deliveries
             .into_iter()
             .filter_map(|delivery| {
@@ -408,6 +362,55 @@ impl Dispatcher {
     }
 }
 
+/// Marks with `token` until `until` the first `limit` deliveries to `receiver` that
+/// are due, unclaimed (or whose claim lapsed) and not held back by an undelivered
+/// earlier event of the same attachment. The inner select locks its rows `FOR UPDATE
+/// SKIP LOCKED` (PostgreSQL; SQLite has one writer at a time and no such clause), so
+/// concurrent claims of several replicas take disjoint rows.
+fn claim_statement(
+    receiver: &str,
+    limit: u64,
+    now: DateTime<Utc>,
+    token: Uuid,
+    until: DateTime<Utc>,
+) -> UpdateMany<webhook_delivery::Entity> {
+    use webhook_delivery::{Column, Entity};
+    let earlier = "earlier";
+    let held_back = Query::select()
+        .expr(Expr::val(1))
+        .from_as(Entity, earlier)
+        .and_where(
+            Expr::col((earlier, Column::AttachmentId)).equals((Entity, Column::AttachmentId)),
+        )
+        .and_where(Expr::col((earlier, Column::Receiver)).equals((Entity, Column::Receiver)))
+        .and_where(Expr::col((earlier, Column::EventSeq)).lt(Expr::col((Entity, Column::EventSeq))))
+        .and_where(Expr::col((earlier, Column::Status)).ne(DeliveryStatus::Delivered))
+        .to_owned();
+    let due = Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .filter(Column::Receiver.eq(receiver))
+        .filter(Column::Status.eq(DeliveryStatus::Pending))
+        .filter(Column::NextAttemptAt.lte(now))
+        .filter(
+            Condition::any()
+                .add(Column::ClaimedUntil.is_null())
+                .add(Column::ClaimedUntil.lt(now)),
+        )
+        .filter(Expr::not_exists(held_back))
+        .order_by_asc(Column::EventSeq)
+        .limit(limit)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .into_query();
+    Entity::update_many()
+        .set(webhook_delivery::ActiveModel {
+            claimed_by: Set(Some(token)),
+            claimed_until: Set(Some(until)),
+            ..Default::default()
+        })
+        .filter(Column::Id.in_subquery(due))
+}
+
 impl EventData {
     /// The attachment as it was when the event was written: what
     /// [`crate::urls::browser_url`] needs to link to it, even once the row is gone.
@@ -429,5 +432,30 @@ impl EventData {
             created_by: String::new(),
             created_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::DbBackend;
+
+    use super::*;
+
+    #[test]
+    fn a_claim_skips_locked_rows_and_waits_for_earlier_events() {
+        let now = Utc::now();
+        let claim = claim_statement("http://receiver/hooks", 16, now, Uuid::now_v7(), now);
+        let postgres = claim.clone().build(DbBackend::Postgres).to_string();
+        assert!(postgres.contains("FOR UPDATE SKIP LOCKED"), "{postgres}");
+        assert!(postgres.contains("NOT EXISTS"), "{postgres}");
+        assert!(
+            postgres.contains(r#""earlier"."event_seq" < "webhook_deliveries"."event_seq""#),
+            "{postgres}"
+        );
+        let sqlite = claim.build(DbBackend::Sqlite).to_string();
+        assert!(
+            !sqlite.contains("FOR UPDATE") && sqlite.contains("LIMIT 16"),
+            "{sqlite}"
+        );
     }
 }

@@ -9,12 +9,15 @@ pub mod backoff;
 mod dispatch;
 pub mod signing;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::outbox_event::{self, EventType};
 use entity::{attachment, webhook_delivery};
-use sea_orm::{ActiveValue::NotSet, ConnectionTrait, DbErr, EntityTrait, Set};
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -134,6 +137,20 @@ impl From<&attachment::Model> for EventData {
             url: None,
         }
     }
+}
+
+/// The events of `deliveries`, by `seq`.
+async fn events_by_seq<C: ConnectionTrait>(
+    db: &C,
+    deliveries: &[webhook_delivery::Model],
+) -> Result<HashMap<i64, outbox_event::Model>, DbErr> {
+    Ok(outbox_event::Entity::find()
+        .filter(outbox_event::Column::Seq.is_in(deliveries.iter().map(|d| d.event_seq)))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|event| (event.seq, event))
+        .collect())
 }
 
 /// Writes the event of `row` and its deliveries with `db`, the caller's transaction:

@@ -78,9 +78,11 @@ mod tests {
             "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             "whsec_not base64!",
         ] {
-            let err = WebhookSecret::parse(bad).map(drop).unwrap_err();
+            let Err(err) = WebhookSecret::parse(bad) else {
+                panic!("{bad:?} was accepted");
+            };
             assert_eq!(err.variable, "WEBHOOK_SECRET");
-            assert!(bad.is_empty() || !err.to_string().contains(bad), "{err}");
+            assert!(bad.len() <= 6 || !err.to_string().contains(bad), "{err}");
         }
     }
 }

@@ -913,6 +913,7 @@ impl Replica {
                 .args(&args)
                 .env_clear()
                 .env("NO_COLOR", "1")
+                .env("RUST_LOG", "info,attache::events=debug")
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -1131,6 +1132,10 @@ async fn two_replicas_deliver_each_event_exactly_once(setup: Setup) {
     for replica in replicas {
         let (status, log) = replica.terminate().await;
         assert!(status.success(), "SIGTERM exits 0: {log}");
+        assert!(
+            log.contains("webhook delivered"),
+            "both replicas deliver: {log}"
+        );
         assert!(
             !log.contains(URL_TOKEN),
             "a receiver URL's query string was logged: {log}"
