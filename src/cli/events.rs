@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use entity::webhook_delivery::DeliveryStatus;
 use sea_orm::ActiveEnum;
 use uuid::Uuid;
 
@@ -69,7 +70,15 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 "EVENT", "TYPE", "ATTACHMENT", "STATUS", "ATTEMPTS", "DELIVERED / NEXT"
             );
             for delivery in deliveries {
-                let when = delivery.delivered_at.unwrap_or(delivery.next_attempt_at);
+                let when = match delivery.status {
+                    DeliveryStatus::Delivered => delivery.delivered_at,
+                    DeliveryStatus::Pending => Some(delivery.next_attempt_at),
+                    DeliveryStatus::Failed => None,
+                }
+                .map_or_else(
+                    || "-".to_owned(),
+                    |when| when.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                );
                 println!(
                     "{:<36}  {:<12}  {:<36}  {:<9}  {:>8}  {:<20}  {}{}",
                     delivery.event_id,
@@ -77,7 +86,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     delivery.attachment_id,
                     delivery.status.to_value(),
                     delivery.attempts,
-                    when.format("%Y-%m-%dT%H:%M:%SZ"),
+                    when,
                     delivery.receiver,
                     delivery
                         .last_error
