@@ -1,7 +1,10 @@
 //! Database connection and migrations; SQLite and PostgreSQL alike.
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+    TransactionTrait,
+};
 
 use crate::config::ConfigError;
 
@@ -23,9 +26,24 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, ConfigError> {
     })
 }
 
-/// Applies every pending migration.
+/// Arbitrary, fixed: the advisory lock that serializes migrations on PostgreSQL.
+const MIGRATION_LOCK: i64 = 0x6174_7461_6368_65;
+
+/// Applies every pending migration. On PostgreSQL under a transaction-scoped advisory
+/// lock, so replicas starting together on a new database migrate one after another.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let txn = db.begin().await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [MIGRATION_LOCK.into()],
+    ))
+    .await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
 }
 
 /// Removes the URL (and so any password in it) from a driver's message.

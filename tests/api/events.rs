@@ -20,8 +20,9 @@ use sha2::Sha256;
 
 use crate::helpers::{
     Api, COMPLETE_DIRECT, DELETE, Refusal, SECRET, SIGNING_KEY, Setup, TestApp, UPLOAD,
-    announce_and_put, codes, data, database_url, declaration, fetch, hs256, http_client, now, pdf,
-    png, private_database_url, run_attache, sha256_hex, tenant, upload_file_form,
+    announce_and_put, codes, data, database_url, declaration, empty_postgres_database, fetch,
+    hs256, http_client, now, pdf, png, postgres_admin, private_database_url, run_attache,
+    sha256_hex, tenant, upload_file_form,
 };
 
 /// The secret of the Standard Webhooks test vector.
@@ -1235,6 +1236,25 @@ async fn sigterm_lets_deliveries_in_flight_finish(setup: Setup) {
     assert_eq!(receiver.received().len(), 1);
 }
 
+async fn replicas_starting_together_migrate_one_after_another(_setup: Setup) {
+    let database = empty_postgres_database(&postgres_admin().await).await;
+    let migrations = (0..3).map(|_| {
+        run_attache(vec![
+            "db".into(),
+            "migrate".into(),
+            "--database-url".into(),
+            database.clone(),
+        ])
+    });
+    for output in futures::future::join_all(migrations).await {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 crate::matrix!(every_store_path_emits_its_event_with_every_field);
 crate::matrix!(db:
     a_failing_receiver_is_retried_with_backoff_and_in_order,
@@ -1249,4 +1269,5 @@ crate::matrix!(db:
 crate::matrix!(postgres:
     two_replicas_deliver_each_event_exactly_once,
     a_killed_replica_s_delivery_is_completed_by_another,
+    replicas_starting_together_migrate_one_after_another,
 );

@@ -235,7 +235,7 @@ async fn postgres_database() -> &'static String {
     .await
 }
 
-async fn postgres_admin() -> sea_orm::DatabaseConnection {
+pub async fn postgres_admin() -> sea_orm::DatabaseConnection {
     let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
     Database::connect(&admin_url)
         .await
@@ -244,6 +244,19 @@ async fn postgres_admin() -> sea_orm::DatabaseConnection {
 
 /// A new, migrated PostgreSQL database; the next run drops it.
 async fn create_postgres_database(admin: &sea_orm::DatabaseConnection) -> String {
+    let url = empty_postgres_database(admin).await;
+    let db = Database::connect(&url)
+        .await
+        .expect("connect to the test database");
+    attache::db::migrate(&db)
+        .await
+        .expect("migrate the test database");
+    db.close().await.expect("close");
+    url
+}
+
+/// A new PostgreSQL database without tables; the next run drops it.
+pub async fn empty_postgres_database(admin: &sea_orm::DatabaseConnection) -> String {
     let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -258,15 +271,7 @@ async fn create_postgres_database(admin: &sea_orm::DatabaseConnection) -> String
     let base = admin_url
         .rsplit_once('/')
         .map_or(admin_url.as_str(), |(base, _)| base);
-    let url = format!("{base}/{name}");
-    let db = Database::connect(&url)
-        .await
-        .expect("connect to the test database");
-    attache::db::migrate(&db)
-        .await
-        .expect("migrate the test database");
-    db.close().await.expect("close");
-    url
+    format!("{base}/{name}")
 }
 
 /// A database of its own, for a test whose work would disturb the tests sharing
