@@ -27,7 +27,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, ConfigError> {
 }
 
 /// Arbitrary, fixed: the advisory lock that serializes migrations on PostgreSQL.
-const MIGRATION_LOCK: i64 = 0x6174_7461_6368_65;
+const MIGRATION_LOCK: i64 = 0x0061_7474_6163_6865;
 
 /// Applies every pending migration. On PostgreSQL under a transaction-scoped advisory
 /// lock, so replicas starting together on a new database migrate one after another.

@@ -12,7 +12,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
-use crate::app::SharedApp;
+use crate::app::{App, SharedApp};
 use crate::attachments;
 
 /// How often a pass runs, on one replica.
@@ -35,7 +35,7 @@ pub async fn run_forever(app: SharedApp, period: Duration) {
 }
 
 /// One pass of every step; a failing step is logged and the others still run.
-pub async fn pass(app: &SharedApp) {
+pub async fn pass(app: &App) {
     if let Err(err) = attachments::retry_deletions(app).await {
         tracing::warn!(error = %err, "retrying pending object deletions failed");
     }

@@ -62,7 +62,7 @@ pub struct Dispatcher {
 
 /// One receiver and its deliveries in flight.
 struct Slot {
-    url: Arc<str>,
+    url: String,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -111,7 +111,7 @@ impl Dispatcher {
             .receivers
             .iter()
             .map(|url| Slot {
-                url: Arc::from(url.as_str()),
+                url: url.clone(),
                 in_flight: Arc::new(AtomicUsize::new(0)),
             })
             .collect();

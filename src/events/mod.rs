@@ -56,7 +56,9 @@ impl Webhooks {
                     format!("entry {} is not an http or https URL", index + 1),
                 ));
             }
-            receivers.push(url.to_owned());
+            if !receivers.iter().any(|known| known == url) {
+                receivers.push(url.to_owned());
+            }
         }
         let secret = config
             .webhook_secret

@@ -361,14 +361,14 @@ async fn every_store_path_emits_its_event_with_every_field(setup: Setup) {
             &content,
             "contract",
             Some("c-1"),
-            "Vertrag März.pdf",
+            "Übergabeprotokoll.pdf",
         )
         .await;
     stored.push(Stored {
         id: att["id"].as_str().expect("id").to_owned(),
         owner_type: "contract",
         owner_id: Some("c-1"),
-        filename: "Vertrag März.pdf",
+        filename: "Übergabeprotokoll.pdf",
         content_type: "application/pdf",
         content,
     });
@@ -550,6 +550,18 @@ async fn a_failing_receiver_is_retried_with_backoff_and_in_order(setup: Setup) {
     }
 }
 
+/// Uploads `count` PDFs, one request each; their ids.
+async fn upload_pdfs(api: &Api, bearer: &str, count: usize) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for n in 0..count {
+        let att = api
+            .upload(bearer, &pdf(), "contract", Some("c-1"), &format!("{n}.pdf"))
+            .await;
+        ids.insert(att["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
+
 /// A port that nothing listens on (yet).
 async fn free_addr() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -563,19 +575,7 @@ async fn a_receiver_down_during_uploads_gets_everything_later(setup: Setup) {
     let app = spawn_delivering(setup, &[url_at(addr)], &[]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
-    let mut ids = BTreeSet::new();
-    for n in 0..4 {
-        let att = app
-            .upload(
-                &bearer,
-                &pdf(),
-                "contract",
-                Some("c-1"),
-                &format!("{n}.pdf"),
-            )
-            .await;
-        ids.insert(att["id"].as_str().expect("id").to_owned());
-    }
+    let ids = upload_pdfs(&app, &bearer, 4).await;
     let failing = wait_for_deliveries(&app.app.db, &acme, "failed attempts", |deliveries| {
         deliveries.len() == 4 && deliveries.iter().all(|d| d.attempts >= 2)
     })
@@ -617,16 +617,7 @@ async fn a_dead_receiver_holds_back_no_other(setup: Setup) {
     .await;
     let acme = tenant();
     let bearer = app.token(&acme);
-    for n in 0..24 {
-        app.upload(
-            &bearer,
-            &pdf(),
-            "contract",
-            Some("c-1"),
-            &format!("{n}.pdf"),
-        )
-        .await;
-    }
+    upload_pdfs(&app, &bearer, 24).await;
     let uploaded = Instant::now();
     live.wait_for("every event at the live receiver", |received| {
         accepted(received).len() == 24
