@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use super::{EventData, WebhookSecret, events_by_seq, later, redact_url};
 use crate::app::SharedApp;
+use crate::error::AppError;
 
 /// Deliveries in flight to one receiver at once: enough to keep a fast receiver busy,
 /// few enough that one that hangs cannot tie up the process.
@@ -49,6 +50,34 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 pub enum DispatchError {
     #[error("cannot build the webhook HTTP client")]
     Client(#[source] reqwest::Error),
+}
+
+/// Why an attempt did not arrive; its message becomes the delivery's `last_error`.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("the stored event cannot be read or encoded: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error("cannot make the file's url: {}", chain(.0))]
+    Url(AppError),
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    /// Without its URL, which may carry a token.
+    #[error("{}", chain(.0))]
+    Transport(reqwest::Error),
+    #[error("the receiver answered HTTP {0}")]
+    Status(reqwest::StatusCode),
+}
+
+/// An error and its causes on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// Delivers events to every receiver of `WEBHOOK_URLS`.
@@ -231,8 +260,8 @@ impl Dispatcher {
         }
     }
 
-    /// Makes the body, signs it and POSTs it; `Err` says why it did not arrive.
-    async fn attempt(&self, claimed: &Claimed) -> Result<(), String> {
+    /// Makes the body, signs it and POSTs it.
+    async fn attempt(&self, claimed: &Claimed) -> Result<(), AttemptError> {
         let event = &claimed.event;
         let body = self.body(event).await?;
         let msg_id = event.id.to_string();
@@ -248,24 +277,29 @@ impl Dispatcher {
             .body(body)
             .send()
             .await
-            .map_err(|err| self.describe(err))?;
+            .map_err(|err| {
+                if err.is_timeout() {
+                    AttemptError::Timeout(self.app.webhooks.timeout.as_secs())
+                } else {
+                    AttemptError::Transport(err.without_url())
+                }
+            })?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("the receiver answered HTTP {status}"))
+            Err(AttemptError::Status(status))
         }
     }
 
     /// The signed body: the stored `data`, plus for `file.stored` a `url` made now.
-    async fn body(&self, event: &outbox_event::Model) -> Result<Vec<u8>, String> {
-        let mut data: EventData = serde_json::from_str(&event.payload)
-            .map_err(|err| format!("the stored event is not readable: {err}"))?;
+    async fn body(&self, event: &outbox_event::Model) -> Result<Vec<u8>, AttemptError> {
+        let mut data: EventData = serde_json::from_str(&event.payload)?;
         if event.event_type == EventType::Stored {
             let row = data.attachment(&event.storage_key, event.created_at);
             let url = crate::urls::browser_url(&self.app, &row, self.app.config.url_ttl())
                 .await
-                .map_err(|err| format!("cannot make the file's url: {err}"))?;
+                .map_err(AttemptError::Url)?;
             data.url = Some(url);
         }
         let body = Body {
@@ -273,23 +307,7 @@ impl Dispatcher {
             timestamp: event.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             data: &data,
         };
-        serde_json::to_vec(&body).map_err(|err| format!("cannot encode the event: {err}"))
-    }
-
-    /// A transport error as one line, without the URL (it may carry a token).
-    fn describe(&self, err: reqwest::Error) -> String {
-        if err.is_timeout() {
-            return format!("no answer within {} s", self.app.webhooks.timeout.as_secs());
-        }
-        let err = err.without_url();
-        let mut message = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        message
+        Ok(serde_json::to_vec(&body)?)
     }
 
     /// Delivered, or one more failed attempt: retried after the backoff, or `failed`
@@ -297,7 +315,7 @@ impl Dispatcher {
     async fn record_outcome(
         &self,
         claimed: &Claimed,
-        outcome: Result<(), String>,
+        outcome: Result<(), AttemptError>,
     ) -> Result<(), DbErr> {
         use webhook_delivery::Column;
         let webhooks = &self.app.webhooks;
@@ -330,7 +348,7 @@ impl Dispatcher {
                         retry_in_ms = delay.as_millis(), "webhook delivery failed; retrying");
                     update.next_attempt_at = Set(later(now, delay));
                 }
-                update.last_error = Set(Some(reason));
+                update.last_error = Set(Some(reason.to_string()));
             }
         }
         let updated = webhook_delivery::Entity::update_many()
