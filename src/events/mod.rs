@@ -5,9 +5,9 @@
 //! backoff; [`admin`] lists, retries and prunes them.
 
 pub mod admin;
-pub mod backoff;
+mod backoff;
 mod dispatch;
-pub mod signing;
+mod signing;
 
 use std::collections::HashMap;
 use std::time::Duration;
