@@ -624,10 +624,12 @@ async fn a_dead_receiver_holds_back_no_other(setup: Setup) {
     let bearer = app.token(&acme);
     upload_pdfs(&app, &bearer, 24).await;
     let uploaded = Instant::now();
-    live.wait_for("every event at the live receiver", |received| {
-        accepted(received).len() == 24
-    })
-    .await;
+    let received = live
+        .wait_for("every event at the live receiver", |received| {
+            accepted(received).len() == 24
+        })
+        .await;
+    assert!(received.iter().all(|r| r.verified));
     assert!(
         uploaded.elapsed() < Duration::from_secs(10),
         "the live receiver waited {:?} for a dead one",
@@ -686,6 +688,7 @@ async fn refused_or_failed_writes_emit_no_event(setup: Setup) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let received = receiver.received();
     assert_eq!(received.len(), 1, "only the stored file has an event");
+    assert!(received[0].verified);
     assert_eq!(received[0].body["type"], "file.stored");
     assert_eq!(received[0].body["data"]["file_id"], kept["id"]);
     assert_eq!(deliveries_of(&app.app.db, &acme).await.len(), 1);
@@ -806,6 +809,7 @@ async fn failed_deliveries_are_listed_and_retried(setup: Setup) {
         String::from_utf8_lossy(&listed.stdout).trim(),
         "no failed deliveries"
     );
+    assert!(receiver.received().iter().all(|r| r.verified));
 }
 
 async fn delivered_events_are_pruned_after_the_retention(setup: Setup) {
@@ -1229,7 +1233,8 @@ async fn sigterm_lets_deliveries_in_flight_finish(setup: Setup) {
         DeliveryStatus::Delivered,
         "the delivery in flight finished and was recorded"
     );
-    assert_eq!(receiver.received().len(), 1);
+    let received = receiver.received();
+    assert!(received.len() == 1 && received[0].verified);
 }
 
 async fn replicas_starting_together_migrate_one_after_another(_setup: Setup) {
