@@ -11,6 +11,7 @@ use crate::auth::{JwtVerifier, LinkSigner, TokenMinter};
 use crate::collections::Collections;
 use crate::config::{Config, ConfigError, Secret, StorageBackend};
 use crate::error::{AppError, AppResult, RETRY_AFTER_SECONDS};
+use crate::events::Webhooks;
 use crate::storage::Storage;
 
 pub struct App {
@@ -31,6 +32,8 @@ pub struct App {
     pub public_base_url: String,
     /// Bounds the upload requests read into memory at once.
     pub upload_permits: Semaphore,
+    /// Where events go and how they are delivered.
+    pub webhooks: Webhooks,
 }
 
 pub type SharedApp = Arc<App>;
@@ -58,6 +61,7 @@ impl App {
                 LinkSigner::new(random_secret().expose().as_bytes())
             }
         };
+        let webhooks = Webhooks::from_config(&config.events)?;
         let storage = Storage::from_config(&config.storage)?;
         let local_fallback = match (config.auto_migrate_storage, storage.backend()) {
             (true, StorageBackend::S3) => {
@@ -78,6 +82,7 @@ impl App {
             collections,
             public_base_url,
             upload_permits: Semaphore::new(permits),
+            webhooks,
             config,
         })
     }

@@ -186,6 +186,41 @@ impl LimitsConfig {
     }
 }
 
+/// Events (SPEC 10): where they go, how they are signed, how deliveries are retried
+/// and how long delivered events are kept.
+#[derive(Debug, Clone, Args)]
+pub struct EventsConfig {
+    /// Comma-separated receivers of events (http or https URLs); each gets every event.
+    #[arg(
+        long,
+        env = "WEBHOOK_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_urls: Vec<String>,
+    /// Standard Webhooks signing secret (`whsec_` + base64); required with WEBHOOK_URLS.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+    /// Seconds a receiver has to answer one delivery.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub webhook_timeout_seconds: u64,
+    /// Attempts before a delivery is marked failed (`attache events retry` revives it).
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub webhook_max_attempts: u32,
+    /// Delay before the first retry, in milliseconds; it doubles at every failure.
+    #[arg(long, env = "WEBHOOK_BACKOFF_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub webhook_backoff_base_ms: u64,
+    /// Longest delay between two attempts, in seconds.
+    #[arg(long, env = "WEBHOOK_BACKOFF_MAX_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub webhook_backoff_max_seconds: u64,
+    /// How often the dispatcher looks for due deliveries, in milliseconds.
+    #[arg(long, env = "EVENTS_POLL_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=1000))]
+    pub events_poll_interval_ms: u64,
+    /// Days a fully delivered event is kept before it is pruned.
+    #[arg(long, env = "EVENTS_RETENTION_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=3650))]
+    pub events_retention_days: u32,
+}
+
 /// Everything `attache serve` needs; commands flatten the parts they use.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -208,12 +243,8 @@ pub struct Config {
     /// Comma-separated origins allowed by CORS; unset: no CORS headers.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
-    /// Comma-separated receivers of events (not delivered by this version yet).
-    #[arg(long, env = "WEBHOOK_URLS", value_delimiter = ',')]
-    pub webhook_urls: Vec<String>,
-    /// Standard Webhooks signing secret (`whsec_...`).
-    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<Secret>,
+    #[command(flatten)]
+    pub events: EventsConfig,
     /// With s3, copy not-yet-migrated files of STORAGE_ROOT into the bucket in the background at startup.
     #[arg(long, env = "AUTO_MIGRATE_STORAGE", default_value_t = false, action = clap::ArgAction::Set)]
     pub auto_migrate_storage: bool,
@@ -244,6 +275,7 @@ impl Config {
     /// Rules that span several variables; clap already checked each value alone.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.storage.validate()?;
+        crate::events::Webhooks::from_config(&self.events)?;
         if self.storage.storage_backend == StorageBackend::S3
             && self.urls.url_mode == UrlMode::Public
             && self.urls.s3_public_base_url.is_none()

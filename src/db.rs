@@ -10,7 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+    TransactionTrait,
+};
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
@@ -48,9 +51,24 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conf
     })
 }
 
-/// Applies every pending migration.
+/// Arbitrary, fixed: the advisory lock that serializes migrations on PostgreSQL.
+const MIGRATION_LOCK: i64 = 0x0061_7474_6163_6865;
+
+/// Applies every pending migration. On PostgreSQL under a transaction-scoped advisory
+/// lock, so replicas starting together on a new database migrate one after another.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let txn = db.begin().await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [MIGRATION_LOCK.into()],
+    ))
+    .await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
 }
 
 /// Removes the URL (and so any password in it) from a driver's message.

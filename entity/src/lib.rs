@@ -2,5 +2,8 @@
 
 pub mod attachment;
 pub mod direct_upload;
+pub mod outbox_event;
 pub mod storage_deletion;
 pub mod storage_migration;
+pub mod webhook_delivery;
+pub mod worker_lease;

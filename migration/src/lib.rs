@@ -7,6 +7,9 @@ mod m20261125_000002_create_storage_deletions;
 mod m20261125_000003_create_direct_uploads;
 mod m20261202_000001_create_storage_migrations;
 mod m20261202_000002_add_intent_to_storage_deletions;
+mod m20261202_000010_create_outbox_events;
+mod m20261202_000011_create_webhook_deliveries;
+mod m20261202_000012_create_worker_leases;
 
 pub struct Migrator;
 
@@ -19,6 +22,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_create_direct_uploads::Migration),
             Box::new(m20261202_000001_create_storage_migrations::Migration),
             Box::new(m20261202_000002_add_intent_to_storage_deletions::Migration),
+            Box::new(m20261202_000010_create_outbox_events::Migration),
+            Box::new(m20261202_000011_create_webhook_deliveries::Migration),
+            Box::new(m20261202_000012_create_worker_leases::Migration),
         ]
     }
 }

@@ -227,11 +227,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
             "no such direct upload, or it has expired".into(),
         ));
     }
-    row.clone()
-        .into_active_model()
-        .reset_all()
-        .insert(&txn)
-        .await?;
+    super::insert_stored(app, &txn, &row).await?;
     txn.commit().await?;
     Ok(row)
 }

@@ -1,7 +1,8 @@
 //! Create, find, list, stream and delete attachments: the only module that touches
 //! both the database and storage. Objects are written before their rows commit and
 //! removed again when the rows fail; a deleted row leaves a `storage_deletions`
-//! entry until its object is gone.
+//! entry until its object is gone. Every row written or deleted writes its event
+//! (`file.stored`, `file.deleted`) in the same transaction.
 
 pub mod direct;
 pub mod migrate;
@@ -9,10 +10,10 @@ pub mod sweep;
 pub mod upload;
 
 use std::ops::Range;
-use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use entity::outbox_event::EventType;
 use entity::{attachment, storage_deletion};
 use futures::Stream;
 use sea_orm::{
@@ -24,6 +25,7 @@ use uuid::Uuid;
 use crate::app::{App, SharedApp};
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
+use crate::events;
 use crate::ids::SafeId;
 use crate::storage::{Storage, StorageKey};
 pub use upload::{Draft, Target, ValidUpload};
@@ -126,7 +128,8 @@ async fn record_intents(app: &App, keys: &[String]) -> Result<(), sea_orm::DbErr
         .map(drop)
 }
 
-/// One transaction: the rows, and the end of their keys' intents.
+/// One transaction: the rows, their `file.stored` events, and the end of their
+/// keys' intents.
 async fn insert_rows(
     app: &App,
     rows: &[attachment::Model],
@@ -134,17 +137,27 @@ async fn insert_rows(
 ) -> Result<(), sea_orm::DbErr> {
     let txn = app.db.begin().await?;
     for row in rows {
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .insert(&txn)
-            .await?;
+        insert_stored(app, &txn, row).await?;
     }
     storage_deletion::Entity::delete_many()
         .filter(storage_deletion::Column::StorageKey.is_in(keys.iter().cloned()))
         .exec(&txn)
         .await?;
     txn.commit().await
+}
+
+/// Inserts an attachment row and its `file.stored` event in the caller's transaction.
+async fn insert_stored(
+    app: &App,
+    txn: &sea_orm::DatabaseTransaction,
+    row: &attachment::Model,
+) -> Result<(), sea_orm::DbErr> {
+    row.clone()
+        .into_active_model()
+        .reset_all()
+        .insert(txn)
+        .await?;
+    events::record(txn, &app.webhooks, EventType::Stored, row).await
 }
 
 /// After a failed upload: removes whatever objects were written, and their intents;
@@ -251,7 +264,8 @@ pub async fn read(
 }
 
 /// Deletes the row, then the object, to the end even if the client goes away. The
-/// row's deletion records the object in `storage_deletions` in the same transaction,
+/// row's deletion records the object in `storage_deletions` and the `file.deleted`
+/// event in the same transaction,
 /// so a failed removal is retried by [`retry_deletions`] and never forgotten.
 pub async fn delete(app: &SharedApp, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
     let app = SharedApp::clone(app);
@@ -272,6 +286,7 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
         return Err(AppError::not_found());
     }
     schedule_removal(&txn, &row.storage_key).await?;
+    events::record(&txn, &app.webhooks, EventType::Deleted, &row).await?;
     txn.commit().await?;
     remove_object(app, &row.storage_key).await;
     Ok(row.id)
@@ -360,20 +375,4 @@ pub async fn retry_deletions(app: &App, intents_before: DateTime<Utc>) -> AppRes
 
 /// How old an upload's intent must be before its object counts as abandoned: longer
 /// than any upload can last (the body must arrive within a minute).
-const INTENT_GRACE: chrono::Duration = chrono::Duration::minutes(15);
-
-/// Every `period` until the process stops: retries pending object deletions and
-/// removes expired direct uploads.
-pub async fn maintain_forever(app: std::sync::Arc<App>, period: Duration) {
-    let mut ticker = tokio::time::interval(period);
-    loop {
-        ticker.tick().await;
-        let intents_before = Utc::now() - INTENT_GRACE;
-        if let Err(err) = retry_deletions(&app, intents_before).await {
-            tracing::warn!(error = %err, "retrying pending object deletions failed");
-        }
-        if let Err(err) = direct::expire(&app).await {
-            tracing::warn!(error = %err, "removing expired direct uploads failed");
-        }
-    }
-}
+pub const INTENT_GRACE: chrono::Duration = chrono::Duration::minutes(15);

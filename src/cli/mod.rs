@@ -2,6 +2,7 @@
 
 mod backup;
 mod db;
+mod events;
 mod schema;
 mod serve;
 mod storage;
@@ -36,6 +37,8 @@ enum Command {
     Storage(storage::StorageArgs),
     /// Database backups in storage under backups/.
     Backup(backup::BackupArgs),
+    /// Webhook deliveries: list them, send failed ones again.
+    Events(events::EventsArgs),
 }
 
 impl Cli {
@@ -89,6 +92,7 @@ impl Cli {
             Command::Token(args) => token::run(args),
             Command::Storage(args) => storage::run(args).await,
             Command::Backup(args) => backup::run(args).await,
+            Command::Events(args) => events::run(args).await,
         }
     }
 }

@@ -1,14 +1,17 @@
 //! `attache serve`: bind, build the app, migrate, probe storage, then serve until
-//! SIGTERM or Ctrl-C. Without a JWT key it prints a development token.
+//! SIGTERM or Ctrl-C, with the events dispatcher and the periodic maintenance beside
+//! the HTTP server. Without a JWT key it prints a development token.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::{Config, StorageBackend};
+use crate::events::Dispatcher;
 use crate::ids::SafeId;
 
 #[derive(Args)]
@@ -16,9 +19,6 @@ pub struct ServeArgs {
     #[command(flatten)]
     config: Config,
 }
-
-/// How often failed object removals are retried and expired direct uploads swept.
-const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config;
@@ -47,22 +47,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             app.public_base_url
         );
     }
-    tokio::spawn(crate::attachments::maintain_forever(
+    tokio::spawn(crate::maintenance::run_forever(
         app.clone(),
-        MAINTENANCE_PERIOD,
+        crate::maintenance::PERIOD,
     ));
     tokio::spawn(crate::attachments::migrate::run_in_background(app.clone()));
+    let shutdown = CancellationToken::new();
+    let dispatcher = Dispatcher::new(app.clone())
+        .context("WEBHOOK_URLS")?
+        .map(|dispatcher| tokio::spawn(dispatcher.run(shutdown.clone())));
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
     tracing::info!(url = %format!("{}/graphql", app.public_base_url), "attache is listening");
-    crate::http::serve(listener, app, shutdown_signal()).await?;
+    crate::http::serve(listener, app, shutdown.cancelled_owned()).await?;
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.await.context("the events dispatcher")?;
+    }
     tracing::info!("attache stopped");
     Ok(())
 }
 
-/// Settings this version accepts but does not act on yet, said out loud.
+/// Settings that do nothing in this configuration, said out loud.
 fn warn_unavailable(config: &Config) {
-    if !config.webhook_urls.is_empty() {
-        tracing::warn!("WEBHOOK_URLS is set, but this version does not deliver events yet");
-    }
     if config.auto_migrate_storage && config.storage.storage_backend == StorageBackend::Fs {
         tracing::warn!("AUTO_MIGRATE_STORAGE has no effect with STORAGE_BACKEND=fs");
     }

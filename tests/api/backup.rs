@@ -11,7 +11,7 @@ use sea_orm::{Database, EntityTrait, QueryOrder};
 use serde_json::json;
 
 use crate::helpers::{
-    DELETE, Db, Setup, TestApp, data, fresh_database_url, pdf, png, run_attache, s3_flags,
+    DELETE, Db, Setup, TestApp, data, pdf, png, private_database_url, run_attache, s3_flags,
     spawn_attache, tenant,
 };
 
@@ -32,7 +32,7 @@ struct Ran {
 impl Scene {
     async fn new(setup: Setup) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let database_url = fresh_database_url(setup.db, dir.path()).await;
+        let database_url = private_database_url(setup.db, dir.path()).await;
         let uploads = dir.path().join("uploads");
         let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
         Self {

@@ -14,6 +14,15 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "/no/such/key.pem",
             "JWT_PUBLIC_KEY_FILE",
         ),
+        ("--webhook-secret", "whsec_not*base64", "WEBHOOK_SECRET"),
+        ("--webhook-secret", "c2VjcmV0LWtleQ==", "WEBHOOK_SECRET"),
+        (
+            "--webhook-urls",
+            "http://127.0.0.1:9/hooks",
+            "WEBHOOK_SECRET",
+        ),
+        ("--webhook-urls", "ftp://127.0.0.1/hooks", "WEBHOOK_URLS"),
+        ("--webhook-max-attempts", "0", "WEBHOOK_MAX_ATTEMPTS"),
     ] {
         let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
         if flag != "--listen-addr" {
@@ -32,6 +41,12 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "{flag}: {}",
             errors[0]
         );
+        if flag == "--webhook-secret" {
+            assert!(
+                !stderr.contains(value),
+                "the secret is not echoed: {stderr}"
+            );
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use attache::app::App;
 use attache::config::Config;
+use attache::events::Dispatcher;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
@@ -56,7 +57,9 @@ impl Setup {
 }
 
 /// Runs each named `async fn(Setup)` on every database and storage backend;
-/// `s3:` on the S3 cells only, `once:` a single time (tests of the binary).
+/// `s3:` on the S3 cells only, `db:` on both databases with fs, `postgres:` on
+/// PostgreSQL only (several servers on one database), `once:` a single time (tests
+/// of the binary).
 #[macro_export]
 macro_rules! matrix {
     (s3: $($name:ident),* $(,)?) => {
@@ -65,6 +68,13 @@ macro_rules! matrix {
     };
     (once: $($name:ident),* $(,)?) => {
         $crate::matrix!(@cell once, Sqlite, S3, $($name),*);
+    };
+    (db: $($name:ident),* $(,)?) => {
+        $crate::matrix!(@cell sqlite, Sqlite, Fs, $($name),*);
+        $crate::matrix!(@cell postgres, Postgres, Fs, $($name),*);
+    };
+    (postgres: $($name:ident),* $(,)?) => {
+        $crate::matrix!(@cell postgres_only, Postgres, Fs, $($name),*);
     };
     ($($name:ident),* $(,)?) => {
         $crate::matrix!(@cell sqlite_fs, Sqlite, Fs, $($name),*);
@@ -174,52 +184,43 @@ impl Drop for S3Server {
 pub const SECRET: &str = "test-secret-with-enough-entropy-0123456789";
 pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef";
 
-/// A running attache and what a test needs to talk to it.
-pub struct TestApp {
+/// A running attache as its clients see it: an origin and an HTTP client.
+pub struct Api {
     pub base_url: String,
     pub client: reqwest::Client,
+}
+
+/// A running attache in the test process and what a test needs to talk to it; its
+/// [`Api`] methods are at hand through `Deref`.
+pub struct TestApp {
+    pub api: Api,
     pub app: Arc<App>,
     /// Where objects end up as files: the fs root, or the S3 server's bucket folder.
     pub storage_root: PathBuf,
     pub s3: Option<S3Server>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: tokio_util::sync::CancellationToken,
     _dir: TempDir,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
+        self.shutdown.cancel();
     }
 }
 
 /// A fresh database URL: a SQLite file in `dir`, or a PostgreSQL database of this run.
-async fn database_url(db: Db, dir: &Path) -> String {
+pub async fn database_url(db: Db, dir: &Path) -> String {
     match db {
         Db::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("attache.db").display()),
         Db::Postgres => postgres_database().await.clone(),
-    }
-}
-
-/// A database no other test uses: for tests of commands that walk every row.
-pub async fn fresh_database_url(db: Db, dir: &Path) -> String {
-    match db {
-        Db::Sqlite => database_url(db, dir).await,
-        Db::Postgres => {
-            let shared = postgres_database().await;
-            let admin = Database::connect(shared.as_str())
-                .await
-                .expect("connect to the test database");
-            let suffix = &tenant()[..9];
-            let name = format!("{}_{suffix}", shared.rsplit('/').next().expect("name"));
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                .await
-                .expect("create a fresh database");
-            let base = shared.rsplit_once('/').expect("url").0;
-            format!("{base}/{name}")
-        }
     }
 }
 
@@ -227,33 +228,62 @@ pub async fn fresh_database_url(db: Db, dir: &Path) -> String {
 async fn postgres_database() -> &'static String {
     static URL: OnceCell<String> = OnceCell::const_new();
     URL.get_or_init(|| async {
-        let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-        let admin = Database::connect(&admin_url)
-            .await
-            .expect("connect to TEST_DATABASE_URL");
+        let admin = postgres_admin().await;
         drop_previous_databases(&admin).await;
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_millis();
-        let name = format!("attache_test_{}_{stamp}", std::process::id());
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .expect("create the test database");
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(base, _)| base);
-        let url = format!("{base}/{name}");
-        let db = Database::connect(&url)
-            .await
-            .expect("connect to the test database");
-        attache::db::migrate(&db)
-            .await
-            .expect("migrate the test database");
-        url
+        create_postgres_database(&admin).await
     })
     .await
+}
+
+pub async fn postgres_admin() -> sea_orm::DatabaseConnection {
+    let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    Database::connect(&admin_url)
+        .await
+        .expect("connect to TEST_DATABASE_URL")
+}
+
+/// A new, migrated PostgreSQL database; the next run drops it.
+async fn create_postgres_database(admin: &sea_orm::DatabaseConnection) -> String {
+    let url = empty_postgres_database(admin).await;
+    let db = Database::connect(&url)
+        .await
+        .expect("connect to the test database");
+    attache::db::migrate(&db)
+        .await
+        .expect("migrate the test database");
+    db.close().await.expect("close");
+    url
+}
+
+/// A new PostgreSQL database without tables; the next run drops it.
+pub async fn empty_postgres_database(admin: &sea_orm::DatabaseConnection) -> String {
+    let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let unique = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let name = format!("attache_test_{}_{stamp}_{unique}", std::process::id());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create the test database");
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A database of its own, for a test whose work would disturb the tests sharing
+/// one (pruning every old event): a SQLite file in `dir`, or a new PostgreSQL database.
+pub async fn private_database_url(db: Db, dir: &Path) -> String {
+    match db {
+        Db::Sqlite => database_url(db, dir).await,
+        Db::Postgres => {
+            postgres_database().await;
+            create_postgres_database(&postgres_admin().await).await
+        }
+    }
 }
 
 /// Removes the databases of earlier runs; one still in use by another run stays.
@@ -289,12 +319,12 @@ impl TestApp {
     pub async fn spawn_with(setup: Setup, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let uploads = dir.path().join("uploads");
-        let database_url = database_url(setup.db, dir.path()).await;
-        Self::spawn_at(setup, dir, &database_url, &uploads, extra).await
+        let url = database_url(setup.db, dir.path()).await;
+        Self::spawn_at(setup, dir, &url, &uploads, extra).await
     }
 
-    /// Starts the app on a given database and `STORAGE_ROOT` (with S3, a fresh
-    /// bucket is started in `dir`).
+    /// Starts the app on `database_url` (unless `extra` names one) with `STORAGE_ROOT`
+    /// at `uploads`; with S3, a fresh bucket is started in `dir`.
     pub async fn spawn_at(
         setup: Setup,
         dir: TempDir,
@@ -304,8 +334,6 @@ impl TestApp {
     ) -> Self {
         let mut args: Vec<String> = [
             "attache",
-            "--database-url",
-            database_url,
             "--storage-root",
             uploads.to_str().expect("utf-8 path"),
             "--signing-key",
@@ -318,6 +346,9 @@ impl TestApp {
         .collect();
         if !extra.contains(&"--jwt-public-key-file") {
             args.extend(["--jwt-secret".to_owned(), SECRET.to_owned()]);
+        }
+        if !extra.contains(&"--database-url") {
+            args.extend(["--database-url".to_owned(), database_url.to_owned()]);
         }
         let (s3, storage_root) = match setup.store {
             Store::Fs => (None, uploads.to_owned()),
@@ -353,32 +384,62 @@ impl TestApp {
         );
         attache::db::migrate(&app.db).await.expect("migrate");
         app.storage.check().await.expect("storage answers");
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        if let Some(dispatcher) = Dispatcher::new(app.clone()).expect("the events dispatcher") {
+            tokio::spawn(dispatcher.run(shutdown.clone()));
+        }
         let served = app.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            let _ = attache::http::serve(listener, served, async {
-                let _ = stop.await;
-            })
-            .await;
+            let _ = attache::http::serve(listener, served, stop.cancelled_owned()).await;
         });
         Self {
-            base_url,
-            client: http_client(),
+            api: Api {
+                base_url,
+                client: http_client(),
+            },
             app,
             storage_root,
             s3,
-            shutdown: Some(shutdown),
+            shutdown,
             _dir: dir,
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
     }
 
     /// An HS256 token for `tenant`, as the identity provider of the tests mints it.
     pub fn token(&self, tenant: &str) -> String {
         hs256(json!({ "sub": "user-1", "tenant_id": tenant, "exp": now() + 3600 }))
+    }
+
+    /// The key a PDF of the `contract` collection gets: `{tenant}/contracts/{owner}/{id}.pdf`.
+    pub fn contract_key(tenant: &str, owner: &str, att: &Value) -> String {
+        format!(
+            "{tenant}/contracts/{owner}/{}.pdf",
+            att["id"].as_str().expect("id")
+        )
+    }
+
+    /// Every stored object under the storage root, as relative keys.
+    pub fn stored_keys(&self) -> Vec<String> {
+        let mut keys = keys_under(&self.storage_root, &self.storage_root);
+        keys.retain(|key| !key.starts_with(".attache-probe"));
+        keys
+    }
+
+    /// How many attachment rows `tenant` has.
+    pub async fn row_count(&self, tenant: &str) -> u64 {
+        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+        entity::attachment::Entity::find()
+            .filter(entity::attachment::Column::TenantId.eq(tenant))
+            .count(&self.app.db)
+            .await
+            .expect("count rows")
+    }
+}
+
+impl Api {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
     }
 
     /// The status of a GET of `path` without headers.
@@ -429,31 +490,6 @@ impl TestApp {
             )
             .await;
         data(&body, "uploadAttachment")
-    }
-
-    /// The key a PDF of the `contract` collection gets: `{tenant}/contracts/{owner}/{id}.pdf`.
-    pub fn contract_key(tenant: &str, owner: &str, att: &Value) -> String {
-        format!(
-            "{tenant}/contracts/{owner}/{}.pdf",
-            att["id"].as_str().expect("id")
-        )
-    }
-
-    /// Every stored object under the storage root, as relative keys.
-    pub fn stored_keys(&self) -> Vec<String> {
-        let mut keys = keys_under(&self.storage_root, &self.storage_root);
-        keys.retain(|key| !key.starts_with(".attache-probe"));
-        keys
-    }
-
-    /// How many attachment rows `tenant` has.
-    pub async fn row_count(&self, tenant: &str) -> u64 {
-        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-        entity::attachment::Entity::find()
-            .filter(entity::attachment::Column::TenantId.eq(tenant))
-            .count(&self.app.db)
-            .await
-            .expect("count rows")
     }
 }
 
@@ -627,4 +663,122 @@ fn attache_command(args: &[String], output: fn() -> std::process::Stdio) -> std:
         .stdout(output())
         .stderr(output());
     command
+}
+
+pub const CREATE_DIRECT: &str = "mutation($input: DirectUploadInput!) { createDirectUpload(input: $input) { id uploadUrl headers { name value } expiresAt } }";
+pub const COMPLETE_DIRECT: &str = "mutation($id: ID!) { completeDirectUpload(id: $id) { id filename contentType byteSize sha256 url } }";
+
+pub fn declaration(content: &[u8], content_type: &str) -> Value {
+    json!({ "ownerType": "contract", "ownerId": "c-7", "filename": "Direkt.pdf", "contentType": content_type,
+            "byteSize": content.len(), "sha256": sha256_hex(content) })
+}
+
+/// `createDirectUpload`, then the client's PUT with the given headers.
+pub async fn announce_and_put(
+    app: &TestApp,
+    bearer: &str,
+    declared: Value,
+    body: Vec<u8>,
+) -> (Value, u16) {
+    let created = app
+        .gql(CREATE_DIRECT, json!({ "input": declared }), Some(bearer))
+        .await;
+    let direct = data(&created, "createDirectUpload");
+    let status = put_to(app, &direct, body).await;
+    (direct, status)
+}
+
+/// The client's PUT to a direct upload's `uploadUrl`, with its `headers`.
+pub async fn put_to(app: &TestApp, direct: &Value, body: Vec<u8>) -> u16 {
+    let mut put = app
+        .client
+        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
+        .body(body);
+    for header in direct["headers"].as_array().expect("headers") {
+        put = put.header(
+            header["name"].as_str().expect("name"),
+            header["value"].as_str().expect("value"),
+        );
+    }
+    put.send().await.expect("PUT").status().as_u16()
+}
+
+/// The body of a GET of `url` without headers.
+pub async fn fetch(url: &Value) -> Vec<u8> {
+    let response = reqwest::get(url.as_str().expect("url")).await.expect("GET");
+    response.bytes().await.expect("body").to_vec()
+}
+
+/// A GraphQL multipart request of `uploadAttachmentFile` carrying `content`.
+pub fn upload_file_form(
+    owner_type: &str,
+    owner_id: &str,
+    content: &[u8],
+    filename: &str,
+    mime: &str,
+) -> reqwest::multipart::Form {
+    let operations = json!({
+        "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id filename contentType sha256 } }",
+        "variables": { "input": { "ownerType": owner_type, "ownerId": owner_id, "file": null } }
+    });
+    reqwest::multipart::Form::new()
+        .text("operations", operations.to_string())
+        .text("map", json!({ "0": ["variables.input.file"] }).to_string())
+        .part(
+            "0",
+            reqwest::multipart::Part::bytes(content.to_vec())
+                .file_name(filename.to_owned())
+                .mime_str(mime)
+                .expect("mime"),
+        )
+}
+
+/// A trigger that makes every insert into `table` fail for one tenant: a database
+/// failure in the middle of a write, on SQLite and PostgreSQL alike.
+pub struct Refusal {
+    db: Db,
+    name: String,
+    table: &'static str,
+}
+
+impl Refusal {
+    pub async fn install(app: &TestApp, table: &'static str, tenant: &str) -> Self {
+        let db = if app.app.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            Db::Postgres
+        } else {
+            Db::Sqlite
+        };
+        let name = format!("refuse_{table}_{tenant}");
+        let trigger = match db {
+            Db::Sqlite => format!(
+                "CREATE TRIGGER {name} BEFORE INSERT ON {table} WHEN NEW.tenant_id = '{tenant}' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;"
+            ),
+            Db::Postgres => format!(
+                "CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.tenant_id = '{tenant}' THEN RAISE EXCEPTION 'refused by test trigger'; END IF; RETURN NEW; END; $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}();"
+            ),
+        };
+        app.app
+            .db
+            .execute_unprepared(&trigger)
+            .await
+            .expect("install trigger");
+        Self { db, name, table }
+    }
+
+    /// Drops the trigger (a shared PostgreSQL database outlives the test).
+    pub async fn remove(self, app: &TestApp) {
+        let Self { db, name, table } = self;
+        let cleanup = match db {
+            Db::Sqlite => format!("DROP TRIGGER {name};"),
+            Db::Postgres => format!("DROP TRIGGER {name} ON {table}; DROP FUNCTION {name}();"),
+        };
+        app.app
+            .db
+            .execute_unprepared(&cleanup)
+            .await
+            .expect("remove trigger");
+    }
 }

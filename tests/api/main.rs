@@ -6,6 +6,7 @@ mod auth;
 mod backup;
 mod cli;
 mod downloads;
+mod events;
 mod limits;
 mod listing;
 mod migrate;

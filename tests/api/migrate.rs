@@ -11,7 +11,7 @@ use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Db, S3_BUCKET, S3Server, Setup, Store, TestApp, data, fresh_database_url, pdf, png,
+    Db, S3_BUCKET, S3Server, Setup, Store, TestApp, data, pdf, png, private_database_url,
     run_attache, s3_flags, sha256_hex, spawn_attache, tenant,
 };
 
@@ -29,7 +29,7 @@ struct Scene {
 impl Scene {
     async fn new(db: Db, per_collection: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let database_url = fresh_database_url(db, dir.path()).await;
+        let database_url = private_database_url(db, dir.path()).await;
         let uploads = dir.path().join("uploads");
         let setup = Setup {
             db,
@@ -464,7 +464,7 @@ fn plant(root: &Path, key: &str, bytes: &[u8], age: Duration) {
 
 async fn sweep_removes_old_orphans_and_keeps_everything_else(setup: Setup) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = fresh_database_url(setup.db, dir.path()).await;
+    let database_url = private_database_url(setup.db, dir.path()).await;
     let uploads = dir.path().join("uploads");
     let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
     let acme = tenant();

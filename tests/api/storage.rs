@@ -2,12 +2,13 @@
 //! an S3 outage, fail-fast startup and `attache storage check`.
 
 use attache::storage::StorageKey;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::run_attache;
 use crate::helpers::{
-    S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp, UPLOAD, codes, data, pdf, s3_flags,
-    sha256_hex, tenant,
+    COMPLETE_DIRECT, CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp,
+    UPLOAD, announce_and_put, codes, data, declaration, fetch, pdf, put_to, s3_flags, sha256_hex,
+    tenant,
 };
 
 async fn objects_are_never_overwritten(setup: Setup) {
@@ -117,50 +118,6 @@ async fn public_urls_need_no_signature(setup: Setup) {
     );
 }
 
-const CREATE: &str = "mutation($input: DirectUploadInput!) { createDirectUpload(input: $input) { id uploadUrl headers { name value } expiresAt } }";
-const COMPLETE: &str = "mutation($id: ID!) { completeDirectUpload(id: $id) { id filename contentType byteSize sha256 url } }";
-
-fn declaration(content: &[u8], content_type: &str) -> Value {
-    json!({ "ownerType": "contract", "ownerId": "c-7", "filename": "Direkt.pdf", "contentType": content_type,
-            "byteSize": content.len(), "sha256": sha256_hex(content) })
-}
-
-/// `createDirectUpload`, then the client's PUT with the given headers.
-async fn announce_and_put(
-    app: &TestApp,
-    bearer: &str,
-    declared: Value,
-    body: Vec<u8>,
-) -> (Value, u16) {
-    let created = app
-        .gql(CREATE, json!({ "input": declared }), Some(bearer))
-        .await;
-    let direct = data(&created, "createDirectUpload");
-    let status = put_to(app, &direct, body).await;
-    (direct, status)
-}
-
-/// The client's PUT to a direct upload's `uploadUrl`, with its `headers`.
-async fn put_to(app: &TestApp, direct: &Value, body: Vec<u8>) -> u16 {
-    let mut put = app
-        .client
-        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
-        .body(body);
-    for header in direct["headers"].as_array().expect("headers") {
-        put = put.header(
-            header["name"].as_str().expect("name"),
-            header["value"].as_str().expect("value"),
-        );
-    }
-    put.send().await.expect("PUT").status().as_u16()
-}
-
-/// The body of a GET of `url` without headers.
-async fn fetch(url: &Value) -> Vec<u8> {
-    let response = reqwest::get(url.as_str().expect("url")).await.expect("GET");
-    response.bytes().await.expect("body").to_vec()
-}
-
 async fn direct_uploads_end_to_end(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let acme = tenant();
@@ -182,7 +139,7 @@ async fn direct_uploads_end_to_end(setup: Setup) {
 
     let other = app
         .gql(
-            COMPLETE,
+            COMPLETE_DIRECT,
             json!({ "id": direct["id"] }),
             Some(&app.token(&tenant())),
         )
@@ -194,7 +151,11 @@ async fn direct_uploads_end_to_end(setup: Setup) {
     );
 
     let done = app
-        .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
+        .gql(
+            COMPLETE_DIRECT,
+            json!({ "id": direct["id"] }),
+            Some(&bearer),
+        )
         .await;
     let att = data(&done, "completeDirectUpload");
     assert_eq!(att["id"], direct["id"]);
@@ -207,7 +168,11 @@ async fn direct_uploads_end_to_end(setup: Setup) {
     assert_eq!(fetch(&att["url"]).await, content);
 
     let again = app
-        .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
+        .gql(
+            COMPLETE_DIRECT,
+            json!({ "id": direct["id"] }),
+            Some(&bearer),
+        )
         .await;
     assert_eq!(codes(&again), vec!["NOT_FOUND"], "completes once");
     let replayed = put_to(&app, &direct, pdf()).await;
@@ -239,7 +204,11 @@ async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
         let (direct, status) = announce_and_put(&app, &bearer, declared, content.clone()).await;
         assert_eq!(status, 200, "{case}: PUT");
         let done = app
-            .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
+            .gql(
+                COMPLETE_DIRECT,
+                json!({ "id": direct["id"] }),
+                Some(&bearer),
+            )
             .await;
         assert_eq!(codes(&done), vec![code], "{case}: {done}");
         assert!(
@@ -268,7 +237,7 @@ async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
         ),
     ] {
         let created = app
-            .gql(CREATE, json!({ "input": declared }), Some(&bearer))
+            .gql(CREATE_DIRECT, json!({ "input": declared }), Some(&bearer))
             .await;
         assert_eq!(codes(&created), vec![code], "{case}: {created}");
     }
@@ -289,7 +258,11 @@ async fn expired_direct_uploads_are_swept(setup: Setup) {
     assert_eq!(app.stored_keys().len(), 1);
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let late = app
-        .gql(COMPLETE, json!({ "id": direct["id"] }), Some(&bearer))
+        .gql(
+            COMPLETE_DIRECT,
+            json!({ "id": direct["id"] }),
+            Some(&bearer),
+        )
         .await;
     assert_eq!(codes(&late), vec!["NOT_FOUND"], "expired");
     attache::attachments::direct::expire(&app.app)

@@ -3,10 +3,11 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
-use crate::helpers::{Db, Setup, TestApp, UPLOAD, codes, data, pdf, png, sha256_hex, tenant};
+use crate::helpers::{
+    Refusal, Setup, TestApp, UPLOAD, codes, data, pdf, png, sha256_hex, tenant, upload_file_form,
+};
 
 async fn upload_stores_the_file_under_its_collection_key(setup: Setup) {
     let app = TestApp::spawn(setup).await;
@@ -264,21 +265,14 @@ async fn multipart_uploads_follow_the_same_rules(setup: Setup) {
     let acme = tenant();
     let bearer = app.token(&acme);
     let content = pdf();
-    let operations = json!({
-        "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id filename contentType sha256 } }",
-        "variables": { "input": { "ownerType": "customer", "ownerId": "k-9", "file": null } }
-    });
     let form = || {
-        reqwest::multipart::Form::new()
-            .text("operations", operations.to_string())
-            .text("map", json!({ "0": ["variables.input.file"] }).to_string())
-            .part(
-                "0",
-                reqwest::multipart::Part::bytes(content.clone())
-                    .file_name("Auftrag.pdf")
-                    .mime_str("application/pdf")
-                    .expect("mime"),
-            )
+        upload_file_form(
+            "customer",
+            "k-9",
+            &content,
+            "Auftrag.pdf",
+            "application/pdf",
+        )
     };
     let blocked = app
         .client
@@ -326,22 +320,7 @@ async fn multipart_uploads_follow_the_same_rules(setup: Setup) {
 async fn a_failing_row_removes_its_object(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let acme = tenant();
-    let trigger = match setup.db {
-        Db::Sqlite => format!(
-            "CREATE TRIGGER refuse_{acme} BEFORE INSERT ON attachments WHEN NEW.tenant_id = '{acme}' \
-             BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;"
-        ),
-        Db::Postgres => format!(
-            "CREATE FUNCTION refuse_{acme}() RETURNS trigger AS $$ BEGIN \
-             IF NEW.tenant_id = '{acme}' THEN RAISE EXCEPTION 'refused by test trigger'; END IF; RETURN NEW; END; $$ LANGUAGE plpgsql; \
-             CREATE TRIGGER refuse_{acme} BEFORE INSERT ON attachments FOR EACH ROW EXECUTE FUNCTION refuse_{acme}();"
-        ),
-    };
-    app.app
-        .db
-        .execute_unprepared(&trigger)
-        .await
-        .expect("install trigger");
+    let refusal = Refusal::install(&app, "attachments", &acme).await;
     let body = app
         .gql(
             UPLOAD,
@@ -360,15 +339,7 @@ async fn a_failing_row_removes_its_object(setup: Setup) {
         "object left behind: {:?}",
         app.stored_keys()
     );
-    if setup.db == Db::Postgres {
-        let cleanup =
-            format!("DROP TRIGGER refuse_{acme} ON attachments; DROP FUNCTION refuse_{acme}();");
-        app.app
-            .db
-            .execute_unprepared(&cleanup)
-            .await
-            .expect("remove trigger");
-    }
+    refusal.remove(&app).await;
 }
 
 crate::matrix!(

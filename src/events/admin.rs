@@ -1,0 +1,144 @@
+//! What operators do with events: list deliveries (`attache events list`), send
+//! failed ones again (`attache events retry`), and prune delivered events once they
+//! are older than `EVENTS_RETENTION_DAYS` (serve's maintenance).
+
+use chrono::{DateTime, Utc};
+use entity::outbox_event::{self, EventType};
+use entity::webhook_delivery::{self, DeliveryStatus};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Set, TransactionSession, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::{events_by_seq, redact_url};
+
+/// One delivery as an operator sees it; the receiver without its query string.
+#[derive(Debug)]
+pub struct DeliveryView {
+    pub event_id: Uuid,
+    pub event_type: EventType,
+    pub attachment_id: Uuid,
+    pub tenant_id: String,
+    pub receiver: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// The newest `limit` deliveries, or only the failed ones.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    failed_only: bool,
+    limit: u64,
+) -> Result<Vec<DeliveryView>, DbErr> {
+    let deliveries = webhook_delivery::Entity::find()
+        .apply_if(
+            failed_only.then_some(DeliveryStatus::Failed),
+            |query, status| query.filter(webhook_delivery::Column::Status.eq(status)),
+        )
+        .order_by_desc(webhook_delivery::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    let events = events_by_seq(db, &deliveries).await?;
+    Ok(deliveries
+        .into_iter()
+        .filter_map(|delivery| {
+            let event = events.get(&delivery.event_seq)?;
+            Some(DeliveryView {
+                event_id: event.id,
+                event_type: event.event_type,
+                attachment_id: event.attachment_id,
+                tenant_id: event.tenant_id.clone(),
+                receiver: redact_url(&delivery.receiver),
+                status: delivery.status,
+                attempts: delivery.attempts,
+                next_attempt_at: delivery.next_attempt_at,
+                delivered_at: delivery.delivered_at,
+                last_error: delivery.last_error,
+            })
+        })
+        .collect())
+}
+
+/// Which failed deliveries to send again.
+#[derive(Clone, Copy, Debug)]
+pub enum RetryTarget {
+    /// Those of one event, by its id (the `webhook-id` receivers saw).
+    Event(Uuid),
+    AllFailed,
+}
+
+/// Makes failed deliveries pending again, due now, with a fresh count of attempts;
+/// returns how many.
+pub async fn retry<C: ConnectionTrait>(db: &C, target: RetryTarget) -> Result<u64, DbErr> {
+    use webhook_delivery::Column;
+    let mut update = webhook_delivery::Entity::update_many()
+        .set(webhook_delivery::ActiveModel {
+            status: Set(DeliveryStatus::Pending),
+            attempts: Set(0),
+            next_attempt_at: Set(Utc::now()),
+            claimed_by: Set(None),
+            claimed_until: Set(None),
+            ..Default::default()
+        })
+        .filter(Column::Status.eq(DeliveryStatus::Failed));
+    if let RetryTarget::Event(id) = target {
+        let Some(event) = outbox_event::Entity::find()
+            .filter(outbox_event::Column::Id.eq(id))
+            .one(db)
+            .await?
+        else {
+            return Ok(0);
+        };
+        update = update.filter(Column::EventSeq.eq(event.seq));
+    }
+    Ok(update.exec(db).await?.rows_affected)
+}
+
+/// Deletes events written before `cutoff` that nothing waits for any more (every
+/// delivery delivered, or none), with their deliveries; returns how many events.
+pub async fn prune<C: TransactionTrait + ConnectionTrait>(
+    db: &C,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    const BATCH: u64 = 500;
+    let mut pruned = 0;
+    loop {
+        let undelivered = webhook_delivery::Entity::find()
+            .select_only()
+            .column(webhook_delivery::Column::EventSeq)
+            .filter(webhook_delivery::Column::Status.ne(DeliveryStatus::Delivered))
+            .into_query();
+        let seqs: Vec<i64> = outbox_event::Entity::find()
+            .select_only()
+            .column(outbox_event::Column::Seq)
+            .filter(outbox_event::Column::CreatedAt.lt(cutoff))
+            .filter(outbox_event::Column::Seq.not_in_subquery(undelivered))
+            .order_by_asc(outbox_event::Column::Seq)
+            .limit(BATCH)
+            .into_tuple()
+            .all(db)
+            .await?;
+        if seqs.is_empty() {
+            return Ok(pruned);
+        }
+        let txn = db.begin().await?;
+        webhook_delivery::Entity::delete_many()
+            .filter(webhook_delivery::Column::EventSeq.is_in(seqs.iter().copied()))
+            .exec(&txn)
+            .await?;
+        pruned += outbox_event::Entity::delete_many()
+            .filter(outbox_event::Column::Seq.is_in(seqs.iter().copied()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        txn.commit().await?;
+        if (seqs.len() as u64) < BATCH {
+            return Ok(pruned);
+        }
+    }
+}

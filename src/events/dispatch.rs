@@ -1,0 +1,479 @@
+//! The dispatcher, beside the HTTP server: claims due deliveries, POSTs each signed
+//! event to its receiver and records the outcome.
+//!
+//! A claim is one statement that marks due records with a fresh token and a lease
+//! (`claimed_until`); on PostgreSQL its inner select takes the rows `FOR UPDATE SKIP
+//! LOCKED`, so dispatchers of several replicas never claim the same record, and the
+//! lease outlives the request timeout, so a record is never sent twice at once. A
+//! replica killed mid-delivery leaves a lease that lapses; another replica then sends
+//! the event again with the same `webhook-id` (at least once). SQLite serves a single
+//! process. A record is not due while an earlier event of the same attachment is
+//! undelivered to the same receiver, so receivers see an attachment's events in order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use entity::attachment;
+use entity::outbox_event::{self, EventType};
+use entity::webhook_delivery::{self, DeliveryStatus};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query};
+use sea_orm::{
+    ActiveEnum, ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Set, UpdateMany,
+};
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{EventData, WebhookSecret, events_by_seq, later, redact_url};
+use crate::app::SharedApp;
+use crate::error::AppError;
+
+/// Deliveries in flight to one receiver at once: enough to keep a fast receiver busy,
+/// few enough that one that hangs cannot tie up the process.
+const MAX_IN_FLIGHT_PER_RECEIVER: usize = 16;
+
+/// What a claim adds to the request timeout: time to make the URL and record the outcome.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long deliveries in flight may finish after shutdown; then they are abandoned
+/// and their claims released.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The pause after a failed claim (the database is away): no busy loop of errors.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("cannot build the webhook HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Why an attempt did not arrive; its message becomes the delivery's `last_error`.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("the stored event cannot be read or encoded: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error("cannot make the file's url: {}", chain(.0))]
+    Url(AppError),
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    /// Without its URL, which may carry a token.
+    #[error("{}", chain(.0))]
+    Transport(reqwest::Error),
+    #[error("the receiver answered HTTP {0}")]
+    Status(reqwest::StatusCode),
+}
+
+/// An error and its causes on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// Delivers events to every receiver of `WEBHOOK_URLS`.
+pub struct Dispatcher {
+    app: SharedApp,
+    client: reqwest::Client,
+    secret: WebhookSecret,
+    lease: Duration,
+    receivers: Vec<Slot>,
+}
+
+/// One receiver and its deliveries in flight.
+struct Slot {
+    url: String,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a delivery in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One claimed delivery and the event it carries.
+struct Claimed {
+    delivery: webhook_delivery::Model,
+    event: outbox_event::Model,
+    token: Uuid,
+}
+
+/// The JSON body of SPEC 10.
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    event_type: String,
+    timestamp: String,
+    data: &'a EventData,
+}
+
+impl Dispatcher {
+    /// `None` when no receiver is configured: nothing to deliver.
+    pub fn new(app: SharedApp) -> Result<Option<Self>, DispatchError> {
+        let webhooks = &app.webhooks;
+        let Some(secret) = webhooks.secret.clone() else {
+            return Ok(None);
+        };
+        if webhooks.receivers.is_empty() {
+            return Ok(None);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(webhooks.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("attache/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(DispatchError::Client)?;
+        let receivers = webhooks
+            .receivers
+            .iter()
+            .map(|url| Slot {
+                url: url.clone(),
+                in_flight: Arc::new(AtomicUsize::new(0)),
+            })
+            .collect();
+        Ok(Some(Self {
+            lease: webhooks.timeout + LEASE_MARGIN,
+            app,
+            client,
+            secret,
+            receivers,
+        }))
+    }
+
+    /// Claims and delivers until `shutdown`, then lets deliveries in flight finish
+    /// (for at most [`SHUTDOWN_GRACE`]) and releases the claims of the rest.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let abandon = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            let pause = match this.claim_round(&mut tasks, &abandon).await {
+                Ok(true) => Duration::ZERO,
+                Ok(false) => this.app.webhooks.poll_interval,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot claim webhook deliveries");
+                    ERROR_PAUSE
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        let finish = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+            abandon.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    /// Claims what each receiver has room for and starts those deliveries; `true`
+    /// when a receiver got all it asked for, so more may be due at once.
+    async fn claim_round(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        abandon: &CancellationToken,
+    ) -> Result<bool, DbErr> {
+        let mut more = false;
+        for slot in &self.receivers {
+            let room =
+                MAX_IN_FLIGHT_PER_RECEIVER.saturating_sub(slot.in_flight.load(Ordering::Acquire));
+            if room == 0 {
+                continue;
+            }
+            let claimed = self.claim(&slot.url, room).await?;
+            more |= claimed.len() == room;
+            for claimed in claimed {
+                slot.in_flight.fetch_add(1, Ordering::AcqRel);
+                let guard = InFlight(slot.in_flight.clone());
+                let this = self.clone();
+                let abandon = abandon.clone();
+                tasks.spawn(async move {
+                    this.deliver(claimed, abandon).await;
+                    drop(guard);
+                });
+            }
+        }
+        Ok(more)
+    }
+
+    /// Marks up to `limit` due deliveries to `receiver` with a fresh token and a lease,
+    /// then reads them back with their events.
+    async fn claim(&self, receiver: &str, limit: usize) -> Result<Vec<Claimed>, DbErr> {
+        use webhook_delivery::Column;
+        let db = &self.app.db;
+        let now = Utc::now();
+        let token = Uuid::now_v7();
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let marked = claim_statement(receiver, limit, now, token, later(now, self.lease))
+            .exec(db)
+            .await?;
+        if marked.rows_affected == 0 {
+            return Ok(Vec::new());
+        }
+        let deliveries = webhook_delivery::Entity::find()
+            .filter(Column::ClaimedBy.eq(token))
+            .order_by_asc(Column::EventSeq)
+            .all(db)
+            .await?;
+        let mut events = events_by_seq(db, &deliveries).await?;
+        Ok(deliveries
+            .into_iter()
+            .filter_map(|delivery| {
+                let event = events.remove(&delivery.event_seq)?;
+                Some(Claimed {
+                    delivery,
+                    event,
+                    token,
+                })
+            })
+            .collect())
+    }
+
+    /// One attempt and its bookkeeping; abandoned at shutdown, the claim is released.
+    async fn deliver(&self, claimed: Claimed, abandon: CancellationToken) {
+        let outcome = tokio::select! {
+            outcome = self.attempt(&claimed) => outcome,
+            () = abandon.cancelled() => {
+                if let Err(err) = self.release(&claimed).await {
+                    tracing::warn!(error = %err, "cannot release a webhook delivery; its lease will lapse");
+                }
+                return;
+            }
+        };
+        if let Err(err) = self.record_outcome(&claimed, outcome).await {
+            tracing::warn!(error = %err, "cannot record a webhook delivery; it will be sent again");
+        }
+    }
+
+    /// Makes the body, signs it and POSTs it.
+    async fn attempt(&self, claimed: &Claimed) -> Result<(), AttemptError> {
+        let event = &claimed.event;
+        let body = self.body(event).await?;
+        let msg_id = event.id.to_string();
+        let timestamp = Utc::now().timestamp();
+        let signature = self.secret.sign(&msg_id, timestamp, &body);
+        let response = self
+            .client
+            .post(claimed.delivery.receiver.as_str())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| {
+                if err.is_timeout() {
+                    AttemptError::Timeout(self.app.webhooks.timeout.as_secs())
+                } else {
+                    AttemptError::Transport(err.without_url())
+                }
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(AttemptError::Status(status))
+        }
+    }
+
+    /// The signed body: the stored `data`, plus for `file.stored` a `url` made now.
+    async fn body(&self, event: &outbox_event::Model) -> Result<Vec<u8>, AttemptError> {
+        let mut data: EventData = serde_json::from_str(&event.payload)?;
+        if event.event_type == EventType::Stored {
+            let row = data.attachment(&event.storage_key, event.created_at);
+            let url = crate::urls::browser_url(&self.app, &row, self.app.config.url_ttl())
+                .await
+                .map_err(AttemptError::Url)?;
+            data.url = Some(url);
+        }
+        let body = Body {
+            event_type: event.event_type.to_value(),
+            timestamp: event.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            data: &data,
+        };
+        Ok(serde_json::to_vec(&body)?)
+    }
+
+    /// Delivered, or one more failed attempt: retried after the backoff, or `failed`
+    /// after the last. Only while the claim is still this one.
+    async fn record_outcome(
+        &self,
+        claimed: &Claimed,
+        outcome: Result<(), AttemptError>,
+    ) -> Result<(), DbErr> {
+        use webhook_delivery::Column;
+        let webhooks = &self.app.webhooks;
+        let delivery = &claimed.delivery;
+        let receiver = redact_url(&delivery.receiver);
+        let now = Utc::now();
+        let attempts = delivery.attempts.saturating_add(1);
+        let mut update = webhook_delivery::ActiveModel {
+            attempts: Set(attempts),
+            claimed_by: Set(None),
+            claimed_until: Set(None),
+            ..Default::default()
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::debug!(event = %claimed.event.id, %receiver, "webhook delivered");
+                update.status = Set(DeliveryStatus::Delivered);
+                update.delivered_at = Set(Some(now));
+                update.last_error = Set(None);
+            }
+            Err(reason) => {
+                let failures = u32::try_from(attempts).unwrap_or(u32::MAX);
+                if failures >= webhooks.max_attempts {
+                    tracing::error!(event = %claimed.event.id, %receiver, attempts, error = %reason,
+                        "webhook delivery failed for good; `attache events retry` sends it again");
+                    update.status = Set(DeliveryStatus::Failed);
+                } else {
+                    let delay = webhooks.backoff.delay(failures, rand::random());
+                    tracing::warn!(event = %claimed.event.id, %receiver, attempts, error = %reason,
+                        retry_in_ms = delay.as_millis(), "webhook delivery failed; retrying");
+                    update.next_attempt_at = Set(later(now, delay));
+                }
+                update.last_error = Set(Some(reason.to_string()));
+            }
+        }
+        let updated = webhook_delivery::Entity::update_many()
+            .set(update)
+            .filter(Column::Id.eq(delivery.id))
+            .filter(Column::ClaimedBy.eq(claimed.token))
+            .exec(&self.app.db)
+            .await?;
+        if updated.rows_affected == 0 {
+            tracing::warn!(event = %claimed.event.id, %receiver, "a webhook delivery outlived its claim; it may be sent again");
+        }
+        Ok(())
+    }
+
+    /// Gives an unfinished delivery back at once, for any dispatcher to take.
+    async fn release(&self, claimed: &Claimed) -> Result<(), DbErr> {
+        use webhook_delivery::Column;
+        webhook_delivery::Entity::update_many()
+            .set(webhook_delivery::ActiveModel {
+                claimed_by: Set(None),
+                claimed_until: Set(None),
+                ..Default::default()
+            })
+            .filter(Column::Id.eq(claimed.delivery.id))
+            .filter(Column::ClaimedBy.eq(claimed.token))
+            .exec(&self.app.db)
+            .await
+            .map(drop)
+    }
+}
+
+/// Marks with `token` until `until` the first `limit` deliveries to `receiver` that
+/// are due, unclaimed (or whose claim lapsed) and not held back by an undelivered
+/// earlier event of the same attachment. The inner select locks its rows `FOR UPDATE
+/// SKIP LOCKED` (PostgreSQL; SQLite has one writer at a time and no such clause), so
+/// concurrent claims of several replicas take disjoint rows.
+fn claim_statement(
+    receiver: &str,
+    limit: u64,
+    now: DateTime<Utc>,
+    token: Uuid,
+    until: DateTime<Utc>,
+) -> UpdateMany<webhook_delivery::Entity> {
+    use webhook_delivery::{Column, Entity};
+    let earlier = "earlier";
+    let held_back = Query::select()
+        .expr(Expr::val(1))
+        .from_as(Entity, earlier)
+        .and_where(
+            Expr::col((earlier, Column::AttachmentId)).equals((Entity, Column::AttachmentId)),
+        )
+        .and_where(Expr::col((earlier, Column::Receiver)).equals((Entity, Column::Receiver)))
+        .and_where(Expr::col((earlier, Column::EventSeq)).lt(Expr::col((Entity, Column::EventSeq))))
+        .and_where(Expr::col((earlier, Column::Status)).ne(DeliveryStatus::Delivered))
+        .to_owned();
+    let due = Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .filter(Column::Receiver.eq(receiver))
+        .filter(Column::Status.eq(DeliveryStatus::Pending))
+        .filter(Column::NextAttemptAt.lte(now))
+        .filter(
+            Condition::any()
+                .add(Column::ClaimedUntil.is_null())
+                .add(Column::ClaimedUntil.lt(now)),
+        )
+        .filter(Expr::not_exists(held_back))
+        .order_by_asc(Column::EventSeq)
+        .limit(limit)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .into_query();
+    Entity::update_many()
+        .set(webhook_delivery::ActiveModel {
+            claimed_by: Set(Some(token)),
+            claimed_until: Set(Some(until)),
+            ..Default::default()
+        })
+        .filter(Column::Id.in_subquery(due))
+}
+
+impl EventData {
+    /// The attachment as it was when the event was written: what
+    /// [`crate::urls::browser_url`] needs to link to it, even once the row is gone.
+    fn attachment(
+        &self,
+        storage_key: &str,
+        created_at: chrono::DateTime<Utc>,
+    ) -> attachment::Model {
+        attachment::Model {
+            id: self.file_id,
+            tenant_id: self.tenant_id.clone(),
+            owner_type: self.owner_type.clone(),
+            owner_id: self.owner_id.clone(),
+            filename: self.original_filename.clone(),
+            content_type: self.content_type.clone(),
+            byte_size: self.size_bytes,
+            sha256: self.sha256.clone(),
+            storage_key: storage_key.to_owned(),
+            created_by: String::new(),
+            created_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::DbBackend;
+
+    use super::*;
+
+    #[test]
+    fn a_claim_skips_locked_rows_and_waits_for_earlier_events() {
+        let now = Utc::now();
+        let claim = claim_statement("http://receiver/hooks", 16, now, Uuid::now_v7(), now);
+        let postgres = claim.clone().build(DbBackend::Postgres).to_string();
+        assert!(postgres.contains("FOR UPDATE SKIP LOCKED"), "{postgres}");
+        assert!(postgres.contains("NOT EXISTS"), "{postgres}");
+        assert!(
+            postgres.contains(r#""earlier"."event_seq" < "webhook_deliveries"."event_seq""#),
+            "{postgres}"
+        );
+        let sqlite = claim.build(DbBackend::Sqlite).to_string();
+        assert!(
+            !sqlite.contains("FOR UPDATE") && sqlite.contains("LIMIT 16"),
+            "{sqlite}"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Events (SPEC 10): every stored or deleted file is written to `outbox_events` in
+//! the transaction of its attachment row ([`record`]), with one `webhook_deliveries`
+//! record per receiver of `WEBHOOK_URLS`. The [`Dispatcher`] beside the HTTP server
+//! claims due deliveries, signs them the Standard Webhooks way and retries with
+//! backoff; [`admin`] lists, retries and prunes them.
+
+pub mod admin;
+mod backoff;
+mod dispatch;
+mod signing;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::outbox_event::{self, EventType};
+use entity::{attachment, webhook_delivery};
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{ConfigError, EventsConfig};
+pub use backoff::Backoff;
+pub use dispatch::{DispatchError, Dispatcher};
+pub use signing::WebhookSecret;
+
+/// The events settings, checked: receivers, signing key and delivery timings.
+#[derive(Debug)]
+pub struct Webhooks {
+    /// The URLs of `WEBHOOK_URLS`, in order.
+    pub receivers: Vec<String>,
+    /// Present whenever there are receivers.
+    pub secret: Option<WebhookSecret>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub poll_interval: Duration,
+    pub retention: Duration,
+}
+
+impl Webhooks {
+    /// Receivers must be http(s) URLs and need a well-formed `WEBHOOK_SECRET`: an
+    /// event that nobody can verify is refused at startup rather than sent unsigned.
+    pub fn from_config(config: &EventsConfig) -> Result<Self, ConfigError> {
+        let mut receivers = Vec::new();
+        for (index, url) in config.webhook_urls.iter().map(|url| url.trim()).enumerate() {
+            if url.is_empty() {
+                continue;
+            }
+            let parsed = reqwest::Url::parse(url).ok();
+            if !parsed.is_some_and(|url| matches!(url.scheme(), "http" | "https")) {
+                return Err(ConfigError::new(
+                    "WEBHOOK_URLS",
+                    format!("entry {} is not an http or https URL", index + 1),
+                ));
+            }
+            if !receivers.iter().any(|known| known == url) {
+                receivers.push(url.to_owned());
+            }
+        }
+        let secret = config
+            .webhook_secret
+            .as_ref()
+            .map(|secret| WebhookSecret::parse(secret.expose()))
+            .transpose()?;
+        if !receivers.is_empty() && secret.is_none() {
+            return Err(ConfigError::new(
+                "WEBHOOK_SECRET",
+                "required when WEBHOOK_URLS is set (receivers verify every event with it)",
+            ));
+        }
+        Ok(Self {
+            receivers,
+            secret,
+            timeout: Duration::from_secs(config.webhook_timeout_seconds),
+            max_attempts: config.webhook_max_attempts,
+            backoff: Backoff {
+                base: Duration::from_millis(config.webhook_backoff_base_ms),
+                max: Duration::from_secs(config.webhook_backoff_max_seconds),
+            },
+            poll_interval: Duration::from_millis(config.events_poll_interval_ms),
+            retention: Duration::from_secs(u64::from(config.events_retention_days) * 24 * 3600),
+        })
+    }
+}
+
+/// `by` after `at`; saturating, though settings keep every such duration small.
+pub fn later(at: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(by)
+        .ok()
+        .and_then(|by| at.checked_add_signed(by))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A receiver URL fit for logs and listings: no credentials, query or fragment,
+/// which may carry a token.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            url.set_query(None);
+            url.set_fragment(None);
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// The body's `data` (SPEC 10). Stored without `url`, which is made at delivery time
+/// so that a late delivery still carries a link valid for `URL_TTL_SECONDS`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventData {
+    pub file_id: Uuid,
+    pub tenant_id: String,
+    pub owner_type: String,
+    pub owner_id: Option<String>,
+    pub original_filename: String,
+    pub content_type: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl From<&attachment::Model> for EventData {
+    fn from(row: &attachment::Model) -> Self {
+        Self {
+            file_id: row.id,
+            tenant_id: row.tenant_id.clone(),
+            owner_type: row.owner_type.clone(),
+            owner_id: row.owner_id.clone(),
+            original_filename: row.filename.clone(),
+            content_type: row.content_type.clone(),
+            size_bytes: row.byte_size,
+            sha256: row.sha256.clone(),
+            url: None,
+        }
+    }
+}
+
+/// The events of `deliveries`, by `seq`.
+async fn events_by_seq<C: ConnectionTrait>(
+    db: &C,
+    deliveries: &[webhook_delivery::Model],
+) -> Result<HashMap<i64, outbox_event::Model>, DbErr> {
+    Ok(outbox_event::Entity::find()
+        .filter(outbox_event::Column::Seq.is_in(deliveries.iter().map(|d| d.event_seq)))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|event| (event.seq, event))
+        .collect())
+}
+
+/// Writes the event of `row` and its deliveries with `db`, the caller's transaction:
+/// the event commits or rolls back with the change it reports.
+pub async fn record<C: ConnectionTrait>(
+    db: &C,
+    webhooks: &Webhooks,
+    event_type: EventType,
+    row: &attachment::Model,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let payload =
+        serde_json::to_string(&EventData::from(row)).map_err(|err| DbErr::Json(err.to_string()))?;
+    let event = outbox_event::ActiveModel {
+        seq: NotSet,
+        id: Set(Uuid::now_v7()),
+        event_type: Set(event_type),
+        attachment_id: Set(row.id),
+        tenant_id: Set(row.tenant_id.clone()),
+        storage_key: Set(row.storage_key.clone()),
+        payload: Set(payload),
+        created_at: Set(now),
+    };
+    let seq = outbox_event::Entity::insert(event)
+        .exec(db)
+        .await?
+        .last_insert_id;
+    if webhooks.receivers.is_empty() {
+        return Ok(());
+    }
+    let deliveries = webhooks
+        .receivers
+        .iter()
+        .map(|receiver| webhook_delivery::ActiveModel {
+            id: NotSet,
+            event_seq: Set(seq),
+            attachment_id: Set(row.id),
+            receiver: Set(receiver.clone()),
+            status: Set(webhook_delivery::DeliveryStatus::Pending),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            claimed_by: Set(None),
+            claimed_until: Set(None),
+            last_error: Set(None),
+            delivered_at: Set(None),
+        });
+    webhook_delivery::Entity::insert_many(deliveries)
+        .exec(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! serve's periodic housekeeping: retries object removals, removes expired direct
+//! uploads and prunes delivered events. Replicas on one database take turns: a pass
+//! runs on the replica that holds the `maintenance` lease of `worker_leases`, and a
+//! lease whose holder died lapses after one period. Each step is safe to repeat, so
+//! a pass that overruns its lease costs work, never correctness.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::worker_lease;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use uuid::Uuid;
+
+use crate::app::{App, SharedApp};
+use crate::attachments;
+
+/// How often a pass runs, on one replica.
+pub const PERIOD: Duration = Duration::from_secs(60);
+
+const LEASE: &str = "maintenance";
+
+/// Every `period` until the process stops: one pass, when this replica holds the lease.
+pub async fn run_forever(app: SharedApp, period: Duration) {
+    let holder = Uuid::new_v4();
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        ticker.tick().await;
+        match acquire(&app.db, LEASE, holder, period).await {
+            Ok(true) => pass(&app).await,
+            Ok(false) => tracing::debug!("another replica holds the maintenance lease"),
+            Err(err) => tracing::warn!(error = %err, "cannot take the maintenance lease"),
+        }
+    }
+}
+
+/// One pass of every step; a failing step is logged and the others still run.
+pub async fn pass(app: &App) {
+    let intents_before = chrono::Utc::now() - attachments::INTENT_GRACE;
+    if let Err(err) = attachments::retry_deletions(app, intents_before).await {
+        tracing::warn!(error = %err, "retrying pending object deletions failed");
+    }
+    if let Err(err) = attachments::direct::expire(app).await {
+        tracing::warn!(error = %err, "removing expired direct uploads failed");
+    }
+    let cutoff = chrono::TimeDelta::from_std(app.webhooks.retention)
+        .ok()
+        .and_then(|retention| Utc::now().checked_sub_signed(retention))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    match crate::events::admin::prune(&app.db, cutoff).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::info!(pruned, "pruned delivered events past their retention"),
+        Err(err) => tracing::warn!(error = %err, "pruning delivered events failed"),
+    }
+}
+
+/// Takes the lease `name` for `ttl` when it is free or lapsed, or renews it when
+/// `holder` has it; `false` while another holder's lease runs.
+pub async fn acquire<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+    holder: Uuid,
+    ttl: Duration,
+) -> Result<bool, DbErr> {
+    use worker_lease::Column;
+    let now = Utc::now();
+    let lease = worker_lease::ActiveModel {
+        name: Set(name.to_owned()),
+        holder: Set(holder),
+        expires_at: Set(crate::events::later(now, ttl)),
+    };
+    let taken = worker_lease::Entity::update_many()
+        .set(lease.clone())
+        .filter(Column::Name.eq(name))
+        .filter(
+            Condition::any()
+                .add(Column::ExpiresAt.lt(now))
+                .add(Column::Holder.eq(holder)),
+        )
+        .exec(db)
+        .await?;
+    if taken.rows_affected > 0 {
+        return Ok(true);
+    }
+    // The first time: one of several replicas inserting at once wins.
+    let inserted = worker_lease::Entity::insert(lease)
+        .on_conflict(OnConflict::column(Column::Name).do_nothing().to_owned())
+        .exec_without_returning(db)
+        .await?;
+    Ok(inserted > 0)
+}
