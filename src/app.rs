@@ -21,6 +21,8 @@ pub struct App {
     /// `AUTO_MIGRATE_STORAGE` on s3: the local folder that downloads fall back to
     /// until the background migration has copied a file into the bucket.
     pub local_fallback: Option<Storage>,
+    /// Set when shutdown begins: `/readyz` answers 503 while requests drain.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Set once the background migration has verified every file in the bucket.
     pub migration_done: std::sync::atomic::AtomicBool,
     pub verifier: JwtVerifier,
@@ -62,6 +64,7 @@ impl App {
             }
         };
         let webhooks = Webhooks::from_config(&config.events)?;
+        crate::telemetry::prometheus();
         let storage = Storage::from_config(&config.storage)?;
         let local_fallback = match (config.auto_migrate_storage, storage.backend()) {
             (true, StorageBackend::S3) => {
@@ -76,6 +79,7 @@ impl App {
             storage,
             local_fallback,
             migration_done: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
             verifier,
             dev_minter,
             links,

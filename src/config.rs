@@ -68,6 +68,13 @@ pub struct DatabaseConfig {
     pub sqlite_synchronous: SqliteSync,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// SQLite's `synchronous` setting in WAL mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SqliteSync {
@@ -248,6 +255,12 @@ pub struct Config {
     /// With s3, copy not-yet-migrated files of STORAGE_ROOT into the bucket in the background at startup.
     #[arg(long, env = "AUTO_MIGRATE_STORAGE", default_value_t = false, action = clap::ArgAction::Set)]
     pub auto_migrate_storage: bool,
+    /// Seconds that requests in flight get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_seconds: u64,
+    /// Log lines as `text` for people or `json` for machines.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// TOML file replacing the built-in collections.
     #[arg(long, env = "COLLECTIONS_FILE")]
     pub collections_file: Option<PathBuf>,

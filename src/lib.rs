@@ -19,4 +19,5 @@ pub mod ids;
 pub mod maintenance;
 pub mod media;
 pub mod storage;
+pub mod telemetry;
 pub mod urls;

@@ -15,6 +15,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::storage::{CopyError, Digest, Storage, StorageKey};
@@ -51,6 +52,8 @@ pub enum Outcome {
     WouldCopy,
     /// No local file and no verified object in the bucket.
     Missing,
+    /// Not tried: the run was asked to stop.
+    Interrupted,
     /// Every attempt failed; the reason, for people.
     Failed(String),
 }
@@ -64,6 +67,8 @@ pub struct Summary {
     pub would_copy: u64,
     pub missing: u64,
     pub failed: u64,
+    /// Files not tried because the run was stopped.
+    pub interrupted: u64,
     /// Bytes copied (or, on a dry run, that would be).
     pub bytes: u64,
     pub elapsed: Duration,
@@ -85,12 +90,13 @@ impl Summary {
             }
             Outcome::Missing => self.missing += 1,
             Outcome::Failed(_) => self.failed += 1,
+            Outcome::Interrupted => self.interrupted += 1,
         }
     }
 
     /// Whether every file is now verified in the bucket.
     pub fn complete(&self) -> bool {
-        self.missing == 0 && self.failed == 0 && self.would_copy == 0
+        self.missing == 0 && self.failed == 0 && self.would_copy == 0 && self.interrupted == 0
     }
 }
 
@@ -109,7 +115,11 @@ impl std::fmt::Display for Summary {
             f,
             "copied {}, already there {}, skipped {}, missing {}, failed {}, {} bytes, {seconds:.1} s, {rate:.1} MB/s",
             self.copied, self.already_there, self.skipped, self.missing, self.failed, self.bytes
-        )
+        )?;
+        if self.interrupted > 0 {
+            write!(f, " (stopped: {} files not tried)", self.interrupted)?;
+        }
+        Ok(())
     }
 }
 
@@ -132,12 +142,14 @@ pub enum MigrateError {
 
 /// Copies every attachment's object from `source` (the local folder) into
 /// `destination` (the bucket). One run at a time per database: see [`RunLock`].
+/// Once `stop` is cancelled no new copy starts; those under way finish.
 pub async fn run(
     db: &DatabaseConnection,
     source: &Storage,
     destination: &Storage,
     plan: Plan,
     progress: &dyn Progress,
+    stop: &CancellationToken,
 ) -> Result<Summary, MigrateError> {
     let started = Instant::now();
     let _lock = match plan.dry_run {
@@ -172,6 +184,8 @@ pub async fn run(
             .map(|row| async move {
                 let outcome = if recorded.contains(&row.storage_key) {
                     Outcome::Skipped
+                } else if stop.is_cancelled() {
+                    Outcome::Interrupted
                 } else {
                     copier.migrate(&row).await
                 };
@@ -413,8 +427,9 @@ const LOG_EVERY: u64 = 100;
 const RETRY_PERIOD: Duration = Duration::from_secs(300);
 
 /// `AUTO_MIGRATE_STORAGE`: the migration of `storage migrate`, run by `serve` beside
-/// the HTTP server, progress in the log; passes repeat until every file is verified.
-pub async fn run_in_background(app: std::sync::Arc<crate::app::App>) {
+/// the HTTP server, progress in the log; passes repeat until every file is verified
+/// or `stop` is cancelled (copies under way then finish).
+pub async fn run_in_background(app: std::sync::Arc<crate::app::App>, stop: CancellationToken) {
     let Some(source) = app.local_fallback.as_ref() else {
         return;
     };
@@ -429,11 +444,16 @@ pub async fn run_in_background(app: std::sync::Arc<crate::app::App>) {
             to = app.storage.location(),
             "storage migration started"
         );
-        match run(&app.db, source, &app.storage, plan, &LogProgress::default()).await {
+        let progress = LogProgress::default();
+        match run(&app.db, source, &app.storage, plan, &progress, &stop).await {
             Ok(summary) if summary.complete() => {
                 app.migration_done
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(%summary, "storage migration complete: every file is in the bucket");
+                return;
+            }
+            Ok(summary) if stop.is_cancelled() => {
+                tracing::info!(%summary, "storage migration stopped; the next start goes on");
                 return;
             }
             Ok(summary) => tracing::warn!(
@@ -443,15 +463,21 @@ pub async fn run_in_background(app: std::sync::Arc<crate::app::App>) {
                 tracing::warn!(error = %err, "storage migration stopped; retrying in 5 minutes")
             }
         }
-        tokio::time::sleep(RETRY_PERIOD).await;
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_PERIOD) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 
-/// Progress in the log: a line every [`LOG_EVERY`] files and one per problem.
+/// Progress in the log (a line every [`LOG_EVERY`] files and one per problem) and
+/// in the metrics.
 #[derive(Default)]
 struct LogProgress {
     done: std::sync::atomic::AtomicU64,
     total: std::sync::atomic::AtomicU64,
+    bytes_done: std::sync::atomic::AtomicU64,
+    bytes_total: std::sync::atomic::AtomicU64,
 }
 
 impl Progress for LogProgress {
@@ -461,8 +487,16 @@ impl Progress for LogProgress {
         tracing::info!(files, bytes, "storage migration: files to check");
     }
 
-    fn file(&self, key: &str, _bytes: u64, outcome: &Outcome) {
-        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    fn file(&self, key: &str, bytes: u64, outcome: &Outcome) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let done = self.done.fetch_add(1, Relaxed) + 1;
+        let bytes_done = self.bytes_done.fetch_add(bytes, Relaxed) + bytes;
+        crate::telemetry::migration_progress(
+            done,
+            self.total.load(Relaxed),
+            bytes_done,
+            self.bytes_total.load(Relaxed),
+        );
         match outcome {
             Outcome::Missing => {
                 tracing::error!(key, "storage migration: the local file is missing")

@@ -38,9 +38,12 @@ where
     F: Future<Output = AppResult<T>> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::spawn(work).await.map_err(|err| {
-        AppError::Internal(anyhow::Error::new(err).context("a storage task failed"))
-    })?
+    // The task keeps the request's span, so its log lines carry the request id.
+    tokio::spawn(tracing::Instrument::in_current_span(work))
+        .await
+        .map_err(|err| {
+            AppError::Internal(anyhow::Error::new(err).context("a storage task failed"))
+        })?
 }
 
 /// Stores every upload or none, whatever the client does meanwhile: the keys are
@@ -83,6 +86,9 @@ async fn store(
     if let Err(err) = insert_rows(app, &rows, &keys).await {
         discard(app, &keys).await;
         return Err(err.into());
+    }
+    for row in &rows {
+        crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     }
     Ok(rows)
 }

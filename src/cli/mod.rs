@@ -81,6 +81,18 @@ impl Cli {
         std::process::exit(2);
     }
 
+    /// `serve`'s `LOG_FORMAT`; other commands read the variable alone.
+    pub fn log_format(&self) -> crate::config::LogFormat {
+        use clap::ValueEnum;
+        match &self.command {
+            Command::Serve(args) => args.config.log_format,
+            _ => std::env::var("LOG_FORMAT")
+                .ok()
+                .and_then(|value| crate::config::LogFormat::from_str(&value, true).ok())
+                .unwrap_or(crate::config::LogFormat::Text),
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Serve(args) => serve::run(*args).await,

@@ -17,7 +17,7 @@ use crate::ids::SafeId;
 #[derive(Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    config: Config,
+    pub(crate) config: Config,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -51,8 +51,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         app.clone(),
         crate::maintenance::PERIOD,
     ));
-    tokio::spawn(crate::attachments::migrate::run_in_background(app.clone()));
     let shutdown = CancellationToken::new();
+    let migration = tokio::spawn(crate::attachments::migrate::run_in_background(
+        app.clone(),
+        shutdown.clone(),
+    ));
     let dispatcher = Dispatcher::new(app.clone())
         .context("WEBHOOK_URLS")?
         .map(|dispatcher| tokio::spawn(dispatcher.run(shutdown.clone())));
@@ -64,9 +67,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     tracing::info!(url = %format!("{}/graphql", app.public_base_url), "attache is listening");
+    let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
     crate::http::serve(listener, app, shutdown.cancelled_owned()).await?;
     if let Some(dispatcher) = dispatcher {
         dispatcher.await.context("the events dispatcher")?;
+    }
+    if tokio::time::timeout(grace, migration).await.is_err() {
+        tracing::warn!("the storage migration did not stop in time; the next start goes on");
     }
     tracing::info!("attache stopped");
     Ok(())
@@ -79,7 +86,8 @@ fn warn_unavailable(config: &Config) {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -128,14 +128,24 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         concurrency: usize::from(args.concurrency),
     };
     let progress = BarProgress::new(args.dry_run);
-    let summary = migrate::run(&db, &source, &destination, plan, &progress).await?;
+    // Ctrl-C or SIGTERM: copies under way finish, nothing new starts.
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            crate::cli::serve::shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    let summary = migrate::run(&db, &source, &destination, plan, &progress, &stop).await?;
     progress.bar.finish_and_clear();
     println!("{summary}");
-    if summary.missing + summary.failed > 0 {
+    if summary.missing + summary.failed + summary.interrupted > 0 {
         anyhow::bail!(
-            "{} files missing and {} failed: see the lines above",
+            "{} files missing, {} failed, {} not tried: see the lines above",
             summary.missing,
-            summary.failed
+            summary.failed,
+            summary.interrupted
         );
     }
     Ok(())

@@ -332,6 +332,7 @@ impl Dispatcher {
         match outcome {
             Ok(()) => {
                 tracing::debug!(event = %claimed.event.id, %receiver, "webhook delivered");
+                crate::telemetry::webhook_attempt("delivered");
                 update.status = Set(DeliveryStatus::Delivered);
                 update.delivered_at = Set(Some(now));
                 update.last_error = Set(None);
@@ -339,10 +340,12 @@ impl Dispatcher {
             Err(reason) => {
                 let failures = u32::try_from(attempts).unwrap_or(u32::MAX);
                 if failures >= webhooks.max_attempts {
+                    crate::telemetry::webhook_attempt("failed");
                     tracing::error!(event = %claimed.event.id, %receiver, attempts, error = %reason,
                         "webhook delivery failed for good; `attache events retry` sends it again");
                     update.status = Set(DeliveryStatus::Failed);
                 } else {
+                    crate::telemetry::webhook_attempt("retry");
                     let delay = webhooks.backoff.delay(failures, rand::random());
                     tracing::warn!(event = %claimed.event.id, %receiver, attempts, error = %reason,
                         retry_in_ms = delay.as_millis(), "webhook delivery failed; retrying");

@@ -155,6 +155,15 @@ async fn events_by_seq<C: ConnectionTrait>(
         .collect())
 }
 
+/// Deliveries still to send (pending, due or not): the outbox backlog.
+pub async fn backlog<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait;
+    webhook_delivery::Entity::find()
+        .filter(webhook_delivery::Column::Status.eq(webhook_delivery::DeliveryStatus::Pending))
+        .count(db)
+        .await
+}
+
 /// Writes the event of `row` and its deliveries with `db`, the caller's transaction:
 /// the event commits or rolls back with the change it reports.
 pub async fn record<C: ConnectionTrait>(

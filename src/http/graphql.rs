@@ -81,7 +81,15 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
                 .into_response();
         }
     };
+    let names: Vec<Option<String>> = match &batch {
+        BatchRequest::Single(request) => vec![request.operation_name.clone()],
+        BatchRequest::Batch(requests) => requests
+            .iter()
+            .map(|request| request.operation_name.clone())
+            .collect(),
+    };
     let response = state.schema.execute_batch(batch.data(caller)).await;
+    count_operations(&names, &response);
     let mut response = GraphQLResponse::from(response).into_response();
     // Apollo's convention: GraphQL errors travel as HTTP 200 with application/json.
     response.headers_mut().insert(
@@ -89,6 +97,28 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// Each operation of the batch, by name and outcome: `OK`, or its first error's code.
+fn count_operations(names: &[Option<String>], response: &async_graphql::BatchResponse) {
+    let responses = match response {
+        async_graphql::BatchResponse::Single(response) => std::slice::from_ref(response),
+        async_graphql::BatchResponse::Batch(responses) => responses.as_slice(),
+    };
+    for (name, response) in names.iter().zip(responses) {
+        let code = response.errors.first().map(|error| {
+            error
+                .extensions
+                .as_ref()
+                .and_then(|extensions| extensions.get("code"))
+                .and_then(|code| match code {
+                    async_graphql::Value::String(code) => Some(code.as_str()),
+                    _ => None,
+                })
+                .unwrap_or("GRAPHQL_VALIDATION_FAILED")
+        });
+        crate::telemetry::graphql_operation(name.as_deref(), code.unwrap_or("OK"));
+    }
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Caller {

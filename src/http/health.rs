@@ -1,4 +1,5 @@
-//! `/healthz`: the process answers. `/readyz`: the database and storage answer too.
+//! `/healthz`: the process answers. `/readyz`: the database and storage answer too,
+//! and the server is not shutting down. `/metrics`: Prometheus text.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,7 +13,25 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(&state.app).await,
+    )
+}
+
+pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    if state
+        .app
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        let body = Json(json!({ "status": "draining" }));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let database = state.app.db.ping().await.map_err(|err| err.to_string());
     let storage = state
         .app
@@ -38,4 +57,5 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         status,
         Json(json!({ "database": describe(&database), "storage": describe(&storage) })),
     )
+        .into_response()
 }

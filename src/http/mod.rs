@@ -1,9 +1,11 @@
 //! The HTTP surface: `/graphql`, the download route, `/media` (public URLs on fs),
-//! health checks. [`router`] builds it; [`serve`] runs it until shutdown.
+//! health checks and metrics. [`router`] builds it; [`serve`] runs it until
+//! shutdown, then gives in-flight requests `SHUTDOWN_GRACE_SECONDS` to finish.
 
 mod download;
 mod graphql;
 mod health;
+mod observe;
 mod playground;
 mod uploads;
 
@@ -12,7 +14,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::routing::{get, put};
 use axum::serve::ListenerExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::app::SharedApp;
 use crate::graphql::AppSchema;
@@ -36,8 +37,9 @@ pub fn router(app: SharedApp) -> Router {
         .route("/media/{*key}", get(download::by_key))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .with_state(state)
-        .layer(TraceLayer::new_for_http());
+        .layer(axum::middleware::from_fn(observe::request));
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
@@ -87,7 +89,9 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves; in-flight requests finish.
+/// Serves `app` on `listener` until `shutdown` resolves: then no new connection is
+/// accepted, `/readyz` answers 503, and in-flight requests have
+/// `SHUTDOWN_GRACE_SECONDS` to finish before the rest are cut.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: SharedApp,
@@ -99,7 +103,27 @@ pub async fn serve(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let grace = std::time::Duration::from_secs(app.config.shutdown_grace_seconds);
+    let draining = tokio_util::sync::CancellationToken::new();
+    let signal = {
+        let (app, draining) = (app.clone(), draining.clone());
+        async move {
+            shutdown.await;
+            app.draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                grace_seconds = grace.as_secs(),
+                "shutting down: finishing requests in flight"
+            );
+            draining.cancel();
+        }
+    };
+    let server = axum::serve(listener, router(app)).with_graceful_shutdown(signal);
+    tokio::select! {
+        served = server.into_future() => served,
+        () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("the shutdown grace period is over; requests still running are cut");
+            Ok(())
+        }
+    }
 }

@@ -167,11 +167,32 @@ impl Storage {
 
     /// Writes a new object; an existing key is an error, never a silent replacement.
     pub async fn put_new(&self, key: &StorageKey, bytes: Vec<u8>) -> opendal::Result<()> {
-        self.operator
+        let write = self
+            .operator
             .write_with(key.as_str(), bytes)
-            .if_not_exists(true)
+            .if_not_exists(true);
+        self.observed("write", async { write.await.map(drop) })
             .await
-            .map(drop)
+    }
+
+    /// Runs one storage operation and records its latency and failure in the
+    /// metrics; a missing object is an answer, not a failure.
+    async fn observed<T>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = opendal::Result<T>>,
+    ) -> opendal::Result<T> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        let ok = result
+            .as_ref()
+            .map_or_else(|err| err.kind() == opendal::ErrorKind::NotFound, |_| true);
+        let backend = match self.backend {
+            StorageBackend::Fs => "fs",
+            StorageBackend::S3 => "s3",
+        };
+        crate::telemetry::storage_operation(backend, operation, started.elapsed(), ok);
+        result
     }
 
     /// Writes a new object from a stream, refusing more than `max` bytes; a refused
@@ -266,7 +287,10 @@ impl Storage {
 
     /// The size of an object, `None` when there is none.
     pub async fn size(&self, key: &StorageKey) -> opendal::Result<Option<u64>> {
-        match self.operator.stat(key.as_str()).await {
+        match self
+            .observed("stat", self.operator.stat(key.as_str()))
+            .await
+        {
             Ok(meta) => Ok(Some(meta.content_length())),
             Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err),
@@ -344,11 +368,14 @@ impl Storage {
         key: &StorageKey,
         range: opendal::BytesRange,
     ) -> opendal::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
-        self.operator
-            .reader(key.as_str())
-            .await?
-            .into_bytes_stream(range)
-            .await
+        self.observed("read", async {
+            self.operator
+                .reader(key.as_str())
+                .await?
+                .into_bytes_stream(range)
+                .await
+        })
+        .await
     }
 
     /// The size and sha256 of a stored object, read as a stream; `None` when there is
@@ -449,12 +476,25 @@ impl Storage {
 
     /// Removes an object; a missing object counts as removed.
     pub async fn delete(&self, key: &StorageKey) -> opendal::Result<()> {
-        self.operator.delete(key.as_str()).await
+        self.observed("delete", self.operator.delete(key.as_str()))
+            .await
     }
 
-    /// A cheap liveness check of the backend (a stat or list, no write).
+    /// A cheap liveness check of the backend (a list, no write). On fs the root
+    /// folder itself must still be there: listing a vanished folder finds nothing,
+    /// which is not an error to OpenDAL.
     pub async fn ping(&self) -> opendal::Result<()> {
-        self.operator.check().await
+        if let Some(root) = &self.fs_root
+            && !tokio::fs::metadata(root)
+                .await
+                .is_ok_and(|meta| meta.is_dir())
+        {
+            return Err(opendal::Error::new(
+                opendal::ErrorKind::NotFound,
+                "the storage folder is gone",
+            ));
+        }
+        self.observed("list", self.operator.check()).await
     }
 
     /// The startup probe: a failure becomes one line naming the variable to fix,

@@ -10,6 +10,7 @@ mod events;
 mod limits;
 mod listing;
 mod migrate;
+mod operations;
 mod reliability;
 mod schema;
 mod storage;

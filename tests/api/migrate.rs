@@ -369,6 +369,7 @@ async fn automatic_migration_serves_every_file_before_during_and_after(setup: Se
     }
     let migration = tokio::spawn(attache::attachments::migrate::run_in_background(
         on_s3.app.clone(),
+        tokio_util::sync::CancellationToken::new(),
     ));
     while !migration.is_finished() {
         download_all(&on_s3, &tenants).await;

@@ -1,0 +1,42 @@
+//! Every request gets an id (the client's `x-request-id` when it is a sane one),
+//! returned in the response and carried by every log line of the request, one
+//! summary line when it ends, and its count and latency in the metrics under the
+//! route's template, never the raw path (which holds ids and signatures).
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+const REQUEST_ID: &str = "x-request-id";
+
+pub async fn request(request: Request, next: Next) -> Response {
+    let id = crate::telemetry::request_id(
+        request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|value| value.to_str().ok()),
+    );
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
+    });
+    crate::telemetry::http_request(&route, method.as_str(), status, elapsed);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}

@@ -1,0 +1,144 @@
+//! What operators watch: Prometheus metrics (`GET /metrics`) and the request id that
+//! ties the log lines of one request together. Metric names live here, so every
+//! series is declared once; labels are route templates and codes, never raw paths,
+//! ids or client text.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::app::App;
+
+/// The process-wide recorder; installed by the first app built (tests build many).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let seconds = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let bytes = [
+            1024.0,
+            10_240.0,
+            102_400.0,
+            1_048_576.0,
+            10_485_760.0,
+            104_857_600.0,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), &bytes)
+            });
+        let recorder = match builder {
+            Ok(builder) => builder.build_recorder(),
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics stays empty");
+        }
+        handle
+    })
+}
+
+/// One HTTP request, by route template, method and status.
+pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("method", method.to_owned()),
+        ("status", status.to_string()),
+    ];
+    counter!("attache_http_requests_total", &labels).increment(1);
+    histogram!("attache_http_request_duration_seconds", &labels[..2]).record(elapsed);
+}
+
+/// One GraphQL operation and its outcome: `OK` or the first error's code.
+pub fn graphql_operation(name: Option<&str>, outcome: &str) {
+    // Client-chosen names are kept only when they look like names, so a client
+    // cannot mint series at will.
+    let name = name
+        .filter(|name| {
+            name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+        .unwrap_or("anonymous");
+    counter!("attache_graphql_operations_total", "operation" => name.to_owned(), "outcome" => outcome.to_owned())
+        .increment(1);
+}
+
+/// One stored file's size.
+pub fn upload(bytes: u64) {
+    counter!("attache_upload_bytes_total").increment(bytes);
+    histogram!("attache_upload_size_bytes").record(bytes as f64);
+}
+
+/// One storage operation: its latency, and whether it failed.
+pub fn storage_operation(
+    backend: &'static str,
+    operation: &'static str,
+    elapsed: Duration,
+    ok: bool,
+) {
+    histogram!("attache_storage_operation_duration_seconds", "backend" => backend, "operation" => operation)
+        .record(elapsed);
+    if !ok {
+        counter!("attache_storage_errors_total", "backend" => backend, "operation" => operation)
+            .increment(1);
+    }
+}
+
+/// One webhook delivery attempt and how it ended (`delivered`, `retry`, `failed`).
+pub fn webhook_attempt(outcome: &'static str) {
+    counter!("attache_webhook_attempts_total", "outcome" => outcome).increment(1);
+}
+
+/// Where the storage migration stands.
+pub fn migration_progress(files_done: u64, files_total: u64, bytes_done: u64, bytes_total: u64) {
+    gauge!("attache_storage_migration_files_done").set(files_done as f64);
+    gauge!("attache_storage_migration_files_left")
+        .set(files_total.saturating_sub(files_done) as f64);
+    gauge!("attache_storage_migration_bytes_done").set(bytes_done as f64);
+    gauge!("attache_storage_migration_bytes_left")
+        .set(bytes_total.saturating_sub(bytes_done) as f64);
+}
+
+/// The Prometheus text of every series, after reading the figures that are
+/// measured at scrape time: the database pool and the outbox backlog.
+pub async fn render(app: &App) -> String {
+    let (size, idle) = pool_usage(&app.db);
+    gauge!("attache_db_pool_connections").set(f64::from(size));
+    gauge!("attache_db_pool_idle_connections").set(idle as f64);
+    match crate::events::backlog(&app.db).await {
+        Ok(pending) => gauge!("attache_outbox_backlog").set(pending as f64),
+        Err(err) => tracing::warn!(error = %err, "cannot count the outbox backlog"),
+    }
+    prometheus().render()
+}
+
+fn pool_usage(db: &sea_orm::DatabaseConnection) -> (u32, usize) {
+    use sea_orm::DatabaseConnectionType as Pool;
+    match &db.inner {
+        Pool::SqlxSqlitePoolConnection(_) => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        Pool::SqlxPostgresPoolConnection(_) => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => (0, 0),
+    }
+}
+
+/// An `x-request-id` a client may set: short and printable, or a new one is made.
+pub fn request_id(incoming: Option<&str>) -> String {
+    incoming
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned)
+}

@@ -1,0 +1,374 @@
+//! What operators rely on: `/metrics` in Prometheus text, request ids in the log and
+//! the response, logs without secrets, a graceful SIGTERM, `/readyz` on a vanished
+//! storage folder.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use prom_text_format_parser::{Scrape, ValueType};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    SECRET, SIGNING_KEY, Setup, Store, TestApp, UPLOAD, data, hs256, http_client, now, pdf, tenant,
+};
+
+/// One scrape of `/metrics`, parsed by a parser of the Prometheus text format.
+async fn scrape(app: &TestApp) -> Scrape {
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.expect("text");
+    Scrape::parse(&text).unwrap_or_else(|err| panic!("not Prometheus text: {err:?}\n{text}"))
+}
+
+/// The sum of the samples of the series `name` whose labels include `labels`.
+fn total(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    total_of(scrape, name, labels, ValueType::Sample)
+}
+
+/// Like [`total`], for one kind of value (a histogram's `_count`, say).
+fn total_of(scrape: &Scrape, name: &str, labels: &[(&str, &str)], kind: ValueType) -> f64 {
+    scrape
+        .metrics
+        .iter()
+        .filter(|metric| metric.name == name)
+        .flat_map(|metric| &metric.samples)
+        .filter(|sample| {
+            labels.iter().all(|(key, value)| {
+                sample
+                    .labels
+                    .iter()
+                    .any(|label| label.key == *key && label.value == *value)
+            })
+        })
+        .filter(|sample| sample.value.value_type == kind)
+        .map(|sample| sample.value.value.as_f64())
+        .sum()
+}
+
+/// Whether the series `name` is there.
+fn has(scrape: &Scrape, name: &str) -> bool {
+    scrape.metrics.iter().any(|metric| metric.name == name)
+}
+
+async fn metrics_parse_and_move_with_uploads_and_downloads(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let token = app.token(&acme);
+    let before = scrape(&app).await;
+    let download_route = [("route", "/api/attachments/{id}/download")];
+    let att = app
+        .upload(&token, &pdf(), "contract", Some("c-1"), "m.pdf")
+        .await;
+    let download = app
+        .client
+        .get(att["downloadUrl"].as_str().expect("downloadUrl"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(download.status(), 200);
+    let after = scrape(&app).await;
+    for (name, labels) in [
+        ("attache_http_requests_total", &download_route[..]),
+        (
+            "attache_http_requests_total",
+            &[("route", "/graphql"), ("status", "200")][..],
+        ),
+        ("attache_upload_bytes_total", &[][..]),
+        ("attache_graphql_operations_total", &[("outcome", "OK")][..]),
+    ] {
+        assert!(
+            total(&after, name, labels) > total(&before, name, labels),
+            "{name} {labels:?} moved"
+        );
+    }
+    let backend = match setup.store {
+        Store::Fs => "fs",
+        Store::S3 => "s3",
+    };
+    let timed_write = total_of(
+        &after,
+        "attache_storage_operation_duration_seconds",
+        &[("backend", backend), ("operation", "write")],
+        ValueType::Count,
+    );
+    assert!(timed_write > 0.0, "a {backend} write was timed");
+    for name in ["attache_db_pool_connections", "attache_outbox_backlog"] {
+        assert!(has(&after, name), "{name}");
+    }
+    let id = att["id"].as_str().expect("id");
+    let labels = after
+        .metrics
+        .iter()
+        .flat_map(|metric| &metric.samples)
+        .flat_map(|sample| sample.labels.iter());
+    for label in labels {
+        assert!(!label.value.contains(id), "no raw path or id in a label");
+    }
+}
+
+async fn a_request_id_is_returned_and_a_bad_one_replaced(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let answer = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "req-42.a_b")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(answer.headers()["x-request-id"], "req-42.a_b");
+    let answer = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", format!("two words {}", "x".repeat(200)))
+        .send()
+        .await
+        .expect("GET");
+    let made = answer.headers()["x-request-id"].to_str().expect("ascii");
+    assert_eq!(made.len(), 32, "a new id: {made}");
+}
+
+async fn readyz_fails_when_the_storage_folder_vanishes(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    assert_eq!(app.status_of("/readyz").await, 200);
+    std::fs::remove_dir_all(&app.storage_root).expect("remove the storage folder");
+    let response = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["storage"], "unavailable");
+}
+
+/// A real `attache serve` whose log goes to a file.
+struct Served {
+    child: std::process::Child,
+    base: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let log = dir.path().join("attache.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+            .arg("serve")
+            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
+            .args([
+                "--database-url",
+                &format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display()),
+            ])
+            .args([
+                "--storage-root",
+                &dir.path().join("up").display().to_string(),
+            ])
+            .args(["--jwt-secret", SECRET, "--signing-key", SIGNING_KEY])
+            .args(extra)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "debug,sqlx=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start attache serve");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = http_client();
+        for _ in 0..200 {
+            if client.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            base,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn terminate(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+    }
+
+    /// Waits for the exit (at most 20 s); its status.
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        panic!("attache serve did not exit after SIGTERM");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("read the log")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn a_full_run_logs_request_ids_and_no_secret(_setup: Setup) {
+    let webhook_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut served = Served::start(&[
+        "--log-format",
+        "json",
+        "--webhook-urls",
+        "http://127.0.0.1:9/hook?token=receiver-token-123",
+        "--webhook-secret",
+        webhook_secret,
+    ])
+    .await;
+    let client = http_client();
+    let acme = tenant();
+    let token = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
+    let marker = format!("file-content-marker-{}", uuid::Uuid::new_v4());
+    let mut content = pdf();
+    content.extend(marker.as_bytes());
+    let body: Value = client
+        .post(format!("{}/graphql", served.base))
+        .bearer_auth(&token)
+        .header("x-request-id", "req-full-run-1")
+        .json(&json!({ "query": UPLOAD, "variables": { "input": {
+            "ownerType": "contract", "ownerId": "c-1", "filename": "s.pdf",
+            "base64": STANDARD.encode(&content) }}}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("json");
+    let att = data(&body, "uploadAttachment");
+    let url = att["url"].as_str().expect("url");
+    let signature = url.rsplit("signature=").next().expect("a signed link");
+    assert_eq!(client.get(url).send().await.expect("GET").status(), 200);
+    let bearer = client
+        .get(att["downloadUrl"].as_str().expect("downloadUrl"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(bearer.status(), 200);
+    let refused = client
+        .get(format!("{}/graphql?query={{__typename}}", served.base))
+        .header("authorization", "Bearer not-a-token")
+        .header("apollo-require-preflight", "1")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(refused.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a webhook attempt or two
+    served.terminate();
+    assert!(served.exit_status().await.success());
+    let log = served.log();
+    for line in log.lines() {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|err| panic!("LOG_FORMAT=json: not JSON ({err}): {line}"));
+    }
+    assert!(
+        log.contains("req-full-run-1"),
+        "the request id is in the log"
+    );
+    for secret in [
+        token.as_str(),
+        SECRET,
+        SIGNING_KEY,
+        signature,
+        webhook_secret,
+        "receiver-token-123",
+        marker.as_str(),
+        &STANDARD.encode(&content)[..40],
+    ] {
+        assert!(!log.contains(secret), "the log shows a secret: {secret}");
+    }
+}
+
+async fn sigterm_lets_a_large_upload_finish(_setup: Setup) {
+    let mut served = Served::start(&[]).await;
+    let acme = tenant();
+    let token = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
+    let mut content = pdf();
+    content.resize(8 * 1024 * 1024, b'%');
+    let body = serde_json::to_vec(&json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "c-1", "filename": "big.pdf",
+        "base64": STANDARD.encode(&content) }}}))
+    .expect("json");
+    let host = served.base.trim_start_matches("http://").to_owned();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let half = body.len() / 2;
+    let mut socket = std::net::TcpStream::connect(&host).expect("connect");
+    socket.write_all(head.as_bytes()).expect("head");
+    socket.write_all(&body[..half]).expect("half the body");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        socket
+            .write_all(&body[half..])
+            .expect("the rest of the body");
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).expect("the answer");
+        answer
+    })
+    .await
+    .expect("join");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    assert!(answer.contains("\"uploadAttachment\""), "stored");
+    assert!(served.exit_status().await.success(), "exit 0 after SIGTERM");
+}
+
+crate::matrix!(
+    metrics_parse_and_move_with_uploads_and_downloads,
+    a_request_id_is_returned_and_a_bad_one_replaced,
+);
+crate::matrix!(once: a_full_run_logs_request_ids_and_no_secret, sigterm_lets_a_large_upload_finish);
+
+mod fs_only {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_fails_when_the_storage_folder_vanishes() {
+        let setup = Setup::available(crate::helpers::Db::Sqlite, Store::Fs).expect("sqlite");
+        super::readyz_fails_when_the_storage_folder_vanishes(setup).await;
+    }
+}
