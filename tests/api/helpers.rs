@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use attache::app::App;
 use attache::config::Config;
@@ -619,6 +619,104 @@ pub fn png() -> Vec<u8> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A real `attache serve` process on a free port, with a SQLite database and a
+/// storage folder of its own; its log goes to a file.
+pub struct Served {
+    pub child: std::process::Child,
+    pub base: String,
+    log: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Served {
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let log = dir.path().join("attache.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+            .arg("serve")
+            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
+            .args([
+                "--database-url",
+                &format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display()),
+            ])
+            .args([
+                "--storage-root",
+                &dir.path().join("up").display().to_string(),
+            ])
+            .args(["--jwt-secret", SECRET, "--signing-key", SIGNING_KEY])
+            .args(extra)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "debug,sqlx=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start attache serve");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = http_client();
+        for _ in 0..200 {
+            if client.get(format!("{base}/healthz")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            base,
+            log,
+            dir,
+        }
+    }
+
+    fn database_url_in(dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", dir.join("a.db").display())
+    }
+
+    pub fn database_url(&self) -> String {
+        Self::database_url_in(self.dir.path())
+    }
+
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.path().join("up")
+    }
+
+    /// SIGTERM.
+    pub fn terminate(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+    }
+
+    /// Waits for the exit (at most 20 s); its status.
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        panic!("attache serve did not exit after SIGTERM");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("read the log")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Runs `attache ARGS` to completion, off the runtime (the S3 server lives in it);

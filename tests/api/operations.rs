@@ -11,7 +11,8 @@ use prom_text_format_parser::{Scrape, ValueType};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    SECRET, SIGNING_KEY, Setup, Store, TestApp, UPLOAD, data, hs256, http_client, now, pdf, tenant,
+    SECRET, SIGNING_KEY, Served, Setup, Store, TestApp, UPLOAD, data, hs256, http_client, now, pdf,
+    tenant,
 };
 
 /// One scrape of `/metrics`, parsed by a parser of the Prometheus text format.
@@ -154,90 +155,6 @@ async fn readyz_fails_when_the_storage_folder_vanishes(setup: Setup) {
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["storage"], "unavailable");
-}
-
-/// A real `attache serve` whose log goes to a file.
-struct Served {
-    child: std::process::Child,
-    base: String,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Served {
-    async fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let log = dir.path().join("attache.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
-            .arg("serve")
-            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
-            .args([
-                "--database-url",
-                &format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display()),
-            ])
-            .args([
-                "--storage-root",
-                &dir.path().join("up").display().to_string(),
-            ])
-            .args(["--jwt-secret", SECRET, "--signing-key", SIGNING_KEY])
-            .args(extra)
-            .env_clear()
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "debug,sqlx=warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start attache serve");
-        let base = format!("http://127.0.0.1:{port}");
-        let client = http_client();
-        for _ in 0..200 {
-            if client.get(format!("{base}/healthz")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self {
-            child,
-            base,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn terminate(&self) {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(sent.success());
-    }
-
-    /// Waits for the exit (at most 20 s); its status.
-    async fn exit_status(&mut self) -> std::process::ExitStatus {
-        for _ in 0..400 {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = self.child.kill();
-        panic!("attache serve did not exit after SIGTERM");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).expect("read the log")
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn a_full_run_logs_request_ids_and_no_secret(_setup: Setup) {

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
-    SECRET, SIGNING_KEY, Setup, TestApp, UPLOAD, hs256, http_client, keys_under, now, pdf,
-    run_attache, sha256_hex, tenant,
+    Served, Setup, TestApp, UPLOAD, hs256, http_client, keys_under, now, pdf, run_attache,
+    sha256_hex, tenant,
 };
 
 /// A PDF of about `size` bytes, different at every call.
@@ -169,43 +169,14 @@ async fn a_busy_server_answers_503_with_retry_after(setup: Setup) {
     assert_files_equal_rows(&app, &acme).await;
 }
 
-/// A free port on loopback for a server started as a process.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 async fn a_server_killed_during_uploads_leaves_rows_with_objects(_setup: Setup) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-    let root = dir.path().join("uploads");
-    let port = free_port();
-    let config = [
-        "--database-url".to_owned(),
-        database_url.clone(),
-        "--storage-root".to_owned(),
-        root.display().to_string(),
-    ];
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
-        .arg("serve")
-        .args(&config)
-        .args(["--listen-addr", &format!("127.0.0.1:{port}")])
-        .args(["--jwt-secret", SECRET, "--signing-key", SIGNING_KEY])
-        .env_clear()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start attache serve");
-    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Served::start(&[]).await;
+    let (database_url, root, base) = (
+        server.database_url(),
+        server.storage_root(),
+        server.base.clone(),
+    );
     let client = http_client();
-    for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let acme = tenant();
     let token = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
     let mut burst = tokio::task::JoinSet::new();
@@ -229,8 +200,8 @@ async fn a_server_killed_during_uploads_leaves_rows_with_objects(_setup: Setup) 
         });
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    server.kill().expect("SIGKILL");
-    server.wait().expect("reap");
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reap");
     while burst.join_next().await.is_some() {}
 
     let db = sea_orm::Database::connect(&database_url)
@@ -243,9 +214,18 @@ async fn a_server_killed_during_uploads_leaves_rows_with_objects(_setup: Setup) 
             .unwrap_or_else(|err| panic!("row {} has no object: {err}", row.id));
         assert_eq!(sha256_hex(&bytes), row.sha256, "{}", row.storage_key);
     }
-    let mut sweep = vec!["storage".to_owned(), "sweep".to_owned()];
-    sweep.extend(config);
-    sweep.extend(["--older-than".to_owned(), "0s".to_owned()]);
+    let sweep = [
+        "storage",
+        "sweep",
+        "--database-url",
+        &database_url,
+        "--storage-root",
+        &root.display().to_string(),
+        "--older-than",
+        "0s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let output = run_attache(sweep).await;
     assert!(
         output.status.success(),
