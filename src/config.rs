@@ -114,6 +114,10 @@ pub struct StorageConfig {
     /// Key prefix inside the bucket, joined with `/`.
     #[arg(long, env = "S3_PREFIX", default_value = "")]
     pub s3_prefix: String,
+    /// fs only: sync each new file (and its folder) to disk before its row commits, so
+    /// a stored upload also survives a power loss; pair with SQLITE_SYNCHRONOUS=full.
+    #[arg(long, env = "FSYNC_FILES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub fsync_files: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

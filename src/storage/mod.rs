@@ -65,6 +65,8 @@ pub struct Storage {
     fs_root: Option<std::path::PathBuf>,
     /// Where the objects live, for people: `fs:/srv/uploads`, `s3://bucket/prefix`.
     location: String,
+    /// `FSYNC_FILES`: new files are synced to disk before they count as written.
+    fsync_files: bool,
 }
 
 /// Parts of an object copied between stores are buffered up to this size (an S3
@@ -88,7 +90,10 @@ impl Storage {
                         format!("cannot create {}: {err}", config.storage_root.display()),
                     )
                 })?;
-                Self::fs(&config.storage_root)
+                Ok(Self {
+                    fsync_files: config.fsync_files,
+                    ..Self::fs(&config.storage_root)?
+                })
             }
             StorageBackend::S3 => {
                 let bucket = config.s3_bucket_name.as_deref().unwrap_or_default();
@@ -100,6 +105,7 @@ impl Storage {
                     location: format!("s3://{bucket}/{prefix}")
                         .trim_end_matches('/')
                         .to_owned(),
+                    fsync_files: false,
                 })
             }
         }
@@ -134,6 +140,7 @@ impl Storage {
             backend: StorageBackend::Fs,
             location: format!("fs:{text}"),
             fs_root: Some(root),
+            fsync_files: false,
         })
     }
 
@@ -167,6 +174,19 @@ impl Storage {
 
     /// Writes a new object; an existing key is an error, never a silent replacement.
     pub async fn put_new(&self, key: &StorageKey, bytes: Vec<u8>) -> opendal::Result<()> {
+        if let Some(root) = &self.fs_root {
+            let path = root.join(key.as_str());
+            let sync = self.fsync_files;
+            let write = tokio::task::spawn_blocking(move || write_new_file(&path, &bytes, sync));
+            return self
+                .observed("write", async {
+                    write.await.map_err(|err| {
+                        opendal::Error::new(opendal::ErrorKind::Unexpected, "a write task failed")
+                            .set_source(err)
+                    })?
+                })
+                .await;
+        }
         let write = self
             .operator
             .write_with(key.as_str(), bytes)
@@ -618,6 +638,43 @@ impl Storage {
             _copy: Some(copy),
         })
     }
+}
+
+/// A new file on fs in one trip to the blocking pool, where OpenDAL's writer takes
+/// six and always syncs (0.3 to 1 ms an upload). `create_new` (O_EXCL) keeps the
+/// never-overwrite rule. Without `sync` the file survives a crash of the process
+/// (the kernel holds it); with it, also a power loss. A failed write leaves no file.
+fn write_new_file(path: &std::path::Path, bytes: &[u8], sync: bool) -> opendal::Result<()> {
+    use std::io::Write;
+    let folder = path.parent().unwrap_or(path);
+    std::fs::create_dir_all(folder).map_err(io_error)?;
+    let mut file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_error)?;
+    let written = file.write_all(bytes).and_then(|()| match sync {
+        true => file
+            .sync_data()
+            .and_then(|()| std::fs::File::open(folder)?.sync_all()),
+        false => Ok(()),
+    });
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(io_error(err));
+    }
+    Ok(())
+}
+
+/// An I/O error as OpenDAL would report it; an existing file is a failed condition.
+fn io_error(err: std::io::Error) -> opendal::Error {
+    let kind = match err.kind() {
+        std::io::ErrorKind::AlreadyExists => opendal::ErrorKind::ConditionNotMatch,
+        std::io::ErrorKind::NotFound => opendal::ErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => opendal::ErrorKind::PermissionDenied,
+        _ => opendal::ErrorKind::Unexpected,
+    };
+    opendal::Error::new(kind, "writing a file failed").set_source(err)
 }
 
 /// A path on the local filesystem holding an object's bytes; a temporary copy is

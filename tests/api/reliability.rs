@@ -238,7 +238,21 @@ async fn a_server_killed_during_uploads_leaves_rows_with_objects(_setup: Setup) 
     assert_eq!(keys, row_keys, "after the sweep, files = rows");
 }
 
+async fn fsync_files_stores_uploads_durably(setup: Setup) {
+    let app = TestApp::spawn_with(
+        setup,
+        &["--fsync-files", "true", "--sqlite-synchronous", "full"],
+    )
+    .await;
+    let acme = tenant();
+    let token = app.token(&acme);
+    app.upload(&token, &pdf(), "contract", Some("c-1"), "synced.pdf")
+        .await;
+    assert_files_equal_rows(&app, &acme).await;
+}
+
 crate::matrix!(
+    fsync_files_stores_uploads_durably,
     clients_that_disconnect_leave_no_orphan,
     a_busy_server_answers_503_with_retry_after,
 );
