@@ -142,6 +142,20 @@ async fn a_request_id_is_returned_and_a_bad_one_replaced(setup: Setup) {
     assert_eq!(made.len(), 32, "a new id: {made}");
 }
 
+async fn readyz_answers_503_while_draining(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    assert_eq!(app.status_of("/readyz").await, 200);
+    app.app
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(app.status_of("/readyz").await, 503);
+    assert_eq!(
+        app.status_of("/healthz").await,
+        200,
+        "the process still answers"
+    );
+}
+
 async fn readyz_fails_when_the_storage_folder_vanishes(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     assert_eq!(app.status_of("/readyz").await, 200);
@@ -277,6 +291,7 @@ async fn sigterm_lets_a_large_upload_finish(_setup: Setup) {
 crate::matrix!(
     metrics_parse_and_move_with_uploads_and_downloads,
     a_request_id_is_returned_and_a_bad_one_replaced,
+    readyz_answers_503_while_draining,
 );
 crate::matrix!(once: a_full_run_logs_request_ids_and_no_secret, sigterm_lets_a_large_upload_finish);
 
