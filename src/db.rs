@@ -37,6 +37,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conf
         SqliteSync::Normal => SqliteSynchronous::Normal,
         SqliteSync::Full => SqliteSynchronous::Full,
     };
+    if url.starts_with("sqlite:") {
+        // A local file has no connection to lose: no ping before every query.
+        options.test_before_acquire(false);
+    }
     options.map_sqlx_sqlite_opts(move |sqlite| {
         sqlite
             .journal_mode(SqliteJournalMode::Wal)
