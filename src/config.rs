@@ -180,8 +180,8 @@ pub struct LimitsConfig {
     /// Upload requests read and processed at once; more wait their turn (bounds memory).
     #[arg(long, env = "MAX_CONCURRENT_UPLOADS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_concurrent_uploads: u64,
-    /// Seconds an upload waits for a free slot (and a query for a database connection)
-    /// before it is answered 503 with Retry-After.
+    /// Seconds an upload waits for a free slot before it is answered 503 with
+    /// Retry-After.
     #[arg(long, env = "UPLOAD_QUEUE_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub upload_queue_timeout_seconds: u64,
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    Statement, TransactionTrait,
 };
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -65,14 +65,35 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
         return Migrator::up(db, None).await;
     }
     let txn = db.begin().await?;
+    advisory_lock(&txn, MIGRATION_LOCK).await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
+}
+
+/// PostgreSQL: waits for the advisory lock `id`, held until `txn` ends.
+pub async fn advisory_lock(txn: &DatabaseTransaction, id: i64) -> Result<(), sea_orm::DbErr> {
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT pg_advisory_xact_lock($1)",
-        [MIGRATION_LOCK.into()],
+        [id.into()],
     ))
-    .await?;
-    Migrator::up(&txn, None).await?;
-    txn.commit().await
+    .await
+    .map(drop)
+}
+
+/// PostgreSQL: takes the advisory lock `id` for as long as `txn` lasts, if it is free.
+pub async fn try_advisory_lock(txn: &DatabaseTransaction, id: i64) -> Result<bool, sea_orm::DbErr> {
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_try_advisory_xact_lock($1) AS locked",
+            [id.into()],
+        ))
+        .await?;
+    Ok(row
+        .map(|row| row.try_get::<bool>("", "locked"))
+        .transpose()?
+        .unwrap_or(false))
 }
 
 /// Removes the URL (and so any password in it) from a driver's message.

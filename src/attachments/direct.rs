@@ -229,6 +229,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     }
     super::insert_stored(app, &txn, &row).await?;
     txn.commit().await?;
+    crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     Ok(row)
 }
 

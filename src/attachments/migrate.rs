@@ -12,8 +12,8 @@ use entity::{attachment, storage_migration};
 use futures::StreamExt;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -169,7 +169,13 @@ pub async fn run(
         ..Summary::default()
     };
     let mut after: Option<Uuid> = None;
+    let mut seen = 0;
     loop {
+        if stop.is_cancelled() {
+            // Asked to stop: no new copy, and no need to page through the rest.
+            summary.interrupted += files.saturating_sub(seen);
+            break;
+        }
         let mut query = attachment::Entity::find().order_by_asc(attachment::Column::Id);
         if let Some(after) = after {
             query = query.filter(attachment::Column::Id.gt(after));
@@ -193,6 +199,7 @@ pub async fn run(
             })
             .buffer_unordered(plan.concurrency.max(1));
         while let Some((row, outcome)) = outcomes.next().await {
+            seen += 1;
             let size = u64::try_from(row.byte_size).unwrap_or_default();
             progress.file(&row.storage_key, size, &outcome);
             summary.add(&outcome, size);
@@ -312,6 +319,7 @@ impl Copier<'_> {
             self.record(key, expected, attempt).await?;
             return Ok(Outcome::AlreadyThere);
         }
+        // A missing file only shows once read, after the bucket's writer is open: ask first.
         if self
             .source
             .size(key)
@@ -396,24 +404,9 @@ impl RunLock {
             return Ok(Self { _transaction: None });
         }
         let txn = db.begin().await?;
-        let locked = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_try_advisory_xact_lock($1) AS locked",
-                [LOCK_ID.into()],
-            ))
-            .await?
-            .map(|row| row.try_get::<bool>("", "locked"))
-            .transpose()?
-            .unwrap_or(false);
-        if !locked {
+        if !crate::db::try_advisory_lock(&txn, LOCK_ID).await? {
             progress.waiting();
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_advisory_xact_lock($1)",
-                [LOCK_ID.into()],
-            ))
-            .await?;
+            crate::db::advisory_lock(&txn, LOCK_ID).await?;
         }
         Ok(Self {
             _transaction: Some(txn),
@@ -482,8 +475,10 @@ struct LogProgress {
 
 impl Progress for LogProgress {
     fn begin(&self, files: u64, bytes: u64) {
-        self.total
-            .store(files, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.total.store(files, Relaxed);
+        self.bytes_total.store(bytes, Relaxed);
+        crate::telemetry::migration_progress(0, files, 0, bytes);
         tracing::info!(files, bytes, "storage migration: files to check");
     }
 

@@ -13,7 +13,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::app::App;
 use crate::error::{AppError, AppResult};
-use crate::storage::{StorageKey, StoredObject};
+use crate::storage::StorageKey;
 
 /// Keys looked up in the database per query.
 const LOOKUP_BATCH: usize = 500;
@@ -110,7 +110,8 @@ async fn orphans(app: &App, cutoff: SystemTime) -> AppResult<Vec<String>> {
         let mut old = Vec::with_capacity(chunk.len());
         for object in chunk {
             let object = object.map_err(AppError::StorageUnavailable)?;
-            if modified(app, &object).await? < cutoff {
+            // Both listers give the time; one that did not would count as young.
+            if object.modified.unwrap_or_else(SystemTime::now) < cutoff {
                 old.push(object.key);
             }
         }
@@ -118,19 +119,6 @@ async fn orphans(app: &App, cutoff: SystemTime) -> AppResult<Vec<String>> {
         orphans.extend(old.into_iter().filter(|key| !known.contains(key)));
     }
     Ok(orphans)
-}
-
-/// When an object was last written; a listing that does not say is completed by a stat.
-async fn modified(app: &App, object: &StoredObject) -> AppResult<SystemTime> {
-    match object.modified {
-        Some(modified) => Ok(modified),
-        None => Ok(app
-            .storage
-            .modified(&StorageKey::from_stored(object.key.clone()))
-            .await
-            .map_err(AppError::StorageUnavailable)?
-            .unwrap_or_else(SystemTime::now)),
-    }
 }
 
 /// Which of `keys` a row still names: an attachment, a direct upload in progress,

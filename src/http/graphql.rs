@@ -214,8 +214,7 @@ async fn after_draining(request: Request, max: u64, response: Response) -> Respo
 }
 
 fn bad_request(message: String) -> Box<Response> {
-    let error = AppError::BadUserInput(message);
-    Box::new((StatusCode::BAD_REQUEST, axum::Json(error.graphql_body())).into_response())
+    Box::new(AppError::BadUserInput(message).into_response())
 }
 
 /// Parses the request: the query string of a GET, a JSON body read once and parsed

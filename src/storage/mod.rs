@@ -48,6 +48,34 @@ pub struct Digest {
     pub sha256: String,
 }
 
+/// The size and sha256 of bytes read chunk by chunk.
+#[derive(Default)]
+struct Digesting {
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl Digesting {
+    fn update(&mut self, chunk: &[u8]) {
+        use sha2::Digest as _;
+        self.size += chunk.len() as u64;
+        self.hasher.update(chunk);
+    }
+
+    fn finish(self) -> Digest {
+        use sha2::Digest as _;
+        Digest {
+            size: self.size,
+            sha256: hex::encode(self.hasher.finalize()),
+        }
+    }
+}
+
+/// A broken read stream as an OpenDAL error.
+fn read_failed(err: std::io::Error) -> opendal::Error {
+    opendal::Error::new(opendal::ErrorKind::Unexpected, "reading an object failed").set_source(err)
+}
+
 /// A stored object as a listing sees it.
 #[derive(Clone, Debug)]
 pub struct StoredObject {
@@ -317,21 +345,6 @@ impl Storage {
         }
     }
 
-    /// When an object was last written, `None` when there is no such object.
-    pub async fn modified(
-        &self,
-        key: &StorageKey,
-    ) -> opendal::Result<Option<std::time::SystemTime>> {
-        match self.operator.stat(key.as_str()).await {
-            Ok(meta) => Ok(Some(
-                meta.last_modified()
-                    .map_or_else(std::time::SystemTime::now, Into::into),
-            )),
-            Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err),
-        }
-    }
-
     /// A presigned GET with the given `Content-Disposition`, where the backend presigns
     /// (S3); `None` on fs, whose links are signed by attache itself.
     pub async fn presign_read(
@@ -401,32 +414,21 @@ impl Storage {
     /// The size and sha256 of a stored object, read as a stream; `None` when there is
     /// no such object.
     pub async fn digest(&self, key: &StorageKey) -> opendal::Result<Option<Digest>> {
-        use sha2::Digest as _;
         let mut stream = match self.stream(key, opendal::BytesRange::from(..)).await {
             Ok(stream) => stream,
             Err(err) if err.kind() == opendal::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(err),
         };
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
+        let mut digest = Digesting::default();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|err| {
-                opendal::Error::new(opendal::ErrorKind::Unexpected, "reading an object failed")
-                    .set_source(err)
-            })?;
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
+            digest.update(&chunk.map_err(read_failed)?);
         }
-        Ok(Some(Digest {
-            size,
-            sha256: hex::encode(hasher.finalize()),
-        }))
+        Ok(Some(digest.finish()))
     }
 
     /// Copies `key` from `source` into this store as a stream, replacing what is
     /// there, and returns the digest of the bytes read from the source.
     pub async fn copy_from(&self, source: &Storage, key: &StorageKey) -> Result<Digest, CopyError> {
-        use sha2::Digest as _;
         let mut stream = source
             .stream(key, opendal::BytesRange::from(..))
             .await
@@ -437,19 +439,14 @@ impl Storage {
             .chunk(COPY_CHUNK)
             .await
             .map_err(CopyError::Destination)?;
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
+        let mut digest = Digesting::default();
         while let Some(chunk) = stream.next().await {
             let written = match chunk {
                 Ok(chunk) => {
-                    size += chunk.len() as u64;
-                    hasher.update(&chunk);
+                    digest.update(&chunk);
                     writer.write(chunk).await.map_err(CopyError::Destination)
                 }
-                Err(err) => Err(CopyError::Source(
-                    opendal::Error::new(opendal::ErrorKind::Unexpected, "reading failed")
-                        .set_source(err),
-                )),
+                Err(err) => Err(CopyError::Source(read_failed(err))),
             };
             if let Err(err) = written {
                 // The bucket keeps what was there before an aborted multipart upload.
@@ -458,10 +455,7 @@ impl Storage {
             }
         }
         writer.close().await.map_err(CopyError::Destination)?;
-        Ok(Digest {
-            size,
-            sha256: hex::encode(hasher.finalize()),
-        })
+        Ok(digest.finish())
     }
 
     /// Every object of the store (directories left out), in no particular order.

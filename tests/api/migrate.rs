@@ -274,9 +274,6 @@ async fn a_migration_killed_part_way_is_completed_by_the_next_run(setup: Setup) 
 }
 
 async fn two_migrations_at_once_copy_each_file_once(setup: Setup) {
-    if setup.db != Db::Postgres {
-        return; // SQLite: one process owns the database (README).
-    }
     let scene = Scene::new(setup.db, 10).await;
     let first = run_attache(scene.migrate_args(&["--concurrency", "2"]));
     let second = run_attache(scene.migrate_args(&["--concurrency", "2"]));
@@ -577,10 +574,11 @@ crate::matrix!(
     s3: a_dry_run_writes_nothing_and_a_run_moves_every_file_once,
     a_missing_local_file_is_reported_and_fails_the_run,
     a_migration_killed_part_way_is_completed_by_the_next_run,
-    two_migrations_at_once_copy_each_file_once,
     automatic_migration_serves_every_file_before_during_and_after,
 );
 crate::matrix!(once: serve_runs_the_automatic_migration);
+// SQLite: one process owns the database (README), so only PostgreSQL runs two.
+crate::matrix!(postgres: two_migrations_at_once_copy_each_file_once);
 crate::matrix!(
     a_lost_object_is_a_clear_404_not_a_truncated_200,
     sweep_removes_old_orphans_and_keeps_everything_else,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
-    Served, Setup, TestApp, UPLOAD, hs256, http_client, keys_under, now, pdf, run_attache,
+    Served, Setup, TestApp, UPLOAD, data, hs256, http_client, keys_under, now, pdf, run_attache,
     sha256_hex, tenant,
 };
 
@@ -166,6 +166,8 @@ async fn a_busy_server_answers_503_with_retry_after(setup: Setup) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let retried = post().await.expect("POST");
     assert_eq!(retried.status(), 200, "the slot is free again");
+    let body: Value = retried.json().await.expect("json");
+    assert!(data(&body, "uploadAttachment")["id"].is_string());
     assert_files_equal_rows(&app, &acme).await;
 }
 
