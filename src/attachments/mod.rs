@@ -65,7 +65,7 @@ async fn store(
     principal: &Principal,
     uploads: Vec<ValidUpload>,
 ) -> AppResult<Vec<attachment::Model>> {
-    let planned: Vec<(attachment::Model, Vec<u8>)> = uploads
+    let planned: Vec<(attachment::Model, Bytes)> = uploads
         .into_iter()
         .map(|upload| (new_row(principal, &upload), upload.bytes))
         .collect();

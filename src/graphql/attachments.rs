@@ -8,6 +8,7 @@ use async_graphql::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entity::attachment;
 use uuid::Uuid;
@@ -17,6 +18,7 @@ use crate::attachments::{self, Draft, Target, ValidUpload, direct, upload};
 use crate::auth::{Access, Principal};
 use crate::error::{AppError, AppResult};
 use crate::graphql::context::{app, principal};
+use crate::graphql::large_strings;
 use crate::urls;
 
 /// Largest page of `attachments`.
@@ -221,9 +223,9 @@ pub struct HttpHeader {
 
 impl UploadAttachmentInput {
     /// SPEC 4 in order: owner type, base64, then the checks of [`ValidUpload::check`].
-    fn validate(self, app: &App) -> AppResult<ValidUpload> {
+    fn validate(self, ctx: &Context<'_>, app: &App) -> AppResult<ValidUpload> {
         let target = Target::resolve(&app.collections, &self.owner_type, self.owner_id.as_deref())?;
-        let bytes = upload::decode_base64(self.base64)?;
+        let bytes = upload::decode_base64(large_strings::text(ctx, &self.base64))?;
         let draft = Draft {
             filename: &self.filename,
             declared_type: self.content_type.as_deref(),
@@ -246,7 +248,7 @@ impl AttachmentMutation {
     ) -> async_graphql::Result<Attachment> {
         let principal = principal(ctx, Access::Write)?;
         let app = app(ctx)?;
-        let upload = input.validate(app).extend()?;
+        let upload = input.validate(ctx, app).extend()?;
         store_one(app, principal, upload).await
     }
 
@@ -266,7 +268,7 @@ impl AttachmentMutation {
         }
         let mut uploads = Vec::with_capacity(input.len());
         for (index, file) in input.into_iter().enumerate() {
-            let upload = file.validate(app).map_err(|err| {
+            let upload = file.validate(ctx, app).map_err(|err| {
                 let mut error = err.extend().extend_with(|_, ext| ext.set("index", index));
                 error.message = format!("file {index}: {}", error.message);
                 error
@@ -386,7 +388,7 @@ async fn store_one(
 
 /// Reads a multipart file part (a temporary file), refusing it before reading when
 /// it is too large.
-async fn read_part(file: std::fs::File, size: u64, max_upload_bytes: u64) -> AppResult<Vec<u8>> {
+async fn read_part(file: std::fs::File, size: u64, max_upload_bytes: u64) -> AppResult<Bytes> {
     use tokio::io::AsyncReadExt;
     if size > max_upload_bytes {
         return Err(AppError::PayloadTooLarge(format!(
@@ -400,5 +402,5 @@ async fn read_part(file: std::fs::File, size: u64, max_upload_bytes: u64) -> App
         .map_err(|err| {
             AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"))
         })?;
-    Ok(bytes)
+    Ok(Bytes::from(bytes))
 }

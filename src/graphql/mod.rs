@@ -3,6 +3,7 @@
 
 mod attachments;
 mod context;
+pub mod large_strings;
 
 use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 

@@ -69,7 +69,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             state.app.config.limits.max_batch_files,
         ),
     );
-    let batch = match read.await {
+    let mut batch = match read.await {
         Ok(Ok(batch)) => batch,
         Ok(Err(response)) => return *response,
         Err(_) => {
@@ -88,6 +88,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             .map(|request| request.operation_name.clone())
             .collect(),
     };
+    crate::graphql::large_strings::move_out(&mut batch);
     let response = state.schema.execute_batch(batch.data(caller)).await;
     count_operations(&names, &response);
     let mut response = GraphQLResponse::from(response).into_response();

@@ -201,7 +201,7 @@ impl Storage {
     }
 
     /// Writes a new object; an existing key is an error, never a silent replacement.
-    pub async fn put_new(&self, key: &StorageKey, bytes: Vec<u8>) -> opendal::Result<()> {
+    pub async fn put_new(&self, key: &StorageKey, bytes: Bytes) -> opendal::Result<()> {
         if let Some(root) = &self.fs_root {
             let path = root.join(key.as_str());
             let sync = self.fsync_files;
@@ -329,8 +329,8 @@ impl Storage {
     }
 
     /// Reads a whole object; only for objects whose size was checked first.
-    pub async fn read_all(&self, key: &StorageKey) -> opendal::Result<Vec<u8>> {
-        Ok(self.operator.read(key.as_str()).await?.to_vec())
+    pub async fn read_all(&self, key: &StorageKey) -> opendal::Result<Bytes> {
+        Ok(self.operator.read(key.as_str()).await?.to_bytes())
     }
 
     /// The size of an object, `None` when there is none.
@@ -569,7 +569,7 @@ impl Storage {
             return vec![("list", listed)];
         }
         let probe = StorageKey::probe();
-        let payload = b"attache storage probe".to_vec();
+        let payload = Bytes::from_static(b"attache storage probe");
         let written = self.put_new(&probe, payload.clone()).await;
         if written.is_err() {
             return vec![("list", Ok(())), ("write", written)];
@@ -639,25 +639,63 @@ impl Storage {
 /// never-overwrite rule. Without `sync` the file survives a crash of the process
 /// (the kernel holds it); with it, also a power loss. A failed write leaves no file.
 fn write_new_file(path: &std::path::Path, bytes: &[u8], sync: bool) -> opendal::Result<()> {
-    use std::io::Write;
+    use std::os::unix::fs::FileExt;
     let folder = path.parent().unwrap_or(path);
     std::fs::create_dir_all(folder).map_err(io_error)?;
-    let mut file = std::fs::File::options()
+    let file = std::fs::File::options()
         .write(true)
         .create_new(true)
         .open(path)
         .map_err(io_error)?;
-    let written = file.write_all(bytes).and_then(|()| match sync {
-        true => file
-            .sync_data()
-            .and_then(|()| std::fs::File::open(folder)?.sync_all()),
-        false => Ok(()),
-    });
+    let direct = write_direct(path, bytes);
+    let written = file
+        .write_all_at(&bytes[direct..], direct as u64)
+        .and_then(|()| match sync {
+            true => file
+                .sync_data()
+                .and_then(|()| std::fs::File::open(folder)?.sync_all()),
+            false => Ok(()),
+        });
     if let Err(err) = written {
         let _ = std::fs::remove_file(path);
         return Err(io_error(err));
     }
     Ok(())
+}
+
+/// Where an upload's bytes should start in memory: a page boundary, so that
+/// [`Storage::put_new`] can hand them to the disk without a copy (`O_DIRECT`).
+pub const FILE_ALIGNMENT: usize = 4096;
+
+/// Large files go to the disk without passing through the page cache (`O_DIRECT`,
+/// as MinIO writes objects): a burst of uploads neither evicts what is read often
+/// nor pays for filling fresh cache pages, four times the cost of the write on a VM.
+const DIRECT_WRITE_FROM: usize = 256 * 1024;
+
+/// Writes the block-aligned head of `bytes` to the new file at `path` with
+/// `O_DIRECT`, when the buffer starts on a page (see `decode_base64`) and the
+/// filesystem allows it; how many bytes it wrote, the rest is for a buffered write.
+#[cfg(target_os = "linux")]
+fn write_direct(path: &std::path::Path, bytes: &[u8]) -> usize {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let head = bytes.len() - bytes.len() % FILE_ALIGNMENT;
+    if bytes.len() < DIRECT_WRITE_FROM || bytes.as_ptr().align_offset(FILE_ALIGNMENT) != 0 {
+        return 0;
+    }
+    let written = std::fs::File::options()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .and_then(|mut file| file.write_all(&bytes[..head]));
+    // A filesystem without O_DIRECT (tmpfs) or a short write: the buffered write
+    // starts again from the beginning.
+    written.map_or(0, |()| head)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_direct(_path: &std::path::Path, _bytes: &[u8]) -> usize {
+    0
 }
 
 /// An I/O error as OpenDAL would report it; an existing file is a failed condition.

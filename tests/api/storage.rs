@@ -2,6 +2,7 @@
 //! an S3 outage, fail-fast startup and `attache storage check`.
 
 use attache::storage::StorageKey;
+use bytes::Bytes;
 use serde_json::json;
 
 use crate::helpers::run_attache;
@@ -16,17 +17,21 @@ async fn objects_are_never_overwritten(setup: Setup) {
     let key = StorageKey::from_stored(format!("{}/contracts/c-1/fixed.pdf", tenant()));
     app.app
         .storage
-        .put_new(&key, b"first".to_vec())
+        .put_new(&key, Bytes::from_static(b"first"))
         .await
         .expect("first write");
-    let second = app.app.storage.put_new(&key, b"second".to_vec()).await;
+    let second = app
+        .app
+        .storage
+        .put_new(&key, Bytes::from_static(b"second"))
+        .await;
     assert_eq!(
         second.expect_err("a collision is an error").kind(),
         opendal::ErrorKind::ConditionNotMatch
     );
     assert_eq!(
         app.app.storage.read_all(&key).await.expect("read"),
-        b"first"
+        b"first"[..]
     );
 }
 

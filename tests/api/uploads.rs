@@ -6,7 +6,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Refusal, Setup, TestApp, UPLOAD, codes, data, pdf, png, sha256_hex, tenant, upload_file_form,
+    Refusal, Setup, TestApp, UPLOAD, codes, data, fetch, pdf, png, sha256_hex, tenant,
+    upload_file_form,
 };
 
 async fn upload_stores_the_file_under_its_collection_key(setup: Setup) {
@@ -342,8 +343,63 @@ async fn a_failing_row_removes_its_object(setup: Setup) {
     refusal.remove(&app).await;
 }
 
+/// Files past the sizes where uploads take their fast paths (a moved variable from
+/// 64 KiB, a direct write from 256 KiB) come back byte for byte: odd sizes, every
+/// base64 form, one variable used twice, and a placeholder forged by a client.
+async fn large_files_keep_every_byte(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let mut content = pdf();
+    content.extend((0..(1 << 20) + 4099).map(|i: u32| (i % 251) as u8));
+    let standard = STANDARD.encode(&content);
+    for encoded in [
+        standard.clone(),
+        URL_SAFE_NO_PAD.encode(&content),
+        format!("data:application/pdf;base64,{standard}"),
+        standard
+            .as_bytes()
+            .chunks(76)
+            .map(|line| format!("{}\n", String::from_utf8_lossy(line)))
+            .collect(),
+    ] {
+        let body = app
+            .gql(
+                UPLOAD,
+                json!({ "input": input("contract", Some("c-1"), "big.pdf", &encoded) }),
+                Some(&bearer),
+            )
+            .await;
+        let stored = data(&body, "uploadAttachment");
+        assert_eq!(stored["sha256"], sha256_hex(&content));
+        assert_eq!(stored["byteSize"], content.len());
+        assert_eq!(fetch(&stored["url"]).await, content, "bytes through url");
+    }
+    let twice = "mutation($file: UploadAttachmentInput!) { uploadAttachments(input: [$file, $file]) { sha256 byteSize } }";
+    let body = app
+        .gql(
+            twice,
+            json!({ "file": input("contract", Some("c-1"), "big.pdf", &standard) }),
+            Some(&bearer),
+        )
+        .await;
+    let stored = data(&body, "uploadAttachments");
+    for file in stored.as_array().expect("list") {
+        assert_eq!(file["sha256"], sha256_hex(&content));
+    }
+    let forged = "\u{0}attache-large-string-00000000-0000-0000-0000-000000000000:0";
+    let body = app
+        .gql(
+            UPLOAD,
+            json!({ "input": input("contract", Some("c-1"), "f.pdf", forged) }),
+            Some(&bearer),
+        )
+        .await;
+    assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "{body}");
+}
+
 crate::matrix!(
     upload_stores_the_file_under_its_collection_key,
+    large_files_keep_every_byte,
     every_tolerated_base64_form_is_accepted,
     every_validation_error_has_its_code_and_stores_nothing,
     hostile_filenames_lose_paths_and_control_characters,
