@@ -17,6 +17,8 @@ use crate::storage::Storage;
 pub struct App {
     pub config: Config,
     pub db: DatabaseConnection,
+    /// How uploads commit: one connection of their own on SQLite.
+    pub writer: crate::db::Writer,
     pub storage: Storage,
     /// `AUTO_MIGRATE_STORAGE` on s3: the local folder that downloads fall back to
     /// until the background migration has copied a file into the bucket.
@@ -73,9 +75,11 @@ impl App {
             _ => None,
         };
         let db = crate::db::connect(&config.database).await?;
+        let writer = crate::db::Writer::open(&config.database, &db).await?;
         let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
         Ok(App {
             db,
+            writer,
             storage,
             local_fallback,
             migration_done: std::sync::atomic::AtomicBool::new(false),

@@ -8,8 +8,8 @@ use chrono::Utc;
 use entity::{attachment, direct_upload};
 use futures::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
+    QuerySelect, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -227,7 +227,8 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
             "no such direct upload, or it has expired".into(),
         ));
     }
-    super::insert_stored(app, &txn, &row).await?;
+    let statements = super::stored_statements(app, txn.get_database_backend(), &row)?;
+    crate::db::execute_all(&txn, statements).await?;
     txn.commit().await?;
     crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     Ok(row)
@@ -252,7 +253,8 @@ async fn discard(
     if claimed.rows_affected == 0 {
         return Ok(());
     }
-    super::schedule_removal(&txn, &pending.storage_key).await?;
+    let removal = super::removal_statement(txn.get_database_backend(), &pending.storage_key);
+    txn.execute_raw(removal).await?;
     txn.commit().await?;
     super::remove_object(app, &pending.storage_key).await;
     Ok(())

@@ -17,13 +17,15 @@ use entity::outbox_event::EventType;
 use entity::{attachment, storage_deletion};
 use futures::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
 use crate::auth::Principal;
+use crate::db;
 use crate::error::{AppError, AppResult};
 use crate::events;
 use crate::ids::SafeId;
@@ -128,10 +130,10 @@ async fn record_intents(app: &App, keys: &[String]) -> Result<(), sea_orm::DbErr
         created_at: sea_orm::Set(now),
         intent: sea_orm::Set(true),
     });
-    storage_deletion::Entity::insert_many(intents)
-        .exec_without_returning(&app.db)
+    let insert = storage_deletion::Entity::insert_many(intents).into_query();
+    app.writer
+        .commit(vec![app.db.get_database_backend().build(&insert)])
         .await
-        .map(drop)
 }
 
 /// One transaction: the rows, their `file.stored` events, and the end of their
@@ -141,29 +143,33 @@ async fn insert_rows(
     rows: &[attachment::Model],
     keys: &[String],
 ) -> Result<(), sea_orm::DbErr> {
-    let txn = app.db.begin().await?;
+    let backend = app.db.get_database_backend();
+    let mut statements = Vec::new();
     for row in rows {
-        insert_stored(app, &txn, row).await?;
+        statements.extend(stored_statements(app, backend, row)?);
     }
-    storage_deletion::Entity::delete_many()
-        .filter(storage_deletion::Column::StorageKey.is_in(keys.iter().cloned()))
-        .exec(&txn)
-        .await?;
-    txn.commit().await
+    let intents_done = storage_deletion::Entity::delete_many()
+        .filter(storage_deletion::Column::StorageKey.is_in(keys.iter().cloned()));
+    statements.push(backend.build(&intents_done.into_query()));
+    app.writer.commit(statements).await
 }
 
-/// Inserts an attachment row and its `file.stored` event in the caller's transaction.
-async fn insert_stored(
+/// The statements that insert an attachment row and its `file.stored` event, for
+/// the caller's transaction.
+fn stored_statements(
     app: &App,
-    txn: &sea_orm::DatabaseTransaction,
+    backend: DbBackend,
     row: &attachment::Model,
-) -> Result<(), sea_orm::DbErr> {
-    row.clone()
-        .into_active_model()
-        .reset_all()
-        .insert(txn)
-        .await?;
-    events::record(txn, &app.webhooks, EventType::Stored, row).await
+) -> Result<Vec<Statement>, sea_orm::DbErr> {
+    let insert = attachment::Entity::insert(row.clone().into_active_model().reset_all());
+    let mut statements = vec![backend.build(&insert.into_query())];
+    statements.extend(events::record(
+        backend,
+        &app.webhooks,
+        EventType::Stored,
+        row,
+    )?);
+    Ok(statements)
 }
 
 /// After a failed upload: removes whatever objects were written, and their intents;
@@ -291,28 +297,31 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
     if deleted.rows_affected == 0 {
         return Err(AppError::not_found());
     }
-    schedule_removal(&txn, &row.storage_key).await?;
-    events::record(&txn, &app.webhooks, EventType::Deleted, &row).await?;
+    let backend = txn.get_database_backend();
+    let mut statements = vec![removal_statement(backend, &row.storage_key)];
+    statements.extend(events::record(
+        backend,
+        &app.webhooks,
+        EventType::Deleted,
+        &row,
+    )?);
+    db::execute_all(&txn, statements).await?;
     txn.commit().await?;
     remove_object(app, &row.storage_key).await;
     Ok(row.id)
 }
 
-/// Records, inside the caller's transaction, an object that must be removed once the
-/// transaction commits; [`remove_object`] or [`retry_deletions`] removes it.
-async fn schedule_removal(
-    txn: &sea_orm::DatabaseTransaction,
-    key: &str,
-) -> Result<(), sea_orm::DbErr> {
-    storage_deletion::ActiveModel {
+/// The statement that records, inside the caller's transaction, an object that must
+/// be removed once the transaction commits; [`remove_object`] or [`retry_deletions`]
+/// removes it.
+fn removal_statement(backend: DbBackend, key: &str) -> Statement {
+    let entry = storage_deletion::ActiveModel {
         storage_key: sea_orm::Set(key.to_owned()),
         attempts: sea_orm::Set(0),
         created_at: sea_orm::Set(Utc::now()),
         intent: sea_orm::Set(false),
-    }
-    .insert(txn)
-    .await
-    .map(drop)
+    };
+    backend.build(&storage_deletion::Entity::insert(entry).into_query())
 }
 
 /// Removes one object and its `storage_deletions` entry; on failure, counts the

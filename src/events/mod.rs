@@ -15,8 +15,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use entity::outbox_event::{self, EventType};
 use entity::{attachment, webhook_delivery};
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set,
+    ActiveEnum, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryTrait, Set, Statement,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -164,20 +166,23 @@ pub async fn backlog<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
         .await
 }
 
-/// Writes the event of `row` and its deliveries with `db`, the caller's transaction:
-/// the event commits or rolls back with the change it reports.
-pub async fn record<C: ConnectionTrait>(
-    db: &C,
+/// The statements that write the event of `row` and one delivery per receiver, for
+/// the caller's transaction ([`crate::db::execute_all`]): the event commits or rolls
+/// back with the change it reports. The deliveries find the event's `seq` by its id,
+/// so nothing needs to be read back in between.
+pub fn record(
+    backend: DbBackend,
     webhooks: &Webhooks,
     event_type: EventType,
     row: &attachment::Model,
-) -> Result<(), DbErr> {
+) -> Result<Vec<Statement>, DbErr> {
     let now = Utc::now();
     let payload =
         serde_json::to_string(&EventData::from(row)).map_err(|err| DbErr::Json(err.to_string()))?;
+    let event_id = Uuid::now_v7();
     let event = outbox_event::ActiveModel {
         seq: NotSet,
-        id: Set(Uuid::now_v7()),
+        id: Set(event_id),
         event_type: Set(event_type),
         attachment_id: Set(row.id),
         tenant_id: Set(row.tenant_id.clone()),
@@ -185,31 +190,35 @@ pub async fn record<C: ConnectionTrait>(
         payload: Set(payload),
         created_at: Set(now),
     };
-    let seq = outbox_event::Entity::insert(event)
-        .exec(db)
-        .await?
-        .last_insert_id;
-    if webhooks.receivers.is_empty() {
-        return Ok(());
+    let mut statements = vec![backend.build(&outbox_event::Entity::insert(event).into_query())];
+    for receiver in &webhooks.receivers {
+        use webhook_delivery::Column;
+        let pending = Query::select()
+            .column(outbox_event::Column::Seq)
+            .exprs([
+                Expr::val(row.id),
+                Expr::val(receiver.as_str()),
+                Expr::val(webhook_delivery::DeliveryStatus::Pending.to_value()),
+                Expr::val(0),
+                Expr::val(now),
+            ])
+            .from(outbox_event::Entity)
+            .and_where(outbox_event::Column::Id.eq(event_id))
+            .to_owned();
+        let delivery = Query::insert()
+            .into_table(webhook_delivery::Entity)
+            .columns([
+                Column::EventSeq,
+                Column::AttachmentId,
+                Column::Receiver,
+                Column::Status,
+                Column::Attempts,
+                Column::NextAttemptAt,
+            ])
+            .select_from(pending)
+            .map_err(|err| DbErr::Custom(err.to_string()))?
+            .to_owned();
+        statements.push(backend.build(&delivery));
     }
-    let deliveries = webhooks
-        .receivers
-        .iter()
-        .map(|receiver| webhook_delivery::ActiveModel {
-            id: NotSet,
-            event_seq: Set(seq),
-            attachment_id: Set(row.id),
-            receiver: Set(receiver.clone()),
-            status: Set(webhook_delivery::DeliveryStatus::Pending),
-            attempts: Set(0),
-            next_attempt_at: Set(now),
-            claimed_by: Set(None),
-            claimed_until: Set(None),
-            last_error: Set(None),
-            delivered_at: Set(None),
-        });
-    webhook_delivery::Entity::insert_many(deliveries)
-        .exec(db)
-        .await?;
-    Ok(())
+    Ok(statements)
 }

@@ -5,12 +5,12 @@ use attache::storage::StorageKey;
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::helpers::run_attache;
 use crate::helpers::{
     COMPLETE_DIRECT, CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp,
     UPLOAD, announce_and_put, codes, data, declaration, fetch, pdf, put_to, s3_flags, sha256_hex,
     tenant,
 };
+use crate::helpers::{private_database_url, run_attache};
 
 async fn objects_are_never_overwritten(setup: Setup) {
     let app = TestApp::spawn(setup).await;
@@ -249,7 +249,11 @@ async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
 }
 
 async fn expired_direct_uploads_are_swept(setup: Setup) {
-    let app = TestApp::spawn_with(setup, &["--url-ttl-seconds", "1"]).await;
+    // A database of its own: the expiry sweeps every tenant's expired uploads.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    let url = private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &["--url-ttl-seconds", "1"]).await;
     let bearer = app.token(&tenant());
     let content = pdf();
     let (direct, status) = announce_and_put(

@@ -341,6 +341,11 @@ async fn a_failing_row_removes_its_object(setup: Setup) {
         app.stored_keys()
     );
     refusal.remove(&app).await;
+    // The failed transaction is rolled back, not left open for the next upload.
+    let stored = app
+        .upload(&app.token(&acme), &pdf(), "contract", Some("c-1"), "b.pdf")
+        .await;
+    assert_eq!(app.stored_keys().len(), 1, "{stored}");
 }
 
 /// Files past the sizes where uploads take their fast paths (a moved variable from
