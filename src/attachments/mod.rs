@@ -200,7 +200,17 @@ pub async fn find_by_key(app: &App, key: &str) -> AppResult<Option<attachment::M
 pub struct Page {
     pub rows: Vec<attachment::Model>,
     pub has_next_page: bool,
-    pub total_count: u64,
+}
+
+/// The attachments of an owner type (and optionally one owner) of a tenant.
+fn scope(tenant: &SafeId, target: &Target) -> Condition {
+    let mut scope = Condition::all()
+        .add(attachment::Column::TenantId.eq(tenant.as_str()))
+        .add(attachment::Column::OwnerType.eq(target.owner_type.as_str()));
+    if let Some(owner_id) = &target.owner_id {
+        scope = scope.add(attachment::Column::OwnerId.eq(owner_id.as_str()));
+    }
+    scope
 }
 
 /// Lists an owner type (and optionally one owner) of the caller's tenant, newest
@@ -212,17 +222,7 @@ pub async fn list(
     first: u64,
     after: Option<Uuid>,
 ) -> AppResult<Page> {
-    let mut scope = Condition::all()
-        .add(attachment::Column::TenantId.eq(tenant.as_str()))
-        .add(attachment::Column::OwnerType.eq(target.owner_type.as_str()));
-    if let Some(owner_id) = &target.owner_id {
-        scope = scope.add(attachment::Column::OwnerId.eq(owner_id.as_str()));
-    }
-    let total_count = attachment::Entity::find()
-        .filter(scope.clone())
-        .count(&app.db)
-        .await?;
-    let mut query = attachment::Entity::find().filter(scope);
+    let mut query = attachment::Entity::find().filter(scope(tenant, target));
     if let Some(after) = after {
         query = query.filter(attachment::Column::Id.lt(after));
     }
@@ -236,8 +236,15 @@ pub async fn list(
     Ok(Page {
         rows,
         has_next_page,
-        total_count,
     })
+}
+
+/// How many attachments [`list`] pages through, on every page.
+pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64> {
+    Ok(attachment::Entity::find()
+        .filter(scope(tenant, target))
+        .count(&app.db)
+        .await?)
 }
 
 /// The store that holds an attachment's object with the row's size: storage, or

@@ -4,11 +4,13 @@
 mod attachments;
 mod context;
 pub mod large_strings;
+mod parsed_queries;
 
 use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
 use crate::app::SharedApp;
 pub use context::Caller;
+pub use parsed_queries::ParsedQueries;
 
 #[derive(MergedObject, Default)]
 pub struct Query(attachments::AttachmentQuery);

@@ -89,6 +89,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             .collect(),
     };
     crate::graphql::large_strings::move_out(&mut batch);
+    state.parsed_queries.attach(&mut batch);
     let response = state.schema.execute_batch(batch.data(caller)).await;
     count_operations(&names, &response);
     let mut response = GraphQLResponse::from(response).into_response();

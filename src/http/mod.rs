@@ -16,19 +16,24 @@ use axum::serve::ListenerExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::SharedApp;
-use crate::graphql::AppSchema;
+use crate::graphql::{AppSchema, ParsedQueries};
 
 /// What every handler receives.
 #[derive(Clone)]
 pub struct AppState {
     pub app: SharedApp,
     pub schema: AppSchema,
+    pub parsed_queries: std::sync::Arc<ParsedQueries>,
 }
 
 pub fn router(app: SharedApp) -> Router {
     let schema = crate::graphql::schema(app.clone());
     let cors = cors_layer(&app.config.cors_allowed_origins);
-    let state = AppState { app, schema };
+    let state = AppState {
+        app,
+        schema,
+        parsed_queries: Default::default(),
+    };
     let router = Router::new()
         .route("/graphql", get(graphql::handle).post(graphql::handle))
         .route("/graphql/assets/{name}", get(playground::asset))

@@ -253,7 +253,7 @@ async fn expired_direct_uploads_are_swept(setup: Setup) {
     let dir = tempfile::tempdir().expect("tempdir");
     let uploads = dir.path().join("uploads");
     let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &["--url-ttl-seconds", "1"]).await;
+    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &["--url-ttl-seconds", "3"]).await;
     let bearer = app.token(&tenant());
     let content = pdf();
     let (direct, status) = announce_and_put(
@@ -265,7 +265,8 @@ async fn expired_direct_uploads_are_swept(setup: Setup) {
     .await;
     assert_eq!(status, 200);
     assert_eq!(app.stored_keys().len(), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Long enough for the PUT on a loaded machine, short enough to wait out.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     let late = app
         .gql(
             COMPLETE_DIRECT,
