@@ -3,11 +3,12 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
 COPY entity/Cargo.toml entity/Cargo.toml
 COPY migration/Cargo.toml migration/Cargo.toml
 RUN mkdir -p src entity/src migration/src benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs entity/src/lib.rs migration/src/lib.rs \
- && echo 'fn main() {}' > benches/upload_download.rs \
+ && echo 'fn main() {}' > benches/upload_download.rs && cp benches/upload_download.rs benches/load.rs \
  && cargo build --release --locked \
  && rm -rf src entity/src migration/src benches
 COPY . .
