@@ -6,13 +6,23 @@
 //! 2. on a fresh server, sends a burst of concurrent 10 MiB uploads: the server's peak
 //!    RSS per in-flight upload (at most `MAX_CONCURRENT_UPLOADS` are read at once);
 //! 3. on a fresh server over the same data, downloads 10 MiB files concurrently: the
-//!    growth of peak RSS, which must not follow the file size.
+//!    growth of peak RSS, which must not follow the file size;
+//! 4. a concurrency sweep: 10 KiB and 1 MiB uploads from 1, 2, 4, 8 and 16 clients in
+//!    closed loops, requests per second and p50/p99 (throughput must not fall as
+//!    clients are added);
+//! 5. the listing `attachments(first: 20)` with every field and `url`, from 1 and 8
+//!    clients: requests per second and p50/p99.
+//!
+//! The client runs in this process, on the same cores as the server: compare runs
+//! of one machine, not absolute figures.
 //!
 //! `BENCH_QUICK=1` runs fewer iterations.
 
 mod common;
 
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use common::{MIB, PERMITS, Server, human, percentile, token, upload_body};
 
@@ -54,6 +64,71 @@ async fn download(client: &reqwest::Client, url: &str, token: &str) -> (Duration
     }
     (started.elapsed(), bytes)
 }
+
+/// `clients` closed loops POSTing `body` to `/graphql` for `duration`; every answer
+/// must be HTTP 200 without `errors`. The latencies, sorted, and the requests/s.
+async fn closed_loop(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: Bytes,
+    clients: usize,
+    duration: Duration,
+) -> (Vec<Duration>, f64) {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let loops: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, url, token, body) = (
+                client.clone(),
+                format!("{base}/graphql"),
+                token.to_owned(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                let mut times = Vec::new();
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("POST /graphql");
+                    assert_eq!(response.status(), 200);
+                    let answer = response.bytes().await.expect("body");
+                    times.push(sent.elapsed());
+                    assert!(
+                        !answer.windows(8).any(|window| window == b"\"errors\""),
+                        "{}",
+                        String::from_utf8_lossy(&answer)
+                    );
+                }
+                times
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in loops {
+        times.extend(task.await.expect("client loop"));
+    }
+    let per_second = times.len() as f64 / started.elapsed().as_secs_f64();
+    times.sort();
+    (times, per_second)
+}
+
+fn report_loop(label: &str, clients: usize, (times, per_second): (Vec<Duration>, f64)) {
+    println!(
+        "{label:<16} clients {clients:>2}  {per_second:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+    );
+}
+
+/// The listing that clients show: a page of 20 with every field and a `url` each.
+const LISTING: &str = "query { attachments(ownerType: \"contract\", ownerId: \"bench\", first: 20) { edges { cursor node { id ownerType ownerId filename contentType byteSize sha256 url downloadUrl createdAt createdBy } } pageInfo { hasNextPage endCursor } } }";
 
 fn report(label: &str, size: usize, mut times: Vec<Duration>) {
     times.sort();
@@ -173,4 +248,22 @@ async fn main() {
         peak as f64 / 1024.0,
         peak.saturating_sub(baseline) as f64 / 1024.0
     );
+
+    drop(server);
+
+    println!("\nconcurrency sweep, closed loops (every answer checked):");
+    let server = Server::start_with(dir.path(), &[]);
+    let seconds = Duration::from_secs(if quick { 1 } else { 4 });
+    for (size, label) in [(10 * 1024, "upload 10 KiB"), (MIB, "upload 1 MiB")] {
+        let body = Bytes::from(upload_body(size, 20_000));
+        for clients in [1, 2, 4, 8, 16] {
+            let run = closed_loop(&client, &server.base, &token, body.clone(), clients, seconds);
+            report_loop(label, clients, run.await);
+        }
+    }
+    let listing = Bytes::from(serde_json::json!({ "query": LISTING }).to_string());
+    for clients in [1, 8] {
+        let run = closed_loop(&client, &server.base, &token, listing.clone(), clients, seconds);
+        report_loop("attachments(20)", clients, run.await);
+    }
 }

@@ -17,7 +17,7 @@ use sea_orm::{
     Statement, TransactionTrait,
 };
 
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::config::{ConfigError, DatabaseConfig, SqliteSync};
 pub use writer::Writer;
@@ -60,45 +60,39 @@ pub async fn execute_all<C: ConnectionTrait>(
 
 /// Connects to `DATABASE_URL`; a failure names the variable, never the password.
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, ConfigError> {
-    connect_with(config, None).await
-}
-
-/// [`connect`] with a pool of at most `connections`.
-async fn connect_with(
-    config: &DatabaseConfig,
-    connections: Option<u32>,
-) -> Result<DatabaseConnection, ConfigError> {
     let url = config.database_url.as_str();
     let mut options = ConnectOptions::new(url.to_owned());
-    if let Some(connections) = connections {
-        options
-            .max_connections(connections)
-            .min_connections(connections);
-    }
     options
         .sqlx_logging(false)
         .connect_timeout(CONNECT_TIMEOUT)
         .acquire_timeout(CONNECT_TIMEOUT);
-    let synchronous = match config.sqlite_synchronous {
-        SqliteSync::Normal => SqliteSynchronous::Normal,
-        SqliteSync::Full => SqliteSynchronous::Full,
-    };
     if url.starts_with("sqlite:") {
         // A local file has no connection to lose: no ping before every query.
         options.test_before_acquire(false);
     }
-    options.map_sqlx_sqlite_opts(move |sqlite| {
-        sqlite
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(synchronous)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT)
-    });
-    Database::connect(options).await.map_err(|err| {
-        ConfigError::new(
-            "DATABASE_URL",
-            format!("cannot connect: {}", redact(&err.to_string(), url)),
-        )
-    })
+    let synchronous = config.sqlite_synchronous;
+    options.map_sqlx_sqlite_opts(move |sqlite| tune_sqlite(sqlite, synchronous));
+    Database::connect(options)
+        .await
+        .map_err(|err| cannot_connect(&err.to_string(), url))
+}
+
+/// What every SQLite connection of attache runs with (see the top of this file).
+fn tune_sqlite(options: SqliteConnectOptions, synchronous: SqliteSync) -> SqliteConnectOptions {
+    options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match synchronous {
+            SqliteSync::Normal => SqliteSynchronous::Normal,
+            SqliteSync::Full => SqliteSynchronous::Full,
+        })
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+}
+
+fn cannot_connect(error: &str, url: &str) -> ConfigError {
+    ConfigError::new(
+        "DATABASE_URL",
+        format!("cannot connect: {}", redact(error, url)),
+    )
 }
 
 /// Arbitrary, fixed: the advisory lock that serializes migrations on PostgreSQL.
