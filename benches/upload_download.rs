@@ -257,13 +257,27 @@ async fn main() {
     for (size, label) in [(10 * 1024, "upload 10 KiB"), (MIB, "upload 1 MiB")] {
         let body = Bytes::from(upload_body(size, 20_000));
         for clients in [1, 2, 4, 8, 16] {
-            let run = closed_loop(&client, &server.base, &token, body.clone(), clients, seconds);
+            let run = closed_loop(
+                &client,
+                &server.base,
+                &token,
+                body.clone(),
+                clients,
+                seconds,
+            );
             report_loop(label, clients, run.await);
         }
     }
     let listing = Bytes::from(serde_json::json!({ "query": LISTING }).to_string());
     for clients in [1, 8] {
-        let run = closed_loop(&client, &server.base, &token, listing.clone(), clients, seconds);
+        let run = closed_loop(
+            &client,
+            &server.base,
+            &token,
+            listing.clone(),
+            clients,
+            seconds,
+        );
         report_loop("attachments(20)", clients, run.await);
     }
 }

@@ -86,7 +86,11 @@ impl Writer {
             }
             // A statement failed: the ones after it, COMMIT included, did not run.
             Err(err @ sqlx::Error::Database(_)) => {
-                if sqlx::raw_sql("ROLLBACK").execute(&mut connection).await.is_ok() {
+                if sqlx::raw_sql("ROLLBACK")
+                    .execute(&mut connection)
+                    .await
+                    .is_ok()
+                {
                     *held = Some(connection);
                 }
                 Err(exec_error(err))

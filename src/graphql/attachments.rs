@@ -231,7 +231,7 @@ impl UploadAttachmentInput {
     /// SPEC 4 in order: owner type, base64, then the checks of [`ValidUpload::check`].
     fn validate(self, ctx: &Context<'_>, app: &App) -> AppResult<ValidUpload> {
         let target = Target::resolve(&app.collections, &self.owner_type, self.owner_id.as_deref())?;
-        let bytes = upload::decode_base64(large_strings::text(ctx, &self.base64))?;
+        let bytes = large_strings::decode(ctx, &self.base64, upload::decode_base64)?;
         let draft = Draft {
             filename: &self.filename,
             declared_type: self.content_type.as_deref(),

@@ -2,9 +2,15 @@
 //! copies a variable's value whenever a resolver reads it: for a 10 MiB file, 14 MB
 //! more memory and a copy. [`move_out`] moves every `base64` string of at least
 //! [`MOVE_FROM`] bytes into the request's data and leaves a short placeholder that
-//! the upload resolvers read back through [`text`].
+//! the upload resolvers decode through [`decode`], which drops the text as soon as
+//! its bytes exist.
+
+use std::sync::Mutex;
 
 use async_graphql::{BatchRequest, Context, Name, Value};
+use bytes::Bytes;
+
+use crate::error::AppResult;
 
 /// Below this size a copy costs less than the detour.
 const MOVE_FROM: usize = 64 * 1024;
@@ -16,7 +22,13 @@ const FIELD: &str = "base64";
 /// unique per request, so that no client text can pass for one.
 struct LargeStrings {
     tag: String,
-    values: Vec<String>,
+    values: Vec<Mutex<Moved>>,
+}
+
+/// A moved string, then its decoded bytes: a variable used twice is decoded once.
+enum Moved {
+    Text(String),
+    Decoded(Bytes),
 }
 
 /// Moves the large `base64` strings of every request of `batch` out of its
@@ -41,7 +53,8 @@ impl LargeStrings {
         match value {
             Value::String(text) if is_file && text.len() >= MOVE_FROM => {
                 let placeholder = format!("{}{}", self.tag, self.values.len());
-                self.values.push(std::mem::replace(text, placeholder));
+                let text = std::mem::replace(text, placeholder);
+                self.values.push(Mutex::new(Moved::Text(text)));
             }
             Value::List(items) => {
                 for item in items {
@@ -58,14 +71,30 @@ impl LargeStrings {
     }
 }
 
-/// The text a `base64` argument stands for: the moved string, or `value` itself.
-pub fn text<'ctx: 'v, 'v>(ctx: &Context<'ctx>, value: &'v str) -> &'v str {
-    let Some(large) = ctx.data_opt::<LargeStrings>() else {
-        return value;
+/// Decodes the text a `base64` argument stands for with `decode`: the moved string
+/// (dropped once decoded) or `value` itself.
+pub fn decode(
+    ctx: &Context<'_>,
+    value: &str,
+    decode: impl FnOnce(&str) -> AppResult<Bytes>,
+) -> AppResult<Bytes> {
+    let moved = ctx.data_opt::<LargeStrings>().and_then(|large| {
+        let index = value
+            .strip_prefix(large.tag.as_str())?
+            .parse::<usize>()
+            .ok()?;
+        large.values.get(index)
+    });
+    let Some(moved) = moved else {
+        return decode(value);
     };
-    value
-        .strip_prefix(large.tag.as_str())
-        .and_then(|index| index.parse::<usize>().ok())
-        .and_then(|index| large.values.get(index))
-        .map_or(value, String::as_str)
+    let mut moved = moved
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bytes = match &*moved {
+        Moved::Decoded(bytes) => return Ok(bytes.clone()),
+        Moved::Text(text) => decode(text)?,
+    };
+    *moved = Moved::Decoded(bytes.clone());
+    Ok(bytes)
 }
