@@ -20,7 +20,8 @@ use crate::config::{ConfigError, DatabaseConfig};
 
 pub enum Writer {
     Sqlite {
-        options: SqliteConnectOptions,
+        /// Boxed: far larger than the other variant.
+        options: Box<SqliteConnectOptions>,
         /// The connection; empty after it broke, until the next turn opens another.
         turn: Mutex<Option<SqliteConnection>>,
     },
@@ -45,7 +46,7 @@ impl Writer {
             .await
             .map_err(|err| super::cannot_connect(&err.to_string(), url))?;
         Ok(Self::Sqlite {
-            options,
+            options: Box::new(options),
             turn: Mutex::new(Some(connection)),
         })
     }
