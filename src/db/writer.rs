@@ -2,30 +2,40 @@
 //! a pool of writers the others poll for its lock (SQLite's busy handler sleeps up to
 //! 100 ms between tries), each statement is a round trip to its connection's thread
 //! (BEGIN and COMMIT two each), and the pool pings every connection it gets back.
-//! So on SQLite uploads take turns on one connection that the writer holds, and
-//! each transaction is one batch, `BEGIN IMMEDIATE; ...; COMMIT`: one round trip.
-//! On PostgreSQL, with row locks and a wire protocol, it is an ordinary transaction
-//! of the pool.
+//! So on SQLite uploads commit on one connection that the writer holds, one turn at
+//! a time, each turn one batch, `BEGIN IMMEDIATE; ...; COMMIT`: one round trip. The
+//! transactions that wait while a turn runs share the next one (group commit), so
+//! concurrent uploads write the pages they share once. On PostgreSQL, with row locks
+//! and a wire protocol, each is an ordinary transaction of the pool.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, ConnectOptions};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait};
 use sea_query_sqlx::SqlxValues;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 use crate::config::{ConfigError, DatabaseConfig};
 
 pub enum Writer {
-    Sqlite {
-        /// Boxed: far larger than the other variant.
-        options: Box<SqliteConnectOptions>,
-        /// The connection; empty after it broke, until the next turn opens another.
-        turn: Mutex<Option<SqliteConnection>>,
-    },
+    Sqlite(Arc<SqliteWriter>),
     Pool(DatabaseConnection),
+}
+
+pub struct SqliteWriter {
+    options: SqliteConnectOptions,
+    /// The connection; empty after it broke, until the next turn opens another.
+    turn: Arc<Mutex<Option<SqliteConnection>>>,
+    /// Transactions waiting for a turn.
+    waiting: SyncMutex<Vec<Transaction>>,
+}
+
+/// One caller's statements and where its outcome goes.
+struct Transaction {
+    statements: Vec<Statement>,
+    outcome: oneshot::Sender<Result<(), DbErr>>,
 }
 
 impl Writer {
@@ -45,28 +55,81 @@ impl Writer {
             .connect()
             .await
             .map_err(|err| super::cannot_connect(&err.to_string(), url))?;
-        Ok(Self::Sqlite {
-            options: Box::new(options),
-            turn: Mutex::new(Some(connection)),
-        })
+        Ok(Self::Sqlite(Arc::new(SqliteWriter {
+            options,
+            turn: Arc::new(Mutex::new(Some(connection))),
+            waiting: SyncMutex::default(),
+        })))
     }
 
     /// Commits `statements` as one transaction: all of them or none.
     pub async fn commit(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
-        let (options, turn) = match self {
+        let writer = match self {
             Self::Pool(pool) => {
                 let txn = pool.begin().await?;
                 super::execute_all(&txn, statements).await?;
                 return txn.commit().await;
             }
-            Self::Sqlite { options, turn } => (options, turn),
+            Self::Sqlite(writer) => writer,
         };
-        let mut held = turn.lock().await;
-        // Out of the slot while in use: a batch cut off (its task cancelled) drops the
-        // connection, and closing it rolls back whatever the batch left open.
+        let (outcome, committed) = oneshot::channel();
+        writer.waiting().push(Transaction {
+            statements,
+            outcome,
+        });
+        let turn = Arc::clone(&writer.turn).lock_owned().await;
+        // Everything waiting, ours too unless an earlier turn took it. The turn runs
+        // in a task of its own: once statements are sent, their outcome is reported
+        // whatever happens to this caller.
+        let group = std::mem::take(&mut *writer.waiting());
+        if !group.is_empty() {
+            tokio::spawn(Arc::clone(writer).run(turn, group));
+        }
+        committed
+            .await
+            .unwrap_or_else(|_| Err(DbErr::Custom("the writer stopped".into())))
+    }
+}
+
+impl SqliteWriter {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Transaction>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Commits `group` in one batch; if a statement fails, each transaction again on
+    /// its own, so one refused upload does not fail the others.
+    async fn run(
+        self: Arc<Self>,
+        mut turn: OwnedMutexGuard<Option<SqliteConnection>>,
+        group: Vec<Transaction>,
+    ) {
+        if group.len() > 1 {
+            let statements = group.iter().flat_map(|txn| txn.statements.iter().cloned());
+            if let Ok(()) = self.batch(&mut turn, statements.collect()).await {
+                for txn in group {
+                    let _ = txn.outcome.send(Ok(()));
+                }
+                return;
+            }
+        }
+        for txn in group {
+            let result = self.batch(&mut turn, txn.statements).await;
+            let _ = txn.outcome.send(result);
+        }
+    }
+
+    /// One round trip: `BEGIN IMMEDIATE; statements; COMMIT`, rolled back when a
+    /// statement fails.
+    async fn batch(
+        &self,
+        held: &mut Option<SqliteConnection>,
+        statements: Vec<Statement>,
+    ) -> Result<(), DbErr> {
         let mut connection = match held.take() {
             Some(connection) => connection,
-            None => options.connect().await.map_err(exec_error)?,
+            None => self.options.connect().await.map_err(exec_error)?,
         };
         let mut sql = String::from("BEGIN IMMEDIATE;\n");
         let mut values = Vec::new();
@@ -96,7 +159,8 @@ impl Writer {
                 }
                 Err(exec_error(err))
             }
-            // A broken connection is not kept; the next turn opens another.
+            // A broken connection is not kept (closing it rolls back); the next
+            // batch opens another.
             Err(err) => Err(exec_error(err)),
         }
     }

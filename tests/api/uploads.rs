@@ -402,8 +402,41 @@ async fn large_files_keep_every_byte(setup: Setup) {
     assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "{body}");
 }
 
+/// Concurrent uploads share their commits on SQLite; a refused one among them fails
+/// alone, without its object, and the others are stored.
+async fn a_refused_upload_among_concurrent_ones_fails_alone(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let (refused, accepted) = (tenant(), tenant());
+    let refusal = Refusal::install(&app, "attachments", &refused).await;
+    let (refused_bearer, accepted_bearer) = (app.token(&refused), app.token(&accepted));
+    let uploads = (0..24).map(|i| {
+        let bearer = if i % 4 == 0 {
+            &refused_bearer
+        } else {
+            &accepted_bearer
+        };
+        let file = input("contract", Some("c-1"), "a.pdf", &STANDARD.encode(pdf()));
+        app.gql(UPLOAD, json!({ "input": file }), Some(bearer))
+    });
+    let answers = futures::future::join_all(uploads).await;
+    for (i, body) in answers.iter().enumerate() {
+        match i % 4 {
+            0 => assert_eq!(codes(body), vec!["INTERNAL_SERVER_ERROR"], "{body}"),
+            _ => assert!(body["errors"].is_null(), "{body}"),
+        }
+    }
+    let keys = app.stored_keys();
+    assert_eq!(keys.len(), 18, "{keys:?}");
+    assert!(
+        keys.iter().all(|key| key.starts_with(accepted.as_str())),
+        "{keys:?}"
+    );
+    refusal.remove(&app).await;
+}
+
 crate::matrix!(
     upload_stores_the_file_under_its_collection_key,
+    a_refused_upload_among_concurrent_ones_fails_alone,
     large_files_keep_every_byte,
     every_tolerated_base64_form_is_accepted,
     every_validation_error_has_its_code_and_stores_nothing,
