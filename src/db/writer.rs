@@ -9,6 +9,7 @@
 //! and a wire protocol, each is an ordinary transaction of the pool.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -30,10 +31,13 @@ pub struct SqliteWriter {
     turn: Arc<Mutex<Option<SqliteConnection>>>,
     /// Transactions waiting for a turn.
     waiting: SyncMutex<Vec<Transaction>>,
+    /// Numbers the transactions, so that a caller knows its own.
+    tickets: AtomicU64,
 }
 
 /// One caller's statements and where its outcome goes.
 struct Transaction {
+    ticket: u64,
     statements: Vec<Statement>,
     outcome: oneshot::Sender<Result<(), DbErr>>,
 }
@@ -59,6 +63,7 @@ impl Writer {
             options,
             turn: Arc::new(Mutex::new(Some(connection))),
             waiting: SyncMutex::default(),
+            tickets: AtomicU64::new(0),
         })))
     }
 
@@ -73,17 +78,24 @@ impl Writer {
             Self::Sqlite(writer) => writer,
         };
         let (outcome, committed) = oneshot::channel();
+        let ticket = writer.tickets.fetch_add(1, Ordering::Relaxed);
         writer.waiting().push(Transaction {
+            ticket,
             statements,
             outcome,
         });
         let turn = Arc::clone(&writer.turn).lock_owned().await;
-        // Everything waiting, ours too unless an earlier turn took it. The turn runs
-        // in a task of its own: once statements are sent, their outcome is reported
-        // whatever happens to this caller.
+        // Everything waiting, ours too unless an earlier turn took it.
         let group = std::mem::take(&mut *writer.waiting());
-        if !group.is_empty() {
-            tokio::spawn(Arc::clone(writer).run(turn, group));
+        match group.len() {
+            0 => drop(turn),
+            // Alone: the turn runs here, the cheapest way (no task to hand over to).
+            1 if group[0].ticket == ticket => {
+                Arc::clone(writer).run(turn, group).await;
+            }
+            // Others' transactions too: their outcome must be reported whatever
+            // happens to this caller, so the turn runs in a task of its own.
+            _ => drop(tokio::spawn(Arc::clone(writer).run(turn, group))),
         }
         committed
             .await
