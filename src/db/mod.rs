@@ -42,6 +42,12 @@ pub async fn execute_all<C: ConnectionTrait>(
         }
         return Ok(());
     }
+    db.execute_raw(sqlite_batch(statements)).await.map(drop)
+}
+
+/// `statements` as one SQLite batch: their SQL joined, their values in order (SQLite
+/// binds the `?` of a batch across its statements).
+fn sqlite_batch(statements: impl IntoIterator<Item = Statement>) -> Statement {
     let mut sql = String::new();
     let mut values = Vec::new();
     for statement in statements {
@@ -49,13 +55,7 @@ pub async fn execute_all<C: ConnectionTrait>(
         sql.push_str(";\n");
         values.extend(statement.values.map(|bound| bound.0).unwrap_or_default());
     }
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Sqlite,
-        sql,
-        values,
-    ))
-    .await
-    .map(drop)
+    Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
 }
 
 /// Connects to `DATABASE_URL`; a failure names the variable, never the password.

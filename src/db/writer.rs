@@ -143,16 +143,15 @@ impl SqliteWriter {
             Some(connection) => connection,
             None => self.options.connect().await.map_err(exec_error)?,
         };
-        let mut sql = String::from("BEGIN IMMEDIATE;\n");
-        let mut values = Vec::new();
-        for statement in statements {
-            sql.push_str(&statement.sql);
-            sql.push_str(";\n");
-            values.extend(statement.values.map(|bound| bound.0).unwrap_or_default());
-        }
-        sql.push_str("COMMIT;");
-        let values = SqlxValues(sea_orm::Values(values));
-        let committed = sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+        let begin = Statement::from_string(DbBackend::Sqlite, "BEGIN IMMEDIATE");
+        let commit = Statement::from_string(DbBackend::Sqlite, "COMMIT");
+        let batch = super::sqlite_batch(
+            std::iter::once(begin)
+                .chain(statements)
+                .chain(std::iter::once(commit)),
+        );
+        let values = SqlxValues(batch.values.unwrap_or(sea_orm::Values(Vec::new())));
+        let committed = sqlx::query_with(sqlx::AssertSqlSafe(batch.sql), values)
             .execute(&mut connection)
             .await;
         match committed {

@@ -36,7 +36,7 @@ enum Moved {
 pub fn move_out(batch: &mut BatchRequest) {
     for request in batch.iter_mut() {
         let mut large = LargeStrings {
-            tag: format!("\u{0}attache-large-string-{}:", uuid::Uuid::now_v7()),
+            tag: String::new(),
             values: Vec::new(),
         };
         for value in request.variables.values_mut() {
@@ -52,6 +52,10 @@ impl LargeStrings {
     fn take(&mut self, value: &mut Value, is_file: bool) {
         match value {
             Value::String(text) if is_file && text.len() >= MOVE_FROM => {
+                if self.tag.is_empty() {
+                    // Made only for a request that has a large string.
+                    self.tag = format!("\u{0}attache-large-string-{}:", uuid::Uuid::now_v7());
+                }
                 let placeholder = format!("{}{}", self.tag, self.values.len());
                 let text = std::mem::replace(text, placeholder);
                 self.values.push(Mutex::new(Moved::Text(text)));

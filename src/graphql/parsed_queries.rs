@@ -25,24 +25,35 @@ impl ParsedQueries {
             if request.query.len() > LONGEST_KEPT {
                 continue;
             }
-            let Ok(mut kept) = self.0.lock() else {
-                return;
-            };
-            let document = match kept.get(&request.query) {
-                Some(document) => document.clone(),
-                None => {
-                    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
-                        continue;
-                    };
-                    if kept.len() >= MOST_KEPT {
-                        kept.clear();
+            let kept = self
+                .kept()
+                .and_then(|kept| kept.get(&request.query).cloned());
+            let document = match kept {
+                Some(document) => document,
+                // Parsed outside the lock, which other requests need meanwhile.
+                None => match async_graphql::parser::parse_query(&request.query) {
+                    Ok(document) => {
+                        self.keep(&request.query, &document);
+                        document
                     }
-                    kept.insert(request.query.clone(), document.clone());
-                    document
-                }
+                    Err(_) => continue,
+                },
             };
-            drop(kept);
             request.set_parsed_query(document);
         }
+    }
+
+    fn keep(&self, query: &str, document: &ExecutableDocument) {
+        if let Some(mut kept) = self.kept() {
+            if kept.len() >= MOST_KEPT {
+                kept.clear();
+            }
+            kept.insert(query.to_owned(), document.clone());
+        }
+    }
+
+    /// The kept documents; `None` (parse again) if a panic poisoned the lock.
+    fn kept(&self) -> Option<std::sync::MutexGuard<'_, HashMap<String, ExecutableDocument>>> {
+        self.0.lock().ok()
     }
 }
