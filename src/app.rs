@@ -19,6 +19,8 @@ pub struct App {
     pub db: DatabaseConnection,
     /// How uploads commit: one connection of their own on SQLite.
     pub writer: crate::db::Writer,
+    /// How requests read: connections without the pool's ping on SQLite.
+    pub reader: crate::db::Reader,
     pub storage: Storage,
     /// `AUTO_MIGRATE_STORAGE` on s3: the local folder that downloads fall back to
     /// until the background migration has copied a file into the bucket.
@@ -75,11 +77,12 @@ impl App {
             _ => None,
         };
         let db = crate::db::connect(&config.database).await?;
-        let writer = crate::db::Writer::open(&config.database, &db).await?;
+        let (writer, reader) = crate::db::writer_and_reader(&config.database, &db).await?;
         let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
         Ok(App {
             db,
             writer,
+            reader,
             storage,
             local_fallback,
             migration_done: std::sync::atomic::AtomicBool::new(false),

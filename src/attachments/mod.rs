@@ -184,7 +184,7 @@ async fn discard(app: &App, keys: &[String]) {
 pub async fn find(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Option<attachment::Model>> {
     Ok(attachment::Entity::find_by_id(id)
         .filter(attachment::Column::TenantId.eq(tenant.as_str()))
-        .one(&app.db)
+        .one(&app.reader)
         .await?)
 }
 
@@ -192,7 +192,7 @@ pub async fn find(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Option<atta
 pub async fn find_by_key(app: &App, key: &str) -> AppResult<Option<attachment::Model>> {
     Ok(attachment::Entity::find()
         .filter(attachment::Column::StorageKey.eq(key))
-        .one(&app.db)
+        .one(&app.reader)
         .await?)
 }
 
@@ -229,7 +229,7 @@ pub async fn list(
     let mut rows = query
         .order_by_desc(attachment::Column::Id)
         .limit(first + 1)
-        .all(&app.db)
+        .all(&app.reader)
         .await?;
     let has_next_page = rows.len() as u64 > first;
     rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
@@ -243,7 +243,7 @@ pub async fn list(
 pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64> {
     Ok(attachment::Entity::find()
         .filter(scope(tenant, target))
-        .count(&app.db)
+        .count(&app.reader)
         .await?)
 }
 

@@ -7,9 +7,11 @@
 //! process; `SQLITE_SYNCHRONOUS=full` syncs the log at every commit, so it also
 //! survives a power loss.
 
+mod reader;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -20,6 +22,7 @@ use sea_orm::{
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::config::{ConfigError, DatabaseConfig, SqliteSync};
+pub use reader::Reader;
 pub use writer::Writer;
 
 /// How long startup waits for the database before it gives up.
@@ -75,6 +78,27 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conf
     Database::connect(options)
         .await
         .map_err(|err| cannot_connect(&err.to_string(), url))
+}
+
+/// The writer and the reader beside `pool`: on SQLite they hold connections of
+/// their own (see their modules); on PostgreSQL both are `pool`.
+pub async fn writer_and_reader(
+    config: &DatabaseConfig,
+    pool: &DatabaseConnection,
+) -> Result<(Writer, Reader), ConfigError> {
+    let url = config.database_url.as_str();
+    let sqlite = match pool.get_database_backend() {
+        DbBackend::Sqlite => Some(
+            SqliteConnectOptions::from_str(url)
+                .map(|options| tune_sqlite(options, config.sqlite_synchronous))
+                .map_err(|err| cannot_connect(&err.to_string(), url))?,
+        ),
+        _ => None,
+    };
+    let writer = Writer::open(sqlite.clone(), pool)
+        .await
+        .map_err(|err| cannot_connect(&err.to_string(), url))?;
+    Ok((writer, Reader::new(sqlite, pool)))
 }
 
 /// What every SQLite connection of attache runs with (see the top of this file).

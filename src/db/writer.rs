@@ -8,7 +8,6 @@
 //! concurrent uploads write the pages they share once. On PostgreSQL, with row locks
 //! and a wire protocol, each is an ordinary transaction of the pool.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 
@@ -17,8 +16,6 @@ use sea_orm::sqlx::{self, ConnectOptions};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait};
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
-
-use crate::config::{ConfigError, DatabaseConfig};
 
 pub enum Writer {
     Sqlite(Arc<SqliteWriter>),
@@ -45,20 +42,13 @@ struct Transaction {
 impl Writer {
     /// A connection of its own on SQLite; `pool` itself on PostgreSQL.
     pub async fn open(
-        config: &DatabaseConfig,
+        sqlite: Option<SqliteConnectOptions>,
         pool: &DatabaseConnection,
-    ) -> Result<Self, ConfigError> {
-        if pool.get_database_backend() != DbBackend::Sqlite {
+    ) -> Result<Self, sqlx::Error> {
+        let Some(options) = sqlite else {
             return Ok(Self::Pool(pool.clone()));
-        }
-        let url = config.database_url.as_str();
-        let options = SqliteConnectOptions::from_str(url)
-            .map(|options| super::tune_sqlite(options, config.sqlite_synchronous))
-            .map_err(|err| super::cannot_connect(&err.to_string(), url))?;
-        let connection = options
-            .connect()
-            .await
-            .map_err(|err| super::cannot_connect(&err.to_string(), url))?;
+        };
+        let connection = options.connect().await?;
         Ok(Self::Sqlite(Arc::new(SqliteWriter {
             options,
             turn: Arc::new(Mutex::new(Some(connection))),

@@ -97,7 +97,57 @@ async fn a_malformed_or_unknown_id_is_null(setup: Setup) {
     }
 }
 
+/// Reads run on connections of their own (SQLite: held outside the pool): each sees
+/// the upload committed just before it, more of them run at once than there are
+/// connections, and clients that give up leave them sound (a read cut off midway:
+/// the unit test in `src/db/reader.rs`).
+async fn reads_see_every_commit_and_survive_abandoned_clients(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let listing = json!({ "ownerType": "contract", "ownerId": "c-1", "first": 100 });
+    let mut newest = Value::Null;
+    for count in 1..=6 {
+        let att = app
+            .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
+            .await;
+        let pages = futures::future::join_all(
+            (0..12).map(|_| app.gql(LIST, listing.clone(), Some(&bearer))),
+        )
+        .await;
+        for body in pages {
+            let page = data(&body, "attachments");
+            assert_eq!(page["totalCount"], count, "{body}");
+            assert_eq!(ids(&page).len(), count);
+            assert_eq!(page["nodes"][0]["id"], att["id"], "the newest upload first");
+        }
+        newest = att["id"].clone();
+    }
+
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_micros(300))
+        .build()
+        .expect("client");
+    let abandoned = (0..60).map(|_| {
+        impatient
+            .post(app.url("/graphql"))
+            .bearer_auth(&bearer)
+            .json(&json!({ "query": LIST, "variables": listing }))
+            .send()
+    });
+    let _ = futures::future::join_all(abandoned).await;
+
+    let pages =
+        futures::future::join_all((0..12).map(|_| app.gql(LIST, listing.clone(), Some(&bearer))))
+            .await;
+    for body in pages {
+        assert_eq!(data(&body, "attachments")["totalCount"], 6, "{body}");
+    }
+    let one = app.gql(GET, json!({ "id": newest }), Some(&bearer)).await;
+    assert_eq!(data(&one, "attachment")["filename"], "a.pdf");
+}
+
 crate::matrix!(
+    reads_see_every_commit_and_survive_abandoned_clients,
     pages_walk_newest_first_with_opaque_cursors,
     page_size_and_cursor_are_checked,
     a_malformed_or_unknown_id_is_null,
