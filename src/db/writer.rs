@@ -170,3 +170,63 @@ impl SqliteWriter {
 fn exec_error(err: sqlx::Error) -> DbErr {
     DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::time::Duration;
+
+    use sea_orm::sqlx::Row;
+
+    use super::*;
+    use crate::config::SqliteSync;
+
+    fn sql(text: &str) -> Statement {
+        Statement::from_string(DbBackend::Sqlite, text)
+    }
+
+    /// A writer cut off mid-batch (its caller dropped) loses the connection, which
+    /// rolls the batch back; the next turn opens another and commits.
+    #[tokio::test]
+    async fn a_batch_cut_off_rolls_back_and_the_next_turn_reconnects() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+        let options = crate::db::tune_sqlite(
+            SqliteConnectOptions::from_str(&url).expect("options"),
+            SqliteSync::Normal,
+        );
+        let connection = options.connect().await.expect("connect");
+        let held = Arc::new(SqliteWriter {
+            options: options.clone(),
+            turn: Arc::new(Mutex::new(Some(connection))),
+            waiting: SyncMutex::default(),
+            tickets: AtomicU64::new(0),
+        });
+        let writer = Writer::Sqlite(Arc::clone(&held));
+        writer
+            .commit(vec![sql("CREATE TABLE t (x INTEGER)")])
+            .await
+            .expect("table");
+
+        let long = "INSERT INTO t WITH RECURSIVE c(x) AS \
+                    (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) SELECT x FROM c";
+        let cut_off =
+            tokio::time::timeout(Duration::from_millis(5), writer.commit(vec![sql(long)])).await;
+        assert!(cut_off.is_err(), "the batch was still running");
+        assert!(held.turn.lock().await.is_none(), "its connection is gone");
+
+        writer
+            .commit(vec![sql("INSERT INTO t VALUES (7)")])
+            .await
+            .expect("the next turn commits");
+        let mut reader = options.connect().await.expect("connect");
+        let rows: Vec<i64> = sqlx::query("SELECT x FROM t")
+            .fetch_all(&mut reader)
+            .await
+            .expect("rows")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(rows, vec![7], "nothing of the cut-off batch");
+    }
+}
