@@ -632,13 +632,50 @@ pub struct Served {
 
 impl Served {
     pub async fn start(extra: &[&str]) -> Self {
+        Self::launch(extra, false).await
+    }
+
+    /// Like [`Served::start`], with its storage folder a ramfs (a filesystem that
+    /// refuses `O_DIRECT`) in a mount namespace of its own: the mount dies with the
+    /// server, and the test's view of the folder stays empty. `None`, said loudly,
+    /// without root; in CI (root) it always runs.
+    pub async fn start_on_ramfs(extra: &[&str]) -> Option<Self> {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let root = status
+            .lines()
+            .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"));
+        if !root {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but the tests do not run as root: the ramfs test must not skip in CI"
+            );
+            eprintln!("SKIPPED: ramfs storage test, because mounting needs root");
+            return None;
+        }
+        Some(Self::launch(extra, true).await)
+    }
+
+    async fn launch(extra: &[&str], on_ramfs: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
         let log = dir.path().join("attache.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        let attache = env!("CARGO_BIN_EXE_attache");
+        let mut command = if on_ramfs {
+            let mut wrapper = std::process::Command::new("unshare");
+            wrapper
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mkdir -p "$1" && mount -t ramfs ramfs "$1" && shift && exec "$@""#)
+                .arg("sh")
+                .arg(dir.path().join("up"))
+                .arg(attache);
+            wrapper
+        } else {
+            std::process::Command::new(attache)
+        };
+        let child = command
             .arg("serve")
             .args(["--listen-addr", &format!("127.0.0.1:{port}")])
             .args([
@@ -652,6 +689,7 @@ impl Served {
             .args(["--jwt-secret", SECRET, "--signing-key", SIGNING_KEY])
             .args(extra)
             .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "debug,sqlx=warn")
             .stdout(std::process::Stdio::null())

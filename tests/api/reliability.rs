@@ -259,3 +259,46 @@ crate::matrix!(
     a_busy_server_answers_503_with_retry_after,
 );
 crate::matrix!(once: a_server_killed_during_uploads_leaves_rows_with_objects);
+
+/// A filesystem that refuses `O_DIRECT` (ramfs) gets large files written the
+/// ordinary way, every byte kept: attache runs with its storage folder on a ramfs
+/// in a mount namespace of its own.
+#[tokio::test]
+async fn a_filesystem_without_o_direct_gets_ordinary_writes() {
+    let Some(server) = Served::start_on_ramfs(&[]).await else {
+        return;
+    };
+    let client = http_client();
+    let token = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
+    // Past the O_DIRECT threshold with a tail, exactly on it, and small.
+    for size in [1024 * 1024 + 4096 + 3, 256 * 1024, 10 * 1024] {
+        let content = large_pdf(size);
+        let request = json!({ "query": UPLOAD, "variables": { "input": {
+            "ownerType": "contract", "ownerId": "c-1", "filename": "big.pdf",
+            "base64": STANDARD.encode(&content) }}});
+        let body: Value = client
+            .post(format!("{}/graphql", server.base))
+            .bearer_auth(&token)
+            .json(&request)
+            .send()
+            .await
+            .expect("POST")
+            .json()
+            .await
+            .expect("JSON");
+        let stored = data(&body, "uploadAttachment");
+        assert_eq!(stored["sha256"], sha256_hex(&content), "{size}");
+        let url = stored["url"].as_str().expect("url");
+        let fetched = client.get(url).send().await.expect("GET url");
+        assert_eq!(fetched.status(), 200);
+        assert!(
+            fetched.bytes().await.expect("bytes") == content,
+            "{size} bytes kept"
+        );
+    }
+    let root = server.storage_root();
+    assert!(
+        keys_under(&root, &root).is_empty(),
+        "the files are on the server's ramfs, not in the test's view of the folder"
+    );
+}
