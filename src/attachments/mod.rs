@@ -250,7 +250,8 @@ pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64
 /// The store that holds an attachment's object with the row's size: storage, or
 /// the local copy while files move to the bucket (`AUTO_MIGRATE_STORAGE`). Checked
 /// before any header goes out, so a lost object is a clear error, never a
-/// truncated 200.
+/// truncated 200. An object gone with its row (a delete that committed after `row`
+/// was read) is a plain not-found, not lost data.
 pub async fn locate<'a>(app: &'a App, row: &attachment::Model) -> AppResult<&'a Storage> {
     let key = StorageKey::from_stored(row.storage_key.clone());
     let expected = u64::try_from(row.byte_size).unwrap_or_default();
@@ -265,7 +266,14 @@ pub async fn locate<'a>(app: &'a App, row: &attachment::Model) -> AppResult<&'a 
             Err(err) => return Err(AppError::StorageUnavailable(err)),
         }
     }
-    Err(AppError::ObjectMissing(row.id))
+    let row_remains = attachment::Entity::find_by_id(row.id)
+        .one(&app.reader)
+        .await?
+        .is_some();
+    match row_remains {
+        true => Err(AppError::ObjectMissing(row.id)),
+        false => Err(AppError::not_found()),
+    }
 }
 
 /// Streams `range` of an attachment's object from the store [`locate`] found.

@@ -11,7 +11,7 @@ use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Db, S3_BUCKET, S3Server, Setup, Store, TestApp, data, pdf, png, private_database_url,
+    DELETE, Db, S3_BUCKET, S3Server, Setup, Store, TestApp, data, pdf, png, private_database_url,
     run_attache, s3_flags, sha256_hex, spawn_attache, tenant,
 };
 
@@ -447,6 +447,29 @@ async fn a_lost_object_is_a_clear_404_not_a_truncated_200(setup: Setup) {
     );
 }
 
+/// A download that read the row just before a delete committed finds the object
+/// gone with it: a plain not-found, not lost data.
+async fn an_object_deleted_with_its_row_is_not_lost_data(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let token = app.token(&tenant());
+    let att = app
+        .upload(&token, &pdf(), "contract", Some("c-1"), "gone.pdf")
+        .await;
+    let id = uuid::Uuid::parse_str(att["id"].as_str().expect("id")).expect("uuid");
+    let read_before = attachment::Entity::find_by_id(id)
+        .one(&app.app.db)
+        .await
+        .expect("query")
+        .expect("the row");
+    let deleted = app.gql(DELETE, json!({ "id": id }), Some(&token)).await;
+    assert_eq!(data(&deleted, "deleteAttachment"), json!(id));
+    match attache::attachments::locate(&app.app, &read_before).await {
+        Err(attache::error::AppError::NotFound(_)) => {}
+        Err(other) => panic!("a deleted attachment is not found, not: {other}"),
+        Ok(_) => panic!("the object was deleted"),
+    }
+}
+
 /// Writes `bytes` at `key` under `root`, last modified `age` ago.
 fn plant(root: &Path, key: &str, bytes: &[u8], age: Duration) {
     let path = root.join(key);
@@ -581,5 +604,6 @@ crate::matrix!(once: serve_runs_the_automatic_migration);
 crate::matrix!(postgres: two_migrations_at_once_copy_each_file_once);
 crate::matrix!(
     a_lost_object_is_a_clear_404_not_a_truncated_200,
+    an_object_deleted_with_its_row_is_not_lost_data,
     sweep_removes_old_orphans_and_keeps_everything_else,
 );
