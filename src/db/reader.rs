@@ -114,17 +114,10 @@ impl ConnectionTrait for Reader {
         }
     }
 
+    /// All rows, the first kept: the statements sea-orm sends here for one row say
+    /// `LIMIT 1` or count.
     async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
-        match self {
-            Self::Sqlite(reader) => {
-                let query = sqlx_query(statement);
-                let row = reader
-                    .run(async |connection| query.fetch_optional(connection).await)
-                    .await?;
-                Ok(row.map(QueryResult::from))
-            }
-            Self::Pool(pool) => pool.query_one_raw(statement).await,
-        }
+        Ok(self.query_all_raw(statement).await?.into_iter().next())
     }
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
