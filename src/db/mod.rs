@@ -61,6 +61,16 @@ fn sqlite_batch(statements: impl IntoIterator<Item = Statement>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
 }
 
+/// `statement` as a sqlx query for the SQLite connections attache holds itself (the
+/// writer's and the reader's), its values bound as sea-orm binds them.
+fn sqlite_query(
+    statement: Statement,
+) -> sea_orm::sqlx::query::Query<'static, sea_orm::sqlx::Sqlite, sea_query_sqlx::SqlxValues> {
+    let values =
+        sea_query_sqlx::SqlxValues(statement.values.unwrap_or(sea_orm::Values(Vec::new())));
+    sea_orm::sqlx::query_with(sea_orm::sqlx::AssertSqlSafe(statement.sql), values)
+}
+
 /// Connects to `DATABASE_URL`; a failure names the variable, never the password.
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, ConfigError> {
     let url = config.database_url.as_str();
@@ -168,7 +178,6 @@ fn redact(message: &str, url: &str) -> String {
 /// The file of a SQLite `DATABASE_URL` (relative to the working directory, as
 /// SQLite opens it); `None` for an in-memory SQLite database and for PostgreSQL.
 pub fn sqlite_file(url: &str) -> Option<PathBuf> {
-    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
     if !url.starts_with("sqlite:") {
         return None;
     }

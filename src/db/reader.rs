@@ -1,7 +1,8 @@
 //! The reader: how requests read (listings, one attachment, downloads). On SQLite it
 //! holds its connections outside sqlx's pool, because the pool pings every
-//! connection it gets back: one more round trip to the connection's thread after
-//! each query, 8% of a listing's CPU. A connection goes back to the reader only
+//! connection it gets back (one more round trip to the connection's thread after
+//! each query) and spawns a task to do it: without them a listing serves half as
+//! many requests again (README, "Benchmarks"). A connection goes back to the reader only
 //! when its query has finished; one whose query was cut off (a client that went
 //! away) is closed with the future that held it, never reused half-read. On
 //! PostgreSQL, where a connection can break, the pool serves reads and checks them.
@@ -14,7 +15,6 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
     Statement,
 };
-use sea_query_sqlx::SqlxValues;
 use tokio::sync::Semaphore;
 
 /// SQLite connections the reader keeps open at most: reads run side by side in
@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 const SQLITE_READ_CONNECTIONS: usize = 4;
 
 pub enum Reader {
-    Sqlite(Arc<SqliteReader>),
+    Sqlite(Box<SqliteReader>),
     Pool(DatabaseConnection),
 }
 
@@ -39,7 +39,7 @@ impl Reader {
     /// PostgreSQL.
     pub fn new(sqlite: Option<SqliteConnectOptions>, pool: &DatabaseConnection) -> Self {
         match sqlite {
-            Some(options) => Self::Sqlite(Arc::new(SqliteReader {
+            Some(options) => Self::Sqlite(Box::new(SqliteReader {
                 options,
                 idle: SyncMutex::default(),
                 permits: Semaphore::new(SQLITE_READ_CONNECTIONS),
@@ -84,11 +84,6 @@ impl SqliteReader {
     }
 }
 
-fn sqlx_query(statement: Statement) -> sqlx::query::Query<'static, sqlx::Sqlite, SqlxValues> {
-    let values = SqlxValues(statement.values.unwrap_or(sea_orm::Values(Vec::new())));
-    sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), values)
-}
-
 /// Only what reads need: a statement that writes is refused on SQLite, where
 /// uploads, deletes and commands write through the writer or the pool.
 #[async_trait::async_trait]
@@ -123,7 +118,7 @@ impl ConnectionTrait for Reader {
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match self {
             Self::Sqlite(reader) => {
-                let query = sqlx_query(statement);
+                let query = super::sqlite_query(statement);
                 let rows = reader
                     .run(async |connection| query.fetch_all(connection).await)
                     .await?;
@@ -156,21 +151,22 @@ mod tests {
         )
     }
 
-    fn reader(dir: &tempfile::TempDir) -> Arc<SqliteReader> {
+    fn reader(dir: &tempfile::TempDir) -> SqliteReader {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
-        let options = SqliteConnectOptions::from_str(&url).expect("options");
-        Arc::new(SqliteReader {
-            options,
+        SqliteReader {
+            options: SqliteConnectOptions::from_str(&url).expect("options"),
             idle: SyncMutex::default(),
             permits: Semaphore::new(SQLITE_READ_CONNECTIONS),
-        })
+        }
     }
 
     #[tokio::test]
     async fn a_query_cut_off_closes_its_connection_and_a_refused_one_keeps_it() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let held = reader(&dir);
-        let reader = Reader::Sqlite(Arc::clone(&held));
+        let reader = Reader::Sqlite(Box::new(reader(&dir)));
+        let Reader::Sqlite(held) = &reader else {
+            unreachable!("built as SQLite")
+        };
 
         let cut_off = tokio::time::timeout(
             Duration::from_millis(20),

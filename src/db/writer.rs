@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, ConnectOptions};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait};
-use sea_query_sqlx::SqlxValues;
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 pub enum Writer {
@@ -140,10 +139,7 @@ impl SqliteWriter {
                 .chain(statements)
                 .chain(std::iter::once(commit)),
         );
-        let values = SqlxValues(batch.values.unwrap_or(sea_orm::Values(Vec::new())));
-        let committed = sqlx::query_with(sqlx::AssertSqlSafe(batch.sql), values)
-            .execute(&mut connection)
-            .await;
+        let committed = super::sqlite_query(batch).execute(&mut connection).await;
         match committed {
             Ok(_) => {
                 *held = Some(connection);
@@ -185,29 +181,78 @@ mod tests {
         Statement::from_string(DbBackend::Sqlite, text)
     }
 
-    /// A writer cut off mid-batch (its caller dropped) loses the connection, which
-    /// rolls the batch back; the next turn opens another and commits.
-    #[tokio::test]
-    async fn a_batch_cut_off_rolls_back_and_the_next_turn_reconnects() {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// A writer on a new database in `dir`, with table `t (x INTEGER)` whose `x`
+    /// must be positive; the options to open other connections with.
+    async fn writer(dir: &tempfile::TempDir) -> (Arc<SqliteWriter>, SqliteConnectOptions) {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
         let options = crate::db::tune_sqlite(
             SqliteConnectOptions::from_str(&url).expect("options"),
             SqliteSync::Normal,
         );
-        let connection = options.connect().await.expect("connect");
-        let held = Arc::new(SqliteWriter {
-            options: options.clone(),
-            turn: Arc::new(Mutex::new(Some(connection))),
-            waiting: SyncMutex::default(),
-            tickets: AtomicU64::new(0),
-        });
-        let writer = Writer::Sqlite(Arc::clone(&held));
-        writer
-            .commit(vec![sql("CREATE TABLE t (x INTEGER)")])
+        let Writer::Sqlite(held) = Writer::open(Some(options.clone()), &Default::default())
+            .await
+            .expect("open")
+        else {
+            unreachable!("opened on SQLite")
+        };
+        Writer::Sqlite(Arc::clone(&held))
+            .commit(vec![sql("CREATE TABLE t (x INTEGER CHECK (x > 0))")])
             .await
             .expect("table");
+        (held, options)
+    }
 
+    /// What `t` holds, read on a connection of its own.
+    async fn rows(options: &SqliteConnectOptions) -> Vec<i64> {
+        let mut reader = options.connect().await.expect("connect");
+        sqlx::query("SELECT x FROM t ORDER BY x")
+            .fetch_all(&mut reader)
+            .await
+            .expect("rows")
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    /// Transactions that wait while a turn runs share the next one; when one of
+    /// them is refused, each runs again alone: the others commit, it fails alone.
+    #[tokio::test]
+    async fn waiting_transactions_share_a_turn_and_a_refused_one_fails_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (held, options) = writer(&dir).await;
+        let writer = Arc::new(Writer::Sqlite(Arc::clone(&held)));
+        let running = held.turn.lock().await;
+        let commits: Vec<_> = [1, -2, 3]
+            .into_iter()
+            .map(|x| {
+                let writer = Arc::clone(&writer);
+                let insert = sql(&format!("INSERT INTO t VALUES ({x})"));
+                tokio::spawn(async move { writer.commit(vec![insert]).await })
+            })
+            .collect();
+        for _ in 0..500 {
+            if held.waiting().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(held.waiting().len(), 3, "all three wait for the next turn");
+        drop(running);
+        let mut outcomes = Vec::new();
+        for commit in commits {
+            outcomes.push(commit.await.expect("joined").is_ok());
+        }
+        assert_eq!(outcomes, [true, false, true]);
+        assert_eq!(rows(&options).await, [1, 3]);
+    }
+
+    /// A writer cut off mid-batch (its caller dropped) loses the connection, which
+    /// rolls the batch back; the next turn opens another and commits.
+    #[tokio::test]
+    async fn a_batch_cut_off_rolls_back_and_the_next_turn_reconnects() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (held, options) = writer(&dir).await;
+        let writer = Writer::Sqlite(Arc::clone(&held));
         let long = "INSERT INTO t WITH RECURSIVE c(x) AS \
                     (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) SELECT x FROM c";
         let cut_off =
@@ -219,14 +264,6 @@ mod tests {
             .commit(vec![sql("INSERT INTO t VALUES (7)")])
             .await
             .expect("the next turn commits");
-        let mut reader = options.connect().await.expect("connect");
-        let rows: Vec<i64> = sqlx::query("SELECT x FROM t")
-            .fetch_all(&mut reader)
-            .await
-            .expect("rows")
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        assert_eq!(rows, vec![7], "nothing of the cut-off batch");
+        assert_eq!(rows(&options).await, [7], "nothing of the cut-off batch");
     }
 }

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
-    Served, Setup, TestApp, UPLOAD, data, hs256, http_client, keys_under, now, pdf, run_attache,
-    sha256_hex, tenant,
+    Api, Served, Setup, TestApp, UPLOAD, data, hs256, http_client, keys_under, now, pdf,
+    run_attache, sha256_hex, tenant,
 };
 
 /// A PDF of about `size` bytes, different at every call.
@@ -268,28 +268,22 @@ async fn a_filesystem_without_o_direct_gets_ordinary_writes() {
     let Some(server) = Served::start_on_ramfs(&[]).await else {
         return;
     };
-    let client = http_client();
+    let api = Api {
+        base_url: server.base.clone(),
+        client: http_client(),
+    };
     let token = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
     // Past the O_DIRECT threshold with a tail, exactly on it, and small.
     for size in [1024 * 1024 + 4096 + 3, 256 * 1024, 10 * 1024] {
         let content = large_pdf(size);
-        let request = json!({ "query": UPLOAD, "variables": { "input": {
+        let input = json!({ "input": {
             "ownerType": "contract", "ownerId": "c-1", "filename": "big.pdf",
-            "base64": STANDARD.encode(&content) }}});
-        let body: Value = client
-            .post(format!("{}/graphql", server.base))
-            .bearer_auth(&token)
-            .json(&request)
-            .send()
-            .await
-            .expect("POST")
-            .json()
-            .await
-            .expect("JSON");
+            "base64": STANDARD.encode(&content) }});
+        let body = api.gql(UPLOAD, input, Some(&token)).await;
         let stored = data(&body, "uploadAttachment");
         assert_eq!(stored["sha256"], sha256_hex(&content), "{size}");
         let url = stored["url"].as_str().expect("url");
-        let fetched = client.get(url).send().await.expect("GET url");
+        let fetched = api.client.get(url).send().await.expect("GET url");
         assert_eq!(fetched.status(), 200);
         assert!(
             fetched.bytes().await.expect("bytes") == content,
