@@ -174,7 +174,8 @@ pub struct LimitsConfig {
     /// Largest GraphQL request body [default: ceil(MAX_UPLOAD_BYTES*4/3) + 1 MiB].
     #[arg(long, env = "MAX_REQUEST_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_request_bytes: Option<u64>,
-    /// Most files in one `uploadAttachments`.
+    /// Most files one request may store or announce, whatever its aliases, batch
+    /// arrays or multipart parts.
     #[arg(long, env = "MAX_BATCH_FILES", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_batch_files: u64,
     /// Upload requests read and processed at once; more wait their turn (bounds memory).
@@ -184,6 +185,74 @@ pub struct LimitsConfig {
     /// Retry-After.
     #[arg(long, env = "UPLOAD_QUEUE_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub upload_queue_timeout_seconds: u64,
+}
+
+/// Bounds on one GraphQL request, each checked before the work grows with it: the
+/// text is scanned before it is parsed, the parsed document measured before it is
+/// validated, the batch counted before anything runs.
+#[derive(Debug, Clone, Args)]
+pub struct QueryLimits {
+    /// Deepest selection nesting an operation may have (fragments expanded).
+    #[arg(long, env = "MAX_QUERY_DEPTH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=256))]
+    pub max_query_depth: u32,
+    /// Complexity budget of a request, batch arrays included: every field of the
+    /// operations that run costs 1 (aliases, `__typename` and introspection too), each
+    /// operation 1 more.
+    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    pub max_query_complexity: u32,
+    /// Deepest nesting of brackets in a query text: selections, arguments, list and
+    /// object values, list types. Checked before parsing.
+    #[arg(long, env = "MAX_QUERY_NESTING", default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..=256))]
+    pub max_query_nesting: u32,
+    /// Most tokens in a query text (a string literal counts as one). Checked before
+    /// parsing.
+    #[arg(long, env = "MAX_QUERY_TOKENS", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(100..=10_000_000))]
+    pub max_query_tokens: u32,
+    /// Most fields after expanding every fragment spread, with multiplicity, summed
+    /// over every operation and fragment of a request. Checked before validation.
+    #[arg(long, env = "MAX_EXPANDED_FIELDS", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    pub max_expanded_fields: u32,
+    /// Most operations in one batch array.
+    #[arg(long, env = "MAX_BATCH_OPERATIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_batch_operations: u32,
+}
+
+/// Bounds on connections and on how slowly a client may send or read.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionLimits {
+    /// Most open client connections; more wait in the listen backlog. Lowered to fit
+    /// the open-file limit, which is raised to its hard limit at start.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
+    pub max_connections: u32,
+    /// Seconds a connection may take to send a request's headers, counted from the
+    /// moment it waits for one: also the idle timeout of keep-alive connections.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request body may go without a byte, the first one included.
+    #[arg(long, env = "BODY_IDLE_TIMEOUT_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_idle_timeout_seconds: u64,
+    /// Slowest average a request body may arrive at, in bytes per second, once
+    /// BODY_IDLE_TIMEOUT_SECONDS have passed.
+    #[arg(long, env = "MIN_BODY_BYTES_PER_SECOND", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub min_body_bytes_per_second: u64,
+    /// Seconds a response may wait for the client to read before the connection is
+    /// closed: a stalled download holds no buffer for longer.
+    #[arg(long, env = "SEND_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub send_timeout_seconds: u64,
+}
+
+impl ConnectionLimits {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    pub fn body_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_idle_timeout_seconds)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_seconds)
+    }
 }
 
 impl LimitsConfig {
@@ -251,6 +320,14 @@ pub struct Config {
     pub auth: AuthConfig,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub query_limits: QueryLimits,
+    #[command(flatten)]
+    pub connections: ConnectionLimits,
+    /// A second listen address for `/metrics` alone; when set, the main listener no
+    /// longer serves it (keep it off the public network).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Comma-separated origins allowed by CORS; unset: no CORS headers.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,

@@ -67,6 +67,24 @@ impl MediaType {
         }
     }
 
+    /// Every extension of this type, with its dot, the canonical one first: a saved
+    /// file with one of these opens as this type.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Self::Pdf => &[".pdf"],
+            Self::Png => &[".png"],
+            Self::Jpeg => &[".jpg", ".jpeg"],
+            Self::Gif => &[".gif"],
+            Self::Webp => &[".webp"],
+            Self::Docx => &[".docx"],
+            Self::Xlsx => &[".xlsx"],
+            Self::Odt => &[".odt"],
+            Self::Ods => &[".ods"],
+            Self::Txt => &[".txt"],
+            Self::Csv => &[".csv"],
+        }
+    }
+
     /// Types a browser may show inline without risk (`?inline=1`).
     pub fn is_inline_safe(self) -> bool {
         matches!(
@@ -163,6 +181,13 @@ mod tests {
             MediaType::detect(b"MZ\x90\x00\x03\x00\x00\x00", None, "x.txt"),
             None
         );
+    }
+
+    #[test]
+    fn the_canonical_extension_comes_first() {
+        for kind in MediaType::ALL {
+            assert_eq!(kind.extensions().first(), Some(&kind.extension()));
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! series is declared once; labels are route templates and codes, never raw paths,
 //! ids or client text.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -43,28 +44,54 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// One HTTP request, by route template, method and status.
+/// One HTTP request, by route template, method and status. Methods outside the
+/// standard ones count as `other`: a client chooses the method.
 pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    let method = KNOWN
+        .iter()
+        .find(|known| **known == method)
+        .unwrap_or(&"other");
     let labels = [
         ("route", route.to_owned()),
-        ("method", method.to_owned()),
+        ("method", (*method).to_owned()),
         ("status", status.to_string()),
     ];
     counter!("attache_http_requests_total", &labels).increment(1);
     histogram!("attache_http_request_duration_seconds", &labels[..2]).record(elapsed);
 }
 
-/// One GraphQL operation and its outcome: `OK` or the first error's code.
+/// Most distinct operation names that get series of their own; later names, and
+/// the names of operations refused before they ran, count as `other`.
+pub const MOST_OPERATION_NAMES: usize = 100;
+
+/// One GraphQL operation and its outcome: `OK`, or the first error's code (from
+/// the bounded set of SPEC 6, or `GRAPHQL_VALIDATION_FAILED` when it never ran).
 pub fn graphql_operation(name: Option<&str>, outcome: &str) {
-    // Client-chosen names are kept only when they look like names, so a client
-    // cannot mint series at will.
-    let name = name
-        .filter(|name| {
-            name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        })
-        .unwrap_or("anonymous");
-    counter!("attache_graphql_operations_total", "operation" => name.to_owned(), "outcome" => outcome.to_owned())
+    let ran = outcome != "GRAPHQL_VALIDATION_FAILED";
+    let name = match name {
+        None => "anonymous".to_owned(),
+        Some(name) if ran && named_series(name) => name.to_owned(),
+        Some(_) => "other".to_owned(),
+    };
+    counter!("attache_graphql_operations_total", "operation" => name, "outcome" => outcome.to_owned())
         .increment(1);
+}
+
+/// Whether `name` has, or can still get, a series of its own.
+fn named_series(name: &str) -> bool {
+    static NAMES: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let looks_like_a_name =
+        name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !looks_like_a_name {
+        return false;
+    }
+    let Ok(mut names) = NAMES.get_or_init(Default::default).lock() else {
+        return false;
+    };
+    names.contains(name) || (names.len() < MOST_OPERATION_NAMES && names.insert(name.to_owned()))
 }
 
 /// One stored file's size.

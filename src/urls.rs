@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::auth::link::LinkPurpose;
 use crate::config::{StorageBackend, UrlMode};
-use crate::disposition::content_disposition;
+use crate::disposition::{content_disposition, download_filename};
 use crate::error::AppResult;
 use crate::storage::StorageKey;
 
@@ -60,7 +60,8 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
         )),
         (UrlMode::Signed, _) => {
             let key = StorageKey::from_stored(row.storage_key.clone());
-            let disposition = content_disposition(&row.filename, false);
+            let filename = download_filename(&row.filename, &row.content_type);
+            let disposition = content_disposition(&filename, false);
             match app.storage.presign_read(&key, ttl, &disposition).await? {
                 Some(url) => Ok(url),
                 None => Ok(signed_link(

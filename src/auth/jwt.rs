@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -15,10 +17,10 @@ use crate::ids::SafeId;
 
 const HMAC_FAMILY: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 
+/// `scope` stays among `other`: a JSON null there is no absent claim (see [`scope_claim`]).
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
-    scope: Option<String>,
     #[serde(flatten)]
     other: Map<String, Value>,
 }
@@ -97,6 +99,7 @@ impl JwtVerifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AppError> {
+        check_header(token)?;
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|err| {
                 tracing::debug!(error = %err, "token refused");
@@ -120,7 +123,37 @@ impl JwtVerifier {
                 self.tenant_claim
             ))
         })?;
-        Ok(Principal::new(tenant, subject, claims.scope.as_deref()))
+        let scope = scope_claim(claims.other.get("scope"));
+        Ok(Principal::new(tenant, subject, scope))
+    }
+}
+
+/// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` header names
+/// extensions it does not understand, and attache understands none. The header is
+/// read here rather than through jsonwebtoken, whose `Header` drops a `"crit": null`;
+/// a header this cannot read is refused too, so no token passes one reading and not
+/// the other.
+fn check_header(token: &str) -> Result<(), AppError> {
+    let malformed = || AppError::Unauthenticated("invalid token: malformed".into());
+    let segment = token.split('.').next().unwrap_or_default();
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| malformed())?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    if header.contains_key("crit") {
+        return Err(AppError::Unauthenticated(
+            "invalid token: unsupported critical header (crit)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The optional `scope` claim (SPEC 5): absent, `None` (unrestricted); a string, the
+/// scopes it names; `null` or any other JSON type names none, so it restricts
+/// everything rather than nothing.
+fn scope_claim(value: Option<&Value>) -> Option<&str> {
+    match value {
+        None => None,
+        Some(Value::String(scope)) => Some(scope),
+        Some(_) => Some(""),
     }
 }
 
@@ -192,5 +225,105 @@ impl TokenMinter {
             tenant: tenant_claim,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Access;
+
+    const SECRET: &[u8] = b"unit-test-secret";
+
+    fn verifier() -> JwtVerifier {
+        let config = AuthConfig {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            tenant_claim: "tenant_id".into(),
+        };
+        JwtVerifier::hmac(SECRET, &config)
+    }
+
+    fn token(header: &Header, claims: Value) -> String {
+        jsonwebtoken::encode(header, &claims, &EncodingKey::from_secret(SECRET)).expect("encode")
+    }
+
+    fn claims(extra: Value) -> Value {
+        let mut claims = serde_json::json!({
+            "sub": "u",
+            "tenant_id": "acme",
+            "exp": jsonwebtoken::get_current_timestamp() + 600,
+        });
+        if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+            claims.extend(extra.clone());
+        }
+        claims
+    }
+
+    fn access(extra: Value) -> (bool, bool) {
+        let principal = verifier()
+            .verify(&token(&Header::new(Algorithm::HS256), claims(extra)))
+            .expect("a valid token");
+        (
+            principal.require(Access::Read).is_ok(),
+            principal.require(Access::Write).is_ok(),
+        )
+    }
+
+    #[test]
+    fn a_null_or_odd_scope_restricts_like_an_empty_one() {
+        use serde_json::json;
+        assert_eq!(access(json!({})), (true, true), "no scope claim");
+        assert_eq!(
+            access(json!({ "scope": "attachments:read" })),
+            (true, false)
+        );
+        assert_eq!(access(json!({ "scope": "" })), (false, false));
+        for odd in [
+            json!(null),
+            json!(1),
+            json!(["attachments:read"]),
+            json!({}),
+        ] {
+            assert_eq!(access(json!({ "scope": odd })), (false, false), "{odd}");
+        }
+    }
+
+    #[test]
+    fn scopes_split_on_ascii_space_only() {
+        use serde_json::json;
+        assert_eq!(
+            access(json!({ "scope": "x attachments:read  attachments:write" })),
+            (true, true)
+        );
+        for separator in ["\u{a0}", "\t", "\n", "\u{2003}"] {
+            let scope = format!("x{separator}attachments:read");
+            assert_eq!(
+                access(json!({ "scope": scope })),
+                (false, false),
+                "{scope:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_critical_header_is_refused() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let refused = verifier().verify(&token(&header, claims(Value::Null)));
+        assert!(
+            matches!(&refused, Err(AppError::Unauthenticated(message))
+                if message == "invalid token: unsupported critical header (crit)"),
+            "{refused:?}"
+        );
+
+        let valid = token(&Header::new(Algorithm::HS256), claims(Value::Null));
+        let (_, rest) = valid.split_once('.').expect("a JWT");
+        let null_crit = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT","crit":null}"#);
+        let refused = verifier().verify(&format!("{null_crit}.{rest}"));
+        assert!(matches!(refused, Err(AppError::Unauthenticated(_))));
+        assert!(verifier().verify(&valid).is_ok());
     }
 }

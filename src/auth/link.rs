@@ -109,10 +109,11 @@ impl LinkSigner {
         else {
             return Err(refused("incomplete signed link"));
         };
-        let expires: i64 = expires
-            .parse()
-            .map_err(|_| refused("malformed signed link"))?;
-        let id = Uuid::parse_str(id).map_err(|_| refused("invalid link signature"))?;
+        let expires = canonical_expiry(expires).ok_or_else(|| refused("malformed signed link"))?;
+        if !is_canonical_signature(signature) {
+            return Err(refused("invalid link signature"));
+        }
+        let id = canonical_id(id).ok_or_else(|| refused("invalid link signature"))?;
         let tenant = SafeId::parse(tenant).ok_or_else(|| refused("invalid link signature"))?;
         let now = chrono::Utc::now().timestamp();
         match self.verify(purpose, id, tenant.as_str(), expires, signature, now) {
@@ -121,6 +122,32 @@ impl LinkSigner {
             Err(LinkFault::BadSignature) => Err(refused("invalid link signature")),
         }
     }
+}
+
+/// The expiry as attache writes it: ASCII digits, no sign, no leading zero. Another
+/// spelling of the same number would be another URL for one signature: refused.
+fn canonical_expiry(value: &str) -> Option<i64> {
+    let digits = !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit());
+    let leading_zero = value.len() > 1 && value.starts_with('0');
+    if !digits || leading_zero {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// A signature as [`LinkSigner::sign`] writes it: 64 lowercase hex digits.
+fn is_canonical_signature(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+}
+
+/// The id as links name it: the lowercase hyphenated form. Uppercase, simple, braced
+/// or `urn:uuid:` spellings of the same UUID are refused.
+fn canonical_id(value: &str) -> Option<Uuid> {
+    let id = Uuid::parse_str(value).ok()?;
+    (id.hyphenated().to_string() == value).then_some(id)
 }
 
 #[cfg(test)]
@@ -163,5 +190,79 @@ mod tests {
             signer.verify(LinkPurpose::Upload, id, acme, 1000, &signature, 999),
             Err(LinkFault::BadSignature)
         );
+    }
+
+    fn authorize(
+        signer: &LinkSigner,
+        id: &str,
+        expires: &str,
+        signature: &str,
+    ) -> Result<(Uuid, SafeId), AppError> {
+        let query = LinkQuery {
+            tenant: Some("acme".into()),
+            expires: Some(expires.into()),
+            signature: Some(signature.into()),
+        };
+        signer.authorize(LinkPurpose::Download, id, &query)
+    }
+
+    #[test]
+    fn authorize_accepts_only_the_canonical_link() {
+        let signer = LinkSigner::new(b"key");
+        let id = Uuid::now_v7();
+        let expires = chrono::Utc::now().timestamp() + 3600;
+        let signature = signer.sign(LinkPurpose::Download, id, "acme", expires);
+        let (path, digits) = (id.to_string(), expires.to_string());
+        assert!(authorize(&signer, &path, &digits, &signature).is_ok());
+
+        for expiry in [
+            format!("+{digits}"),
+            format!("0{digits}"),
+            format!("000{digits}"),
+            format!(" {digits}"),
+            format!("{digits} "),
+            format!("{digits}.0"),
+            String::new(),
+        ] {
+            let refused = authorize(&signer, &path, &expiry, &signature);
+            assert!(
+                matches!(refused, Err(AppError::Forbidden(_))),
+                "expires={expiry:?}"
+            );
+        }
+        for other in [
+            signature.to_uppercase(),
+            format!("{signature}00"),
+            signature[..62].to_owned(),
+            format!(" {}", &signature[1..]),
+        ] {
+            let refused = authorize(&signer, &path, &digits, &other);
+            assert!(
+                matches!(refused, Err(AppError::Forbidden(_))),
+                "signature={other:?}"
+            );
+        }
+        for spelling in [
+            path.to_uppercase(),
+            id.simple().to_string(),
+            id.urn().to_string(),
+            id.braced().to_string(),
+            format!(" {path}"),
+        ] {
+            let refused = authorize(&signer, &spelling, &digits, &signature);
+            assert!(
+                matches!(refused, Err(AppError::Forbidden(_))),
+                "id={spelling:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_is_the_one_expiry_that_starts_with_a_zero() {
+        assert_eq!(canonical_expiry("0"), Some(0));
+        assert_eq!(canonical_expiry("10"), Some(10));
+        assert_eq!(canonical_expiry("00"), None);
+        assert_eq!(canonical_expiry("-1"), None);
+        assert_eq!(canonical_expiry("99999999999999999999"), None);
     }
 }

@@ -38,8 +38,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// `scope` is the claim's text: a space-separated list (RFC 8693 §4.2), split on
+    /// U+0020 only, so `"x\u{a0}attachments:read"` is one scope that grants nothing.
     pub fn new(tenant: SafeId, subject: String, scope: Option<&str>) -> Self {
-        let scopes = scope.map(|scope| scope.split_whitespace().map(str::to_owned).collect());
+        let scopes = scope.map(|scope| {
+            scope
+                .split(' ')
+                .filter(|scope| !scope.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
         Self {
             tenant,
             subject,

@@ -17,6 +17,7 @@ use crate::app::{App, SharedApp};
 use crate::attachments::{self, Draft, Target, ValidUpload, direct, upload};
 use crate::auth::{Access, Principal};
 use crate::error::{AppError, AppResult};
+use crate::graphql::bounds::FileCount;
 use crate::graphql::context::{app, principal};
 use crate::graphql::large_strings;
 use crate::ids::SafeId;
@@ -242,6 +243,16 @@ impl UploadAttachmentInput {
     }
 }
 
+/// The mutation fields that store or announce files, and how many each does: the
+/// request-wide MAX_BATCH_FILES counts them before anything runs.
+pub(super) const FILE_FIELDS: [(&str, FileCount); 5] = [
+    ("uploadAttachment", FileCount::One),
+    ("uploadAttachments", FileCount::EachOf("input")),
+    ("uploadAttachmentFile", FileCount::One),
+    ("createDirectUpload", FileCount::One),
+    ("completeDirectUpload", FileCount::One),
+];
+
 #[derive(Default)]
 pub struct AttachmentMutation;
 
@@ -266,12 +277,6 @@ impl AttachmentMutation {
     ) -> async_graphql::Result<Vec<Attachment>> {
         let principal = principal(ctx, Access::Write)?;
         let app = app(ctx)?;
-        let most = app.config.limits.max_batch_files;
-        if input.len() as u64 > most {
-            return Err(
-                AppError::bad_input(format!("at most {most} files per uploadAttachments")).extend(),
-            );
-        }
         let mut uploads = Vec::with_capacity(input.len());
         for (index, file) in input.into_iter().enumerate() {
             let upload = file.validate(ctx, app).map_err(|err| {
@@ -392,21 +397,23 @@ async fn store_one(
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("create returned no row")).extend())
 }
 
-/// Reads a multipart file part (a temporary file), refusing it before reading when
-/// it is too large.
+/// Reads a multipart file part (a temporary file) from its start, refusing it before
+/// reading when it is too large. From the start: a part mapped to two variables is
+/// one file with one shared offset, and each use gets all of it.
 async fn read_part(file: std::fs::File, size: u64, max_upload_bytes: u64) -> AppResult<Bytes> {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     if size > max_upload_bytes {
         return Err(AppError::PayloadTooLarge(format!(
             "the file has {size} bytes; at most {max_upload_bytes} are accepted"
         )));
     }
+    let failed =
+        |err| AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"));
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or_default());
-    tokio::fs::File::from_std(file)
-        .read_to_end(&mut bytes)
+    let mut file = tokio::fs::File::from_std(file);
+    file.seek(std::io::SeekFrom::Start(0))
         .await
-        .map_err(|err| {
-            AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"))
-        })?;
+        .map_err(failed)?;
+    file.read_to_end(&mut bytes).await.map_err(failed)?;
     Ok(Bytes::from(bytes))
 }

@@ -2,6 +2,7 @@
 //! and `schema.graphql` at the root is its checked-in copy.
 
 mod attachments;
+pub mod bounds;
 mod context;
 pub mod large_strings;
 mod parsed_queries;
@@ -9,7 +10,6 @@ mod parsed_queries;
 use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
 use crate::app::SharedApp;
-pub use context::Caller;
 pub use parsed_queries::ParsedQueries;
 
 #[derive(MergedObject, Default)]
@@ -20,20 +20,21 @@ pub struct Mutation(attachments::AttachmentMutation);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
-/// Query depth limit (SPEC 6).
-pub const MAX_DEPTH: usize = 16;
-/// Query complexity limit: a thousand aliases are refused (SPEC 6).
-pub const MAX_COMPLEXITY: usize = 1000;
+/// The schema that serves requests, with the app in its data. The depth and
+/// complexity limits are async-graphql's own second line behind [`bounds`], which
+/// already refused what passes them.
+pub fn schema(app: SharedApp) -> AppSchema {
+    let limits = &app.config.query_limits;
+    let (depth, complexity) = (limits.max_query_depth, limits.max_query_complexity);
+    builder()
+        .limit_depth(depth as usize)
+        .limit_complexity(complexity as usize)
+        .data(app)
+        .finish()
+}
 
 fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-}
-
-/// The schema that serves requests, with the app in its data.
-pub fn schema(app: SharedApp) -> AppSchema {
-    builder().data(app).finish()
 }
 
 /// The SDL that `attache schema` prints.

@@ -1,6 +1,6 @@
 //! `GET`/`HEAD /api/attachments/{id}/download` (bearer token or signed link) and
-//! `/media/{key}` (public URLs on fs). Streams from storage with Range, ETag and a
-//! safe Content-Disposition; never holds a file in memory.
+//! `/media/{key}` (public URLs on fs). Streams from storage with Range, ETag, a safe
+//! Content-Disposition and a sandboxing CSP; never holds a file in memory.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -16,10 +16,14 @@ use crate::attachments;
 use crate::auth::Access;
 use crate::auth::link::{LinkPurpose, LinkQuery};
 use crate::config::UrlMode;
-use crate::disposition::content_disposition;
+use crate::disposition::{content_disposition, download_filename};
 use crate::error::{AppError, AppResult};
 use crate::http::{AppState, bearer_token};
 use crate::media::MediaType;
+
+/// Whatever a stored file is, opened from our origin (an inline PDF or image, or a
+/// file a browser renders anyway) it runs no script and reaches no storage of ours.
+const FILE_CSP: &str = "sandbox";
 
 #[derive(Deserialize)]
 pub struct DownloadParams {
@@ -156,6 +160,7 @@ async fn respond(
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, "private")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::CONTENT_SECURITY_POLICY, FILE_CSP)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(
             header::LAST_MODIFIED,
@@ -196,7 +201,7 @@ async fn respond(
         .header(header::CONTENT_LENGTH, range.end - range.start)
         .header(
             header::CONTENT_DISPOSITION,
-            content_disposition(&row.filename, inline),
+            content_disposition(&download_filename(&row.filename, &row.content_type), inline),
         );
     if method == Method::HEAD {
         return build(response, Body::empty());

@@ -1,5 +1,7 @@
-//! `GET`/`POST /graphql`: CSRF rule, bearer token, body limit (413 before parsing),
-//! bounded concurrent uploads, then the executor. GraphiQL for browsers.
+//! `GET`/`POST /graphql`, in the order that keeps refusals cheap: CSRF rule, then the
+//! bearer token (before a byte of the body is read, a slot taken or a document
+//! parsed), the body limit (413 before parsing), a bounded upload slot, the body read
+//! at a minimum pace, the document bounds, then the executor. GraphiQL for browsers.
 
 use async_graphql::http::MultipartOptions;
 use async_graphql::{BatchRequest, ParseRequestError};
@@ -11,34 +13,38 @@ use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
+use crate::auth::Principal;
+use crate::config::ConnectionLimits;
 use crate::error::AppError;
-use crate::graphql::Caller;
 use crate::http::AppState;
+use crate::http::slow_body::{is_too_slow, paced};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
 /// never wait behind large uploads.
 const SMALL_REQUEST_BYTES: u64 = 64 * 1024;
 
-/// How long a request body may take to arrive.
+/// How long a whole request body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers();
     if request.method() == Method::GET && wants_html(headers) && request.uri().query().is_none() {
-        return crate::http::playground::page();
+        return crate::http::playground::page_with(state.app.dev_minter.as_ref());
     }
-    let limit = state.app.config.limits.request_bytes();
     if needs_preflight_header(request.method(), headers) {
         let refused = (
             StatusCode::BAD_REQUEST,
             "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF). \
              Send a non-empty `apollo-require-preflight` or `x-apollo-operation-name` header, \
              or use the content type application/json.\n",
-        )
-            .into_response();
-        return after_draining(request, drain_limit(limit), refused).await;
+        );
+        return closing(refused.into_response());
     }
-    let caller = authenticate(&state, headers);
+    let principal = match authenticate(&state, headers) {
+        Ok(principal) => principal,
+        Err(err) => return closing(refused_request(&err)),
+    };
+    let limit = state.app.config.limits.request_bytes();
     let length = content_length(headers);
     if length.is_some_and(|length| length > limit) {
         let refused = too_large(limit);
@@ -52,45 +58,42 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     {
         match state.app.upload_permit().await {
             Ok(permit) => Some(permit),
-            Err(err) => {
-                return after_draining(request, drain_limit(limit), err.into_response()).await;
-            }
+            // Answered at once: the body stays unread and the connection closes.
+            Err(err) => return closing(err.into_response()),
         }
     } else {
         None
     };
+    let is_get = request.method() == Method::GET;
     // A slow client must not hold an upload permit for ever.
     let read = tokio::time::timeout(
         BODY_READ_TIMEOUT,
-        read_request(
-            request,
-            length,
-            limit,
-            state.app.config.limits.max_batch_files,
-        ),
+        read_request(request, length, limit, &state.app.config),
     );
     let mut batch = match read.await {
         Ok(Ok(batch)) => batch,
         Ok(Err(response)) => return *response,
-        Err(_) => {
-            let error = AppError::bad_input("the request body was not received in time");
-            return (
-                StatusCode::REQUEST_TIMEOUT,
-                axum::Json(error.graphql_body()),
-            )
-                .into_response();
-        }
+        Err(_) => return body_too_slow("the request body was not received in time"),
     };
-    let names: Vec<Option<String>> = match &batch {
-        BatchRequest::Single(request) => vec![request.operation_name.clone()],
-        BatchRequest::Batch(requests) => requests
-            .iter()
-            .map(|request| request.operation_name.clone())
-            .collect(),
-    };
+    let limits = &state.app.config.query_limits;
+    let max_files = state.app.config.limits.max_batch_files;
+    if let Err(err) = state.parsed_queries.prepare(&mut batch, limits, max_files) {
+        return refused_request(&err);
+    }
+    if is_get && is_mutation(&mut batch) {
+        let refused = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST")],
+            "Mutations cannot be sent over GET: use POST.\n",
+        );
+        return refused.into_response();
+    }
+    let names: Vec<Option<String>> = batch
+        .iter_mut()
+        .map(|request| request.operation_name.clone())
+        .collect();
     crate::graphql::large_strings::move_out(&mut batch);
-    state.parsed_queries.attach(&mut batch);
-    let response = state.schema.execute_batch(batch.data(caller)).await;
+    let response = state.schema.execute_batch(batch.data(principal)).await;
     count_operations(&names, &response);
     let mut response = GraphQLResponse::from(response).into_response();
     // Apollo's convention: GraphQL errors travel as HTTP 200 with application/json.
@@ -123,14 +126,40 @@ fn count_operations(names: &[Option<String>], response: &async_graphql::BatchRes
     }
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Caller {
-    match crate::http::bearer_token(headers) {
-        None => Caller::Anonymous,
-        Some(token) => match state.app.verifier.verify(token) {
-            Ok(principal) => Caller::Verified(principal),
-            Err(err) => Caller::Refused(err.to_string()),
-        },
-    }
+/// The caller of a request, from its headers alone: UNAUTHENTICATED for a missing
+/// or invalid token, before anything else is spent on it (SPEC 5 and 6).
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, AppError> {
+    let token = crate::http::bearer_token(headers).ok_or_else(|| {
+        AppError::Unauthenticated("an `Authorization: Bearer <token>` header is required".into())
+    })?;
+    state.app.verifier.verify(token)
+}
+
+/// A refusal answered without reading the body: the client must not reuse the
+/// connection, whose unread bytes would be taken for the next request.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request refused before it ran (no valid token, a document past its bounds): a
+/// GraphQL request error, HTTP 200 like the executor's own (SPEC 6), without `data`.
+fn refused_request(err: &AppError) -> Response {
+    axum::Json(err.graphql_body()).into_response()
+}
+
+/// A body that came too slowly: 408, and the connection closes.
+fn body_too_slow(message: &str) -> Response {
+    let error = AppError::bad_input(message);
+    closing(
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(error.graphql_body()),
+        )
+            .into_response(),
+    )
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -220,27 +249,21 @@ fn bad_request(message: String) -> Box<Response> {
 }
 
 /// Parses the request: the query string of a GET, a JSON body read once and parsed
-/// in place, or a multipart body streamed to temporary files.
+/// in place, or a multipart body streamed to temporary files; a body held to the
+/// pace of [`ConnectionLimits`].
 async fn read_request(
     request: Request,
     length: Option<u64>,
     limit: u64,
-    max_files: u64,
+    config: &crate::config::Config,
 ) -> Result<BatchRequest, Box<Response>> {
     if request.method() == Method::GET {
         let query = request.uri().query().unwrap_or_default();
         let parsed = async_graphql::http::parse_query_string(query)
             .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
-        if is_mutation(&parsed) {
-            let refused = (
-                StatusCode::METHOD_NOT_ALLOWED,
-                [(header::ALLOW, "POST")],
-                "Mutations cannot be sent over GET: use POST.\n",
-            );
-            return Err(Box::new(refused.into_response()));
-        }
         return Ok(BatchRequest::Single(parsed));
     }
+    let pace: &ConnectionLimits = &config.connections;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -253,8 +276,9 @@ async fn read_request(
         .is_some_and(|value| value.to_ascii_lowercase().starts_with("multipart/"));
     if is_multipart {
         let limited = Limited::new(body, limit_usize);
-        let stream = limited.into_data_stream().map_err(std::io::Error::other);
+        let stream = paced(limited.into_data_stream(), pace).map_err(std::io::Error::other);
         let reader = tokio_util::io::StreamReader::new(stream).compat();
+        let max_files = config.limits.max_batch_files;
         let options = MultipartOptions::default()
             .max_file_size(limit_usize)
             .max_num_files(usize::try_from(max_files).unwrap_or(usize::MAX));
@@ -268,10 +292,12 @@ async fn read_request(
         .min(limit_usize);
     let mut bytes = Vec::with_capacity(capacity);
     let mut received: u64 = 0;
-    let mut chunks = body.into_data_stream();
+    let mut chunks = paced(body.into_data_stream(), pace);
     while let Some(chunk) = chunks.next().await {
-        let chunk =
-            chunk.map_err(|err| bad_request(format!("cannot read the request body: {err}")))?;
+        let chunk = chunk.map_err(|err| match is_too_slow(&err) {
+            true => Box::new(body_too_slow(&err.to_string())),
+            false => bad_request(format!("cannot read the request body: {err}")),
+        })?;
         received += chunk.len() as u64;
         if received > limit {
             // Past the limit nothing is kept; a modest excess is read and dropped so
@@ -291,34 +317,43 @@ async fn read_request(
         .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))
 }
 
-/// Whether the operation a request would run is a mutation (GET may only query).
-fn is_mutation(request: &async_graphql::Request) -> bool {
+/// Whether a request of the batch would run a mutation (GET may only query).
+fn is_mutation(batch: &mut BatchRequest) -> bool {
     use async_graphql::parser::types::{DocumentOperations, OperationType};
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
-        return false;
-    };
-    let operation = match &document.operations {
-        DocumentOperations::Single(operation) => Some(operation),
-        DocumentOperations::Multiple(operations) => match &request.operation_name {
-            Some(name) => operations
-                .iter()
-                .find(|(key, _)| key.as_str() == name)
-                .map(|(_, op)| op),
-            None => operations.values().next(),
-        },
-    };
-    operation.is_some_and(|operation| operation.node.ty == OperationType::Mutation)
+    batch.iter_mut().any(|request| {
+        let name = request.operation_name.clone();
+        let Ok(document) = request.parsed_query() else {
+            return false;
+        };
+        let operation = match &document.operations {
+            DocumentOperations::Single(operation) => Some(operation),
+            DocumentOperations::Multiple(operations) => match &name {
+                Some(name) => operations
+                    .iter()
+                    .find(|(key, _)| key.as_str() == name)
+                    .map(|(_, op)| op),
+                None => operations.values().next(),
+            },
+        };
+        operation.is_some_and(|operation| operation.node.ty == OperationType::Mutation)
+    })
 }
 
 fn parse_failure(err: &ParseRequestError, limit: u64) -> Box<Response> {
     let mut source: Option<&dyn std::error::Error> = Some(err);
     let mut over_limit = matches!(err, ParseRequestError::PayloadTooLarge);
+    let mut too_slow = None;
     while let Some(current) = source {
         over_limit |= current.is::<LengthLimitError>()
             || current.to_string().contains("length limit exceeded");
+        if current.is::<crate::http::slow_body::TooSlow>() {
+            too_slow = Some(current.to_string());
+        }
         source = current.source();
     }
-    if over_limit {
+    if let Some(message) = too_slow {
+        Box::new(body_too_slow(&message))
+    } else if over_limit {
         Box::new(too_large(limit))
     } else {
         bad_request(format!("invalid GraphQL request: {err}"))

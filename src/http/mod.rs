@@ -2,17 +2,18 @@
 //! health checks and metrics. [`router`] builds it; [`serve`] runs it until
 //! shutdown, then gives in-flight requests `SHUTDOWN_GRACE_SECONDS` to finish.
 
+mod connections;
 mod download;
 mod graphql;
 mod health;
 mod observe;
 mod playground;
+pub mod slow_body;
 mod uploads;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::routing::{get, put};
-use axum::serve::ListenerExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::SharedApp;
@@ -26,29 +27,47 @@ pub struct AppState {
     pub parsed_queries: std::sync::Arc<ParsedQueries>,
 }
 
+/// Every route; `/metrics` too unless `METRICS_ADDR` gives it a listener of its own.
 pub fn router(app: SharedApp) -> Router {
     let schema = crate::graphql::schema(app.clone());
     let cors = cors_layer(&app.config.cors_allowed_origins);
+    let metrics_here = app.config.metrics_addr.is_none();
     let state = AppState {
         app,
         schema,
         parsed_queries: Default::default(),
     };
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/graphql", get(graphql::handle).post(graphql::handle))
         .route("/graphql/assets/{name}", get(playground::asset))
         .route("/api/attachments/{id}/download", get(download::by_id))
         .route("/api/uploads/{id}", put(uploads::put))
         .route("/media/{*key}", get(download::by_key))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::readyz));
+    if metrics_here {
+        router = router.route("/metrics", get(health::metrics));
+    }
+    let router = router
         .with_state(state)
         .layer(axum::middleware::from_fn(observe::request));
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// The router of the `METRICS_ADDR` listener: `/metrics` and `/healthz`.
+fn metrics_router(app: SharedApp) -> Router {
+    let state = AppState {
+        schema: crate::graphql::schema(app.clone()),
+        app,
+        parsed_queries: Default::default(),
+    };
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .with_state(state)
 }
 
 /// CORS for the configured origins only; none configured, no CORS headers at all.
@@ -94,23 +113,27 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves: then no new connection is
-/// accepted, `/readyz` answers 503, and in-flight requests have
-/// `SHUTDOWN_GRACE_SECONDS` to finish before the rest are cut.
+/// Serves `app` on `listener` (and `/metrics` on `METRICS_ADDR` when set) until
+/// `shutdown` resolves: then no new connection is accepted, `/readyz` answers 503,
+/// and in-flight requests have `SHUTDOWN_GRACE_SECONDS` to finish before the rest
+/// are cut.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: SharedApp,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // No Nagle delay between a response's headers and a small body.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
+    let metrics_listener = match app.config.metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("METRICS_ADDR: cannot listen on {addr}: {err}"),
+            )
+        })?),
+        None => None,
+    };
     let grace = std::time::Duration::from_secs(app.config.shutdown_grace_seconds);
     let draining = tokio_util::sync::CancellationToken::new();
-    let signal = {
+    tokio::spawn({
         let (app, draining) = (app.clone(), draining.clone());
         async move {
             shutdown.await;
@@ -122,10 +145,17 @@ pub async fn serve(
             );
             draining.cancel();
         }
+    });
+    let limits = &app.config.connections;
+    let main = connections::serve(listener, router(app.clone()), limits, draining.clone());
+    let metrics = async {
+        if let Some(listener) = metrics_listener {
+            let router = metrics_router(app.clone());
+            connections::serve(listener, router, limits, draining.clone()).await;
+        }
     };
-    let server = axum::serve(listener, router(app)).with_graceful_shutdown(signal);
     tokio::select! {
-        served = server.into_future() => served,
+        ((), ()) = futures::future::join(main, metrics) => Ok(()),
         () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!("the shutdown grace period is over; requests still running are cut");
             Ok(())

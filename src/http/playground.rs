@@ -1,15 +1,34 @@
 //! The GraphiQL playground at `GET /graphql` for browsers, with its assets compiled
 //! into the binary so it works offline (SPEC 6). The assets are vendored under
-//! `assets/playground/` (see its README).
+//! `assets/playground/` (see its README). The page runs no inline script, so its
+//! Content-Security-Policy allows scripts from this origin only.
+
+use std::time::Duration;
 
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
+use crate::auth::TokenMinter;
+use crate::ids::SafeId;
+
 const INDEX: &str = include_str!("../../assets/playground/index.html");
 
+/// Where [`page_with`] puts the development token's `<meta>` element.
+const DEV_TOKEN_SLOT: &str = "<!-- attache-dev-token -->";
+
+/// What the page may load and do: its own scripts, styles and fetches, the data: fonts
+/// and images of GraphiQL's stylesheet; no frames around it, no forms, no `<base>`.
+/// GraphiQL 3 (CodeMirror 5) needs no eval, workers or blob: URLs.
+pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
+    font-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Lifetime of the development token a page carries, as the one `serve` prints.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// (name, content type, bytes) of every asset the page loads.
-const ASSETS: [(&str, &str, &[u8]); 4] = [
+const ASSETS: [(&str, &str, &[u8]); 5] = [
     (
         "react.production.min.js",
         "text/javascript; charset=utf-8",
@@ -30,10 +49,61 @@ const ASSETS: [(&str, &str, &[u8]); 4] = [
         "text/css; charset=utf-8",
         include_bytes!("../../assets/playground/graphiql.min.css"),
     ),
+    (
+        "init.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/playground/init.js"),
+    ),
 ];
 
-pub fn page() -> Response {
-    Html(INDEX).into_response()
+/// The page; in development mode (`dev_minter`: `App::dev_minter`) it carries a fresh
+/// 24 h token for tenant `dev`, so the Docs panel and a first query work at once.
+/// Without one, the Headers tab shows where to paste a token.
+pub fn page_with(dev_minter: Option<&TokenMinter>) -> Response {
+    let token = dev_minter.and_then(|minter| {
+        let tenant = SafeId::parse("dev")?;
+        minter
+            .mint(&tenant, "dev", DEV_TOKEN_TTL, None)
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot mint a playground token"))
+            .ok()
+    });
+    let html = match token {
+        Some(token) => INDEX.replacen(
+            DEV_TOKEN_SLOT,
+            &format!(
+                "<meta name=\"attache-dev-token\" content=\"{}\">",
+                escape_html(&token)
+            ),
+            1,
+        ),
+        None => INDEX.to_owned(),
+    };
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+/// Text safe inside an HTML attribute value or element.
+fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 pub async fn asset(Path(name): Path<String>) -> Response {
@@ -48,5 +118,76 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         )
             .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::JwtVerifier;
+    use crate::config::{AuthConfig, Secret};
+
+    async fn body(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    /// The value of the `attache-dev-token` meta element, if the page has one.
+    fn dev_token(html: &str) -> Option<&str> {
+        let rest = html
+            .split("<meta name=\"attache-dev-token\" content=\"")
+            .nth(1)?;
+        rest.split('"').next()
+    }
+
+    #[tokio::test]
+    async fn the_page_runs_no_inline_script_and_carries_its_policy() {
+        let response = page_with(None);
+        let headers = response.headers().clone();
+        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], PAGE_CSP);
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let html = body(response).await;
+        assert_eq!(html.matches("<script").count(), 4);
+        assert_eq!(
+            html.matches("<script src=\"/graphql/assets/").count(),
+            4,
+            "every script is an asset: {html}"
+        );
+        assert_eq!(html.matches("></script>").count(), 4, "and has no body");
+        assert_eq!(dev_token(&html), None);
+        for (name, _, _) in ASSETS {
+            assert!(
+                html.contains(&format!("/graphql/assets/{name}\"")),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn in_development_mode_the_page_carries_a_working_token() {
+        let config = AuthConfig {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            tenant_claim: "tenant_id".into(),
+        };
+        let secret: Secret = "playground-test-secret".parse().expect("secret");
+        let minter = TokenMinter::new(&secret, &config);
+        let html = body(page_with(Some(&minter))).await;
+        let token = dev_token(&html).expect("a token in the page");
+        let principal = JwtVerifier::hmac(secret.expose().as_bytes(), &config)
+            .verify(token)
+            .expect("the token verifies");
+        assert_eq!(principal.tenant.as_str(), "dev");
+        assert!(!html.contains(DEV_TOKEN_SLOT));
+    }
+
+    #[test]
+    fn html_escaping_covers_attribute_quotes() {
+        assert_eq!(escape_html(r#"a"b'<c>&"#), "a&quot;b&#39;&lt;c&gt;&amp;");
     }
 }

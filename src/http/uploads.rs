@@ -1,5 +1,6 @@
 //! `PUT /api/uploads/{id}`: attache's signed upload route, the fs counterpart of a
-//! presigned S3 PUT for direct uploads. Streams the body into storage.
+//! presigned S3 PUT for direct uploads. Streams the body into storage, held to the
+//! minimum pace of `BODY_IDLE_TIMEOUT_SECONDS` and `MIN_BODY_BYTES_PER_SECOND`.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -9,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use crate::attachments::direct;
 use crate::auth::link::{LinkPurpose, LinkQuery};
 use crate::http::AppState;
+use crate::http::slow_body::paced;
 
 pub async fn put(
     State(state): State<AppState>,
@@ -18,7 +20,10 @@ pub async fn put(
 ) -> Response {
     let app = &state.app;
     let received = match app.links.authorize(LinkPurpose::Upload, &id, &link) {
-        Ok((id, tenant)) => direct::receive(app, id, &tenant, body.into_data_stream()).await,
+        Ok((id, tenant)) => {
+            let body = paced(body.into_data_stream(), &app.config.connections);
+            direct::receive(app, id, &tenant, body).await
+        }
         Err(err) => Err(err),
     };
     match received {

@@ -101,6 +101,9 @@ pub struct Storage {
 /// multipart part), so a copy holds the same memory whatever the file's size.
 const COPY_CHUNK: usize = 8 * 1024 * 1024;
 
+/// The most bytes one fs read of a download holds (see [`Storage::stream`]).
+const READ_CHUNK: usize = 128 * 1024;
+
 /// How long the startup probe may take before the bucket counts as unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -400,18 +403,21 @@ impl Storage {
         }))
     }
 
-    /// Streams `range` of an object without holding it in memory.
+    /// Streams `range` of an object without holding it in memory: on fs in reads of
+    /// [`READ_CHUNK`], so a download that its client stopped reading holds no more;
+    /// on S3 as one GET whose body arrives as the network delivers it.
     pub async fn stream(
         &self,
         key: &StorageKey,
         range: opendal::BytesRange,
     ) -> opendal::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
         self.observed("read", async {
-            self.operator
-                .reader(key.as_str())
-                .await?
-                .into_bytes_stream(range)
-                .await
+            let reader = self.operator.reader_with(key.as_str());
+            let reader = match self.backend {
+                StorageBackend::Fs => reader.chunk(READ_CHUNK).await?,
+                StorageBackend::S3 => reader.await?,
+            };
+            reader.into_bytes_stream(range).await
         })
         .await
     }

@@ -247,6 +247,63 @@ async fn scopes_guard_reads_and_writes(setup: Setup) {
     );
 }
 
+/// A `scope` of null restricts like an empty one, scopes split on U+0020 only, and a
+/// token naming critical header extensions (`crit`, none of which attache knows) is
+/// refused whatever its signature.
+async fn odd_scopes_restrict_and_critical_headers_are_refused(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let claims =
+        |scope: Value| json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600, "scope": scope });
+    for (case, scope) in [
+        ("scope null", Value::Null),
+        (
+            "scope split by a no-break space",
+            json!("x\u{a0}attachments:read"),
+        ),
+        ("scope split by a tab", json!("x\tattachments:read")),
+        ("scope a number", json!(1)),
+        ("scope an array", json!(["attachments:read"])),
+    ] {
+        let body = app.gql(LIST, json!({}), Some(&hs256(claims(scope)))).await;
+        assert_eq!(codes(&body), vec!["FORBIDDEN"], "{case}: {body}");
+    }
+    let spaced = hs256(claims(json!("x attachments:read")));
+    assert_eq!(
+        data(
+            &app.gql(LIST, json!({}), Some(&spaced)).await,
+            "attachments"
+        )["totalCount"],
+        0,
+        "an ASCII space separates"
+    );
+
+    let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["exp".into()]);
+    let critical = jsonwebtoken::encode(
+        &header,
+        &json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    // SPEC 6: a request without a valid token answers HTTP 200 or 401.
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&critical)
+        .json(&json!({ "query": LIST }))
+        .send()
+        .await
+        .expect("POST");
+    assert!([200, 401].contains(&response.status().as_u16()));
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(codes(&body), vec!["UNAUTHENTICATED"], "{body}");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "invalid token: unsupported critical header (crit)"
+    );
+}
+
 async fn tenants_cannot_see_link_download_or_delete_each_other(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let (acme, other) = (tenant(), tenant());
@@ -306,3 +363,5 @@ crate::matrix!(
     scopes_guard_reads_and_writes,
     tenants_cannot_see_link_download_or_delete_each_other,
 );
+
+crate::matrix!(db: odd_scopes_restrict_and_critical_headers_are_refused);

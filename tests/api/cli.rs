@@ -139,7 +139,7 @@ async fn a_collections_file_replaces_the_built_in_ones(setup: Setup) {
 }
 
 /// What `attache serve` prints with no JWT key: the token and the playground URL.
-fn dev_mode_banner(dir: &std::path::Path) -> (std::process::Child, String, String) {
+pub(crate) fn dev_mode_banner(dir: &std::path::Path) -> (std::process::Child, String, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
         .args(["serve", "--listen-addr", "127.0.0.1:0"])

@@ -6,7 +6,8 @@ use attache::auth::link::LinkPurpose;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    DELETE, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, codes, data, now, pdf, png, tenant,
+    CREATE_DIRECT, DELETE, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, codes, data, declaration,
+    now, pdf, png, put_to, tenant,
 };
 
 /// The `url` of an attachment with the given lifetime.
@@ -382,7 +383,201 @@ async fn delete_removes_row_and_file(setup: Setup) {
     assert_eq!(codes(&malformed), vec!["NOT_FOUND"]);
 }
 
+/// Another spelling of a valid link's expiry, signature or id is another URL for the
+/// same signature: refused, so that only the URL attache wrote opens the file.
+async fn only_the_canonical_link_opens(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let att = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    let url = att["url"].as_str().expect("url").to_owned();
+    let id = att["id"].as_str().expect("id").to_owned();
+    let expires = param(&url, "expires").expect("expires");
+    let signature = param(&url, "signature").expect("signature");
+    let status =
+        |url: String| async move { reqwest::get(url).await.expect("GET").status().as_u16() };
+    let uuid = uuid::Uuid::parse_str(&id).expect("uuid");
+    let with_id = |other: String| {
+        url.replace(
+            &format!("/attachments/{id}/"),
+            &format!("/attachments/{other}/"),
+        )
+    };
+    let expiry =
+        |other: &str| url.replace(&format!("expires={expires}"), &format!("expires={other}"));
+    let cases = [
+        ("expires=%2BN", expiry(&format!("%2B{expires}"))),
+        ("expires=+N", expiry(&format!("+{expires}"))),
+        ("expires=000N", expiry(&format!("000{expires}"))),
+        ("expires=%20N", expiry(&format!("%20{expires}"))),
+        (
+            "uppercase signature",
+            url.replace(&signature, &signature.to_uppercase()),
+        ),
+        ("uppercase id", with_id(id.to_uppercase())),
+        ("id without hyphens", with_id(uuid.simple().to_string())),
+        ("urn:uuid: id", with_id(uuid.urn().to_string())),
+        (
+            "braced id",
+            with_id(
+                uuid.braced()
+                    .to_string()
+                    .replace('{', "%7B")
+                    .replace('}', "%7D"),
+            ),
+        ),
+    ];
+    for (case, altered) in cases {
+        assert_ne!(altered, url, "{case}: the URL changed");
+        assert_eq!(status(altered).await, 403, "{case}");
+    }
+    assert_eq!(status(url).await, 200, "the link as attache wrote it");
+
+    // The signed upload route of direct uploads follows the same rule.
+    let content = pdf();
+    let created = app
+        .gql(
+            CREATE_DIRECT,
+            json!({ "input": declaration(&content, "application/pdf") }),
+            Some(&bearer),
+        )
+        .await;
+    let direct = data(&created, "createDirectUpload");
+    let upload_url = direct["uploadUrl"].as_str().expect("uploadUrl").to_owned();
+    let expires = param(&upload_url, "expires").expect("expires");
+    let signature = param(&upload_url, "signature").expect("signature");
+    for (case, altered) in [
+        (
+            "expires=000N",
+            upload_url.replace(
+                &format!("expires={expires}"),
+                &format!("expires=000{expires}"),
+            ),
+        ),
+        (
+            "uppercase signature",
+            upload_url.replace(&signature, &signature.to_uppercase()),
+        ),
+    ] {
+        let mut altered_direct = direct.clone();
+        altered_direct["uploadUrl"] = json!(altered);
+        assert_eq!(
+            put_to(&app, &altered_direct, content.clone()).await,
+            403,
+            "PUT with {case}"
+        );
+    }
+    assert_eq!(put_to(&app, &direct, content).await, 200);
+}
+
+/// A stored file opened from our origin runs no script (CSP sandbox), and saves with
+/// the extension of its detected type: `notes.html` holding text is `notes.html.txt`.
+async fn downloads_are_sandboxed_and_named_after_their_type(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let att = app
+        .upload(
+            &bearer,
+            b"notes\n<script>alert(document.cookie)</script>\n",
+            "contract",
+            Some("c-1"),
+            "notes.html",
+        )
+        .await;
+    assert_eq!(att["contentType"], "text/plain");
+    assert_eq!(att["filename"], "notes.html", "the stored name stays");
+    let route = att["downloadUrl"].as_str().expect("downloadUrl").to_owned();
+    let saved_as = |disposition: &str| {
+        assert!(
+            disposition.contains("filename=\"notes.html.txt\"")
+                && disposition.contains("filename*=UTF-8''notes.html.txt"),
+            "{disposition}"
+        );
+    };
+    let get = app
+        .client
+        .get(&route)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET");
+    let head = app
+        .client
+        .head(&route)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("HEAD");
+    let range = app
+        .client
+        .get(&route)
+        .bearer_auth(&bearer)
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .expect("GET range");
+    let inline = app
+        .client
+        .get(format!("{route}?inline=1"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET inline");
+    for (case, response, status) in [
+        ("GET", get, 200),
+        ("HEAD", head, 200),
+        ("Range", range, 206),
+        ("?inline=1", inline, 200),
+    ] {
+        assert_eq!(response.status(), status, "{case}");
+        let headers = response.headers();
+        assert_eq!(headers["content-security-policy"], "sandbox", "{case}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{case}");
+        saved_as(headers["content-disposition"].to_str().expect("ascii"));
+    }
+
+    let url = att["url"].as_str().expect("url");
+    let by_link = reqwest::get(url).await.expect("GET url");
+    assert_eq!(by_link.status(), 200);
+    match &app.s3 {
+        None => {
+            assert_eq!(by_link.headers()["content-security-policy"], "sandbox");
+            saved_as(
+                by_link.headers()["content-disposition"]
+                    .to_str()
+                    .expect("ascii"),
+            );
+        }
+        Some(_) => {
+            let disposition = param(url, "response-content-disposition").expect("disposition");
+            assert!(disposition.contains("notes.html.txt"), "{disposition}");
+        }
+    }
+
+    let logo = app
+        .upload(&bearer, &png(), "invoice_logo", None, "logo")
+        .await;
+    let response = app
+        .client
+        .get(logo["downloadUrl"].as_str().expect("downloadUrl"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET logo");
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .expect("ascii");
+    assert!(
+        disposition.contains("filename*=UTF-8''logo.png"),
+        "no extension gets one: {disposition}"
+    );
+}
+
+crate::matrix!(db: only_the_canonical_link_opens);
+
 crate::matrix!(
+    downloads_are_sandboxed_and_named_after_their_type,
     the_url_opens_without_headers,
     the_bearer_route_follows_every_header_rule,
     refused_links_and_tokens_answer_401_403_404,

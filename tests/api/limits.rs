@@ -166,7 +166,7 @@ async fn browsers_get_the_playground_and_probes_answer(setup: Setup) {
         .split(['"', '\''])
         .filter(|part| part.starts_with("/graphql/assets/"))
         .collect();
-    assert_eq!(assets.len(), 4, "{assets:?}");
+    assert_eq!(assets.len(), 5, "{assets:?}");
     for asset in assets {
         let response = app
             .client

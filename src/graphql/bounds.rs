@@ -1,0 +1,469 @@
+//! Bounds on a GraphQL document, each checked before the work grows with it: the
+//! text is scanned for nesting and tokens before the (recursive) parser sees it, and
+//! the parsed document is measured, fragments expanded in time linear in its size,
+//! before the validator (which expands fragments anew for every use) runs. A refused
+//! document costs about what reading its bytes costs.
+
+use std::collections::HashMap;
+
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+};
+use async_graphql::{Name, Variables};
+use async_graphql_value::{ConstValue, Value};
+
+use crate::config::QueryLimits;
+use crate::error::AppError;
+
+/// How many files a mutation field stores or announces.
+#[derive(Clone, Copy)]
+pub enum FileCount {
+    One,
+    /// One per item of the named list argument.
+    EachOf(&'static str),
+}
+
+/// Refuses a query text nested deeper than `max_nesting` brackets or longer than
+/// `max_tokens` tokens, in one pass that never recurses. Strings, block strings and
+/// comments are skipped; malformed text is left to the parser, which reports it.
+pub fn scan(query: &str, limits: &QueryLimits) -> Result<(), AppError> {
+    let bytes = query.as_bytes();
+    let (max_nesting, max_tokens) = (limits.max_query_nesting, limits.max_query_tokens);
+    let (mut at, mut depth, mut tokens) = (0usize, 0u32, 0u32);
+    while at < bytes.len() {
+        let byte = bytes[at];
+        at += 1;
+        match byte {
+            b' ' | b'\t' | b'\n' | b'\r' | b',' => continue,
+            b'#' => {
+                at =
+                    memchr::memchr2(b'\n', b'\r', &bytes[at..]).map_or(bytes.len(), |end| at + end);
+                continue;
+            }
+            b'"' if bytes[at..].starts_with(b"\"\"") => at = block_string_end(bytes, at + 2),
+            b'"' => at = string_end(bytes, at),
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > max_nesting {
+                    return Err(AppError::bad_input(format!(
+                        "the query is nested deeper than {max_nesting} brackets \
+                         (MAX_QUERY_NESTING): flatten its selections or values"
+                    )));
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            b'.' if bytes[at..].starts_with(b"..") => at += 2,
+            byte if byte == b'_' || byte == b'-' || byte.is_ascii_alphanumeric() => {
+                while at < bytes.len()
+                    && matches!(bytes[at], b'_' | b'.' | b'+' | b'-' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+                {
+                    at += 1;
+                }
+            }
+            _ => {}
+        }
+        tokens += 1;
+        if tokens > max_tokens {
+            return Err(AppError::bad_input(format!(
+                "the query has more than {max_tokens} tokens (MAX_QUERY_TOKENS): \
+                 send fewer fields, or pass large values as variables"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The index just past the closing quote of the string that starts before `at`.
+fn string_end(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => at += 2,
+            b'"' | b'\n' | b'\r' => return at + 1,
+            _ => at += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// The index just past the `"""` that closes the block string opened before `at`.
+fn block_string_end(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() {
+        if bytes[at..].starts_with(b"\\\"\"\"") {
+            at += 4;
+        } else if bytes[at..].starts_with(b"\"\"\"") {
+            return at + 3;
+        } else {
+            at += 1;
+        }
+    }
+    bytes.len()
+}
+
+/// What a parsed document would cost, fragments expanded with multiplicity.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Selections (fields, spreads, inline fragments) of every operation and every
+    /// fragment definition, each expanded.
+    pub expanded: u64,
+    /// Each operation's name and its complexity: 1, plus 1 per field expanded.
+    operations: Vec<(Option<Name>, u64)>,
+}
+
+impl Shape {
+    /// The complexity of the operation a request runs; 0 when it names none that
+    /// exists (the executor reports that).
+    pub fn complexity(&self, operation_name: Option<&str>) -> u64 {
+        let found = match operation_name {
+            Some(wanted) => self
+                .operations
+                .iter()
+                .find(|(name, _)| name.as_deref() == Some(wanted)),
+            None if self.operations.len() == 1 => self.operations.first(),
+            None => None,
+        };
+        found.map_or(0, |(_, complexity)| *complexity)
+    }
+}
+
+/// The size of a selection set once its fragments are expanded.
+#[derive(Clone, Copy, Default)]
+struct Size {
+    fields: u64,
+    selections: u64,
+    /// Deepest field nesting below the set.
+    depth: u32,
+    /// Deepest nesting of fragment spreads below the set.
+    spreads: u32,
+}
+
+impl Size {
+    fn add(&mut self, other: Size) {
+        self.fields = self.fields.saturating_add(other.fields);
+        self.selections = self.selections.saturating_add(other.selections);
+        self.depth = self.depth.max(other.depth);
+        self.spreads = self.spreads.max(other.spreads);
+    }
+}
+
+/// Measures `document` in time linear in its size: each fragment is expanded once
+/// and remembered. Refuses fragment cycles, spreads nested deeper than
+/// MAX_QUERY_NESTING, selections deeper than MAX_QUERY_DEPTH and more expanded
+/// selections than MAX_EXPANDED_FIELDS.
+pub fn measure(document: &ExecutableDocument, limits: &QueryLimits) -> Result<Shape, AppError> {
+    let mut sizes = Sizes {
+        document,
+        limits,
+        known: HashMap::new(),
+        open: Vec::new(),
+    };
+    let mut expanded: u64 = 0;
+    for name in document.fragments.keys() {
+        expanded = expanded.saturating_add(sizes.fragment(name)?.selections);
+    }
+    let mut operations = Vec::new();
+    for (name, operation) in document.operations.iter() {
+        let size = sizes.selection_set(&operation.node.selection_set.node)?;
+        expanded = expanded.saturating_add(size.selections);
+        operations.push((name.cloned(), size.fields.saturating_add(1)));
+    }
+    let most = u64::from(limits.max_expanded_fields);
+    if expanded > most {
+        return Err(AppError::bad_input(format!(
+            "the query expands to more than {most} fields once its fragments are spread \
+             (MAX_EXPANDED_FIELDS): spread fewer fragments or send fewer fields"
+        )));
+    }
+    Ok(Shape {
+        expanded,
+        operations,
+    })
+}
+
+struct Sizes<'a> {
+    document: &'a ExecutableDocument,
+    limits: &'a QueryLimits,
+    known: HashMap<&'a Name, Size>,
+    /// The fragments being expanded, outermost first: a cycle and the spread depth.
+    open: Vec<&'a Name>,
+}
+
+impl<'a> Sizes<'a> {
+    fn fragment(&mut self, name: &'a Name) -> Result<Size, AppError> {
+        if let Some(size) = self.known.get(name) {
+            return Ok(*size);
+        }
+        // An unknown fragment is the validator's to report; it expands to nothing.
+        let Some(fragment) = self.document.fragments.get(name) else {
+            return Ok(Size::default());
+        };
+        if self.open.contains(&name) {
+            return Err(AppError::bad_input(format!(
+                "the fragment {name} spreads itself"
+            )));
+        }
+        // A chain is measured in pieces when parts of it are known; the walk itself
+        // stops at the bound, so it never recurses deeper than that.
+        if self.open.len() > self.limits.max_query_nesting as usize {
+            let chain = Size {
+                spreads: u32::MAX,
+                ..Size::default()
+            };
+            return self.check(chain).map(|()| chain);
+        }
+        self.open.push(name);
+        let size = self.selection_set(&fragment.node.selection_set.node);
+        self.open.pop();
+        let mut size = size?;
+        size.spreads += 1;
+        self.check(size)?;
+        self.known.insert(name, size);
+        Ok(size)
+    }
+
+    fn selection_set(&mut self, set: &'a SelectionSet) -> Result<Size, AppError> {
+        let mut total = Size::default();
+        for selection in &set.items {
+            let size = match &selection.node {
+                Selection::Field(field) => {
+                    let inner = self.selection_set(&field.node.selection_set.node)?;
+                    Size {
+                        fields: inner.fields.saturating_add(1),
+                        selections: inner.selections,
+                        depth: inner.depth + 1,
+                        spreads: inner.spreads,
+                    }
+                }
+                Selection::FragmentSpread(spread) => {
+                    self.fragment(&spread.node.fragment_name.node)?
+                }
+                Selection::InlineFragment(inline) => {
+                    self.selection_set(&inline.node.selection_set.node)?
+                }
+            };
+            total.add(Size {
+                selections: size.selections.saturating_add(1),
+                ..size
+            });
+            self.check(total)?;
+        }
+        Ok(total)
+    }
+
+    /// Stops an expansion as soon as it is too large or too deep.
+    fn check(&self, size: Size) -> Result<(), AppError> {
+        let most = self.limits.max_query_nesting;
+        if size.spreads > most {
+            return Err(AppError::bad_input(format!(
+                "fragments spread inside fragments more than {most} deep (MAX_QUERY_NESTING)"
+            )));
+        }
+        let most = u64::from(self.limits.max_expanded_fields);
+        if size.selections > most {
+            return Err(AppError::bad_input(format!(
+                "the query expands to more than {most} fields once its fragments are spread \
+                 (MAX_EXPANDED_FIELDS): spread fewer fragments or send fewer fields"
+            )));
+        }
+        let deepest = self.limits.max_query_depth;
+        if size.depth > deepest {
+            return Err(AppError::bad_input(format!(
+                "the query is nested too deep: more than {deepest} levels of fields \
+                 (MAX_QUERY_DEPTH)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How many files the operation a request runs would store or announce: every
+/// field of `file_fields` at the root of a mutation, through aliases, fragments and
+/// list arguments, whether a literal or a variable holds the list.
+pub fn files(
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: &Variables,
+    file_fields: &[(&str, FileCount)],
+) -> u64 {
+    let operation = match (&document.operations, operation_name) {
+        (DocumentOperations::Single(operation), _) => Some(operation),
+        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    let Some(operation) = operation.filter(|op| op.node.ty == OperationType::Mutation) else {
+        return 0;
+    };
+    let mut counter = FileCounter {
+        document,
+        variables,
+        file_fields,
+        open: Vec::new(),
+    };
+    counter.selection_set(&operation.node.selection_set.node)
+}
+
+struct FileCounter<'a> {
+    document: &'a ExecutableDocument,
+    variables: &'a Variables,
+    file_fields: &'a [(&'a str, FileCount)],
+    open: Vec<&'a Name>,
+}
+
+impl<'a> FileCounter<'a> {
+    /// Root fields only; [`measure`] already bounded the expansion and refused cycles.
+    fn selection_set(&mut self, set: &'a SelectionSet) -> u64 {
+        let mut total: u64 = 0;
+        for selection in &set.items {
+            let files = match &selection.node {
+                Selection::Field(field) => self.field(&field.node),
+                Selection::InlineFragment(inline) => {
+                    self.selection_set(&inline.node.selection_set.node)
+                }
+                Selection::FragmentSpread(spread) => {
+                    let name = &spread.node.fragment_name.node;
+                    match self.document.fragments.get(name) {
+                        Some(fragment) if !self.open.contains(&name) => {
+                            self.open.push(name);
+                            let files = self.selection_set(&fragment.node.selection_set.node);
+                            self.open.pop();
+                            files
+                        }
+                        _ => 0,
+                    }
+                }
+            };
+            total = total.saturating_add(files);
+        }
+        total
+    }
+
+    fn field(&self, field: &async_graphql::parser::types::Field) -> u64 {
+        let count = self
+            .file_fields
+            .iter()
+            .find(|(name, _)| *name == field.name.node.as_str())
+            .map(|(_, count)| *count);
+        match count {
+            None => 0,
+            Some(FileCount::One) => 1,
+            Some(FileCount::EachOf(argument)) => match field.get_argument(argument) {
+                Some(value) => self.list_length(&value.node),
+                None => 0,
+            },
+        }
+    }
+
+    /// A list's length; any other value counts as one (GraphQL coerces it to a list
+    /// of one).
+    fn list_length(&self, value: &Value) -> u64 {
+        match value {
+            Value::Variable(name) => match self.variables.get(name) {
+                Some(ConstValue::List(items)) => items.len() as u64,
+                Some(ConstValue::Null) => 0,
+                _ => 1,
+            },
+            Value::List(items) => items.len() as u64,
+            Value::Null => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// The error of a request whose bound was passed.
+pub fn too_many(what: &str, count: u64, most: u64, setting: &str, fix: &str) -> AppError {
+    AppError::bad_input(format!(
+        "the request has {count} {what}, more than {most} ({setting}): {fix}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> QueryLimits {
+        QueryLimits {
+            max_query_depth: 16,
+            max_query_complexity: 1000,
+            max_query_nesting: 32,
+            max_query_tokens: 50_000,
+            max_expanded_fields: 2000,
+            max_batch_operations: 10,
+        }
+    }
+
+    #[test]
+    fn scan_refuses_deep_brackets_but_not_brackets_in_strings_or_comments() {
+        let deep = format!("{{a(x: {}{})}}", "[".repeat(40), "]".repeat(40));
+        assert!(scan(&deep, &limits()).is_err());
+        let hidden = format!(
+            "{{a(x: \"{}\", y: \"\"\"{}\\\"\"\" \"\"\") # {}\n}}",
+            "[".repeat(100),
+            "{".repeat(100),
+            "(".repeat(100)
+        );
+        assert!(scan(&hidden, &limits()).is_ok(), "{hidden}");
+        let tokens = format!("{{ {} }}", "a ".repeat(60_000));
+        assert!(scan(&tokens, &limits()).is_err());
+    }
+
+    fn fragments(levels: usize, spreads: usize) -> ExecutableDocument {
+        let fragments: String = (0..levels)
+            .map(|i| {
+                let spread = format!("...F{} ", i + 1).repeat(spreads);
+                format!("fragment F{i} on Query {{ {spread} }} ")
+            })
+            .collect();
+        let query = format!("{{ ...F0 }} {fragments} fragment F{levels} on Query {{ __typename }}");
+        async_graphql::parser::parse_query(&query).expect("parses")
+    }
+
+    #[test]
+    fn fragment_doubling_is_measured_without_expanding_it() {
+        // Whichever bound the walk meets first (fragments are kept unordered).
+        let refused = measure(&fragments(40, 2), &limits()).expect_err("refused");
+        let message = refused.to_string();
+        assert!(
+            message.contains("MAX_EXPANDED_FIELDS") || message.contains("MAX_QUERY_NESTING"),
+            "{message}"
+        );
+        let refused = measure(&fragments(20, 2), &limits()).expect_err("refused");
+        assert!(
+            refused.to_string().contains("MAX_EXPANDED_FIELDS"),
+            "{refused}"
+        );
+        let refused = measure(&fragments(40, 1), &limits()).expect_err("refused");
+        assert!(
+            refused.to_string().contains("MAX_QUERY_NESTING"),
+            "{refused}"
+        );
+        let shape = measure(&fragments(6, 2), &limits()).expect("fits");
+        assert!(shape.expanded > 128, "{shape:?}");
+    }
+
+    #[test]
+    fn complexity_counts_every_field_and_the_operation() {
+        let aliases: String = (0..5).map(|i| format!("a{i}: __typename ")).collect();
+        let document = async_graphql::parser::parse_query(format!(
+            "query Q {{ {aliases} __schema {{ types {{ name }} }} }}"
+        ))
+        .expect("parses");
+        let shape = measure(&document, &limits()).expect("fits");
+        assert_eq!(shape.complexity(Some("Q")), 1 + 5 + 3);
+        assert_eq!(shape.complexity(None), 9);
+        assert_eq!(shape.complexity(Some("other")), 0);
+    }
+
+    #[test]
+    fn files_are_counted_through_aliases_fragments_and_lists() {
+        let fields = [
+            ("one", FileCount::One),
+            ("many", FileCount::EachOf("input")),
+        ];
+        let query = "mutation($list: [In!]!) { a: one b: one ...M ... on Mutation { many(input: $list) } \
+                     many(input: [{x: 1}, {x: 2}, {x: 3}]) } fragment M on Mutation { c: one }";
+        let document = async_graphql::parser::parse_query(query).expect("parses");
+        let variables = Variables::from_json(serde_json::json!({ "list": [1, 2, 3, 4] }));
+        assert_eq!(files(&document, None, &variables, &fields), 3 + 4 + 3);
+        let query_op = async_graphql::parser::parse_query("{ one }").expect("parses");
+        assert_eq!(files(&query_op, None, &variables, &fields), 0);
+    }
+}

@@ -1,0 +1,673 @@
+//! Hostile requests against the real binary (its memory is its own to measure): each
+//! shape an attacker can send for a few kilobytes, with and without a token, gets a
+//! refusal while the process stays up, `/healthz` answers, its RSS stays under a
+//! stated bound and `/metrics` stays small. Issue 21; SPEC 6.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Served, Setup, UPLOAD, codes, data, hs256, http_client, now, pdf};
+
+/// How much a hostile request may grow the server's resident memory.
+const RSS_GROWTH_MIB: f64 = 64.0;
+/// How large `/metrics` may be after every flood here.
+const METRICS_BYTES: usize = 64 * 1024;
+
+fn token(tenant: &str) -> String {
+    hs256(json!({ "sub": "attacker", "tenant_id": tenant, "exp": now() + 600 }))
+}
+
+fn rss_mib(served: &Served) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", served.child.id()))
+        .expect("the server is alive");
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+async fn post(served: &Served, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut request = http_client()
+        .post(format!("{}/graphql", served.base))
+        .json(body);
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    let response = request.send().await.expect("an answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The server is alive, answers `/healthz`, grew less than [`RSS_GROWTH_MIB`] since
+/// `before`, and `/metrics` is small.
+async fn assert_unharmed(served: &mut Served, before: f64, what: &str) {
+    assert!(
+        served.child.try_wait().expect("wait").is_none(),
+        "{what}: the server exited\n{}",
+        served.log()
+    );
+    let client = http_client();
+    let health = client
+        .get(format!("{}/healthz", served.base))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("/healthz answers");
+    assert_eq!(health.status(), 200, "{what}");
+    let grown = rss_mib(served) - before;
+    assert!(grown < RSS_GROWTH_MIB, "{what}: RSS grew by {grown:.0} MiB");
+    let metrics = client
+        .get(format!("{}/metrics", served.base))
+        .send()
+        .await
+        .expect("/metrics")
+        .bytes()
+        .await
+        .expect("metrics body");
+    assert!(
+        metrics.len() < METRICS_BYTES,
+        "{what}: /metrics has {} bytes",
+        metrics.len()
+    );
+}
+
+/// A refusal: a GraphQL error with `code` (HTTP 200), without `data`.
+fn assert_refused(status: u16, body: &Value, code: &str, what: &str) {
+    assert_eq!(status, 200, "{what}: {body}");
+    assert_eq!(codes(body), vec![code.to_owned()], "{what}: {body}");
+    assert!(
+        body.get("data").is_none(),
+        "{what}: a request error has no data: {body}"
+    );
+}
+
+async fn nesting_through_every_construct_is_refused(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let bearer = token("hostile");
+    let before = rss_mib(&served);
+    for depth in [1_500, 5_000, 50_000] {
+        let (open, close) = ("[".repeat(depth), "]".repeat(depth));
+        let objects = format!("{}1{}", "{a: ".repeat(depth), "}".repeat(depth));
+        let documents = [
+            format!("{{__typename @skip(if: {open}{close})}}"),
+            format!("{{attachment(id: {objects}) {{ id }}}}"),
+            format!("query($v: [ID] = {open}{close}) {{ __typename }}"),
+            format!("query($v: {open}ID{close}) {{ __typename }}"),
+            format!(
+                "{{{}__typename{}}}",
+                "__schema { types { ".repeat(depth),
+                "} }".repeat(depth)
+            ),
+        ];
+        for document in &documents {
+            let what = format!("nesting {depth}: {}", &document[..40]);
+            let (status, body) = post(&served, Some(&bearer), &json!({ "query": document })).await;
+            assert_refused(status, &body, "BAD_USER_INPUT", &what);
+            let (status, body) = post(&served, None, &json!({ "query": document })).await;
+            assert_refused(status, &body, "UNAUTHENTICATED", &what);
+        }
+        // The query string of a GET goes through the same scan (URLs stay short).
+        if depth > 5_000 {
+            continue;
+        }
+        let response = http_client()
+            .get(format!("{}/graphql", served.base))
+            .query(&[("query", documents[0].as_str())])
+            .bearer_auth(&bearer)
+            .header("apollo-require-preflight", "1")
+            .send()
+            .await
+            .map_err(|err| err.without_url())
+            .expect("GET");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "GET nesting {depth}");
+    }
+    // Deep JSON variables stop at serde_json's recursion limit.
+    let variables = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let raw = format!(
+        r#"{{"query": "query($v: ID) {{ __typename }}", "variables": {{"v": {variables}}}}}"#
+    );
+    let response = http_client()
+        .post(format!("{}/graphql", served.base))
+        .bearer_auth(&bearer)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 400);
+    assert_unharmed(&mut served, before, "nesting").await;
+}
+
+async fn fragment_expansion_is_refused_early(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let bearer = token("hostile");
+    let before = rss_mib(&served);
+    let doubling = |levels: usize, spread: &dyn Fn(usize) -> String| {
+        let fragments: String = (0..levels)
+            .map(|i| format!("fragment F{i} on Query {{ {} }} ", spread(i + 1)))
+            .collect();
+        format!("{{ ...F0 }} {fragments} fragment F{levels} on Query {{ __typename }}")
+    };
+    let twice = |next: usize| format!("...F{next} ...F{next}");
+    let inline = |next: usize| format!("... on Query {{ ...F{next} }} ... {{ ...F{next} }}");
+    let aliased = |next: usize| format!("a: __typename b: __typename ...F{next} ...F{next}");
+    for levels in [22, 24, 30] {
+        for (shape, spread) in [
+            ("spreads", &twice as &dyn Fn(usize) -> String),
+            ("inline fragments", &inline),
+            ("aliases", &aliased),
+        ] {
+            let query = doubling(levels, spread);
+            let what = format!("{levels} levels of {shape}");
+            let started = Instant::now();
+            let (status, body) = post(&served, Some(&bearer), &json!({ "query": query })).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{what}: {:?}",
+                started.elapsed()
+            );
+            assert_refused(status, &body, "BAD_USER_INPUT", &what);
+        }
+    }
+    // A flood of introspection fields and `__typename` aliases counts like any field.
+    let typenames: String = (0..780_000).map(|i| format!("a{i}:__typename ")).collect();
+    let (status, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": format!("{{{typenames}}}") }),
+    )
+    .await;
+    assert_refused(
+        status,
+        &body,
+        "BAD_USER_INPUT",
+        "780,000 __typename aliases",
+    );
+    let thousand: String = (0..1000).map(|i| format!("a{i}:__typename ")).collect();
+    let (status, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": format!("{{{thousand}}}") }),
+    )
+    .await;
+    assert_refused(
+        status,
+        &body,
+        "BAD_USER_INPUT",
+        "a thousand __typename aliases",
+    );
+    let schema: String = (0..400)
+        .map(|i| format!("s{i}: __schema {{ queryType {{ name }} }} "))
+        .collect();
+    let (status, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": format!("{{{schema}}}") }),
+    )
+    .await;
+    assert_refused(status, &body, "BAD_USER_INPUT", "400 introspection aliases");
+    let fits: String = (0..900).map(|i| format!("a{i}:__typename ")).collect();
+    let (_, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": format!("{{{fits}}}") }),
+    )
+    .await;
+    assert_eq!(body["data"]["a899"], "Query", "900 aliases fit the budget");
+    assert_unharmed(&mut served, before, "fragments").await;
+}
+
+async fn batches_are_bounded(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let bearer = token("hostile");
+    let before = rss_mib(&served);
+    let eleven: Vec<Value> = (0..11)
+        .map(|_| json!({ "query": "{ __typename }" }))
+        .collect();
+    let (status, body) = post(&served, Some(&bearer), &json!(eleven)).await;
+    assert_refused(status, &body, "BAD_USER_INPUT", "11 operations");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("MAX_BATCH_OPERATIONS")
+    );
+    // One complexity budget for the whole array.
+    let listing: String = (0..240)
+        .map(|i| {
+            format!("l{i}: attachments(ownerType: \"contract\", first: 100) {{ totalCount }} ")
+        })
+        .collect();
+    let ten: Vec<Value> = (0..10)
+        .map(|_| json!({ "query": format!("{{{listing}}}") }))
+        .collect();
+    let started = Instant::now();
+    let (status, body) = post(&served, Some(&bearer), &json!(ten)).await;
+    assert_refused(
+        status,
+        &body,
+        "BAD_USER_INPUT",
+        "10 copies of a 240-alias listing",
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Made-up operation names and methods mint no series.
+    for round in 0..50 {
+        let batch: Vec<Value> = (0..10)
+            .map(|i| json!({ "query": format!("query op{round}_{i} {{ __typename }}"), "operationName": format!("op{round}_{i}") }))
+            .collect();
+        let (status, _) = post(&served, Some(&bearer), &json!(batch)).await;
+        assert_eq!(status, 200);
+        let anonymous: Vec<Value> = (0..10)
+            .map(|i| json!({ "query": "{ __typename }", "operationName": format!("anon{round}_{i}") }))
+            .collect();
+        post(&served, None, &json!(anonymous)).await;
+    }
+    let client = http_client();
+    for i in 0..200 {
+        let method = reqwest::Method::from_bytes(format!("M{i}").as_bytes()).expect("a method");
+        let _ = client
+            .request(method, format!("{}/nowhere/{i}", served.base))
+            .send()
+            .await;
+    }
+    let metrics = client
+        .get(format!("{}/metrics", served.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(!metrics.contains("M199"), "methods are a bounded label");
+    assert!(
+        !metrics.contains("op49_9"),
+        "the 500th name has no series of its own"
+    );
+    assert!(
+        !metrics.contains("anon"),
+        "refused operations name no series"
+    );
+    assert!(metrics.contains("operation=\"other\""));
+    assert_unharmed(&mut served, before, "batches").await;
+}
+
+/// Files per request: aliases, batch arrays and multipart parts all count.
+async fn files_are_counted_across_the_request(_: Setup) {
+    let mut served = Served::start(&["--max-batch-files", "20"]).await;
+    let bearer = token("files");
+    let before = rss_mib(&served);
+    let input = |i: usize| json!({ "ownerType": "contract", "ownerId": "c-1", "filename": format!("f{i}.txt"), "base64": STANDARD.encode(format!("{i}\n")) });
+    let eleven: Vec<Value> = (0..11).map(input).collect();
+    let aliases = "mutation($a: [UploadAttachmentInput!]!, $b: [UploadAttachmentInput!]!) { a: uploadAttachments(input: $a) { id } b: uploadAttachments(input: $b) { id } }";
+    let (status, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": aliases, "variables": { "a": eleven, "b": eleven } }),
+    )
+    .await;
+    assert_refused(status, &body, "BAD_USER_INPUT", "2 aliases x 11 files");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("MAX_BATCH_FILES")
+    );
+    let ops: Vec<Value> = (0..3)
+        .map(|i| json!({ "query": "mutation($a: [UploadAttachmentInput!]!) { uploadAttachments(input: $a) { id } }", "variables": { "a": (0..8).map(|j| input(i * 8 + j)).collect::<Vec<_>>() } }))
+        .collect();
+    let (status, body) = post(&served, Some(&bearer), &json!(ops)).await;
+    assert_refused(status, &body, "BAD_USER_INPUT", "3 operations x 8 files");
+    let literal: String = (0..21)
+        .map(|i| format!("u{i}: uploadAttachment(input: {{ownerType: \"contract\", ownerId: \"c\", filename: \"x.txt\", base64: \"eA==\"}}) {{ id }} "))
+        .collect();
+    let (status, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": format!("mutation {{{literal}}}") }),
+    )
+    .await;
+    assert_refused(status, &body, "BAD_USER_INPUT", "21 literal aliases");
+
+    // 21 multipart parts, one alias each.
+    let fields: String = (0..21)
+        .map(|i| format!("u{i}: uploadAttachmentFile(input: {{ownerType: \"contract\", ownerId: \"c\", file: $f{i}}}) {{ id }} "))
+        .collect();
+    let variables: String = (0..21)
+        .map(|i| format!("$f{i}: Upload!"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let operations = json!({ "query": format!("mutation({variables}) {{{fields}}}"), "variables": (0..21).map(|i| (format!("f{i}"), Value::Null)).collect::<serde_json::Map<_, _>>() });
+    let map: serde_json::Map<String, Value> = (0..21)
+        .map(|i| (i.to_string(), json!([format!("variables.f{i}")])))
+        .collect();
+    let mut form = reqwest::multipart::Form::new()
+        .text("operations", operations.to_string())
+        .text("map", Value::Object(map).to_string());
+    for i in 0..21 {
+        form = form.part(
+            i.to_string(),
+            reqwest::multipart::Part::bytes(format!("{i}\n").into_bytes())
+                .file_name("p.txt")
+                .mime_str("text/plain")
+                .expect("mime"),
+        );
+    }
+    let response = http_client()
+        .post(format!("{}/graphql", served.base))
+        .bearer_auth(&bearer)
+        .header("apollo-require-preflight", "1")
+        .multipart(form)
+        .send()
+        .await
+        .expect("multipart");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("JSON");
+    assert!(status == 200 || status == 400, "{status}");
+    assert_eq!(
+        codes(&body),
+        vec!["BAD_USER_INPUT"],
+        "21 multipart parts: {body}"
+    );
+
+    let listed = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": "{ attachments(ownerType: \"contract\") { totalCount } }" }),
+    )
+    .await
+    .1;
+    assert_eq!(
+        data(&listed, "attachments")["totalCount"],
+        0,
+        "nothing stored by a refused request"
+    );
+    assert_unharmed(&mut served, before, "files").await;
+}
+
+/// apollo-upload-client sends one part for a `File` passed twice: both uses store it.
+async fn one_part_for_two_variables_stores_both(_: Setup) {
+    let served = Served::start(&[]).await;
+    let bearer = token("twice");
+    let content = pdf();
+    let query = "mutation($a: Upload!, $b: Upload!) { a: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $a}) { byteSize sha256 } b: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $b}) { byteSize sha256 } }";
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "operations",
+            json!({ "query": query, "variables": { "a": null, "b": null } }).to_string(),
+        )
+        .text(
+            "map",
+            json!({ "0": ["variables.a", "variables.b"] }).to_string(),
+        )
+        .part(
+            "0",
+            reqwest::multipart::Part::bytes(content.clone())
+                .file_name("c.pdf")
+                .mime_str("application/pdf")
+                .expect("mime"),
+        );
+    let body: Value = http_client()
+        .post(format!("{}/graphql", served.base))
+        .bearer_auth(&bearer)
+        .header("apollo-require-preflight", "1")
+        .multipart(form)
+        .send()
+        .await
+        .expect("multipart")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(body.get("errors").is_none(), "{body}");
+    for alias in ["a", "b"] {
+        assert_eq!(
+            body["data"][alias]["byteSize"],
+            content.len(),
+            "{alias}: {body}"
+        );
+    }
+}
+
+/// Sends the head of a POST with a large announced body and one byte of it.
+async fn half_sent_post(base: &str, path: &str, bearer: Option<&str>) -> TcpStream {
+    let address = base.trim_start_matches("http://");
+    let mut tcp = TcpStream::connect(address).await.expect("connect");
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n{auth}Content-Length: 100000\r\n\r\n{{"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    tcp
+}
+
+/// Reads what the server answers on `tcp` within `within`; the text so far when it
+/// closes the connection.
+async fn answer(tcp: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = tokio::time::timeout(within, async {
+        loop {
+            match tcp.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&received).into_owned())
+}
+
+async fn anonymous_requests_cost_no_upload_slot(_: Setup) {
+    let mut served = Served::start(&[
+        "--max-concurrent-uploads",
+        "2",
+        "--upload-queue-timeout-seconds",
+        "1",
+    ])
+    .await;
+    let before = rss_mib(&served);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = half_sent_post(&served.base, "/graphql", None).await;
+        let refused = answer(&mut tcp, Duration::from_secs(3))
+            .await
+            .expect("answered at once");
+        assert!(refused.contains("UNAUTHENTICATED"), "{refused}");
+        assert!(
+            refused.to_ascii_lowercase().contains("connection: close"),
+            "{refused}"
+        );
+        held.push(tcp);
+    }
+    // A real upload above the small-request threshold still gets a slot.
+    let mut big = pdf();
+    big.resize(200_000, b' ');
+    let (_, body) = post(&served, Some(&token("real")), &json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "c", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}})).await;
+    assert_eq!(data(&body, "uploadAttachment")["byteSize"], 200_000);
+
+    // With every slot taken by slow token holders, the next one hears 503 at once.
+    let bearer = token("slow");
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        slow.push(half_sent_post(&served.base, "/graphql", Some(&bearer)).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut third = half_sent_post(&served.base, "/graphql", Some(&bearer)).await;
+    let busy = answer(&mut third, Duration::from_secs(5))
+        .await
+        .expect("answered");
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(
+        busy.to_ascii_lowercase().contains("connection: close"),
+        "{busy}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "503 after {:?}",
+        started.elapsed()
+    );
+    drop((held, slow));
+    assert_unharmed(&mut served, before, "slots").await;
+}
+
+async fn idle_and_slow_connections_are_closed(_: Setup) {
+    let mut served = Served::start(&[
+        "--max-connections",
+        "64",
+        "--header-read-timeout-seconds",
+        "1",
+        "--body-idle-timeout-seconds",
+        "1",
+    ])
+    .await;
+    let before = rss_mib(&served);
+    let address = served.base.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut tcp = TcpStream::connect(&address).await.expect("connect");
+        if i % 2 == 0 {
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("half a head");
+        }
+        idle.push(tcp);
+    }
+    let started = Instant::now();
+    let health = http_client()
+        .get(format!("{}/healthz", served.base))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("/healthz answers while 300 idle connections wait");
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    for tcp in idle.iter_mut().take(20) {
+        assert!(
+            answer(tcp, Duration::from_secs(8)).await.is_some(),
+            "an idle connection is closed"
+        );
+    }
+
+    // The signed PUT route: one byte of 1,009, then nothing.
+    let bearer = token("slow-put");
+    let content = pdf();
+    let announced = post(&served, Some(&bearer), &json!({ "query": "mutation($i: DirectUploadInput!) { createDirectUpload(input: $i) { uploadUrl } }",
+        "variables": { "i": { "ownerType": "contract", "ownerId": "c", "filename": "d.pdf", "contentType": "application/pdf",
+            "byteSize": 1009, "sha256": crate::helpers::sha256_hex(&content) }}})).await.1;
+    let upload_url = data(&announced, "createDirectUpload")["uploadUrl"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let path = upload_url.trim_start_matches(&served.base);
+    let mut tcp = TcpStream::connect(&address).await.expect("connect");
+    tcp.write_all(
+        format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1009\r\n\r\n%").as_bytes(),
+    )
+    .await
+    .expect("send");
+    let started = Instant::now();
+    let cut = answer(&mut tcp, Duration::from_secs(10))
+        .await
+        .expect("the stalled PUT ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(cut.is_empty() || cut.starts_with("HTTP/1.1 4"), "{cut}");
+    drop(idle);
+    assert_unharmed(&mut served, before, "connections").await;
+}
+
+async fn stalled_downloads_hold_bounded_memory(_: Setup) {
+    let mut served = Served::start(&["--send-timeout-seconds", "2"]).await;
+    let bearer = token("downloads");
+    let mut content = pdf();
+    content.resize(10 * 1024 * 1024, b' ');
+    let (_, body) = post(&served, Some(&bearer), &json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "c", "filename": "big.pdf", "base64": STANDARD.encode(&content) }}})).await;
+    let id = data(&body, "uploadAttachment")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let before = rss_mib(&served);
+    let address = served.base.trim_start_matches("http://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut tcp = TcpStream::connect(&address).await.expect("connect");
+        let head = format!(
+            "GET /api/attachments/{id}/download HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.expect("send");
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = rss_mib(&served) - before;
+    assert!(during < 128.0, "200 stalled downloads hold {during:.0} MiB");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The server gave up on them: reading now ends (after what the socket buffered).
+    for tcp in stalled.iter_mut().take(10) {
+        assert!(
+            answer(tcp, Duration::from_secs(5)).await.is_some(),
+            "a stalled download is closed"
+        );
+    }
+    drop(stalled);
+    assert_unharmed(&mut served, before, "downloads").await;
+}
+
+async fn metrics_can_have_a_listener_of_their_own(_: Setup) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let served = Served::start(&["--metrics-addr", &address]).await;
+    let client = http_client();
+    let public = client
+        .get(format!("{}/metrics", served.base))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(public.status(), 404, "not on the public listener");
+    let mut metrics = None;
+    for _ in 0..50 {
+        if let Ok(response) = client.get(format!("http://{address}/metrics")).send().await {
+            metrics = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = metrics.expect("the metrics listener answers");
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.expect("text").contains("attache_"));
+}
+
+crate::matrix!(
+    once: nesting_through_every_construct_is_refused,
+    fragment_expansion_is_refused_early,
+    batches_are_bounded,
+    files_are_counted_across_the_request,
+    one_part_for_two_variables_stores_both,
+    anonymous_requests_cost_no_upload_slot,
+    idle_and_slow_connections_are_closed,
+    stalled_downloads_hold_bounded_memory,
+    metrics_can_have_a_listener_of_their_own,
+);
