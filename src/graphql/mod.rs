@@ -33,7 +33,7 @@ pub fn schema(app: SharedApp) -> AppSchema {
         .finish()
 }
 
-fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+pub(crate) fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
 }
 

@@ -127,3 +127,152 @@ impl ParsedQueries {
         self.0.lock().ok()
     }
 }
+
+/// Generated documents, deep and fragment-heavy, through the real schema's parse
+/// and validation: nothing panics, and every document that passes the bounds
+/// expands, counted naively, to no more than the bound allows.
+#[cfg(test)]
+mod generated {
+    use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    fn limits() -> QueryLimits {
+        QueryLimits {
+            max_query_depth: 16,
+            max_query_complexity: 1000,
+            max_query_nesting: 32,
+            max_query_tokens: 50_000,
+            max_expanded_fields: 2000,
+            max_batch_operations: 10,
+        }
+    }
+
+    /// A random selection set over the schema's root, `depth` levels of nesting left.
+    fn selections(rng: &mut StdRng, fragments: usize, own: usize, depth: u32) -> String {
+        let mut out = String::new();
+        for _ in 0..rng.random_range(1..5) {
+            match rng.random_range(0..8) {
+                0 => out.push_str("__typename "),
+                1 => out.push_str(&format!("a{}: __typename ", rng.random_range(0..50))),
+                2 if depth > 0 => {
+                    let levels = rng.random_range(0..14);
+                    out.push_str(&format!(
+                        "__schema {{ types {{ name fields {{ name type {{ {}name{} }} }} }} }} ",
+                        "ofType { ".repeat(levels),
+                        " }".repeat(levels)
+                    ));
+                }
+                3 => {
+                    let nesting = rng.random_range(0..36);
+                    out.push_str(&format!(
+                        "attachment(id: {}\"x\"{}) {{ id }} ",
+                        "[".repeat(nesting),
+                        "]".repeat(nesting)
+                    ));
+                }
+                4 | 5 if fragments > 0 => {
+                    // Mostly forward spreads; sometimes backwards, so cycles happen.
+                    let target = if rng.random_bool(0.9) && own + 1 < fragments {
+                        rng.random_range(own + 1..fragments)
+                    } else {
+                        rng.random_range(0..fragments)
+                    };
+                    out.push_str(&format!("...F{target} "));
+                }
+                6 if depth > 0 => out.push_str(&format!(
+                    "... on Query {{ {} }} ",
+                    selections(rng, fragments, own, depth - 1)
+                )),
+                _ => out.push_str("__typename "),
+            }
+        }
+        out
+    }
+
+    fn document(rng: &mut StdRng) -> String {
+        let fragments = rng.random_range(0..12);
+        let mut query = format!("{{ {} }}", selections(rng, fragments, usize::MAX - 1, 3));
+        for own in 0..fragments {
+            query.push_str(&format!(
+                " fragment F{own} on Query {{ {} }}",
+                selections(rng, fragments, own, 3)
+            ));
+        }
+        if rng.random_bool(0.1) {
+            query.truncate(rng.random_range(0..query.len().max(1)));
+        }
+        query
+    }
+
+    /// Selections after expanding every spread, counted the slow way, stopping past `most`.
+    fn naive(document: &ExecutableDocument, set: &SelectionSet, most: u64, count: &mut u64) {
+        for selection in &set.items {
+            *count += 1;
+            if *count > most {
+                return;
+            }
+            match &selection.node {
+                Selection::Field(field) => {
+                    naive(document, &field.node.selection_set.node, most, count)
+                }
+                Selection::InlineFragment(inline) => {
+                    naive(document, &inline.node.selection_set.node, most, count)
+                }
+                Selection::FragmentSpread(spread) => {
+                    if let Some(fragment) = document.fragments.get(&spread.node.fragment_name.node)
+                    {
+                        naive(document, &fragment.node.selection_set.node, most, count);
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn generated_documents_stay_within_their_bounds() {
+        let limits = limits();
+        let schema = crate::graphql::builder()
+            .limit_depth(16)
+            .limit_complexity(1000)
+            .finish();
+        let mut rng = StdRng::seed_from_u64(21);
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..400 {
+            let query = document(&mut rng);
+            let mut batch = BatchRequest::Single(async_graphql::Request::new(query.clone()));
+            if ParsedQueries::default()
+                .prepare(&mut batch, &limits, 20)
+                .is_err()
+            {
+                refused += 1;
+                continue;
+            }
+            if let Ok(document) = async_graphql::parser::parse_query(&query) {
+                let most = u64::from(limits.max_expanded_fields);
+                let mut count = 0;
+                for (_, operation) in document.operations.iter() {
+                    naive(
+                        &document,
+                        &operation.node.selection_set.node,
+                        most,
+                        &mut count,
+                    );
+                }
+                assert!(
+                    count <= most,
+                    "{count} selections passed the bounds: {query}"
+                );
+                accepted += 1;
+            }
+            // Validation and execution (resolvers without the app fail cleanly).
+            let _ = schema.execute_batch(batch).await;
+        }
+        assert!(
+            accepted > 20 && refused > 20,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+}

@@ -38,11 +38,11 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
              Send a non-empty `apollo-require-preflight` or `x-apollo-operation-name` header, \
              or use the content type application/json.\n",
         );
-        return closing(refused.into_response());
+        return refused_early(request, refused.into_response()).await;
     }
     let principal = match authenticate(&state, headers) {
         Ok(principal) => principal,
-        Err(err) => return closing(refused_request(&err)),
+        Err(err) => return refused_early(request, refused_request(&err)).await,
     };
     let limit = state.app.config.limits.request_bytes();
     let length = content_length(headers);
@@ -227,21 +227,37 @@ const DRAIN_AT_LEAST: u64 = 64 * 1024 * 1024;
 /// How long a refused body may keep the connection before it is closed anyway.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a request refused before its body is read (CSRF, no valid token) may still
+/// send, and for how long, so that a client sending a small body sees the answer
+/// rather than a reset connection: a bounded cost, and no upload slot.
+const REFUSED_DRAIN_BYTES: u64 = 1024 * 1024;
+const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Answers a request refused from its headers alone: after at most
+/// [`REFUSED_DRAIN_BYTES`] of its body within [`REFUSED_DRAIN_TIMEOUT`], and the
+/// connection closes.
+async fn refused_early(request: Request, response: Response) -> Response {
+    let _ = tokio::time::timeout(REFUSED_DRAIN_TIMEOUT, drain(request, REFUSED_DRAIN_BYTES)).await;
+    closing(response)
+}
+
 /// Reads and drops up to `max` bytes of the body (within [`DRAIN_TIMEOUT`]), then
 /// answers `response`; nothing of the body is kept.
 async fn after_draining(request: Request, max: u64, response: Response) -> Response {
-    let drain = async {
-        let mut chunks = request.into_body().into_data_stream();
-        let mut received: u64 = 0;
-        while let Some(Ok(chunk)) = chunks.next().await {
-            received += chunk.len() as u64;
-            if received > max {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(request, max)).await;
     response
+}
+
+/// Reads and drops the body until its end or past `max` bytes.
+async fn drain(request: Request, max: u64) {
+    let mut chunks = request.into_body().into_data_stream();
+    let mut received: u64 = 0;
+    while let Some(Ok(chunk)) = chunks.next().await {
+        received += chunk.len() as u64;
+        if received > max {
+            break;
+        }
+    }
 }
 
 fn bad_request(message: String) -> Box<Response> {

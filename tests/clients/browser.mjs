@@ -108,6 +108,9 @@ try {
   assert.deepEqual(answer, { data: { attachments: { totalCount: stored, nodes: [{ filename: `seen-${stored - 1}.txt` }] } } });
   console.log(`playground: ${origin}/graphql answered ${JSON.stringify(answer)}`);
 
+  // The schema the page fetched on load was refused (no token then): fetch it again,
+  // now that the Headers tab holds one.
+  await page.getByRole("button", { name: "Re-fetch GraphQL schema" }).click();
   // The documentation explorer shows the schema the page fetched by introspection.
   await page.getByRole("button", { name: "Show Documentation Explorer" }).click();
   const docs = page.locator(".graphiql-plugin");
