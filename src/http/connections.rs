@@ -1,24 +1,31 @@
 //! The accept loop, with the bounds no request handler can set: at most
 //! `MAX_CONNECTIONS` open connections (fitted under the open-file limit, which is
-//! raised to its hard limit first), `HEADER_READ_TIMEOUT_SECONDS` to send a request's
+//! raised to its hard limit first; the oldest are asked to close when all are taken),
+//! `HEADER_READ_TIMEOUT_SECONDS` to send a request's
 //! headers (also the keep-alive idle timeout), and `SEND_TIMEOUT_SECONDS` for a
 //! client that stops reading a response. HTTP/1.1 only.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::config::ConnectionLimits;
 
@@ -30,27 +37,41 @@ const RESERVED_FILES: u64 = 256;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` is cancelled; then stops
-/// accepting, closes idle connections and waits for the rest to finish.
+/// accepting, closes idle connections and waits for the rest to finish. When every
+/// slot is taken, the oldest connections are asked to close: an idle one (or one
+/// still sending its headers) closes at once, a busy one after its response, so a
+/// flood of idle connections cannot keep a new client out.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: &ConnectionLimits,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(connection_cap(limits.max_connections)));
+    let cap = connection_cap(limits.max_connections);
+    let slots = Arc::new(Semaphore::new(cap));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout())
         .max_buf_size(MAX_HEAD_BYTES);
     let send_timeout = limits.send_timeout();
-    let graceful = GracefulShutdown::new();
+    let open = Arc::new(Mutex::new(Open::default()));
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = shutdown.cancelled() => break,
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                open.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .close_oldest((cap / 8).max(1));
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                }
+            }
         };
-        let Ok(slot) = slot else { break };
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
@@ -68,17 +89,122 @@ pub async fn serve(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
         let io = TokioIo::new(SendTimeout::new(tcp, send_timeout));
-        let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let busy = Arc::new(AtomicBool::new(false));
+        let connection = builder.serve_connection(io, tracked(router.clone(), busy.clone()));
+        let close = shutdown.child_token();
+        let id = open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(close.clone());
+        let open = open.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                // Idle or still sending its head: closed now. Busy: after its response.
+                () = close.cancelled() => match busy.load(Ordering::Relaxed) {
+                    true => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                    false => Ok(()),
+                },
+            };
+            if let Err(err) = ended {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
+            open.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id);
             drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Every connection was told to close with `shutdown`; all slots back means done.
+    let all = u32::try_from(cap).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+}
+
+/// `router` as a connection's service that marks the connection `busy` from the
+/// moment a request's head is in until its response body is sent or dropped.
+fn tracked(
+    router: Router,
+    busy: Arc<AtomicBool>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<TrackedBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<TrackedBody>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: Request<Incoming>| {
+        busy.store(true, Ordering::Relaxed);
+        let busy = busy.clone();
+        let response = router.clone().oneshot(request.map(Body::new));
+        async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody { body, busy }))
+        }
+    })
+}
+
+/// A response body that marks its connection idle again once sent or dropped.
+struct TrackedBody {
+    body: Body,
+    busy: Arc<AtomicBool>,
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Relaxed);
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The open connections by age, each with the token that asks it to close.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    closing: BTreeMap<u64, CancellationToken>,
+}
+
+impl Open {
+    fn add(&mut self, close: CancellationToken) -> u64 {
+        self.next += 1;
+        self.closing.insert(self.next, close);
+        self.next
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.closing.remove(&id);
+    }
+
+    /// Asks the `count` oldest connections not yet asked to close.
+    fn close_oldest(&mut self, count: usize) {
+        self.closing
+            .values()
+            .filter(|close| !close.is_cancelled())
+            .take(count)
+            .for_each(CancellationToken::cancel);
+    }
 }
 
 /// `configured`, lowered so that every connection and a file it may stream fit
