@@ -85,11 +85,21 @@ impl Receiver {
         Self::start_on("127.0.0.1:0".parse().expect("addr")).await
     }
 
-    /// On `addr`, which may have been closed a moment ago.
+    /// On `addr`, which may have been closed a moment ago, or be held for a while
+    /// by another test's client connection (an ephemeral port).
     async fn start_on(addr: SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .expect("bind the receiver");
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(err) if tries < 200 => {
+                    tries += 1;
+                    eprintln!("rebinding the receiver: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("cannot bind the receiver: {err}"),
+            }
+        };
         let addr = listener.local_addr().expect("receiver addr");
         let key = STANDARD
             .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))

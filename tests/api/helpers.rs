@@ -655,7 +655,21 @@ impl Served {
         Some(Self::launch(extra, true).await)
     }
 
+    /// Starts the server; again on another port when the one picked was taken in
+    /// the meantime (another test's client connections use ephemeral ports too).
     async fn launch(extra: &[&str], on_ramfs: bool) -> Self {
+        let mut attempts = 0;
+        loop {
+            let mut served = Self::launch_once(extra, on_ramfs).await;
+            let exited = served.child.try_wait().expect("wait").is_some();
+            attempts += 1;
+            if !(exited && served.log().contains("LISTEN_ADDR") && attempts < 5) {
+                return served;
+            }
+        }
+    }
+
+    async fn launch_once(extra: &[&str], on_ramfs: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -698,8 +712,11 @@ impl Served {
             .expect("start attache serve");
         let base = format!("http://127.0.0.1:{port}");
         let client = http_client();
+        let mut child = child;
         for _ in 0..200 {
-            if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            if client.get(format!("{base}/healthz")).send().await.is_ok()
+                || child.try_wait().is_ok_and(|status| status.is_some())
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
