@@ -102,9 +102,22 @@ pub struct StorageConfig {
     /// Endpoint of an S3-compatible service (default: AWS).
     #[arg(long, env = "S3_ENDPOINT_URL")]
     pub s3_endpoint_url: Option<String>,
-    /// Region (`auto` for Cloudflare R2).
-    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
+    /// Which S3-compatible service: sets the region and addressing style it needs
+    /// (each overridable): `aws`, `r2`, `scaleway`, `b2`, `minio`, `garage`, `other`.
+    #[arg(long, env = "S3_PROVIDER", value_enum, default_value = "other")]
+    pub s3_provider: S3Provider,
+    /// Region [default: `auto` with S3_PROVIDER=r2, `garage` with garage, else us-east-1].
+    #[arg(long, env = "S3_REGION")]
+    pub s3_region: Option<String>,
+    /// `path` (endpoint/bucket/key) or `virtual` (bucket.endpoint/key) [default:
+    /// `virtual` with S3_PROVIDER=aws, else `path`].
+    #[arg(long, env = "S3_ADDRESSING_STYLE", value_enum)]
+    pub s3_addressing_style: Option<AddressingStyle>,
+    /// The origin presigned URLs name, when clients reach the store by another name
+    /// than attache does (`http://minio:9000` inside, `https://files.example.com`
+    /// outside). attache itself keeps talking to S3_ENDPOINT_URL.
+    #[arg(long, env = "S3_PUBLIC_ENDPOINT_URL")]
+    pub s3_public_endpoint_url: Option<String>,
     /// Access key id; when both keys are unset, the ambient AWS configuration is used.
     #[arg(long, env = "S3_ACCESS_KEY", hide_env_values = true)]
     pub s3_access_key: Option<Secret>,
@@ -118,6 +131,25 @@ pub struct StorageConfig {
     /// a stored upload also survives a power loss; pair with SQLITE_SYNCHRONOUS=full.
     #[arg(long, env = "FSYNC_FILES", default_value_t = false, action = clap::ArgAction::Set)]
     pub fsync_files: bool,
+}
+
+/// An S3-compatible service whose needs attache knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum S3Provider {
+    Aws,
+    R2,
+    Scaleway,
+    B2,
+    Minio,
+    Garage,
+    Other,
+}
+
+/// Where the bucket goes in a request's URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AddressingStyle {
+    Path,
+    Virtual,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -388,6 +420,27 @@ impl Config {
 }
 
 impl StorageConfig {
+    /// S3_REGION, or the provider's region.
+    pub fn region(&self) -> &str {
+        match (&self.s3_region, self.s3_provider) {
+            (Some(region), _) => region,
+            (None, S3Provider::R2) => "auto",
+            (None, S3Provider::Garage) => "garage",
+            (None, _) => "us-east-1",
+        }
+    }
+
+    /// S3_ADDRESSING_STYLE, or the provider's: AWS wants virtual-hosted requests;
+    /// MinIO and Garage answer path-style ones unless a domain is configured for
+    /// them, and R2, Scaleway and B2 answer both.
+    pub fn addressing_style(&self) -> AddressingStyle {
+        match (self.s3_addressing_style, self.s3_provider) {
+            (Some(style), _) => style,
+            (None, S3Provider::Aws) => AddressingStyle::Virtual,
+            (None, _) => AddressingStyle::Path,
+        }
+    }
+
     /// The S3 settings that go together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let storage = self;

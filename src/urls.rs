@@ -62,7 +62,11 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
             let key = StorageKey::from_stored(row.storage_key.clone());
             let filename = download_filename(&row.filename, &row.content_type);
             let disposition = content_disposition(&filename, false);
-            match app.storage.presign_read(&key, ttl, &disposition).await? {
+            let presigned = app
+                .storage
+                .presign_read(&key, ttl, &row.content_type, &disposition)
+                .await?;
+            match presigned {
                 Some(url) => Ok(url),
                 None => Ok(signed_link(
                     app,

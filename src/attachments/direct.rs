@@ -57,13 +57,9 @@ pub async fn announce(
     ))?;
     let sha256 = upload::parse_sha256(declared.sha256)?;
     let id = Uuid::now_v7();
-    let key = StorageKey::for_attachment(
-        &target.collection.key,
-        &principal.tenant,
-        target.owner_id.as_ref(),
-        id,
-        media,
-    );
+    // The client writes to a staging key; completion stores the verified bytes under
+    // the attachment's own key, which no URL ever names.
+    let key = StorageKey::staging(id);
     let ttl = app.config.url_ttl();
     let now = Utc::now();
     let expires_at =
@@ -127,7 +123,12 @@ where
         .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
     let key = StorageKey::from_stored(pending.storage_key);
     let declared = u64::try_from(pending.byte_size).unwrap_or_default();
-    match app.storage.put_stream(&key, body, declared).await {
+    let content_type = pending.content_type.as_str();
+    match app
+        .storage
+        .put_stream(&key, body, declared, content_type)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(StreamWriteError::TooLarge) => Err(AppError::PayloadTooLarge(format!(
             "the body exceeds the declared {declared} bytes"
@@ -203,6 +204,16 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
             return Err(err);
         }
     };
+    let staged = pending.storage_key.clone();
+    let stored = StorageKey::for_attachment(
+        &valid.target.collection.key,
+        &principal.tenant,
+        valid.target.owner_id.as_ref(),
+        pending.id,
+        valid.media,
+    );
+    // Announced before staging keys existed: the object is already where it belongs.
+    let restaged = stored.as_str() != staged;
     let row = attachment::Model {
         id: pending.id,
         tenant_id: pending.tenant_id.clone(),
@@ -212,13 +223,50 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         content_type: valid.media.mime().to_owned(),
         byte_size: pending.byte_size,
         sha256: valid.sha256,
-        storage_key: pending.storage_key.clone(),
+        storage_key: stored.as_str().to_owned(),
         created_by: principal.subject.clone(),
         created_at: Utc::now(),
     };
+    // The very bytes just verified are stored: nothing a replayed URL writes to the
+    // staging key in the meantime can take their place.
+    let new_keys = [row.storage_key.clone()];
+    if restaged {
+        super::record_intents(app, &new_keys).await?;
+        let written = app
+            .storage
+            .put_new(&stored, valid.bytes, &row.content_type)
+            .await;
+        if let Err(err) = written {
+            super::discard(app, &new_keys).await;
+            return Err(AppError::StorageUnavailable(err));
+        }
+    }
+    let staging = restaged.then_some(staged.as_str());
+    if let Err(err) = commit_completion(app, pending.id, &row, staging).await {
+        if restaged {
+            super::discard(app, &new_keys).await;
+        }
+        return Err(err);
+    }
+    if restaged {
+        super::remove_object(app, &staged).await;
+    }
+    crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
+    Ok(row)
+}
+
+/// One transaction: the direct upload claimed (it must not have expired), the
+/// attachment row and its event, the end of the stored key's intent, and the
+/// staging object recorded for removal.
+async fn commit_completion(
+    app: &App,
+    id: Uuid,
+    row: &attachment::Model,
+    staging: Option<&str>,
+) -> AppResult<()> {
     let txn = app.db.begin().await?;
     let claimed = direct_upload::Entity::delete_many()
-        .filter(direct_upload::Column::Id.eq(pending.id))
+        .filter(direct_upload::Column::Id.eq(id))
         .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
         .exec(&txn)
         .await?;
@@ -227,11 +275,18 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
             "no such direct upload, or it has expired".into(),
         ));
     }
-    let statements = super::stored_statements(app, txn.get_database_backend(), &row)?;
+    let backend = txn.get_database_backend();
+    let mut statements = super::stored_statements(app, backend, row)?;
+    if let Some(staging) = staging {
+        statements.push(super::intents_done(
+            backend,
+            std::slice::from_ref(&row.storage_key),
+        ));
+        statements.push(super::removal_statement(backend, staging));
+    }
     crate::db::execute_all(&txn, statements).await?;
     txn.commit().await?;
-    crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
-    Ok(row)
+    Ok(())
 }
 
 /// Removes a refused or expired direct upload: the row is claimed first (for expiry,

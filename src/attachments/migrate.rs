@@ -289,7 +289,10 @@ impl Copier<'_> {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            match self.attempt(&key, &expected, attempt).await {
+            match self
+                .attempt(&key, &expected, &row.content_type, attempt)
+                .await
+            {
                 Ok(outcome) => return outcome,
                 Err(err) if err.retryable() && attempt < MAX_ATTEMPTS => {
                     tracing::warn!(key = %key, attempt, error = %err, "copy failed; retrying");
@@ -306,6 +309,7 @@ impl Copier<'_> {
         &self,
         key: &StorageKey,
         expected: &Digest,
+        content_type: &str,
         attempt: u32,
     ) -> Result<Outcome, FileError> {
         if self.dry_run {
@@ -329,7 +333,10 @@ impl Copier<'_> {
         {
             return Ok(Outcome::Missing);
         }
-        let sent = self.destination.copy_from(self.source, key).await?;
+        let sent = self
+            .destination
+            .copy_from(self.source, key, content_type)
+            .await?;
         if &sent != expected {
             return Err(FileError::SourceDiffers(sent.size, sent.sha256));
         }

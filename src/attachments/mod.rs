@@ -79,7 +79,7 @@ async fn store(
     let mut rows = Vec::with_capacity(planned.len());
     for (row, bytes) in planned {
         let key = StorageKey::from_stored(row.storage_key.clone());
-        if let Err(err) = app.storage.put_new(&key, bytes).await {
+        if let Err(err) = app.storage.put_new(&key, bytes, &row.content_type).await {
             discard(app, &keys).await;
             return Err(AppError::StorageUnavailable(err));
         }
@@ -148,10 +148,15 @@ async fn insert_rows(
     for row in rows {
         statements.extend(stored_statements(app, backend, row)?);
     }
-    let intents_done = storage_deletion::Entity::delete_many()
-        .filter(storage_deletion::Column::StorageKey.is_in(keys.iter().cloned()));
-    statements.push(backend.build(&intents_done.into_query()));
+    statements.push(intents_done(backend, keys));
     app.writer.commit(statements).await
+}
+
+/// The statement that ends the intents of `keys`: their objects belong to rows now.
+fn intents_done(backend: DbBackend, keys: &[String]) -> Statement {
+    let done = storage_deletion::Entity::delete_many()
+        .filter(storage_deletion::Column::StorageKey.is_in(keys.iter().cloned()));
+    backend.build(&done.into_query())
 }
 
 /// The statements that insert an attachment row and its `file.stored` event, for

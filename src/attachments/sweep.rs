@@ -1,6 +1,7 @@
 //! `storage sweep`: removes what a crash or an abandoned upload left in storage.
 //! Objects under the collections' layouts that no row references (a crash between
-//! the object write and the row commit), expired direct uploads, and objects whose
+//! the object write and the row commit), staging objects no direct upload names,
+//! expired direct uploads, and objects whose
 //! deletion is still pending. Only objects older than a threshold are touched, so
 //! an upload in flight (object written, row not yet committed) is never swept.
 
@@ -90,7 +91,8 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
     Ok(swept)
 }
 
-/// Objects of the collections' layouts, last modified before `cutoff`, that no
+/// Objects of the collections' layouts and direct uploads' staging keys (a replayed
+/// upload URL writes one after completion), last modified before `cutoff`, that no
 /// attachment, direct upload or pending deletion names.
 async fn orphans(app: &App, cutoff: SystemTime) -> AppResult<Vec<String>> {
     let listing = app
@@ -100,7 +102,11 @@ async fn orphans(app: &App, cutoff: SystemTime) -> AppResult<Vec<String>> {
         .map_err(AppError::StorageUnavailable)?;
     let mut candidates = Box::pin(listing.filter_map(|object| {
         std::future::ready(match object {
-            Ok(object) if !app.collections.covers(&object.key) => None,
+            Ok(object)
+                if !app.collections.covers(&object.key) && !StorageKey::is_staging(&object.key) =>
+            {
+                None
+            }
             other => Some(other),
         })
     }))

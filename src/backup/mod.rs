@@ -147,7 +147,7 @@ pub async fn create(database: &Database, storage: &Storage) -> Result<Backup, Ba
         Kind::Postgres(target) => target.dump()?.right_stream(),
     };
     let size = storage
-        .put_large(&key, body)
+        .put_large(&key, body, "application/octet-stream")
         .await
         .map_err(|err| match err {
             StreamWriteError::Storage(err)

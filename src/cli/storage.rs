@@ -81,10 +81,10 @@ async fn check(config: &StorageConfig) -> anyhow::Result<()> {
     let mut failed = 0;
     for (step, result) in storage.check_steps().await {
         match result {
-            Ok(()) => println!("  {step:<6} ok"),
+            Ok(()) => println!("  {step:<17} ok"),
             Err(err) => {
                 failed += 1;
-                println!("  {step:<6} FAILED: {}", err.kind());
+                println!("  {step:<17} FAILED: {err}");
                 tracing::debug!(step, error = %err, "storage check step failed");
             }
         }

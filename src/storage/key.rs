@@ -143,6 +143,21 @@ impl StorageKey {
         Self(format!("{}{name}", Self::BACKUPS))
     }
 
+    /// Where a direct upload's client PUTs its bytes: never an attachment's key, so a
+    /// replayed upload URL cannot touch a stored file, on any provider. The `.`
+    /// keeps it apart from every tenant (tenant ids cannot start with one).
+    pub fn staging(id: Uuid) -> Self {
+        Self(format!("{}{id}", Self::STAGING))
+    }
+
+    const STAGING: &str = ".attache-staging/";
+
+    /// Whether `key` is a direct upload's staging key.
+    pub fn is_staging(key: &str) -> bool {
+        key.strip_prefix(Self::STAGING)
+            .is_some_and(|id| Uuid::try_parse(id).is_ok())
+    }
+
     /// The key of a short-lived object written by `storage check` and `/readyz`.
     pub fn probe() -> Self {
         Self(format!(".attache-probe/{}", Uuid::now_v7()))
@@ -185,9 +200,12 @@ mod tests {
             "backups/2026-12-02T10-00-00Z.sqlite".to_owned(),
             "backups/attache-20261202T101500Z.pgdump".to_owned(),
             ".attache-probe/x".to_owned(),
+            StorageKey::staging(id).into_string(),
         ] {
             assert!(!template.matches(&other), "{other}");
         }
+        assert!(StorageKey::is_staging(StorageKey::staging(id).as_str()));
+        assert!(!StorageKey::is_staging(key.as_str()));
     }
 
     #[test]

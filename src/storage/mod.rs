@@ -12,7 +12,7 @@ use opendal::Operator;
 
 pub use key::{KeyTemplate, StorageKey};
 
-use crate::config::{ConfigError, StorageBackend, StorageConfig};
+use crate::config::{AddressingStyle, ConfigError, StorageBackend, StorageConfig};
 
 /// Why a streamed write did not store an object.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,9 @@ pub struct StoredObject {
 #[derive(Clone, Debug)]
 pub struct Storage {
     operator: Operator,
+    /// Signs the URLs clients get: the operator itself, or one for
+    /// S3_PUBLIC_ENDPOINT_URL (it never sends a request).
+    presigner: Operator,
     backend: StorageBackend,
     /// The absolute root folder on fs, where objects are plain files.
     fs_root: Option<std::path::PathBuf>,
@@ -103,6 +106,9 @@ const COPY_CHUNK: usize = 8 * 1024 * 1024;
 
 /// The most bytes one fs read of a download holds (see [`Storage::stream`]).
 const READ_CHUNK: usize = 128 * 1024;
+
+/// The type of probe objects, which also proves presigned GETs can override it.
+const PROBE_CONTENT_TYPE: &str = "text/plain";
 
 /// How long the startup probe may take before the bucket counts as unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,8 +135,14 @@ impl Storage {
             StorageBackend::S3 => {
                 let bucket = config.s3_bucket_name.as_deref().unwrap_or_default();
                 let prefix = config.s3_prefix.trim_matches('/');
+                let operator = Self::s3_operator(config, config.s3_endpoint_url.as_deref())?;
+                let presigner = match &config.s3_public_endpoint_url {
+                    Some(public) => Self::s3_operator(config, Some(public))?,
+                    None => operator.clone(),
+                };
                 Ok(Self {
-                    operator: Self::s3_operator(config)?,
+                    operator,
+                    presigner,
                     backend: StorageBackend::S3,
                     fs_root: None,
                     location: format!("s3://{bucket}/{prefix}")
@@ -167,6 +179,7 @@ impl Storage {
         let builder = opendal::services::Fs::default().root(text);
         let operator = Operator::new(builder).map_err(|err| fail(err.to_string()))?;
         Ok(Self {
+            presigner: operator.clone(),
             operator,
             backend: StorageBackend::Fs,
             location: format!("fs:{text}"),
@@ -175,14 +188,21 @@ impl Storage {
         })
     }
 
-    fn s3_operator(config: &StorageConfig) -> Result<Operator, ConfigError> {
+    /// The operator of the configured bucket, talking to `endpoint` (AWS when none).
+    fn s3_operator(
+        config: &StorageConfig,
+        endpoint: Option<&str>,
+    ) -> Result<Operator, ConfigError> {
         let bucket = config.s3_bucket_name.as_deref().unwrap_or_default();
         let mut builder = opendal::services::S3::default()
             .bucket(bucket)
-            .region(&config.s3_region)
+            .region(config.region())
             .root(&format!("/{}", config.s3_prefix.trim_matches('/')));
-        if let Some(endpoint) = &config.s3_endpoint_url {
+        if let Some(endpoint) = endpoint {
             builder = builder.endpoint(endpoint);
+        }
+        if config.addressing_style() == AddressingStyle::Virtual {
+            builder = builder.enable_virtual_host_style();
         }
         if let (Some(access), Some(secret)) = (&config.s3_access_key, &config.s3_secret_key) {
             builder = builder
@@ -203,8 +223,15 @@ impl Storage {
         &self.location
     }
 
-    /// Writes a new object; an existing key is an error, never a silent replacement.
-    pub async fn put_new(&self, key: &StorageKey, bytes: Bytes) -> opendal::Result<()> {
+    /// Writes a new object of `content_type`; an existing key is an error, never a
+    /// silent replacement (where the store honours `If-None-Match`; keys are new
+    /// UUIDs that no client can write to, so nothing relies on it).
+    pub async fn put_new(
+        &self,
+        key: &StorageKey,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> opendal::Result<()> {
         if let Some(root) = &self.fs_root {
             let path = root.join(key.as_str());
             let sync = self.fsync_files;
@@ -226,6 +253,7 @@ impl Storage {
         let write = self
             .operator
             .write_with(key.as_str(), bytes)
+            .content_type(content_type)
             .if_not_exists(true);
         self.observed("write", async { write.await.map(drop) })
             .await
@@ -258,23 +286,30 @@ impl Storage {
         key: &StorageKey,
         body: S,
         max: u64,
+        content_type: &str,
     ) -> Result<u64, StreamWriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.write_new(key, body, max, None).await
+        self.write_new(key, body, max, None, content_type).await
     }
 
     /// Writes a new object of any length from a stream, in parts of [`COPY_CHUNK`]
     /// bytes (an S3 multipart upload), so memory stays flat however large it is; a
     /// broken stream (its producer reports an error) leaves no object behind.
-    pub async fn put_large<S, E>(&self, key: &StorageKey, body: S) -> Result<u64, StreamWriteError>
+    pub async fn put_large<S, E>(
+        &self,
+        key: &StorageKey,
+        body: S,
+        content_type: &str,
+    ) -> Result<u64, StreamWriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.write_new(key, body, u64::MAX, Some(COPY_CHUNK)).await
+        self.write_new(key, body, u64::MAX, Some(COPY_CHUNK), content_type)
+            .await
     }
 
     /// Creates `key` (never overwriting) and feeds it `body`, buffered into parts of
@@ -286,12 +321,17 @@ impl Storage {
         mut body: S,
         max: u64,
         chunk: Option<usize>,
+        content_type: &str,
     ) -> Result<u64, StreamWriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut writer = self.operator.writer_with(key.as_str()).if_not_exists(true);
+        let mut writer = self
+            .operator
+            .writer_with(key.as_str())
+            .content_type(content_type)
+            .if_not_exists(true);
         if let Some(chunk) = chunk {
             writer = writer.chunk(chunk);
         }
@@ -353,20 +393,23 @@ impl Storage {
         }
     }
 
-    /// A presigned GET with the given `Content-Disposition`, where the backend presigns
-    /// (S3); `None` on fs, whose links are signed by attache itself.
+    /// A presigned GET that answers `content_type` and `disposition` whatever the
+    /// object was stored with, where the backend presigns (S3); `None` on fs, whose
+    /// links are signed by attache itself.
     pub async fn presign_read(
         &self,
         key: &StorageKey,
         ttl: Duration,
+        content_type: &str,
         disposition: &str,
     ) -> opendal::Result<Option<String>> {
         if self.backend == StorageBackend::Fs {
             return Ok(None);
         }
         let request = self
-            .operator
+            .presigner
             .presign_read_with(key.as_str(), ttl)
+            .override_content_type(content_type)
             .override_content_disposition(disposition)
             .await?;
         Ok(Some(request.uri().to_string()))
@@ -382,14 +425,15 @@ impl Storage {
         if self.backend == StorageBackend::Fs {
             return Ok(None);
         }
-        // If-None-Match: * is signed in, so the URL cannot replace a completed upload.
+        // If-None-Match: * is signed in, where the store honours it; `key` is a
+        // staging key anyway, which no attachment is ever stored under.
         let options = opendal::options::WriteOptions {
             content_type: Some(content_type.to_owned()),
             if_not_exists: true,
             ..Default::default()
         };
         let request = self
-            .operator
+            .presigner
             .presign_write_options(key.as_str(), ttl, options)
             .await?;
         let headers = request
@@ -439,7 +483,12 @@ impl Storage {
 
     /// Copies `key` from `source` into this store as a stream, replacing what is
     /// there, and returns the digest of the bytes read from the source.
-    pub async fn copy_from(&self, source: &Storage, key: &StorageKey) -> Result<Digest, CopyError> {
+    pub async fn copy_from(
+        &self,
+        source: &Storage,
+        key: &StorageKey,
+        content_type: &str,
+    ) -> Result<Digest, CopyError> {
         let mut stream = source
             .stream(key, opendal::BytesRange::from(..))
             .await
@@ -447,6 +496,7 @@ impl Storage {
         let mut writer = self
             .operator
             .writer_with(key.as_str())
+            .content_type(content_type)
             .chunk(COPY_CHUNK)
             .await
             .map_err(CopyError::Destination)?;
@@ -581,10 +631,13 @@ impl Storage {
         }
         let probe = StorageKey::probe();
         let payload = Bytes::from_static(b"attache storage probe");
-        let written = self.put_new(&probe, payload.clone()).await;
+        let written = self
+            .put_new(&probe, payload.clone(), PROBE_CONTENT_TYPE)
+            .await;
         if written.is_err() {
             return vec![("list", Ok(())), ("write", written)];
         }
+        let conditional = self.conditional_write(&probe, payload.clone()).await;
         let read = self.read_all(&probe).await.and_then(|read| {
             if read == payload {
                 Ok(())
@@ -602,14 +655,88 @@ impl Storage {
                 "stat gives another size",
             )),
         });
+        let presigned = self.presigned_round_trip(&probe, &payload).await;
         let deleted = self.delete(&probe).await;
         vec![
             ("list", Ok(())),
             ("write", Ok(())),
+            ("conditional write", conditional),
             ("read", read),
             ("stat", stat),
+            ("presigned GET", presigned),
             ("delete", deleted),
         ]
+    }
+
+    /// Writes `probe` again with `If-None-Match: *`: a store that overwrites is said
+    /// in the log, not refused, as attache does not depend on it (direct uploads go
+    /// to staging keys; every stored key is a new UUID no client can write to).
+    async fn conditional_write(&self, probe: &StorageKey, payload: Bytes) -> opendal::Result<()> {
+        match self.put_new(probe, payload, PROBE_CONTENT_TYPE).await {
+            Err(err) if err.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(()),
+            Err(err) => Err(err),
+            Ok(()) => {
+                tracing::warn!(
+                    location = %self.location,
+                    "this store ignores If-None-Match: * (an existing object was overwritten); \
+                     attache does not rely on it"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// On S3, GETs `probe` through a presigned URL, as a browser would (signed for
+    /// the endpoint attache talks to, which it can reach): the signature, the
+    /// clock and the response overrides must all be right.
+    async fn presigned_round_trip(
+        &self,
+        probe: &StorageKey,
+        payload: &Bytes,
+    ) -> opendal::Result<()> {
+        if self.backend == StorageBackend::Fs {
+            return Ok(());
+        }
+        let failed = |message: String| opendal::Error::new(opendal::ErrorKind::Unexpected, message);
+        let request = self
+            .operator
+            .presign_read_with(probe.as_str(), PROBE_TIMEOUT)
+            .override_content_type(PROBE_CONTENT_TYPE)
+            .await?;
+        let response = reqwest::Client::new()
+            .get(request.uri().to_string())
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .map_err(|err| {
+                failed(format!(
+                    "the presigned URL cannot be fetched: {}",
+                    err.without_url()
+                ))
+            })?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.map_err(|err| {
+            failed(format!(
+                "the presigned GET broke off: {}",
+                err.without_url()
+            ))
+        })?;
+        if !status.is_success() || body != *payload {
+            return Err(failed(format!(
+                "the presigned GET answered {status} (a clock or signature problem?)"
+            )));
+        }
+        if content_type.as_deref() != Some(PROBE_CONTENT_TYPE) {
+            return Err(failed(format!(
+                "the presigned GET ignored response-content-type (answered {content_type:?})"
+            )));
+        }
+        Ok(())
     }
 
     /// Streams a whole object into `file` without holding it in memory.

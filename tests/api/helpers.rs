@@ -101,12 +101,35 @@ pub const S3_ACCESS_KEY: &str = "attache-test-access";
 pub const S3_SECRET_KEY: &str = "attache-test-secret-0123456789";
 pub const S3_BUCKET: &str = "attache";
 
+/// The value of `--s3-public-endpoint-url` that [`TestApp::spawn_with`] replaces
+/// with the origin of a forwarder to the app's S3 server.
+pub const FORWARD_TO_S3: &str = "forward-to-s3";
+
+/// Forwards every connection on a new port to `target`, byte for byte: the public
+/// side of a proxy in front of the store. Its origin.
+pub async fn forwarder(target: SocketAddr) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the forwarder");
+    let addr = listener.local_addr().expect("forwarder addr");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
 /// A real S3 endpoint in the test process (s3s-fs), checking SigV4 signatures and
 /// presigned URLs with [`S3_ACCESS_KEY`] / [`S3_SECRET_KEY`]. A bucket is a folder.
 pub struct S3Server {
     pub endpoint: String,
     pub root: PathBuf,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -194,6 +217,9 @@ pub struct Api {
 /// [`Api`] methods are at hand through `Deref`.
 pub struct TestApp {
     pub api: Api,
+    /// The origin of the forwarder in front of the S3 server, when the app was
+    /// started with `--s3-public-endpoint-url` [`FORWARD_TO_S3`].
+    pub public_s3_endpoint: Option<String>,
     pub app: Arc<App>,
     /// Where objects end up as files: the fs root, or the S3 server's bucket folder.
     pub storage_root: PathBuf,
@@ -350,20 +376,29 @@ impl TestApp {
         if !extra.contains(&"--database-url") {
             args.extend(["--database-url".to_owned(), database_url.to_owned()]);
         }
+        let mut public_s3_endpoint = None;
         let (s3, storage_root) = match setup.store {
             Store::Fs => (None, uploads.to_owned()),
             Store::S3 => {
                 let server = S3Server::start(&dir.path().join("s3")).await;
                 args.extend(s3_flags(&server.endpoint));
+                if extra.contains(&FORWARD_TO_S3) {
+                    public_s3_endpoint = Some(forwarder(server.addr).await);
+                }
                 let bucket = server.root.join(S3_BUCKET);
                 (Some(server), bucket)
             }
         };
-        args.extend(extra.iter().map(ToString::to_string));
+        args.extend(extra.iter().map(|arg| match (*arg, &public_s3_endpoint) {
+            (FORWARD_TO_S3, Some(public)) => public.clone(),
+            (arg, _) => arg.to_owned(),
+        }));
         let config = TestCli::try_parse_from(&args)
             .expect("test configuration")
             .config;
-        Self::start(config, storage_root, s3, dir).await
+        let mut app = Self::start(config, storage_root, s3, dir).await;
+        app.public_s3_endpoint = public_s3_endpoint;
+        app
     }
 
     async fn start(
@@ -394,6 +429,7 @@ impl TestApp {
             let _ = attache::http::serve(listener, served, stop.cancelled_owned()).await;
         });
         Self {
+            public_s3_endpoint: None,
             api: Api {
                 base_url,
                 client: http_client(),

@@ -13,6 +13,7 @@ mod listing;
 mod migrate;
 mod operations;
 mod playground;
+mod providers;
 mod reliability;
 mod schema;
 mod storage;
