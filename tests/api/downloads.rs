@@ -583,3 +583,4 @@ crate::matrix!(
     refused_links_and_tokens_answer_401_403_404,
     delete_removes_row_and_file,
 );
+crate::matrix!(garage: the_bearer_route_follows_every_header_rule, delete_removes_row_and_file);

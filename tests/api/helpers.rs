@@ -31,7 +31,10 @@ pub enum Db {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Store {
     Fs,
+    /// s3s-fs in the test process: objects are files the test can read.
     S3,
+    /// Garage, a real S3 server in a process of its own (tests/garage/start.sh).
+    Garage,
 }
 
 /// One cell of the test matrix.
@@ -52,19 +55,44 @@ impl Setup {
             eprintln!("SKIPPED: PostgreSQL test, because TEST_DATABASE_URL is not set");
             return None;
         }
+        if store == Store::Garage && !garage_installed() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but Garage is not installed: Garage tests must not skip in CI"
+            );
+            eprintln!(
+                "SKIPPED: Garage test, because `garage` is not installed (tests/garage/README.md)"
+            );
+            return None;
+        }
         Some(Self { db, store })
     }
 }
 
+/// Whether the `garage` binary is on PATH or in ~/.cargo/bin (tests/garage/start.sh
+/// looks in both).
+fn garage_installed() -> bool {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("garage").is_file()));
+    let in_cargo = std::env::var_os("HOME")
+        .is_some_and(|home| Path::new(&home).join(".cargo/bin/garage").is_file());
+    on_path || in_cargo
+}
+
 /// Runs each named `async fn(Setup)` on every database and storage backend;
-/// `s3:` on the S3 cells only, `db:` on both databases with fs, `postgres:` on
-/// PostgreSQL only (several servers on one database), `once:` a single time (tests
-/// of the binary).
+/// `s3:` on the S3 cells only, `garage:` on Garage (a second real S3 server, for
+/// tests that reach storage through S3 alone), `db:` on both databases with fs,
+/// `postgres:` on PostgreSQL only (several servers on one database), `once:` a
+/// single time (tests of the binary).
 #[macro_export]
 macro_rules! matrix {
     (s3: $($name:ident),* $(,)?) => {
         $crate::matrix!(@cell sqlite_s3_only, Sqlite, S3, $($name),*);
         $crate::matrix!(@cell postgres_s3_only, Postgres, S3, $($name),*);
+    };
+    (garage: $($name:ident),* $(,)?) => {
+        $crate::matrix!(@cell sqlite_garage, Sqlite, Garage, $($name),*);
+        $crate::matrix!(@cell postgres_garage, Postgres, Garage, $($name),*);
     };
     (once: $($name:ident),* $(,)?) => {
         $crate::matrix!(@cell once, Sqlite, S3, $($name),*);
@@ -198,6 +226,85 @@ impl S3Server {
     }
 }
 
+/// A throwaway single-node Garage (tests/garage/start.sh), killed on drop.
+pub struct GarageServer {
+    pub endpoint: String,
+    pub addr: SocketAddr,
+    access_key: String,
+    secret_key: String,
+    bucket: String,
+    pid: u32,
+}
+
+impl GarageServer {
+    pub async fn start(dir: &Path) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/garage/start.sh");
+        let output = tokio::process::Command::new("bash")
+            .arg(script)
+            .arg(dir)
+            .env("GARAGE_WATCH_PID", std::process::id().to_string())
+            // What S3_PROVIDER=garage assumes: Garage's own default region.
+            .env("GARAGE_REGION", "garage")
+            .output()
+            .await
+            .expect("run tests/garage/start.sh");
+        assert!(
+            output.status.success(),
+            "Garage did not start (is it installed? see tests/garage/README.md): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let value = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} in {stdout}"))
+                .to_owned()
+        };
+        let endpoint = value("GARAGE_ENDPOINT");
+        Self {
+            addr: endpoint
+                .trim_start_matches("http://")
+                .parse()
+                .expect("Garage's address"),
+            endpoint,
+            access_key: value("GARAGE_ACCESS_KEY"),
+            secret_key: value("GARAGE_SECRET_KEY"),
+            bucket: value("GARAGE_BUCKET"),
+            pid: value("GARAGE_PID").parse().expect("pid"),
+        }
+    }
+
+    /// The `attache serve` flags of this bucket.
+    pub fn flags(&self) -> Vec<String> {
+        [
+            "--storage-backend",
+            "s3",
+            "--s3-provider",
+            "garage",
+            "--s3-bucket-name",
+            &self.bucket,
+            "--s3-endpoint-url",
+            &self.endpoint,
+            "--s3-access-key",
+            &self.access_key,
+            "--s3-secret-key",
+            &self.secret_key,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+}
+
+impl Drop for GarageServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.task.abort();
@@ -220,6 +327,7 @@ pub struct TestApp {
     /// The origin of the forwarder in front of the S3 server, when the app was
     /// started with `--s3-public-endpoint-url` [`FORWARD_TO_S3`].
     pub public_s3_endpoint: Option<String>,
+    pub garage: Option<GarageServer>,
     pub app: Arc<App>,
     /// Where objects end up as files: the fs root, or the S3 server's bucket folder.
     pub storage_root: PathBuf,
@@ -377,8 +485,18 @@ impl TestApp {
             args.extend(["--database-url".to_owned(), database_url.to_owned()]);
         }
         let mut public_s3_endpoint = None;
+        let mut garage = None;
         let (s3, storage_root) = match setup.store {
             Store::Fs => (None, uploads.to_owned()),
+            Store::Garage => {
+                let server = GarageServer::start(&dir.path().join("garage")).await;
+                args.extend(server.flags());
+                if extra.contains(&FORWARD_TO_S3) {
+                    public_s3_endpoint = Some(forwarder(server.addr).await);
+                }
+                garage = Some(server);
+                (None, dir.path().join("garage"))
+            }
             Store::S3 => {
                 let server = S3Server::start(&dir.path().join("s3")).await;
                 args.extend(s3_flags(&server.endpoint));
@@ -398,6 +516,7 @@ impl TestApp {
             .config;
         let mut app = Self::start(config, storage_root, s3, dir).await;
         app.public_s3_endpoint = public_s3_endpoint;
+        app.garage = garage;
         app
     }
 
@@ -430,6 +549,7 @@ impl TestApp {
         });
         Self {
             public_s3_endpoint: None,
+            garage: None,
             api: Api {
                 base_url,
                 client: http_client(),
@@ -457,8 +577,28 @@ impl TestApp {
 
     /// Every stored object under the storage root, as relative keys.
     pub fn stored_keys(&self) -> Vec<String> {
-        let mut keys = keys_under(&self.storage_root, &self.storage_root);
+        let mut keys = match &self.garage {
+            Some(_) => self.listed_keys(),
+            None => keys_under(&self.storage_root, &self.storage_root),
+        };
         keys.retain(|key| !key.starts_with(".attache-probe"));
+        keys
+    }
+
+    /// Every object as the app's storage lists it (Garage keeps no plain files).
+    fn listed_keys(&self) -> Vec<String> {
+        use futures::TryStreamExt;
+        let storage = &self.app.storage;
+        let listed = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(async { storage.list().await?.try_collect::<Vec<_>>().await })
+        });
+        let mut keys: Vec<String> = listed
+            .expect("list the bucket")
+            .into_iter()
+            .map(|object| object.key)
+            .collect();
+        keys.sort();
         keys
     }
 
@@ -570,6 +710,11 @@ pub fn s3_flags(endpoint: &str) -> Vec<String> {
 struct TestCli {
     #[command(flatten)]
     config: Config,
+}
+
+/// `attache serve`'s settings from command-line style `args` (the first is the name).
+pub fn parse_config(args: &[String]) -> Result<Config, clap::Error> {
+    TestCli::try_parse_from(args).map(|cli| cli.config)
 }
 
 /// A client for tests; TLS (unused on loopback) needs the process's ring provider.

@@ -98,7 +98,7 @@ async fn metrics_parse_and_move_with_uploads_and_downloads(setup: Setup) {
     }
     let backend = match setup.store {
         Store::Fs => "fs",
-        Store::S3 => "s3",
+        Store::S3 | Store::Garage => "s3",
     };
     let timed_write = total_of(
         &after,

@@ -7,9 +7,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    COMPLETE_DIRECT, FORWARD_TO_S3, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, Setup, TestApp,
-    announce_and_put, data, declaration, fetch, pdf, png, put_to, sha256_hex, tenant,
-    upload_file_form,
+    COMPLETE_DIRECT, FORWARD_TO_S3, Setup, TestApp, announce_and_put, data, declaration, fetch,
+    pdf, png, put_to, sha256_hex, tenant, upload_file_form,
 };
 
 const UPLOAD_BATCH: &str = "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id contentType url } }";
@@ -128,13 +127,16 @@ async fn every_write_path_serves_the_detected_type(setup: Setup) {
 
 /// An operator on the test bucket that writes what it is given, nothing more.
 fn raw_operator(app: &TestApp) -> opendal::Operator {
-    let endpoint = &app.s3.as_ref().expect("an S3 cell").endpoint;
+    let storage = &app.app.config.storage;
+    let secret = |value: &Option<attache::config::Secret>| {
+        value.as_ref().expect("S3 keys").expose().to_owned()
+    };
     let builder = opendal::services::S3::default()
-        .bucket(S3_BUCKET)
-        .region("us-east-1")
-        .endpoint(endpoint)
-        .access_key_id(S3_ACCESS_KEY)
-        .secret_access_key(S3_SECRET_KEY)
+        .bucket(storage.s3_bucket_name.as_deref().expect("a bucket"))
+        .region(storage.region())
+        .endpoint(storage.s3_endpoint_url.as_deref().expect("an endpoint"))
+        .access_key_id(&secret(&storage.s3_access_key))
+        .secret_access_key(&secret(&storage.s3_secret_key))
         .disable_config_load()
         .disable_ec2_metadata();
     opendal::Operator::new(builder).expect("operator")
@@ -200,7 +202,13 @@ async fn a_replayed_upload_url_never_changes_a_stored_file(setup: Setup) {
 async fn presigned_urls_name_the_public_endpoint(setup: Setup) {
     let app = TestApp::spawn_with(setup, &["--s3-public-endpoint-url", FORWARD_TO_S3]).await;
     let public = app.public_s3_endpoint.clone().expect("a forwarder");
-    let internal = &app.s3.as_ref().expect("S3").endpoint;
+    let internal = app
+        .app
+        .config
+        .storage
+        .s3_endpoint_url
+        .clone()
+        .expect("an endpoint");
     let acme = tenant();
     let bearer = app.token(&acme);
     let content = pdf();
@@ -238,5 +246,66 @@ async fn presigned_urls_name_the_public_endpoint(setup: Setup) {
     );
 }
 
+/// Every provider block of README's S3 section, read as `attache serve` reads its
+/// environment: each variable a real setting, each value accepted, the preset's
+/// region and addressing style as the block's comment says.
+#[test]
+fn readme_provider_blocks_are_valid_settings() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut providers = Vec::new();
+    for block in readme.split("```sh provider=").skip(1) {
+        let (name, rest) = block.split_once('\n').expect("a block");
+        let body = rest.split("```").next().expect("a closed block");
+        let command = body
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('\\', " ");
+        let mut args = vec!["attache".to_owned()];
+        for word in command.split_whitespace() {
+            if word == "attache" {
+                break;
+            }
+            let (variable, value) = word.split_once('=').expect("NAME=value");
+            args.push(format!(
+                "--{}",
+                variable.to_ascii_lowercase().replace('_', "-")
+            ));
+            args.push(value.to_owned());
+        }
+        let config = crate::helpers::parse_config(&args)
+            .unwrap_or_else(|err| panic!("provider={name}: {err}"));
+        config
+            .validate()
+            .unwrap_or_else(|err| panic!("provider={name}: {err}"));
+        let storage = &config.storage;
+        let comment = body
+            .lines()
+            .find(|line| line.starts_with('#'))
+            .unwrap_or_default();
+        if let Some(region) = comment.split("region: ").nth(1) {
+            let region = region.split([';', ' ']).next().unwrap_or_default();
+            assert_eq!(storage.region(), region, "provider={name}");
+        }
+        let style = match storage.addressing_style() {
+            attache::config::AddressingStyle::Path => "addressing: path",
+            attache::config::AddressingStyle::Virtual => "addressing: virtual",
+        };
+        assert!(comment.contains(style), "provider={name}: {comment}");
+        providers.push(name.to_owned());
+    }
+    assert_eq!(
+        providers,
+        ["aws", "r2", "scaleway", "b2", "minio", "garage"]
+    );
+}
+
 crate::matrix!(a_replayed_upload_url_never_changes_a_stored_file);
 crate::matrix!(s3: every_write_path_serves_the_detected_type, presigned_urls_name_the_public_endpoint);
+crate::matrix!(
+    garage: a_replayed_upload_url_never_changes_a_stored_file,
+    every_write_path_serves_the_detected_type,
+    presigned_urls_name_the_public_endpoint,
+);

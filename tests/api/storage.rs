@@ -71,7 +71,9 @@ async fn tools_get_a_real_local_path(setup: Setup) {
             path.exists() && path.starts_with(&app.storage_root),
             "the file itself"
         ),
-        Store::S3 => assert!(!path.exists(), "the temporary copy is removed on drop"),
+        Store::S3 | Store::Garage => {
+            assert!(!path.exists(), "the temporary copy is removed on drop")
+        }
     }
 }
 
@@ -96,7 +98,9 @@ async fn public_urls_need_no_signature(setup: Setup) {
     let key = TestApp::contract_key(&acme, "c-1", &att);
     let url = att["url"].as_str().expect("url");
     match setup.store {
-        Store::S3 => assert_eq!(url, format!("https://cdn.example.com/files/{key}")),
+        Store::S3 | Store::Garage => {
+            assert_eq!(url, format!("https://cdn.example.com/files/{key}"))
+        }
         Store::Fs => {
             assert_eq!(url, app.url(&format!("/media/{key}")));
             let response = reqwest::get(url).await.expect("GET");
@@ -488,3 +492,31 @@ async fn the_prefix_is_joined_inside_the_bucket(setup: Setup) {
 crate::matrix!(s3: a_storage_outage_is_storage_unavailable, the_prefix_is_joined_inside_the_bucket);
 
 crate::matrix!(once: bad_bucket_settings_fail_fast_in_one_line, storage_check_says_what_works);
+/// `storage check` on Garage, which ignores `If-None-Match`: every step passes and
+/// the log says the store overwrites (attache does not depend on it).
+async fn the_probe_runs_every_operation_attache_uses(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let garage = app.garage.as_ref().expect("a Garage cell");
+    let mut args = vec!["storage".to_owned(), "check".to_owned()];
+    args.extend(garage.flags());
+    let output = run_attache(args).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    for step in ["conditional write", "presigned GET", "delete"] {
+        assert!(
+            stdout.contains(&format!("{step:<17} ok")),
+            "{step}: {stdout}"
+        );
+    }
+    assert!(stderr.contains("ignores If-None-Match"), "{stderr}");
+}
+
+crate::matrix!(
+    garage: the_probe_runs_every_operation_attache_uses,
+    tools_get_a_real_local_path,
+    public_urls_need_no_signature,
+    direct_uploads_end_to_end,
+    lying_direct_uploads_are_refused_and_removed,
+    expired_direct_uploads_are_swept,
+);

@@ -445,3 +445,11 @@ crate::matrix!(
     multipart_uploads_follow_the_same_rules,
     a_failing_row_removes_its_object,
 );
+crate::matrix!(
+    garage: a_refused_upload_among_concurrent_ones_fails_alone,
+    large_files_keep_every_byte,
+    every_validation_error_has_its_code_and_stores_nothing,
+    a_batch_is_all_or_nothing,
+    multipart_uploads_follow_the_same_rules,
+    a_failing_row_removes_its_object,
+);
