@@ -655,7 +655,7 @@ impl Storage {
                 "stat gives another size",
             )),
         });
-        let presigned = self.presigned_round_trip(&probe, &payload).await;
+        let presigned = self.presigned_round_trip(&payload).await;
         let deleted = self.delete(&probe).await;
         vec![
             ("list", Ok(())),
@@ -663,7 +663,7 @@ impl Storage {
             ("conditional write", conditional),
             ("read", read),
             ("stat", stat),
-            ("presigned GET", presigned),
+            ("presigned PUT/GET", presigned),
             ("delete", deleted),
         ]
     }
@@ -686,31 +686,68 @@ impl Storage {
         }
     }
 
-    /// On S3, GETs `probe` through a presigned URL, as a browser would (signed for
-    /// the endpoint attache talks to, which it can reach): the signature, the
-    /// clock and the response overrides must all be right.
-    async fn presigned_round_trip(
+    /// On S3, PUTs a second probe object through a presigned URL and GETs it back
+    /// through another, as a browser would (signed for the endpoint attache talks
+    /// to, which it can reach): signatures, clock, region, the signed headers and the
+    /// response overrides must all be right. The second object is removed.
+    async fn presigned_round_trip(&self, payload: &Bytes) -> opendal::Result<()> {
+        if self.backend == StorageBackend::Fs {
+            return Ok(());
+        }
+        let probe = StorageKey::probe();
+        let sent = self.presigned_put_then_get(&probe, payload).await;
+        let removed = self.delete(&probe).await;
+        sent.and(removed)
+    }
+
+    async fn presigned_put_then_get(
         &self,
         probe: &StorageKey,
         payload: &Bytes,
     ) -> opendal::Result<()> {
-        if self.backend == StorageBackend::Fs {
-            return Ok(());
-        }
         let failed = |message: String| opendal::Error::new(opendal::ErrorKind::Unexpected, message);
-        let request = self
+        let client = reqwest::Client::new();
+        let options = opendal::options::WriteOptions {
+            content_type: Some(PROBE_CONTENT_TYPE.to_owned()),
+            if_not_exists: true,
+            ..Default::default()
+        };
+        let put = self
+            .operator
+            .presign_write_options(probe.as_str(), PROBE_TIMEOUT, options)
+            .await?;
+        let mut request = client
+            .put(put.uri().to_string())
+            .timeout(PROBE_TIMEOUT)
+            .body(payload.clone());
+        for (name, value) in put.header() {
+            request = request.header(name.as_str(), value.as_bytes());
+        }
+        let response = request.send().await.map_err(|err| {
+            failed(format!(
+                "the presigned PUT cannot be sent: {}",
+                err.without_url()
+            ))
+        })?;
+        if !response.status().is_success() {
+            return Err(failed(format!(
+                "the presigned PUT answered {} (a clock, region or signature problem?)",
+                response.status()
+            )));
+        }
+        let get = self
             .operator
             .presign_read_with(probe.as_str(), PROBE_TIMEOUT)
             .override_content_type(PROBE_CONTENT_TYPE)
             .await?;
-        let response = reqwest::Client::new()
-            .get(request.uri().to_string())
+        let response = client
+            .get(get.uri().to_string())
             .timeout(PROBE_TIMEOUT)
             .send()
             .await
             .map_err(|err| {
                 failed(format!(
-                    "the presigned URL cannot be fetched: {}",
+                    "the presigned GET cannot be sent: {}",
                     err.without_url()
                 ))
             })?;
@@ -728,7 +765,7 @@ impl Storage {
         })?;
         if !status.is_success() || body != *payload {
             return Err(failed(format!(
-                "the presigned GET answered {status} (a clock or signature problem?)"
+                "the presigned GET answered {status} or other bytes than were PUT"
             )));
         }
         if content_type.as_deref() != Some(PROBE_CONTENT_TYPE) {

@@ -55,6 +55,9 @@ impl Scene {
         if let Some(s3) = &self.app.s3 {
             flags.extend(s3_flags(&s3.endpoint));
         }
+        if let Some(garage) = &self.app.garage {
+            flags.extend(garage.flags());
+        }
         flags
     }
 
@@ -354,3 +357,7 @@ crate::matrix!(
     a_failed_snapshot_leaves_no_backup_and_shows_no_password,
 );
 crate::matrix!(once: a_sqlite_restore_refuses_while_a_server_uses_the_file);
+crate::matrix!(
+    garage: backup_change_restore_brings_the_table_back_exactly,
+    keep_prunes_older_backups_and_sweep_leaves_them,
+);

@@ -7,8 +7,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    COMPLETE_DIRECT, FORWARD_TO_S3, Setup, TestApp, announce_and_put, data, declaration, fetch,
-    pdf, png, put_to, sha256_hex, tenant, upload_file_form,
+    COMPLETE_DIRECT, FORWARD_TO_S3, GarageServer, S3Server, Setup, Store, TestApp,
+    announce_and_put, data, declaration, fetch, parse_config, pdf, png, private_database_url,
+    put_to, run_attache, s3_flags, sha256_hex, tenant, upload_file_form,
 };
 
 const UPLOAD_BATCH: &str = "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id contentType url } }";
@@ -127,7 +128,10 @@ async fn every_write_path_serves_the_detected_type(setup: Setup) {
 
 /// An operator on the test bucket that writes what it is given, nothing more.
 fn raw_operator(app: &TestApp) -> opendal::Operator {
-    let storage = &app.app.config.storage;
+    operator_for(&app.app.config.storage)
+}
+
+fn operator_for(storage: &attache::config::StorageConfig) -> opendal::Operator {
     let secret = |value: &Option<attache::config::Secret>| {
         value.as_ref().expect("S3 keys").expose().to_owned()
     };
@@ -302,10 +306,81 @@ fn readme_provider_blocks_are_valid_settings() {
     );
 }
 
+/// `storage migrate` from disk into the cell's S3 server: every copy carries its
+/// row's type, and its presigned URL answers it.
+async fn migrated_copies_carry_their_type(setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = private_database_url(setup.db, dir.path()).await;
+    let uploads = dir.path().join("uploads");
+    let local = Setup {
+        store: Store::Fs,
+        ..setup
+    };
+    let bucket_dir = dir.path().join("bucket");
+    let app = TestApp::spawn_at(local, dir, &database_url, &uploads, &[]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let files = [
+        (pdf(), "a.pdf", "application/pdf"),
+        (png(), "b.png", "image/png"),
+    ];
+    for (content, name, _) in &files {
+        app.upload(&bearer, content, "contract", Some("c-1"), name)
+            .await;
+    }
+    let (flags, _s3, _garage) = match setup.store {
+        Store::Garage => {
+            let garage = GarageServer::start(&bucket_dir).await;
+            (garage.flags(), None, Some(garage))
+        }
+        _ => {
+            let s3 = S3Server::start(&bucket_dir).await;
+            (s3_flags(&s3.endpoint), Some(s3), None)
+        }
+    };
+    let mut args: Vec<String> = vec![
+        "storage".into(),
+        "migrate".into(),
+        "--database-url".into(),
+        database_url.clone(),
+        "--storage-root".into(),
+        uploads.display().to_string(),
+    ];
+    args.extend(flags.iter().cloned());
+    let output = run_attache(args).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut serve = vec!["attache".to_owned()];
+    serve.extend(flags);
+    let config = parse_config(&serve).expect("settings");
+    let raw = operator_for(&config.storage);
+    let copied = raw
+        .list(&format!("{acme}/contracts/c-1/"))
+        .await
+        .expect("list");
+    assert_eq!(copied.len(), files.len(), "every file copied");
+    for object in copied {
+        let meta = raw.stat(object.path()).await.expect("stat");
+        let (_, _, expected) = files
+            .iter()
+            .find(|(_, name, _)| object.path().ends_with(&name[1..]))
+            .expect("a known extension");
+        assert_eq!(meta.content_type(), Some(*expected), "{}", object.path());
+    }
+}
+
 crate::matrix!(a_replayed_upload_url_never_changes_a_stored_file);
-crate::matrix!(s3: every_write_path_serves_the_detected_type, presigned_urls_name_the_public_endpoint);
+crate::matrix!(
+    s3: every_write_path_serves_the_detected_type,
+    presigned_urls_name_the_public_endpoint,
+    migrated_copies_carry_their_type,
+);
 crate::matrix!(
     garage: a_replayed_upload_url_never_changes_a_stored_file,
+    migrated_copies_carry_their_type,
     every_write_path_serves_the_detected_type,
     presigned_urls_name_the_public_endpoint,
 );
