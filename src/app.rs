@@ -70,6 +70,7 @@ impl App {
         let webhooks = Webhooks::from_config(&config.events)?;
         crate::telemetry::prometheus();
         let storage = Storage::from_config(&config.storage)?;
+        crate::telemetry::storage_backend(storage.backend_label());
         let local_fallback = match (config.auto_migrate_storage, storage.backend()) {
             (true, StorageBackend::S3) => {
                 Some(Storage::local_source(&config.storage.storage_root)?)

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// The shortest HMAC key accepted for client tokens and signed links: 256 bits.
+const MIN_KEY_BYTES: usize = 32;
+
 /// A misconfiguration found at startup: one line that names the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]
@@ -401,7 +404,24 @@ impl Config {
     /// Rules that span several variables; clap already checked each value alone.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.storage.validate()?;
-        crate::events::Webhooks::from_config(&self.events)?;
+        let keys = [
+            ("JWT_SECRET", self.auth.jwt_secret.as_ref()),
+            ("SIGNING_KEY", self.urls.signing_key.as_ref()),
+        ];
+        for (variable, key) in keys {
+            if let Some(key) = key
+                && key.expose().len() < MIN_KEY_BYTES
+            {
+                return Err(ConfigError::new(
+                    variable,
+                    format!(
+                        "has {} bytes; at least {MIN_KEY_BYTES} are needed (`openssl rand -hex 32` \
+                         makes one)",
+                        key.expose().len()
+                    ),
+                ));
+            }
+        }
         if self.storage.storage_backend == StorageBackend::S3
             && self.urls.url_mode == UrlMode::Public
             && self.urls.s3_public_base_url.is_none()

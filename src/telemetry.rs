@@ -10,8 +10,6 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::app::App;
-
 /// The process-wide recorder; installed by the first app built (tests build many).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -40,8 +38,102 @@ pub fn prometheus() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("another metrics recorder is installed; /metrics stays empty");
         }
+        describe();
         handle
     })
+}
+
+/// `# HELP` (and so `# TYPE`) of every family, and the series without labels at
+/// zero, so that a scrape shows every documented series from the start.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "attache_http_requests_total",
+        "HTTP requests, by route template, method and status"
+    );
+    describe_histogram!(
+        "attache_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency, by route template and method"
+    );
+    describe_counter!(
+        "attache_graphql_operations_total",
+        "GraphQL operations, by operation name and outcome (OK or the first error's code)"
+    );
+    describe_counter!(
+        "attache_upload_bytes_total",
+        metrics::Unit::Bytes,
+        "Bytes of stored files"
+    );
+    describe_histogram!(
+        "attache_upload_size_bytes",
+        metrics::Unit::Bytes,
+        "Sizes of stored files"
+    );
+    describe_histogram!(
+        "attache_storage_operation_duration_seconds",
+        metrics::Unit::Seconds,
+        "Storage call latency, by backend and operation"
+    );
+    describe_counter!(
+        "attache_storage_errors_total",
+        "Failed storage calls, by backend and operation"
+    );
+    describe_counter!(
+        "attache_webhook_attempts_total",
+        "Webhook delivery attempts, by outcome (delivered, retry, failed)"
+    );
+    describe_gauge!(
+        "attache_storage_migration_files_done",
+        "Files the background storage migration has checked"
+    );
+    describe_gauge!(
+        "attache_storage_migration_files_left",
+        "Files the background storage migration has still to check"
+    );
+    describe_gauge!(
+        "attache_storage_migration_bytes_done",
+        metrics::Unit::Bytes,
+        "Bytes the background storage migration has checked"
+    );
+    describe_gauge!(
+        "attache_storage_migration_bytes_left",
+        metrics::Unit::Bytes,
+        "Bytes the background storage migration has still to check"
+    );
+    describe_gauge!(
+        "attache_db_pool_connections",
+        "Connections of the database pool"
+    );
+    describe_gauge!(
+        "attache_db_pool_idle_connections",
+        "Idle connections of the database pool"
+    );
+    describe_gauge!("attache_outbox_backlog", "Webhook deliveries still to send");
+    counter!("attache_upload_bytes_total").absolute(0);
+    for gauge in [
+        "attache_storage_migration_files_done",
+        "attache_storage_migration_files_left",
+        "attache_storage_migration_bytes_done",
+        "attache_storage_migration_bytes_left",
+        "attache_db_pool_connections",
+        "attache_db_pool_idle_connections",
+        "attache_outbox_backlog",
+    ] {
+        gauge!(gauge).set(0.0);
+    }
+    for outcome in ["delivered", "retry", "failed"] {
+        counter!("attache_webhook_attempts_total", "outcome" => outcome).absolute(0);
+    }
+}
+
+/// The storage error series of `backend` at zero, so that an alert on them has a
+/// series before the first error.
+pub fn storage_backend(backend: &'static str) {
+    for operation in ["write", "read", "stat", "delete", "list"] {
+        counter!("attache_storage_errors_total", "backend" => backend, "operation" => operation)
+            .absolute(0);
+    }
 }
 
 /// One HTTP request, by route template, method and status. Methods outside the
@@ -130,32 +222,20 @@ pub fn migration_progress(files_done: u64, files_total: u64, bytes_done: u64, by
         .set(bytes_total.saturating_sub(bytes_done) as f64);
 }
 
-/// The Prometheus text of every series, after reading the figures that are
-/// measured at scrape time: the database pool and the outbox backlog.
-pub async fn render(app: &App) -> String {
-    let (size, idle) = pool_usage(&app.db);
+/// The database pool's size and idle connections, read at scrape time.
+pub fn db_pool(size: u32, idle: usize) {
     gauge!("attache_db_pool_connections").set(f64::from(size));
     gauge!("attache_db_pool_idle_connections").set(idle as f64);
-    match crate::events::backlog(&app.db).await {
-        Ok(pending) => gauge!("attache_outbox_backlog").set(pending as f64),
-        Err(err) => tracing::warn!(error = %err, "cannot count the outbox backlog"),
-    }
-    prometheus().render()
 }
 
-fn pool_usage(db: &sea_orm::DatabaseConnection) -> (u32, usize) {
-    use sea_orm::DatabaseConnectionType as Pool;
-    match &db.inner {
-        Pool::SqlxSqlitePoolConnection(_) => {
-            let pool = db.get_sqlite_connection_pool();
-            (pool.size(), pool.num_idle())
-        }
-        Pool::SqlxPostgresPoolConnection(_) => {
-            let pool = db.get_postgres_connection_pool();
-            (pool.size(), pool.num_idle())
-        }
-        _ => (0, 0),
-    }
+/// Webhook deliveries still to send, read at scrape time.
+pub fn outbox_backlog(pending: u64) {
+    gauge!("attache_outbox_backlog").set(pending as f64);
+}
+
+/// The Prometheus text of every series.
+pub fn render() -> String {
+    prometheus().render()
 }
 
 /// An `x-request-id` a client may set: short and printable, or a new one is made.

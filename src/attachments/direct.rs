@@ -15,12 +15,12 @@ use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
 use crate::attachments::upload::{self, Draft, Target, ValidUpload, sanitize_filename};
+use crate::attachments::urls;
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
 use crate::media::MediaType;
 use crate::storage::{StorageKey, StreamWriteError};
-use crate::urls;
 
 /// What the client declares before sending the bytes.
 pub struct Declaration<'a> {
@@ -176,20 +176,15 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         .ok_or_else(|| AppError::bad_input("no file has been uploaded to uploadUrl yet"))?;
     let checked = if stored == declared {
         let bytes = app.storage.read_all(&key).await?;
-        Target::resolve(
-            &app.collections,
-            &pending.owner_type,
-            pending.owner_id.as_deref(),
-        )
-        .and_then(|target| {
-            let draft = Draft {
-                filename: &pending.filename,
-                declared_type: Some(&pending.content_type),
-                sha256: Some(&pending.sha256),
-                bytes,
-            };
-            ValidUpload::check(target, draft, app.config.limits.max_upload_bytes)
-        })
+        let draft = Draft {
+            owner_type: &pending.owner_type,
+            owner_id: pending.owner_id.as_deref(),
+            filename: &pending.filename,
+            declared_type: Some(&pending.content_type),
+            sha256: Some(&pending.sha256),
+        };
+        let max = app.config.limits.max_upload_bytes;
+        ValidUpload::parse(&app.collections, draft, async { Ok(bytes) }, max).await
     } else {
         Err(AppError::bad_input(format!(
             "the uploaded file has {stored} bytes, not the declared {declared}"

@@ -8,6 +8,7 @@ pub mod direct;
 pub mod migrate;
 pub mod sweep;
 pub mod upload;
+pub mod urls;
 
 use std::ops::Range;
 

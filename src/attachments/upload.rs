@@ -95,18 +95,36 @@ pub struct ValidUpload {
     pub bytes: Bytes,
 }
 
-/// A file as a client sent it, already decoded, before the checks of SPEC 4.
+/// What a client says of a file besides its bytes, before the checks of SPEC 4.
 pub struct Draft<'a> {
+    pub owner_type: &'a str,
+    pub owner_id: Option<&'a str>,
     pub filename: &'a str,
     pub declared_type: Option<&'a str>,
     pub sha256: Option<&'a str>,
-    pub bytes: Bytes,
 }
 
 impl ValidUpload {
+    /// SPEC 4 in order, the one parse of every upload path (base64, batch, multipart,
+    /// direct): the owner, then the bytes (decoded or read only once the owner is
+    /// known to be valid), then [`ValidUpload::check`].
+    pub async fn parse(
+        collections: &Collections,
+        draft: Draft<'_>,
+        bytes: impl Future<Output = AppResult<Bytes>>,
+        max_upload_bytes: u64,
+    ) -> AppResult<Self> {
+        let target = Target::resolve(collections, draft.owner_type, draft.owner_id)?;
+        Self::check(target, &draft, bytes.await?, max_upload_bytes)
+    }
+
     /// Size, type, declared type and checksum, in that order.
-    pub fn check(target: Target, draft: Draft<'_>, max_upload_bytes: u64) -> AppResult<Self> {
-        let bytes = draft.bytes;
+    fn check(
+        target: Target,
+        draft: &Draft<'_>,
+        bytes: Bytes,
+        max_upload_bytes: u64,
+    ) -> AppResult<Self> {
         if bytes.is_empty() {
             return Err(AppError::bad_input("the file is empty"));
         }

@@ -141,7 +141,7 @@ pub struct Backup {
 /// memory) into `backups/<name>`; a failed snapshot leaves no object behind.
 pub async fn create(database: &Database, storage: &Storage) -> Result<Backup, BackupError> {
     let name = BackupName::new(chrono::Utc::now(), database.engine());
-    let key = StorageKey::backup(&name);
+    let key = name.key();
     let body = match &database.kind {
         Kind::Sqlite(file) => sqlite::dump(&database.config, file).await?.left_stream(),
         Kind::Postgres(target) => target.dump()?.right_stream(),
@@ -188,7 +188,7 @@ pub async fn prune(storage: &Storage, keep: usize) -> Result<Vec<Backup>, Backup
     let removed = backups.split_off(keep.min(backups.len()));
     for backup in &removed {
         storage
-            .delete(&StorageKey::backup(&backup.name))
+            .delete(&backup.name.key())
             .await
             .map_err(BackupError::Storage)?;
     }
@@ -218,7 +218,7 @@ impl<'a> Restore<'a> {
             });
         }
         let size = storage
-            .size(&StorageKey::backup(&name))
+            .size(&name.key())
             .await
             .map_err(BackupError::Storage)?
             .ok_or_else(|| BackupError::NotFound(name.clone()))?;
@@ -243,7 +243,7 @@ impl<'a> Restore<'a> {
     /// Replaces the whole database with the backup; returns how many attachment
     /// rows it now holds.
     pub async fn run(self, storage: &Storage) -> Result<i64, BackupError> {
-        let key = StorageKey::backup(&self.backup.name);
+        let key = self.backup.name.key();
         match &self.database.kind {
             Kind::Sqlite(file) => sqlite::restore(file, storage, &key).await?,
             Kind::Postgres(target) => {

@@ -70,6 +70,11 @@ impl BackupName {
         self.taken
     }
 
+    /// Where this backup is stored: `backups/<name>`.
+    pub fn key(&self) -> StorageKey {
+        StorageKey::backup(&self.to_string())
+    }
+
     pub fn engine(&self) -> Engine {
         self.engine
     }

@@ -76,7 +76,7 @@ async fn create(target: &Target, keep: Option<u16>) -> anyhow::Result<()> {
     eprintln!(
         "backed up {database} into {}/{} ({})",
         storage.location(),
-        StorageKey::backup(&backup.name),
+        backup.name.key(),
         indicatif::HumanBytes(backup.size)
     );
     println!("{}", backup.name);

@@ -1,6 +1,6 @@
 //! `attache serve`: bind, build the app, migrate, probe storage, then serve until
-//! SIGTERM or Ctrl-C, with the events dispatcher and the periodic maintenance beside
-//! the HTTP server. Without a JWT key it prints a development token.
+//! SIGTERM or Ctrl-C, with the background workers (`workers`) beside the HTTP server.
+//! Without a JWT key it prints a development token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::{Config, StorageBackend};
-use crate::events::Dispatcher;
 use crate::ids::SafeId;
 
 #[derive(Args)]
@@ -47,18 +46,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             app.public_base_url
         );
     }
-    tokio::spawn(crate::maintenance::run_forever(
-        app.clone(),
-        crate::maintenance::PERIOD,
-    ));
     let shutdown = CancellationToken::new();
-    let migration = tokio::spawn(crate::attachments::migrate::run_in_background(
-        app.clone(),
-        shutdown.clone(),
-    ));
-    let dispatcher = Dispatcher::new(app.clone())
-        .context("WEBHOOK_URLS")?
-        .map(|dispatcher| tokio::spawn(dispatcher.run(shutdown.clone())));
+    let workers = crate::workers::spawn(&app, &shutdown).context("WEBHOOK_URLS")?;
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -69,11 +58,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(url = %format!("{}/graphql", app.public_base_url), "attache is listening");
     let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
     crate::http::serve(listener, app, shutdown.cancelled_owned()).await?;
-    if let Some(dispatcher) = dispatcher {
-        dispatcher.await.context("the events dispatcher")?;
-    }
-    if tokio::time::timeout(grace, migration).await.is_err() {
-        tracing::warn!("the storage migration did not stop in time; the next start goes on");
+    let stopped = futures::future::join_all(workers);
+    if tokio::time::timeout(grace, stopped).await.is_err() {
+        tracing::warn!("background work did not stop in time; the next start goes on");
     }
     tracing::info!("attache stopped");
     Ok(())

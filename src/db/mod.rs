@@ -287,6 +287,22 @@ pub fn sqlite_folder(file: &Path) -> &Path {
     }
 }
 
+/// The pool's size and idle connections, for the metrics.
+pub fn pool_usage(db: &DatabaseConnection) -> (u32, usize) {
+    use sea_orm::DatabaseConnectionType as Pool;
+    match &db.inner {
+        Pool::SqlxSqlitePoolConnection(_) => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        Pool::SqlxPostgresPoolConnection(_) => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => (0, 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

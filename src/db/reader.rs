@@ -2,7 +2,7 @@
 //! holds its connections outside sqlx's pool, because the pool pings every
 //! connection it gets back (one more round trip to the connection's thread after
 //! each query) and spawns a task to do it: without them a listing serves half as
-//! many requests again (README, "Benchmarks"). A connection goes back to the reader only
+//! many requests again (docs/performance.md). A connection goes back to the reader only
 //! when its query has finished; one whose query was cut off (a client that went
 //! away) is closed with the future that held it, never reused half-read. On
 //! PostgreSQL, where a connection can break, the pool serves reads and checks them.

@@ -1,12 +1,11 @@
 //! Events (SPEC 10): every stored or deleted file is written to `outbox_events` in
 //! the transaction of its attachment row ([`record`]), with one `webhook_deliveries`
-//! record per receiver of `WEBHOOK_URLS`. The [`Dispatcher`] beside the HTTP server
+//! record per receiver of `WEBHOOK_URLS`. The dispatcher (`workers::dispatcher`) beside the HTTP server
 //! claims due deliveries, signs them the Standard Webhooks way and retries with
 //! backoff; [`admin`] lists, retries and prunes them.
 
 pub mod admin;
 mod backoff;
-mod dispatch;
 mod signing;
 
 use std::collections::HashMap;
@@ -25,7 +24,6 @@ use uuid::Uuid;
 
 use crate::config::{ConfigError, EventsConfig};
 pub use backoff::Backoff;
-pub use dispatch::{DispatchError, Dispatcher};
 pub use signing::WebhookSecret;
 
 /// The events settings, checked: receivers, signing key and delivery timings.
@@ -144,7 +142,7 @@ impl From<&attachment::Model> for EventData {
 }
 
 /// The events of `deliveries`, by `seq`.
-async fn events_by_seq<C: ConnectionTrait>(
+pub(crate) async fn events_by_seq<C: ConnectionTrait>(
     db: &C,
     deliveries: &[webhook_delivery::Model],
 ) -> Result<HashMap<i64, outbox_event::Model>, DbErr> {

@@ -21,6 +21,10 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
+/// The key sizes the Standard Webhooks convention accepts.
+const MIN_KEY_BYTES: usize = 24;
+const MAX_KEY_BYTES: usize = 64;
+
 impl WebhookSecret {
     /// `whsec_` followed by the base64 of the key; the error never echoes the value.
     pub fn parse(secret: &str) -> Result<Self, ConfigError> {
@@ -32,8 +36,16 @@ impl WebhookSecret {
         };
         let encoded = secret.trim().strip_prefix("whsec_").ok_or_else(malformed)?;
         let key = STANDARD.decode(encoded).map_err(|_| malformed())?;
-        if key.is_empty() {
-            return Err(malformed());
+        if !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key.len()) {
+            return Err(ConfigError::new(
+                "WEBHOOK_SECRET",
+                format!(
+                    "its key has {} bytes; the Standard Webhooks convention asks for \
+                     {MIN_KEY_BYTES} to {MAX_KEY_BYTES} (`whsec_` + the base64 of \
+                     `openssl rand 32`)",
+                    key.len()
+                ),
+            ));
         }
         Ok(Self { key })
     }

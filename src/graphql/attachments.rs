@@ -14,6 +14,7 @@ use entity::attachment;
 use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
+use crate::attachments::urls;
 use crate::attachments::{self, Draft, Target, ValidUpload, direct, upload};
 use crate::auth::{Access, Principal};
 use crate::error::{AppError, AppResult};
@@ -21,7 +22,6 @@ use crate::graphql::bounds::FileCount;
 use crate::graphql::context::{app, principal};
 use crate::graphql::large_strings;
 use crate::ids::SafeId;
-use crate::urls;
 
 /// Largest page of `attachments`.
 const MAX_PAGE: i32 = 100;
@@ -230,16 +230,22 @@ pub struct HttpHeader {
 
 impl UploadAttachmentInput {
     /// SPEC 4 in order: owner type, base64, then the checks of [`ValidUpload::check`].
-    fn validate(self, ctx: &Context<'_>, app: &App) -> AppResult<ValidUpload> {
-        let target = Target::resolve(&app.collections, &self.owner_type, self.owner_id.as_deref())?;
-        let bytes = large_strings::decode(ctx, &self.base64, upload::decode_base64)?;
+    async fn validate(self, ctx: &Context<'_>, app: &App) -> AppResult<ValidUpload> {
         let draft = Draft {
+            owner_type: &self.owner_type,
+            owner_id: self.owner_id.as_deref(),
             filename: &self.filename,
             declared_type: self.content_type.as_deref(),
             sha256: self.sha256.as_deref(),
-            bytes,
         };
-        ValidUpload::check(target, draft, app.config.limits.max_upload_bytes)
+        let bytes = async { large_strings::decode(ctx, &self.base64, upload::decode_base64) };
+        ValidUpload::parse(
+            &app.collections,
+            draft,
+            bytes,
+            app.config.limits.max_upload_bytes,
+        )
+        .await
     }
 }
 
@@ -265,7 +271,7 @@ impl AttachmentMutation {
     ) -> async_graphql::Result<Attachment> {
         let principal = principal(ctx, Access::Write)?;
         let app = app(ctx)?;
-        let upload = input.validate(ctx, app).extend()?;
+        let upload = input.validate(ctx, app).await.extend()?;
         store_one(app, principal, upload).await
     }
 
@@ -279,7 +285,7 @@ impl AttachmentMutation {
         let app = app(ctx)?;
         let mut uploads = Vec::with_capacity(input.len());
         for (index, file) in input.into_iter().enumerate() {
-            let upload = file.validate(ctx, app).map_err(|err| {
+            let upload = file.validate(ctx, app).await.map_err(|err| {
                 let mut error = err.extend().extend_with(|_, ext| ext.set("index", index));
                 error.message = format!("file {index}: {}", error.message);
                 error
@@ -304,24 +310,19 @@ impl AttachmentMutation {
             .file
             .value(ctx)
             .map_err(|_| AppError::bad_input("the file part is missing").extend())?;
-        let target = Target::resolve(
-            &app.collections,
-            &input.owner_type,
-            input.owner_id.as_deref(),
-        )
-        .extend()?;
-        let size = file.size().unwrap_or(0);
-        let bytes = read_part(file.content, size, app.config.limits.max_upload_bytes)
-            .await
-            .extend()?;
+        let max = app.config.limits.max_upload_bytes;
         let draft = Draft {
+            owner_type: &input.owner_type,
+            owner_id: input.owner_id.as_deref(),
             filename: &file.filename,
             declared_type: file.content_type.as_deref(),
             sha256: input.sha256.as_deref(),
-            bytes,
         };
-        let upload =
-            ValidUpload::check(target, draft, app.config.limits.max_upload_bytes).extend()?;
+        let size = file.size().unwrap_or(0);
+        let bytes = read_part(file.content, size, max);
+        let upload = ValidUpload::parse(&app.collections, draft, bytes, max)
+            .await
+            .extend()?;
         store_one(app, principal, upload).await
     }
 

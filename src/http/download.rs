@@ -138,11 +138,72 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
     }
 }
 
+/// `If-None-Match`'s weak comparison (RFC 9110 §13.1.2): `W/` is ignored.
 fn etag_matches(header_value: &str, etag: &str) -> bool {
     header_value
         .split(',')
         .map(|tag| tag.trim().trim_start_matches("W/"))
         .any(|tag| tag == "*" || tag == etag)
+}
+
+/// `If-Match`'s strong comparison (RFC 9110 §13.1.1): a weak tag never matches.
+fn etag_matches_strongly(header_value: &str, etag: &str) -> bool {
+    header_value
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag == etag)
+}
+
+/// An HTTP date (IMF-fixdate, the only form attache sends); `None` for any other
+/// text, which RFC 9110 says to ignore.
+fn http_date(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::NaiveDateTime::parse_from_str(text.trim(), HTTP_DATE)
+        .ok()
+        .map(|date| date.and_utc())
+}
+
+const HTTP_DATE: &str = "%a, %d %b %Y %H:%M:%S GMT";
+
+/// The outcome of a request's preconditions, evaluated in RFC 9110 §13.2.2's order.
+enum Precondition {
+    Proceed,
+    NotModified,
+    Failed,
+}
+
+fn preconditions(
+    request: &HeaderMap,
+    method: &Method,
+    etag: &str,
+    modified: chrono::DateTime<chrono::Utc>,
+) -> Precondition {
+    let text = |name: header::HeaderName| request.get(name).and_then(|value| value.to_str().ok());
+    // Dates have a one-second resolution: the stored time is compared at that.
+    let modified = modified.timestamp();
+    if let Some(value) = text(header::IF_MATCH) {
+        if !etag_matches_strongly(value, etag) {
+            return Precondition::Failed;
+        }
+    } else if let Some(since) = text(header::IF_UNMODIFIED_SINCE).and_then(http_date)
+        && modified > since.timestamp()
+    {
+        return Precondition::Failed;
+    }
+    let safe = method == Method::GET || method == Method::HEAD;
+    if let Some(value) = text(header::IF_NONE_MATCH) {
+        if etag_matches(value, etag) {
+            return match safe {
+                true => Precondition::NotModified,
+                false => Precondition::Failed,
+            };
+        }
+    } else if safe
+        && let Some(since) = text(header::IF_MODIFIED_SINCE).and_then(http_date)
+        && modified <= since.timestamp()
+    {
+        return Precondition::NotModified;
+    }
+    Precondition::Proceed
 }
 
 async fn respond(
@@ -164,18 +225,26 @@ async fn respond(
         .header(header::ACCEPT_RANGES, "bytes")
         .header(
             header::LAST_MODIFIED,
-            row.created_at
-                .format("%a, %d %b %Y %H:%M:%S GMT")
-                .to_string(),
+            row.created_at.format(HTTP_DATE).to_string(),
         );
+    match preconditions(request, method, &etag, row.created_at) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            return build(response.status(StatusCode::NOT_MODIFIED), Body::empty());
+        }
+        Precondition::Failed => {
+            return build(
+                response.status(StatusCode::PRECONDITION_FAILED),
+                Body::empty(),
+            );
+        }
+    }
     let header_text =
         |name: header::HeaderName| request.get(name).and_then(|value| value.to_str().ok());
-    if header_text(header::IF_NONE_MATCH).is_some_and(|value| etag_matches(value, &etag)) {
-        return build(response.status(StatusCode::NOT_MODIFIED), Body::empty());
-    }
     let range_applies = header_text(header::IF_RANGE).is_none_or(|value| value.trim() == etag);
+    // Range applies to GET alone (RFC 9110 §14.2): HEAD answers as a full GET would.
     let range = match header_text(header::RANGE) {
-        Some(value) if range_applies => parse_range(value, size),
+        Some(value) if range_applies && method == Method::GET => parse_range(value, size),
         _ => RangeRequest::Full,
     };
     let (status, range) = match range {

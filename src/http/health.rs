@@ -13,13 +13,21 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
+/// The Prometheus text, after reading the figures measured at scrape time: the
+/// database pool and the outbox backlog.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let (size, idle) = crate::db::pool_usage(&state.app.db);
+    crate::telemetry::db_pool(size, idle);
+    match crate::events::backlog(&state.app.db).await {
+        Ok(pending) => crate::telemetry::outbox_backlog(pending),
+        Err(err) => tracing::warn!(error = %err, "cannot count the outbox backlog"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::telemetry::render(&state.app).await,
+        crate::telemetry::render(),
     )
 }
 

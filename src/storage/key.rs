@@ -5,7 +5,6 @@ use std::fmt;
 
 use uuid::Uuid;
 
-use crate::backup::BackupName;
 use crate::ids::SafeId;
 use crate::media::MediaType;
 
@@ -139,7 +138,7 @@ impl StorageKey {
     pub const BACKUPS: &str = "backups/";
 
     /// The key of a database backup: `backups/<name>`.
-    pub fn backup(name: &BackupName) -> Self {
+    pub fn backup(name: &str) -> Self {
         Self(format!("{}{name}", Self::BACKUPS))
     }
 

@@ -2,7 +2,11 @@
 //! overwriting), stream a range of it, delete it, probe the backend. The database
 //! keeps only relative keys, so every key is valid on every backend (SPEC 8).
 
+mod copy;
+mod fs_write;
 mod key;
+mod local;
+mod probe;
 
 use std::time::Duration;
 
@@ -10,7 +14,12 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use opendal::Operator;
 
+pub use copy::{CopyError, Digest};
+pub use fs_write::FILE_ALIGNMENT;
+use fs_write::{INLINE_WRITE_UP_TO, write_new_file};
 pub use key::{KeyTemplate, StorageKey};
+pub use local::LocalFile;
+pub use probe::PROBE_TIMEOUT;
 
 use crate::config::{AddressingStyle, ConfigError, StorageBackend, StorageConfig};
 
@@ -30,50 +39,6 @@ pub enum StreamWriteError {
 pub struct PresignedPut {
     pub url: String,
     pub headers: Vec<(String, String)>,
-}
-
-/// Why an object was not copied from one store to another, and which side failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CopyError {
-    #[error("reading the source failed: {0}")]
-    Source(#[source] opendal::Error),
-    #[error("writing the destination failed: {0}")]
-    Destination(#[source] opendal::Error),
-}
-
-/// The size and sha256 of an object's bytes, as read back from a store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Digest {
-    pub size: u64,
-    pub sha256: String,
-}
-
-/// The size and sha256 of bytes read chunk by chunk.
-#[derive(Default)]
-struct Digesting {
-    hasher: sha2::Sha256,
-    size: u64,
-}
-
-impl Digesting {
-    fn update(&mut self, chunk: &[u8]) {
-        use sha2::Digest as _;
-        self.size += chunk.len() as u64;
-        self.hasher.update(chunk);
-    }
-
-    fn finish(self) -> Digest {
-        use sha2::Digest as _;
-        Digest {
-            size: self.size,
-            sha256: hex::encode(self.hasher.finalize()),
-        }
-    }
-}
-
-/// A broken read stream as an OpenDAL error.
-fn read_failed(err: std::io::Error) -> opendal::Error {
-    opendal::Error::new(opendal::ErrorKind::Unexpected, "reading an object failed").set_source(err)
 }
 
 /// A stored object as a listing sees it.
@@ -106,12 +71,6 @@ const COPY_CHUNK: usize = 8 * 1024 * 1024;
 
 /// The most bytes one fs read of a download holds (see [`Storage::stream`]).
 const READ_CHUNK: usize = 128 * 1024;
-
-/// The type of probe objects, which also proves presigned GETs can override it.
-const PROBE_CONTENT_TYPE: &str = "text/plain";
-
-/// How long the startup probe may take before the bucket counts as unreachable.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Storage {
     /// Builds the operator from configuration; [`Storage::check`] then proves it works.
@@ -218,6 +177,14 @@ impl Storage {
         self.backend
     }
 
+    /// The backend as the metrics name it.
+    pub fn backend_label(&self) -> &'static str {
+        match self.backend {
+            StorageBackend::Fs => "fs",
+            StorageBackend::S3 => "s3",
+        }
+    }
+
     /// Where the objects live, for people and audit rows; never carries credentials.
     pub fn location(&self) -> &str {
         &self.location
@@ -260,7 +227,8 @@ impl Storage {
     }
 
     /// Runs one storage operation and records its latency and failure in the
-    /// metrics; a missing object is an answer, not a failure.
+    /// metrics; a missing object or a refused conditional write is an answer, not a
+    /// failure.
     async fn observed<T>(
         &self,
         operation: &'static str,
@@ -268,14 +236,16 @@ impl Storage {
     ) -> opendal::Result<T> {
         let started = std::time::Instant::now();
         let result = work.await;
-        let ok = result
-            .as_ref()
-            .map_or_else(|err| err.kind() == opendal::ErrorKind::NotFound, |_| true);
-        let backend = match self.backend {
-            StorageBackend::Fs => "fs",
-            StorageBackend::S3 => "s3",
-        };
-        crate::telemetry::storage_operation(backend, operation, started.elapsed(), ok);
+        let ok = result.as_ref().map_or_else(
+            |err| {
+                matches!(
+                    err.kind(),
+                    opendal::ErrorKind::NotFound | opendal::ErrorKind::ConditionNotMatch
+                )
+            },
+            |_| true,
+        );
+        crate::telemetry::storage_operation(self.backend_label(), operation, started.elapsed(), ok);
         result
     }
 
@@ -466,59 +436,6 @@ impl Storage {
         .await
     }
 
-    /// The size and sha256 of a stored object, read as a stream; `None` when there is
-    /// no such object.
-    pub async fn digest(&self, key: &StorageKey) -> opendal::Result<Option<Digest>> {
-        let mut stream = match self.stream(key, opendal::BytesRange::from(..)).await {
-            Ok(stream) => stream,
-            Err(err) if err.kind() == opendal::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        let mut digest = Digesting::default();
-        while let Some(chunk) = stream.next().await {
-            digest.update(&chunk.map_err(read_failed)?);
-        }
-        Ok(Some(digest.finish()))
-    }
-
-    /// Copies `key` from `source` into this store as a stream, replacing what is
-    /// there, and returns the digest of the bytes read from the source.
-    pub async fn copy_from(
-        &self,
-        source: &Storage,
-        key: &StorageKey,
-        content_type: &str,
-    ) -> Result<Digest, CopyError> {
-        let mut stream = source
-            .stream(key, opendal::BytesRange::from(..))
-            .await
-            .map_err(CopyError::Source)?;
-        let mut writer = self
-            .operator
-            .writer_with(key.as_str())
-            .content_type(content_type)
-            .chunk(COPY_CHUNK)
-            .await
-            .map_err(CopyError::Destination)?;
-        let mut digest = Digesting::default();
-        while let Some(chunk) = stream.next().await {
-            let written = match chunk {
-                Ok(chunk) => {
-                    digest.update(&chunk);
-                    writer.write(chunk).await.map_err(CopyError::Destination)
-                }
-                Err(err) => Err(CopyError::Source(read_failed(err))),
-            };
-            if let Err(err) = written {
-                // The bucket keeps what was there before an aborted multipart upload.
-                let _ = writer.abort().await;
-                return Err(err);
-            }
-        }
-        writer.close().await.map_err(CopyError::Destination)?;
-        Ok(digest.finish())
-    }
-
     /// Every object of the store (directories left out), in no particular order.
     pub async fn list(
         &self,
@@ -553,351 +470,5 @@ impl Storage {
     pub async fn delete(&self, key: &StorageKey) -> opendal::Result<()> {
         self.observed("delete", self.operator.delete(key.as_str()))
             .await
-    }
-
-    /// A cheap liveness check of the backend (a list, no write). On fs the root
-    /// folder itself must still be there: listing a vanished folder finds nothing,
-    /// which is not an error to OpenDAL.
-    pub async fn ping(&self) -> opendal::Result<()> {
-        if let Some(root) = &self.fs_root
-            && !tokio::fs::metadata(root)
-                .await
-                .is_ok_and(|meta| meta.is_dir())
-        {
-            return Err(opendal::Error::new(
-                opendal::ErrorKind::NotFound,
-                "the storage folder is gone",
-            ));
-        }
-        self.observed("list", self.operator.check()).await
-    }
-
-    /// The startup probe: a failure becomes one line naming the variable to fix,
-    /// within [`PROBE_TIMEOUT`] rather than at the first upload.
-    pub async fn startup_check(&self, config: &StorageConfig) -> Result<(), ConfigError> {
-        self.probe(config, true).await
-    }
-
-    /// Like [`Storage::startup_check`]; without `write`, only lists (writes nothing).
-    pub async fn probe(&self, config: &StorageConfig, write: bool) -> Result<(), ConfigError> {
-        let checked = async {
-            match write {
-                true => self.check().await,
-                false => self.ping().await,
-            }
-        };
-        let failure = match tokio::time::timeout(PROBE_TIMEOUT, checked).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => err,
-            Err(_) => opendal::Error::new(opendal::ErrorKind::Unexpected, "no answer in time"),
-        };
-        let (variable, reason) = match (self.backend, failure.kind()) {
-            (StorageBackend::Fs, _) => ("STORAGE_ROOT", "the folder cannot be written and read"),
-            (StorageBackend::S3, opendal::ErrorKind::PermissionDenied) => (
-                "S3_ACCESS_KEY / S3_SECRET_KEY",
-                "the bucket refused these credentials",
-            ),
-            (
-                StorageBackend::S3,
-                opendal::ErrorKind::NotFound | opendal::ErrorKind::ConfigInvalid,
-            ) => ("S3_BUCKET_NAME", "no such bucket"),
-            (StorageBackend::S3, _) if config.s3_endpoint_url.is_some() => (
-                "S3_ENDPOINT_URL",
-                "the endpoint cannot be reached or answers errors",
-            ),
-            (StorageBackend::S3, _) => ("S3_BUCKET_NAME", "the bucket cannot be reached"),
-        };
-        Err(ConfigError::new(
-            variable,
-            format!("storage probe failed: {reason} ({})", failure.kind()),
-        ))
-    }
-
-    /// Writes, reads back and deletes a probe object: the proof that storage answers.
-    pub async fn check(&self) -> opendal::Result<()> {
-        self.check_steps()
-            .await
-            .into_iter()
-            .try_for_each(|(_, result)| result)
-    }
-
-    /// Each step of the probe and its outcome, for `attache storage check`: list the
-    /// root (a missing bucket shows here), then write, read, stat and delete a probe
-    /// object. After a failed list or write, the later steps are not tried.
-    pub async fn check_steps(&self) -> Vec<(&'static str, opendal::Result<()>)> {
-        let listed = self.ping().await;
-        if listed.is_err() {
-            return vec![("list", listed)];
-        }
-        let probe = StorageKey::probe();
-        let payload = Bytes::from_static(b"attache storage probe");
-        let written = self
-            .put_new(&probe, payload.clone(), PROBE_CONTENT_TYPE)
-            .await;
-        if written.is_err() {
-            return vec![("list", Ok(())), ("write", written)];
-        }
-        let conditional = self.conditional_write(&probe, payload.clone()).await;
-        let read = self.read_all(&probe).await.and_then(|read| {
-            if read == payload {
-                Ok(())
-            } else {
-                Err(opendal::Error::new(
-                    opendal::ErrorKind::Unexpected,
-                    "read back differs from what was written",
-                ))
-            }
-        });
-        let stat = self.size(&probe).await.and_then(|size| match size {
-            Some(size) if size == payload.len() as u64 => Ok(()),
-            _ => Err(opendal::Error::new(
-                opendal::ErrorKind::Unexpected,
-                "stat gives another size",
-            )),
-        });
-        let presigned = self.presigned_round_trip(&payload).await;
-        let deleted = self.delete(&probe).await;
-        vec![
-            ("list", Ok(())),
-            ("write", Ok(())),
-            ("conditional write", conditional),
-            ("read", read),
-            ("stat", stat),
-            ("presigned PUT/GET", presigned),
-            ("delete", deleted),
-        ]
-    }
-
-    /// Writes `probe` again with `If-None-Match: *`: a store that overwrites is said
-    /// in the log, not refused, as attache does not depend on it (direct uploads go
-    /// to staging keys; every stored key is a new UUID no client can write to).
-    async fn conditional_write(&self, probe: &StorageKey, payload: Bytes) -> opendal::Result<()> {
-        match self.put_new(probe, payload, PROBE_CONTENT_TYPE).await {
-            Err(err) if err.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(()),
-            Err(err) => Err(err),
-            Ok(()) => {
-                tracing::warn!(
-                    location = %self.location,
-                    "this store ignores If-None-Match: * (an existing object was overwritten); \
-                     attache does not rely on it"
-                );
-                Ok(())
-            }
-        }
-    }
-
-    /// On S3, PUTs a second probe object through a presigned URL and GETs it back
-    /// through another, as a browser would (signed for the endpoint attache talks
-    /// to, which it can reach): signatures, clock, region, the signed headers and the
-    /// response overrides must all be right. The second object is removed.
-    async fn presigned_round_trip(&self, payload: &Bytes) -> opendal::Result<()> {
-        if self.backend == StorageBackend::Fs {
-            return Ok(());
-        }
-        let probe = StorageKey::probe();
-        let sent = self.presigned_put_then_get(&probe, payload).await;
-        let removed = self.delete(&probe).await;
-        sent.and(removed)
-    }
-
-    async fn presigned_put_then_get(
-        &self,
-        probe: &StorageKey,
-        payload: &Bytes,
-    ) -> opendal::Result<()> {
-        let failed = |message: String| opendal::Error::new(opendal::ErrorKind::Unexpected, message);
-        let client = reqwest::Client::new();
-        let options = opendal::options::WriteOptions {
-            content_type: Some(PROBE_CONTENT_TYPE.to_owned()),
-            if_not_exists: true,
-            ..Default::default()
-        };
-        let put = self
-            .operator
-            .presign_write_options(probe.as_str(), PROBE_TIMEOUT, options)
-            .await?;
-        let mut request = client
-            .put(put.uri().to_string())
-            .timeout(PROBE_TIMEOUT)
-            .body(payload.clone());
-        for (name, value) in put.header() {
-            request = request.header(name.as_str(), value.as_bytes());
-        }
-        let response = request.send().await.map_err(|err| {
-            failed(format!(
-                "the presigned PUT cannot be sent: {}",
-                err.without_url()
-            ))
-        })?;
-        if !response.status().is_success() {
-            return Err(failed(format!(
-                "the presigned PUT answered {} (a clock, region or signature problem?)",
-                response.status()
-            )));
-        }
-        let get = self
-            .operator
-            .presign_read_with(probe.as_str(), PROBE_TIMEOUT)
-            .override_content_type(PROBE_CONTENT_TYPE)
-            .await?;
-        let response = client
-            .get(get.uri().to_string())
-            .timeout(PROBE_TIMEOUT)
-            .send()
-            .await
-            .map_err(|err| {
-                failed(format!(
-                    "the presigned GET cannot be sent: {}",
-                    err.without_url()
-                ))
-            })?;
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let body = response.bytes().await.map_err(|err| {
-            failed(format!(
-                "the presigned GET broke off: {}",
-                err.without_url()
-            ))
-        })?;
-        if !status.is_success() || body != *payload {
-            return Err(failed(format!(
-                "the presigned GET answered {status} or other bytes than were PUT"
-            )));
-        }
-        if content_type.as_deref() != Some(PROBE_CONTENT_TYPE) {
-            return Err(failed(format!(
-                "the presigned GET ignored response-content-type (answered {content_type:?})"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Streams a whole object into `file` without holding it in memory.
-    pub async fn download_to(
-        &self,
-        key: &StorageKey,
-        file: &mut tokio::fs::File,
-    ) -> std::io::Result<()> {
-        let stream = self
-            .stream(key, opendal::BytesRange::from(..))
-            .await
-            .map_err(std::io::Error::other)?;
-        let mut reader = tokio_util::io::StreamReader::new(stream);
-        tokio::io::copy(&mut reader, file).await?;
-        tokio::io::AsyncWriteExt::flush(file).await
-    }
-
-    /// A real filesystem path to an object, for tools that need one (scanners,
-    /// converters): the file itself on fs, a temporary copy removed on drop on s3.
-    pub async fn local_path(&self, key: &StorageKey) -> std::io::Result<LocalFile> {
-        if let Some(root) = &self.fs_root {
-            let path = root.join(key.as_str());
-            tokio::fs::metadata(&path).await?;
-            return Ok(LocalFile { path, _copy: None });
-        }
-        let copy = tempfile::NamedTempFile::new()?.into_temp_path();
-        let mut file = tokio::fs::File::create(&copy).await?;
-        self.download_to(key, &mut file).await?;
-        Ok(LocalFile {
-            path: copy.to_path_buf(),
-            _copy: Some(copy),
-        })
-    }
-}
-
-/// A new file on fs in one trip to the blocking pool, where OpenDAL's writer takes
-/// six and always syncs (0.3 to 1 ms an upload). `create_new` (O_EXCL) keeps the
-/// never-overwrite rule. Without `sync` the file survives a crash of the process
-/// (the kernel holds it); with it, also a power loss. A failed write leaves no file.
-fn write_new_file(path: &std::path::Path, bytes: &[u8], sync: bool) -> opendal::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let folder = path.parent().unwrap_or(path);
-    std::fs::create_dir_all(folder).map_err(io_error)?;
-    let file = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_error)?;
-    let direct = write_direct(path, bytes);
-    let written = file
-        .write_all_at(&bytes[direct..], direct as u64)
-        .and_then(|()| match sync {
-            true => file
-                .sync_data()
-                .and_then(|()| std::fs::File::open(folder)?.sync_all()),
-            false => Ok(()),
-        });
-    if let Err(err) = written {
-        let _ = std::fs::remove_file(path);
-        return Err(io_error(err));
-    }
-    Ok(())
-}
-
-/// Up to this size an unsynced file is written where the request runs: a few
-/// page-cache writes take microseconds, less than the trip to the blocking pool and
-/// back (two thread switches).
-const INLINE_WRITE_UP_TO: usize = 64 * 1024;
-
-/// Where an upload's bytes should start in memory: a page boundary, so that
-/// [`Storage::put_new`] can hand them to the disk without a copy (`O_DIRECT`).
-pub const FILE_ALIGNMENT: usize = 4096;
-
-/// Large files go to the disk without passing through the page cache (`O_DIRECT`,
-/// as MinIO writes objects): a burst of uploads neither evicts what is read often
-/// nor pays for filling fresh cache pages, four times the cost of the write on a VM.
-const DIRECT_WRITE_FROM: usize = 256 * 1024;
-
-/// Writes the block-aligned head of `bytes` to the new file at `path` with
-/// `O_DIRECT`, when the buffer starts on a page (see `decode_base64`) and the
-/// filesystem allows it; how many bytes it wrote, the rest is for a buffered write.
-#[cfg(target_os = "linux")]
-fn write_direct(path: &std::path::Path, bytes: &[u8]) -> usize {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let head = bytes.len() - bytes.len() % FILE_ALIGNMENT;
-    if bytes.len() < DIRECT_WRITE_FROM || bytes.as_ptr().align_offset(FILE_ALIGNMENT) != 0 {
-        return 0;
-    }
-    let written = std::fs::File::options()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .and_then(|mut file| file.write_all(&bytes[..head]));
-    // A filesystem without O_DIRECT (tmpfs) or a short write: the buffered write
-    // starts again from the beginning.
-    written.map_or(0, |()| head)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn write_direct(_path: &std::path::Path, _bytes: &[u8]) -> usize {
-    0
-}
-
-/// An I/O error as OpenDAL would report it; an existing file is a failed condition.
-fn io_error(err: std::io::Error) -> opendal::Error {
-    let kind = match err.kind() {
-        std::io::ErrorKind::AlreadyExists => opendal::ErrorKind::ConditionNotMatch,
-        std::io::ErrorKind::NotFound => opendal::ErrorKind::NotFound,
-        std::io::ErrorKind::PermissionDenied => opendal::ErrorKind::PermissionDenied,
-        _ => opendal::ErrorKind::Unexpected,
-    };
-    opendal::Error::new(kind, "writing a file failed").set_source(err)
-}
-
-/// A path on the local filesystem holding an object's bytes; a temporary copy is
-/// removed when this is dropped.
-pub struct LocalFile {
-    path: std::path::PathBuf,
-    _copy: Option<tempfile::TempPath>,
-}
-
-impl LocalFile {
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
     }
 }

@@ -17,6 +17,13 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
         ("--webhook-secret", "whsec_not*base64", "WEBHOOK_SECRET"),
         ("--webhook-secret", "c2VjcmV0LWtleQ==", "WEBHOOK_SECRET"),
         (
+            "--webhook-secret",
+            "whsec_c2VjcmV0LWtleQ==",
+            "WEBHOOK_SECRET",
+        ),
+        ("--jwt-secret", "too-short-a-secret", "JWT_SECRET"),
+        ("--signing-key", "too-short-a-key", "SIGNING_KEY"),
+        (
             "--webhook-urls",
             "http://127.0.0.1:9/hooks",
             "WEBHOOK_SECRET",
@@ -41,7 +48,7 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "{flag}: {}",
             errors[0]
         );
-        if flag == "--webhook-secret" {
+        if matches!(flag, "--webhook-secret" | "--jwt-secret" | "--signing-key") {
             assert!(
                 !stderr.contains(value),
                 "the secret is not echoed: {stderr}"

@@ -351,6 +351,110 @@ async fn refused_links_and_tokens_answer_401_403_404(setup: Setup) {
     assert_eq!(bad_id.status(), 404);
 }
 
+/// A request's name, its headers and the status it must get.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+
+/// RFC 9110's preconditions in §13.2.2's order, and Range on GET alone.
+async fn conditional_requests_follow_rfc_9110(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let content = pdf();
+    let att = app
+        .upload(&bearer, &content, "contract", Some("c-1"), "a.pdf")
+        .await;
+    let route = app.url(&format!(
+        "/api/attachments/{}/download",
+        att["id"].as_str().expect("id")
+    ));
+    let first = app
+        .client
+        .get(&route)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET");
+    let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    let modified = first.headers()["last-modified"]
+        .to_str()
+        .expect("last-modified")
+        .to_owned();
+    let earlier = "Mon, 01 Jan 2001 00:00:00 GMT";
+    let later = "Fri, 01 Jan 2100 00:00:00 GMT";
+    let weak = format!("W/{etag}");
+    let cases: Vec<Case> = vec![
+        (
+            "If-Match, another tag",
+            vec![("if-match", "\"other\"")],
+            412,
+        ),
+        ("If-Match, its tag", vec![("if-match", &etag)], 200),
+        ("If-Match, its tag weak", vec![("if-match", &weak)], 412),
+        ("If-Match, any", vec![("if-match", "*")], 200),
+        (
+            "If-Unmodified-Since, earlier",
+            vec![("if-unmodified-since", earlier)],
+            412,
+        ),
+        (
+            "If-Unmodified-Since, later",
+            vec![("if-unmodified-since", later)],
+            200,
+        ),
+        (
+            "If-Match wins over If-Unmodified-Since",
+            vec![("if-match", &etag), ("if-unmodified-since", earlier)],
+            200,
+        ),
+        (
+            "If-Modified-Since, its date",
+            vec![("if-modified-since", &modified)],
+            304,
+        ),
+        (
+            "If-Modified-Since, earlier",
+            vec![("if-modified-since", earlier)],
+            200,
+        ),
+        (
+            "If-None-Match, its tag",
+            vec![("if-none-match", &etag)],
+            304,
+        ),
+        (
+            "If-None-Match wins over If-Modified-Since",
+            vec![("if-none-match", "\"other\""), ("if-modified-since", later)],
+            200,
+        ),
+        (
+            "If-Modified-Since, not a date",
+            vec![("if-modified-since", "yesterday")],
+            200,
+        ),
+        ("Range on GET", vec![("range", "bytes=0-3")], 206),
+    ];
+    for (case, headers, expected) in cases {
+        let mut request = app.client.get(&route).bearer_auth(&bearer);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let status = request.send().await.expect("GET").status().as_u16();
+        assert_eq!(status, expected, "{case}");
+    }
+    let head = app
+        .client
+        .head(&route)
+        .bearer_auth(&bearer)
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 200, "Range applies to GET only");
+    assert_eq!(
+        head.headers()["content-length"].to_str().expect("length"),
+        content.len().to_string()
+    );
+}
+
 async fn delete_removes_row_and_file(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let acme = tenant();
@@ -582,5 +686,6 @@ crate::matrix!(
     the_bearer_route_follows_every_header_rule,
     refused_links_and_tokens_answer_401_403_404,
     delete_removes_row_and_file,
+    conditional_requests_follow_rfc_9110,
 );
 crate::matrix!(garage: the_bearer_route_follows_every_header_rule, delete_removes_row_and_file);

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use attache::events::admin::{self, DeliveryView};
+use axum::response::IntoResponse;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use entity::webhook_delivery::DeliveryStatus;
@@ -46,6 +47,10 @@ enum Answer {
     HangFirst,
     /// 200 after a pause.
     Slow(Duration),
+    /// HTTP 410 Gone, always.
+    Gone,
+    /// HTTP 503 with `Retry-After: n` to the first attempt of every event, then 200.
+    RetryAfterFirst(u64),
 }
 
 /// One request as the receiver saw it.
@@ -160,7 +165,7 @@ async fn receive(
     axum::extract::State(state): axum::extract::State<Arc<ReceiverState>>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> axum::http::StatusCode {
+) -> axum::response::Response {
     let header = |name: &str| {
         headers
             .get(name)
@@ -177,7 +182,7 @@ async fn receive(
             &header("webhook-signature"),
             &body,
         );
-    let (status, pause) = {
+    let (status, pause, retry_after) = {
         let mut log = state.log.lock().expect("lock");
         let earlier = log.iter().filter(|seen| seen.id == id).count();
         let (status, pause) = match *state.answer.lock().expect("lock") {
@@ -189,6 +194,13 @@ async fn receive(
             Answer::HangFirst if log.is_empty() => (0, None),
             Answer::HangFirst => (200, None),
             Answer::Slow(pause) => (200, Some(pause)),
+            Answer::Gone => (410, None),
+            Answer::RetryAfterFirst(_) if earlier > 0 => (200, None),
+            Answer::RetryAfterFirst(_) => (503, None),
+        };
+        let retry_after = match *state.answer.lock().expect("lock") {
+            Answer::RetryAfterFirst(seconds) if status == 503 => Some(seconds.to_string()),
+            _ => None,
         };
         log.push(Received {
             id,
@@ -197,7 +209,7 @@ async fn receive(
             status,
             verified,
         });
-        (status, pause)
+        (status, pause, retry_after)
     };
     if status == 0 {
         std::future::pending::<()>().await;
@@ -205,7 +217,11 @@ async fn receive(
     if let Some(pause) = pause {
         tokio::time::sleep(pause).await;
     }
-    axum::http::StatusCode::from_u16(status).expect("status")
+    let status = axum::http::StatusCode::from_u16(status).expect("status");
+    match retry_after {
+        Some(seconds) => (status, [(axum::http::header::RETRY_AFTER, seconds)]).into_response(),
+        None => status.into_response(),
+    }
 }
 
 /// The Standard Webhooks check: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`
@@ -886,7 +902,7 @@ async fn periodic_work_runs_on_one_replica_at_a_time(setup: Setup) {
     let name = format!("test-{}", tenant());
     let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let ttl = Duration::from_millis(300);
-    let acquire = |holder| attache::maintenance::acquire(db, &name, holder, ttl);
+    let acquire = |holder| attache::workers::maintenance::acquire(db, &name, holder, ttl);
     assert!(acquire(first).await.expect("lease"), "a free lease");
     assert!(!acquire(second).await.expect("lease"), "held by the first");
     assert!(
@@ -924,7 +940,7 @@ impl Replica {
                 .args(&args)
                 .env_clear()
                 .env("NO_COLOR", "1")
-                .env("RUST_LOG", "info,attache::events=debug")
+                .env("RUST_LOG", "info,attache::workers=debug")
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -1267,7 +1283,71 @@ async fn replicas_starting_together_migrate_one_after_another(_setup: Setup) {
 }
 
 crate::matrix!(every_store_path_emits_its_event_with_every_field);
+/// Standard Webhooks' status codes: 410 Gone ends a delivery at once as `failed`;
+/// a 503's `Retry-After` sets the next attempt instead of the backoff.
+async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer::Gone);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = private_database_url(setup.db, dir.path()).await;
+    let app = spawn_delivering(
+        setup,
+        &[receiver.url()],
+        &[
+            "--webhook-backoff-base-ms",
+            "60000",
+            "--webhook-backoff-max-seconds",
+            "120",
+            "--database-url",
+            &database,
+        ],
+    )
+    .await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    app.upload(&bearer, &pdf(), "contract", Some("c-1"), "gone.pdf")
+        .await;
+    let failed = wait_for_deliveries(&app.app.db, &acme, "a failed delivery", |deliveries| {
+        deliveries.len() == 1 && deliveries[0].status == DeliveryStatus::Failed
+    })
+    .await;
+    assert_eq!(failed[0].attempts, 1, "410 is not retried");
+    assert!(
+        failed[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("410"),
+        "{:?}",
+        failed[0].last_error
+    );
+
+    receiver.answer(Answer::RetryAfterFirst(1));
+    let other = tenant();
+    app.upload(
+        &app.token(&other),
+        &pdf(),
+        "contract",
+        Some("c-1"),
+        "later.pdf",
+    )
+    .await;
+    wait_for_deliveries(&app.app.db, &other, "a delivery", |deliveries| {
+        deliveries.len() == 1 && deliveries[0].status == DeliveryStatus::Delivered
+    })
+    .await;
+    let received = receiver.received();
+    let attempts: Vec<&Received> = received.iter().filter(|r| r.status != 410).collect();
+    assert_eq!(attempts.len(), 2, "one 503, then the delivery");
+    let waited = attempts[1].at - attempts[0].at;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(30),
+        "Retry-After: 1 instead of a 60 s backoff: {waited:?}"
+    );
+}
+
 crate::matrix!(db:
+    gone_ends_a_delivery_and_retry_after_is_honoured,
     a_failing_receiver_is_retried_with_backoff_and_in_order,
     a_receiver_down_during_uploads_gets_everything_later,
     a_dead_receiver_holds_back_no_other,

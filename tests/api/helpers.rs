@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use attache::app::App;
 use attache::config::Config;
-use attache::events::Dispatcher;
+use attache::workers::Dispatcher;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
@@ -52,21 +52,34 @@ impl Setup {
                 std::env::var_os("CI").is_none(),
                 "CI is set but TEST_DATABASE_URL is not: PostgreSQL tests must not skip in CI"
             );
-            eprintln!("SKIPPED: PostgreSQL test, because TEST_DATABASE_URL is not set");
+            say("SKIPPED: a PostgreSQL test, because TEST_DATABASE_URL is not set");
             return None;
+        }
+        if db == Db::Postgres {
+            static ANNOUNCED: std::sync::Once = std::sync::Once::new();
+            ANNOUNCED.call_once(|| {
+                say("PostgreSQL: the postgres cells run against TEST_DATABASE_URL");
+            });
         }
         if store == Store::Garage && !garage_installed() {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "CI is set but Garage is not installed: Garage tests must not skip in CI"
             );
-            eprintln!(
-                "SKIPPED: Garage test, because `garage` is not installed (tests/garage/README.md)"
+            say(
+                "SKIPPED: a Garage test, because `garage` is not installed (tests/garage/README.md)",
             );
             return None;
         }
         Some(Self { db, store })
     }
+}
+
+/// A line on the test run's own stderr, past libtest's capture of `eprintln!`, so
+/// that `cargo test` shows it whether the test passes or not.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Whether the `garage` binary is on PATH or in ~/.cargo/bin (tests/garage/start.sh
@@ -359,14 +372,47 @@ pub async fn database_url(db: Db, dir: &Path) -> String {
 }
 
 /// One PostgreSQL database per test run, created fresh; tests keep apart by tenant.
+/// Every database of the run is dropped once the run's process ends.
 async fn postgres_database() -> &'static String {
     static URL: OnceCell<String> = OnceCell::const_new();
     URL.get_or_init(|| async {
         let admin = postgres_admin().await;
         drop_previous_databases(&admin).await;
+        drop_this_runs_databases_at_exit();
         create_postgres_database(&admin).await
     })
     .await
+}
+
+/// A watcher process that waits for this test process to end, then drops every
+/// database it made (`attache_test_<pid>_*`): no test database outlives its run,
+/// however the run ends. `.ci/run` checks that none is left.
+fn drop_this_runs_databases_at_exit() {
+    let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let script = r#"
+        while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
+        psql "$2" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'attache\_test\_$1\_%'" |
+        while read -r name; do
+            psql "$2" -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1
+        done
+    "#;
+    let watcher = std::process::Command::new("sh")
+        .args([
+            "-c",
+            script,
+            "sh",
+            &std::process::id().to_string(),
+            &admin_url,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(err) = watcher {
+        say(&format!(
+            "cannot start the watcher that drops this run's test databases: {err}"
+        ));
+    }
 }
 
 pub async fn postgres_admin() -> sea_orm::DatabaseConnection {
@@ -830,7 +876,7 @@ impl Served {
                 std::env::var_os("CI").is_none(),
                 "CI is set but the tests do not run as root: the ramfs test must not skip in CI"
             );
-            eprintln!("SKIPPED: ramfs storage test, because mounting needs root");
+            say("SKIPPED: the ramfs storage test, because mounting needs root");
             return None;
         }
         Some(Self::launch(extra, true).await)

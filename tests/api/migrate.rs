@@ -364,7 +364,7 @@ async fn automatic_migration_serves_every_file_before_during_and_after(setup: Se
             "not yet copied: a signed link to the route: {url}"
         );
     }
-    let migration = tokio::spawn(attache::attachments::migrate::run_in_background(
+    let migration = tokio::spawn(attache::workers::migration::run(
         on_s3.app.clone(),
         tokio_util::sync::CancellationToken::new(),
     ));
@@ -600,7 +600,7 @@ crate::matrix!(
     automatic_migration_serves_every_file_before_during_and_after,
 );
 crate::matrix!(once: serve_runs_the_automatic_migration);
-// SQLite: one process owns the database (README), so only PostgreSQL runs two.
+// SQLite: one process owns the database (docs/operations.md), so only PostgreSQL runs two.
 crate::matrix!(postgres: two_migrations_at_once_copy_each_file_once);
 crate::matrix!(
     a_lost_object_is_a_clear_404_not_a_truncated_200,

@@ -298,6 +298,59 @@ crate::matrix!(
     a_request_id_is_returned_and_a_bad_one_replaced,
     readyz_answers_503_while_draining,
 );
-crate::matrix!(once: a_full_run_logs_request_ids_and_no_secret, sigterm_lets_a_large_upload_finish);
+/// A fresh server's `/metrics`: `# HELP` and `# TYPE` on every family (what
+/// `promtool check metrics` asks), and every series without labels, the storage
+/// errors and the webhook outcomes there at zero before anything happened.
+async fn every_family_is_described_and_present_from_the_start(_: Setup) {
+    let served = Served::start(&[]).await;
+    let text = http_client()
+        .get(format!("{}/metrics", served.base))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    let described = |kind: &str, family: &str| {
+        text.lines()
+            .any(|line| line.starts_with(&format!("# {kind} {family} ")))
+    };
+    for line in text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| described("TYPE", base))
+            })
+            .unwrap_or(name);
+        assert!(
+            described("HELP", family) && described("TYPE", family),
+            "{family}: {text}"
+        );
+    }
+    for series in [
+        "attache_upload_bytes_total 0",
+        "attache_outbox_backlog 0",
+        "attache_storage_migration_files_left 0",
+        "attache_storage_errors_total{backend=\"fs\",operation=\"write\"} 0",
+        "attache_webhook_attempts_total{outcome=\"failed\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|line| line == series),
+            "{series} in {text}"
+        );
+    }
+    assert!(Scrape::parse(&text).is_ok());
+}
+
+crate::matrix!(
+    once: a_full_run_logs_request_ids_and_no_secret,
+    sigterm_lets_a_large_upload_finish,
+    every_family_is_described_and_present_from_the_start,
+);
 
 crate::matrix!(db: readyz_fails_when_the_storage_folder_vanishes);

@@ -250,13 +250,14 @@ async fn presigned_urls_name_the_public_endpoint(setup: Setup) {
     );
 }
 
-/// Every provider block of README's S3 section, read as `attache serve` reads its
+/// Every provider block of docs/deployment.md, read as `attache serve` reads its
 /// environment: each variable a real setting, each value accepted, the preset's
 /// region and addressing style as the block's comment says.
 #[test]
-fn readme_provider_blocks_are_valid_settings() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+fn deployment_provider_blocks_are_valid_settings() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deployment.md"))
+            .expect("docs/deployment.md");
     let mut providers = Vec::new();
     for block in readme.split("```sh provider=").skip(1) {
         let (name, rest) = block.split_once('\n').expect("a block");

@@ -10,7 +10,7 @@ use crate::helpers::{
     UPLOAD, announce_and_put, codes, data, declaration, fetch, pdf, put_to, s3_flags, sha256_hex,
     tenant,
 };
-use crate::helpers::{private_database_url, run_attache};
+use crate::helpers::{SECRET, private_database_url, run_attache};
 
 async fn objects_are_never_overwritten(setup: Setup) {
     let app = TestApp::spawn(setup).await;
@@ -335,7 +335,7 @@ async fn bad_bucket_settings_fail_fast_in_one_line(_setup: Setup) {
             "--listen-addr".to_owned(),
             "127.0.0.1:0".to_owned(),
             "--jwt-secret".to_owned(),
-            "s".to_owned(),
+            SECRET.to_owned(),
         ]);
         let mut flags = s3_flags(&s3.endpoint);
         for (flag, value) in overrides {

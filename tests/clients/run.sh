@@ -57,7 +57,7 @@ else
   summary+=("ok      0.0 s  npm ci (node_modules up to date)")
 fi
 
-# 2. Codegen from the checked-in SDL, then tsc over src/ (the README example and the
+# 2. Codegen from the checked-in SDL, then tsc over src/ (the example of docs/api.md and the
 #    codegen-typed client); tsc also writes build/, which the suite imports.
 rm -rf generated build
 step "graphql-codegen (schema: ${ATTACHE_SCHEMA:-schema.graphql})" node_modules/.bin/graphql-codegen --config codegen.ts

@@ -1,4 +1,4 @@
-// Apollo Client (current major) against a real attache server: the README's example
+// Apollo Client (current major) against a real attache server: the example of docs/api.md
 // (src/attach.ts, compiled to build/), batch uploads, cursor pagination with fetchMore,
 // downloads, deletion and the typed errors of refused uploads.
 import assert from "node:assert/strict";
@@ -60,7 +60,7 @@ async function refusal(promise) {
   return error.errors;
 }
 
-describe("README example (src/attach.ts)", () => {
+describe("docs/api.md example (src/attach.ts)", () => {
   it("uploads a File as base64 and returns a url that opens without headers", async () => {
     const contract = ownerId("readme");
     const bytes = pdf("Signed contract");

@@ -1,5 +1,5 @@
-//! The dispatcher, beside the HTTP server: claims due deliveries, POSTs each signed
-//! event to its receiver and records the outcome.
+//! The events dispatcher, beside the HTTP server: claims due deliveries, POSTs each
+//! signed event to its receiver and records the outcome.
 //!
 //! A claim is one statement that marks due records with a fresh token and a lease
 //! (`claimed_until`); on PostgreSQL its inner select takes the rows `FOR UPDATE SKIP
@@ -28,9 +28,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{EventData, WebhookSecret, events_by_seq, later, redact_url};
 use crate::app::SharedApp;
 use crate::error::AppError;
+use crate::events::{EventData, WebhookSecret, events_by_seq, later, redact_url};
 
 /// Deliveries in flight to one receiver at once: enough to keep a fast receiver busy,
 /// few enough that one that hangs cannot tie up the process.
@@ -64,8 +64,22 @@ enum AttemptError {
     /// Without its URL, which may carry a token.
     #[error("{}", chain(.0))]
     Transport(reqwest::Error),
+    /// With the wait its `Retry-After` asks for (on 429 and 503).
     #[error("the receiver answered HTTP {0}")]
-    Status(reqwest::StatusCode),
+    Status(reqwest::StatusCode, Option<Duration>),
+    /// 410: the receiver asks for no more deliveries; the delivery fails at once.
+    #[error("the receiver answered HTTP 410 Gone: it takes no more deliveries")]
+    Gone,
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110 §10.2.3).
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::NaiveDateTime::parse_from_str(value, "%a, %d %b %Y %H:%M:%S GMT").ok()?;
+    (at.and_utc() - Utc::now()).to_std().ok()
 }
 
 /// An error and its causes on one line.
@@ -286,10 +300,20 @@ impl Dispatcher {
             })?;
         let status = response.status();
         if status.is_success() {
-            Ok(())
-        } else {
-            Err(AttemptError::Status(status))
+            return Ok(());
         }
+        if status == reqwest::StatusCode::GONE {
+            return Err(AttemptError::Gone);
+        }
+        let asked = matches!(
+            status,
+            reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE
+        )
+        .then(|| response.headers().get(reqwest::header::RETRY_AFTER))
+        .flatten()
+        .and_then(|value| value.to_str().ok())
+        .and_then(retry_after);
+        Err(AttemptError::Status(status, asked))
     }
 
     /// The signed body: the stored `data`, plus for `file.stored` a `url` made now.
@@ -297,9 +321,10 @@ impl Dispatcher {
         let mut data: EventData = serde_json::from_str(&event.payload)?;
         if event.event_type == EventType::Stored {
             let row = data.attachment(&event.storage_key, event.created_at);
-            let url = crate::urls::browser_url(&self.app, &row, self.app.config.url_ttl())
-                .await
-                .map_err(AttemptError::Url)?;
+            let url =
+                crate::attachments::urls::browser_url(&self.app, &row, self.app.config.url_ttl())
+                    .await
+                    .map_err(AttemptError::Url)?;
             data.url = Some(url);
         }
         let body = Body {
@@ -339,14 +364,18 @@ impl Dispatcher {
             }
             Err(reason) => {
                 let failures = u32::try_from(attempts).unwrap_or(u32::MAX);
-                if failures >= webhooks.max_attempts {
+                if failures >= webhooks.max_attempts || matches!(reason, AttemptError::Gone) {
                     crate::telemetry::webhook_attempt("failed");
                     tracing::error!(event = %claimed.event.id, %receiver, attempts, error = %reason,
                         "webhook delivery failed for good; `attache events retry` sends it again");
                     update.status = Set(DeliveryStatus::Failed);
                 } else {
                     crate::telemetry::webhook_attempt("retry");
-                    let delay = webhooks.backoff.delay(failures, rand::random());
+                    // The receiver's own Retry-After, within the backoff's longest wait.
+                    let delay = match reason {
+                        AttemptError::Status(_, Some(asked)) => asked.min(webhooks.backoff.max),
+                        _ => webhooks.backoff.delay(failures, rand::random()),
+                    };
                     tracing::warn!(event = %claimed.event.id, %receiver, attempts, error = %reason,
                         retry_in_ms = delay.as_millis(), "webhook delivery failed; retrying");
                     update.next_attempt_at = Set(later(now, delay));
@@ -434,7 +463,7 @@ fn claim_statement(
 
 impl EventData {
     /// The attachment as it was when the event was written: what
-    /// [`crate::urls::browser_url`] needs to link to it, even once the row is gone.
+    /// [`crate::attachments::urls::browser_url`] needs to link to it, even once the row is gone.
     fn attachment(
         &self,
         storage_key: &str,

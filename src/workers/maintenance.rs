@@ -10,6 +10,7 @@ use chrono::Utc;
 use entity::worker_lease;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
@@ -20,13 +21,16 @@ pub const PERIOD: Duration = Duration::from_secs(60);
 
 const LEASE: &str = "maintenance";
 
-/// Every `period` until the process stops: one pass, when this replica holds the lease.
-pub async fn run_forever(app: SharedApp, period: Duration) {
+/// Every [`PERIOD`] until `shutdown`: one pass, when this replica holds the lease.
+pub async fn run(app: SharedApp, shutdown: CancellationToken) {
     let holder = Uuid::new_v4();
-    let mut ticker = tokio::time::interval(period);
+    let mut ticker = tokio::time::interval(PERIOD);
     loop {
-        ticker.tick().await;
-        match acquire(&app.db, LEASE, holder, period).await {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match acquire(&app.db, LEASE, holder, PERIOD).await {
             Ok(true) => pass(&app).await,
             Ok(false) => tracing::debug!("another replica holds the maintenance lease"),
             Err(err) => tracing::warn!(error = %err, "cannot take the maintenance lease"),

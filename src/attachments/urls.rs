@@ -86,7 +86,7 @@ async fn in_bucket(app: &App, row: &attachment::Model) -> AppResult<bool> {
     if app.local_fallback.is_none() || app.migration_done.load(Ordering::Relaxed) {
         return Ok(true);
     }
-    Ok(crate::attachments::migrate::is_migrated(&app.db, &row.storage_key).await?)
+    Ok(super::migrate::is_migrated(&app.db, &row.storage_key).await?)
 }
 
 /// attache's own signed upload route, for direct uploads on fs.

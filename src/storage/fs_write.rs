@@ -1,0 +1,86 @@
+//! The fs write path of new objects: one `create_new` (O_EXCL) file, written with
+//! O_DIRECT where the filesystem takes it, synced when `FSYNC_FILES` asks.
+
+/// A new file on fs in one trip to the blocking pool, where OpenDAL's writer takes
+/// six and always syncs (0.3 to 1 ms an upload). `create_new` (O_EXCL) keeps the
+/// never-overwrite rule. Without `sync` the file survives a crash of the process
+/// (the kernel holds it); with it, also a power loss. A failed write leaves no file.
+pub(super) fn write_new_file(
+    path: &std::path::Path,
+    bytes: &[u8],
+    sync: bool,
+) -> opendal::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let folder = path.parent().unwrap_or(path);
+    std::fs::create_dir_all(folder).map_err(io_error)?;
+    let file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_error)?;
+    let direct = write_direct(path, bytes);
+    let written = file
+        .write_all_at(&bytes[direct..], direct as u64)
+        .and_then(|()| match sync {
+            true => file
+                .sync_data()
+                .and_then(|()| std::fs::File::open(folder)?.sync_all()),
+            false => Ok(()),
+        });
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(io_error(err));
+    }
+    Ok(())
+}
+
+/// Up to this size an unsynced file is written where the request runs: a few
+/// page-cache writes take microseconds, less than the trip to the blocking pool and
+/// back (two thread switches).
+pub(super) const INLINE_WRITE_UP_TO: usize = 64 * 1024;
+
+/// Where an upload's bytes should start in memory: a page boundary, so that
+/// [`Storage::put_new`] can hand them to the disk without a copy (`O_DIRECT`).
+pub const FILE_ALIGNMENT: usize = 4096;
+
+/// Large files go to the disk without passing through the page cache (`O_DIRECT`,
+/// as MinIO writes objects): a burst of uploads neither evicts what is read often
+/// nor pays for filling fresh cache pages, four times the cost of the write on a VM.
+const DIRECT_WRITE_FROM: usize = 256 * 1024;
+
+/// Writes the block-aligned head of `bytes` to the new file at `path` with
+/// `O_DIRECT`, when the buffer starts on a page (see `decode_base64`) and the
+/// filesystem allows it; how many bytes it wrote, the rest is for a buffered write.
+#[cfg(target_os = "linux")]
+fn write_direct(path: &std::path::Path, bytes: &[u8]) -> usize {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let head = bytes.len() - bytes.len() % FILE_ALIGNMENT;
+    if bytes.len() < DIRECT_WRITE_FROM || bytes.as_ptr().align_offset(FILE_ALIGNMENT) != 0 {
+        return 0;
+    }
+    let written = std::fs::File::options()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .and_then(|mut file| file.write_all(&bytes[..head]));
+    // A filesystem without O_DIRECT (tmpfs) or a short write: the buffered write
+    // starts again from the beginning.
+    written.map_or(0, |()| head)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_direct(_path: &std::path::Path, _bytes: &[u8]) -> usize {
+    0
+}
+
+/// An I/O error as OpenDAL would report it; an existing file is a failed condition.
+fn io_error(err: std::io::Error) -> opendal::Error {
+    let kind = match err.kind() {
+        std::io::ErrorKind::AlreadyExists => opendal::ErrorKind::ConditionNotMatch,
+        std::io::ErrorKind::NotFound => opendal::ErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => opendal::ErrorKind::PermissionDenied,
+        _ => opendal::ErrorKind::Unexpected,
+    };
+    opendal::Error::new(kind, "writing a file failed").set_source(err)
+}
