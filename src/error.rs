@@ -16,6 +16,9 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     BadUserInput(String),
+    /// A query text that is not GraphQL: a request error, like Apollo Server's.
+    #[error("{0}")]
+    GraphqlParse(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -55,6 +58,7 @@ impl AppError {
             Self::Forbidden(_) => "FORBIDDEN",
             Self::NotFound(_) | Self::ObjectMissing(_) => "NOT_FOUND",
             Self::BadUserInput(_) => "BAD_USER_INPUT",
+            Self::GraphqlParse(_) => "GRAPHQL_PARSE_FAILED",
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Self::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
@@ -69,7 +73,7 @@ impl AppError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::ObjectMissing(_) => StatusCode::NOT_FOUND,
-            Self::BadUserInput(_) => StatusCode::BAD_REQUEST,
+            Self::BadUserInput(_) | Self::GraphqlParse(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ChecksumMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,

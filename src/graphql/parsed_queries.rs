@@ -32,8 +32,7 @@ impl ParsedQueries {
     /// Bounds the whole batch, then gives every request its parsed query: the batch
     /// length, each text before it is parsed, each document before it is validated,
     /// and the complexity and the files of the operations that would run, summed
-    /// over the batch. A query that does not parse is left to the executor, which
-    /// reports it.
+    /// over the batch. A query that does not parse is a request error.
     pub fn prepare(
         &self,
         batch: &mut BatchRequest,
@@ -53,9 +52,7 @@ impl ParsedQueries {
         }
         let (mut complexity, mut expanded, mut files) = (0u64, 0u64, 0u64);
         for request in batch.iter_mut() {
-            let Some(parsed) = self.parsed(&request.query, limits)? else {
-                continue;
-            };
+            let parsed = self.parsed(&request.query, limits)?;
             expanded = expanded.saturating_add(parsed.shape.expanded);
             let most = u64::from(limits.max_expanded_fields);
             if expanded > most {
@@ -99,18 +96,16 @@ impl ParsedQueries {
         Ok(())
     }
 
-    /// The bounded, parsed and measured document of `query`, kept or made now;
-    /// `None` when it does not parse.
-    fn parsed(&self, query: &str, limits: &QueryLimits) -> Result<Option<Arc<Parsed>>, AppError> {
+    /// The bounded, parsed and measured document of `query`, kept or made now.
+    fn parsed(&self, query: &str, limits: &QueryLimits) -> Result<Arc<Parsed>, AppError> {
         let keep = query.len() <= LONGEST_KEPT;
         if keep && let Some(parsed) = self.kept().and_then(|kept| kept.get(query).cloned()) {
-            return Ok(Some(parsed));
+            return Ok(parsed);
         }
         bounds::scan(query, limits)?;
         // Parsed outside the lock, which other requests need meanwhile.
-        let Ok(document) = async_graphql::parser::parse_query(query) else {
-            return Ok(None);
-        };
+        let document = async_graphql::parser::parse_query(query)
+            .map_err(|err| AppError::GraphqlParse(format!("the query is not GraphQL: {err}")))?;
         let shape = bounds::measure(&document, limits)?;
         let parsed = Arc::new(Parsed { document, shape });
         if keep && let Some(mut kept) = self.kept() {
@@ -119,7 +114,7 @@ impl ParsedQueries {
             }
             kept.insert(query.to_owned(), parsed.clone());
         }
-        Ok(Some(parsed))
+        Ok(parsed)
     }
 
     /// The kept documents; `None` (parse again) if a panic poisoned the lock.

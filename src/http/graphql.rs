@@ -5,7 +5,6 @@
 
 use async_graphql::http::MultipartOptions;
 use async_graphql::{BatchRequest, ParseRequestError};
-use async_graphql_axum::GraphQLResponse;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +16,7 @@ use crate::auth::Principal;
 use crate::config::ConnectionLimits;
 use crate::error::AppError;
 use crate::http::AppState;
+use crate::http::graphql_response::Answer;
 use crate::http::slow_body::{is_too_slow, paced};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
@@ -31,19 +31,25 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     if request.method() == Method::GET && wants_html(headers) && request.uri().query().is_none() {
         return crate::http::playground::page_with(state.app.dev_minter.as_ref());
     }
+    let answer = Answer::from_headers(headers);
     if needs_preflight_header(request.method(), headers) {
-        let refused = (
-            StatusCode::BAD_REQUEST,
+        let err = AppError::bad_input(
             "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF). \
              Send a non-empty `apollo-require-preflight` or `x-apollo-operation-name` header, \
-             or use the content type application/json.\n",
+             or use the content type application/json.",
         );
-        return refused_early(request, refused.into_response()).await;
+        return refused_early(request, err.into_response()).await;
     }
     let principal = match authenticate(&state, headers) {
         Ok(principal) => principal,
-        Err(err) => return refused_early(request, refused_request(&err)).await,
+        Err(err) => return refused_early(request, answer.refusal(&err)).await,
     };
+    if request.method() == Method::POST && !is_graphql_body(headers) {
+        let err = AppError::UnsupportedMediaType(
+            "a GraphQL request body is application/json (or multipart/form-data for files)".into(),
+        );
+        return refused_early(request, err.into_response()).await;
+    }
     let limit = state.app.config.limits.request_bytes();
     let length = content_length(headers);
     if length.is_some_and(|length| length > limit) {
@@ -75,10 +81,18 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         Ok(Err(response)) => return *response,
         Err(_) => return body_too_slow("the request body was not received in time"),
     };
+    if batch
+        .iter_mut()
+        .any(|request| request.query.trim().is_empty())
+    {
+        let err =
+            AppError::bad_input("the request has no `query`: send the GraphQL document in it");
+        return answer.malformed(&err);
+    }
     let limits = &state.app.config.query_limits;
     let max_files = state.app.config.limits.max_batch_files;
     if let Err(err) = state.parsed_queries.prepare(&mut batch, limits, max_files) {
-        return refused_request(&err);
+        return answer.refusal(&err);
     }
     if is_get && is_mutation(&mut batch) {
         let refused = (
@@ -95,13 +109,22 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     crate::graphql::large_strings::move_out(&mut batch);
     let response = state.schema.execute_batch(batch.data(principal)).await;
     count_operations(&names, &response);
-    let mut response = GraphQLResponse::from(response).into_response();
-    // Apollo's convention: GraphQL errors travel as HTTP 200 with application/json.
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    answer.executed(response)
+}
+
+/// Whether a POST's content type is one a GraphQL request comes in: JSON (any
+/// `+json` too) or multipart (GraphQL multipart request spec).
+fn is_graphql_body(headers: &HeaderMap) -> bool {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase());
+    essence.is_some_and(|essence| {
+        essence == "application/json"
+            || essence.ends_with("+json")
+            || essence == "multipart/form-data"
+    })
 }
 
 /// Each operation of the batch, by name and outcome: `OK`, or its first error's code.
@@ -142,12 +165,6 @@ fn closing(mut response: Response) -> Response {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
-}
-
-/// A request refused before it ran (no valid token, a document past its bounds): a
-/// GraphQL request error, HTTP 200 like the executor's own (SPEC 6), without `data`.
-fn refused_request(err: &AppError) -> Response {
-    axum::Json(err.graphql_body()).into_response()
 }
 
 /// A body that came too slowly: 408, and the connection closes.

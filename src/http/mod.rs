@@ -5,6 +5,7 @@
 mod connections;
 mod download;
 mod graphql;
+mod graphql_response;
 mod health;
 mod observe;
 mod playground;

@@ -131,10 +131,16 @@ async fn a_collections_file_replaces_the_built_in_ones(setup: Setup) {
         "[bad]\nkey = \"../{id}\"\nmax_bytes = 1\naccept = [\"pdf\"]\n",
     )
     .expect("write");
+    // A database and port of its own: the other cells of this test run at once.
+    let database = format!("sqlite://{}?mode=rwc", file.with_extension("db").display());
     let output = run_attache(vec![
         "serve".into(),
         "--collections-file".into(),
         path.into(),
+        "--database-url".into(),
+        database,
+        "--listen-addr".into(),
+        "127.0.0.1:0".into(),
     ])
     .await;
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -251,10 +251,63 @@ async fn cors_answers_only_the_configured_origins(setup: Setup) {
     );
 }
 
+/// GraphQL over HTTP: request errors have a code and no `data`; with
+/// `application/graphql-response+json` they are 4xx; a body that is not a GraphQL
+/// request is 400 or 415.
+async fn request_errors_follow_graphql_over_http(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let post = |body: String, content_type: &'static str, accept: &'static str| {
+        app.client
+            .post(app.url("/graphql"))
+            .bearer_auth(&bearer)
+            .header("content-type", content_type)
+            .header("accept", accept)
+            .body(body)
+    };
+    let json = "application/json";
+    let graphql_response = "application/graphql-response+json";
+    for (case, query, code) in [
+        ("parse", "{ attachment(", "GRAPHQL_PARSE_FAILED"),
+        ("validation", "{ nope }", "GRAPHQL_VALIDATION_FAILED"),
+    ] {
+        let body = json!({ "query": query }).to_string();
+        let answer = post(body.clone(), json, json).send().await.expect("POST");
+        assert_eq!(answer.status(), 200, "{case}");
+        let value: Value = answer.json().await.expect("JSON");
+        assert_eq!(codes(&value), vec![code], "{case}: {value}");
+        assert!(value.get("data").is_none(), "{case}: no data: {value}");
+        let answer = post(body, json, graphql_response)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(answer.status(), 400, "{case}");
+        assert_eq!(answer.headers()["content-type"], graphql_response, "{case}");
+    }
+    let no_query = post("{}".into(), json, json).send().await.expect("POST");
+    assert_eq!(no_query.status(), 400);
+    let xml = post("<query/>".into(), "application/xml", json)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(xml.status(), 415);
+    let fine = post(
+        json!({ "query": "{ __typename }" }).to_string(),
+        json,
+        graphql_response,
+    )
+    .send()
+    .await
+    .expect("POST");
+    assert_eq!(fine.status(), 200);
+    assert_eq!(fine.headers()["content-type"], graphql_response);
+}
+
 crate::matrix!(
     cors_answers_only_the_configured_origins,
     oversize_bodies_get_413_before_parsing,
     depth_and_complexity_are_limited,
     simple_requests_need_a_preflight_header,
     browsers_get_the_playground_and_probes_answer,
+    request_errors_follow_graphql_over_http,
 );

@@ -1,0 +1,128 @@
+//! GraphQL over HTTP's answers. `application/json` by default: GraphQL errors travel
+//! with HTTP 200, as SPEC 6 and Apollo's clients expect (413 stays 413). A client
+//! that accepts `application/graphql-response+json` gets that media type, and 4xx
+//! for request errors. A request error (a document that does not parse or validate,
+//! or one refused before it ran) has no `data` entry, and a code: what Apollo Server
+//! names `GRAPHQL_PARSE_FAILED` and `GRAPHQL_VALIDATION_FAILED`, or attache's own.
+
+use async_graphql::{BatchResponse, ServerError};
+use async_graphql_axum::GraphQLResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::AppError;
+
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+
+/// The media type of a request's answer, from its `Accept` header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Json,
+    GraphqlResponse,
+}
+
+impl Answer {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let accepts = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let refused = item.replace(' ', "").contains("q=0") && !item.contains("q=0.");
+                parts.next() == Some(GRAPHQL_RESPONSE) && !refused
+            });
+        match accepts {
+            true => Self::GraphqlResponse,
+            false => Self::Json,
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        match self {
+            Self::Json => HeaderValue::from_static("application/json"),
+            Self::GraphqlResponse => HeaderValue::from_static(GRAPHQL_RESPONSE),
+        }
+    }
+
+    /// A request refused before it ran, without `data`.
+    pub fn refusal(self, err: &AppError) -> Response {
+        let status = match (self, err) {
+            (_, AppError::PayloadTooLarge(_)) | (Self::GraphqlResponse, _) => err.status(),
+            (Self::Json, _) => StatusCode::OK,
+        };
+        self.json(status, &err.graphql_body())
+    }
+
+    /// A request that is not GraphQL over HTTP at all (no `query`): its 4xx status
+    /// whatever the media type.
+    pub fn malformed(self, err: &AppError) -> Response {
+        self.json(err.status(), &err.graphql_body())
+    }
+
+    /// What the executor answered; a request error loses its `data` and gains a code.
+    pub fn executed(self, response: BatchResponse) -> Response {
+        let failed = match &response {
+            BatchResponse::Single(response) => is_request_error(response),
+            BatchResponse::Batch(responses) => responses.iter().any(is_request_error),
+        };
+        if !failed {
+            let mut answer = GraphQLResponse::from(response).into_response();
+            answer
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, self.content_type());
+            return answer;
+        }
+        match response {
+            BatchResponse::Single(response) => {
+                let status = match self {
+                    Self::Json => StatusCode::OK,
+                    Self::GraphqlResponse => StatusCode::BAD_REQUEST,
+                };
+                self.json(status, &shaped(response))
+            }
+            BatchResponse::Batch(responses) => {
+                let shaped: Vec<serde_json::Value> = responses.into_iter().map(shaped).collect();
+                self.json(StatusCode::OK, &serde_json::Value::Array(shaped))
+            }
+        }
+    }
+
+    fn json(self, status: StatusCode, body: &serde_json::Value) -> Response {
+        let mut answer = (status, axum::Json(body)).into_response();
+        answer
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, self.content_type());
+        answer
+    }
+}
+
+/// Whether the executor refused the document itself: no data, and errors that no
+/// resolver raised (every resolver error carries a code).
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| code(error).is_none())
+}
+
+fn code(error: &ServerError) -> Option<&async_graphql::Value> {
+    error.extensions.as_ref().and_then(|ext| ext.get("code"))
+}
+
+/// A response as JSON; a request error without `data`, each error coded.
+fn shaped(response: async_graphql::Response) -> serde_json::Value {
+    if !is_request_error(&response) {
+        return serde_json::to_value(&response).unwrap_or_default();
+    }
+    let errors: Vec<serde_json::Value> = response
+        .errors
+        .into_iter()
+        .map(|error| {
+            let mut error = serde_json::to_value(&error).unwrap_or_default();
+            error["extensions"]["code"] = "GRAPHQL_VALIDATION_FAILED".into();
+            error
+        })
+        .collect();
+    serde_json::json!({ "errors": errors })
+}
