@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let cli = attache::cli::Cli::parse_or_exit();
     init_logs(cli.log_format());
+    attache::cli::Cli::warn_unknown_variables();
     match cli.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

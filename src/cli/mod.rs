@@ -93,6 +93,37 @@ impl Cli {
         }
     }
 
+    /// Warns about each environment variable that looks like one of attache's (its
+    /// prefixes) but names no setting, with the closest real name: a typo such as
+    /// `S3_BUCKET` for `S3_BUCKET_NAME` is said, not silently ignored.
+    pub fn warn_unknown_variables() {
+        use clap::CommandFactory;
+        let mut known = std::collections::BTreeSet::new();
+        let mut commands = vec![Self::command()];
+        while let Some(command) = commands.pop() {
+            known.extend(
+                command
+                    .get_arguments()
+                    .filter_map(|arg| arg.get_env())
+                    .filter_map(|env| env.to_str().map(str::to_owned)),
+            );
+            commands.extend(command.get_subcommands().cloned());
+        }
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if known.contains(name) || !OUR_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+                continue;
+            }
+            let closest = known
+                .iter()
+                .min_by_key(|real| edit_distance(name, real))
+                .map_or("", String::as_str);
+            tracing::warn!(
+                "{name} is not a setting of attache and is ignored: did you mean {closest}?"
+            );
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Serve(args) => serve::run(*args).await,
@@ -106,5 +137,63 @@ impl Cli {
             Command::Backup(args) => backup::run(args).await,
             Command::Events(args) => events::run(args).await,
         }
+    }
+}
+
+/// The prefixes of attache's variables; others (PATH, TEST_DATABASE_URL) are not its
+/// business.
+const OUR_PREFIXES: [&str; 25] = [
+    "S3_",
+    "JWT_",
+    "WEBHOOK_",
+    "MAX_",
+    "MIN_",
+    "URL_",
+    "STORAGE_",
+    "DATABASE_",
+    "SQLITE_",
+    "EVENTS_",
+    "UPLOAD_",
+    "BODY_",
+    "HEADER_",
+    "SEND_",
+    "SIGNING_",
+    "TENANT_",
+    "CORS_",
+    "PUBLIC_",
+    "LISTEN_",
+    "METRICS_",
+    "SHUTDOWN_",
+    "AUTO_MIGRATE",
+    "COLLECTIONS_",
+    "FSYNC_",
+    "LOG_FORMAT",
+];
+
+/// The Levenshtein distance between two names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn edit_distance_counts_single_changes() {
+        assert_eq!(super::edit_distance("S3_BUCKET", "S3_BUCKET_NAME"), 5);
+        assert_eq!(super::edit_distance("JWT_SECERT", "JWT_SECRET"), 2);
+        assert_eq!(super::edit_distance("SAME", "SAME"), 0);
     }
 }

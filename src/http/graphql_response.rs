@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::AppError;
+use crate::http::observe::GraphqlCodes;
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 
@@ -68,11 +69,12 @@ impl Answer {
             BatchResponse::Batch(responses) => responses.iter().any(is_request_error),
         };
         if !failed {
+            let codes = response_codes(&response);
             let mut answer = GraphQLResponse::from(response).into_response();
             answer
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, self.content_type());
-            return answer;
+            return with_codes(answer, codes);
         }
         match response {
             BatchResponse::Single(response) => {
@@ -90,11 +92,12 @@ impl Answer {
     }
 
     fn json(self, status: StatusCode, body: &serde_json::Value) -> Response {
+        let codes = body_codes(body);
         let mut answer = (status, axum::Json(body)).into_response();
         answer
             .headers_mut()
             .insert(header::CONTENT_TYPE, self.content_type());
-        answer
+        with_codes(answer, codes)
     }
 }
 
@@ -125,4 +128,44 @@ fn shaped(response: async_graphql::Response) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "errors": errors })
+}
+
+/// The codes of a response's errors, for the request's summary log line.
+fn response_codes(response: &BatchResponse) -> Vec<String> {
+    let responses = match response {
+        BatchResponse::Single(response) => std::slice::from_ref(response),
+        BatchResponse::Batch(responses) => responses.as_slice(),
+    };
+    responses
+        .iter()
+        .flat_map(|response| &response.errors)
+        .filter_map(|error| match code(error) {
+            Some(async_graphql::Value::String(code)) => Some(code.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The codes of a JSON body's `errors` (in a batch array too).
+fn body_codes(body: &serde_json::Value) -> Vec<String> {
+    let bodies = match body {
+        serde_json::Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    bodies
+        .into_iter()
+        .filter_map(|body| body["errors"].as_array())
+        .flatten()
+        .filter_map(|error| error["extensions"]["code"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn with_codes(mut response: Response, mut codes: Vec<String>) -> Response {
+    if !codes.is_empty() {
+        codes.dedup();
+        response
+            .extensions_mut()
+            .insert(GraphqlCodes(codes.join(",")));
+    }
+    response
 }

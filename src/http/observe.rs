@@ -13,6 +13,10 @@ use tracing::Instrument;
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// The GraphQL error codes of a response, set by `/graphql` for the summary line.
+#[derive(Clone)]
+pub struct GraphqlCodes(pub String);
+
 pub async fn request(request: Request, next: Next) -> Response {
     let id = crate::telemetry::request_id(
         request
@@ -31,8 +35,18 @@ pub async fn request(request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    span.in_scope(|| {
-        tracing::info!(status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request");
+    let codes = response
+        .extensions()
+        .get::<GraphqlCodes>()
+        .map(|codes| codes.0.as_str());
+    span.in_scope(|| match codes {
+        Some(codes) => tracing::info!(
+            status,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            graphql_errors = codes,
+            "request"
+        ),
+        None => tracing::info!(status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request"),
     });
     crate::telemetry::http_request(&route, method.as_str(), status, elapsed);
     if let Ok(value) = HeaderValue::from_str(&id) {

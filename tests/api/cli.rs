@@ -57,6 +57,31 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
     }
 }
 
+/// A variable that looks like attache's but names no setting is said, with the
+/// closest real name, not silently ignored.
+async fn a_mistyped_variable_is_named_with_the_closest_setting(_setup: Setup) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        .arg("schema")
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("JWT_SECERT", "a value never echoed")
+        .env("S3_BUCKET", "attachments")
+        .env("TEST_DATABASE_URL", "not ours")
+        .output()
+        .await
+        .expect("run attache schema");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("JWT_SECERT is not a setting of attache")
+            && stderr.contains("did you mean JWT_SECRET?"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean S3_BUCKET_NAME?"), "{stderr}");
+    assert!(!stderr.contains("TEST_DATABASE_URL"), "{stderr}");
+    assert!(!stderr.contains("never echoed"), "{stderr}");
+}
+
 async fn the_token_command_mints_what_the_server_accepts(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let acme = tenant();
@@ -217,7 +242,11 @@ async fn development_mode_prints_a_working_token(_setup: Setup) {
     );
 }
 
-crate::matrix!(once: a_bad_value_is_one_line_naming_its_variable, development_mode_prints_a_working_token);
+crate::matrix!(
+    once: a_bad_value_is_one_line_naming_its_variable,
+    development_mode_prints_a_working_token,
+    a_mistyped_variable_is_named_with_the_closest_setting,
+);
 crate::matrix!(
     the_token_command_mints_what_the_server_accepts,
     a_collections_file_replaces_the_built_in_ones,

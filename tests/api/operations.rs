@@ -232,6 +232,11 @@ async fn a_full_run_logs_request_ids_and_no_secret(_setup: Setup) {
         log.contains("req-full-run-1"),
         "the request id is in the log"
     );
+    assert!(
+        log.lines()
+            .any(|line| line.contains("\"graphql_errors\":\"UNAUTHENTICATED\"")),
+        "the summary line of a refused request names its GraphQL error code"
+    );
     // The receiver is logged (a failed attempt), so its token's absence below counts.
     assert!(log.contains("127.0.0.1:9/hook"), "the receiver, redacted");
     for secret in [
