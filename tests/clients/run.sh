@@ -87,11 +87,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 secret=$(node -p 'require("crypto").randomBytes(32).toString("hex")')
+# Webhooks go to a port the webhook test listens on (test/webhooks.test.mjs), signed
+# with a secret it verifies with the Standard Webhooks reference library.
+webhook_port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+webhook_secret="whsec_$(node -p 'require("crypto").randomBytes(32).toString("base64")')"
 start_server() {
   env -u PUBLIC_BASE_URL -u JWT_PUBLIC_KEY_FILE -u JWT_ISSUER -u JWT_AUDIENCE -u TENANT_CLAIM \
     -u URL_MODE -u COLLECTIONS_FILE -u CORS_ALLOWED_ORIGINS -u WEBHOOK_URLS -u AUTO_MIGRATE_STORAGE \
     -u MAX_UPLOAD_BYTES -u MAX_REQUEST_BYTES -u MAX_BATCH_FILES \
     DATABASE_URL="sqlite://$tmp/attache.db?mode=rwc" STORAGE_BACKEND=fs STORAGE_ROOT="$tmp/uploads" \
+    WEBHOOK_URLS="http://127.0.0.1:$webhook_port/hooks" WEBHOOK_SECRET="$webhook_secret" \
     LISTEN_ADDR=127.0.0.1:0 JWT_SECRET="$secret" SIGNING_KEY="$(node -p 'require("crypto").randomBytes(32).toString("hex")')" \
     "$bin" serve >"$tmp/server.log" 2>&1 &
   server_pid=$!
@@ -113,6 +118,7 @@ start_server() {
 }
 if step "attache serve (fs backend, SQLite)" start_server; then
   export ATTACHE_ORIGIN=$origin ATTACHE_JWT_SECRET=$secret
+  export ATTACHE_WEBHOOK_PORT=$webhook_port ATTACHE_WEBHOOK_SECRET=$webhook_secret
   ATTACHE_TOKEN=$(JWT_SECRET=$secret "$bin" token --tenant clients --sub client-suite --ttl 1h)
   export ATTACHE_TOKEN
 
