@@ -8,6 +8,14 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// A duration such as `7d` or `12h`; a bare `0` is none.
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" => Ok(Duration::ZERO),
+        text => humantime::parse_duration(text).map_err(|err| err.to_string()),
+    }
+}
+
 /// The shortest HMAC key accepted for client tokens and signed links: 256 bits.
 const MIN_KEY_BYTES: usize = 32;
 
@@ -371,6 +379,11 @@ pub struct Config {
     /// With s3, copy not-yet-migrated files of STORAGE_ROOT into the bucket in the background at startup.
     #[arg(long, env = "AUTO_MIGRATE_STORAGE", default_value_t = false, action = clap::ArgAction::Set)]
     pub auto_migrate_storage: bool,
+    /// How long a deleted attachment's file stays in storage, so that restoring a
+    /// backup taken before the delete brings it back whole: `7d`, `12h`. The default,
+    /// `0`, removes it with its row, as SPEC 8 says (and erasure requests need).
+    #[arg(long, env = "DELETED_FILES_RETENTION", default_value = "0", value_parser = parse_retention)]
+    pub deleted_files_retention: Duration,
     /// Seconds that requests in flight get to finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_seconds: u64,

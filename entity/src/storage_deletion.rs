@@ -14,6 +14,9 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// An upload's intent: removed only once it is older than any upload can last.
     pub intent: bool,
+    /// A deleted attachment's object is kept until then (`DELETED_FILES_RETENTION`),
+    /// so that a restored backup finds it; `None`: removed as soon as possible.
+    pub remove_after: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -130,6 +130,7 @@ async fn record_intents(app: &App, keys: &[String]) -> Result<(), sea_orm::DbErr
         attempts: sea_orm::Set(0),
         created_at: sea_orm::Set(now),
         intent: sea_orm::Set(true),
+        ..Default::default()
     });
     let insert = storage_deletion::Entity::insert_many(intents).into_query();
     app.writer
@@ -319,7 +320,17 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
         return Err(AppError::not_found());
     }
     let backend = txn.get_database_backend();
-    let mut statements = vec![removal_statement(backend, &row.storage_key)];
+    // Kept for DELETED_FILES_RETENTION, so a backup restored meanwhile finds it.
+    let retention = app.config.deleted_files_retention;
+    let remove_after = (!retention.is_zero())
+        .then(|| chrono::Duration::from_std(retention).ok())
+        .flatten()
+        .and_then(|retention| Utc::now().checked_add_signed(retention));
+    let mut statements = vec![removal_after_statement(
+        backend,
+        &row.storage_key,
+        remove_after,
+    )];
     statements.extend(events::record(
         backend,
         &app.webhooks,
@@ -328,7 +339,9 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
     )?);
     db::execute_all(&txn, statements).await?;
     txn.commit().await?;
-    remove_object(app, &row.storage_key).await;
+    if remove_after.is_none() {
+        remove_object(app, &row.storage_key).await;
+    }
     Ok(row.id)
 }
 
@@ -336,11 +349,21 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
 /// be removed once the transaction commits; [`remove_object`] or [`retry_deletions`]
 /// removes it.
 fn removal_statement(backend: DbBackend, key: &str) -> Statement {
+    removal_after_statement(backend, key, None)
+}
+
+/// Like [`removal_statement`], for an object kept until `remove_after` when given.
+fn removal_after_statement(
+    backend: DbBackend,
+    key: &str,
+    remove_after: Option<DateTime<Utc>>,
+) -> Statement {
     let entry = storage_deletion::ActiveModel {
         storage_key: sea_orm::Set(key.to_owned()),
         attempts: sea_orm::Set(0),
         created_at: sea_orm::Set(Utc::now()),
         intent: sea_orm::Set(false),
+        remove_after: sea_orm::Set(remove_after),
     };
     backend.build(&storage_deletion::Entity::insert(entry).into_query())
 }
@@ -382,11 +405,22 @@ async fn remove_object(app: &App, key: &str) -> bool {
 /// of uploads that recorded their intent before `intents_before` and never
 /// committed (younger ones may still be in flight).
 pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppResult<Vec<String>> {
+    let due = Condition::any()
+        .add(storage_deletion::Column::RemoveAfter.is_null())
+        .add(storage_deletion::Column::RemoveAfter.lt(Utc::now()));
     Ok(storage_deletion::Entity::find()
         .filter(
             Condition::any()
-                .add(storage_deletion::Column::Intent.eq(false))
-                .add(storage_deletion::Column::CreatedAt.lt(intents_before)),
+                .add(
+                    Condition::all()
+                        .add(storage_deletion::Column::Intent.eq(false))
+                        .add(due),
+                )
+                .add(
+                    Condition::all()
+                        .add(storage_deletion::Column::Intent.eq(true))
+                        .add(storage_deletion::Column::CreatedAt.lt(intents_before)),
+                ),
         )
         .order_by_asc(storage_deletion::Column::CreatedAt)
         .limit(500)

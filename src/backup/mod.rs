@@ -118,6 +118,40 @@ impl Database {
         let _ = db.close().await;
         counted.map_err(BackupError::Reopen)
     }
+
+    /// Which attachment rows have their object in `storage`: the keys of those that
+    /// do not (read with plain SQL, like [`Database::attachments`]).
+    async fn missing_objects(&self, storage: &Storage) -> Result<Vec<String>, BackupError> {
+        let db = crate::db::connect(&self.config).await?;
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT storage_key FROM attachments ORDER BY storage_key",
+            ))
+            .await;
+        let _ = db.close().await;
+        let mut missing = Vec::new();
+        for row in rows.map_err(BackupError::Reopen)? {
+            let key: String = row
+                .try_get("", "storage_key")
+                .map_err(BackupError::Reopen)?;
+            let found = storage
+                .size(&StorageKey::from_stored(key.clone()))
+                .await
+                .map_err(BackupError::Storage)?;
+            if found.is_none() {
+                missing.push(key);
+            }
+        }
+        Ok(missing)
+    }
+}
+
+/// What a restore brought back: the attachment rows, and the keys of those whose
+/// object is not in storage (deleted longer than `DELETED_FILES_RETENTION` ago).
+pub struct Restored {
+    pub attachments: i64,
+    pub missing: Vec<String>,
 }
 
 /// For people: the SQLite file, or the PostgreSQL URL without its password.
@@ -240,9 +274,9 @@ impl<'a> Restore<'a> {
         &self.backup
     }
 
-    /// Replaces the whole database with the backup; returns how many attachment
-    /// rows it now holds.
-    pub async fn run(self, storage: &Storage) -> Result<i64, BackupError> {
+    /// Replaces the whole database with the backup, then checks every restored row's
+    /// object.
+    pub async fn run(self, storage: &Storage) -> Result<Restored, BackupError> {
         let key = self.backup.name.key();
         match &self.database.kind {
             Kind::Sqlite(file) => sqlite::restore(file, storage, &key).await?,
@@ -254,6 +288,9 @@ impl<'a> Restore<'a> {
                 target.restore(archive.path()).await?;
             }
         }
-        self.database.attachments().await
+        Ok(Restored {
+            attachments: self.database.attachments().await?,
+            missing: self.database.missing_objects(storage).await?,
+        })
     }
 }

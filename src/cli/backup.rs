@@ -136,13 +136,27 @@ async fn restore(target: &Target, name: &str, yes: bool) -> anyhow::Result<()> {
             age(&backup)
         );
     }
-    let attachments = restore.run(&storage).await?;
+    let restored = restore.run(&storage).await?;
+    let attachments = restored.attachments;
     println!(
         "restored {} ({}, taken {} ago) into {database}: {attachments} attachments",
         backup.name,
         indicatif::HumanBytes(backup.size),
         age(&backup)
     );
+    let missing = restored.missing.len();
+    println!(
+        "files: {} present, {missing} missing",
+        usize::try_from(attachments)
+            .unwrap_or_default()
+            .saturating_sub(missing)
+    );
+    for key in restored.missing.iter().take(20) {
+        println!("  missing: {key}");
+    }
+    if missing > 20 {
+        println!("  ... and {} more", missing - 20);
+    }
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::helpers::{
     DELETE, Db, Setup, TestApp, data, pdf, png, private_database_url, run_attache, s3_flags,
-    spawn_attache, tenant,
+    sha256_hex, spawn_attache, tenant,
 };
 
 /// An app on a database of its own (a restore rewrites all of it).
@@ -31,10 +31,15 @@ struct Ran {
 
 impl Scene {
     async fn new(setup: Setup) -> Self {
+        Self::with(setup, &[]).await
+    }
+
+    /// A scene whose server runs with `extra` flags.
+    async fn with(setup: Setup, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let database_url = private_database_url(setup.db, dir.path()).await;
         let uploads = dir.path().join("uploads");
-        let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
+        let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, extra).await;
         Self {
             app,
             database_url,
@@ -197,6 +202,89 @@ async fn backup_change_restore_brings_the_table_back_exactly(setup: Setup) {
     );
     assert_eq!(scene.rows().await, before, "the table is back exactly");
     scene.assert_only_backup(&name, "a restore keeps the backup");
+    // Without DELETED_FILES_RETENTION the deleted contract's file went with its row:
+    // the restore says so.
+    let key = TestApp::contract_key(&acme, "c-1", &contract);
+    assert!(
+        restored.out.contains("files: 2 present, 1 missing")
+            && restored.out.contains(&format!("missing: {key}")),
+        "{}",
+        restored.out
+    );
+}
+
+/// With DELETED_FILES_RETENTION, a backup restored after a delete finds the file:
+/// it downloads with its sha256.
+async fn a_restore_within_the_retention_brings_files_back_whole(setup: Setup) {
+    let scene = Scene::with(setup, &["--deleted-files-retention", "1h"]).await;
+    let acme = tenant();
+    let token = scene.app.token(&acme);
+    let contract = scene
+        .app
+        .upload(&token, &pdf(), "contract", Some("c-1"), "contract.pdf")
+        .await;
+    let name = scene.create(&[]).await;
+    let deleted = scene
+        .app
+        .gql(DELETE, json!({ "id": contract["id"] }), Some(&token))
+        .await;
+    assert_eq!(data(&deleted, "deleteAttachment"), contract["id"]);
+    let restored = scene.backup(&["restore", &name, "--yes"]).await;
+    assert!(restored.ok, "{}{}", restored.out, restored.err);
+    assert!(
+        restored.out.contains("files: 1 present, 0 missing"),
+        "{}",
+        restored.out
+    );
+    let key = TestApp::contract_key(&acme, "c-1", &contract);
+    let stored = attache::storage::StorageKey::from_stored(key);
+    let bytes = scene
+        .app
+        .app
+        .storage
+        .read_all(&stored)
+        .await
+        .expect("the file is back");
+    assert_eq!(
+        sha256_hex(&bytes),
+        contract["sha256"].as_str().expect("sha256")
+    );
+}
+
+/// A deleted attachment's file stays for DELETED_FILES_RETENTION, then the
+/// maintenance removes it; `0` removes it at once (erasure requests).
+async fn deleted_files_stay_for_the_retention(setup: Setup) {
+    for (retention, kept) in [("1s", true), ("0", false)] {
+        let app = TestApp::spawn_with(setup, &["--deleted-files-retention", retention]).await;
+        let acme = tenant();
+        let token = app.token(&acme);
+        let att = app
+            .upload(&token, &pdf(), "contract", Some("c-1"), "gone.pdf")
+            .await;
+        let key = TestApp::contract_key(&acme, "c-1", &att);
+        let deleted = app
+            .gql(DELETE, json!({ "id": att["id"] }), Some(&token))
+            .await;
+        assert_eq!(data(&deleted, "deleteAttachment"), att["id"]);
+        assert_eq!(
+            app.stored_keys().contains(&key),
+            kept,
+            "retention {retention}"
+        );
+        if kept {
+            // Not before its time, whatever the sweep's threshold.
+            attache::attachments::sweep::run(&app.app, std::time::Duration::ZERO, false)
+                .await
+                .expect("sweep");
+            assert!(app.stored_keys().contains(&key), "the sweep keeps it");
+            tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+            attache::workers::maintenance::pass(&app.app).await;
+            assert!(
+                !app.stored_keys().contains(&key),
+                "the maintenance removes it after"
+            );
+        }
+    }
 }
 
 async fn keep_prunes_older_backups_and_sweep_leaves_them(setup: Setup) {
@@ -352,6 +440,8 @@ async fn a_backup_larger_than_a_part_streams_in_parts_and_restores(setup: Setup)
 
 crate::matrix!(s3: a_backup_larger_than_a_part_streams_in_parts_and_restores);
 crate::matrix!(
+    deleted_files_stay_for_the_retention,
+    a_restore_within_the_retention_brings_files_back_whole,
     backup_change_restore_brings_the_table_back_exactly,
     keep_prunes_older_backups_and_sweep_leaves_them,
     a_failed_snapshot_leaves_no_backup_and_shows_no_password,
