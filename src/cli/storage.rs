@@ -84,7 +84,13 @@ async fn check(config: &StorageConfig) -> anyhow::Result<()> {
             Ok(()) => println!("  {step:<17} ok"),
             Err(err) => {
                 failed += 1;
-                println!("  {step:<17} FAILED: {err}");
+                // The store's own message, without the driver's context and suffixes
+                // (the whole error is in the debug log).
+                let message = match err.message() {
+                    "" => err.kind().to_string(),
+                    message => message.to_owned(),
+                };
+                println!("  {step:<17} FAILED: {message}");
                 tracing::debug!(step, error = %err, "storage check step failed");
             }
         }

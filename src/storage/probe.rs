@@ -70,7 +70,7 @@ impl Storage {
         };
         Err(ConfigError::new(
             variable,
-            format!("storage probe failed: {reason} ({})", failure.kind()),
+            format!("storage probe failed: {reason}"),
         ))
     }
 
