@@ -34,8 +34,14 @@ pub enum AppError {
     /// the client should retry after the given seconds.
     #[error("the server is busy; retry in {0} s")]
     Overloaded(u64),
+    /// A failed database call, and where it was made (the `?` that met it), so the
+    /// log names the step that failed.
     #[error("internal server error")]
-    Database(#[source] sea_orm::DbErr),
+    Database {
+        #[source]
+        source: sea_orm::DbErr,
+        at: &'static std::panic::Location<'static>,
+    },
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
 }
@@ -64,7 +70,7 @@ impl AppError {
             Self::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
             // SPEC 6's code for "unavailable, try again later".
             Self::StorageUnavailable(_) | Self::Overloaded(_) => "STORAGE_UNAVAILABLE",
-            Self::Database(_) | Self::Internal(_) => "INTERNAL_SERVER_ERROR",
+            Self::Database { .. } | Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
 
@@ -78,7 +84,7 @@ impl AppError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ChecksumMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::StorageUnavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Database { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -89,7 +95,9 @@ impl AppError {
             Self::ObjectMissing(id) => {
                 tracing::error!(attachment = %id, "lost data: the attachment's file is missing from storage")
             }
-            Self::Database(source) => tracing::error!(error = %source, "database failure"),
+            Self::Database { source, at } => {
+                tracing::error!(error = %source, at = %at, "database failure")
+            }
             Self::Overloaded(_) => tracing::warn!("refused a request: the server is busy"),
             Self::Internal(source) => {
                 tracing::error!(error = format!("{source:#}"), "internal failure")
@@ -115,12 +123,17 @@ impl AppError {
 pub const RETRY_AFTER_SECONDS: u64 = 2;
 
 impl From<sea_orm::DbErr> for AppError {
+    /// `track_caller`: `?` passes its own location, which the log then names.
+    #[track_caller]
     fn from(error: sea_orm::DbErr) -> Self {
         match error {
             sea_orm::DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout) => {
                 Self::Overloaded(RETRY_AFTER_SECONDS)
             }
-            other => Self::Database(other),
+            other => Self::Database {
+                source: other,
+                at: std::panic::Location::caller(),
+            },
         }
     }
 }

@@ -303,6 +303,50 @@ crate::matrix!(
     a_request_id_is_returned_and_a_bad_one_replaced,
     readyz_answers_503_while_draining,
 );
+/// A database failure is logged with the place of the call that failed, so the
+/// log names the step; the client sees INTERNAL_SERVER_ERROR and nothing more.
+async fn a_database_failure_names_its_step_in_the_log(_: Setup) {
+    use sea_orm::ConnectionTrait;
+    let served = Served::start(&[]).await;
+    let acme = tenant();
+    let db = sea_orm::Database::connect(&served.database_url())
+        .await
+        .expect("connect");
+    db.execute_unprepared(&format!(
+        "CREATE TRIGGER refuse BEFORE INSERT ON attachments WHEN NEW.tenant_id = '{acme}' \
+         BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;"
+    ))
+    .await
+    .expect("install the trigger");
+    let token = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
+    let body: Value = http_client()
+        .post(format!("{}/graphql", served.base))
+        .bearer_auth(&token)
+        .json(&json!({ "query": UPLOAD, "variables": { "input": {
+            "ownerType": "contract", "ownerId": "c-1", "filename": "a.pdf",
+            "base64": STANDARD.encode(pdf()) }}}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INTERNAL_SERVER_ERROR",
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains("trigger"),
+        "no internals: {body}"
+    );
+    let log = served.log();
+    let failure = log
+        .lines()
+        .find(|line| line.contains("database failure"))
+        .unwrap_or_else(|| panic!("no database failure logged: {log}"));
+    assert!(failure.contains("at=src/"), "the step is named: {failure}");
+}
+
 /// A fresh server's `/metrics`: `# HELP` and `# TYPE` on every family (what
 /// `promtool check metrics` asks), and every series without labels, the storage
 /// errors and the webhook outcomes there at zero before anything happened.
@@ -356,6 +400,7 @@ crate::matrix!(
     once: a_full_run_logs_request_ids_and_no_secret,
     sigterm_lets_a_large_upload_finish,
     every_family_is_described_and_present_from_the_start,
+    a_database_failure_names_its_step_in_the_log,
 );
 
 crate::matrix!(db: readyz_fails_when_the_storage_folder_vanishes);
