@@ -48,6 +48,17 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "{flag}: {}",
             errors[0]
         );
+        // The helpful part: what is accepted, and how to make one.
+        let hint = match (flag, value) {
+            ("--jwt-secret" | "--signing-key", _) => {
+                Some("at least 32 are needed (`openssl rand -hex 32`")
+            }
+            ("--webhook-secret", "whsec_c2VjcmV0LWtleQ==") => Some("asks for 24 to 64"),
+            _ => None,
+        };
+        if let Some(hint) = hint {
+            assert!(errors[0].contains(hint), "{flag}: {}", errors[0]);
+        }
         if matches!(flag, "--webhook-secret" | "--jwt-secret" | "--signing-key") {
             assert!(
                 !stderr.contains(value),

@@ -276,6 +276,11 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
         assert_eq!(answer.status(), 200, "{case}");
         let value: Value = answer.json().await.expect("JSON");
         assert_eq!(codes(&value), vec![code], "{case}: {value}");
+        let said = value["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            !said.is_empty() && !said.contains("Error {"),
+            "{case}: {said}"
+        );
         assert!(value.get("data").is_none(), "{case}: no data: {value}");
         let answer = post(body, json, graphql_response)
             .send()
@@ -286,11 +291,24 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
     }
     let no_query = post("{}".into(), json, json).send().await.expect("POST");
     assert_eq!(no_query.status(), 400);
+    let message = |body: Value| {
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let said = message(no_query.json().await.expect("JSON"));
+    assert!(said.contains("no `query`"), "{said}");
     let xml = post("<query/>".into(), "application/xml", json)
         .send()
         .await
         .expect("POST");
     assert_eq!(xml.status(), 415);
+    let said = message(xml.json().await.expect("JSON"));
+    assert!(
+        said.contains("application/json"),
+        "what is accepted: {said}"
+    );
     let fine = post(
         json!({ "query": "{ __typename }" }).to_string(),
         json,
