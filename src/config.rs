@@ -260,6 +260,18 @@ pub struct QueryLimits {
     pub max_batch_operations: u32,
 }
 
+impl Default for QueryLimits {
+    /// The documented defaults of the `#[arg]`s above, whatever the environment says:
+    /// for code that runs the bounds outside `serve` (tests, the fuzz target).
+    fn default() -> Self {
+        use clap::FromArgMatches;
+        let command =
+            Self::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["defaults"]);
+        Self::from_arg_matches(&matches).expect("the documented defaults are valid")
+    }
+}
+
 /// Bounds on connections and on how slowly a client may send or read.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionLimits {

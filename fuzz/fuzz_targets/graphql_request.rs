@@ -8,14 +8,7 @@ use attache::graphql::ParsedQueries;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
-    let limits = QueryLimits {
-        max_query_depth: 16,
-        max_query_complexity: 1000,
-        max_query_nesting: 32,
-        max_query_tokens: 50_000,
-        max_expanded_fields: 2000,
-        max_batch_operations: 10,
-    };
+    let limits = QueryLimits::default();
     let batch = serde_json::from_slice::<async_graphql::BatchRequest>(body).or_else(|_| {
         // Arbitrary text as the query itself, as `GET /graphql?query=` carries it.
         std::str::from_utf8(body)

@@ -379,30 +379,19 @@ pub fn too_many(what: &str, count: u64, most: u64, setting: &str, fix: &str) -> 
 mod tests {
     use super::*;
 
-    fn limits() -> QueryLimits {
-        QueryLimits {
-            max_query_depth: 16,
-            max_query_complexity: 1000,
-            max_query_nesting: 32,
-            max_query_tokens: 50_000,
-            max_expanded_fields: 2000,
-            max_batch_operations: 10,
-        }
-    }
-
     #[test]
     fn scan_refuses_deep_brackets_but_not_brackets_in_strings_or_comments() {
         let deep = format!("{{a(x: {}{})}}", "[".repeat(40), "]".repeat(40));
-        assert!(scan(&deep, &limits()).is_err());
+        assert!(scan(&deep, &QueryLimits::default()).is_err());
         let hidden = format!(
             "{{a(x: \"{}\", y: \"\"\"{}\\\"\"\" \"\"\") # {}\n}}",
             "[".repeat(100),
             "{".repeat(100),
             "(".repeat(100)
         );
-        assert!(scan(&hidden, &limits()).is_ok(), "{hidden}");
+        assert!(scan(&hidden, &QueryLimits::default()).is_ok(), "{hidden}");
         let tokens = format!("{{ {} }}", "a ".repeat(60_000));
-        assert!(scan(&tokens, &limits()).is_err());
+        assert!(scan(&tokens, &QueryLimits::default()).is_err());
     }
 
     fn fragments(levels: usize, spreads: usize) -> ExecutableDocument {
@@ -419,23 +408,23 @@ mod tests {
     #[test]
     fn fragment_doubling_is_measured_without_expanding_it() {
         // Whichever bound the walk meets first (fragments are kept unordered).
-        let refused = measure(&fragments(40, 2), &limits()).expect_err("refused");
+        let refused = measure(&fragments(40, 2), &QueryLimits::default()).expect_err("refused");
         let message = refused.to_string();
         assert!(
             message.contains("MAX_EXPANDED_FIELDS") || message.contains("MAX_QUERY_NESTING"),
             "{message}"
         );
-        let refused = measure(&fragments(20, 2), &limits()).expect_err("refused");
+        let refused = measure(&fragments(20, 2), &QueryLimits::default()).expect_err("refused");
         assert!(
             refused.to_string().contains("MAX_EXPANDED_FIELDS"),
             "{refused}"
         );
-        let refused = measure(&fragments(40, 1), &limits()).expect_err("refused");
+        let refused = measure(&fragments(40, 1), &QueryLimits::default()).expect_err("refused");
         assert!(
             refused.to_string().contains("MAX_QUERY_NESTING"),
             "{refused}"
         );
-        let shape = measure(&fragments(6, 2), &limits()).expect("fits");
+        let shape = measure(&fragments(6, 2), &QueryLimits::default()).expect("fits");
         assert!(shape.expanded > 128, "{shape:?}");
     }
 
@@ -446,7 +435,7 @@ mod tests {
             "query Q {{ {aliases} __schema {{ types {{ name }} }} }}"
         ))
         .expect("parses");
-        let shape = measure(&document, &limits()).expect("fits");
+        let shape = measure(&document, &QueryLimits::default()).expect("fits");
         assert_eq!(shape.complexity(Some("Q")), 1 + 5 + 3);
         assert_eq!(shape.complexity(None), 9);
         assert_eq!(shape.complexity(Some("other")), 0);

@@ -134,17 +134,6 @@ mod generated {
 
     use super::*;
 
-    fn limits() -> QueryLimits {
-        QueryLimits {
-            max_query_depth: 16,
-            max_query_complexity: 1000,
-            max_query_nesting: 32,
-            max_query_tokens: 50_000,
-            max_expanded_fields: 2000,
-            max_batch_operations: 10,
-        }
-    }
-
     /// A random selection set over the schema's root, `depth` levels of nesting left.
     fn selections(rng: &mut StdRng, fragments: usize, own: usize, depth: u32) -> String {
         let mut out = String::new();
@@ -228,10 +217,10 @@ mod generated {
 
     #[tokio::test]
     async fn generated_documents_stay_within_their_bounds() {
-        let limits = limits();
+        let limits = QueryLimits::default();
         let schema = crate::graphql::builder()
-            .limit_depth(16)
-            .limit_complexity(1000)
+            .limit_depth(limits.max_query_depth as usize)
+            .limit_complexity(limits.max_query_complexity as usize)
             .finish();
         let mut rng = StdRng::seed_from_u64(21);
         let (mut accepted, mut refused) = (0, 0);

@@ -31,7 +31,13 @@ impl Answer {
             .flat_map(|value| value.split(','))
             .any(|item| {
                 let mut parts = item.split(';').map(str::trim);
-                let refused = item.replace(' ', "").contains("q=0") && !item.contains("q=0.");
+                // `q=0` (or 0.0...) refuses the media type (RFC 9110 §12.4.2).
+                let refused = parts.clone().skip(1).any(|param| {
+                    param
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
                 parts.next() == Some(GRAPHQL_RESPONSE) && !refused
             });
         match accepts {

@@ -1068,6 +1068,38 @@ pub async fn announce_and_put(
     (direct, status)
 }
 
+/// A PDF's direct upload from start to end: announced, PUT (which must succeed) and
+/// completed; the direct upload and the attachment it became.
+pub async fn direct_upload(app: &TestApp, bearer: &str, content: &[u8]) -> (Value, Value) {
+    let declared = declaration(content, "application/pdf");
+    let (direct, status) = announce_and_put(app, bearer, declared, content.to_vec()).await;
+    assert_eq!(status, 200, "PUT to uploadUrl");
+    let done = app
+        .gql(COMPLETE_DIRECT, json!({ "id": direct["id"] }), Some(bearer))
+        .await;
+    let attachment = data(&done, "completeDirectUpload");
+    (direct, attachment)
+}
+
+/// POSTs a GraphQL multipart request (with the preflight header of SPEC 6's CSRF
+/// rule) to `base`; its status and JSON body.
+pub async fn post_multipart(
+    base: &str,
+    bearer: &str,
+    form: reqwest::multipart::Form,
+) -> (u16, Value) {
+    let response = http_client()
+        .post(format!("{base}/graphql"))
+        .bearer_auth(bearer)
+        .header("apollo-require-preflight", "1")
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST multipart");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
 /// The client's PUT to a direct upload's `uploadUrl`, with its `headers`.
 pub async fn put_to(app: &TestApp, direct: &Value, body: Vec<u8>) -> u16 {
     let mut put = app

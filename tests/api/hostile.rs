@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Served, Setup, UPLOAD, codes, data, hs256, http_client, now, pdf};
+use crate::helpers::{
+    Served, Setup, UPLOAD, codes, data, hs256, http_client, now, pdf, post_multipart,
+};
 
 /// How much a hostile request may grow the server's resident memory.
 const RSS_GROWTH_MIB: f64 = 64.0;
@@ -77,6 +79,12 @@ async fn assert_unharmed(served: &mut Served, before: f64, what: &str) {
         "{what}: /metrics has {} bytes",
         metrics.len()
     );
+}
+
+/// `query`, sent with `bearer`, is refused as BAD_USER_INPUT.
+async fn refuses(served: &Served, bearer: &str, query: &str, what: &str) {
+    let (status, body) = post(served, Some(bearer), &json!({ "query": query })).await;
+    assert_refused(status, &body, "BAD_USER_INPUT", what);
 }
 
 /// A refusal: a GraphQL error with `code` (HTTP 200), without `data`.
@@ -180,41 +188,31 @@ async fn fragment_expansion_is_refused_early(_: Setup) {
     }
     // A flood of introspection fields and `__typename` aliases counts like any field.
     let typenames: String = (0..780_000).map(|i| format!("a{i}:__typename ")).collect();
-    let (status, body) = post(
+    refuses(
         &served,
-        Some(&bearer),
-        &json!({ "query": format!("{{{typenames}}}") }),
-    )
-    .await;
-    assert_refused(
-        status,
-        &body,
-        "BAD_USER_INPUT",
+        &bearer,
+        &format!("{{{typenames}}}"),
         "780,000 __typename aliases",
-    );
-    let thousand: String = (0..1000).map(|i| format!("a{i}:__typename ")).collect();
-    let (status, body) = post(
-        &served,
-        Some(&bearer),
-        &json!({ "query": format!("{{{thousand}}}") }),
     )
     .await;
-    assert_refused(
-        status,
-        &body,
-        "BAD_USER_INPUT",
+    let thousand: String = (0..1000).map(|i| format!("a{i}:__typename ")).collect();
+    refuses(
+        &served,
+        &bearer,
+        &format!("{{{thousand}}}"),
         "a thousand __typename aliases",
-    );
+    )
+    .await;
     let schema: String = (0..400)
         .map(|i| format!("s{i}: __schema {{ queryType {{ name }} }} "))
         .collect();
-    let (status, body) = post(
+    refuses(
         &served,
-        Some(&bearer),
-        &json!({ "query": format!("{{{schema}}}") }),
+        &bearer,
+        &format!("{{{schema}}}"),
+        "400 introspection aliases",
     )
     .await;
-    assert_refused(status, &body, "BAD_USER_INPUT", "400 introspection aliases");
     let fits: String = (0..900).map(|i| format!("a{i}:__typename ")).collect();
     let (_, body) = post(
         &served,
@@ -361,16 +359,7 @@ async fn files_are_counted_across_the_request(_: Setup) {
                 .expect("mime"),
         );
     }
-    let response = http_client()
-        .post(format!("{}/graphql", served.base))
-        .bearer_auth(&bearer)
-        .header("apollo-require-preflight", "1")
-        .multipart(form)
-        .send()
-        .await
-        .expect("multipart");
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("JSON");
+    let (status, body) = post_multipart(&served.base, &bearer, form).await;
     assert!(status == 200 || status == 400, "{status}");
     assert_eq!(
         codes(&body),
@@ -415,17 +404,7 @@ async fn one_part_for_two_variables_stores_both(_: Setup) {
                 .mime_str("application/pdf")
                 .expect("mime"),
         );
-    let body: Value = http_client()
-        .post(format!("{}/graphql", served.base))
-        .bearer_auth(&bearer)
-        .header("apollo-require-preflight", "1")
-        .multipart(form)
-        .send()
-        .await
-        .expect("multipart")
-        .json()
-        .await
-        .expect("JSON");
+    let (_, body) = post_multipart(&served.base, &bearer, form).await;
     assert!(body.get("errors").is_none(), "{body}");
     for alias in ["a", "b"] {
         assert_eq!(

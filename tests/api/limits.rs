@@ -319,6 +319,19 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
     .expect("POST");
     assert_eq!(fine.status(), 200);
     assert_eq!(fine.headers()["content-type"], graphql_response);
+    let refused = post(
+        json!({ "query": "{ __typename }" }).to_string(),
+        json,
+        "application/graphql-response+json;q=0, application/json",
+    )
+    .send()
+    .await
+    .expect("POST");
+    assert_eq!(
+        refused.headers()["content-type"],
+        json,
+        "q=0 refuses the media type"
+    );
 }
 
 crate::matrix!(

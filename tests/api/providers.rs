@@ -7,9 +7,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    COMPLETE_DIRECT, FORWARD_TO_S3, GarageServer, S3Server, Setup, Store, TestApp,
-    announce_and_put, data, declaration, fetch, parse_config, pdf, png, private_database_url,
-    put_to, run_attache, s3_flags, sha256_hex, tenant, upload_file_form,
+    FORWARD_TO_S3, GarageServer, S3Server, Setup, Store, TestApp, data, direct_upload, fetch,
+    parse_config, pdf, png, post_multipart, private_database_url, put_to, run_attache, s3_flags,
+    sha256_hex, tenant, upload_file_form,
 };
 
 const UPLOAD_BATCH: &str = "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id contentType url } }";
@@ -54,18 +54,7 @@ async fn every_write_path_serves_the_detected_type(setup: Setup) {
 
     let text = b"plain words\n".to_vec();
     let form = upload_file_form("contract", "c-1", &text, "notes.txt", "text/plain");
-    let multipart: Value = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(&bearer)
-        .header("apollo-require-preflight", "1")
-        .multipart(form)
-        .send()
-        .await
-        .expect("multipart")
-        .json()
-        .await
-        .expect("JSON");
+    let (_, multipart) = post_multipart(&app.base_url, &bearer, form).await;
     let id = data(&multipart, "uploadAttachmentFile")["id"].clone();
     let got = app
         .gql(crate::helpers::GET, json!({ "id": id }), Some(&bearer))
@@ -73,27 +62,8 @@ async fn every_write_path_serves_the_detected_type(setup: Setup) {
     seen.push(("multipart", data(&got, "attachment"), text, "text/plain"));
 
     let direct_content = pdf();
-    let (direct, status) = announce_and_put(
-        &app,
-        &bearer,
-        declaration(&direct_content, "application/pdf"),
-        direct_content.clone(),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let done = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
-    seen.push((
-        "direct",
-        data(&done, "completeDirectUpload"),
-        direct_content,
-        "application/pdf",
-    ));
+    let (_, attachment) = direct_upload(&app, &bearer, &direct_content).await;
+    seen.push(("direct", attachment, direct_content, "application/pdf"));
 
     for (path, attachment, content, expected) in seen {
         let (content_type, body) = served(&attachment["url"]).await;
@@ -151,22 +121,7 @@ async fn a_replayed_upload_url_never_changes_a_stored_file(setup: Setup) {
     let acme = tenant();
     let bearer = app.token(&acme);
     let content = pdf();
-    let (direct, status) = announce_and_put(
-        &app,
-        &bearer,
-        declaration(&content, "application/pdf"),
-        content.clone(),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let done = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
-    let att = data(&done, "completeDirectUpload");
+    let (direct, att) = direct_upload(&app, &bearer, &content).await;
     let key = TestApp::contract_key(&acme, "c-7", &direct);
 
     let replay = b"%PDF-1.4 other bytes entirely".to_vec();
@@ -226,28 +181,12 @@ async fn presigned_urls_name_the_public_endpoint(setup: Setup) {
     );
     assert_eq!(fetch(&att["url"]).await, content);
 
+    // Through the forwarder: the PUT must succeed there, then the download.
     let direct_content = pdf();
-    let (direct, status) = announce_and_put(
-        &app,
-        &bearer,
-        declaration(&direct_content, "application/pdf"),
-        direct_content.clone(),
-    )
-    .await;
+    let (direct, attachment) = direct_upload(&app, &bearer, &direct_content).await;
     let upload_url = direct["uploadUrl"].as_str().expect("uploadUrl");
     assert!(upload_url.starts_with(&public), "{upload_url}");
-    assert_eq!(status, 200, "the PUT through the public endpoint");
-    let done = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
-    assert_eq!(
-        fetch(&data(&done, "completeDirectUpload")["url"]).await,
-        direct_content
-    );
+    assert_eq!(fetch(&attachment["url"]).await, direct_content);
 }
 
 /// Every provider block of docs/deployment.md, read as `attache serve` reads its
