@@ -88,8 +88,19 @@ trap 'exit 130' INT TERM
 
 secret=$(node -p 'require("crypto").randomBytes(32).toString("hex")')
 # Webhooks go to a port the webhook test listens on (test/webhooks.test.mjs), signed
-# with a secret it verifies with the Standard Webhooks reference library.
-webhook_port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+# with a secret it verifies with the Standard Webhooks reference library. The port
+# is free and below the kernel's ephemeral range, so no client connection of the
+# suite can take it before the test listens (an ephemeral port from listen(0) can).
+webhook_port=$(node -e '
+  const [low] = require("fs").readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/).map(Number);
+  const net = require("net");
+  const attempt = (n) => {
+    const port = 10000 + Math.floor(Math.random() * (Math.max(low, 10001) - 10000));
+    const s = net.createServer();
+    s.once("error", () => (n > 0 ? attempt(n - 1) : process.exit(1)));
+    s.listen(port, "127.0.0.1", () => { console.log(port); s.close(); });
+  };
+  attempt(50);')
 webhook_secret="whsec_$(node -p 'require("crypto").randomBytes(32).toString("base64")')"
 start_server() {
   env -u PUBLIC_BASE_URL -u JWT_PUBLIC_KEY_FILE -u JWT_ISSUER -u JWT_AUDIENCE -u TENANT_CLAIM \

@@ -62,7 +62,13 @@ async function until(what, done, ms = 15_000) {
 }
 
 describe("webhooks, verified by the Standard Webhooks reference library", () => {
-  before(() => new Promise((resolve) => server.listen(port, "127.0.0.1", resolve)));
+  before(
+    () =>
+      new Promise((resolve, reject) => {
+        server.once("error", (err) => reject(new Error(`the receiver cannot listen on port ${port}: ${err.message}`)));
+        server.listen(port, "127.0.0.1", resolve);
+      }),
+  );
   after(() => new Promise((resolve) => server.close(resolve)));
 
   it("every delivery verifies, and file.stored carries the file", async () => {
