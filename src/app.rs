@@ -4,23 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
 use tokio::sync::Semaphore;
 
 use crate::auth::{JwtVerifier, LinkSigner, TokenMinter};
 use crate::collections::Collections;
 use crate::config::{Config, ConfigError, Secret, StorageBackend};
+use crate::db::Database;
 use crate::error::{AppError, AppResult, RETRY_AFTER_SECONDS};
 use crate::events::Webhooks;
 use crate::storage::Storage;
 
 pub struct App {
     pub config: Config,
-    pub db: DatabaseConnection,
-    /// How uploads commit: one connection of their own on SQLite.
-    pub writer: crate::db::Writer,
-    /// How requests read: connections without the pool's ping on SQLite.
-    pub reader: crate::db::Reader,
+    /// The one door to the database: reads, group commits and transactions.
+    pub db: Database,
     pub storage: Storage,
     /// `AUTO_MIGRATE_STORAGE` on s3: the local folder that downloads fall back to
     /// until the background migration has copied a file into the bucket.
@@ -77,13 +74,10 @@ impl App {
             }
             _ => None,
         };
-        let db = crate::db::connect(&config.database).await?;
-        let (writer, reader) = crate::db::writer_and_reader(&config.database, &db).await?;
+        let db = Database::open(&config.database).await?;
         let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
         Ok(App {
             db,
-            writer,
-            reader,
             storage,
             local_fallback,
             migration_done: std::sync::atomic::AtomicBool::new(false),

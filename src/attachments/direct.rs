@@ -9,7 +9,7 @@ use entity::{attachment, direct_upload};
 use futures::Stream;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect, TransactionTrait,
+    QuerySelect, QueryTrait,
 };
 use uuid::Uuid;
 
@@ -82,7 +82,7 @@ pub async fn announce(
     {
         headers.push(("Content-Type".to_owned(), media.mime().to_owned()));
     }
-    direct_upload::Model {
+    let announced = direct_upload::Model {
         id,
         tenant_id: principal.tenant.to_string(),
         owner_type: target.owner_type,
@@ -97,9 +97,9 @@ pub async fn announce(
         expires_at,
     }
     .into_active_model()
-    .reset_all()
-    .insert(&app.db)
-    .await?;
+    .reset_all();
+    let insert = direct_upload::Entity::insert(announced).build(app.db.backend());
+    app.db.commit(vec![insert]).await?;
     Ok(Announced {
         id,
         upload_url,
@@ -118,7 +118,7 @@ where
     let pending = direct_upload::Entity::find_by_id(id)
         .filter(direct_upload::Column::TenantId.eq(tenant.as_str()))
         .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
-        .one(&app.db)
+        .one(app.db.read())
         .await?
         .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
     let key = StorageKey::from_stored(pending.storage_key);
@@ -163,7 +163,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     let _permit = app.upload_permit().await?;
     let pending = direct_upload::Entity::find_by_id(id)
         .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
-        .one(&app.db)
+        .one(app.db.read())
         .await?
         .filter(|pending| pending.expires_at > Utc::now())
         .ok_or_else(|| AppError::NotFound("no such direct upload, or it has expired".into()))?;
@@ -318,7 +318,7 @@ pub async fn expired(
     Ok(direct_upload::Entity::find()
         .filter(direct_upload::Column::ExpiresAt.lt(now))
         .limit(500)
-        .all(&app.db)
+        .all(app.db.read())
         .await?)
 }
 

@@ -12,12 +12,12 @@ use entity::{attachment, storage_migration};
 use futures::StreamExt;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::db::{Database, Transaction};
 use crate::storage::{CopyError, Digest, Storage, StorageKey};
 
 /// Copies of one file tried before it counts as failed.
@@ -144,7 +144,7 @@ pub enum MigrateError {
 /// `destination` (the bucket). One run at a time per database: see [`RunLock`].
 /// Once `stop` is cancelled no new copy starts; those under way finish.
 pub async fn run(
-    db: &DatabaseConnection,
+    db: &Database,
     source: &Storage,
     destination: &Storage,
     plan: Plan,
@@ -180,7 +180,7 @@ pub async fn run(
         if let Some(after) = after {
             query = query.filter(attachment::Column::Id.gt(after));
         }
-        let rows = query.limit(plan.batch_size.max(1)).all(db).await?;
+        let rows = query.limit(plan.batch_size.max(1)).all(db.read()).await?;
         let Some(last) = rows.last() else { break };
         after = Some(last.id);
         let recorded = recorded_keys(db, &rows).await?;
@@ -210,21 +210,21 @@ pub async fn run(
 }
 
 /// Whether `key` has been copied into the bucket and verified.
-pub async fn is_migrated(db: &DatabaseConnection, key: &str) -> Result<bool, sea_orm::DbErr> {
+pub async fn is_migrated(db: &Database, key: &str) -> Result<bool, sea_orm::DbErr> {
     Ok(storage_migration::Entity::find_by_id(key.to_owned())
-        .one(db)
+        .one(db.read())
         .await?
         .is_some())
 }
 
-async fn totals(db: &DatabaseConnection) -> Result<(u64, u64), sea_orm::DbErr> {
+async fn totals(db: &Database) -> Result<(u64, u64), sea_orm::DbErr> {
     let row: Option<(i64, Option<i64>)> = attachment::Entity::find()
         .select_only()
         .column_as(attachment::Column::Id.count(), "files")
         // SUM of a BIGINT is a NUMERIC on PostgreSQL: cast back.
         .column_as(Expr::cust("CAST(SUM(byte_size) AS BIGINT)"), "bytes")
         .into_tuple()
-        .one(db)
+        .one(db.read())
         .await?;
     let (files, bytes) = row.unwrap_or_default();
     Ok((
@@ -234,7 +234,7 @@ async fn totals(db: &DatabaseConnection) -> Result<(u64, u64), sea_orm::DbErr> {
 }
 
 async fn recorded_keys(
-    db: &DatabaseConnection,
+    db: &Database,
     rows: &[attachment::Model],
 ) -> Result<HashSet<String>, sea_orm::DbErr> {
     let keys = rows.iter().map(|row| row.storage_key.clone());
@@ -243,7 +243,7 @@ async fn recorded_keys(
         .column(storage_migration::Column::FilePath)
         .filter(storage_migration::Column::FilePath.is_in(keys))
         .into_tuple::<String>()
-        .all(db)
+        .all(db.read())
         .await?
         .into_iter()
         .collect())
@@ -272,7 +272,7 @@ impl FileError {
 }
 
 struct Copier<'a> {
-    db: &'a DatabaseConnection,
+    db: &'a Database,
     source: &'a Storage,
     destination: &'a Storage,
     dry_run: bool,
@@ -387,11 +387,11 @@ impl Copier<'_> {
             sha256: digest.sha256.clone(),
             attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
         };
-        storage_migration::Entity::insert(sea_orm::IntoActiveModel::into_active_model(row))
-            .on_conflict_do_nothing_on([storage_migration::Column::FilePath])
-            .exec_without_returning(self.db)
-            .await
-            .map(drop)
+        let insert =
+            storage_migration::Entity::insert(sea_orm::IntoActiveModel::into_active_model(row))
+                .on_conflict_do_nothing_on([storage_migration::Column::FilePath])
+                .build(self.db.backend());
+        self.db.commit(vec![insert]).await
     }
 }
 
@@ -399,15 +399,12 @@ impl Copier<'_> {
 /// until this value is dropped (another run, in a server or a command, waits for
 /// it). SQLite has no such lock: one process owns a SQLite database (docs/operations.md).
 struct RunLock {
-    _transaction: Option<DatabaseTransaction>,
+    _transaction: Option<Transaction>,
 }
 
 impl RunLock {
-    async fn acquire(
-        db: &DatabaseConnection,
-        progress: &dyn Progress,
-    ) -> Result<Self, sea_orm::DbErr> {
-        if db.get_database_backend() != DbBackend::Postgres {
+    async fn acquire(db: &Database, progress: &dyn Progress) -> Result<Self, sea_orm::DbErr> {
+        if db.backend() != DbBackend::Postgres {
             return Ok(Self { _transaction: None });
         }
         let txn = db.begin().await?;

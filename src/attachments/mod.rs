@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 use entity::outbox_event::EventType;
 use entity::{attachment, storage_deletion};
 use futures::Stream;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
-    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -133,9 +133,7 @@ async fn record_intents(app: &App, keys: &[String]) -> Result<(), sea_orm::DbErr
         ..Default::default()
     });
     let insert = storage_deletion::Entity::insert_many(intents).into_query();
-    app.writer
-        .commit(vec![app.db.get_database_backend().build(&insert)])
-        .await
+    app.db.commit(vec![app.db.backend().build(&insert)]).await
 }
 
 /// One transaction: the rows, their `file.stored` events, and the end of their
@@ -145,13 +143,13 @@ async fn insert_rows(
     rows: &[attachment::Model],
     keys: &[String],
 ) -> Result<(), sea_orm::DbErr> {
-    let backend = app.db.get_database_backend();
+    let backend = app.db.backend();
     let mut statements = Vec::new();
     for row in rows {
         statements.extend(stored_statements(app, backend, row)?);
     }
     statements.push(intents_done(backend, keys));
-    app.writer.commit(statements).await
+    app.db.commit(statements).await
 }
 
 /// The statement that ends the intents of `keys`: their objects belong to rows now.
@@ -191,7 +189,7 @@ async fn discard(app: &App, keys: &[String]) {
 pub async fn find(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Option<attachment::Model>> {
     Ok(attachment::Entity::find_by_id(id)
         .filter(attachment::Column::TenantId.eq(tenant.as_str()))
-        .one(&app.reader)
+        .one(app.db.read())
         .await?)
 }
 
@@ -199,7 +197,7 @@ pub async fn find(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Option<atta
 pub async fn find_by_key(app: &App, key: &str) -> AppResult<Option<attachment::Model>> {
     Ok(attachment::Entity::find()
         .filter(attachment::Column::StorageKey.eq(key))
-        .one(&app.reader)
+        .one(app.db.read())
         .await?)
 }
 
@@ -236,7 +234,7 @@ pub async fn list(
     let mut rows = query
         .order_by_desc(attachment::Column::Id)
         .limit(first + 1)
-        .all(&app.reader)
+        .all(app.db.read())
         .await?;
     let has_next_page = rows.len() as u64 > first;
     rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
@@ -250,7 +248,7 @@ pub async fn list(
 pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64> {
     Ok(attachment::Entity::find()
         .filter(scope(tenant, target))
-        .count(&app.reader)
+        .count(app.db.read())
         .await?)
 }
 
@@ -274,7 +272,7 @@ pub async fn locate<'a>(app: &'a App, row: &attachment::Model) -> AppResult<&'a 
         }
     }
     let row_remains = attachment::Entity::find_by_id(row.id)
-        .one(&app.reader)
+        .one(app.db.read())
         .await?
         .is_some();
     match row_remains {
@@ -371,30 +369,30 @@ fn removal_after_statement(
 /// Removes one object and its `storage_deletions` entry; on failure, counts the
 /// attempt. Whether the object is gone.
 async fn remove_object(app: &App, key: &str) -> bool {
-    let entry = storage_deletion::Entity::find_by_id(key.to_owned());
+    let backend = app.db.backend();
     match app
         .storage
         .delete(&StorageKey::from_stored(key.to_owned()))
         .await
     {
         Ok(()) => {
-            if let Err(err) = storage_deletion::Entity::delete_by_id(key.to_owned())
-                .exec(&app.db)
-                .await
-            {
+            let done = storage_deletion::Entity::delete_by_id(key.to_owned()).build(backend);
+            if let Err(err) = app.db.commit(vec![done]).await {
                 tracing::warn!(key, error = %err, "object removed, but its deletion entry stays; it will be retried");
             }
             true
         }
         Err(err) => {
             tracing::warn!(key, error = %err, "cannot remove object yet; it will be retried");
-            if let Ok(Some(found)) = entry.one(&app.db).await {
-                let attempts = found.attempts.saturating_add(1);
-                let mut active = found.into_active_model();
-                active.attempts = sea_orm::Set(attempts);
-                if let Err(err) = active.update(&app.db).await {
-                    tracing::warn!(key, error = %err, "cannot count a deletion attempt");
-                }
+            let attempt = storage_deletion::Entity::update_many()
+                .col_expr(
+                    storage_deletion::Column::Attempts,
+                    Expr::col(storage_deletion::Column::Attempts).add(1),
+                )
+                .filter(storage_deletion::Column::StorageKey.eq(key))
+                .build(backend);
+            if let Err(err) = app.db.commit(vec![attempt]).await {
+                tracing::warn!(key, error = %err, "cannot count a deletion attempt");
             }
             false
         }
@@ -424,7 +422,7 @@ pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppR
         )
         .order_by_asc(storage_deletion::Column::CreatedAt)
         .limit(500)
-        .all(&app.db)
+        .all(app.db.read())
         .await?
         .into_iter()
         .map(|entry| entry.storage_key)

@@ -156,6 +156,6 @@ async fn keys_in<E: EntityTrait>(
         .column(column)
         .filter(column.is_in(keys.iter().cloned()))
         .into_tuple::<String>()
-        .all(&app.db)
+        .all(app.db.read())
         .await
 }

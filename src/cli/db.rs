@@ -22,8 +22,10 @@ enum DbCommand {
 pub async fn run(args: DbArgs) -> anyhow::Result<()> {
     match args.command {
         DbCommand::Migrate { database } => {
-            let db = crate::db::connect(&database).await?;
-            crate::db::migrate(&db).await?;
+            crate::db::Database::open(&database)
+                .await?
+                .migrate()
+                .await?;
             println!("database migrations applied");
             Ok(())
         }

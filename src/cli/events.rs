@@ -50,8 +50,8 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
             limit,
             database,
         } => {
-            let db = crate::db::connect(&database).await?;
-            let deliveries = admin::list(&db, failed, limit).await.context(
+            let db = crate::db::Database::open(&database).await?;
+            let deliveries = admin::list(db.read(), failed, limit).await.context(
                 "DATABASE_URL: cannot read the deliveries (has `attache db migrate` run?)",
             )?;
             if deliveries.is_empty() {
@@ -101,11 +101,13 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
             all_failed: _,
             database,
         } => {
-            let db = crate::db::connect(&database).await?;
+            let db = crate::db::Database::open(&database).await?;
             let target = id.map_or(RetryTarget::AllFailed, RetryTarget::Event);
-            let retried = admin::retry(&db, target).await.context(
-                "DATABASE_URL: cannot update the deliveries (has `attache db migrate` run?)",
-            )?;
+            let cannot =
+                "DATABASE_URL: cannot update the deliveries (has `attache db migrate` run?)";
+            let txn = db.begin().await.context(cannot)?;
+            let retried = admin::retry(&txn, target).await.context(cannot)?;
+            txn.commit().await.context(cannot)?;
             match (target, retried) {
                 (RetryTarget::Event(id), 0) => {
                     anyhow::bail!("event {id} has no failed delivery")

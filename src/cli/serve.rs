@@ -30,7 +30,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.listen_addr))?;
     let base_url = config.public_base_url(listener.local_addr()?)?;
     let app = Arc::new(App::build(config, base_url).await?);
-    crate::db::migrate(&app.db)
+    app.db
+        .migrate()
         .await
         .context("DATABASE_URL: applying database migrations failed")?;
     app.storage.startup_check(&app.config.storage).await?;

@@ -114,8 +114,8 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let source = Storage::local_source(&args.storage.storage_root)?;
     let destination = Storage::from_config(&args.storage)?;
     destination.probe(&args.storage, !args.dry_run).await?;
-    let db = crate::db::connect(&args.database).await?;
-    crate::db::migrate(&db)
+    let db = crate::db::Database::open(&args.database).await?;
+    db.migrate()
         .await
         .context("DATABASE_URL: applying database migrations failed")?;
     println!(
@@ -220,7 +220,8 @@ async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     config.validate()?;
     let base_url = config.public_base_url(config.listen_addr)?;
     let app = App::build(config, base_url).await?;
-    crate::db::migrate(&app.db)
+    app.db
+        .migrate()
         .await
         .context("DATABASE_URL: applying database migrations failed")?;
     let verb = if args.dry_run {

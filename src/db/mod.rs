@@ -8,6 +8,7 @@
 //! survives a power loss.
 
 mod reader;
+mod transaction;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -15,15 +16,15 @@ use std::str::FromStr;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    Statement, TransactionTrait,
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait,
 };
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::config::{ConfigError, DatabaseConfig, SqliteSync};
 pub use reader::Reader;
-pub use writer::Writer;
+pub use transaction::Transaction;
+use writer::Writer;
 
 /// How long startup waits for the database before it gives up.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -85,30 +86,94 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conf
     }
     let synchronous = config.sqlite_synchronous;
     options.map_sqlx_sqlite_opts(move |sqlite| tune_sqlite(sqlite, synchronous));
-    Database::connect(options)
+    sea_orm::Database::connect(options)
         .await
         .map_err(|err| cannot_connect(&err.to_string(), url))
 }
 
-/// The writer and the reader beside `pool`: on SQLite they hold connections of
-/// their own (see their modules); on PostgreSQL both are `pool`.
-pub async fn writer_and_reader(
-    config: &DatabaseConfig,
-    pool: &DatabaseConnection,
-) -> Result<(Writer, Reader), ConfigError> {
-    let url = config.database_url.as_str();
-    let sqlite = match pool.get_database_backend() {
-        DbBackend::Sqlite => Some(
-            SqliteConnectOptions::from_str(url)
-                .map(|options| tune_sqlite(options, config.sqlite_synchronous))
-                .map_err(|err| cannot_connect(&err.to_string(), url))?,
-        ),
-        _ => None,
-    };
-    let writer = Writer::open(sqlite.clone(), pool)
-        .await
-        .map_err(|err| cannot_connect(&err.to_string(), url))?;
-    Ok((writer, Reader::new(sqlite, pool)))
+/// The one door to the database: reads go through [`Database::read`], writes
+/// through [`Database::commit`] (statements known in advance, committed in groups)
+/// or [`Database::begin`] (a transaction that reads before it writes). On SQLite
+/// both write on the writer's one connection, one turn at a time, so no write of
+/// ours waits for SQLite's lock behind another of ours; the pool only migrates and
+/// answers the readiness check. On PostgreSQL all three are the pool.
+pub struct Database {
+    pool: DatabaseConnection,
+    writer: Writer,
+    reader: Reader,
+}
+
+impl Database {
+    /// Connects to `DATABASE_URL` (see [`connect`]) and opens the writer.
+    pub async fn open(config: &DatabaseConfig) -> Result<Self, ConfigError> {
+        let pool = connect(config).await?;
+        let url = config.database_url.as_str();
+        let sqlite = match pool.get_database_backend() {
+            DbBackend::Sqlite => Some(
+                SqliteConnectOptions::from_str(url)
+                    .map(|options| tune_sqlite(options, config.sqlite_synchronous))
+                    .map_err(|err| cannot_connect(&err.to_string(), url))?,
+            ),
+            _ => None,
+        };
+        let writer = Writer::open(sqlite.clone(), &pool)
+            .await
+            .map_err(|err| cannot_connect(&err.to_string(), url))?;
+        let reader = Reader::new(sqlite, &pool);
+        Ok(Self {
+            pool,
+            writer,
+            reader,
+        })
+    }
+
+    /// Where reads go: a statement that writes is refused there on SQLite.
+    pub fn read(&self) -> &Reader {
+        &self.reader
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.pool.get_database_backend()
+    }
+
+    /// Commits `statements` as one transaction: all of them or none.
+    pub async fn commit(&self, statements: Vec<Statement>) -> Result<(), sea_orm::DbErr> {
+        self.writer.commit(statements).await
+    }
+
+    /// Begins a transaction on the writer (see [`Transaction`]); keep it short, on
+    /// SQLite every other write waits for it.
+    pub async fn begin(&self) -> Result<Transaction, sea_orm::DbErr> {
+        match &self.writer {
+            Writer::Sqlite(writer) => Transaction::sqlite(writer).await,
+            Writer::Pool(pool) => Transaction::pool(pool).await,
+        }
+    }
+
+    /// Applies every pending migration (see [`migrate`]).
+    pub async fn migrate(&self) -> Result<(), sea_orm::DbErr> {
+        migrate(&self.pool).await
+    }
+
+    pub async fn ping(&self) -> Result<(), sea_orm::DbErr> {
+        self.pool.ping().await
+    }
+
+    /// The pool's size and idle connections, for the metrics.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        use sea_orm::DatabaseConnectionType as Pool;
+        match &self.pool.inner {
+            Pool::SqlxSqlitePoolConnection(_) => {
+                let pool = self.pool.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            Pool::SqlxPostgresPoolConnection(_) => {
+                let pool = self.pool.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => (0, 0),
+        }
+    }
 }
 
 /// What every SQLite connection of attache runs with (see the top of this file).
@@ -134,7 +199,7 @@ const MIGRATION_LOCK: i64 = 0x0061_7474_6163_6865;
 
 /// Applies every pending migration. On PostgreSQL under a transaction-scoped advisory
 /// lock, so replicas starting together on a new database migrate one after another.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
+async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     if db.get_database_backend() != DbBackend::Postgres {
         return Migrator::up(db, None).await;
     }
@@ -145,7 +210,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
 }
 
 /// PostgreSQL: waits for the advisory lock `id`, held until `txn` ends.
-pub async fn advisory_lock(txn: &DatabaseTransaction, id: i64) -> Result<(), sea_orm::DbErr> {
+pub async fn advisory_lock(txn: &impl ConnectionTrait, id: i64) -> Result<(), sea_orm::DbErr> {
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT pg_advisory_xact_lock($1)",
@@ -156,7 +221,10 @@ pub async fn advisory_lock(txn: &DatabaseTransaction, id: i64) -> Result<(), sea
 }
 
 /// PostgreSQL: takes the advisory lock `id` for as long as `txn` lasts, if it is free.
-pub async fn try_advisory_lock(txn: &DatabaseTransaction, id: i64) -> Result<bool, sea_orm::DbErr> {
+pub async fn try_advisory_lock(
+    txn: &impl ConnectionTrait,
+    id: i64,
+) -> Result<bool, sea_orm::DbErr> {
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -284,22 +352,6 @@ pub fn sqlite_folder(file: &Path) -> &Path {
     match file.parent() {
         Some(folder) if !folder.as_os_str().is_empty() => folder,
         _ => Path::new("."),
-    }
-}
-
-/// The pool's size and idle connections, for the metrics.
-pub fn pool_usage(db: &DatabaseConnection) -> (u32, usize) {
-    use sea_orm::DatabaseConnectionType as Pool;
-    match &db.inner {
-        Pool::SqlxSqlitePoolConnection(_) => {
-            let pool = db.get_sqlite_connection_pool();
-            (pool.size(), pool.num_idle())
-        }
-        Pool::SqlxPostgresPoolConnection(_) => {
-            let pool = db.get_postgres_connection_pool();
-            (pool.size(), pool.num_idle())
-        }
-        _ => (0, 0),
     }
 }
 

@@ -73,7 +73,7 @@ impl Writer {
             statements,
             outcome,
         });
-        let turn = Arc::clone(&writer.turn).lock_owned().await;
+        let turn = writer.turn().await;
         // Everything waiting, ours too unless an earlier turn took it.
         let group = std::mem::take(&mut *writer.waiting());
         match group.len() {
@@ -93,6 +93,16 @@ impl Writer {
 }
 
 impl SqliteWriter {
+    /// The writer's turn: its connection, for one caller at a time.
+    pub(super) async fn turn(&self) -> OwnedMutexGuard<Option<SqliteConnection>> {
+        Arc::clone(&self.turn).lock_owned().await
+    }
+
+    /// How to open another connection when the held one broke.
+    pub(super) fn options(&self) -> &SqliteConnectOptions {
+        &self.options
+    }
+
     fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Transaction>> {
         self.waiting
             .lock()
@@ -163,7 +173,7 @@ impl SqliteWriter {
     }
 }
 
-fn exec_error(err: sqlx::Error) -> DbErr {
+pub(super) fn exec_error(err: sqlx::Error) -> DbErr {
     DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
 }
 
@@ -244,6 +254,49 @@ mod tests {
         }
         assert_eq!(outcomes, [true, false, true]);
         assert_eq!(rows(&options).await, [1, 3]);
+    }
+
+    /// A transaction holds the writer's turn: group commits wait for it; dropped
+    /// without a commit it rolls back, and the writer goes on with its connection.
+    #[tokio::test]
+    async fn a_transaction_holds_the_turn_and_rolls_back_when_dropped() {
+        use sea_orm::ConnectionTrait;
+
+        use crate::db::Transaction;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (held, options) = writer(&dir).await;
+        let writer = Arc::new(Writer::Sqlite(Arc::clone(&held)));
+        let txn = Transaction::sqlite(&held).await.expect("begin");
+        txn.execute_unprepared("INSERT INTO t VALUES (1)")
+            .await
+            .expect("insert");
+        let refused = txn.execute_unprepared("INSERT INTO t VALUES (-1)").await;
+        assert!(refused.is_err(), "a refused statement fails alone");
+        let waiting = {
+            let writer = Arc::clone(&writer);
+            tokio::spawn(async move { writer.commit(vec![sql("INSERT INTO t VALUES (2)")]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a group commit waits for the turn");
+        drop(txn);
+        waiting
+            .await
+            .expect("joined")
+            .expect("commits after the rollback");
+        assert_eq!(
+            rows(&options).await,
+            [2],
+            "nothing of the dropped transaction"
+        );
+
+        let txn = Transaction::sqlite(&held).await.expect("begin");
+        txn.execute_unprepared("INSERT INTO t VALUES (3)")
+            .await
+            .expect("insert");
+        txn.commit().await.expect("commit");
+        assert_eq!(rows(&options).await, [2, 3]);
+        assert!(held.turn.lock().await.is_some(), "the connection is back");
     }
 
     /// A writer cut off mid-batch (its caller dropped) loses the connection, which

@@ -7,11 +7,12 @@ use entity::outbox_event::{self, EventType};
 use entity::webhook_delivery::{self, DeliveryStatus};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Set, TransactionSession, TransactionTrait,
+    QueryTrait, Set,
 };
 use uuid::Uuid;
 
 use super::{events_by_seq, redact_url};
+use crate::db::Database;
 
 /// One delivery as an operator sees it; the receiver without its query string.
 #[derive(Debug)]
@@ -101,10 +102,7 @@ pub async fn retry<C: ConnectionTrait>(db: &C, target: RetryTarget) -> Result<u6
 
 /// Deletes events written before `cutoff` that nothing waits for any more (every
 /// delivery delivered, or none), with their deliveries; returns how many events.
-pub async fn prune<C: TransactionTrait + ConnectionTrait>(
-    db: &C,
-    cutoff: DateTime<Utc>,
-) -> Result<u64, DbErr> {
+pub async fn prune(db: &Database, cutoff: DateTime<Utc>) -> Result<u64, DbErr> {
     const BATCH: u64 = 500;
     let mut pruned = 0;
     loop {
@@ -121,7 +119,7 @@ pub async fn prune<C: TransactionTrait + ConnectionTrait>(
             .order_by_asc(outbox_event::Column::Seq)
             .limit(BATCH)
             .into_tuple()
-            .all(db)
+            .all(db.read())
             .await?;
         if seqs.is_empty() {
             return Ok(pruned);

@@ -16,9 +16,9 @@ pub async fn healthz() -> impl IntoResponse {
 /// The Prometheus text, after reading the figures measured at scrape time: the
 /// database pool and the outbox backlog.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let (size, idle) = crate::db::pool_usage(&state.app.db);
+    let (size, idle) = state.app.db.pool_usage();
     crate::telemetry::db_pool(size, idle);
-    match crate::events::backlog(&state.app.db).await {
+    match crate::events::backlog(state.app.db.read()).await {
         Ok(pending) => crate::telemetry::outbox_backlog(pending),
         Err(err) => tracing::warn!(error = %err, "cannot count the outbox backlog"),
     }

@@ -233,18 +233,19 @@ impl Dispatcher {
         let now = Utc::now();
         let token = Uuid::now_v7();
         let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-        let marked = claim_statement(receiver, limit, now, token, later(now, self.lease))
-            .exec(db)
-            .await?;
+        let claim = claim_statement(receiver, limit, now, token, later(now, self.lease));
+        let txn = db.begin().await?;
+        let marked = claim.exec(&txn).await?;
+        txn.commit().await?;
         if marked.rows_affected == 0 {
             return Ok(Vec::new());
         }
         let deliveries = webhook_delivery::Entity::find()
             .filter(Column::ClaimedBy.eq(token))
             .order_by_asc(Column::EventSeq)
-            .all(db)
+            .all(db.read())
             .await?;
-        let mut events = events_by_seq(db, &deliveries).await?;
+        let mut events = events_by_seq(db.read(), &deliveries).await?;
         Ok(deliveries
             .into_iter()
             .filter_map(|delivery| {
@@ -383,12 +384,14 @@ impl Dispatcher {
                 update.last_error = Set(Some(reason.to_string()));
             }
         }
+        let txn = self.app.db.begin().await?;
         let updated = webhook_delivery::Entity::update_many()
             .set(update)
             .filter(Column::Id.eq(delivery.id))
             .filter(Column::ClaimedBy.eq(claimed.token))
-            .exec(&self.app.db)
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         if updated.rows_affected == 0 {
             tracing::warn!(event = %claimed.event.id, %receiver, "a webhook delivery outlived its claim; it may be sent again");
         }
@@ -398,7 +401,7 @@ impl Dispatcher {
     /// Gives an unfinished delivery back at once, for any dispatcher to take.
     async fn release(&self, claimed: &Claimed) -> Result<(), DbErr> {
         use webhook_delivery::Column;
-        webhook_delivery::Entity::update_many()
+        let release = webhook_delivery::Entity::update_many()
             .set(webhook_delivery::ActiveModel {
                 claimed_by: Set(None),
                 claimed_until: Set(None),
@@ -406,9 +409,8 @@ impl Dispatcher {
             })
             .filter(Column::Id.eq(claimed.delivery.id))
             .filter(Column::ClaimedBy.eq(claimed.token))
-            .exec(&self.app.db)
-            .await
-            .map(drop)
+            .build(self.app.db.backend());
+        self.app.db.commit(vec![release]).await
     }
 }
 

@@ -9,12 +9,13 @@ use std::time::Duration;
 use chrono::Utc;
 use entity::worker_lease;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use sea_orm::{ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, Set};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
 use crate::attachments;
+use crate::db::Database;
 
 /// How often a pass runs, on one replica.
 pub const PERIOD: Duration = Duration::from_secs(60);
@@ -60,8 +61,8 @@ pub async fn pass(app: &App) {
 
 /// Takes the lease `name` for `ttl` when it is free or lapsed, or renews it when
 /// `holder` has it; `false` while another holder's lease runs.
-pub async fn acquire<C: ConnectionTrait>(
-    db: &C,
+pub async fn acquire(
+    db: &Database,
     name: &str,
     holder: Uuid,
     ttl: Duration,
@@ -73,6 +74,7 @@ pub async fn acquire<C: ConnectionTrait>(
         holder: Set(holder),
         expires_at: Set(crate::events::later(now, ttl)),
     };
+    let txn = db.begin().await?;
     let taken = worker_lease::Entity::update_many()
         .set(lease.clone())
         .filter(Column::Name.eq(name))
@@ -81,15 +83,17 @@ pub async fn acquire<C: ConnectionTrait>(
                 .add(Column::ExpiresAt.lt(now))
                 .add(Column::Holder.eq(holder)),
         )
-        .exec(db)
+        .exec(&txn)
         .await?;
     if taken.rows_affected > 0 {
+        txn.commit().await?;
         return Ok(true);
     }
     // The first time: one of several replicas inserting at once wins.
     let inserted = worker_lease::Entity::insert(lease)
         .on_conflict(OnConflict::column(Column::Name).do_nothing().to_owned())
-        .exec_without_returning(db)
+        .exec_without_returning(&txn)
         .await?;
+    txn.commit().await?;
     Ok(inserted > 0)
 }

@@ -291,7 +291,7 @@ fn requests_for<'a>(
 }
 
 /// The deliveries of one tenant, as `attache events list` reads them.
-async fn deliveries_of(db: &sea_orm::DatabaseConnection, tenant: &str) -> Vec<DeliveryView> {
+async fn deliveries_of(db: &impl sea_orm::ConnectionTrait, tenant: &str) -> Vec<DeliveryView> {
     admin::list(db, false, 10_000)
         .await
         .expect("list deliveries")
@@ -302,7 +302,7 @@ async fn deliveries_of(db: &sea_orm::DatabaseConnection, tenant: &str) -> Vec<De
 
 /// Waits until `done` holds for the deliveries of `tenant`; panics after [`PATIENCE`].
 async fn wait_for_deliveries(
-    db: &sea_orm::DatabaseConnection,
+    db: &impl sea_orm::ConnectionTrait,
     tenant: &str,
     what: &str,
     done: impl Fn(&[DeliveryView]) -> bool,
@@ -568,13 +568,14 @@ async fn a_failing_receiver_is_retried_with_backoff_and_in_order(setup: Setup) {
         "file.deleted waits until file.stored is delivered"
     );
     // The receiver records a request before attache records its answer.
-    let deliveries = wait_for_deliveries(&app.app.db, &acme, "both delivered", |deliveries| {
-        deliveries.len() == 2
-            && deliveries
-                .iter()
-                .all(|d| d.status == DeliveryStatus::Delivered)
-    })
-    .await;
+    let deliveries =
+        wait_for_deliveries(app.app.db.read(), &acme, "both delivered", |deliveries| {
+            deliveries.len() == 2
+                && deliveries
+                    .iter()
+                    .all(|d| d.status == DeliveryStatus::Delivered)
+        })
+        .await;
     for delivery in deliveries {
         assert_eq!(delivery.attempts, 3);
         assert!(delivery.delivered_at.is_some());
@@ -607,7 +608,7 @@ async fn a_receiver_down_during_uploads_gets_everything_later(setup: Setup) {
     let acme = tenant();
     let bearer = app.token(&acme);
     let ids = upload_pdfs(&app, &bearer, 4).await;
-    let failing = wait_for_deliveries(&app.app.db, &acme, "failed attempts", |deliveries| {
+    let failing = wait_for_deliveries(app.app.db.read(), &acme, "failed attempts", |deliveries| {
         deliveries.len() == 4 && deliveries.iter().all(|d| d.attempts >= 2)
     })
     .await;
@@ -717,7 +718,7 @@ async fn refused_or_failed_writes_emit_no_event(setup: Setup) {
     assert!(received[0].verified);
     assert_eq!(received[0].body["type"], "file.stored");
     assert_eq!(received[0].body["data"]["file_id"], kept["id"]);
-    assert_eq!(deliveries_of(&app.app.db, &acme).await.len(), 1);
+    assert_eq!(deliveries_of(app.app.db.read(), &acme).await.len(), 1);
 }
 
 async fn failed_deliveries_are_listed_and_retried(setup: Setup) {
@@ -738,12 +739,17 @@ async fn failed_deliveries_are_listed_and_retried(setup: Setup) {
         .await;
     app.upload(&bearer, &pdf(), "contract", Some("c-1"), "b.pdf")
         .await;
-    let failed = wait_for_deliveries(&app.app.db, &acme, "two failed deliveries", |deliveries| {
-        deliveries.len() == 2
-            && deliveries
-                .iter()
-                .all(|d| d.status == DeliveryStatus::Failed)
-    })
+    let failed = wait_for_deliveries(
+        app.app.db.read(),
+        &acme,
+        "two failed deliveries",
+        |deliveries| {
+            deliveries.len() == 2
+                && deliveries
+                    .iter()
+                    .all(|d| d.status == DeliveryStatus::Failed)
+        },
+    )
     .await;
     assert!(failed.iter().all(|d| d.attempts == 2));
     let first_event = failed
@@ -820,7 +826,7 @@ async fn failed_deliveries_are_listed_and_retried(setup: Setup) {
         .wait_for("every event", |received| accepted(received).len() == 2)
         .await;
     wait_for_deliveries(
-        &app.app.db,
+        app.app.db.read(),
         &acme,
         "every delivery delivered",
         |deliveries| {
@@ -865,7 +871,7 @@ async fn delivered_events_are_pruned_after_the_retention(setup: Setup) {
     let late = Receiver::start_on(addr).await;
     late.wait_for("the event", |received| accepted(received).len() == 1)
         .await;
-    wait_for_deliveries(db, &acme, "both delivered", |deliveries| {
+    wait_for_deliveries(db.read(), &acme, "both delivered", |deliveries| {
         deliveries
             .iter()
             .all(|d| d.status == DeliveryStatus::Delivered)
@@ -878,18 +884,18 @@ async fn delivered_events_are_pruned_after_the_retention(setup: Setup) {
         "too young"
     );
     assert_eq!(admin::prune(db, later).await.expect("prune"), 1);
-    assert!(deliveries_of(db, &acme).await.is_empty());
+    assert!(deliveries_of(db.read(), &acme).await.is_empty());
     use sea_orm::{EntityTrait, PaginatorTrait};
     assert_eq!(
         entity::outbox_event::Entity::find()
-            .count(db)
+            .count(db.read())
             .await
             .expect("count"),
         0
     );
     assert_eq!(
         entity::webhook_delivery::Entity::find()
-            .count(db)
+            .count(db.read())
             .await
             .expect("count"),
         0
@@ -1307,9 +1313,12 @@ async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
     let bearer = app.token(&acme);
     app.upload(&bearer, &pdf(), "contract", Some("c-1"), "gone.pdf")
         .await;
-    let failed = wait_for_deliveries(&app.app.db, &acme, "a failed delivery", |deliveries| {
-        deliveries.len() == 1 && deliveries[0].status == DeliveryStatus::Failed
-    })
+    let failed = wait_for_deliveries(
+        app.app.db.read(),
+        &acme,
+        "a failed delivery",
+        |deliveries| deliveries.len() == 1 && deliveries[0].status == DeliveryStatus::Failed,
+    )
     .await;
     assert_eq!(failed[0].attempts, 1, "410 is not retried");
     assert!(
@@ -1332,7 +1341,7 @@ async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
         "later.pdf",
     )
     .await;
-    wait_for_deliveries(&app.app.db, &other, "a delivery", |deliveries| {
+    wait_for_deliveries(app.app.db.read(), &other, "a delivery", |deliveries| {
         deliveries.len() == 1 && deliveries[0].status == DeliveryStatus::Delivered
     })
     .await;

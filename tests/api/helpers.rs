@@ -425,13 +425,16 @@ pub async fn postgres_admin() -> sea_orm::DatabaseConnection {
 /// A new, migrated PostgreSQL database; the next run drops it.
 async fn create_postgres_database(admin: &sea_orm::DatabaseConnection) -> String {
     let url = empty_postgres_database(admin).await;
-    let db = Database::connect(&url)
+    let config = attache::config::DatabaseConfig {
+        database_url: url.clone(),
+        sqlite_synchronous: attache::config::SqliteSync::Normal,
+    };
+    attache::db::Database::open(&config)
         .await
-        .expect("connect to the test database");
-    attache::db::migrate(&db)
+        .expect("connect to the test database")
+        .migrate()
         .await
         .expect("migrate the test database");
-    db.close().await.expect("close");
     url
 }
 
@@ -582,7 +585,7 @@ impl TestApp {
                 .await
                 .expect("build the app"),
         );
-        attache::db::migrate(&app.db).await.expect("migrate");
+        app.db.migrate().await.expect("migrate");
         app.storage.check().await.expect("storage answers");
         let shutdown = tokio_util::sync::CancellationToken::new();
         if let Some(dispatcher) = Dispatcher::new(app.clone()).expect("the events dispatcher") {
@@ -653,7 +656,7 @@ impl TestApp {
         use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
         entity::attachment::Entity::find()
             .filter(entity::attachment::Column::TenantId.eq(tenant))
-            .count(&self.app.db)
+            .count(self.app.db.read())
             .await
             .expect("count rows")
     }
@@ -1155,7 +1158,7 @@ pub struct Refusal {
 
 impl Refusal {
     pub async fn install(app: &TestApp, table: &'static str, tenant: &str) -> Self {
-        let db = if app.app.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let db = if app.app.db.backend() == sea_orm::DbBackend::Postgres {
             Db::Postgres
         } else {
             Db::Sqlite
@@ -1172,11 +1175,11 @@ impl Refusal {
                  CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}();"
             ),
         };
-        app.app
-            .db
-            .execute_unprepared(&trigger)
+        let txn = app.app.db.begin().await.expect("begin");
+        txn.execute_unprepared(&trigger)
             .await
             .expect("install trigger");
+        txn.commit().await.expect("install trigger");
         Self { db, name, table }
     }
 
@@ -1187,10 +1190,10 @@ impl Refusal {
             Db::Sqlite => format!("DROP TRIGGER {name};"),
             Db::Postgres => format!("DROP TRIGGER {name} ON {table}; DROP FUNCTION {name}();"),
         };
-        app.app
-            .db
-            .execute_unprepared(&cleanup)
+        let txn = app.app.db.begin().await.expect("begin");
+        txn.execute_unprepared(&cleanup)
             .await
             .expect("remove trigger");
+        txn.commit().await.expect("remove trigger");
     }
 }

@@ -111,7 +111,7 @@ impl Scene {
 
     async fn tracked(&self) -> u64 {
         storage_migration::Entity::find()
-            .count(&self.local.app.db)
+            .count(self.local.app.db.read())
             .await
             .expect("count tracking rows")
     }
@@ -119,7 +119,7 @@ impl Scene {
     async fn rows(&self) -> Vec<attachment::Model> {
         attachment::Entity::find()
             .order_by_asc(attachment::Column::Id)
-            .all(&self.local.app.db)
+            .all(self.local.app.db.read())
             .await
             .expect("rows")
     }
@@ -145,7 +145,7 @@ const BATCH: &str =
 async fn key_of(app: &TestApp, stored: &Value) -> String {
     let id = uuid::Uuid::parse_str(stored["id"].as_str().expect("id")).expect("uuid");
     attachment::Entity::find_by_id(id)
-        .one(&app.app.db)
+        .one(app.app.db.read())
         .await
         .expect("row")
         .expect("exists")
@@ -203,7 +203,7 @@ async fn a_dry_run_writes_nothing_and_a_run_moves_every_file_once(setup: Setup) 
     scene.assert_all_in_bucket();
     assert_eq!(scene.tracked().await, 16);
     let tracked = storage_migration::Entity::find()
-        .all(&scene.local.app.db)
+        .all(scene.local.app.db.read())
         .await
         .expect("tracking rows");
     for row in &tracked {
@@ -457,7 +457,7 @@ async fn an_object_deleted_with_its_row_is_not_lost_data(setup: Setup) {
         .await;
     let id = uuid::Uuid::parse_str(att["id"].as_str().expect("id")).expect("uuid");
     let read_before = attachment::Entity::find_by_id(id)
-        .one(&app.app.db)
+        .one(app.app.db.read())
         .await
         .expect("query")
         .expect("the row");

@@ -59,7 +59,7 @@ async fn assert_files_equal_rows(app: &TestApp, tenant: &str) {
     }
     let rows = attachment::Entity::find()
         .filter(attachment::Column::TenantId.eq(tenant))
-        .all(&app.app.db)
+        .all(app.app.db.read())
         .await
         .expect("rows");
     let keys = tenant_keys(&app.storage_root, tenant);
