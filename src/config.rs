@@ -16,6 +16,45 @@ fn parse_retention(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A size in bytes: a plain number, or one with a unit (`500MB`, `5GiB`; `k`, `M`,
+/// `G`, `T` are powers of 1000, `Ki`, `Mi`, `Gi`, `Ti` of 1024; a trailing `B` is
+/// optional).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = unit.trim();
+    let unit = unit.strip_suffix(['B', 'b']).unwrap_or(unit);
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" => 1,
+        "k" => 1_000,
+        "m" => 1_000_000,
+        "g" => 1_000_000_000,
+        "t" => 1_000_000_000_000,
+        "ki" => 1 << 10,
+        "mi" => 1 << 20,
+        "gi" => 1 << 30,
+        "ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size: write bytes, or a number with kB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: it must start with a number"))?;
+    let bytes = value * factor as f64;
+    if !(1.0..=i64::MAX as f64).contains(&bytes) {
+        return Err(format!(
+            "`{text}` is out of range: at least 1 byte, at most 8 EiB"
+        ));
+    }
+    Ok(bytes.round() as u64)
+}
+
 /// The shortest HMAC key accepted for client tokens and signed links: 256 bits.
 const MIN_KEY_BYTES: usize = 32;
 
@@ -356,6 +395,17 @@ pub struct EventsConfig {
     pub events_retention_days: u32,
 }
 
+/// The quota of every tenant without one of its own (`attache tenant quota set`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct QuotaConfig {
+    /// Bytes each tenant may store (`5GiB`, `500MB` or a number); unset: unlimited.
+    #[arg(long, env = "TENANT_QUOTA_BYTES", value_parser = parse_byte_size)]
+    pub tenant_quota_bytes: Option<u64>,
+    /// Files each tenant may store; unset: unlimited.
+    #[arg(long, env = "TENANT_QUOTA_FILES", value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
+    pub tenant_quota_files: Option<u64>,
+}
+
 /// Everything `attache serve` needs; commands flatten the parts they use.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -388,6 +438,8 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     #[command(flatten)]
     pub events: EventsConfig,
+    #[command(flatten)]
+    pub quotas: QuotaConfig,
     /// With s3, copy not-yet-migrated files of STORAGE_ROOT into the bucket in the background at startup.
     #[arg(long, env = "AUTO_MIGRATE_STORAGE", default_value_t = false, action = clap::ArgAction::Set)]
     pub auto_migrate_storage: bool,
@@ -509,5 +561,22 @@ impl StorageConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_byte_size;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(parse_byte_size("1024"), Ok(1024));
+        assert_eq!(parse_byte_size("5GiB"), Ok(5 << 30));
+        assert_eq!(parse_byte_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_byte_size("1.5 KiB"), Ok(1536));
+        assert_eq!(parse_byte_size("2g"), Ok(2_000_000_000));
+        for bad in ["", "GiB", "5 parsecs", "0", "-1", "99999999999TiB"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad}");
+        }
     }
 }

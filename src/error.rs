@@ -25,6 +25,12 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     ChecksumMismatch(String),
+    /// The tenant's quota has no room for the upload; the usage goes in `extensions`.
+    #[error(
+        "the tenant's storage quota is full: delete files or ask for a larger quota ({})",
+        quota_text(.0)
+    )]
+    QuotaExceeded(Box<QuotaUsage>),
     /// The row exists but its object is on no store: lost data, logged as such.
     #[error("the file of attachment {0} is missing from storage")]
     ObjectMissing(uuid::Uuid),
@@ -68,6 +74,7 @@ impl AppError {
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Self::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
+            Self::QuotaExceeded(_) => "QUOTA_EXCEEDED",
             // SPEC 6's code for "unavailable, try again later".
             Self::StorageUnavailable(_) | Self::Overloaded(_) => "STORAGE_UNAVAILABLE",
             Self::Database { .. } | Self::Internal(_) => "INTERNAL_SERVER_ERROR",
@@ -83,6 +90,8 @@ impl AppError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ChecksumMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Retrying does not help; freeing space or a larger quota does.
+            Self::QuotaExceeded(_) => StatusCode::FORBIDDEN,
             Self::StorageUnavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,10 +122,47 @@ impl AppError {
         if let Self::ObjectMissing(id) = self {
             extensions["attachmentId"] = serde_json::json!(id);
         }
+        if let Self::QuotaExceeded(usage) = self {
+            extensions["usage"] = usage_json(usage);
+        }
         serde_json::json!({
             "errors": [{ "message": self.to_string(), "extensions": extensions }]
         })
     }
+}
+
+/// What a tenant stores and may store when its quota refused an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub bytes: i64,
+    pub files: i64,
+    pub quota_bytes: Option<i64>,
+    pub quota_files: Option<i64>,
+}
+
+/// A quota refusal's `extensions.usage`: what the `usage` query answers.
+fn usage_json(usage: &QuotaUsage) -> serde_json::Value {
+    serde_json::json!({
+        "bytes": usage.bytes,
+        "files": usage.files,
+        "quotaBytes": usage.quota_bytes,
+        "quotaFiles": usage.quota_files,
+    })
+}
+
+/// The limits a quota refusal met, in words.
+fn quota_text(usage: &QuotaUsage) -> String {
+    let limit = |used: i64, limit: Option<i64>, unit: &str| {
+        limit.map(|limit| format!("{used} of {limit} {unit}"))
+    };
+    [
+        limit(usage.bytes, usage.quota_bytes, "bytes"),
+        limit(usage.files, usage.quota_files, "files"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 /// Seconds a client is told to wait when the server is busy.
@@ -151,8 +197,14 @@ impl From<opendal::Error> for AppError {
 impl ErrorExtensions for AppError {
     fn extend(&self) -> async_graphql::Error {
         self.log();
-        async_graphql::Error::new(self.to_string())
-            .extend_with(|_, ext| ext.set("code", self.code()))
+        async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
+            ext.set("code", self.code());
+            if let Self::QuotaExceeded(usage) = self
+                && let Ok(usage) = async_graphql::Value::from_json(usage_json(usage))
+            {
+                ext.set("usage", usage);
+            }
+        })
     }
 }
 

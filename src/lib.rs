@@ -17,6 +17,7 @@ pub mod graphql;
 pub mod http;
 pub mod ids;
 pub mod media;
+pub mod quotas;
 pub mod storage;
 pub mod telemetry;
 pub mod workers;

@@ -110,6 +110,10 @@ fn describe() {
         "Idle connections of the database pool"
     );
     describe_gauge!("attache_outbox_backlog", "Webhook deliveries still to send");
+    describe_gauge!(
+        "attache_tenants_near_quota",
+        "Tenants past 80 % of their bytes or files quota"
+    );
     counter!("attache_upload_bytes_total").absolute(0);
     for gauge in [
         "attache_storage_migration_files_done",
@@ -119,6 +123,7 @@ fn describe() {
         "attache_db_pool_connections",
         "attache_db_pool_idle_connections",
         "attache_outbox_backlog",
+        "attache_tenants_near_quota",
     ] {
         gauge!(gauge).set(0.0);
     }
@@ -231,6 +236,11 @@ pub fn db_pool(size: u32, idle: usize) {
 /// Webhook deliveries still to send, read at scrape time.
 pub fn outbox_backlog(pending: u64) {
     gauge!("attache_outbox_backlog").set(pending as f64);
+}
+
+/// Tenants past 80 % of a quota, read at scrape time.
+pub fn tenants_near_quota(tenants: u64) {
+    gauge!("attache_tenants_near_quota").set(tenants as f64);
 }
 
 /// The Prometheus text of every series.

@@ -5,5 +5,6 @@ pub mod direct_upload;
 pub mod outbox_event;
 pub mod storage_deletion;
 pub mod storage_migration;
+pub mod tenant_usage;
 pub mod webhook_delivery;
 pub mod worker_lease;

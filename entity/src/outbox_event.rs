@@ -4,7 +4,7 @@
 
 use sea_orm::entity::prelude::*;
 
-/// What happened to the attachment; the body's `type`.
+/// What happened; the body's `type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
 pub enum EventType {
@@ -12,6 +12,9 @@ pub enum EventType {
     Stored,
     #[sea_orm(string_value = "file.deleted")]
     Deleted,
+    /// The tenant passed 80 % of a quota; the attachment is the upload that did.
+    #[sea_orm(string_value = "tenant.quota_warning")]
+    QuotaWarning,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

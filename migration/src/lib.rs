@@ -11,6 +11,7 @@ mod m20261202_000010_create_outbox_events;
 mod m20261202_000011_create_webhook_deliveries;
 mod m20261202_000012_create_worker_leases;
 mod m20261204_000013_add_remove_after_to_storage_deletions;
+mod m20261204_000014_create_tenant_usage;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000011_create_webhook_deliveries::Migration),
             Box::new(m20261202_000012_create_worker_leases::Migration),
             Box::new(m20261204_000013_add_remove_after_to_storage_deletions::Migration),
+            Box::new(m20261204_000014_create_tenant_usage::Migration),
         ]
     }
 }

@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
 use crate::media::MediaType;
+use crate::quotas;
 use crate::storage::{StorageKey, StreamWriteError};
 
 /// What the client declares before sending the bytes.
@@ -56,6 +57,9 @@ pub async fn announce(
         declared.filename,
     ))?;
     let sha256 = upload::parse_sha256(declared.sha256)?;
+    // The declared size is reserved now, released if the upload never completes.
+    let tenant = principal.tenant.as_str();
+    quotas::check(app, tenant, declared.byte_size, 1).await?;
     let id = Uuid::now_v7();
     // The client writes to a staging key; completion stores the verified bytes under
     // the attachment's own key, which no URL ever names.
@@ -98,8 +102,12 @@ pub async fn announce(
     }
     .into_active_model()
     .reset_all();
-    let insert = direct_upload::Entity::insert(announced).build(app.db.backend());
-    app.db.commit(vec![insert]).await?;
+    let backend = app.db.backend();
+    let insert = direct_upload::Entity::insert(announced).build(backend);
+    let reserve = quotas::grow(backend, &app.config.quotas, tenant, declared.byte_size, 1);
+    if let Err(err) = app.db.commit(vec![insert, reserve]).await {
+        return Err(quotas::refusal_or(app, tenant, err).await);
+    }
     Ok(Announced {
         id,
         upload_url,
@@ -247,6 +255,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         super::remove_object(app, &staged).await;
     }
     crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
+    super::warn_if_near(app, &row).await;
     Ok(row)
 }
 
@@ -303,8 +312,11 @@ async fn discard(
     if claimed.rows_affected == 0 {
         return Ok(());
     }
-    let removal = super::removal_statement(txn.get_database_backend(), &pending.storage_key);
-    txn.execute_raw(removal).await?;
+    let backend = txn.get_database_backend();
+    let removal = super::removal_statement(backend, &pending.storage_key);
+    let quotas = &app.config.quotas;
+    let release = quotas::shrink(backend, quotas, &pending.tenant_id, pending.byte_size, 1);
+    crate::db::execute_all(&txn, vec![removal, release]).await?;
     txn.commit().await?;
     super::remove_object(app, &pending.storage_key).await;
     Ok(())

@@ -30,6 +30,7 @@ use crate::db;
 use crate::error::{AppError, AppResult};
 use crate::events;
 use crate::ids::SafeId;
+use crate::quotas;
 use crate::storage::{Storage, StorageKey};
 pub use upload::{Draft, Target, ValidUpload};
 
@@ -76,6 +77,9 @@ async fn store(
         .iter()
         .map(|(row, _)| row.storage_key.clone())
         .collect();
+    let tenant = principal.tenant.as_str();
+    let (bytes, files) = totals(planned.iter().map(|(row, _)| row));
+    quotas::check(app, tenant, bytes, files).await?;
     record_intents(app, &keys).await?;
     let mut rows = Vec::with_capacity(planned.len());
     for (row, bytes) in planned {
@@ -88,12 +92,30 @@ async fn store(
     }
     if let Err(err) = insert_rows(app, &rows, &keys).await {
         discard(app, &keys).await;
-        return Err(err.into());
+        return Err(quotas::refusal_or(app, tenant, err).await);
     }
     for row in &rows {
         crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     }
+    if let Some(last) = rows.last() {
+        warn_if_near(app, last).await;
+    }
     Ok(rows)
+}
+
+/// The bytes and files that `rows` add to their tenant's usage.
+fn totals<'a>(rows: impl Iterator<Item = &'a attachment::Model>) -> (i64, i64) {
+    rows.fold((0, 0), |(bytes, files), row| {
+        (bytes.saturating_add(row.byte_size), files + 1)
+    })
+}
+
+/// [`quotas::warn_if_near`] after a stored upload; its failure is logged, the upload
+/// stands.
+async fn warn_if_near(app: &App, row: &attachment::Model) {
+    if let Err(err) = quotas::warn_if_near(app, row).await {
+        tracing::warn!(error = %err, tenant = %row.tenant_id, "cannot record the quota warning");
+    }
 }
 
 /// The row a valid upload becomes: a new UUIDv7 and the key its collection lays out.
@@ -149,6 +171,17 @@ async fn insert_rows(
         statements.extend(stored_statements(app, backend, row)?);
     }
     statements.push(intents_done(backend, keys));
+    if let Some(first) = rows.first() {
+        let (bytes, files) = totals(rows.iter());
+        let quotas = &app.config.quotas;
+        statements.push(quotas::grow(
+            backend,
+            quotas,
+            &first.tenant_id,
+            bytes,
+            files,
+        ));
+    }
     app.db.commit(statements).await
 }
 
@@ -335,6 +368,13 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
         EventType::Deleted,
         &row,
     )?);
+    statements.push(quotas::shrink(
+        backend,
+        &app.config.quotas,
+        &row.tenant_id,
+        row.byte_size,
+        1,
+    ));
     db::execute_all(&txn, statements).await?;
     txn.commit().await?;
     if remove_after.is_none() {

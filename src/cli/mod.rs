@@ -6,6 +6,7 @@ mod events;
 mod schema;
 mod serve;
 mod storage;
+mod tenant;
 mod token;
 
 use std::error::Error as _;
@@ -39,6 +40,8 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Webhook deliveries: list them, send failed ones again.
     Events(events::EventsArgs),
+    /// Tenants: usage, quotas, and the recount that repairs usage.
+    Tenant(tenant::TenantArgs),
 }
 
 impl Cli {
@@ -136,6 +139,7 @@ impl Cli {
             Command::Storage(args) => storage::run(args).await,
             Command::Backup(args) => backup::run(args).await,
             Command::Events(args) => events::run(args).await,
+            Command::Tenant(args) => tenant::run(args).await,
         }
     }
 }

@@ -174,9 +174,20 @@ pub fn record(
     event_type: EventType,
     row: &attachment::Model,
 ) -> Result<Vec<Statement>, DbErr> {
+    record_with(backend, webhooks, event_type, row, &EventData::from(row))
+}
+
+/// Like [`record`], with a `data` of the caller's: an event about the tenant that
+/// `row`'s upload brought past a threshold, delivered after that upload's events.
+pub fn record_with(
+    backend: DbBackend,
+    webhooks: &Webhooks,
+    event_type: EventType,
+    row: &attachment::Model,
+    data: &impl Serialize,
+) -> Result<Vec<Statement>, DbErr> {
     let now = Utc::now();
-    let payload =
-        serde_json::to_string(&EventData::from(row)).map_err(|err| DbErr::Json(err.to_string()))?;
+    let payload = serde_json::to_string(data).map_err(|err| DbErr::Json(err.to_string()))?;
     let event_id = Uuid::now_v7();
     let event = outbox_event::ActiveModel {
         seq: NotSet,

@@ -6,6 +6,7 @@ pub mod bounds;
 mod context;
 pub mod large_strings;
 mod parsed_queries;
+mod usage;
 
 use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
@@ -13,7 +14,7 @@ use crate::app::SharedApp;
 pub use parsed_queries::ParsedQueries;
 
 #[derive(MergedObject, Default)]
-pub struct Query(attachments::AttachmentQuery);
+pub struct Query(attachments::AttachmentQuery, usage::UsageQuery);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(attachments::AttachmentMutation);

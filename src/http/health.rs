@@ -14,13 +14,17 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// The Prometheus text, after reading the figures measured at scrape time: the
-/// database pool and the outbox backlog.
+/// database pool, the outbox backlog and the tenants near their quota.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let (size, idle) = state.app.db.pool_usage();
     crate::telemetry::db_pool(size, idle);
     match crate::events::backlog(state.app.db.read()).await {
         Ok(pending) => crate::telemetry::outbox_backlog(pending),
         Err(err) => tracing::warn!(error = %err, "cannot count the outbox backlog"),
+    }
+    match crate::quotas::tenants_near_limit(&state.app.db, &state.app.config.quotas).await {
+        Ok(tenants) => crate::telemetry::tenants_near_quota(tenants),
+        Err(err) => tracing::warn!(error = %err, "cannot count the tenants near their quota"),
     }
     (
         [(

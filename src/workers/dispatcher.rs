@@ -131,7 +131,7 @@ struct Body<'a> {
     #[serde(rename = "type")]
     event_type: String,
     timestamp: String,
-    data: &'a EventData,
+    data: &'a serde_json::Value,
 }
 
 impl Dispatcher {
@@ -319,15 +319,18 @@ impl Dispatcher {
 
     /// The signed body: the stored `data`, plus for `file.stored` a `url` made now.
     async fn body(&self, event: &outbox_event::Model) -> Result<Vec<u8>, AttemptError> {
-        let mut data: EventData = serde_json::from_str(&event.payload)?;
-        if event.event_type == EventType::Stored {
+        let data = if event.event_type == EventType::Stored {
+            let mut data: EventData = serde_json::from_str(&event.payload)?;
             let row = data.attachment(&event.storage_key, event.created_at);
             let url =
                 crate::attachments::urls::browser_url(&self.app, &row, self.app.config.url_ttl())
                     .await
                     .map_err(AttemptError::Url)?;
             data.url = Some(url);
-        }
+            serde_json::to_value(data)?
+        } else {
+            serde_json::from_str(&event.payload)?
+        };
         let body = Body {
             event_type: event.event_type.to_value(),
             timestamp: event.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),

@@ -15,6 +15,7 @@ mod migrate;
 mod operations;
 mod playground;
 mod providers;
+mod quotas;
 mod reliability;
 mod schema;
 mod storage;

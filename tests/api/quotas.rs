@@ -1,0 +1,381 @@
+//! Tenant quotas (issue 27): every upload path refused at the limit with nothing
+//! stored, no overshoot under concurrency, reservations of direct uploads released,
+//! deletes that free space at once, `usage`, the warning event and gauge, and the
+//! recount that repairs a usage altered by hand.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use entity::outbox_event::{self, EventType};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    COMPLETE_DIRECT, CREATE_DIRECT, DELETE, Setup, TestApp, UPLOAD, announce_and_put, codes, data,
+    declaration, hs256, now, pdf, post_multipart, private_database_url, run_attache, tenant,
+    upload_file_form,
+};
+
+const USAGE: &str = "{ usage { bytes files quotaBytes quotaFiles } }";
+const UPLOAD_MANY: &str =
+    "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id } }";
+
+fn input(name: &str, content: &[u8]) -> Value {
+    json!({ "ownerType": "contract", "ownerId": "c-1", "filename": name, "base64": STANDARD.encode(content) })
+}
+
+async fn usage(app: &TestApp, bearer: &str) -> Value {
+    data(&app.gql(USAGE, json!({}), Some(bearer)).await, "usage")
+}
+
+/// Asserts a QUOTA_EXCEEDED refusal that says how to fix it and carries the usage.
+fn assert_refused(body: &Value, files: i64) {
+    assert_eq!(codes(body), vec!["QUOTA_EXCEEDED"], "{body}");
+    let error = &body["errors"][0];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("delete files or ask for a larger quota"),
+        "{body}"
+    );
+    assert_eq!(error["extensions"]["usage"]["files"], files, "{body}");
+}
+
+async fn every_path_is_refused_at_the_limit_with_nothing_stored(setup: Setup) {
+    let content = pdf();
+    let size = content.len();
+    // Room for two of these PDFs by bytes, whatever the files quota says.
+    let quota = (2 * size).to_string();
+    let app = TestApp::spawn_with(setup, &["--tenant-quota-bytes", &quota]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+
+    // A batch that does not fit is refused whole.
+    let three = json!({ "input": [input("a.pdf", &content), input("b.pdf", &content), input("c.pdf", &content)] });
+    assert_refused(&app.gql(UPLOAD_MANY, three, Some(&bearer)).await, 0);
+    assert_eq!(app.row_count(&acme).await, 0);
+    assert!(app.stored_keys().is_empty());
+
+    let one = app
+        .gql(
+            UPLOAD,
+            json!({ "input": input("a.pdf", &content) }),
+            Some(&bearer),
+        )
+        .await;
+    assert!(one.get("errors").is_none(), "{one}");
+    assert_eq!(
+        usage(&app, &bearer).await,
+        json!({ "bytes": size as f64, "files": 1, "quotaBytes": (2 * size) as f64, "quotaFiles": null })
+    );
+
+    // A direct upload reserves its declared size: the next upload no longer fits.
+    let created = app
+        .gql(
+            CREATE_DIRECT,
+            json!({ "input": declaration(&content, "application/pdf") }),
+            Some(&bearer),
+        )
+        .await;
+    let direct = data(&created, "createDirectUpload");
+    assert_eq!(usage(&app, &bearer).await["bytes"], (2 * size) as f64);
+    let base64 = app
+        .gql(
+            UPLOAD,
+            json!({ "input": input("b.pdf", &content) }),
+            Some(&bearer),
+        )
+        .await;
+    assert_refused(&base64, 2);
+    let form = upload_file_form("contract", "c-1", &content, "m.pdf", "application/pdf");
+    let (_, multipart) = post_multipart(&app.url(""), &bearer, form).await;
+    assert_refused(&multipart, 2);
+    let another = app
+        .gql(
+            CREATE_DIRECT,
+            json!({ "input": declaration(&content, "application/pdf") }),
+            Some(&bearer),
+        )
+        .await;
+    assert_refused(&another, 2);
+    assert_eq!(app.row_count(&acme).await, 1, "no row of a refused upload");
+    assert_eq!(app.stored_keys().len(), 1, "no object of a refused upload");
+
+    // The reserved direct upload completes without counting twice.
+    let status = crate::helpers::put_to(&app, &direct, content.clone()).await;
+    assert_eq!(status, 200);
+    let done = app
+        .gql(
+            COMPLETE_DIRECT,
+            json!({ "id": direct["id"] }),
+            Some(&bearer),
+        )
+        .await;
+    assert!(done.get("errors").is_none(), "{done}");
+    assert_eq!(usage(&app, &bearer).await["bytes"], (2 * size) as f64);
+    assert_eq!(app.row_count(&acme).await, 2);
+
+    // Another tenant has its own room.
+    let other = app.token(&tenant());
+    let theirs = app
+        .gql(
+            UPLOAD,
+            json!({ "input": input("a.pdf", &content) }),
+            Some(&other),
+        )
+        .await;
+    assert!(theirs.get("errors").is_none(), "{theirs}");
+}
+
+async fn a_delete_frees_its_space_at_once(setup: Setup) {
+    let app = TestApp::spawn_with(setup, &["--tenant-quota-files", "1"]).await;
+    let bearer = app.token(&tenant());
+    let first = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    let refused = app
+        .gql(
+            UPLOAD,
+            json!({ "input": input("b.pdf", &pdf()) }),
+            Some(&bearer),
+        )
+        .await;
+    assert_refused(&refused, 1);
+    let deleted = app
+        .gql(DELETE, json!({ "id": first["id"] }), Some(&bearer))
+        .await;
+    assert!(deleted.get("errors").is_none(), "{deleted}");
+    assert_eq!(usage(&app, &bearer).await["files"], 0);
+    app.upload(&bearer, &pdf(), "contract", Some("c-1"), "b.pdf")
+        .await;
+}
+
+/// Twenty uploads at once against room for five: exactly five are stored, on
+/// SQLite (one writer) and PostgreSQL (row locks), whoever wins the race.
+async fn concurrent_uploads_never_overshoot(setup: Setup) {
+    let app = TestApp::spawn_with(setup, &["--tenant-quota-files", "5"]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = pdf();
+    let attempts = (0..20).map(|i| {
+        let body = json!({ "input": input(&format!("{i}.pdf"), &content) });
+        let (app, bearer) = (&app, &bearer);
+        async move { app.gql(UPLOAD, body, Some(bearer)).await }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let stored = answers.iter().filter(|a| a.get("errors").is_none()).count();
+    let refused = answers
+        .iter()
+        .filter(|a| codes(a) == vec!["QUOTA_EXCEEDED"])
+        .count();
+    assert_eq!((stored, refused), (5, 15), "{answers:?}");
+    assert_eq!(app.row_count(&acme).await, 5);
+    assert_eq!(app.stored_keys().len(), 5, "no object of a refused upload");
+    assert_eq!(usage(&app, &bearer).await["files"], 5);
+}
+
+async fn an_expired_direct_upload_releases_its_reservation(setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    let url = private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_at(
+        setup,
+        dir,
+        &url,
+        &uploads,
+        &["--url-ttl-seconds", "2", "--tenant-quota-files", "1"],
+    )
+    .await;
+    let bearer = app.token(&tenant());
+    let content = pdf();
+    let (_, status) = announce_and_put(
+        &app,
+        &bearer,
+        declaration(&content, "application/pdf"),
+        content.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(usage(&app, &bearer).await["files"], 1, "reserved");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    attache::attachments::direct::expire(&app.app)
+        .await
+        .expect("sweep");
+    assert_eq!(usage(&app, &bearer).await["files"], 0, "released");
+    app.upload(&bearer, &content, "contract", Some("c-1"), "a.pdf")
+        .await;
+}
+
+async fn usage_is_the_callers_tenant_and_needs_read_scope(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let (acme, globex) = (tenant(), tenant());
+    let bearer = app.token(&acme);
+    app.upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    assert_eq!(
+        usage(&app, &bearer).await,
+        json!({ "bytes": pdf().len() as f64, "files": 1, "quotaBytes": null, "quotaFiles": null })
+    );
+    assert_eq!(usage(&app, &app.token(&globex)).await["files"], 0);
+    let write_only = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600,
+        "scope": "attachments:write" }));
+    let refused = app.gql(USAGE, json!({}), Some(&write_only)).await;
+    assert_eq!(codes(&refused), vec!["FORBIDDEN"], "{refused}");
+}
+
+/// Passing 80 % records one `tenant.quota_warning` per crossing, and the gauge
+/// counts the tenant while it is past.
+async fn passing_80_percent_warns_once_per_crossing(setup: Setup) {
+    // A database of its own: the gauge counts every tenant of the database.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    let url = private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &["--tenant-quota-files", "5"]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let name = format!("{i}.pdf");
+        ids.push(
+            app.upload(&bearer, &pdf(), "contract", Some("c-1"), &name)
+                .await["id"]
+                .clone(),
+        );
+    }
+    let warnings = || async {
+        outbox_event::Entity::find()
+            .filter(outbox_event::Column::TenantId.eq(acme.as_str()))
+            .filter(outbox_event::Column::EventType.eq(EventType::QuotaWarning))
+            .all(app.app.db.read())
+            .await
+            .expect("events")
+    };
+    let first = warnings().await;
+    assert_eq!(
+        first.len(),
+        1,
+        "the fourth upload crossed 80 %; the fifth did not again"
+    );
+    assert_eq!(
+        first[0].attachment_id.to_string(),
+        ids[3].as_str().expect("id")
+    );
+    let payload: Value = serde_json::from_str(&first[0].payload).expect("JSON");
+    assert_eq!(payload["files"], 4);
+    assert_eq!(payload["quota_files"], 5);
+    assert_eq!(gauge(&app).await, 1);
+
+    for id in &ids[..3] {
+        app.gql(DELETE, json!({ "id": id }), Some(&bearer)).await;
+    }
+    assert_eq!(gauge(&app).await, 0, "back under 80 %");
+    for i in 5..7 {
+        let name = format!("{i}.pdf");
+        app.upload(&bearer, &pdf(), "contract", Some("c-1"), &name)
+            .await;
+    }
+    assert_eq!(
+        warnings().await.len(),
+        2,
+        "a second crossing, a second warning"
+    );
+}
+
+async fn gauge(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("attache_tenants_near_quota "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the gauge")
+}
+
+/// `attache tenant usage --recompute` corrects a usage row altered by hand, and the
+/// quota commands set and unset a tenant's own limits.
+async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    let url = private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    app.upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    let txn = app.app.db.begin().await.expect("begin");
+    txn.execute_unprepared(&format!(
+        "UPDATE tenant_usage SET bytes = 999999, files = 42 WHERE tenant_id = '{acme}'"
+    ))
+    .await
+    .expect("alter by hand");
+    txn.commit().await.expect("commit");
+
+    let database = ["--database-url".to_owned(), url.clone()];
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        all.extend(database.iter().cloned());
+        run_attache(all)
+    };
+    let fixed = run(&["tenant", "usage", "--recompute"]).await;
+    let said = String::from_utf8_lossy(&fixed.stdout);
+    assert!(fixed.status.success(), "{fixed:?}");
+    assert!(
+        said.contains(&format!(
+            "{acme}: corrected 999999 bytes / 42 files to {} bytes / 1 files",
+            pdf().len()
+        )),
+        "{said}"
+    );
+    assert_eq!(usage(&app, &bearer).await["files"], 1);
+    let again = run(&["tenant", "usage", "--recompute", &acme]).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to correct"));
+
+    let set = run(&[
+        "tenant", "quota", "set", &acme, "--files", "1", "--bytes", "1MiB",
+    ])
+    .await;
+    assert!(set.status.success(), "{set:?}");
+    assert_eq!(
+        usage(&app, &bearer).await,
+        json!({ "bytes": pdf().len() as f64, "files": 1, "quotaBytes": 1_048_576.0, "quotaFiles": 1 })
+    );
+    let refused = app
+        .gql(
+            UPLOAD,
+            json!({ "input": input("b.pdf", &pdf()) }),
+            Some(&bearer),
+        )
+        .await;
+    assert_refused(&refused, 1);
+    let listed = run(&["tenant", "list"]).await;
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with(acme.as_str()) && line.contains("100%")),
+        "{listed}"
+    );
+    let unset = run(&["tenant", "quota", "unset", &acme]).await;
+    assert!(String::from_utf8_lossy(&unset.stdout).contains("back on the default quota"));
+    app.upload(&bearer, &pdf(), "contract", Some("c-1"), "b.pdf")
+        .await;
+    let bad = run(&["tenant", "quota", "set", &acme]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("say --bytes, --files or both"));
+}
+
+crate::matrix!(db:
+    every_path_is_refused_at_the_limit_with_nothing_stored,
+    a_delete_frees_its_space_at_once,
+    concurrent_uploads_never_overshoot,
+    an_expired_direct_upload_releases_its_reservation,
+    usage_is_the_callers_tenant_and_needs_read_scope,
+    passing_80_percent_warns_once_per_crossing,
+    the_recount_repairs_usage_and_quotas_are_set_by_command,
+);
