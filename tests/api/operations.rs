@@ -189,7 +189,7 @@ async fn a_full_run_logs_request_ids_and_no_secret(_setup: Setup) {
     let mut content = pdf();
     content.extend(marker.as_bytes());
     let body: Value = client
-        .post(format!("{}/graphql", served.base))
+        .post(format!("{}/graphql", served.base_url))
         .bearer_auth(&token)
         .header("x-request-id", "req-full-run-1")
         .json(&json!({ "query": UPLOAD, "variables": { "input": {
@@ -213,7 +213,7 @@ async fn a_full_run_logs_request_ids_and_no_secret(_setup: Setup) {
         .expect("GET");
     assert_eq!(bearer.status(), 200);
     let refused = client
-        .get(format!("{}/graphql?query={{__typename}}", served.base))
+        .get(format!("{}/graphql?query={{__typename}}", served.base_url))
         .header("authorization", "Bearer not-a-token")
         .header("apollo-require-preflight", "1")
         .send()
@@ -263,7 +263,7 @@ async fn sigterm_lets_a_large_upload_finish(_setup: Setup) {
         "ownerType": "contract", "ownerId": "c-1", "filename": "big.pdf",
         "base64": STANDARD.encode(&content) }}}))
     .expect("json");
-    let host = served.base.trim_start_matches("http://").to_owned();
+    let host = served.base_url.trim_start_matches("http://").to_owned();
     let head = format!(
         "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Authorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -320,7 +320,7 @@ async fn a_database_failure_names_its_step_in_the_log(_: Setup) {
     .expect("install the trigger");
     let token = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
     let body: Value = http_client()
-        .post(format!("{}/graphql", served.base))
+        .post(format!("{}/graphql", served.base_url))
         .bearer_auth(&token)
         .json(&json!({ "query": UPLOAD, "variables": { "input": {
             "ownerType": "contract", "ownerId": "c-1", "filename": "a.pdf",
@@ -353,7 +353,7 @@ async fn a_database_failure_names_its_step_in_the_log(_: Setup) {
 async fn every_family_is_described_and_present_from_the_start(_: Setup) {
     let served = Served::start(&[]).await;
     let text = http_client()
-        .get(format!("{}/metrics", served.base))
+        .get(format!("{}/metrics", served.base_url))
         .send()
         .await
         .expect("GET /metrics")
