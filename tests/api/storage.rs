@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::helpers::{
     COMPLETE_DIRECT, CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp,
-    UPLOAD, announce_and_put, codes, data, declaration, fetch, pdf, put_to, s3_flags, sha256_hex,
-    tenant,
+    UPLOAD, Uploaded, announce_and_put, codes, data, declaration, fetch, pdf, put_to, s3_flags,
+    sha256_hex, tenant,
 };
 use crate::helpers::{SECRET, private_database_url, run_attache};
 
@@ -37,18 +37,13 @@ async fn objects_are_never_overwritten(setup: Setup) {
 
 async fn tools_get_a_real_local_path(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let content = pdf();
-    let att = app
-        .upload(
-            &app.token(&acme),
-            &content,
-            "contract",
-            Some("c-1"),
-            "a.pdf",
-        )
-        .await;
-    let id = att["id"].as_str().expect("id").parse().expect("uuid");
+    let Uploaded {
+        tenant: acme,
+        content,
+        id,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
+    let id = id.parse().expect("uuid");
     let row = attache::attachments::find(
         &app.app,
         &attache::ids::SafeId::parse(&acme).expect("tenant"),
@@ -84,17 +79,12 @@ async fn public_urls_need_no_signature(setup: Setup) {
         &["--url-mode", "public", "--s3-public-base-url", cdn],
     )
     .await;
-    let acme = tenant();
-    let content = pdf();
-    let att = app
-        .upload(
-            &app.token(&acme),
-            &content,
-            "contract",
-            Some("c-1"),
-            "a.pdf",
-        )
-        .await;
+    let Uploaded {
+        tenant: acme,
+        content,
+        att,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     let key = TestApp::contract_key(&acme, "c-1", &att);
     let url = att["url"].as_str().expect("url");
     match setup.store {
@@ -473,17 +463,12 @@ crate::matrix!(
 
 async fn the_prefix_is_joined_inside_the_bucket(setup: Setup) {
     let app = TestApp::spawn_with(setup, &["--s3-prefix", "/files/prod/"]).await;
-    let acme = tenant();
-    let content = pdf();
-    let att = app
-        .upload(
-            &app.token(&acme),
-            &content,
-            "contract",
-            Some("c-1"),
-            "a.pdf",
-        )
-        .await;
+    let Uploaded {
+        tenant: acme,
+        content,
+        att,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     let key = format!("files/prod/{}", TestApp::contract_key(&acme, "c-1", &att));
     assert_eq!(app.stored_keys(), vec![key]);
     assert_eq!(fetch(&att["url"]).await, content);

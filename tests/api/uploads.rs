@@ -6,24 +6,19 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Refusal, Setup, TestApp, UPLOAD, codes, data, fetch, pdf, png, sha256_hex, tenant,
+    Refusal, Setup, TestApp, UPLOAD, Uploaded, codes, data, fetch, pdf, png, sha256_hex, tenant,
     upload_file_form,
 };
 
 async fn upload_stores_the_file_under_its_collection_key(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let content = pdf();
-    let att = app
-        .upload(
-            &bearer,
-            &content,
-            "contract",
-            Some("c-1"),
-            "Vertrag März.pdf",
-        )
-        .await;
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        content,
+        att,
+        ..
+    } = app.upload_contract_pdf("Vertrag März.pdf").await;
     assert_eq!(att["ownerType"], "contract");
     assert_eq!(att["ownerId"], "c-1");
     assert_eq!(att["filename"], "Vertrag März.pdf");

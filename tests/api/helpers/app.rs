@@ -16,7 +16,7 @@ use tempfile::TempDir;
 
 use super::{
     FORWARD_TO_S3, GarageServer, S3_BUCKET, S3Server, SECRET, SIGNING_KEY, Setup, Store, UPLOAD,
-    data, database_url, forwarder, keys_under, s3_flags, token_for,
+    data, database_url, forwarder, keys_under, pdf, s3_flags, token_for,
 };
 
 /// A running attache as its clients see it: an origin and an HTTP client.
@@ -226,6 +226,43 @@ impl TestApp {
             .count(&self.app.db)
             .await
             .expect("count rows")
+    }
+}
+
+/// A contract PDF stored for a tenant of its own: where a test that starts from
+/// one uploaded file starts.
+pub struct Uploaded {
+    pub tenant: String,
+    /// A token of `tenant`.
+    pub bearer: String,
+    pub content: Vec<u8>,
+    /// The attachment as `uploadAttachment` answered ([`UPLOAD`]'s fields).
+    pub att: Value,
+    pub id: String,
+    /// The signed link.
+    pub url: String,
+}
+
+impl TestApp {
+    /// A fresh tenant, its token, and a new [`pdf`] uploaded through
+    /// `uploadAttachment` as `contract` `c-1`, named `filename`.
+    pub async fn upload_contract_pdf(&self, filename: &str) -> Uploaded {
+        let tenant = tenant();
+        let bearer = self.token(&tenant);
+        let content = pdf();
+        let att = self
+            .upload(&bearer, &content, "contract", Some("c-1"), filename)
+            .await;
+        let field = |name: &str| att[name].as_str().expect(name).to_owned();
+        let (id, url) = (field("id"), field("url"));
+        Uploaded {
+            tenant,
+            bearer,
+            content,
+            att,
+            id,
+            url,
+        }
     }
 }
 
