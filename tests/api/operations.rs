@@ -11,8 +11,8 @@ use prom_text_format_parser::{Scrape, ValueType};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    SECRET, SIGNING_KEY, Served, Setup, Store, TestApp, UPLOAD, data, hs256, http_client, now, pdf,
-    tenant,
+    SECRET, SIGNING_KEY, Served, Setup, Store, TestApp, UPLOAD, Uploaded, data, hs256, http_client,
+    now, pdf, tenant,
 };
 
 /// One scrape of `/metrics`, parsed by a parser of the Prometheus text format.
@@ -66,13 +66,11 @@ fn has(scrape: &Scrape, name: &str) -> bool {
 
 async fn metrics_parse_and_move_with_uploads_and_downloads(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let token = app.token(&acme);
     let before = scrape(&app).await;
     let download_route = [("route", "/api/attachments/{id}/download")];
-    let att = app
-        .upload(&token, &pdf(), "contract", Some("c-1"), "m.pdf")
-        .await;
+    let Uploaded {
+        bearer: token, att, ..
+    } = app.upload_contract_pdf("m.pdf").await;
     let download = app
         .client
         .get(att["downloadUrl"].as_str().expect("downloadUrl"))
