@@ -19,9 +19,9 @@ use crate::helpers::webhooks::{
 };
 use crate::helpers::{
     Api, COMPLETE_DIRECT, DELETE, Refusal, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD,
-    announce_and_put, codes, data, database_url, declaration, empty_postgres_database, fetch, pdf,
-    png, postgres_admin, private_database_url, run_attache, sha256_hex, tenant, token_for,
-    upload_file_form,
+    Uploaded, announce_and_put, codes, data, database_url, declaration, empty_postgres_database,
+    fetch, pdf, png, postgres_admin, private_database_url, run_attache, sha256_hex, tenant,
+    token_for, upload_file_form,
 };
 
 /// What a test knows of an attachment it stored, to check its event against.
@@ -79,28 +79,21 @@ impl Stored {
 async fn every_store_path_emits_its_event_with_every_field(setup: Setup) {
     let receiver = Receiver::start().await;
     let app = spawn_delivering(setup, &[receiver.url()], &[]).await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let mut stored = Vec::new();
-
-    let content = pdf();
-    let att = app
-        .upload(
-            &bearer,
-            &content,
-            "contract",
-            Some("c-1"),
-            "Übergabeprotokoll.pdf",
-        )
-        .await;
-    stored.push(Stored {
-        id: att["id"].as_str().expect("id").to_owned(),
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        content,
+        id,
+        ..
+    } = app.upload_contract_pdf("Übergabeprotokoll.pdf").await;
+    let mut stored = vec![Stored {
+        id,
         owner_type: "contract",
         owner_id: Some("c-1"),
         filename: "Übergabeprotokoll.pdf",
         content_type: "application/pdf",
         content,
-    });
+    }];
 
     let (logo, order) = (png(), pdf());
     let batch =
@@ -234,12 +227,13 @@ async fn a_failing_receiver_is_retried_with_backoff_and_in_order(setup: Setup) {
         &["--webhook-backoff-base-ms", "300"],
     )
     .await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let att = app
-        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
-    let id = att["id"].as_str().expect("id");
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        id,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
+    let id = id.as_str();
     app.gql(DELETE, json!({ "id": id }), Some(&bearer)).await;
 
     let received = receiver
@@ -421,11 +415,12 @@ async fn failed_deliveries_are_listed_and_retried(setup: Setup) {
         &["--webhook-max-attempts", "2", "--database-url", &database],
     )
     .await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let first = app
-        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        att: first,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     app.upload(&bearer, &pdf(), "contract", Some("c-1"), "b.pdf")
         .await;
     let failed = drain_deliveries(&app.app.db, &acme).await;
@@ -526,9 +521,7 @@ async fn delivered_events_are_pruned_after_the_retention(setup: Setup) {
     )
     .await;
     let db = &app.app.db;
-    let acme = tenant();
-    app.upload(&app.token(&acme), &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let acme = app.upload_contract_pdf("a.pdf").await.tenant;
     live.wait_for("the event", |received| accepted(received).len() == 1)
         .await;
     let later = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
@@ -742,11 +735,9 @@ async fn a_killed_replica_s_delivery_is_completed_by_another(setup: Setup) {
         &["--webhook-timeout-seconds", "4"],
     );
     let doomed = Served::replica(&args).await;
-    let acme = tenant();
-    let att = doomed
-        .api
-        .upload(&token_for(&acme), &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let Uploaded {
+        tenant: acme, att, ..
+    } = doomed.upload_contract_pdf("a.pdf").await;
     receiver
         .wait_for("the first request", |received| received.len() == 1)
         .await;
@@ -791,11 +782,7 @@ async fn sigterm_lets_deliveries_in_flight_finish(setup: Setup) {
         &[],
     );
     let replica = Served::replica(&args).await;
-    let acme = tenant();
-    replica
-        .api
-        .upload(&token_for(&acme), &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let acme = replica.upload_contract_pdf("a.pdf").await.tenant;
     receiver
         .wait_for("the request in flight", |received| received.len() == 1)
         .await;
@@ -856,10 +843,7 @@ async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
         ],
     )
     .await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    app.upload(&bearer, &pdf(), "contract", Some("c-1"), "gone.pdf")
-        .await;
+    let acme = app.upload_contract_pdf("gone.pdf").await.tenant;
     let failed = drain_deliveries(&app.app.db, &acme).await;
     assert_eq!(statuses(&failed), [Failed]);
     assert_eq!(failed[0].attempts, 1, "410 is not retried");
@@ -874,15 +858,7 @@ async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
     );
 
     receiver.answer(Answer::RetryAfterFirst(1));
-    let other = tenant();
-    app.upload(
-        &app.token(&other),
-        &pdf(),
-        "contract",
-        Some("c-1"),
-        "later.pdf",
-    )
-    .await;
+    let other = app.upload_contract_pdf("later.pdf").await.tenant;
     let delivered = drain_deliveries(&app.app.db, &other).await;
     assert_eq!(statuses(&delivered), [Delivered]);
     let received = receiver.received();

@@ -243,12 +243,12 @@ pub struct Uploaded {
     pub url: String,
 }
 
-impl TestApp {
+impl Api {
     /// A fresh tenant, its token, and a new [`pdf`] uploaded through
     /// `uploadAttachment` as `contract` `c-1`, named `filename`.
     pub async fn upload_contract_pdf(&self, filename: &str) -> Uploaded {
         let tenant = tenant();
-        let bearer = self.token(&tenant);
+        let bearer = token_for(&tenant);
         let content = pdf();
         let att = self
             .upload(&bearer, &content, "contract", Some("c-1"), filename)
