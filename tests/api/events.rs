@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use entity::webhook_delivery::DeliveryStatus::{self, Delivered, Failed};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::webhooks::{
     Answer, Received, Receiver, URL_TOKEN, accepted, deliveries_of, drain_deliveries, free_addr,
@@ -20,8 +20,8 @@ use crate::helpers::webhooks::{
 use crate::helpers::{
     Api, COMPLETE_DIRECT, DELETE, Refusal, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD,
     Uploaded, announce_and_put, codes, data, database_url, declaration, empty_postgres_database,
-    fetch, pdf, png, postgres_admin, private_database_url, run_attache, sha256_hex, tenant,
-    token_for, upload_file_form,
+    fetch, pdf, png, post_multipart, postgres_admin, private_database_url, run_attache, sha256_hex,
+    tenant, token_for, upload_file_form,
 };
 
 /// What a test knows of an attachment it stored, to check its event against.
@@ -133,22 +133,8 @@ async fn every_store_path_emits_its_event_with_every_field(setup: Setup) {
     }
 
     let scan = pdf();
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(&bearer)
-        .header("apollo-require-preflight", "true")
-        .multipart(upload_file_form(
-            "customer",
-            "k-2",
-            &scan,
-            "Scan.pdf",
-            "application/pdf",
-        ))
-        .send()
-        .await
-        .expect("POST");
-    let body: Value = response.json().await.expect("JSON");
+    let form = upload_file_form("customer", "k-2", &scan, "Scan.pdf", "application/pdf");
+    let (_, body) = post_multipart(&app.base_url, &bearer, form).await;
     stored.push(Stored {
         id: data(&body, "uploadAttachmentFile")["id"]
             .as_str()
