@@ -18,10 +18,10 @@ use crate::helpers::webhooks::{
     requests_for, spawn_delivering, statuses, url_at, wait_for_deliveries, webhook_flags,
 };
 use crate::helpers::{
-    Api, COMPLETE_DIRECT, DELETE, Refusal, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD,
-    Uploaded, announce_and_put, codes, data, database_url, declaration, empty_postgres_database,
-    fetch, pdf, png, post_multipart, postgres_admin, private_database_url, run_attache, sha256_hex,
-    tenant, token_for, upload_file_form,
+    Api, DELETE, Refusal, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD, Uploaded,
+    announce_and_put, codes, complete_direct, data, database_url, declaration,
+    empty_postgres_database, fetch, pdf, png, post_multipart, postgres_admin, private_database_url,
+    run_attache, sha256_hex, tenant, token_for, upload_file_form,
 };
 
 /// What a test knows of an attachment it stored, to check its event against.
@@ -156,13 +156,7 @@ async fn every_store_path_emits_its_event_with_every_field(setup: Setup) {
     )
     .await;
     assert!((200..300).contains(&status), "PUT {status}");
-    let body = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": announced["id"] }),
-            Some(&bearer),
-        )
-        .await;
+    let body = complete_direct(&app, &bearer, &announced).await;
     stored.push(Stored {
         id: data(&body, "completeDirectUpload")["id"]
             .as_str()

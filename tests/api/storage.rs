@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::helpers::{
-    COMPLETE_DIRECT, CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp,
-    UPLOAD, Uploaded, announce_and_put, codes, data, declaration, fetch, pdf, put_to, s3_flags,
+    CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp, UPLOAD, Uploaded,
+    announce_and_put, codes, complete_direct, data, declaration, fetch, pdf, put_to, s3_flags,
     sha256_hex, tenant,
 };
 use crate::helpers::{SECRET, private_database_url, run_attache};
@@ -136,26 +136,14 @@ async fn direct_uploads_end_to_end(setup: Setup) {
         "no attachment before completion"
     );
 
-    let other = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&app.token(&tenant())),
-        )
-        .await;
+    let other = complete_direct(&app, &app.token(&tenant()), &direct).await;
     assert_eq!(
         codes(&other),
         vec!["NOT_FOUND"],
         "another tenant cannot complete it"
     );
 
-    let done = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
+    let done = complete_direct(&app, &bearer, &direct).await;
     let att = data(&done, "completeDirectUpload");
     assert_eq!(att["id"], direct["id"]);
     assert_eq!(att["sha256"], sha256_hex(&content));
@@ -166,13 +154,7 @@ async fn direct_uploads_end_to_end(setup: Setup) {
     );
     assert_eq!(fetch(&att["url"]).await, content);
 
-    let again = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
+    let again = complete_direct(&app, &bearer, &direct).await;
     assert_eq!(codes(&again), vec!["NOT_FOUND"], "completes once");
     // The URL names a staging key: whatever the store does with a replay, the file
     // stays as it was (providers.rs replays it on every store).
@@ -200,13 +182,7 @@ async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
     ] {
         let (direct, status) = announce_and_put(&app, &bearer, declared, content.clone()).await;
         assert_eq!(status, 200, "{case}: PUT");
-        let done = app
-            .gql(
-                COMPLETE_DIRECT,
-                json!({ "id": direct["id"] }),
-                Some(&bearer),
-            )
-            .await;
+        let done = complete_direct(&app, &bearer, &direct).await;
         assert_eq!(codes(&done), vec![code], "{case}: {done}");
         assert!(
             app.stored_keys().is_empty(),
@@ -259,13 +235,7 @@ async fn expired_direct_uploads_are_swept(setup: Setup) {
     assert_eq!(app.stored_keys().len(), 1);
     // Long enough for the PUT on a loaded machine, short enough to wait out.
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
-    let late = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
+    let late = complete_direct(&app, &bearer, &direct).await;
     assert_eq!(codes(&late), vec!["NOT_FOUND"], "expired");
     attache::attachments::direct::expire(&app.app)
         .await

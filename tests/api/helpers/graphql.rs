@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{TestApp, http_client, sha256_hex};
+use super::{Api, TestApp, http_client, sha256_hex};
 
 /// The field of a response that must have no errors.
 pub fn data(body: &Value, field: &str) -> Value {
@@ -66,11 +66,16 @@ pub async fn direct_upload(app: &TestApp, bearer: &str, content: &[u8]) -> (Valu
     let declared = declaration(content, "application/pdf");
     let (direct, status) = announce_and_put(app, bearer, declared, content.to_vec()).await;
     assert_eq!(status, 200, "PUT to uploadUrl");
-    let done = app
-        .gql(COMPLETE_DIRECT, json!({ "id": direct["id"] }), Some(bearer))
-        .await;
+    let done = complete_direct(app, bearer, &direct).await;
     let attachment = data(&done, "completeDirectUpload");
     (direct, attachment)
+}
+
+/// `completeDirectUpload` of a direct upload `createDirectUpload` answered; the
+/// response's body, for its data or its error codes.
+pub async fn complete_direct(api: &Api, bearer: &str, direct: &Value) -> Value {
+    api.gql(COMPLETE_DIRECT, json!({ "id": direct["id"] }), Some(bearer))
+        .await
 }
 
 /// POSTs a GraphQL multipart request (with the preflight header of SPEC 6's CSRF
