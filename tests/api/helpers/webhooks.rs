@@ -329,10 +329,7 @@ pub async fn drain_deliveries(db: &sea_orm::DatabaseConnection, tenant: &str) ->
 
 /// The status of each delivery, for an `assert_eq!`.
 pub fn statuses(deliveries: &[DeliveryView]) -> Vec<DeliveryStatus> {
-    deliveries
-        .iter()
-        .map(|delivery| delivery.status.clone())
-        .collect()
+    deliveries.iter().map(|delivery| delivery.status).collect()
 }
 
 /// A port that nothing listens on (yet).
