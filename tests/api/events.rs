@@ -14,14 +14,14 @@ use futures::StreamExt;
 use serde_json::json;
 
 use crate::helpers::webhooks::{
-    Answer, Received, Receiver, URL_TOKEN, accepted, deliveries_of, drain_deliveries, free_addr,
-    requests_for, spawn_delivering, statuses, url_at, wait_for_deliveries, webhook_flags,
+    Answer, Received, Receiver, URL_TOKEN, accepted, deliveries_of, drain_deliveries, requests_for,
+    spawn_delivering, statuses, url_at, wait_for_deliveries, webhook_flags,
 };
 use crate::helpers::{
     Api, DELETE, Refusal, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD, Uploaded,
     announce_and_put, codes, complete_direct, data, database_url, declaration,
-    empty_postgres_database, fetch, pdf, png, post_multipart, postgres_admin, private_database_url,
-    run_attache, sha256_hex, tenant, token_for, upload_file_form,
+    empty_postgres_database, fetch, free_addr, pdf, png, post_multipart, postgres_admin,
+    private_database_url, run_attache, sha256_hex, tenant, token_for, upload_file_form,
 };
 
 /// What a test knows of an attachment it stored, to check its event against.

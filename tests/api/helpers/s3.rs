@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use super::bind_patiently;
+
 pub const S3_ACCESS_KEY: &str = "attache-test-access";
 pub const S3_SECRET_KEY: &str = "attache-test-secret-0123456789";
 pub const S3_BUCKET: &str = "attache";
@@ -89,18 +91,7 @@ impl S3Server {
     /// The end of an outage: the same endpoint answers again.
     pub async fn restart(&mut self) {
         self.task.abort();
-        let mut tries = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(listener) => break listener,
-                Err(err) if tries < 50 => {
-                    tries += 1;
-                    eprintln!("rebinding the S3 server: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("cannot rebind the S3 server: {err}"),
-            }
-        };
+        let listener = bind_patiently(self.addr, "the S3 server", 50).await;
         *self = Self::serve(&self.root.clone(), listener);
     }
 }

@@ -16,7 +16,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{Setup, TestApp, now};
+use super::{Setup, TestApp, bind_patiently, now};
 
 /// The secret of the Standard Webhooks test vector.
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -85,18 +85,7 @@ impl Receiver {
     /// On `addr`, which may have been closed a moment ago, or be held for a while
     /// by another test's client connection (an ephemeral port).
     pub async fn start_on(addr: SocketAddr) -> Self {
-        let mut tries = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => break listener,
-                Err(err) if tries < 200 => {
-                    tries += 1;
-                    eprintln!("rebinding the receiver: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("cannot bind the receiver: {err}"),
-            }
-        };
+        let listener = bind_patiently(addr, "the receiver", 200).await;
         let addr = listener.local_addr().expect("receiver addr");
         let key = STANDARD
             .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
@@ -330,12 +319,4 @@ pub async fn drain_deliveries(db: &sea_orm::DatabaseConnection, tenant: &str) ->
 /// The status of each delivery, for an `assert_eq!`.
 pub fn statuses(deliveries: &[DeliveryView]) -> Vec<DeliveryStatus> {
     deliveries.iter().map(|delivery| delivery.status).collect()
-}
-
-/// A port that nothing listens on (yet).
-pub async fn free_addr() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    listener.local_addr().expect("addr")
 }
