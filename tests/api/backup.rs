@@ -11,8 +11,8 @@ use sea_orm::{Database, EntityTrait, QueryOrder};
 use serde_json::json;
 
 use crate::helpers::{
-    DELETE, Db, Setup, TestApp, data, pdf, png, private_database_url, run_attache, s3_flags,
-    sha256_hex, spawn_attache, tenant,
+    DELETE, Db, Setup, TestApp, Uploaded, data, pdf, png, private_database_url, run_attache,
+    s3_flags, sha256_hex, spawn_attache, tenant,
 };
 
 /// An app on a database of its own (a restore rewrites all of it).
@@ -256,11 +256,12 @@ async fn a_restore_within_the_retention_brings_files_back_whole(setup: Setup) {
 async fn deleted_files_stay_for_the_retention(setup: Setup) {
     for (retention, kept) in [("1s", true), ("0", false)] {
         let app = TestApp::spawn_with(setup, &["--deleted-files-retention", retention]).await;
-        let acme = tenant();
-        let token = app.token(&acme);
-        let att = app
-            .upload(&token, &pdf(), "contract", Some("c-1"), "gone.pdf")
-            .await;
+        let Uploaded {
+            tenant: acme,
+            bearer: token,
+            att,
+            ..
+        } = app.upload_contract_pdf("gone.pdf").await;
         let key = TestApp::contract_key(&acme, "c-1", &att);
         let deleted = app
             .gql(DELETE, json!({ "id": att["id"] }), Some(&token))

@@ -6,8 +6,8 @@ use attache::auth::link::LinkPurpose;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    CREATE_DIRECT, DELETE, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, codes, data, declaration,
-    now, pdf, png, put_to, tenant,
+    CREATE_DIRECT, DELETE, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, Uploaded, codes, data,
+    declaration, now, pdf, png, put_to, tenant,
 };
 
 /// The `url` of an attachment with the given lifetime.
@@ -35,14 +35,15 @@ fn param(url: &str, name: &str) -> Option<String> {
 
 async fn the_url_opens_without_headers(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let content = pdf();
-    let att = app
-        .upload(&bearer, &content, "contract", Some("c-1"), "März.pdf")
-        .await;
-    let url = att["url"].as_str().expect("url");
-    let id = att["id"].as_str().expect("id");
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        content,
+        att,
+        id,
+        url,
+        ..
+    } = app.upload_contract_pdf("März.pdf").await;
     let key = format!("{acme}/contracts/c-1/{id}.pdf");
     match &app.s3 {
         None => assert!(url.starts_with(&app.base_url), "absolute: {url}"),
@@ -52,7 +53,7 @@ async fn the_url_opens_without_headers(setup: Setup) {
                 url.starts_with(&object),
                 "a presigned URL of the object: {url}"
             );
-            let disposition = param(url, "response-content-disposition").expect("disposition");
+            let disposition = param(&url, "response-content-disposition").expect("disposition");
             assert!(
                 disposition.contains("M%25C3%25A4rz.pdf") || disposition.contains("M%C3%A4rz.pdf"),
                 "{disposition}"
@@ -101,17 +102,12 @@ async fn inline_answer(app: &TestApp, bearer: &str, att: &Value) -> (String, Str
 
 async fn the_bearer_route_follows_every_header_rule(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let bearer = app.token(&tenant());
-    let content = pdf();
-    let att = app
-        .upload(
-            &bearer,
-            &content,
-            "contract",
-            Some("c-1"),
-            "Vertrag März.pdf",
-        )
-        .await;
+    let Uploaded {
+        bearer,
+        content,
+        att,
+        ..
+    } = app.upload_contract_pdf("Vertrag März.pdf").await;
     let route = att["downloadUrl"].as_str().expect("downloadUrl").to_owned();
     let etag = format!("\"{}\"", att["sha256"].as_str().expect("sha256"));
     let get = |headers: &[(&str, &str)]| {
@@ -357,11 +353,12 @@ type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
 /// RFC 9110's preconditions in §13.2.2's order, and Range on GET alone.
 async fn conditional_requests_follow_rfc_9110(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let bearer = app.token(&tenant());
-    let content = pdf();
-    let att = app
-        .upload(&bearer, &content, "contract", Some("c-1"), "a.pdf")
-        .await;
+    let Uploaded {
+        bearer,
+        content,
+        att,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     let route = app.url(&format!(
         "/api/attachments/{}/download",
         att["id"].as_str().expect("id")
@@ -457,11 +454,12 @@ async fn conditional_requests_follow_rfc_9110(setup: Setup) {
 
 async fn delete_removes_row_and_file(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let att = app
-        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        att,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     assert_eq!(app.stored_keys().len(), 1);
     let body = app
         .gql(DELETE, json!({ "id": att["id"] }), Some(&bearer))
@@ -491,12 +489,9 @@ async fn delete_removes_row_and_file(setup: Setup) {
 /// same signature: refused, so that only the URL attache wrote opens the file.
 async fn only_the_canonical_link_opens(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let bearer = app.token(&tenant());
-    let att = app
-        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
-    let url = att["url"].as_str().expect("url").to_owned();
-    let id = att["id"].as_str().expect("id").to_owned();
+    let Uploaded {
+        bearer, id, url, ..
+    } = app.upload_contract_pdf("a.pdf").await;
     let expires = param(&url, "expires").expect("expires");
     let signature = param(&url, "signature").expect("signature");
     let status =

@@ -3,323 +3,26 @@
 //! process or as several `attache serve` processes on one PostgreSQL database.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::BufRead;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use attache::events::admin::{self, DeliveryView};
-use axum::response::IntoResponse;
+use attache::events::admin;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use entity::webhook_delivery::DeliveryStatus;
+use entity::webhook_delivery::DeliveryStatus::{self, Delivered, Failed};
 use futures::StreamExt;
-use hmac::{Hmac, KeyInit, Mac};
-use serde_json::{Value, json};
-use sha2::Sha256;
+use serde_json::json;
 
-use crate::helpers::{
-    Api, COMPLETE_DIRECT, DELETE, Refusal, SECRET, SIGNING_KEY, Setup, TestApp, UPLOAD,
-    announce_and_put, codes, data, database_url, declaration, empty_postgres_database, fetch,
-    hs256, http_client, now, pdf, png, postgres_admin, private_database_url, run_attache,
-    sha256_hex, tenant, upload_file_form,
+use crate::helpers::webhooks::{
+    Answer, Received, Receiver, URL_TOKEN, accepted, deliveries_of, drain_deliveries, requests_for,
+    spawn_delivering, statuses, url_at, wait_for_deliveries, webhook_flags,
 };
-
-/// The secret of the Standard Webhooks test vector.
-const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-/// Carried in every receiver URL's query string: it must never reach a log.
-const URL_TOKEN: &str = "url-token-never-logged";
-/// The longest a test waits for deliveries.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// What the receiver answers.
-#[derive(Clone, Copy, Debug)]
-enum Answer {
-    Accept,
-    /// HTTP 500 to the first `n` attempts of every event, then 200.
-    FailFirst(usize),
-    /// HTTP 500, always.
-    Refuse,
-    /// No answer, ever: the connection stays open.
-    Hang,
-    /// No answer to the very first request; 200 to the others.
-    HangFirst,
-    /// 200 after a pause.
-    Slow(Duration),
-    /// HTTP 410 Gone, always.
-    Gone,
-    /// HTTP 503 with `Retry-After: n` to the first attempt of every event, then 200.
-    RetryAfterFirst(u64),
-}
-
-/// One request as the receiver saw it.
-#[derive(Clone, Debug)]
-struct Received {
-    id: String,
-    body: Value,
-    at: Instant,
-    /// What the receiver answered (0: no answer).
-    status: u16,
-    /// The signature, timestamp and content type check out.
-    verified: bool,
-}
-
-struct ReceiverState {
-    key: Vec<u8>,
-    answer: Mutex<Answer>,
-    log: Mutex<Vec<Received>>,
-}
-
-/// A real HTTP webhook receiver on 127.0.0.1 that checks every signature the
-/// Standard Webhooks way (its own code, not attache's) and records every request.
-struct Receiver {
-    addr: SocketAddr,
-    state: Arc<ReceiverState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        Self::start_on("127.0.0.1:0".parse().expect("addr")).await
-    }
-
-    /// On `addr`, which may have been closed a moment ago, or be held for a while
-    /// by another test's client connection (an ephemeral port).
-    async fn start_on(addr: SocketAddr) -> Self {
-        let mut tries = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => break listener,
-                Err(err) if tries < 200 => {
-                    tries += 1;
-                    eprintln!("rebinding the receiver: {err}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("cannot bind the receiver: {err}"),
-            }
-        };
-        let addr = listener.local_addr().expect("receiver addr");
-        let key = STANDARD
-            .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
-            .expect("secret");
-        let state = Arc::new(ReceiverState {
-            key,
-            answer: Mutex::new(Answer::Accept),
-            log: Mutex::new(Vec::new()),
-        });
-        let router = axum::Router::new()
-            .route("/hooks", axum::routing::post(receive))
-            .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Self { addr, state, task }
-    }
-
-    fn url(&self) -> String {
-        url_at(self.addr)
-    }
-
-    fn answer(&self, answer: Answer) {
-        *self.state.answer.lock().expect("lock") = answer;
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.state.log.lock().expect("lock").clone()
-    }
-
-    /// Waits until `done` holds for what was received; panics after [`PATIENCE`].
-    async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let started = Instant::now();
-        loop {
-            let received = self.received();
-            if done(&received) {
-                return received;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "waited {PATIENCE:?} for {what}; received {} requests: {:#?}",
-                received.len(),
-                received
-                    .iter()
-                    .map(|r| (&r.id, r.status))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-fn url_at(addr: SocketAddr) -> String {
-    format!("http://{addr}/hooks?token={URL_TOKEN}")
-}
-
-async fn receive(
-    axum::extract::State(state): axum::extract::State<Arc<ReceiverState>>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> axum::response::Response {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let id = header("webhook-id");
-    let verified = header("content-type") == "application/json"
-        && verify(
-            &state.key,
-            &id,
-            &header("webhook-timestamp"),
-            &header("webhook-signature"),
-            &body,
-        );
-    let (status, pause, retry_after) = {
-        let mut log = state.log.lock().expect("lock");
-        let earlier = log.iter().filter(|seen| seen.id == id).count();
-        let (status, pause) = match *state.answer.lock().expect("lock") {
-            Answer::Accept => (200, None),
-            Answer::FailFirst(n) if earlier < n => (500, None),
-            Answer::FailFirst(_) => (200, None),
-            Answer::Refuse => (500, None),
-            Answer::Hang => (0, None),
-            Answer::HangFirst if log.is_empty() => (0, None),
-            Answer::HangFirst => (200, None),
-            Answer::Slow(pause) => (200, Some(pause)),
-            Answer::Gone => (410, None),
-            Answer::RetryAfterFirst(_) if earlier > 0 => (200, None),
-            Answer::RetryAfterFirst(_) => (503, None),
-        };
-        let retry_after = match *state.answer.lock().expect("lock") {
-            Answer::RetryAfterFirst(seconds) if status == 503 => Some(seconds.to_string()),
-            _ => None,
-        };
-        log.push(Received {
-            id,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            at: Instant::now(),
-            status,
-            verified,
-        });
-        (status, pause, retry_after)
-    };
-    if status == 0 {
-        std::future::pending::<()>().await;
-    }
-    if let Some(pause) = pause {
-        tokio::time::sleep(pause).await;
-    }
-    let status = axum::http::StatusCode::from_u16(status).expect("status");
-    match retry_after {
-        Some(seconds) => (status, [(axum::http::header::RETRY_AFTER, seconds)]).into_response(),
-        None => status.into_response(),
-    }
-}
-
-/// The Standard Webhooks check: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`
-/// among the space-separated signatures, and a timestamp within five minutes.
-fn verify(key: &[u8], id: &str, timestamp: &str, signatures: &str, body: &[u8]) -> bool {
-    let Ok(sent) = timestamp.parse::<i64>() else {
-        return false;
-    };
-    let now = i64::try_from(now()).expect("now");
-    if id.is_empty() || (now - sent).abs() > 300 {
-        return false;
-    }
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("key");
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    let expected = STANDARD.encode(mac.finalize().into_bytes());
-    signatures
-        .split(' ')
-        .any(|signature| signature.strip_prefix("v1,") == Some(expected.as_str()))
-}
-
-/// The events flags with short timings; `extra` may override any of them.
-fn webhook_flags(receivers: &[String], extra: &[&str]) -> Vec<String> {
-    let mut flags: Vec<String> = extra.iter().map(ToString::to_string).collect();
-    let receivers = receivers.join(",");
-    for (flag, value) in [
-        ("--webhook-urls", receivers.as_str()),
-        ("--webhook-secret", WEBHOOK_SECRET),
-        ("--events-poll-interval-ms", "50"),
-        ("--webhook-backoff-base-ms", "100"),
-        ("--webhook-backoff-max-seconds", "1"),
-        ("--webhook-timeout-seconds", "5"),
-    ] {
-        if !extra.contains(&flag) {
-            flags.extend([flag.to_owned(), value.to_owned()]);
-        }
-    }
-    flags
-}
-
-/// attache in process, delivering to `receivers`.
-async fn spawn_delivering(setup: Setup, receivers: &[String], extra: &[&str]) -> TestApp {
-    let flags = webhook_flags(receivers, extra);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    TestApp::spawn_with(setup, &flags).await
-}
-
-/// The distinct events (by `webhook-id`) a receiver accepted.
-fn accepted(received: &[Received]) -> BTreeSet<String> {
-    received
-        .iter()
-        .filter(|r| r.status == 200)
-        .map(|r| r.id.clone())
-        .collect()
-}
-
-/// The requests carrying events of `file_id` of type `event_type`.
-fn requests_for<'a>(
-    received: &'a [Received],
-    event_type: &str,
-    file_id: &str,
-) -> Vec<&'a Received> {
-    received
-        .iter()
-        .filter(|r| r.body["type"] == event_type && r.body["data"]["file_id"] == file_id)
-        .collect()
-}
-
-/// The deliveries of one tenant, as `attache events list` reads them.
-async fn deliveries_of(db: &impl sea_orm::ConnectionTrait, tenant: &str) -> Vec<DeliveryView> {
-    admin::list(db, false, 10_000)
-        .await
-        .expect("list deliveries")
-        .into_iter()
-        .filter(|delivery| delivery.tenant_id == tenant)
-        .collect()
-}
-
-/// Waits until `done` holds for the deliveries of `tenant`; panics after [`PATIENCE`].
-async fn wait_for_deliveries(
-    db: &impl sea_orm::ConnectionTrait,
-    tenant: &str,
-    what: &str,
-    done: impl Fn(&[DeliveryView]) -> bool,
-) -> Vec<DeliveryView> {
-    let started = Instant::now();
-    loop {
-        let deliveries = deliveries_of(db, tenant).await;
-        if done(&deliveries) {
-            return deliveries;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "waited {PATIENCE:?} for {what}: {deliveries:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::helpers::{
+    Api, DELETE, Refusal, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD, Uploaded,
+    announce_and_put, codes, complete_direct, data, database_url, declaration,
+    empty_postgres_database, fetch, free_addr, pdf, png, post_multipart, postgres_admin,
+    private_database_url, run_attache, sha256_hex, tenant, token_for, upload_file_form,
+};
 
 /// What a test knows of an attachment it stored, to check its event against.
 struct Stored {
@@ -376,28 +79,21 @@ impl Stored {
 async fn every_store_path_emits_its_event_with_every_field(setup: Setup) {
     let receiver = Receiver::start().await;
     let app = spawn_delivering(setup, &[receiver.url()], &[]).await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let mut stored = Vec::new();
-
-    let content = pdf();
-    let att = app
-        .upload(
-            &bearer,
-            &content,
-            "contract",
-            Some("c-1"),
-            "Übergabeprotokoll.pdf",
-        )
-        .await;
-    stored.push(Stored {
-        id: att["id"].as_str().expect("id").to_owned(),
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        content,
+        id,
+        ..
+    } = app.upload_contract_pdf("Übergabeprotokoll.pdf").await;
+    let mut stored = vec![Stored {
+        id,
         owner_type: "contract",
         owner_id: Some("c-1"),
         filename: "Übergabeprotokoll.pdf",
         content_type: "application/pdf",
         content,
-    });
+    }];
 
     let (logo, order) = (png(), pdf());
     let batch =
@@ -437,22 +133,8 @@ async fn every_store_path_emits_its_event_with_every_field(setup: Setup) {
     }
 
     let scan = pdf();
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(&bearer)
-        .header("apollo-require-preflight", "true")
-        .multipart(upload_file_form(
-            "customer",
-            "k-2",
-            &scan,
-            "Scan.pdf",
-            "application/pdf",
-        ))
-        .send()
-        .await
-        .expect("POST");
-    let body: Value = response.json().await.expect("JSON");
+    let form = upload_file_form("customer", "k-2", &scan, "Scan.pdf", "application/pdf");
+    let (_, body) = post_multipart(&app.base_url, &bearer, form).await;
     stored.push(Stored {
         id: data(&body, "uploadAttachmentFile")["id"]
             .as_str()
@@ -474,13 +156,7 @@ async fn every_store_path_emits_its_event_with_every_field(setup: Setup) {
     )
     .await;
     assert!((200..300).contains(&status), "PUT {status}");
-    let body = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": announced["id"] }),
-            Some(&bearer),
-        )
-        .await;
+    let body = complete_direct(&app, &bearer, &announced).await;
     stored.push(Stored {
         id: data(&body, "completeDirectUpload")["id"]
             .as_str()
@@ -531,12 +207,13 @@ async fn a_failing_receiver_is_retried_with_backoff_and_in_order(setup: Setup) {
         &["--webhook-backoff-base-ms", "300"],
     )
     .await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let att = app
-        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
-    let id = att["id"].as_str().expect("id");
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        id,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
+    let id = id.as_str();
     app.gql(DELETE, json!({ "id": id }), Some(&bearer)).await;
 
     let received = receiver
@@ -546,8 +223,8 @@ async fn a_failing_receiver_is_retried_with_backoff_and_in_order(setup: Setup) {
         .await;
     assert!(received.iter().all(|r| r.verified));
     let stored = requests_for(&received, "file.stored", id);
-    let statuses: Vec<u16> = stored.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [500, 500, 200]);
+    let answered: Vec<u16> = stored.iter().map(|r| r.status).collect();
+    assert_eq!(answered, [500, 500, 200]);
     assert!(
         stored.iter().all(|r| r.id == stored[0].id),
         "the same webhook-id on every attempt"
@@ -568,14 +245,8 @@ async fn a_failing_receiver_is_retried_with_backoff_and_in_order(setup: Setup) {
         "file.deleted waits until file.stored is delivered"
     );
     // The receiver records a request before attache records its answer.
-    let deliveries =
-        wait_for_deliveries(app.app.db.read(), &acme, "both delivered", |deliveries| {
-            deliveries.len() == 2
-                && deliveries
-                    .iter()
-                    .all(|d| d.status == DeliveryStatus::Delivered)
-        })
-        .await;
+    let deliveries = drain_deliveries(app.app.db.read(), &acme).await;
+    assert_eq!(statuses(&deliveries), [Delivered, Delivered]);
     for delivery in deliveries {
         assert_eq!(delivery.attempts, 3);
         assert!(delivery.delivered_at.is_some());
@@ -592,14 +263,6 @@ async fn upload_pdfs(api: &Api, bearer: &str, count: usize) -> BTreeSet<String> 
         ids.insert(att["id"].as_str().expect("id").to_owned());
     }
     ids
-}
-
-/// A port that nothing listens on (yet).
-async fn free_addr() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    listener.local_addr().expect("addr")
 }
 
 async fn a_receiver_down_during_uploads_gets_everything_later(setup: Setup) {
@@ -709,10 +372,8 @@ async fn refused_or_failed_writes_emit_no_event(setup: Setup) {
     );
     assert_eq!(app.stored_keys().len(), 1);
 
-    receiver
-        .wait_for("the one event", |received| !received.is_empty())
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every event the writes made is delivered by now: an extra one would show.
+    drain_deliveries(app.app.db.read(), &acme).await;
     let received = receiver.received();
     assert_eq!(received.len(), 1, "only the stored file has an event");
     assert!(received[0].verified);
@@ -732,25 +393,16 @@ async fn failed_deliveries_are_listed_and_retried(setup: Setup) {
         &["--webhook-max-attempts", "2", "--database-url", &database],
     )
     .await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let first = app
-        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        att: first,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     app.upload(&bearer, &pdf(), "contract", Some("c-1"), "b.pdf")
         .await;
-    let failed = wait_for_deliveries(
-        app.app.db.read(),
-        &acme,
-        "two failed deliveries",
-        |deliveries| {
-            deliveries.len() == 2
-                && deliveries
-                    .iter()
-                    .all(|d| d.status == DeliveryStatus::Failed)
-        },
-    )
-    .await;
+    let failed = drain_deliveries(app.app.db.read(), &acme).await;
+    assert_eq!(statuses(&failed), [Failed, Failed]);
     assert!(failed.iter().all(|d| d.attempts == 2));
     let first_event = failed
         .iter()
@@ -825,17 +477,8 @@ async fn failed_deliveries_are_listed_and_retried(setup: Setup) {
     receiver
         .wait_for("every event", |received| accepted(received).len() == 2)
         .await;
-    wait_for_deliveries(
-        app.app.db.read(),
-        &acme,
-        "every delivery delivered",
-        |deliveries| {
-            deliveries
-                .iter()
-                .all(|d| d.status == DeliveryStatus::Delivered)
-        },
-    )
-    .await;
+    let delivered = drain_deliveries(app.app.db.read(), &acme).await;
+    assert_eq!(statuses(&delivered), [Delivered, Delivered]);
     let listed = events(&["list", "--failed"]).await;
     assert_eq!(
         String::from_utf8_lossy(&listed.stdout).trim(),
@@ -856,9 +499,7 @@ async fn delivered_events_are_pruned_after_the_retention(setup: Setup) {
     )
     .await;
     let db = &app.app.db;
-    let acme = tenant();
-    app.upload(&app.token(&acme), &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let acme = app.upload_contract_pdf("a.pdf").await.tenant;
     live.wait_for("the event", |received| accepted(received).len() == 1)
         .await;
     let later = chrono::Utc::now() + chrono::TimeDelta::seconds(1);
@@ -871,12 +512,8 @@ async fn delivered_events_are_pruned_after_the_retention(setup: Setup) {
     let late = Receiver::start_on(addr).await;
     late.wait_for("the event", |received| accepted(received).len() == 1)
         .await;
-    wait_for_deliveries(db.read(), &acme, "both delivered", |deliveries| {
-        deliveries
-            .iter()
-            .all(|d| d.status == DeliveryStatus::Delivered)
-    })
-    .await;
+    let delivered = drain_deliveries(db.read(), &acme).await;
+    assert_eq!(statuses(&delivered), [Delivered, Delivered]);
     let earlier = chrono::Utc::now() - chrono::TimeDelta::hours(1);
     assert_eq!(
         admin::prune(db, earlier).await.expect("prune"),
@@ -923,112 +560,7 @@ async fn periodic_work_runs_on_one_replica_at_a_time(setup: Setup) {
     assert!(!acquire(first).await.expect("lease"));
 }
 
-/// `attache serve` as a separate process, as a load balancer's replica runs.
-struct Replica {
-    child: std::process::Child,
-    api: Api,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Replica {
-    /// Starts `attache serve ARGS` and waits until it listens.
-    async fn start(args: Vec<String>) -> Self {
-        tokio::task::spawn_blocking(move || {
-            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
-                .arg("serve")
-                .args(&args)
-                .env_clear()
-                .env("NO_COLOR", "1")
-                .env("RUST_LOG", "info,attache::workers=debug")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("start attache serve");
-            let stderr = child.stderr.take().expect("stderr");
-            let log = Arc::new(Mutex::new(String::new()));
-            let (listening, started) = std::sync::mpsc::channel();
-            let lines = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if line.contains("attache is listening")
-                        && let Some((_, url)) = line.split_once("url=")
-                    {
-                        let base = url.split_whitespace().next().unwrap_or_default();
-                        let _ = listening.send(base.trim_end_matches("/graphql").to_owned());
-                    }
-                    let mut log = lines.lock().expect("lock");
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-            let base_url = started
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| {
-                    panic!("attache serve did not start: {}", log.lock().expect("lock"))
-                });
-            Self {
-                child,
-                api: Api {
-                    base_url,
-                    client: http_client(),
-                },
-                log,
-            }
-        })
-        .await
-        .expect("join")
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("lock").clone()
-    }
-
-    /// SIGKILL: no shutdown, no clean-up, as a crashed host.
-    async fn kill(mut self) {
-        tokio::task::spawn_blocking(move || {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        })
-        .await
-        .expect("join");
-    }
-
-    /// SIGTERM, as an orchestrator stops a replica; its exit status and log.
-    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        tokio::task::spawn_blocking(move || {
-            let pid = self.child.id().to_string();
-            let sent = std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill -TERM");
-            assert!(sent.success());
-            let started = Instant::now();
-            loop {
-                if let Some(status) = self.child.try_wait().expect("wait") {
-                    return (status, self.log());
-                }
-                assert!(
-                    started.elapsed() < PATIENCE,
-                    "still running after SIGTERM: {}",
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .await
-        .expect("join")
-    }
-}
-
-/// The flags of a replica: the same database, storage, keys and receivers as its peers.
+/// The flags of a replica (see [`Served::replica`]): the same database, storage, keys and receivers as its peers.
 fn replica_args(
     database: &str,
     storage: &Path,
@@ -1036,8 +568,6 @@ fn replica_args(
     extra: &[&str],
 ) -> Vec<String> {
     let mut args: Vec<String> = [
-        "--listen-addr",
-        "127.0.0.1:0",
         "--database-url",
         database,
         "--storage-root",
@@ -1054,10 +584,6 @@ fn replica_args(
     args
 }
 
-fn bearer_for(tenant: &str) -> String {
-    hs256(json!({ "sub": "user-1", "tenant_id": tenant, "exp": now() + 3600 }))
-}
-
 async fn two_replicas_deliver_each_event_exactly_once(setup: Setup) {
     let (first, second) = (Receiver::start().await, Receiver::start().await);
     let receivers = [first.url(), second.url()];
@@ -1065,12 +591,9 @@ async fn two_replicas_deliver_each_event_exactly_once(setup: Setup) {
     let database = database_url(setup.db, dir.path()).await;
     let storage = dir.path().join("uploads");
     let args = replica_args(&database, &storage, &receivers, &[]);
-    let replicas = [
-        Replica::start(args.clone()).await,
-        Replica::start(args).await,
-    ];
+    let replicas = [Served::replica(&args).await, Served::replica(&args).await];
     let acme = tenant();
-    let bearer = bearer_for(&acme);
+    let bearer = token_for(&acme);
 
     const FILES: usize = 200;
     const DELETES: usize = 50;
@@ -1163,7 +686,7 @@ async fn two_replicas_deliver_each_event_exactly_once(setup: Setup) {
         }
     }
     for replica in replicas {
-        let (status, log) = replica.terminate().await;
+        let (status, log) = replica.shut_down().await;
         assert!(status.success(), "SIGTERM exits 0: {log}");
         assert!(
             log.contains("webhook delivered"),
@@ -1189,17 +712,15 @@ async fn a_killed_replica_s_delivery_is_completed_by_another(setup: Setup) {
         &[receiver.url()],
         &["--webhook-timeout-seconds", "4"],
     );
-    let doomed = Replica::start(args.clone()).await;
-    let acme = tenant();
-    let att = doomed
-        .api
-        .upload(&bearer_for(&acme), &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let doomed = Served::replica(&args).await;
+    let Uploaded {
+        tenant: acme, att, ..
+    } = doomed.upload_contract_pdf("a.pdf").await;
     receiver
         .wait_for("the first request", |received| received.len() == 1)
         .await;
     let killed_at = Instant::now();
-    let survivor = Replica::start(args).await;
+    let survivor = Served::replica(&args).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         receiver.received().len(),
@@ -1221,14 +742,9 @@ async fn a_killed_replica_s_delivery_is_completed_by_another(setup: Setup) {
     let db = sea_orm::Database::connect(&database)
         .await
         .expect("connect");
-    let deliveries = wait_for_deliveries(&db, &acme, "delivered", |deliveries| {
-        deliveries
-            .iter()
-            .all(|d| d.status == DeliveryStatus::Delivered)
-    })
-    .await;
-    assert_eq!(deliveries.len(), 1);
-    let (status, log) = survivor.terminate().await;
+    let deliveries = drain_deliveries(&db, &acme).await;
+    assert_eq!(statuses(&deliveries), [Delivered]);
+    let (status, log) = survivor.shut_down().await;
     assert!(status.success(), "{log}");
 }
 
@@ -1243,16 +759,12 @@ async fn sigterm_lets_deliveries_in_flight_finish(setup: Setup) {
         &[receiver.url()],
         &[],
     );
-    let replica = Replica::start(args).await;
-    let acme = tenant();
-    replica
-        .api
-        .upload(&bearer_for(&acme), &pdf(), "contract", Some("c-1"), "a.pdf")
-        .await;
+    let replica = Served::replica(&args).await;
+    let acme = replica.upload_contract_pdf("a.pdf").await.tenant;
     receiver
         .wait_for("the request in flight", |received| received.len() == 1)
         .await;
-    let (status, log) = replica.terminate().await;
+    let (status, log) = replica.shut_down().await;
     assert!(status.success(), "SIGTERM exits 0: {log}");
     assert!(log.contains("attache stopped"), "{log}");
     let db = sea_orm::Database::connect(&database)
@@ -1309,17 +821,9 @@ async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
         ],
     )
     .await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    app.upload(&bearer, &pdf(), "contract", Some("c-1"), "gone.pdf")
-        .await;
-    let failed = wait_for_deliveries(
-        app.app.db.read(),
-        &acme,
-        "a failed delivery",
-        |deliveries| deliveries.len() == 1 && deliveries[0].status == DeliveryStatus::Failed,
-    )
-    .await;
+    let acme = app.upload_contract_pdf("gone.pdf").await.tenant;
+    let failed = drain_deliveries(app.app.db.read(), &acme).await;
+    assert_eq!(statuses(&failed), [Failed]);
     assert_eq!(failed[0].attempts, 1, "410 is not retried");
     assert!(
         failed[0]
@@ -1332,19 +836,9 @@ async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
     );
 
     receiver.answer(Answer::RetryAfterFirst(1));
-    let other = tenant();
-    app.upload(
-        &app.token(&other),
-        &pdf(),
-        "contract",
-        Some("c-1"),
-        "later.pdf",
-    )
-    .await;
-    wait_for_deliveries(app.app.db.read(), &other, "a delivery", |deliveries| {
-        deliveries.len() == 1 && deliveries[0].status == DeliveryStatus::Delivered
-    })
-    .await;
+    let other = app.upload_contract_pdf("later.pdf").await.tenant;
+    let delivered = drain_deliveries(app.app.db.read(), &other).await;
+    assert_eq!(statuses(&delivered), [Delivered]);
     let received = receiver.received();
     let attempts: Vec<&Received> = received.iter().filter(|r| r.status != 410).collect();
     assert_eq!(attempts.len(), 2, "one 503, then the delivery");

@@ -38,7 +38,7 @@ fn rss_mib(served: &Served) -> f64 {
 
 async fn post(served: &Served, bearer: Option<&str>, body: &Value) -> (u16, Value) {
     let mut request = http_client()
-        .post(format!("{}/graphql", served.base))
+        .post(format!("{}/graphql", served.base_url))
         .json(body);
     if let Some(bearer) = bearer {
         request = request.bearer_auth(bearer);
@@ -58,7 +58,7 @@ async fn assert_unharmed(served: &mut Served, before: f64, what: &str) {
     );
     let client = http_client();
     let health = client
-        .get(format!("{}/healthz", served.base))
+        .get(format!("{}/healthz", served.base_url))
         .timeout(Duration::from_secs(5))
         .send()
         .await
@@ -67,7 +67,7 @@ async fn assert_unharmed(served: &mut Served, before: f64, what: &str) {
     let grown = rss_mib(served) - before;
     assert!(grown < RSS_GROWTH_MIB, "{what}: RSS grew by {grown:.0} MiB");
     let metrics = client
-        .get(format!("{}/metrics", served.base))
+        .get(format!("{}/metrics", served.base_url))
         .send()
         .await
         .expect("/metrics")
@@ -127,7 +127,7 @@ async fn nesting_through_every_construct_is_refused(_: Setup) {
             continue;
         }
         let response = http_client()
-            .get(format!("{}/graphql", served.base))
+            .get(format!("{}/graphql", served.base_url))
             .query(&[("query", documents[0].as_str())])
             .bearer_auth(&bearer)
             .header("apollo-require-preflight", "1")
@@ -144,7 +144,7 @@ async fn nesting_through_every_construct_is_refused(_: Setup) {
         r#"{{"query": "query($v: ID) {{ __typename }}", "variables": {{"v": {variables}}}}}"#
     );
     let response = http_client()
-        .post(format!("{}/graphql", served.base))
+        .post(format!("{}/graphql", served.base_url))
         .bearer_auth(&bearer)
         .header("content-type", "application/json")
         .body(raw)
@@ -273,12 +273,12 @@ async fn batches_are_bounded(_: Setup) {
     for i in 0..200 {
         let method = reqwest::Method::from_bytes(format!("M{i}").as_bytes()).expect("a method");
         let _ = client
-            .request(method, format!("{}/nowhere/{i}", served.base))
+            .request(method, format!("{}/nowhere/{i}", served.base_url))
             .send()
             .await;
     }
     let metrics = client
-        .get(format!("{}/metrics", served.base))
+        .get(format!("{}/metrics", served.base_url))
         .send()
         .await
         .expect("metrics")
@@ -359,7 +359,7 @@ async fn files_are_counted_across_the_request(_: Setup) {
                 .expect("mime"),
         );
     }
-    let (status, body) = post_multipart(&served.base, &bearer, form).await;
+    let (status, body) = post_multipart(&served.base_url, &bearer, form).await;
     assert!(status == 200 || status == 400, "{status}");
     assert_eq!(
         codes(&body),
@@ -404,7 +404,7 @@ async fn one_part_for_two_variables_stores_both(_: Setup) {
                 .mime_str("application/pdf")
                 .expect("mime"),
         );
-    let (_, body) = post_multipart(&served.base, &bearer, form).await;
+    let (_, body) = post_multipart(&served.base_url, &bearer, form).await;
     assert!(body.get("errors").is_none(), "{body}");
     for alias in ["a", "b"] {
         assert_eq!(
@@ -458,7 +458,7 @@ async fn anonymous_requests_cost_no_upload_slot(_: Setup) {
     let before = rss_mib(&served);
     let mut held = Vec::new();
     for _ in 0..8 {
-        let mut tcp = half_sent_post(&served.base, "/graphql", None).await;
+        let mut tcp = half_sent_post(&served.base_url, "/graphql", None).await;
         let refused = answer(&mut tcp, Duration::from_secs(3))
             .await
             .expect("answered at once");
@@ -480,11 +480,11 @@ async fn anonymous_requests_cost_no_upload_slot(_: Setup) {
     let bearer = token("slow");
     let mut slow = Vec::new();
     for _ in 0..2 {
-        slow.push(half_sent_post(&served.base, "/graphql", Some(&bearer)).await);
+        slow.push(half_sent_post(&served.base_url, "/graphql", Some(&bearer)).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let mut third = half_sent_post(&served.base, "/graphql", Some(&bearer)).await;
+    let mut third = half_sent_post(&served.base_url, "/graphql", Some(&bearer)).await;
     let busy = answer(&mut third, Duration::from_secs(5))
         .await
         .expect("answered");
@@ -511,7 +511,7 @@ async fn idle_and_slow_connections_are_closed(_: Setup) {
     ])
     .await;
     let before = rss_mib(&served);
-    let address = served.base.trim_start_matches("http://").to_owned();
+    let address = served.base_url.trim_start_matches("http://").to_owned();
     let mut idle = Vec::new();
     for i in 0..120 {
         let mut tcp = TcpStream::connect(&address).await.expect("connect");
@@ -524,7 +524,7 @@ async fn idle_and_slow_connections_are_closed(_: Setup) {
     }
     let started = Instant::now();
     let health = http_client()
-        .get(format!("{}/healthz", served.base))
+        .get(format!("{}/healthz", served.base_url))
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -552,7 +552,7 @@ async fn idle_and_slow_connections_are_closed(_: Setup) {
         .as_str()
         .expect("url")
         .to_owned();
-    let path = upload_url.trim_start_matches(&served.base);
+    let path = upload_url.trim_start_matches(&served.base_url);
     let mut tcp = TcpStream::connect(&address).await.expect("connect");
     tcp.write_all(
         format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1009\r\n\r\n%").as_bytes(),
@@ -585,7 +585,7 @@ async fn stalled_downloads_hold_bounded_memory(_: Setup) {
         .expect("id")
         .to_owned();
     let before = rss_mib(&served);
-    let address = served.base.trim_start_matches("http://").to_owned();
+    let address = served.base_url.trim_start_matches("http://").to_owned();
     let mut stalled = Vec::new();
     for _ in 0..64 {
         let mut tcp = TcpStream::connect(&address).await.expect("connect");
@@ -619,7 +619,7 @@ async fn metrics_can_have_a_listener_of_their_own(_: Setup) {
     let served = Served::start(&["--metrics-addr", &address]).await;
     let client = http_client();
     let public = client
-        .get(format!("{}/metrics", served.base))
+        .get(format!("{}/metrics", served.base_url))
         .send()
         .await
         .expect("GET");

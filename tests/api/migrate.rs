@@ -11,8 +11,8 @@ use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    DELETE, Db, S3_BUCKET, S3Server, Setup, Store, TestApp, data, pdf, png, private_database_url,
-    run_attache, s3_flags, sha256_hex, spawn_attache, tenant,
+    DELETE, Db, S3_BUCKET, S3Server, Setup, Store, TestApp, Uploaded, data, pdf, png,
+    private_database_url, run_attache, s3_flags, sha256_hex, spawn_attache, tenant,
 };
 
 /// Files of two tenants in all four collections, on the local disk of an fs app
@@ -409,11 +409,12 @@ async fn serve_runs_the_automatic_migration(setup: Setup) {
 
 async fn a_lost_object_is_a_clear_404_not_a_truncated_200(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let token = app.token(&acme);
-    let att = app
-        .upload(&token, &pdf(), "contract", Some("c-1"), "lost.pdf")
-        .await;
+    let Uploaded {
+        tenant: acme,
+        bearer: token,
+        att,
+        ..
+    } = app.upload_contract_pdf("lost.pdf").await;
     let key = TestApp::contract_key(&acme, "c-1", &att);
     std::fs::remove_file(app.storage_root.join(&key)).expect("lose the object");
     let download = att["downloadUrl"].as_str().expect("downloadUrl");
@@ -451,11 +452,10 @@ async fn a_lost_object_is_a_clear_404_not_a_truncated_200(setup: Setup) {
 /// gone with it: a plain not-found, not lost data.
 async fn an_object_deleted_with_its_row_is_not_lost_data(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let token = app.token(&tenant());
-    let att = app
-        .upload(&token, &pdf(), "contract", Some("c-1"), "gone.pdf")
-        .await;
-    let id = uuid::Uuid::parse_str(att["id"].as_str().expect("id")).expect("uuid");
+    let Uploaded {
+        bearer: token, id, ..
+    } = app.upload_contract_pdf("gone.pdf").await;
+    let id = uuid::Uuid::parse_str(&id).expect("uuid");
     let read_before = attachment::Entity::find_by_id(id)
         .one(app.app.db.read())
         .await
@@ -488,11 +488,12 @@ async fn sweep_removes_old_orphans_and_keeps_everything_else(setup: Setup) {
     let database_url = private_database_url(setup.db, dir.path()).await;
     let uploads = dir.path().join("uploads");
     let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
-    let acme = tenant();
-    let token = app.token(&acme);
-    let kept = app
-        .upload(&token, &pdf(), "contract", Some("c-1"), "kept.pdf")
-        .await;
+    let Uploaded {
+        tenant: acme,
+        bearer: token,
+        att: kept,
+        ..
+    } = app.upload_contract_pdf("kept.pdf").await;
     let kept_key = TestApp::contract_key(&acme, "c-1", &kept);
     // Referenced, yet old: a sweep keeps it whatever its age.
     plant(

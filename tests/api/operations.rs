@@ -11,8 +11,8 @@ use prom_text_format_parser::{Scrape, ValueType};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    SECRET, SIGNING_KEY, Served, Setup, Store, TestApp, UPLOAD, data, hs256, http_client, now, pdf,
-    tenant,
+    SECRET, SIGNING_KEY, Served, Setup, Store, TestApp, UPLOAD, Uploaded, data, hs256, http_client,
+    now, pdf, tenant,
 };
 
 /// One scrape of `/metrics`, parsed by a parser of the Prometheus text format.
@@ -66,13 +66,11 @@ fn has(scrape: &Scrape, name: &str) -> bool {
 
 async fn metrics_parse_and_move_with_uploads_and_downloads(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let token = app.token(&acme);
     let before = scrape(&app).await;
     let download_route = [("route", "/api/attachments/{id}/download")];
-    let att = app
-        .upload(&token, &pdf(), "contract", Some("c-1"), "m.pdf")
-        .await;
+    let Uploaded {
+        bearer: token, att, ..
+    } = app.upload_contract_pdf("m.pdf").await;
     let download = app
         .client
         .get(att["downloadUrl"].as_str().expect("downloadUrl"))
@@ -189,7 +187,7 @@ async fn a_full_run_logs_request_ids_and_no_secret(_setup: Setup) {
     let mut content = pdf();
     content.extend(marker.as_bytes());
     let body: Value = client
-        .post(format!("{}/graphql", served.base))
+        .post(format!("{}/graphql", served.base_url))
         .bearer_auth(&token)
         .header("x-request-id", "req-full-run-1")
         .json(&json!({ "query": UPLOAD, "variables": { "input": {
@@ -213,7 +211,7 @@ async fn a_full_run_logs_request_ids_and_no_secret(_setup: Setup) {
         .expect("GET");
     assert_eq!(bearer.status(), 200);
     let refused = client
-        .get(format!("{}/graphql?query={{__typename}}", served.base))
+        .get(format!("{}/graphql?query={{__typename}}", served.base_url))
         .header("authorization", "Bearer not-a-token")
         .header("apollo-require-preflight", "1")
         .send()
@@ -263,7 +261,7 @@ async fn sigterm_lets_a_large_upload_finish(_setup: Setup) {
         "ownerType": "contract", "ownerId": "c-1", "filename": "big.pdf",
         "base64": STANDARD.encode(&content) }}}))
     .expect("json");
-    let host = served.base.trim_start_matches("http://").to_owned();
+    let host = served.base_url.trim_start_matches("http://").to_owned();
     let head = format!(
         "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Authorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -320,7 +318,7 @@ async fn a_database_failure_names_its_step_in_the_log(_: Setup) {
     .expect("install the trigger");
     let token = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
     let body: Value = http_client()
-        .post(format!("{}/graphql", served.base))
+        .post(format!("{}/graphql", served.base_url))
         .bearer_auth(&token)
         .json(&json!({ "query": UPLOAD, "variables": { "input": {
             "ownerType": "contract", "ownerId": "c-1", "filename": "a.pdf",
@@ -353,7 +351,7 @@ async fn a_database_failure_names_its_step_in_the_log(_: Setup) {
 async fn every_family_is_described_and_present_from_the_start(_: Setup) {
     let served = Served::start(&[]).await;
     let text = http_client()
-        .get(format!("{}/metrics", served.base))
+        .get(format!("{}/metrics", served.base_url))
         .send()
         .await
         .expect("GET /metrics")

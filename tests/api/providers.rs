@@ -7,9 +7,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    FORWARD_TO_S3, GarageServer, S3Server, Setup, Store, TestApp, data, direct_upload, fetch,
-    parse_config, pdf, png, post_multipart, private_database_url, put_to, run_attache, s3_flags,
-    sha256_hex, tenant, upload_file_form,
+    FORWARD_TO_S3, GarageServer, S3Server, Setup, Store, TestApp, Uploaded, data, direct_upload,
+    fetch, parse_config, pdf, png, post_multipart, private_database_url, put_to, run_attache,
+    s3_flags, sha256_hex, tenant, upload_file_form,
 };
 
 const UPLOAD_BATCH: &str = "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id contentType url } }";
@@ -168,13 +168,13 @@ async fn presigned_urls_name_the_public_endpoint(setup: Setup) {
         .s3_endpoint_url
         .clone()
         .expect("an endpoint");
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let content = pdf();
-    let att = app
-        .upload(&bearer, &content, "contract", Some("c-1"), "a.pdf")
-        .await;
-    let url = att["url"].as_str().expect("url");
+    let Uploaded {
+        bearer,
+        content,
+        att,
+        url,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     assert!(
         url.starts_with(&public) && !url.contains(internal.as_str()),
         "{url}"

@@ -176,7 +176,7 @@ async fn a_server_killed_during_uploads_leaves_rows_with_objects(_setup: Setup) 
     let (database_url, root, base) = (
         server.database_url(),
         server.storage_root(),
-        server.base.clone(),
+        server.base_url.clone(),
     );
     let client = http_client();
     let acme = tenant();
@@ -269,7 +269,7 @@ async fn a_filesystem_without_o_direct_gets_ordinary_writes() {
         return;
     };
     let api = Api {
-        base_url: server.base.clone(),
+        base_url: server.base_url.clone(),
         client: http_client(),
     };
     let token = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::helpers::{
-    COMPLETE_DIRECT, CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp,
-    UPLOAD, announce_and_put, codes, data, declaration, fetch, pdf, put_to, s3_flags, sha256_hex,
-    tenant,
+    CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp, UPLOAD, Uploaded,
+    announce_and_put, codes, complete_direct, data, declaration, fetch, pdf, put_to, s3_flags,
+    sha256_hex, tenant,
 };
 use crate::helpers::{SECRET, private_database_url, run_attache};
 
@@ -37,18 +37,13 @@ async fn objects_are_never_overwritten(setup: Setup) {
 
 async fn tools_get_a_real_local_path(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let content = pdf();
-    let att = app
-        .upload(
-            &app.token(&acme),
-            &content,
-            "contract",
-            Some("c-1"),
-            "a.pdf",
-        )
-        .await;
-    let id = att["id"].as_str().expect("id").parse().expect("uuid");
+    let Uploaded {
+        tenant: acme,
+        content,
+        id,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
+    let id = id.parse().expect("uuid");
     let row = attache::attachments::find(
         &app.app,
         &attache::ids::SafeId::parse(&acme).expect("tenant"),
@@ -84,17 +79,12 @@ async fn public_urls_need_no_signature(setup: Setup) {
         &["--url-mode", "public", "--s3-public-base-url", cdn],
     )
     .await;
-    let acme = tenant();
-    let content = pdf();
-    let att = app
-        .upload(
-            &app.token(&acme),
-            &content,
-            "contract",
-            Some("c-1"),
-            "a.pdf",
-        )
-        .await;
+    let Uploaded {
+        tenant: acme,
+        content,
+        att,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     let key = TestApp::contract_key(&acme, "c-1", &att);
     let url = att["url"].as_str().expect("url");
     match setup.store {
@@ -146,26 +136,14 @@ async fn direct_uploads_end_to_end(setup: Setup) {
         "no attachment before completion"
     );
 
-    let other = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&app.token(&tenant())),
-        )
-        .await;
+    let other = complete_direct(&app, &app.token(&tenant()), &direct).await;
     assert_eq!(
         codes(&other),
         vec!["NOT_FOUND"],
         "another tenant cannot complete it"
     );
 
-    let done = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
+    let done = complete_direct(&app, &bearer, &direct).await;
     let att = data(&done, "completeDirectUpload");
     assert_eq!(att["id"], direct["id"]);
     assert_eq!(att["sha256"], sha256_hex(&content));
@@ -176,13 +154,7 @@ async fn direct_uploads_end_to_end(setup: Setup) {
     );
     assert_eq!(fetch(&att["url"]).await, content);
 
-    let again = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
+    let again = complete_direct(&app, &bearer, &direct).await;
     assert_eq!(codes(&again), vec!["NOT_FOUND"], "completes once");
     // The URL names a staging key: whatever the store does with a replay, the file
     // stays as it was (providers.rs replays it on every store).
@@ -210,13 +182,7 @@ async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
     ] {
         let (direct, status) = announce_and_put(&app, &bearer, declared, content.clone()).await;
         assert_eq!(status, 200, "{case}: PUT");
-        let done = app
-            .gql(
-                COMPLETE_DIRECT,
-                json!({ "id": direct["id"] }),
-                Some(&bearer),
-            )
-            .await;
+        let done = complete_direct(&app, &bearer, &direct).await;
         assert_eq!(codes(&done), vec![code], "{case}: {done}");
         assert!(
             app.stored_keys().is_empty(),
@@ -269,13 +235,7 @@ async fn expired_direct_uploads_are_swept(setup: Setup) {
     assert_eq!(app.stored_keys().len(), 1);
     // Long enough for the PUT on a loaded machine, short enough to wait out.
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
-    let late = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
+    let late = complete_direct(&app, &bearer, &direct).await;
     assert_eq!(codes(&late), vec!["NOT_FOUND"], "expired");
     attache::attachments::direct::expire(&app.app)
         .await
@@ -473,17 +433,12 @@ crate::matrix!(
 
 async fn the_prefix_is_joined_inside_the_bucket(setup: Setup) {
     let app = TestApp::spawn_with(setup, &["--s3-prefix", "/files/prod/"]).await;
-    let acme = tenant();
-    let content = pdf();
-    let att = app
-        .upload(
-            &app.token(&acme),
-            &content,
-            "contract",
-            Some("c-1"),
-            "a.pdf",
-        )
-        .await;
+    let Uploaded {
+        tenant: acme,
+        content,
+        att,
+        ..
+    } = app.upload_contract_pdf("a.pdf").await;
     let key = format!("files/prod/{}", TestApp::contract_key(&acme, "c-1", &att));
     assert_eq!(app.stored_keys(), vec![key]);
     assert_eq!(fetch(&att["url"]).await, content);

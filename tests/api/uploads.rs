@@ -6,24 +6,19 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Refusal, Setup, TestApp, UPLOAD, codes, data, fetch, pdf, png, sha256_hex, tenant,
-    upload_file_form,
+    Refusal, Setup, TestApp, UPLOAD, Uploaded, codes, data, fetch, pdf, png, post_multipart,
+    sha256_hex, tenant, upload_file_form,
 };
 
 async fn upload_stores_the_file_under_its_collection_key(setup: Setup) {
     let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
-    let content = pdf();
-    let att = app
-        .upload(
-            &bearer,
-            &content,
-            "contract",
-            Some("c-1"),
-            "Vertrag März.pdf",
-        )
-        .await;
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        content,
+        att,
+        ..
+    } = app.upload_contract_pdf("Vertrag März.pdf").await;
     assert_eq!(att["ownerType"], "contract");
     assert_eq!(att["ownerId"], "c-1");
     assert_eq!(att["filename"], "Vertrag März.pdf");
@@ -297,16 +292,7 @@ async fn multipart_uploads_follow_the_same_rules(setup: Setup) {
     );
     assert_eq!(app.row_count(&acme).await, 0);
 
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(&bearer)
-        .header("apollo-require-preflight", "true")
-        .multipart(form())
-        .send()
-        .await
-        .expect("POST");
-    let body: Value = response.json().await.expect("JSON");
+    let (_, body) = post_multipart(&app.base_url, &bearer, form()).await;
     let att = data(&body, "uploadAttachmentFile");
     assert_eq!(att["filename"], "Auftrag.pdf");
     assert_eq!(att["sha256"], sha256_hex(&content));

@@ -1,0 +1,143 @@
+//! GraphQL requests and answers: the operations tests send, the data or error codes
+//! they read, multipart and direct uploads from start to end.
+
+use serde_json::{Value, json};
+
+use super::{Api, TestApp, http_client, sha256_hex};
+
+/// The field of a response that must have no errors.
+pub fn data(body: &Value, field: &str) -> Value {
+    assert!(
+        body.get("errors").is_none_or(Value::is_null),
+        "{field}: {body}"
+    );
+    body["data"][field].clone()
+}
+
+/// The `extensions.code` of every error.
+pub fn codes(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|error| {
+                    error["extensions"]["code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub const UPLOAD: &str = "mutation($input: UploadAttachmentInput!) { uploadAttachment(input: $input) { id ownerType ownerId filename contentType byteSize sha256 url downloadUrl createdAt createdBy } }";
+pub const GET: &str =
+    "query($id: ID!) { attachment(id: $id) { id filename sha256 url downloadUrl } }";
+pub const DELETE: &str = "mutation($id: ID!) { deleteAttachment(id: $id) }";
+
+pub const CREATE_DIRECT: &str = "mutation($input: DirectUploadInput!) { createDirectUpload(input: $input) { id uploadUrl headers { name value } expiresAt } }";
+pub const COMPLETE_DIRECT: &str = "mutation($id: ID!) { completeDirectUpload(id: $id) { id filename contentType byteSize sha256 url } }";
+
+pub fn declaration(content: &[u8], content_type: &str) -> Value {
+    json!({ "ownerType": "contract", "ownerId": "c-7", "filename": "Direkt.pdf", "contentType": content_type,
+            "byteSize": content.len(), "sha256": sha256_hex(content) })
+}
+
+/// `createDirectUpload`, then the client's PUT with the given headers.
+pub async fn announce_and_put(
+    app: &TestApp,
+    bearer: &str,
+    declared: Value,
+    body: Vec<u8>,
+) -> (Value, u16) {
+    let created = app
+        .gql(CREATE_DIRECT, json!({ "input": declared }), Some(bearer))
+        .await;
+    let direct = data(&created, "createDirectUpload");
+    let status = put_to(app, &direct, body).await;
+    (direct, status)
+}
+
+/// A PDF's direct upload from start to end: announced, PUT (which must succeed) and
+/// completed; the direct upload and the attachment it became.
+pub async fn direct_upload(app: &TestApp, bearer: &str, content: &[u8]) -> (Value, Value) {
+    let declared = declaration(content, "application/pdf");
+    let (direct, status) = announce_and_put(app, bearer, declared, content.to_vec()).await;
+    assert_eq!(status, 200, "PUT to uploadUrl");
+    let done = complete_direct(app, bearer, &direct).await;
+    let attachment = data(&done, "completeDirectUpload");
+    (direct, attachment)
+}
+
+/// `completeDirectUpload` of a direct upload `createDirectUpload` answered; the
+/// response's body, for its data or its error codes.
+pub async fn complete_direct(api: &Api, bearer: &str, direct: &Value) -> Value {
+    api.gql(COMPLETE_DIRECT, json!({ "id": direct["id"] }), Some(bearer))
+        .await
+}
+
+/// POSTs a GraphQL multipart request (with the preflight header of SPEC 6's CSRF
+/// rule) to `base`; its status and JSON body.
+pub async fn post_multipart(
+    base: &str,
+    bearer: &str,
+    form: reqwest::multipart::Form,
+) -> (u16, Value) {
+    let response = http_client()
+        .post(format!("{base}/graphql"))
+        .bearer_auth(bearer)
+        .header("apollo-require-preflight", "1")
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST multipart");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+/// The client's PUT to a direct upload's `uploadUrl`, with its `headers`.
+pub async fn put_to(app: &TestApp, direct: &Value, body: Vec<u8>) -> u16 {
+    let mut put = app
+        .client
+        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
+        .body(body);
+    for header in direct["headers"].as_array().expect("headers") {
+        put = put.header(
+            header["name"].as_str().expect("name"),
+            header["value"].as_str().expect("value"),
+        );
+    }
+    put.send().await.expect("PUT").status().as_u16()
+}
+
+/// The body of a GET of `url` without headers.
+pub async fn fetch(url: &Value) -> Vec<u8> {
+    let response = reqwest::get(url.as_str().expect("url")).await.expect("GET");
+    response.bytes().await.expect("body").to_vec()
+}
+
+/// A GraphQL multipart request of `uploadAttachmentFile` carrying `content`.
+pub fn upload_file_form(
+    owner_type: &str,
+    owner_id: &str,
+    content: &[u8],
+    filename: &str,
+    mime: &str,
+) -> reqwest::multipart::Form {
+    let operations = json!({
+        "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id filename contentType sha256 } }",
+        "variables": { "input": { "ownerType": owner_type, "ownerId": owner_id, "file": null } }
+    });
+    reqwest::multipart::Form::new()
+        .text("operations", operations.to_string())
+        .text("map", json!({ "0": ["variables.input.file"] }).to_string())
+        .part(
+            "0",
+            reqwest::multipart::Part::bytes(content.to_vec())
+                .file_name(filename.to_owned())
+                .mime_str(mime)
+                .expect("mime"),
+        )
+}

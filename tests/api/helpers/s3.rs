@@ -1,0 +1,218 @@
+//! S3 for tests: an in-process s3s-fs server, a throwaway Garage, a forwarder in
+//! front of either, and the files a bucket folder holds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::bind_patiently;
+
+pub const S3_ACCESS_KEY: &str = "attache-test-access";
+pub const S3_SECRET_KEY: &str = "attache-test-secret-0123456789";
+pub const S3_BUCKET: &str = "attache";
+
+/// The value of `--s3-public-endpoint-url` that [`TestApp::spawn_with`] replaces
+/// with the origin of a forwarder to the app's S3 server.
+pub const FORWARD_TO_S3: &str = "forward-to-s3";
+
+/// Forwards every connection on a new port to `target`, byte for byte: the public
+/// side of a proxy in front of the store. Its origin.
+pub async fn forwarder(target: SocketAddr) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the forwarder");
+    let addr = listener.local_addr().expect("forwarder addr");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A real S3 endpoint in the test process (s3s-fs), checking SigV4 signatures and
+/// presigned URLs with [`S3_ACCESS_KEY`] / [`S3_SECRET_KEY`]. A bucket is a folder.
+pub struct S3Server {
+    pub endpoint: String,
+    pub root: PathBuf,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    pub async fn start(root: &Path) -> Self {
+        std::fs::create_dir_all(root.join(S3_BUCKET)).expect("bucket folder");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind S3");
+        Self::serve(root, listener)
+    }
+
+    fn serve(root: &Path, listener: tokio::net::TcpListener) -> Self {
+        let addr = listener.local_addr().expect("S3 addr");
+        let filesystem = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
+        let mut builder = s3s::service::S3ServiceBuilder::new(filesystem);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+        ));
+        let service = builder.build();
+        let task = tokio::spawn(async move {
+            // Dropping the set (on abort) closes every open connection too.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                let service = service.clone();
+                connections.spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            endpoint: format!("http://{addr}"),
+            root: root.to_owned(),
+            addr,
+            task,
+        }
+    }
+
+    /// An outage: the port closes and every connection drops.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// The end of an outage: the same endpoint answers again.
+    pub async fn restart(&mut self) {
+        self.task.abort();
+        let listener = bind_patiently(self.addr, "the S3 server", 50).await;
+        *self = Self::serve(&self.root.clone(), listener);
+    }
+}
+
+/// A throwaway single-node Garage (tests/garage/start.sh), killed on drop.
+pub struct GarageServer {
+    pub endpoint: String,
+    pub addr: SocketAddr,
+    access_key: String,
+    secret_key: String,
+    bucket: String,
+    pid: u32,
+}
+
+impl GarageServer {
+    pub async fn start(dir: &Path) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/garage/start.sh");
+        let output = tokio::process::Command::new("bash")
+            .arg(script)
+            .arg(dir)
+            .env("GARAGE_WATCH_PID", std::process::id().to_string())
+            // What S3_PROVIDER=garage assumes: Garage's own default region.
+            .env("GARAGE_REGION", "garage")
+            .output()
+            .await
+            .expect("run tests/garage/start.sh");
+        assert!(
+            output.status.success(),
+            "Garage did not start (is it installed? see tests/garage/README.md): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let value = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} in {stdout}"))
+                .to_owned()
+        };
+        let endpoint = value("GARAGE_ENDPOINT");
+        Self {
+            addr: endpoint
+                .trim_start_matches("http://")
+                .parse()
+                .expect("Garage's address"),
+            endpoint,
+            access_key: value("GARAGE_ACCESS_KEY"),
+            secret_key: value("GARAGE_SECRET_KEY"),
+            bucket: value("GARAGE_BUCKET"),
+            pid: value("GARAGE_PID").parse().expect("pid"),
+        }
+    }
+
+    /// The `attache serve` flags of this bucket.
+    pub fn flags(&self) -> Vec<String> {
+        [
+            "--storage-backend",
+            "s3",
+            "--s3-provider",
+            "garage",
+            "--s3-bucket-name",
+            &self.bucket,
+            "--s3-endpoint-url",
+            &self.endpoint,
+            "--s3-access-key",
+            &self.access_key,
+            "--s3-secret-key",
+            &self.secret_key,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+}
+
+impl Drop for GarageServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+/// The files under `dir`, as keys relative to `root`, sorted.
+pub fn keys_under(root: &Path, dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if let Ok(key) = path.strip_prefix(root) {
+                out.push(key.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    walk(dir, root, &mut keys);
+    keys.sort();
+    keys
+}
+
+/// The flags that point attache at an in-process S3 server.
+pub fn s3_flags(endpoint: &str) -> Vec<String> {
+    [
+        "--storage-backend",
+        "s3",
+        "--s3-bucket-name",
+        S3_BUCKET,
+        "--s3-endpoint-url",
+        endpoint,
+        "--s3-access-key",
+        S3_ACCESS_KEY,
+        "--s3-secret-key",
+        S3_SECRET_KEY,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect()
+}
