@@ -10,9 +10,9 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    COMPLETE_DIRECT, CREATE_DIRECT, DELETE, Setup, TestApp, UPLOAD, announce_and_put, codes, data,
-    declaration, hs256, now, pdf, post_multipart, private_database_url, run_attache, tenant,
-    upload_file_form,
+    Api, COMPLETE_DIRECT, CREATE_DIRECT, DELETE, SECRET, SIGNING_KEY, Served, Setup, TestApp,
+    UPLOAD, announce_and_put, codes, data, database_url, declaration, hs256, keys_under, now, pdf,
+    post_multipart, private_database_url, run_attache, tenant, token_for, upload_file_form,
 };
 
 const USAGE: &str = "{ usage { bytes files quotaBytes quotaFiles } }";
@@ -23,7 +23,7 @@ fn input(name: &str, content: &[u8]) -> Value {
     json!({ "ownerType": "contract", "ownerId": "c-1", "filename": name, "base64": STANDARD.encode(content) })
 }
 
-async fn usage(app: &TestApp, bearer: &str) -> Value {
+async fn usage(app: &Api, bearer: &str) -> Value {
     data(&app.gql(USAGE, json!({}), Some(bearer)).await, "usage")
 }
 
@@ -172,6 +172,10 @@ async fn concurrent_uploads_never_overshoot(setup: Setup) {
     assert_eq!(app.row_count(&acme).await, 5);
     assert_eq!(app.stored_keys().len(), 5, "no object of a refused upload");
     assert_eq!(usage(&app, &bearer).await["files"], 5);
+    // The database itself refuses what passes the limit, whatever a read saw before.
+    let past = attache::quotas::grow(app.app.db.backend(), &app.app.config.quotas, &acme, 0, 1);
+    let refused = app.app.db.commit(vec![past]).await.expect_err("the CHECK");
+    assert!(attache::quotas::is_refusal(&refused), "{refused}");
 }
 
 async fn an_expired_direct_upload_releases_its_reservation(setup: Setup) {
@@ -369,6 +373,51 @@ async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("say --bytes, --files or both"));
 }
+
+/// The same race between two replicas on one PostgreSQL database: the row lock of
+/// the usage row, not a lock in either process, decides.
+async fn two_replicas_never_overshoot(setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = database_url(setup.db, dir.path()).await;
+    let storage = dir.path().join("uploads");
+    let args: Vec<String> = [
+        "--database-url",
+        &database,
+        "--storage-root",
+        storage.to_str().expect("utf-8 path"),
+        "--signing-key",
+        SIGNING_KEY,
+        "--jwt-secret",
+        SECRET,
+        "--tenant-quota-files",
+        "5",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let replicas = [Served::replica(&args).await, Served::replica(&args).await];
+    let acme = tenant();
+    let bearer = token_for(&acme);
+    let content = pdf();
+    let attempts = (0..20).map(|i| {
+        let body = json!({ "input": input(&format!("{i}.pdf"), &content) });
+        let (replica, bearer) = (&replicas[i % 2], &bearer);
+        async move { replica.gql(UPLOAD, body, Some(bearer)).await }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let stored = answers.iter().filter(|a| a.get("errors").is_none()).count();
+    assert_eq!(stored, 5, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.get("errors").is_none() || codes(a) == vec!["QUOTA_EXCEEDED"]),
+        "{answers:?}"
+    );
+    assert_eq!(keys_under(&storage, &storage.join(&acme)).len(), 5);
+    assert_eq!(usage(&replicas[0], &bearer).await["files"], 5);
+}
+
+crate::matrix!(postgres: two_replicas_never_overshoot);
 
 crate::matrix!(db:
     every_path_is_refused_at_the_limit_with_nothing_stored,
