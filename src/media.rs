@@ -151,9 +151,126 @@ impl MediaType {
     }
 }
 
+/// How many first bytes decide a binary type: the signatures `infer` knows all lie
+/// well within them (the parts of an Office file's zip included).
+pub const HEAD_BYTES: usize = 64 * 1024;
+
+/// [`MediaType::detect`] over a file that arrives in chunks, holding only its first
+/// [`HEAD_BYTES`]: a binary type is known from them; a text type holds only if every
+/// later byte is UTF-8 without NUL, which [`Sniffer::finish`] says at the end.
+#[derive(Default)]
+pub struct Sniffer {
+    head: Vec<u8>,
+    /// A UTF-8 sequence cut by a chunk boundary, completed by the next chunk.
+    pending: Vec<u8>,
+    text: bool,
+    started: bool,
+}
+
+impl Sniffer {
+    pub fn new() -> Self {
+        Self {
+            text: true,
+            ..Self::default()
+        }
+    }
+
+    /// Feeds the next chunk.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.started = true;
+        let room = HEAD_BYTES.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&chunk[..room.min(chunk.len())]);
+        if !self.text {
+            return;
+        }
+        let joined;
+        let bytes = if self.pending.is_empty() {
+            chunk
+        } else {
+            joined = [std::mem::take(&mut self.pending).as_slice(), chunk].concat();
+            &joined
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.text = !text.contains('\0'),
+            // Cut at the end: the rest of the sequence comes with the next chunk.
+            Err(err) if err.error_len().is_none() => {
+                let valid = &bytes[..err.valid_up_to()];
+                self.text = !valid.contains(&0);
+                self.pending = bytes[err.valid_up_to()..].to_vec();
+            }
+            Err(_) => self.text = false,
+        }
+    }
+
+    /// The first bytes seen so far.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The type as far as the bytes seen so far tell: final for a binary type, for a
+    /// text type only once [`Sniffer::finish`] agrees.
+    pub fn guess(&self, declared: Option<&str>, filename: &str) -> Option<MediaType> {
+        if let Some(found) = infer::get(&self.head) {
+            return MediaType::from_mime(found.mime_type()).filter(|kind| !kind.is_text());
+        }
+        self.text_type(declared, filename)
+    }
+
+    /// The type of the whole file, once every chunk was fed.
+    pub fn finish(&self, declared: Option<&str>, filename: &str) -> Option<MediaType> {
+        match self.guess(declared, filename) {
+            Some(kind) if kind.is_text() && !self.pending.is_empty() => None,
+            other => other,
+        }
+    }
+
+    fn text_type(&self, declared: Option<&str>, filename: &str) -> Option<MediaType> {
+        if !self.text || !self.started {
+            return None;
+        }
+        let says_csv = declared.and_then(MediaType::from_mime) == Some(MediaType::Csv)
+            || filename.to_ascii_lowercase().ends_with(".csv");
+        Some(if says_csv {
+            MediaType::Csv
+        } else {
+            MediaType::Txt
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::MediaType;
+    use super::{MediaType, Sniffer};
+
+    /// The sniffer fed in chunks of every size agrees with `detect` on the whole.
+    #[test]
+    fn a_sniffer_fed_in_chunks_agrees_with_detect() {
+        let mut long_pdf = b"%PDF-1.7\n".to_vec();
+        long_pdf.resize(200_000, b'x');
+        let samples: [(&[u8], &str); 6] = [
+            ("gr\u{fc}\u{df}e, \u{1F600} und mehr".as_bytes(), "a.txt"),
+            (b"a,b\n1,2\n", "x.csv"),
+            (b"text\0with a nul", "a.txt"),
+            (b"\xff\xfe not utf-8", "a.txt"),
+            (b"ends cut \xe2\x82", "a.txt"),
+            (&long_pdf, "a.pdf"),
+        ];
+        for (bytes, name) in samples {
+            let whole = MediaType::detect(bytes, None, name);
+            for size in [1, 2, 3, 7, 4096, bytes.len()] {
+                let mut sniffer = Sniffer::new();
+                for chunk in bytes.chunks(size) {
+                    sniffer.update(chunk);
+                }
+                assert_eq!(
+                    sniffer.finish(None, name),
+                    whole,
+                    "{name} in chunks of {size}"
+                );
+            }
+        }
+        assert_eq!(Sniffer::new().finish(None, "a.txt"), None, "nothing fed");
+    }
 
     #[test]
     fn detects_from_bytes_not_names() {

@@ -114,13 +114,14 @@ pub async fn usage(db: &Database, defaults: &QuotaConfig, tenant: &str) -> Resul
 }
 
 /// Refuses, before anything is stored, `bytes` in `files` files that would take
-/// `tenant` past a limit as its usage stands now.
-pub async fn check(app: &App, tenant: &str, bytes: i64, files: i64) -> AppResult<()> {
+/// `tenant` past a limit as its usage stands now; whether a limit applies to it (an
+/// unlimited tenant needs no [`warn_if_near`]).
+pub async fn check(app: &App, tenant: &str, bytes: i64, files: i64) -> AppResult<bool> {
     let usage = usage(&app.db, &app.config.quotas, tenant).await?;
     if usage.would_pass(bytes, files) {
         return Err(usage.refusal());
     }
-    Ok(())
+    Ok(usage.percent().is_some())
 }
 
 /// The statement that adds `bytes` and `files` to `tenant`'s usage, with the limit

@@ -14,7 +14,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
-use crate::attachments::upload::{self, Draft, Target, ValidUpload, sanitize_filename};
+use crate::attachments::upload::{self, Draft, StreamCheck, Streamed, Target, sanitize_filename};
 use crate::attachments::urls;
 use crate::auth::Principal;
 use crate::error::{AppError, AppResult};
@@ -167,7 +167,7 @@ pub async fn complete(
 }
 
 async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
-    // Reading the object back holds it in memory: counted like any upload.
+    // The copy holds a part of the object in memory: counted like any upload.
     let _permit = app.upload_permit().await?;
     let pending = direct_upload::Entity::find_by_id(id)
         .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
@@ -175,76 +175,57 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         .await?
         .filter(|pending| pending.expires_at > Utc::now())
         .ok_or_else(|| AppError::NotFound("no such direct upload, or it has expired".into()))?;
-    let key = StorageKey::from_stored(pending.storage_key.clone());
+    let staged = StorageKey::from_stored(pending.storage_key.clone());
     let declared = u64::try_from(pending.byte_size).unwrap_or_default();
     let stored = app
         .storage
-        .size(&key)
+        .size(&staged)
         .await?
         .ok_or_else(|| AppError::bad_input("no file has been uploaded to uploadUrl yet"))?;
-    let checked = if stored == declared {
-        let bytes = app.storage.read_all(&key).await?;
-        let draft = Draft {
-            owner_type: &pending.owner_type,
-            owner_id: pending.owner_id.as_deref(),
-            filename: &pending.filename,
-            declared_type: Some(&pending.content_type),
-            sha256: Some(&pending.sha256),
-        };
-        let max = app.config.limits.max_upload_bytes;
-        ValidUpload::parse(&app.collections, draft, async { Ok(bytes) }, max).await
+    let started = if stored == declared {
+        start_check(app, &pending, &staged, stored).await
     } else {
         Err(AppError::bad_input(format!(
             "the uploaded file has {stored} bytes, not the declared {declared}"
         )))
     };
-    let valid = match checked {
-        Ok(valid) => valid,
-        Err(err) => {
-            if let Err(cleanup) = discard(app, &pending, None).await {
-                tracing::warn!(id = %pending.id, error = %cleanup, "cannot discard a refused direct upload yet");
-            }
-            return Err(err);
-        }
+    let check = match started {
+        Ok(check) => check,
+        Err(err) => return Err(refuse(app, &pending, err).await),
     };
-    let staged = pending.storage_key.clone();
-    let stored = StorageKey::for_attachment(
-        &valid.target.collection.key,
+    let key = StorageKey::for_attachment(
+        &check.target().collection.key,
         &principal.tenant,
-        valid.target.owner_id.as_ref(),
+        check.target().owner_id.as_ref(),
         pending.id,
-        valid.media,
+        check.media(),
     );
     // Announced before staging keys existed: the object is already where it belongs.
-    let restaged = stored.as_str() != staged;
+    let restaged = key.as_str() != staged.as_str();
+    let new_keys = [key.as_str().to_owned()];
+    let verified = if restaged {
+        copy_checked(app, &staged, &key, &new_keys, check).await
+    } else {
+        read_checked(app, &key, check).await
+    };
+    let streamed = match verified {
+        Ok(streamed) => streamed,
+        Err(err) => return Err(refuse(app, &pending, err).await),
+    };
     let row = attachment::Model {
         id: pending.id,
         tenant_id: pending.tenant_id.clone(),
         owner_type: pending.owner_type.clone(),
         owner_id: pending.owner_id.clone(),
         filename: pending.filename.clone(),
-        content_type: valid.media.mime().to_owned(),
+        content_type: streamed.media.mime().to_owned(),
         byte_size: pending.byte_size,
-        sha256: valid.sha256,
-        storage_key: stored.as_str().to_owned(),
+        sha256: streamed.sha256,
+        storage_key: key.into_string(),
         created_by: principal.subject.clone(),
         created_at: Utc::now(),
     };
-    // The very bytes just verified are stored: nothing a replayed URL writes to the
-    // staging key in the meantime can take their place.
-    let new_keys = [row.storage_key.clone()];
-    if restaged {
-        super::record_intents(app, &new_keys).await?;
-        let written = app
-            .storage
-            .put_new(&stored, valid.bytes, &row.content_type)
-            .await;
-        if let Err(err) = written {
-            super::discard(app, &new_keys).await;
-            return Err(AppError::StorageUnavailable(err));
-        }
-    }
-    let staging = restaged.then_some(staged.as_str());
+    let staging = restaged.then_some(pending.storage_key.as_str());
     if let Err(err) = commit_completion(app, pending.id, &row, staging).await {
         if restaged {
             super::discard(app, &new_keys).await;
@@ -252,11 +233,79 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         return Err(err);
     }
     if restaged {
-        super::remove_object(app, &staged).await;
+        super::remove_object(app, &pending.storage_key).await;
     }
     crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     super::warn_if_near(app, &row).await;
     Ok(row)
+}
+
+/// The checks of the staged object that its size and first bytes allow.
+async fn start_check(
+    app: &App,
+    pending: &direct_upload::Model,
+    staged: &StorageKey,
+    size: u64,
+) -> AppResult<StreamCheck> {
+    let head = app
+        .storage
+        .read_head(staged, size.min(crate::media::HEAD_BYTES as u64))
+        .await?;
+    let draft = Draft {
+        owner_type: &pending.owner_type,
+        owner_id: pending.owner_id.as_deref(),
+        filename: &pending.filename,
+        declared_type: Some(&pending.content_type),
+        sha256: Some(&pending.sha256),
+    };
+    let max = app.config.limits.max_upload_bytes;
+    StreamCheck::start(&app.collections, draft, size, &head, max)
+}
+
+/// Copies the staged object to its attachment's key, checking every byte on the way
+/// (the very bytes checked are the ones stored: nothing a replayed URL writes to the
+/// staging key meanwhile can take their place); a refusal leaves nothing at `key`.
+async fn copy_checked(
+    app: &App,
+    staged: &StorageKey,
+    key: &StorageKey,
+    new_keys: &[String],
+    mut check: StreamCheck,
+) -> AppResult<Streamed> {
+    super::record_intents(app, new_keys).await?;
+    let content_type = check.media().mime();
+    let copied = app
+        .storage
+        .copy_new(staged, key, content_type, |chunk| check.update(chunk))
+        .await;
+    let checked = match copied {
+        Ok(_) => check.finish(),
+        Err(StreamWriteError::Storage(err)) => Err(AppError::StorageUnavailable(err)),
+        Err(err) => Err(AppError::StorageUnavailable(opendal::Error::new(
+            opendal::ErrorKind::Unexpected,
+            err.to_string(),
+        ))),
+    };
+    if checked.is_err() {
+        super::discard(app, new_keys).await;
+    }
+    checked
+}
+
+/// Checks every byte of an object already under its attachment's key.
+async fn read_checked(app: &App, key: &StorageKey, mut check: StreamCheck) -> AppResult<Streamed> {
+    app.storage
+        .inspect(key, |chunk| check.update(chunk))
+        .await?;
+    check.finish()
+}
+
+/// Discards a refused direct upload (its reservation with it) and returns why.
+async fn refuse(app: &App, pending: &direct_upload::Model, err: AppError) -> AppError {
+    if let Err(cleanup) = discard(app, pending, None).await {
+        tracing::warn!(id = %pending.id, error = %cleanup, "cannot discard a refused direct upload yet");
+    }
+    err
 }
 
 /// One transaction: the direct upload claimed (it must not have expired), the

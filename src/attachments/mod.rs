@@ -30,9 +30,10 @@ use crate::db;
 use crate::error::{AppError, AppResult};
 use crate::events;
 use crate::ids::SafeId;
+use crate::media::MediaType;
 use crate::quotas;
-use crate::storage::{Storage, StorageKey};
-pub use upload::{Draft, Target, ValidUpload};
+use crate::storage::{Storage, StorageKey, StreamWriteError};
+pub use upload::{Draft, StreamCheck, Target, ValidUpload};
 
 /// Runs `work` to its end even if the request that started it is dropped (a client
 /// that disconnects, a timeout): once storage is touched, the object, its row and
@@ -71,16 +72,30 @@ async fn store(
 ) -> AppResult<Vec<attachment::Model>> {
     let planned: Vec<(attachment::Model, Bytes)> = uploads
         .into_iter()
-        .map(|upload| (new_row(principal, &upload), upload.bytes))
+        .map(|upload| {
+            let size = i64::try_from(upload.bytes.len()).unwrap_or(i64::MAX);
+            let row = new_row(
+                principal,
+                &upload.target,
+                &upload.filename,
+                upload.media,
+                size,
+            );
+            (
+                attachment::Model {
+                    sha256: upload.sha256,
+                    ..row
+                },
+                upload.bytes,
+            )
+        })
         .collect();
     let keys: Vec<String> = planned
         .iter()
         .map(|(row, _)| row.storage_key.clone())
         .collect();
-    let tenant = principal.tenant.as_str();
-    let (bytes, files) = totals(planned.iter().map(|(row, _)| row));
-    quotas::check(app, tenant, bytes, files).await?;
-    record_intents(app, &keys).await?;
+    let added = totals(planned.iter().map(|(row, _)| row));
+    let limited = begin_store(app, principal.tenant.as_str(), added, &keys).await?;
     let mut rows = Vec::with_capacity(planned.len());
     for (row, bytes) in planned {
         let key = StorageKey::from_stored(row.storage_key.clone());
@@ -90,14 +105,118 @@ async fn store(
         }
         rows.push(row);
     }
-    if let Err(err) = insert_rows(app, &rows, &keys).await {
-        discard(app, &keys).await;
+    finish_store(app, rows, &keys, limited).await
+}
+
+/// Stores one file that streams in (a multipart part, `size` bytes), checked on the
+/// way by `check` and never held whole: the intent, the object written as it
+/// arrives, then the checks that needed every byte, then the row, as [`create`]
+/// does for files already in memory. A refusal at the end removes the object.
+pub async fn create_streamed<S>(
+    app: &SharedApp,
+    principal: &Principal,
+    check: StreamCheck,
+    size: u64,
+    body: S,
+) -> AppResult<attachment::Model>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+{
+    let app = SharedApp::clone(app);
+    let principal = principal.clone();
+    uncancellable(async move { store_streamed(&app, &principal, check, size, body).await }).await
+}
+
+async fn store_streamed<S>(
+    app: &App,
+    principal: &Principal,
+    mut check: StreamCheck,
+    size: u64,
+    body: S,
+) -> AppResult<attachment::Model>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    let byte_size = i64::try_from(size).unwrap_or(i64::MAX);
+    let row = new_row(
+        principal,
+        check.target(),
+        check.filename(),
+        check.media(),
+        byte_size,
+    );
+    let keys = [row.storage_key.clone()];
+    let limited = begin_store(app, &row.tenant_id, (byte_size, 1), &keys).await?;
+    let key = StorageKey::from_stored(row.storage_key.clone());
+    let body = futures::StreamExt::inspect(body, |chunk| {
+        if let Ok(chunk) = chunk {
+            check.update(chunk);
+        }
+    });
+    let written = app
+        .storage
+        .put_stream(&key, body, size, &row.content_type)
+        .await;
+    let checked = match written {
+        Ok(written) if written == size => check.finish(),
+        Ok(written) => Err(AppError::bad_input(format!(
+            "the file part ended after {written} of its {size} bytes"
+        ))),
+        Err(StreamWriteError::Storage(err)) => Err(AppError::StorageUnavailable(err)),
+        Err(err) => Err(AppError::Internal(
+            anyhow::Error::new(err).context("reading a multipart part"),
+        )),
+    };
+    let streamed = match checked {
+        Ok(streamed) => streamed,
+        Err(err) => {
+            discard(app, &keys).await;
+            return Err(err);
+        }
+    };
+    let row = attachment::Model {
+        sha256: streamed.sha256,
+        ..row
+    };
+    let mut rows = finish_store(app, vec![row], &keys, limited).await?;
+    rows.pop()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("a stored upload has no row")))
+}
+
+/// Before any byte is written: the quota's early refusal for `bytes` in `files`
+/// files of `tenant`, then the intents of `keys`; whether a limit applies.
+async fn begin_store(
+    app: &App,
+    tenant: &str,
+    (bytes, files): (i64, i64),
+    keys: &[String],
+) -> AppResult<bool> {
+    let limited = quotas::check(app, tenant, bytes, files).await?;
+    record_intents(app, keys).await?;
+    Ok(limited)
+}
+
+/// Once every object is written: the rows, their events and usage in one
+/// transaction (the objects removed when it fails), then the metrics and the
+/// quota warning.
+async fn finish_store(
+    app: &App,
+    rows: Vec<attachment::Model>,
+    keys: &[String],
+    limited: bool,
+) -> AppResult<Vec<attachment::Model>> {
+    if let Err(err) = insert_rows(app, &rows, keys).await {
+        discard(app, keys).await;
+        let tenant = rows
+            .first()
+            .map(|row| row.tenant_id.as_str())
+            .unwrap_or_default();
         return Err(quotas::refusal_or(app, tenant, err).await);
     }
     for row in &rows {
         crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     }
-    if let Some(last) = rows.last() {
+    if let Some(last) = rows.last().filter(|_| limited) {
         warn_if_near(app, last).await;
     }
     Ok(rows)
@@ -118,26 +237,32 @@ async fn warn_if_near(app: &App, row: &attachment::Model) {
     }
 }
 
-/// The row a valid upload becomes: a new UUIDv7 and the key its collection lays out.
-fn new_row(principal: &Principal, upload: &ValidUpload) -> attachment::Model {
+/// The row a checked upload becomes: a new UUIDv7 and the key its collection lays
+/// out; its sha256 is the caller's to fill in.
+fn new_row(
+    principal: &Principal,
+    target: &Target,
+    filename: &str,
+    media: MediaType,
+    byte_size: i64,
+) -> attachment::Model {
     let id = Uuid::now_v7();
-    let target = &upload.target;
     let key = StorageKey::for_attachment(
         &target.collection.key,
         &principal.tenant,
         target.owner_id.as_ref(),
         id,
-        upload.media,
+        media,
     );
     attachment::Model {
         id,
         tenant_id: principal.tenant.to_string(),
         owner_type: target.owner_type.clone(),
         owner_id: target.owner_id.as_ref().map(ToString::to_string),
-        filename: upload.filename.clone(),
-        content_type: upload.media.mime().to_owned(),
-        byte_size: i64::try_from(upload.bytes.len()).unwrap_or(i64::MAX),
-        sha256: upload.sha256.clone(),
+        filename: filename.to_owned(),
+        content_type: media.mime().to_owned(),
+        byte_size,
+        sha256: String::new(),
         storage_key: key.into_string(),
         created_by: principal.subject.clone(),
         created_at: Utc::now(),

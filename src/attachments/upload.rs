@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::collections::{Collection, Collections};
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
-use crate::media::MediaType;
+use crate::media::{MediaType, Sniffer};
 use crate::storage::FILE_ALIGNMENT;
 
 /// Where an upload goes: a known collection and, when its layout needs one, a record.
@@ -130,31 +130,141 @@ impl ValidUpload {
         }
         target.check_size(bytes.len() as u64, max_upload_bytes)?;
         let filename = sanitize_filename(draft.filename);
-        let media = target.accept(MediaType::detect(&bytes, draft.declared_type, &filename))?;
-        if let Some(declared) = draft.declared_type
-            && media.contradicts(declared)
-        {
-            return Err(AppError::UnsupportedMediaType(format!(
-                "the file's content is {}, not the declared {}",
-                media.mime(),
-                printable(declared)
-            )));
-        }
+        let detected = MediaType::detect(&bytes, draft.declared_type, &filename);
+        let media = check_type(&target, draft, detected)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        // Last, as SPEC 4 orders it; a malformed checksum cannot match either.
-        if let Some(expected) = draft.sha256
-            && parse_sha256(expected).ok().as_deref() != Some(sha256.as_str())
-        {
-            return Err(AppError::ChecksumMismatch(
-                "the file's sha256 differs from the one given (64 hexadecimal characters)".into(),
-            ));
-        }
+        check_sha256(draft.sha256, &sha256)?;
         Ok(Self {
             target,
             filename,
             media,
             sha256,
             bytes,
+        })
+    }
+}
+
+/// The detected type, accepted by the collection and not contradicting the declared one.
+fn check_type(
+    target: &Target,
+    draft: &Draft<'_>,
+    detected: Option<MediaType>,
+) -> AppResult<MediaType> {
+    let media = target.accept(detected)?;
+    if let Some(declared) = draft.declared_type
+        && media.contradicts(declared)
+    {
+        return Err(AppError::UnsupportedMediaType(format!(
+            "the file's content is {}, not the declared {}",
+            media.mime(),
+            printable(declared)
+        )));
+    }
+    Ok(media)
+}
+
+/// Last, as SPEC 4 orders it; a malformed checksum cannot match either.
+fn check_sha256(expected: Option<&str>, sha256: &str) -> AppResult<()> {
+    if let Some(expected) = expected
+        && parse_sha256(expected).ok().as_deref() != Some(sha256)
+    {
+        return Err(AppError::ChecksumMismatch(
+            "the file's sha256 differs from the one given (64 hexadecimal characters)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A file checked while it streams, never held whole: the owner and size first, the
+/// type from its first bytes (so it can be stored under the key its type names),
+/// then, once every byte went by, a text type's remaining bytes and the checksum.
+/// SPEC 4's order and errors, as [`ValidUpload::parse`] gives them.
+pub struct StreamCheck {
+    target: Target,
+    declared_type: Option<String>,
+    sha256: Option<String>,
+    filename: String,
+    media: MediaType,
+    sniffer: Sniffer,
+    hasher: Sha256,
+}
+
+/// What a [`StreamCheck`] found once the whole file went by.
+pub struct Streamed {
+    pub target: Target,
+    pub filename: String,
+    pub media: MediaType,
+    pub sha256: String,
+}
+
+impl StreamCheck {
+    /// The checks that need no more than the file's `size` and its first bytes,
+    /// `head` (up to [`crate::media::HEAD_BYTES`], the whole file when shorter).
+    pub fn start(
+        collections: &Collections,
+        draft: Draft<'_>,
+        size: u64,
+        head: &[u8],
+        max_upload_bytes: u64,
+    ) -> AppResult<Self> {
+        let target = Target::resolve(collections, draft.owner_type, draft.owner_id)?;
+        if size == 0 {
+            return Err(AppError::bad_input("the file is empty"));
+        }
+        target.check_size(size, max_upload_bytes)?;
+        let filename = sanitize_filename(draft.filename);
+        let mut first = Sniffer::new();
+        first.update(head);
+        let media = check_type(&target, &draft, first.guess(draft.declared_type, &filename))?;
+        Ok(Self {
+            target,
+            declared_type: draft.declared_type.map(str::to_owned),
+            sha256: draft.sha256.map(str::to_owned),
+            filename,
+            media,
+            sniffer: Sniffer::new(),
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// The type the first bytes name: the key the file is stored under.
+    pub fn media(&self) -> MediaType {
+        self.media
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn filename(&self) -> &str {
+        &self.filename
+    }
+
+    /// Every chunk of the file, in order, the first bytes included.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.sniffer.update(chunk);
+        self.hasher.update(chunk);
+    }
+
+    /// The checks that needed every byte: a text type's, then the checksum.
+    pub fn finish(self) -> AppResult<Streamed> {
+        let whole = self
+            .sniffer
+            .finish(self.declared_type.as_deref(), &self.filename);
+        if whole != Some(self.media) {
+            return Err(AppError::UnsupportedMediaType(format!(
+                "the file is not a type that `{}` accepts: it is not {} throughout",
+                self.target.owner_type,
+                self.media.mime()
+            )));
+        }
+        let sha256 = hex::encode(self.hasher.finalize());
+        check_sha256(self.sha256.as_deref(), &sha256)?;
+        Ok(Streamed {
+            target: self.target,
+            filename: self.filename,
+            media: self.media,
+            sha256,
         })
     }
 }

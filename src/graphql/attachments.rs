@@ -8,14 +8,13 @@ use async_graphql::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entity::attachment;
 use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
 use crate::attachments::urls;
-use crate::attachments::{self, Draft, Target, ValidUpload, direct, upload};
+use crate::attachments::{self, Draft, StreamCheck, Target, ValidUpload, direct, upload};
 use crate::auth::{Access, Principal};
 use crate::error::{AppError, AppResult};
 use crate::graphql::bounds::FileCount;
@@ -319,11 +318,12 @@ impl AttachmentMutation {
             sha256: input.sha256.as_deref(),
         };
         let size = file.size().unwrap_or(0);
-        let bytes = read_part(file.content, size, max);
-        let upload = ValidUpload::parse(&app.collections, draft, bytes, max)
+        let (head, body) = open_part(file.content).await.extend()?;
+        let check = StreamCheck::start(&app.collections, draft, size, &head, max).extend()?;
+        let row = attachments::create_streamed(app, principal, check, size, body)
             .await
             .extend()?;
-        store_one(app, principal, upload).await
+        Ok(Attachment(row))
     }
 
     /// Announces a file the client will PUT to `uploadUrl` itself.
@@ -398,23 +398,33 @@ async fn store_one(
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("create returned no row")).extend())
 }
 
-/// Reads a multipart file part (a temporary file) from its start, refusing it before
-/// reading when it is too large. From the start: a part mapped to two variables is
-/// one file with one shared offset, and each use gets all of it.
-async fn read_part(file: std::fs::File, size: u64, max_upload_bytes: u64) -> AppResult<Bytes> {
+/// A multipart file part (a temporary file): its first bytes, which decide its type,
+/// and a stream of all of it, from its start (a part mapped to two variables is one
+/// file with one shared offset, and each use gets all of it).
+async fn open_part(
+    file: std::fs::File,
+) -> AppResult<(Vec<u8>, tokio_util::io::ReaderStream<tokio::fs::File>)> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    if size > max_upload_bytes {
-        return Err(AppError::PayloadTooLarge(format!(
-            "the file has {size} bytes; at most {max_upload_bytes} are accepted"
-        )));
-    }
     let failed =
         |err| AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"));
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or_default());
     let mut file = tokio::fs::File::from_std(file);
     file.seek(std::io::SeekFrom::Start(0))
         .await
         .map_err(failed)?;
-    file.read_to_end(&mut bytes).await.map_err(failed)?;
-    Ok(Bytes::from(bytes))
+    let mut head = Vec::with_capacity(crate::media::HEAD_BYTES);
+    (&mut file)
+        .take(crate::media::HEAD_BYTES as u64)
+        .read_to_end(&mut head)
+        .await
+        .map_err(failed)?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(failed)?;
+    Ok((
+        head,
+        tokio_util::io::ReaderStream::with_capacity(file, PART_CHUNK),
+    ))
 }
+
+/// How much of a multipart part is read at a time on its way to storage.
+const PART_CHUNK: usize = 256 * 1024;

@@ -1,9 +1,10 @@
 //! Digests and copies between stores, read as streams: the size and sha256 of an
 //! object, and `storage migrate`'s copy of one into another store.
 
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use super::{COPY_CHUNK, Storage, StorageKey};
+use super::{COPY_CHUNK, Storage, StorageKey, StreamWriteError};
 
 /// Why an object was not copied from one store to another, and which side failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,54 @@ impl Storage {
             digest.update(&chunk.map_err(read_failed)?);
         }
         Ok(Some(digest.finish()))
+    }
+
+    /// The first `len` bytes of an object, which must have as many.
+    pub async fn read_head(&self, key: &StorageKey, len: u64) -> opendal::Result<Bytes> {
+        let mut stream = self
+            .stream(key, opendal::BytesRange::new(0, Some(len)))
+            .await?;
+        let mut head = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            head.extend_from_slice(&chunk.map_err(read_failed)?);
+        }
+        Ok(head.freeze())
+    }
+
+    /// Shows every chunk of an object, in order, to `inspect`, holding one at a time.
+    pub async fn inspect(
+        &self,
+        key: &StorageKey,
+        mut inspect: impl FnMut(&[u8]),
+    ) -> opendal::Result<()> {
+        let mut stream = self.stream(key, opendal::BytesRange::from(..)).await?;
+        while let Some(chunk) = stream.next().await {
+            inspect(&chunk.map_err(read_failed)?);
+        }
+        Ok(())
+    }
+
+    /// Copies `from` into the new object `to` of this store as a stream, in parts of
+    /// [`COPY_CHUNK`] (a multipart upload on S3), showing every chunk to `inspect` on
+    /// the way: memory stays flat whatever the size. A broken read leaves nothing at
+    /// `to`.
+    pub async fn copy_new(
+        &self,
+        from: &StorageKey,
+        to: &StorageKey,
+        content_type: &str,
+        mut inspect: impl FnMut(&[u8]),
+    ) -> Result<u64, StreamWriteError> {
+        let stream = self
+            .stream(from, opendal::BytesRange::from(..))
+            .await
+            .map_err(StreamWriteError::Storage)?;
+        let stream = std::pin::pin!(stream.inspect(|chunk| {
+            if let Ok(chunk) = chunk {
+                inspect(chunk);
+            }
+        }));
+        self.put_large(to, stream, content_type).await
     }
 
     /// Copies `key` from `source` into this store as a stream, replacing what is

@@ -250,7 +250,8 @@ impl Storage {
     }
 
     /// Writes a new object from a stream, refusing more than `max` bytes; a refused
-    /// or broken stream leaves no object behind.
+    /// or broken stream leaves no object behind. On fs each chunk is written as it
+    /// comes; on S3 in parts of [`COPY_CHUNK`] (a multipart upload, aborted on failure).
     pub async fn put_stream<S, E>(
         &self,
         key: &StorageKey,
@@ -262,7 +263,8 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.write_new(key, body, max, None, content_type).await
+        let parts = (self.backend == StorageBackend::S3).then_some(COPY_CHUNK);
+        self.write_new(key, body, max, parts, content_type).await
     }
 
     /// Writes a new object of any length from a stream, in parts of [`COPY_CHUNK`]

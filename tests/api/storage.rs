@@ -422,7 +422,94 @@ fn files_under(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A direct upload larger than every buffer (the 64 KiB head, the 8 MiB parts of a
+/// multipart copy) is checked and stored as it streams; a corrupted one and one
+/// that is not text throughout are refused, with nothing left in storage.
+async fn large_direct_uploads_stream_through(setup: Setup) {
+    const SIZE: usize = 24 * 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collections = dir.path().join("collections.toml");
+    std::fs::write(
+        &collections,
+        format!(
+            "[contract]\nkey = \"{{tenant}}/contracts/{{owner}}/{{id}}{{ext}}\"\nmax_bytes = {}\naccept = [\"pdf\", \"txt\"]\n",
+            2 * SIZE
+        ),
+    )
+    .expect("write collections");
+    let max = (2 * SIZE).to_string();
+    let flags = [
+        "--collections-file",
+        collections.to_str().expect("utf-8"),
+        "--max-upload-bytes",
+        &max,
+    ];
+    let app = TestApp::spawn_with(setup, &flags).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let mut content = b"%PDF-1.7\n".to_vec();
+    let mut state: u32 = 7;
+    content.extend((0..SIZE).map(|_| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 24) as u8
+    }));
+
+    let (direct, status) = announce_and_put(
+        &app,
+        &bearer,
+        declaration(&content, "application/pdf"),
+        content.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "PUT to uploadUrl");
+    let done = complete_direct(&app, &bearer, &direct).await;
+    let att = data(&done, "completeDirectUpload");
+    assert_eq!(att["sha256"], sha256_hex(&content));
+    let key = TestApp::contract_key(&acme, "c-7", &direct);
+    assert_eq!(app.stored_keys(), vec![key.clone()]);
+    let stored = app
+        .app
+        .storage
+        .digest(&StorageKey::from_stored(key))
+        .await
+        .expect("read back")
+        .expect("stored");
+    assert_eq!(
+        (stored.size, stored.sha256),
+        (content.len() as u64, sha256_hex(&content))
+    );
+
+    // Corrupted after its checksum was declared: one byte differs near the end.
+    let declared = declaration(&content, "application/pdf");
+    let mut corrupted = content.clone();
+    corrupted[SIZE - 3] ^= 0xff;
+    let (direct, status) = announce_and_put(&app, &bearer, declared, corrupted).await;
+    assert_eq!(status, 200);
+    let refused = complete_direct(&app, &bearer, &direct).await;
+    assert_eq!(codes(&refused), vec!["CHECKSUM_MISMATCH"], "{refused}");
+
+    // Text for its first megabytes, then a NUL: not text throughout.
+    let mut text = "Vertrag, Seite 1\n".repeat(SIZE / 17).into_bytes();
+    let at = text.len() - 100;
+    text[at] = 0;
+    let mut declared = declaration(&text, "text/plain");
+    declared["filename"] = json!("Vertrag.txt");
+    let (direct, status) = announce_and_put(&app, &bearer, declared, text).await;
+    assert_eq!(status, 200);
+    let refused = complete_direct(&app, &bearer, &direct).await;
+    assert_eq!(codes(&refused), vec!["UNSUPPORTED_MEDIA_TYPE"], "{refused}");
+
+    assert_eq!(app.row_count(&acme).await, 1);
+    assert_eq!(
+        app.stored_keys().len(),
+        1,
+        "nothing left of the refused ones: {:?}",
+        app.stored_keys()
+    );
+}
+
 crate::matrix!(
+    large_direct_uploads_stream_through,
     objects_are_never_overwritten,
     tools_get_a_real_local_path,
     public_urls_need_no_signature,
