@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::helpers::{
     CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp, UPLOAD, Uploaded,
-    announce_and_put, codes, complete_direct, data, declaration, fetch, pdf, put_to, s3_flags,
-    sha256_hex, tenant,
+    announce_and_put, codes, complete_direct, data, declaration, fetch, pdf, post_multipart,
+    put_to, s3_flags, sha256_hex, tenant, upload_file_form,
 };
 use crate::helpers::{SECRET, private_database_url, run_attache};
 
@@ -422,10 +422,11 @@ fn files_under(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-/// A direct upload larger than every buffer (the 64 KiB head, the 8 MiB parts of a
-/// multipart copy) is checked and stored as it streams; a corrupted one and one
-/// that is not text throughout are refused, with nothing left in storage.
-async fn large_direct_uploads_stream_through(setup: Setup) {
+/// A direct upload and a multipart part larger than every buffer (the 64 KiB head,
+/// the 8 MiB parts of an S3 multipart upload) are checked and stored as they
+/// stream; a corrupted one and one that is not text throughout are refused, with
+/// nothing left in storage.
+async fn large_files_stream_through(setup: Setup) {
     const SIZE: usize = 24 * 1024 * 1024;
     let dir = tempfile::tempdir().expect("tempdir");
     let collections = dir.path().join("collections.toml");
@@ -442,6 +443,8 @@ async fn large_direct_uploads_stream_through(setup: Setup) {
         "--collections-file",
         collections.to_str().expect("utf-8"),
         "--max-upload-bytes",
+        &max,
+        "--max-request-bytes",
         &max,
     ];
     let app = TestApp::spawn_with(setup, &flags).await;
@@ -494,22 +497,33 @@ async fn large_direct_uploads_stream_through(setup: Setup) {
     text[at] = 0;
     let mut declared = declaration(&text, "text/plain");
     declared["filename"] = json!("Vertrag.txt");
-    let (direct, status) = announce_and_put(&app, &bearer, declared, text).await;
+    let (direct, status) = announce_and_put(&app, &bearer, declared, text.clone()).await;
     assert_eq!(status, 200);
     let refused = complete_direct(&app, &bearer, &direct).await;
     assert_eq!(codes(&refused), vec!["UNSUPPORTED_MEDIA_TYPE"], "{refused}");
 
-    assert_eq!(app.row_count(&acme).await, 1);
+    // The same through a multipart part: stored as it streams from the request's
+    // temporary file, and refused, with nothing left, when not text throughout.
+    let form = upload_file_form("contract", "c-8", &content, "big.pdf", "application/pdf");
+    let (status, stored) = post_multipart(&app.url(""), &bearer, form).await;
+    assert_eq!(status, 200, "{stored}");
+    let att = data(&stored, "uploadAttachmentFile");
+    assert_eq!(att["sha256"], sha256_hex(&content));
+    let form = upload_file_form("contract", "c-8", &text, "Vertrag.txt", "text/plain");
+    let (_, refused) = post_multipart(&app.url(""), &bearer, form).await;
+    assert_eq!(codes(&refused), vec!["UNSUPPORTED_MEDIA_TYPE"], "{refused}");
+
+    assert_eq!(app.row_count(&acme).await, 2);
     assert_eq!(
         app.stored_keys().len(),
-        1,
+        2,
         "nothing left of the refused ones: {:?}",
         app.stored_keys()
     );
 }
 
 crate::matrix!(
-    large_direct_uploads_stream_through,
+    large_files_stream_through,
     objects_are_never_overwritten,
     tools_get_a_real_local_path,
     public_urls_need_no_signature,
