@@ -37,6 +37,9 @@ pub struct App {
     pub upload_permits: Semaphore,
     /// Where events go and how they are delivered.
     pub webhooks: Webhooks,
+    /// Whether some tenant has a quota of its own, as last counted (every minute):
+    /// without one and without `TENANT_QUOTA_*`, uploads skip the quota's early read.
+    pub own_quotas_exist: std::sync::atomic::AtomicBool,
 }
 
 pub type SharedApp = Arc<App>;
@@ -89,6 +92,7 @@ impl App {
             public_base_url,
             upload_permits: Semaphore::new(permits),
             webhooks,
+            own_quotas_exist: std::sync::atomic::AtomicBool::new(true),
             config,
         })
     }

@@ -14,10 +14,11 @@ use entity::tenant_usage::{self, Column, Entity};
 use entity::{attachment, direct_upload};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Statement,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
 };
 use serde::Serialize;
+use std::sync::atomic::Ordering;
 
 use crate::app::App;
 use crate::config::QuotaConfig;
@@ -114,14 +115,44 @@ pub async fn usage(db: &Database, defaults: &QuotaConfig, tenant: &str) -> Resul
 }
 
 /// Refuses, before anything is stored, `bytes` in `files` files that would take
-/// `tenant` past a limit as its usage stands now; whether a limit applies to it (an
-/// unlimited tenant needs no [`warn_if_near`]).
+/// `tenant` past a limit as its usage stands now. Whether the upload brings the
+/// tenant to [`WARN_PERCENT`] of a limit: only then does [`warn_if_near`] read its
+/// usage again after the commit (uploads racing past the threshold together are
+/// warned of by the next one).
 pub async fn check(app: &App, tenant: &str, bytes: i64, files: i64) -> AppResult<bool> {
+    let defaults = &app.config.quotas;
+    let unlimited = defaults.tenant_quota_bytes.is_none() && defaults.tenant_quota_files.is_none();
+    if unlimited && !app.own_quotas_exist.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
     let usage = usage(&app.db, &app.config.quotas, tenant).await?;
     if usage.would_pass(bytes, files) {
         return Err(usage.refusal());
     }
-    Ok(usage.percent().is_some())
+    let after = Usage {
+        bytes: usage.bytes.saturating_add(bytes),
+        files: usage.files.saturating_add(files),
+        ..usage
+    };
+    Ok(after
+        .percent()
+        .is_some_and(|percent| percent >= WARN_PERCENT as f64))
+}
+
+/// Counts again whether some tenant has a quota of its own (see
+/// [`App::own_quotas_exist`]); one set meanwhile is enforced all the same, by the
+/// CHECKs, only without the early read.
+pub async fn refresh_own_quotas(app: &App) -> Result<(), DbErr> {
+    let own = Entity::find()
+        .filter(
+            Condition::any()
+                .add(Column::QuotaBytes.is_not_null())
+                .add(Column::QuotaFiles.is_not_null()),
+        )
+        .count(app.db.read())
+        .await?;
+    app.own_quotas_exist.store(own > 0, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The statement that adds `bytes` and `files` to `tenant`'s usage, with the limit
@@ -255,7 +286,7 @@ struct Warning<'a> {
 /// After an upload of `row`'s tenant committed: when the tenant is now past
 /// [`WARN_PERCENT`] of a limit and was not yet told, marks it warned and records
 /// `tenant.quota_warning`, in one transaction, so one crossing makes one event
-/// whatever the concurrency. Unlimited tenants cost one read.
+/// whatever the concurrency.
 pub async fn warn_if_near(app: &App, row: &attachment::Model) -> Result<(), DbErr> {
     let usage = usage(&app.db, &app.config.quotas, &row.tenant_id).await?;
     let Some(percent) = usage.percent() else {

@@ -95,7 +95,7 @@ async fn store(
         .map(|(row, _)| row.storage_key.clone())
         .collect();
     let added = totals(planned.iter().map(|(row, _)| row));
-    let limited = begin_store(app, principal.tenant.as_str(), added, &keys).await?;
+    let near = begin_store(app, principal.tenant.as_str(), added, &keys).await?;
     let mut rows = Vec::with_capacity(planned.len());
     for (row, bytes) in planned {
         let key = StorageKey::from_stored(row.storage_key.clone());
@@ -105,7 +105,7 @@ async fn store(
         }
         rows.push(row);
     }
-    finish_store(app, rows, &keys, limited).await
+    finish_store(app, rows, &keys, near).await
 }
 
 /// Stores one file that streams in (a multipart part, `size` bytes), checked on the
@@ -146,7 +146,7 @@ where
         byte_size,
     );
     let keys = [row.storage_key.clone()];
-    let limited = begin_store(app, &row.tenant_id, (byte_size, 1), &keys).await?;
+    let near = begin_store(app, &row.tenant_id, (byte_size, 1), &keys).await?;
     let key = StorageKey::from_stored(row.storage_key.clone());
     let body = futures::StreamExt::inspect(body, |chunk| {
         if let Ok(chunk) = chunk {
@@ -178,22 +178,23 @@ where
         sha256: streamed.sha256,
         ..row
     };
-    let mut rows = finish_store(app, vec![row], &keys, limited).await?;
+    let mut rows = finish_store(app, vec![row], &keys, near).await?;
     rows.pop()
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("a stored upload has no row")))
 }
 
 /// Before any byte is written: the quota's early refusal for `bytes` in `files`
-/// files of `tenant`, then the intents of `keys`; whether a limit applies.
+/// files of `tenant`, then the intents of `keys`; whether the tenant may now be
+/// near its quota ([`quotas::check`]).
 async fn begin_store(
     app: &App,
     tenant: &str,
     (bytes, files): (i64, i64),
     keys: &[String],
 ) -> AppResult<bool> {
-    let limited = quotas::check(app, tenant, bytes, files).await?;
+    let near = quotas::check(app, tenant, bytes, files).await?;
     record_intents(app, keys).await?;
-    Ok(limited)
+    Ok(near)
 }
 
 /// Once every object is written: the rows, their events and usage in one
@@ -203,7 +204,7 @@ async fn finish_store(
     app: &App,
     rows: Vec<attachment::Model>,
     keys: &[String],
-    limited: bool,
+    near: bool,
 ) -> AppResult<Vec<attachment::Model>> {
     if let Err(err) = insert_rows(app, &rows, keys).await {
         discard(app, keys).await;
@@ -216,7 +217,7 @@ async fn finish_store(
     for row in &rows {
         crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     }
-    if let Some(last) = rows.last().filter(|_| limited) {
+    if let Some(last) = rows.last().filter(|_| near) {
         warn_if_near(app, last).await;
     }
     Ok(rows)

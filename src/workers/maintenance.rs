@@ -31,6 +31,10 @@ pub async fn run(app: SharedApp, shutdown: CancellationToken) {
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        // Every replica, lease or not: its own uploads read the answer.
+        if let Err(err) = crate::quotas::refresh_own_quotas(&app).await {
+            tracing::warn!(error = %err, "cannot count the tenants with a quota of their own");
+        }
         match acquire(&app.db, LEASE, holder, PERIOD).await {
             Ok(true) => pass(&app).await,
             Ok(false) => tracing::debug!("another replica holds the maintenance lease"),

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# attache's throughput as the cores it may use grow (issue 26), with the context
+# switches each request costs. For every core count of CORES the release server
+# starts on a fresh folder (SQLite and the local disk), pinned with `taskset` to
+# cores 0..N-1, and `wrk`, pinned to WRK_CPUS, drives each cell for SECONDS_PER_CELL:
+#   upload-10k (64 and 8 clients), list (64), upload-1m (32), download-1m (64).
+# Every answer is checked (HTTP status, no GraphQL `errors`); a cell with a bad
+# answer is marked. The context switches are summed over /proc/PID/task/*/status
+# (voluntary + involuntary) around each cell and divided by its requests.
+#   benches/scale.sh [target/release/attache]
+#   CORES="1 2 4 8 12" WRK_CPUS=12-15 SECONDS_PER_CELL=8 CELLS=upload OUT=benches/results
+# Prints a TSV and writes it to OUT/scale-DATE.tsv. Needs wrk and curl. On a 2-core
+# machine: CORES=1 WRK_CPUS=1 (the load generator shares the second core).
+set -euo pipefail
+bin="$(readlink -f "${1:-target/release/attache}")"
+cores_list="${CORES:-1 2}"
+wrk_cpus="${WRK_CPUS:-1}"
+seconds="${SECONDS_PER_CELL:-8}"
+out="${OUT:-benches/results}"
+mkdir -p "$out"
+tsv="$out/scale-$(date -u +%Y%m%d-%H%M%S).tsv"
+work="$(mktemp -d)"
+server=
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+secret=scale-benchmark-secret-0123456789abcdef
+export JWT_SECRET=$secret SIGNING_KEY=$secret RUST_LOG=warn
+token="$("$bin" token --tenant bench | tail -1)"
+
+# A JSON upload body of SIZE bytes of a PDF for OWNER.
+body() {
+  local size=$1 owner=$2 file="$work/body-$1-$2.json"
+  { printf '%%PDF-1.4\n'; head -c "$size" /dev/urandom; } >"$work/raw"
+  { printf '{"query":"mutation($i: UploadAttachmentInput!){ uploadAttachment(input:$i){ id } }","variables":{"i":{"ownerType":"contract","ownerId":"%s","filename":"a.pdf","base64":"' "$owner"
+    base64 -w0 "$work/raw"; printf '"}}}'; } >"$file"
+  echo "$file"
+}
+small=$(body 10240 c-1)
+large=$(body 1048576 c-1)
+download_body=$(body 1048576 c-2)
+printf '{"query":"{ attachments(ownerType: \\"contract\\", ownerId: \\"c-1\\", first: 20) { edges { node { id filename byteSize url } } } }"}' >"$work/list.json"
+
+cat >"$work/check.lua" <<'LUA'
+local path = os.getenv("BODY")
+if path and path ~= "" then
+  local f = assert(io.open(path, "rb")); wrk.body = f:read("*a"); f:close(); wrk.method = "POST"
+end
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
+bad = 0
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function response(status, headers, body)
+  if status ~= 200 or body:sub(1, 12):find('"errors"', 1, true) then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local b = summary.errors.status
+  for _, t in ipairs(threads) do b = b + (t:get("bad") or 0) end
+  io.write(string.format("RESULT\t%d\t%.3f\t%.3f\t%.3f\t%d\n", summary.requests,
+    summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000, b))
+end
+LUA
+
+switches() { # context switches of every thread of the server so far
+  cat /proc/"$server"/task/*/status 2>/dev/null |
+    awk '/^(voluntary|nonvoluntary)_ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
+
+post() { # post BODY_FILE -> the answer
+  curl -sf "http://127.0.0.1:$port/graphql" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' --data-binary @"$1"
+}
+
+cell() { # cell NAME CLIENTS URL [BODY]
+  [[ $1 =~ ${CELLS:-.} ]] || return 0
+  local before after result
+  before=$(switches)
+  result=$(BODY=${4:-} TOKEN=$token taskset -c "$wrk_cpus" wrk -t2 -c"$2" -d"${seconds}s" \
+    --timeout 10s -s "$work/check.lua" "$3" | grep '^RESULT')
+  after=$(switches)
+  # RESULT requests seconds p50_ms p99_ms bad
+  awk -v cores="$cores" -v cell="$1" -v clients="$2" -v cs=$((after - before)) -F'\t' \
+    '{ printf "%s\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\n", cores, cell, clients, $2, $2 / $3, $4, $5, cs / ($2 > 0 ? $2 : 1), $6 }' \
+    <<<"$result" | tee -a "$tsv"
+}
+
+printf 'cores\tcell\tclients\trequests\treq_per_s\tp50_ms\tp99_ms\tswitches_per_request\tbad\n' | tee "$tsv"
+for cores in $cores_list; do
+  dir="$work/run-$cores"
+  mkdir -p "$dir"
+  port=$((18300 + cores))
+  DATABASE_URL="sqlite://$dir/a.db?mode=rwc" STORAGE_ROOT="$dir/files" \
+    LISTEN_ADDR="127.0.0.1:$port" PUBLIC_BASE_URL="http://127.0.0.1:$port" \
+    taskset -c "0-$((cores - 1))" "$bin" serve >"$dir/server.log" 2>&1 &
+  server=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  # Something to list and one file to download, then a warm-up.
+  for _ in $(seq 25); do post "$small" >/dev/null; done
+  id=$(post "$download_body" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || { echo "no upload answered: $(tail -5 "$dir/server.log")" >&2; exit 1; }
+  url="http://127.0.0.1:$port/graphql"
+  cell upload-10k 64 "$url" "$small"
+  cell upload-10k 8 "$url" "$small"
+  cell list 64 "$url" "$work/list.json"
+  cell upload-1m 32 "$url" "$large"
+  cell download-1m 64 "http://127.0.0.1:$port/api/attachments/$id/download"
+  kill "$server"
+  wait "$server" 2>/dev/null || true
+  server=
+done
+echo "written: $tsv" >&2
