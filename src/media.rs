@@ -183,28 +183,36 @@ impl Sniffer {
         if !self.text {
             return;
         }
-        let joined;
-        let bytes = if self.pending.is_empty() {
-            chunk
-        } else {
-            joined = [std::mem::take(&mut self.pending).as_slice(), chunk].concat();
-            &joined
-        };
-        match std::str::from_utf8(bytes) {
+        let mut rest = chunk;
+        if !self.pending.is_empty() {
+            // Complete the sequence cut at the last boundary from this chunk's first
+            // bytes (at most three), rather than copying the whole chunk behind it.
+            let length = match self.pending[0] {
+                0xf0.. => 4,
+                0xe0.. => 3,
+                _ => 2,
+            };
+            let take = (length - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() < length {
+                return;
+            }
+            self.text = std::str::from_utf8(&std::mem::take(&mut self.pending)).is_ok();
+            if !self.text {
+                return;
+            }
+        }
+        match std::str::from_utf8(rest) {
             Ok(text) => self.text = !text.contains('\0'),
             // Cut at the end: the rest of the sequence comes with the next chunk.
             Err(err) if err.error_len().is_none() => {
-                let valid = &bytes[..err.valid_up_to()];
+                let valid = &rest[..err.valid_up_to()];
                 self.text = !valid.contains(&0);
-                self.pending = bytes[err.valid_up_to()..].to_vec();
+                self.pending = rest[err.valid_up_to()..].to_vec();
             }
             Err(_) => self.text = false,
         }
-    }
-
-    /// The first bytes seen so far.
-    pub fn head(&self) -> &[u8] {
-        &self.head
     }
 
     /// The type as far as the bytes seen so far tell: final for a binary type, for a
@@ -247,12 +255,13 @@ mod tests {
     fn a_sniffer_fed_in_chunks_agrees_with_detect() {
         let mut long_pdf = b"%PDF-1.7\n".to_vec();
         long_pdf.resize(200_000, b'x');
-        let samples: [(&[u8], &str); 6] = [
+        let samples: [(&[u8], &str); 7] = [
             ("gr\u{fc}\u{df}e, \u{1F600} und mehr".as_bytes(), "a.txt"),
             (b"a,b\n1,2\n", "x.csv"),
             (b"text\0with a nul", "a.txt"),
             (b"\xff\xfe not utf-8", "a.txt"),
             (b"ends cut \xe2\x82", "a.txt"),
+            (b"a cut sequence \xe2\x82( broken", "a.txt"),
             (&long_pdf, "a.pdf"),
         ];
         for (bytes, name) in samples {

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 
 use crate::app::App;
 use crate::config::QuotaConfig;
-use crate::db::Database;
+use crate::db::{Database, Transaction};
 use crate::error::{AppError, AppResult, QuotaUsage};
 
 /// Past this share of a limit, a tenant is warned (`tenant.quota_warning`) and counted
@@ -351,6 +351,9 @@ pub async fn set_quota(
         .into_iter()
         .filter_map(|(column, limit)| limit.map(|limit| (column, limit)))
         .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
     let mut columns = vec![Column::TenantId];
     let mut values = vec![tenant.into()];
     for (column, limit) in &given {
@@ -406,30 +409,11 @@ pub async fn recompute(db: &Database, tenant: Option<&str>) -> Result<Vec<Recoun
     use std::collections::BTreeMap;
     let txn = db.begin().await?;
     let mut counted: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    let attachments = attachment::Entity::find()
-        .select_only()
-        .column(attachment::Column::TenantId)
-        .column_as(Expr::cust("CAST(SUM(byte_size) AS BIGINT)"), "bytes")
-        .column_as(attachment::Column::Id.count(), "files")
-        .apply_if(tenant, |query, tenant| {
-            query.filter(attachment::Column::TenantId.eq(tenant))
-        })
-        .group_by(attachment::Column::TenantId)
-        .into_tuple::<(String, i64, i64)>()
-        .all(&txn)
-        .await?;
-    let pending = direct_upload::Entity::find()
-        .select_only()
-        .column(direct_upload::Column::TenantId)
-        .column_as(Expr::cust("CAST(SUM(byte_size) AS BIGINT)"), "bytes")
-        .column_as(direct_upload::Column::Id.count(), "files")
-        .apply_if(tenant, |query, tenant| {
-            query.filter(direct_upload::Column::TenantId.eq(tenant))
-        })
-        .group_by(direct_upload::Column::TenantId)
-        .into_tuple::<(String, i64, i64)>()
-        .all(&txn)
-        .await?;
+    let attachments =
+        stored_by_tenant::<attachment::Entity>(&txn, attachment::Column::TenantId, tenant).await?;
+    let pending =
+        stored_by_tenant::<direct_upload::Entity>(&txn, direct_upload::Column::TenantId, tenant)
+            .await?;
     for (tenant, bytes, files) in attachments.into_iter().chain(pending) {
         let sum = counted.entry(tenant).or_default();
         *sum = (sum.0 + bytes, sum.1 + files);
@@ -473,6 +457,27 @@ pub async fn recompute(db: &Database, tenant: Option<&str>) -> Result<Vec<Recoun
     }
     txn.commit().await?;
     Ok(corrections)
+}
+
+/// Bytes and files per tenant in the rows of `E` (attachments, or direct uploads
+/// still pending, which reserve their declared size): `(tenant, bytes, files)`.
+async fn stored_by_tenant<E: EntityTrait>(
+    txn: &Transaction,
+    tenant_column: E::Column,
+    tenant: Option<&str>,
+) -> Result<Vec<(String, i64, i64)>, DbErr> {
+    E::find()
+        .select_only()
+        .column(tenant_column)
+        .column_as(Expr::cust("CAST(SUM(byte_size) AS BIGINT)"), "bytes")
+        .column_as(Expr::cust("COUNT(*)"), "files")
+        .apply_if(tenant, |query, tenant| {
+            query.filter(tenant_column.eq(tenant))
+        })
+        .group_by(tenant_column)
+        .into_tuple()
+        .all(txn)
+        .await
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Api, COMPLETE_DIRECT, CREATE_DIRECT, DELETE, SECRET, SIGNING_KEY, Served, Setup, TestApp,
-    UPLOAD, announce_and_put, codes, data, database_url, declaration, hs256, keys_under, now, pdf,
-    post_multipart, private_database_url, run_attache, tenant, token_for, upload_file_form,
+    Api, CREATE_DIRECT, DELETE, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD,
+    announce_and_put, codes, complete_direct, data, database_url, declaration, hs256, keys_under,
+    now, pdf, post_multipart, private_database_url, run_attache, tenant, token_for,
+    upload_file_form,
 };
 
 const USAGE: &str = "{ usage { bytes files quotaBytes quotaFiles } }";
@@ -21,6 +22,23 @@ const UPLOAD_MANY: &str =
 
 fn input(name: &str, content: &[u8]) -> Value {
     json!({ "ownerType": "contract", "ownerId": "c-1", "filename": name, "base64": STANDARD.encode(content) })
+}
+
+/// A base64 upload's whole answer, refused or not.
+async fn try_upload(app: &Api, bearer: &str, name: &str, content: &[u8]) -> Value {
+    app.gql(
+        UPLOAD,
+        json!({ "input": input(name, content) }),
+        Some(bearer),
+    )
+    .await
+}
+
+/// `createDirectUpload` of `content` as a PDF: its whole answer.
+async fn try_announce(app: &Api, bearer: &str, content: &[u8]) -> Value {
+    let declared = declaration(content, "application/pdf");
+    app.gql(CREATE_DIRECT, json!({ "input": declared }), Some(bearer))
+        .await
 }
 
 async fn usage(app: &Api, bearer: &str) -> Value {
@@ -56,47 +74,23 @@ async fn every_path_is_refused_at_the_limit_with_nothing_stored(setup: Setup) {
     assert_eq!(app.row_count(&acme).await, 0);
     assert!(app.stored_keys().is_empty());
 
-    let one = app
-        .gql(
-            UPLOAD,
-            json!({ "input": input("a.pdf", &content) }),
-            Some(&bearer),
-        )
+    app.upload(&bearer, &content, "contract", Some("c-1"), "a.pdf")
         .await;
-    assert!(one.get("errors").is_none(), "{one}");
     assert_eq!(
         usage(&app, &bearer).await,
         json!({ "bytes": size as f64, "files": 1, "quotaBytes": (2 * size) as f64, "quotaFiles": null })
     );
 
     // A direct upload reserves its declared size: the next upload no longer fits.
-    let created = app
-        .gql(
-            CREATE_DIRECT,
-            json!({ "input": declaration(&content, "application/pdf") }),
-            Some(&bearer),
-        )
-        .await;
+    let created = try_announce(&app, &bearer, &content).await;
     let direct = data(&created, "createDirectUpload");
     assert_eq!(usage(&app, &bearer).await["bytes"], (2 * size) as f64);
-    let base64 = app
-        .gql(
-            UPLOAD,
-            json!({ "input": input("b.pdf", &content) }),
-            Some(&bearer),
-        )
-        .await;
+    let base64 = try_upload(&app, &bearer, "b.pdf", &content).await;
     assert_refused(&base64, 2);
     let form = upload_file_form("contract", "c-1", &content, "m.pdf", "application/pdf");
     let (_, multipart) = post_multipart(&app.url(""), &bearer, form).await;
     assert_refused(&multipart, 2);
-    let another = app
-        .gql(
-            CREATE_DIRECT,
-            json!({ "input": declaration(&content, "application/pdf") }),
-            Some(&bearer),
-        )
-        .await;
+    let another = try_announce(&app, &bearer, &content).await;
     assert_refused(&another, 2);
     assert_eq!(app.row_count(&acme).await, 1, "no row of a refused upload");
     assert_eq!(app.stored_keys().len(), 1, "no object of a refused upload");
@@ -104,27 +98,15 @@ async fn every_path_is_refused_at_the_limit_with_nothing_stored(setup: Setup) {
     // The reserved direct upload completes without counting twice.
     let status = crate::helpers::put_to(&app, &direct, content.clone()).await;
     assert_eq!(status, 200);
-    let done = app
-        .gql(
-            COMPLETE_DIRECT,
-            json!({ "id": direct["id"] }),
-            Some(&bearer),
-        )
-        .await;
-    assert!(done.get("errors").is_none(), "{done}");
+    let done = complete_direct(&app, &bearer, &direct).await;
+    data(&done, "completeDirectUpload");
     assert_eq!(usage(&app, &bearer).await["bytes"], (2 * size) as f64);
     assert_eq!(app.row_count(&acme).await, 2);
 
     // Another tenant has its own room.
     let other = app.token(&tenant());
-    let theirs = app
-        .gql(
-            UPLOAD,
-            json!({ "input": input("a.pdf", &content) }),
-            Some(&other),
-        )
+    app.upload(&other, &content, "contract", Some("c-1"), "a.pdf")
         .await;
-    assert!(theirs.get("errors").is_none(), "{theirs}");
 }
 
 async fn a_delete_frees_its_space_at_once(setup: Setup) {
@@ -133,13 +115,7 @@ async fn a_delete_frees_its_space_at_once(setup: Setup) {
     let first = app
         .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
         .await;
-    let refused = app
-        .gql(
-            UPLOAD,
-            json!({ "input": input("b.pdf", &pdf()) }),
-            Some(&bearer),
-        )
-        .await;
+    let refused = try_upload(&app, &bearer, "b.pdf", &pdf()).await;
     assert_refused(&refused, 1);
     let deleted = app
         .gql(DELETE, json!({ "id": first["id"] }), Some(&bearer))
@@ -158,9 +134,8 @@ async fn concurrent_uploads_never_overshoot(setup: Setup) {
     let bearer = app.token(&acme);
     let content = pdf();
     let attempts = (0..20).map(|i| {
-        let body = json!({ "input": input(&format!("{i}.pdf"), &content) });
-        let (app, bearer) = (&app, &bearer);
-        async move { app.gql(UPLOAD, body, Some(bearer)).await }
+        let (app, bearer, content) = (&app, &bearer, &content);
+        async move { try_upload(app, bearer, &format!("{i}.pdf"), content).await }
     });
     let answers = futures::future::join_all(attempts).await;
     let stored = answers.iter().filter(|a| a.get("errors").is_none()).count();
@@ -349,13 +324,7 @@ async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
         usage(&app, &bearer).await,
         json!({ "bytes": pdf().len() as f64, "files": 1, "quotaBytes": 1_048_576.0, "quotaFiles": 1 })
     );
-    let refused = app
-        .gql(
-            UPLOAD,
-            json!({ "input": input("b.pdf", &pdf()) }),
-            Some(&bearer),
-        )
-        .await;
+    let refused = try_upload(&app, &bearer, "b.pdf", &pdf()).await;
     assert_refused(&refused, 1);
     let listed = run(&["tenant", "list"]).await;
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
@@ -400,9 +369,8 @@ async fn two_replicas_never_overshoot(setup: Setup) {
     let bearer = token_for(&acme);
     let content = pdf();
     let attempts = (0..20).map(|i| {
-        let body = json!({ "input": input(&format!("{i}.pdf"), &content) });
-        let (replica, bearer) = (&replicas[i % 2], &bearer);
-        async move { replica.gql(UPLOAD, body, Some(bearer)).await }
+        let (replica, bearer, content) = (&replicas[i % 2], &bearer, &content);
+        async move { try_upload(replica, bearer, &format!("{i}.pdf"), content).await }
     });
     let answers = futures::future::join_all(attempts).await;
     let stored = answers.iter().filter(|a| a.get("errors").is_none()).count();

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::helpers::{
     CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp, UPLOAD, Uploaded,
-    announce_and_put, codes, complete_direct, data, declaration, fetch, pdf, post_multipart,
-    put_to, s3_flags, sha256_hex, tenant, upload_file_form,
+    announce_and_put, codes, complete_direct, data, declaration, direct_upload, fetch, pdf,
+    post_multipart, put_to, s3_flags, sha256_hex, tenant, upload_file_form,
 };
 use crate::helpers::{SECRET, private_database_url, run_attache};
 
@@ -457,16 +457,7 @@ async fn large_files_stream_through(setup: Setup) {
         (state >> 24) as u8
     }));
 
-    let (direct, status) = announce_and_put(
-        &app,
-        &bearer,
-        declaration(&content, "application/pdf"),
-        content.clone(),
-    )
-    .await;
-    assert_eq!(status, 200, "PUT to uploadUrl");
-    let done = complete_direct(&app, &bearer, &direct).await;
-    let att = data(&done, "completeDirectUpload");
+    let (direct, att) = direct_upload(&app, &bearer, &content).await;
     assert_eq!(att["sha256"], sha256_hex(&content));
     let key = TestApp::contract_key(&acme, "c-7", &direct);
     assert_eq!(app.stored_keys(), vec![key.clone()]);
