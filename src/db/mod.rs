@@ -7,6 +7,7 @@
 //! process; `SQLITE_SYNCHRONOUS=full` syncs the log at every commit, so it also
 //! survives a power loss.
 
+mod batch;
 mod reader;
 mod transaction;
 mod writer;
@@ -116,8 +117,8 @@ impl Database {
             ),
             _ => None,
         };
-        let writer = Writer::open(sqlite.clone(), &pool)
-            .await
+        let synchronous = config.sqlite_synchronous;
+        let writer = Writer::open(sqlite.clone().map(|options| (options, synchronous)), &pool)
             .map_err(|err| cannot_connect(&err.to_string(), url))?;
         let reader = Reader::new(sqlite, &pool);
         Ok(Self {

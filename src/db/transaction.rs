@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::writer::{SqliteWriter, exec_error};
+use super::writer::{Connections, SqliteWriter};
 
 /// Commits with [`Transaction::commit`]; dropped without it, rolls back.
 pub enum Transaction {
@@ -25,7 +25,7 @@ pub enum Transaction {
 pub struct SqliteTransaction {
     /// The writer's slot: the connection goes back into it when the transaction ends
     /// soundly; left empty when it broke, so the next turn opens another.
-    turn: Option<OwnedMutexGuard<Option<SqliteConnection>>>,
+    turn: Option<OwnedMutexGuard<Connections>>,
     /// Taken out while a statement runs: a statement cut off (its caller dropped)
     /// takes the connection with it, and closing it rolls the transaction back.
     connection: Mutex<Option<SqliteConnection>>,
@@ -35,7 +35,7 @@ impl Transaction {
     /// Begins on the writer's connection once it is the caller's turn.
     pub(super) async fn sqlite(writer: &Arc<SqliteWriter>) -> Result<Self, DbErr> {
         let mut turn = writer.turn().await;
-        let mut connection = match turn.take() {
+        let mut connection = match turn.transaction.take() {
             Some(connection) => connection,
             None => writer.options().connect().await.map_err(exec_error)?,
         };
@@ -63,7 +63,7 @@ impl Transaction {
                     .await
                     .map_err(exec_error)?;
                 if let Some(mut turn) = txn.turn.take() {
-                    *turn = Some(connection);
+                    turn.transaction = Some(connection);
                 }
                 Ok(())
             }
@@ -87,7 +87,7 @@ impl Drop for SqliteTransaction {
                     .await
                     .is_ok()
                 {
-                    *turn = Some(connection);
+                    turn.transaction = Some(connection);
                 }
             });
         }
@@ -109,6 +109,10 @@ impl SqliteTransaction {
         }
         result.map_err(|err| DbErr::Query(RuntimeErr::SqlxError(Arc::new(err))))
     }
+}
+
+fn exec_error(err: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
 }
 
 fn lost() -> DbErr {

@@ -1,20 +1,28 @@
 //! The writer: how uploads commit. SQLite lets one connection write at a time; with
 //! a pool of writers the others poll for its lock (SQLite's busy handler sleeps up to
-//! 100 ms between tries), each statement is a round trip to its connection's thread
-//! (BEGIN and COMMIT two each), and the pool pings every connection it gets back.
-//! So on SQLite uploads commit on one connection that the writer holds, one turn at
-//! a time, each turn one batch, `BEGIN IMMEDIATE; ...; COMMIT`: one round trip. The
+//! 100 ms between tries), and each statement is a round trip to its connection's
+//! thread. So on SQLite uploads commit on one connection that the writer holds, one
+//! turn at a time, each turn one batch, `BEGIN IMMEDIATE; ...; COMMIT`, run on the
+//! committing task's own thread ([`batch`]): no hand-off to another thread, and no
+//! await inside a turn, so a caller that goes away cannot cut a batch in two. The
 //! transactions that wait while a turn runs share the next one (group commit), so
 //! concurrent uploads write the pages they share once. On PostgreSQL, with row locks
 //! and a wire protocol, each is an ordinary transaction of the pool.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sea_orm::sqlx::{self, ConnectOptions};
-use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait};
+use sea_orm::{DatabaseConnection, DbErr, RuntimeErr, Statement, TransactionTrait};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
+
+use super::batch::{self, Refused};
+use crate::config::SqliteSync;
+
+/// Statements committed between two checkpoints of the log: each changes a page or
+/// a few, so the log stays within a few MiB (SQLite's own default is 1,000 pages).
+const CHECKPOINT_EVERY: usize = 500;
 
 pub enum Writer {
     Sqlite(Arc<SqliteWriter>),
@@ -23,36 +31,54 @@ pub enum Writer {
 
 pub struct SqliteWriter {
     options: SqliteConnectOptions,
-    /// The connection; empty after it broke, until the next turn opens another.
-    turn: Arc<Mutex<Option<SqliteConnection>>>,
+    sync: SqliteSync,
+    /// The connections; a broken one is dropped and the next turn opens another.
+    turn: Arc<Mutex<Connections>>,
     /// Transactions waiting for a turn.
     waiting: SyncMutex<Vec<Transaction>>,
-    /// Numbers the transactions, so that a caller knows its own.
-    tickets: AtomicU64,
+    /// Statements committed since the last checkpoint began.
+    since_checkpoint: AtomicUsize,
+    /// The checkpoint's own connection, held while one runs.
+    checkpointer: Arc<SyncMutex<Option<rusqlite::Connection>>>,
+}
+
+/// What the writer's turn holds: two connections to the one database, never used
+/// at once.
+pub(super) struct Connections {
+    /// Group commits ([`batch`]); in a mutex only so that the turn can be shared
+    /// (a rusqlite connection is not `Sync`): reached through `get_mut`, never locked.
+    batch: SyncMutex<Option<rusqlite::Connection>>,
+    /// [`super::Transaction`]s: sea-orm reads their rows from sqlx.
+    pub(super) transaction: Option<SqliteConnection>,
 }
 
 /// One caller's statements and where its outcome goes.
 struct Transaction {
-    ticket: u64,
     statements: Vec<Statement>,
     outcome: oneshot::Sender<Result<(), DbErr>>,
 }
 
 impl Writer {
-    /// A connection of its own on SQLite; `pool` itself on PostgreSQL.
-    pub async fn open(
-        sqlite: Option<SqliteConnectOptions>,
+    /// Connections of its own on SQLite (the one for transactions opened on first
+    /// use); `pool` itself on PostgreSQL.
+    pub fn open(
+        sqlite: Option<(SqliteConnectOptions, SqliteSync)>,
         pool: &DatabaseConnection,
-    ) -> Result<Self, sqlx::Error> {
-        let Some(options) = sqlite else {
+    ) -> rusqlite::Result<Self> {
+        let Some((options, sync)) = sqlite else {
             return Ok(Self::Pool(pool.clone()));
         };
-        let connection = options.connect().await?;
+        let connections = Connections {
+            batch: SyncMutex::new(Some(batch::open(&options, sync)?)),
+            transaction: None,
+        };
         Ok(Self::Sqlite(Arc::new(SqliteWriter {
             options,
-            turn: Arc::new(Mutex::new(Some(connection))),
+            sync,
+            turn: Arc::new(Mutex::new(connections)),
             waiting: SyncMutex::default(),
-            tickets: AtomicU64::new(0),
+            since_checkpoint: AtomicUsize::new(0),
+            checkpointer: Arc::default(),
         })))
     }
 
@@ -67,25 +93,29 @@ impl Writer {
             Self::Sqlite(writer) => writer,
         };
         let (outcome, committed) = oneshot::channel();
-        let ticket = writer.tickets.fetch_add(1, Ordering::Relaxed);
         writer.waiting().push(Transaction {
-            ticket,
             statements,
             outcome,
         });
-        let turn = writer.turn().await;
+        let mut turn = writer.turn().await;
         // Everything waiting, ours too unless an earlier turn took it.
         let group = std::mem::take(&mut *writer.waiting());
-        match group.len() {
-            0 => drop(turn),
-            // Alone: the turn runs here, the cheapest way (no task to hand over to).
-            1 if group[0].ticket == ticket => {
-                Arc::clone(writer).run(turn, group).await;
+        if !group.is_empty() {
+            // `synchronous=FULL` syncs the log at every commit: a thread of its own
+            // waits for the disk. Otherwise here, unless another process holds the
+            // lock (a command's write): then the wait for it is a thread's too.
+            let left = match writer.sync {
+                SqliteSync::Full => Some(group),
+                SqliteSync::Normal => writer.run(&mut turn, group, Duration::ZERO),
+            };
+            if let Some(group) = left {
+                let writer = Arc::clone(writer);
+                drop(tokio::task::spawn_blocking(move || {
+                    writer.run(&mut turn, group, super::SQLITE_BUSY_TIMEOUT)
+                }));
             }
-            // Others' transactions too: their outcome must be reported whatever
-            // happens to this caller, so the turn runs in a task of its own.
-            _ => drop(tokio::spawn(Arc::clone(writer).run(turn, group))),
         }
+        writer.checkpoint_if_due();
         committed
             .await
             .unwrap_or_else(|_| Err(DbErr::Custom("the writer stopped".into())))
@@ -93,12 +123,12 @@ impl Writer {
 }
 
 impl SqliteWriter {
-    /// The writer's turn: its connection, for one caller at a time.
-    pub(super) async fn turn(&self) -> OwnedMutexGuard<Option<SqliteConnection>> {
+    /// The writer's turn: its connections, for one caller at a time.
+    pub(super) async fn turn(&self) -> OwnedMutexGuard<Connections> {
         Arc::clone(&self.turn).lock_owned().await
     }
 
-    /// How to open another connection when the held one broke.
+    /// How to open another connection for transactions.
     pub(super) fn options(&self) -> &SqliteConnectOptions {
         &self.options
     }
@@ -110,71 +140,112 @@ impl SqliteWriter {
     }
 
     /// Commits `group` in one batch; if a statement fails, each transaction again on
-    /// its own, so one refused upload does not fail the others.
-    async fn run(
-        self: Arc<Self>,
-        mut turn: OwnedMutexGuard<Option<SqliteConnection>>,
+    /// its own, so one refused upload does not fail the others. Each outcome is
+    /// sent; what could not begin because another process holds the lock (and
+    /// `patience` is zero) is given back, nothing of it run.
+    fn run(
+        &self,
+        held: &mut Connections,
         group: Vec<Transaction>,
-    ) {
-        if group.len() > 1 {
-            let statements = group.iter().flat_map(|txn| txn.statements.iter().cloned());
-            if let Ok(()) = self.batch(&mut turn, statements.collect()).await {
-                for txn in group {
-                    let _ = txn.outcome.send(Ok(()));
+        patience: Duration,
+    ) -> Option<Vec<Transaction>> {
+        let slot = held
+            .batch
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let connection = match slot.take() {
+            Some(connection) => connection,
+            None => match batch::open(&self.options, self.sync) {
+                Ok(connection) => connection,
+                Err(err) => {
+                    for txn in group {
+                        let _ = txn.outcome.send(Err(refused(&err)));
+                    }
+                    return None;
                 }
-                return;
-            }
+            },
+        };
+        let left = self.commit_group(&connection, group, patience);
+        // A connection that cannot even roll back is not kept.
+        if connection.is_autocommit() {
+            *slot = Some(connection);
         }
-        for txn in group {
-            let result = self.batch(&mut turn, txn.statements).await;
-            let _ = txn.outcome.send(result);
-        }
+        left
     }
 
-    /// One round trip: `BEGIN IMMEDIATE; statements; COMMIT`, rolled back when a
-    /// statement fails.
-    async fn batch(
+    fn commit_group(
         &self,
-        held: &mut Option<SqliteConnection>,
-        statements: Vec<Statement>,
-    ) -> Result<(), DbErr> {
-        let mut connection = match held.take() {
-            Some(connection) => connection,
-            None => self.options.connect().await.map_err(exec_error)?,
-        };
-        let begin = Statement::from_string(DbBackend::Sqlite, "BEGIN IMMEDIATE");
-        let commit = Statement::from_string(DbBackend::Sqlite, "COMMIT");
-        let batch = super::sqlite_batch(
-            std::iter::once(begin)
-                .chain(statements)
-                .chain(std::iter::once(commit)),
-        );
-        let committed = super::sqlite_query(batch).execute(&mut connection).await;
-        match committed {
-            Ok(_) => {
-                *held = Some(connection);
-                Ok(())
-            }
-            // A statement failed: the ones after it, COMMIT included, did not run.
-            Err(err @ sqlx::Error::Database(_)) => {
-                if sqlx::raw_sql("ROLLBACK")
-                    .execute(&mut connection)
-                    .await
-                    .is_ok()
-                {
-                    *held = Some(connection);
+        connection: &rusqlite::Connection,
+        group: Vec<Transaction>,
+        patience: Duration,
+    ) -> Option<Vec<Transaction>> {
+        if group.len() > 1 {
+            let statements = group.iter().flat_map(|txn| &txn.statements);
+            match batch::commit(connection, statements, patience) {
+                Ok(()) => {
+                    self.committed(group.iter().map(|txn| txn.statements.len()).sum());
+                    for txn in group {
+                        let _ = txn.outcome.send(Ok(()));
+                    }
+                    return None;
                 }
-                Err(exec_error(err))
+                Err(Refused::Busy) => return Some(group),
+                Err(Refused::Failed(_)) => {}
             }
-            // A broken connection is not kept (closing it rolls back); the next
-            // batch opens another.
-            Err(err) => Err(exec_error(err)),
         }
+        let mut alone = group.into_iter();
+        while let Some(txn) = alone.next() {
+            let outcome = match batch::commit(connection, &txn.statements, patience) {
+                Ok(()) => {
+                    self.committed(txn.statements.len());
+                    Ok(())
+                }
+                Err(Refused::Busy) => return Some(std::iter::once(txn).chain(alone).collect()),
+                Err(Refused::Failed(err)) => Err(refused(&err)),
+            };
+            let _ = txn.outcome.send(outcome);
+        }
+        None
+    }
+
+    fn committed(&self, statements: usize) {
+        self.since_checkpoint
+            .fetch_add(statements, Ordering::Relaxed);
+    }
+
+    /// Every [`CHECKPOINT_EVERY`] statements, a checkpoint on a thread of its own
+    /// (it syncs the database file); none while one runs.
+    fn checkpoint_if_due(&self) {
+        if self.since_checkpoint.load(Ordering::Relaxed) < CHECKPOINT_EVERY {
+            return;
+        }
+        self.since_checkpoint.store(0, Ordering::Relaxed);
+        let (checkpointer, options, sync) = (
+            Arc::clone(&self.checkpointer),
+            self.options.clone(),
+            self.sync,
+        );
+        drop(tokio::task::spawn_blocking(move || {
+            let Ok(mut held) = checkpointer.try_lock() else {
+                return;
+            };
+            let done = match held.take() {
+                Some(connection) => Ok(connection),
+                None => batch::open(&options, sync),
+            }
+            .and_then(|connection| batch::checkpoint(&connection).map(|()| connection));
+            match done {
+                Ok(connection) => *held = Some(connection),
+                Err(err) => tracing::warn!(error = %err, "cannot checkpoint the SQLite log"),
+            }
+        }));
     }
 }
 
-pub(super) fn exec_error(err: sqlx::Error) -> DbErr {
-    DbErr::Exec(RuntimeErr::SqlxError(Arc::new(err)))
+/// A batch's failure as sea-orm reports a statement's (its text names the
+/// constraint that refused it).
+fn refused(err: &rusqlite::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::Internal(err.to_string()))
 }
 
 #[cfg(test)]
@@ -182,7 +253,8 @@ mod tests {
     use std::str::FromStr;
     use std::time::Duration;
 
-    use sea_orm::sqlx::Row;
+    use sea_orm::DbBackend;
+    use sea_orm::sqlx::{self, ConnectOptions, Row};
 
     use super::*;
     use crate::config::SqliteSync;
@@ -199,10 +271,11 @@ mod tests {
             SqliteConnectOptions::from_str(&url).expect("options"),
             SqliteSync::Normal,
         );
-        let Writer::Sqlite(held) = Writer::open(Some(options.clone()), &Default::default())
-            .await
-            .expect("open")
-        else {
+        let Writer::Sqlite(held) = Writer::open(
+            Some((options.clone(), SqliteSync::Normal)),
+            &Default::default(),
+        )
+        .expect("open") else {
             unreachable!("opened on SQLite")
         };
         Writer::Sqlite(Arc::clone(&held))
@@ -296,27 +369,40 @@ mod tests {
             .expect("insert");
         txn.commit().await.expect("commit");
         assert_eq!(rows(&options).await, [2, 3]);
-        assert!(held.turn.lock().await.is_some(), "the connection is back");
+        assert!(
+            held.turn.lock().await.transaction.is_some(),
+            "the connection is back"
+        );
     }
 
-    /// A writer cut off mid-batch (its caller dropped) loses the connection, which
-    /// rolls the batch back; the next turn opens another and commits.
+    /// While another process holds SQLite's write lock, a group commit waits for it
+    /// on a thread of its own, the runtime free meanwhile; it commits once the lock
+    /// is released.
     #[tokio::test]
-    async fn a_batch_cut_off_rolls_back_and_the_next_turn_reconnects() {
+    async fn a_commit_waits_for_another_process_lock_off_the_runtime() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (held, options) = writer(&dir).await;
-        let writer = Writer::Sqlite(Arc::clone(&held));
-        let long = "INSERT INTO t WITH RECURSIVE c(x) AS \
-                    (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) SELECT x FROM c";
-        let cut_off =
-            tokio::time::timeout(Duration::from_millis(5), writer.commit(vec![sql(long)])).await;
-        assert!(cut_off.is_err(), "the batch was still running");
-        assert!(held.turn.lock().await.is_none(), "its connection is gone");
-
-        writer
-            .commit(vec![sql("INSERT INTO t VALUES (7)")])
+        let writer = Arc::new(Writer::Sqlite(Arc::clone(&held)));
+        let mut other = options.connect().await.expect("connect");
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut other)
             .await
-            .expect("the next turn commits");
-        assert_eq!(rows(&options).await, [7], "nothing of the cut-off batch");
+            .expect("lock");
+        let waiting = {
+            let writer = Arc::clone(&writer);
+            tokio::spawn(async move { writer.commit(vec![sql("INSERT INTO t VALUES (7)")]).await })
+        };
+        // This runtime has one thread: the sleep ends only if the commit left it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "the commit waits for the lock");
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut other)
+            .await
+            .expect("unlock");
+        waiting
+            .await
+            .expect("joined")
+            .expect("commits after the lock");
+        assert_eq!(rows(&options).await, [7]);
     }
 }
