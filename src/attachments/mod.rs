@@ -70,7 +70,7 @@ async fn store(
     principal: &Principal,
     uploads: Vec<ValidUpload>,
 ) -> AppResult<Vec<attachment::Model>> {
-    let planned: Vec<(attachment::Model, Bytes)> = uploads
+    let planned: Vec<(attachment::Model, Option<String>, Bytes)> = uploads
         .into_iter()
         .map(|upload| {
             let size = i64::try_from(upload.bytes.len()).unwrap_or(i64::MAX);
@@ -81,29 +81,29 @@ async fn store(
                 upload.media,
                 size,
             );
-            (
-                attachment::Model {
-                    sha256: upload.sha256,
-                    ..row
-                },
-                upload.bytes,
-            )
+            (row, upload.sha256, upload.bytes)
         })
         .collect();
     let keys: Vec<String> = planned
         .iter()
-        .map(|(row, _)| row.storage_key.clone())
+        .map(|(row, _, _)| row.storage_key.clone())
         .collect();
-    let added = totals(planned.iter().map(|(row, _)| row));
+    let added = totals(planned.iter().map(|(row, _, _)| row));
     let near = begin_store(app, principal.tenant.as_str(), added, &keys).await?;
     let mut rows = Vec::with_capacity(planned.len());
-    for (row, bytes) in planned {
+    for (row, sha256, bytes) in planned {
         let key = StorageKey::from_stored(row.storage_key.clone());
-        if let Err(err) = app.storage.put_new(&key, bytes, &row.content_type).await {
+        let write = app.storage.put_new(&key, bytes.clone(), &row.content_type);
+        // The write starts (on the blocking pool for a large file) before the hash.
+        let (written, sha256) = match sha256 {
+            Some(sha256) => (write.await, sha256),
+            None => futures::join!(write, async { upload::sha256_hex(&bytes) }),
+        };
+        if let Err(err) = written {
             discard(app, &keys).await;
             return Err(AppError::StorageUnavailable(err));
         }
-        rows.push(row);
+        rows.push(attachment::Model { sha256, ..row });
     }
     finish_store(app, rows, &keys, near).await
 }

@@ -91,8 +91,29 @@ pub struct ValidUpload {
     pub target: Target,
     pub filename: String,
     pub media: MediaType,
-    pub sha256: String,
+    /// `None` for a large file sent without a checksum: none can fail, so it is
+    /// hashed while storage writes it ([`hash_while_written`]).
+    pub sha256: Option<String>,
     pub bytes: Bytes,
+}
+
+/// From this size a file sent without a checksum is hashed while it is written:
+/// the write mostly waits (for the disk, which takes such files without the page
+/// cache, or for S3), and SHA-256 costs 0.65 ms per MiB that need not wait for it
+/// (10 MiB from one client: 300 instead of 220 uploads in 8 s). Smaller files are
+/// copied into the page cache, which costs CPU that hashing would compete with
+/// (1 MiB from 8 clients: 10 % fewer uploads when hashed alongside).
+const HASH_WHILE_WRITTEN_FROM: usize = 4 * 1024 * 1024;
+
+/// Whether a file of `size` bytes, with or without a checksum to verify, is hashed
+/// while it is written rather than before.
+fn hash_while_written(expected: Option<&str>, size: usize) -> bool {
+    expected.is_none() && size >= HASH_WHILE_WRITTEN_FROM
+}
+
+/// The SHA-256 of `bytes`, as attache records it (lowercase hex).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// What a client says of a file besides its bytes, before the checks of SPEC 4.
@@ -132,8 +153,13 @@ impl ValidUpload {
         let filename = sanitize_filename(draft.filename);
         let detected = MediaType::detect(&bytes, draft.declared_type, &filename);
         let media = check_type(&target, draft, detected)?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        check_sha256(draft.sha256, &sha256)?;
+        let sha256 = if hash_while_written(draft.sha256, bytes.len()) {
+            None
+        } else {
+            let sha256 = sha256_hex(&bytes);
+            check_sha256(draft.sha256, &sha256)?;
+            Some(sha256)
+        };
         Ok(Self {
             target,
             filename,

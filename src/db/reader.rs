@@ -18,8 +18,11 @@ use sea_orm::{
 use tokio::sync::Semaphore;
 
 /// SQLite connections the reader keeps open at most: reads run side by side in
-/// WAL mode, and each connection is a thread; two cores need no more.
-const SQLITE_READ_CONNECTIONS: usize = 4;
+/// WAL mode, each connection on a thread of its own, so one per core the process
+/// may use, and at least four (a read waits for its statement's disk reads).
+fn sqlite_read_connections() -> usize {
+    std::thread::available_parallelism().map_or(4, |cores| cores.get().max(4))
+}
 
 pub enum Reader {
     Sqlite(Box<SqliteReader>),
@@ -42,7 +45,7 @@ impl Reader {
             Some(options) => Self::Sqlite(Box::new(SqliteReader {
                 options,
                 idle: SyncMutex::default(),
-                permits: Semaphore::new(SQLITE_READ_CONNECTIONS),
+                permits: Semaphore::new(sqlite_read_connections()),
             })),
             None => Self::Pool(pool.clone()),
         }
@@ -156,7 +159,7 @@ mod tests {
         SqliteReader {
             options: SqliteConnectOptions::from_str(&url).expect("options"),
             idle: SyncMutex::default(),
-            permits: Semaphore::new(SQLITE_READ_CONNECTIONS),
+            permits: Semaphore::new(sqlite_read_connections()),
         }
     }
 
@@ -175,7 +178,7 @@ mod tests {
         .await;
         assert!(cut_off.is_err(), "the query was still running");
         assert_eq!(held.idle().len(), 0, "a half-read connection is not reused");
-        assert_eq!(held.permits.available_permits(), SQLITE_READ_CONNECTIONS);
+        assert_eq!(held.permits.available_permits(), sqlite_read_connections());
 
         let rows = reader.query_all_raw(count_to(1000)).await.expect("rows");
         assert_eq!(rows.len(), 1000);

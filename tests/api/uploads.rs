@@ -335,13 +335,15 @@ async fn a_failing_row_removes_its_object(setup: Setup) {
 }
 
 /// Files past the sizes where uploads take their fast paths (a moved variable from
-/// 64 KiB, a direct write from 256 KiB) come back byte for byte: odd sizes, every
-/// base64 form, one variable used twice, and a placeholder forged by a client.
+/// 64 KiB; from 4 MiB a direct write, and the hash computed while it runs when no
+/// checksum was sent) come back byte for byte: odd sizes, every base64 form, one
+/// variable used twice, a checksum sent right and wrong, and a placeholder forged
+/// by a client.
 async fn large_files_keep_every_byte(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let bearer = app.token(&tenant());
     let mut content = pdf();
-    content.extend((0..(1 << 20) + 4099).map(|i: u32| (i % 251) as u8));
+    content.extend((0..(4 << 20) + 4099).map(|i: u32| (i % 251) as u8));
     let standard = STANDARD.encode(&content);
     for encoded in [
         standard.clone(),
@@ -377,6 +379,22 @@ async fn large_files_keep_every_byte(setup: Setup) {
     for file in stored.as_array().expect("list") {
         assert_eq!(file["sha256"], sha256_hex(&content));
     }
+    let before = app.stored_keys();
+    let mut checked = input("contract", Some("c-1"), "big.pdf", &standard);
+    checked["sha256"] = json!(sha256_hex(b"another file"));
+    let body = app
+        .gql(UPLOAD, json!({ "input": checked.clone() }), Some(&bearer))
+        .await;
+    assert_eq!(codes(&body), vec!["CHECKSUM_MISMATCH"], "{body}");
+    assert_eq!(app.stored_keys(), before, "a mismatch stores nothing");
+    checked["sha256"] = json!(sha256_hex(&content));
+    let body = app
+        .gql(UPLOAD, json!({ "input": checked }), Some(&bearer))
+        .await;
+    assert_eq!(
+        data(&body, "uploadAttachment")["sha256"],
+        sha256_hex(&content)
+    );
     let forged = "\u{0}attache-large-string-00000000-0000-0000-0000-000000000000:0";
     let body = app
         .gql(
