@@ -1,9 +1,10 @@
 //! `storage sweep`: removes what a crash or an abandoned upload left in storage.
 //! Objects under the collections' layouts that no row references (a crash between
 //! the object write and the row commit), staging objects no direct upload names,
-//! expired direct uploads, and objects whose
-//! deletion is still pending. Only objects older than a threshold are touched, so
-//! an upload in flight (object written, row not yet committed) is never swept.
+//! expired direct uploads, objects whose deletion is still pending, and S3
+//! multipart uploads a crash left unfinished. Only objects and uploads older than
+//! a threshold are touched, so an upload in flight (object written, row not yet
+//! committed; parts still arriving) is never swept.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -28,6 +29,8 @@ pub enum Reason {
     ExpiredUpload,
     /// Its row was deleted; its removal had failed before.
     PendingDeletion,
+    /// The parts of an S3 multipart upload that never finished (a crash mid-upload).
+    UnfinishedUpload,
 }
 
 impl std::fmt::Display for Reason {
@@ -36,6 +39,7 @@ impl std::fmt::Display for Reason {
             Self::Orphan => "orphan",
             Self::ExpiredUpload => "expired direct upload",
             Self::PendingDeletion => "pending deletion",
+            Self::UnfinishedUpload => "unfinished multipart upload",
         })
     }
 }
@@ -88,6 +92,35 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         key,
         reason: Reason::PendingDeletion,
     }));
+    swept.extend(abort_unfinished(app, cutoff, dry_run).await?);
+    Ok(swept)
+}
+
+/// Aborts the multipart uploads begun before `cutoff` under the collections' layouts
+/// and the staging keys (never a backup's), which no upload in flight can still be
+/// sending: their parts are stored, and billed, under no object.
+async fn abort_unfinished(app: &App, cutoff: SystemTime, dry_run: bool) -> AppResult<Vec<Swept>> {
+    let unfinished = app
+        .storage
+        .unfinished_uploads(cutoff)
+        .await
+        .map_err(AppError::StorageUnavailable)?;
+    let mut swept = Vec::new();
+    for (key, upload) in unfinished {
+        if !app.collections.covers(key.as_str()) && !StorageKey::is_staging(key.as_str()) {
+            continue;
+        }
+        if !dry_run {
+            app.storage
+                .abort_upload(&upload)
+                .await
+                .map_err(AppError::StorageUnavailable)?;
+        }
+        swept.push(Swept {
+            key: key.into_string(),
+            reason: Reason::UnfinishedUpload,
+        });
+    }
     Ok(swept)
 }
 

@@ -30,7 +30,8 @@ enum StorageCommand {
     /// key, verify it and record it in `storage_migrations`. Safe to interrupt and re-run.
     Migrate(Box<MigrateArgs>),
     /// Remove objects no row references (older than --older-than), expired direct
-    /// uploads and pending deletions. Never touches `backups/`.
+    /// uploads, pending deletions and unfinished S3 multipart uploads. Never touches
+    /// `backups/`.
     Sweep(Box<SweepArgs>),
 }
 

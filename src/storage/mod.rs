@@ -7,6 +7,7 @@ mod fs_write;
 mod key;
 mod local;
 mod probe;
+mod unfinished;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use fs_write::{INLINE_WRITE_UP_TO, write_new_file};
 pub use key::{KeyTemplate, StorageKey};
 pub use local::LocalFile;
 pub use probe::PROBE_TIMEOUT;
+pub use unfinished::Unfinished;
 
 use crate::config::{AddressingStyle, ConfigError, StorageBackend, StorageConfig};
 
@@ -63,6 +65,8 @@ pub struct Storage {
     location: String,
     /// `FSYNC_FILES`: new files are synced to disk before they count as written.
     fsync_files: bool,
+    /// S3's unfinished multipart uploads, for `storage sweep`; `None` on fs.
+    unfinished: Option<std::sync::Arc<unfinished::Uploads>>,
 }
 
 /// Parts of an object copied between stores are buffered up to this size (an S3
@@ -108,6 +112,7 @@ impl Storage {
                         .trim_end_matches('/')
                         .to_owned(),
                     fsync_files: false,
+                    unfinished: Some(std::sync::Arc::new(unfinished::Uploads::new(config))),
                 })
             }
         }
@@ -144,6 +149,7 @@ impl Storage {
             location: format!("fs:{text}"),
             fs_root: Some(root),
             fsync_files: false,
+            unfinished: None,
         })
     }
 
@@ -348,6 +354,50 @@ impl Storage {
         }
     }
 
+    /// The multipart uploads a crash left unfinished under the prefix, begun before
+    /// `cutoff`, with their keys as attache names objects; none on fs, and none
+    /// (with a warning) from a store that cannot list them.
+    pub async fn unfinished_uploads(
+        &self,
+        cutoff: std::time::SystemTime,
+    ) -> opendal::Result<Vec<(StorageKey, Unfinished)>> {
+        let Some(uploads) = &self.unfinished else {
+            return Ok(Vec::new());
+        };
+        let listed = match uploads.list().await {
+            Ok(listed) => listed,
+            Err(err) if err.unsupported() => {
+                tracing::warn!(
+                    error = %err,
+                    "the store cannot list unfinished multipart uploads; a lifecycle rule \
+                     (AbortIncompleteMultipartUpload) removes them instead"
+                );
+                return Ok(Vec::new());
+            }
+            Err(err) => return Err(unfinished_error("list unfinished multipart uploads", err)),
+        };
+        let cutoff = chrono::DateTime::<chrono::Utc>::from(cutoff);
+        Ok(listed
+            .into_iter()
+            .filter(|upload| upload.initiated < cutoff)
+            .map(|upload| {
+                let key = StorageKey::from_stored(uploads.storage_key(&upload).to_owned());
+                (key, upload)
+            })
+            .collect())
+    }
+
+    /// Aborts an unfinished multipart upload: the store drops its parts.
+    pub async fn abort_upload(&self, upload: &Unfinished) -> opendal::Result<()> {
+        let Some(uploads) = &self.unfinished else {
+            return Ok(());
+        };
+        uploads
+            .abort(upload)
+            .await
+            .map_err(|err| unfinished_error("abort a multipart upload", err))
+    }
+
     /// Reads a whole object; only for objects whose size was checked first.
     pub async fn read_all(&self, key: &StorageKey) -> opendal::Result<Bytes> {
         Ok(self.operator.read(key.as_str()).await?.to_bytes())
@@ -473,4 +523,8 @@ impl Storage {
         self.observed("delete", self.operator.delete(key.as_str()))
             .await
     }
+}
+
+fn unfinished_error(operation: &'static str, err: unfinished::UnfinishedError) -> opendal::Error {
+    opendal::Error::new(opendal::ErrorKind::Unexpected, operation).set_source(err)
 }

@@ -1,0 +1,239 @@
+//! Multipart uploads left unfinished on S3. A large object goes up in parts; a
+//! refused or broken stream aborts its upload, but a process killed mid-upload
+//! leaves the parts stored (and billed) under no object, where no listing of
+//! objects shows them. `storage sweep` lists them (ListMultipartUploads, under the
+//! prefix) and aborts the old ones. OpenDAL has neither call, so these requests
+//! are signed here by the signer OpenDAL itself uses (reqsign, AWS SigV4), with
+//! the same settings: bucket, region, endpoint, addressing style and keys.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqsign_aws_v4::{
+    Credential, DefaultCredentialProvider, RequestSigner, StaticCredentialProvider,
+};
+use reqsign_core::{Context, OsEnv, Signer};
+use serde::Deserialize;
+
+use crate::config::{AddressingStyle, StorageConfig};
+
+/// How long one request to the store may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SHA-256 of an empty body: GET and DELETE send none.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// One multipart upload the store holds open.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    /// The object's key in the bucket, the prefix included.
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: DateTime<Utc>,
+}
+
+/// Why the store could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnfinishedError {
+    #[error("cannot sign the request: {0}")]
+    Sign(#[from] reqsign_core::Error),
+    #[error("the store cannot be reached: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    #[error("the store answered {status}: {body}")]
+    Refused {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("the store's answer cannot be read: {0}")]
+    Unreadable(String),
+}
+
+impl UnfinishedError {
+    /// The store has no such call (s3s answers 501 Not Implemented).
+    pub fn unsupported(&self) -> bool {
+        matches!(self, Self::Refused { status, .. } if *status == reqwest::StatusCode::NOT_IMPLEMENTED)
+    }
+}
+
+/// Lists and aborts the bucket's unfinished multipart uploads under the prefix.
+pub struct Uploads {
+    signer: Signer<Credential>,
+    http: reqwest::Client,
+    /// The bucket's own URL, where uploads are listed: `http://host/bucket` (path
+    /// style) or `https://bucket.host/` (virtual-hosted).
+    bucket_url: String,
+    /// What an object's key follows: `bucket_url` and a slash, where there is none.
+    objects_url: String,
+    /// The keys' prefix, `prefix/` (empty for the whole bucket).
+    prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListMultipartUploadsResult {
+    #[serde(default)]
+    upload: Vec<Upload>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Upload {
+    key: String,
+    upload_id: String,
+    initiated: String,
+}
+
+impl Uploads {
+    /// For the configured bucket (rustls on ring, installed by the caller).
+    pub fn new(config: &StorageConfig) -> Self {
+        let region = config.region();
+        let bucket = config.s3_bucket_name.as_deref().unwrap_or_default();
+        let endpoint = config
+            .s3_endpoint_url
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = endpoint.trim_end_matches('/');
+        let bucket_url = match config.addressing_style() {
+            AddressingStyle::Path => format!("{endpoint}/{bucket}"),
+            AddressingStyle::Virtual => match endpoint.split_once("://") {
+                Some((scheme, host)) => format!("{scheme}://{bucket}.{host}/"),
+                None => format!("https://{bucket}.{endpoint}/"),
+            },
+        };
+        let objects_url = match bucket_url.ends_with('/') {
+            true => bucket_url.clone(),
+            false => format!("{bucket_url}/"),
+        };
+        let context = Context::new()
+            .with_file_read(reqsign_file_read_tokio::TokioFileRead)
+            .with_env(OsEnv);
+        let signer = match (&config.s3_access_key, &config.s3_secret_key) {
+            (Some(access), Some(secret)) => Signer::new(
+                context,
+                StaticCredentialProvider::new(access.expose(), secret.expose()),
+                RequestSigner::new("s3", region),
+            ),
+            _ => Signer::new(
+                context,
+                DefaultCredentialProvider::new(),
+                RequestSigner::new("s3", region),
+            ),
+        };
+        let prefix = match config.s3_prefix.trim_matches('/') {
+            "" => String::new(),
+            prefix => format!("{prefix}/"),
+        };
+        Self {
+            signer,
+            http: reqwest::Client::new(),
+            bucket_url,
+            objects_url,
+            prefix,
+        }
+    }
+
+    /// Every unfinished upload under the prefix, page after page.
+    pub async fn list(&self) -> Result<Vec<Unfinished>, UnfinishedError> {
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = format!("uploads&prefix={}", encode(&self.prefix));
+            if let Some((key, upload_id)) = &markers {
+                query.push_str(&format!(
+                    "&key-marker={}&upload-id-marker={}",
+                    encode(key),
+                    encode(upload_id)
+                ));
+            }
+            let url = format!("{}?{query}", self.bucket_url);
+            let body = self.send(http::Method::GET, &url).await?;
+            let page: ListMultipartUploadsResult = quick_xml::de::from_str(&body)
+                .map_err(|err| UnfinishedError::Unreadable(err.to_string()))?;
+            for upload in page.upload {
+                let initiated = DateTime::parse_from_rfc3339(&upload.initiated)
+                    .map_err(|err| UnfinishedError::Unreadable(err.to_string()))?;
+                found.push(Unfinished {
+                    key: upload.key,
+                    upload_id: upload.upload_id,
+                    initiated: initiated.with_timezone(&Utc),
+                });
+            }
+            match (
+                page.is_truncated,
+                page.next_key_marker,
+                page.next_upload_id_marker,
+            ) {
+                (true, Some(key), Some(upload_id)) => markers = Some((key, upload_id)),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// Aborts `upload`: the store drops its parts.
+    pub async fn abort(&self, upload: &Unfinished) -> Result<(), UnfinishedError> {
+        let path: String = upload
+            .key
+            .split('/')
+            .map(encode)
+            .collect::<Vec<_>>()
+            .join("/");
+        let url = format!(
+            "{}{path}?uploadId={}",
+            self.objects_url,
+            encode(&upload.upload_id)
+        );
+        self.send(http::Method::DELETE, &url).await.map(drop)
+    }
+
+    /// The key of `upload` without the prefix, as attache names objects.
+    pub fn storage_key<'a>(&self, upload: &'a Unfinished) -> &'a str {
+        upload.key.strip_prefix(&self.prefix).unwrap_or(&upload.key)
+    }
+
+    /// Sends a signed request without a body; the answer's body when it succeeds.
+    async fn send(&self, method: http::Method, url: &str) -> Result<String, UnfinishedError> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("x-amz-content-sha256", EMPTY_SHA256)
+            .body(())
+            .map_err(|err| UnfinishedError::Unreadable(err.to_string()))?;
+        let (mut parts, ()) = request.into_parts();
+        self.signer.sign(&mut parts, None).await?;
+        parts.headers.remove(http::header::HOST);
+        let request =
+            reqwest::Request::try_from(http::Request::from_parts(parts, Vec::<u8>::new()))?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.execute(request))
+            .await
+            .map_err(|_| UnfinishedError::Unreadable("no answer within 30 s".into()))??;
+        let status = response.status();
+        let body = response.text().await?;
+        if !status.is_success() {
+            return Err(UnfinishedError::Refused { status, body });
+        }
+        Ok(body)
+    }
+}
+
+impl std::fmt::Debug for Uploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploads")
+            .field("bucket_url", &self.bucket_url)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `value` percent-encoded as SigV4 canonicalizes a query value or path segment.
+fn encode(value: &str) -> String {
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, UNRESERVED).to_string()
+}
