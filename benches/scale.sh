@@ -9,6 +9,8 @@
 # (voluntary + involuntary) around each cell and divided by its requests.
 #   benches/scale.sh [target/release/attache]
 #   CORES="1 2 4 8 12" WRK_CPUS=12-15 SECONDS_PER_CELL=8 CELLS=upload OUT=benches/results
+#   POSTGRES=postgres://postgres@127.0.0.1:5432/postgres: PostgreSQL instead of SQLite,
+#   a new database per core count (created and dropped through this URL, with psql).
 # Prints a TSV and writes it to OUT/scale-DATE.tsv. Needs wrk and curl. On a 2-core
 # machine: CORES=1 WRK_CPUS=1 (the load generator shares the second core).
 set -euo pipefail
@@ -21,7 +23,13 @@ mkdir -p "$out"
 tsv="$out/scale-$(date -u +%Y%m%d-%H%M%S).tsv"
 work="$(mktemp -d)"
 server=
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
+postgres="${POSTGRES:-}"
+database= # the PostgreSQL database of the running core count
+drop_database() {
+  [ -n "$database" ] && psql -q "$postgres" -c "DROP DATABASE IF EXISTS $database" >/dev/null
+  database=
+}
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; sleep 0.5; drop_database; rm -rf "$work"; }
 trap cleanup EXIT
 secret=scale-benchmark-secret-0123456789abcdef
 export JWT_SECRET=$secret SIGNING_KEY=$secret RUST_LOG=warn
@@ -89,7 +97,13 @@ for cores in $cores_list; do
   dir="$work/run-$cores"
   mkdir -p "$dir"
   port=$((18300 + cores))
-  DATABASE_URL="sqlite://$dir/a.db?mode=rwc" STORAGE_ROOT="$dir/files" \
+  database_url="sqlite://$dir/a.db?mode=rwc"
+  if [ -n "$postgres" ]; then
+    database="attache_scale_$cores"
+    psql -q "$postgres" -c "DROP DATABASE IF EXISTS $database" -c "CREATE DATABASE $database" >/dev/null
+    database_url="${postgres%/*}/$database"
+  fi
+  DATABASE_URL="$database_url" STORAGE_ROOT="$dir/files" \
     LISTEN_ADDR="127.0.0.1:$port" PUBLIC_BASE_URL="http://127.0.0.1:$port" \
     taskset -c "0-$((cores - 1))" "$bin" serve >"$dir/server.log" 2>&1 &
   server=$!
@@ -107,5 +121,6 @@ for cores in $cores_list; do
   kill "$server"
   wait "$server" 2>/dev/null || true
   server=
+  drop_database
 done
 echo "written: $tsv" >&2

@@ -11,7 +11,9 @@
 //!    closed loops, requests per second and p50/p99 (throughput must not fall as
 //!    clients are added);
 //! 5. the listing `attachments(first: 20)` with every field and `url`, from 1 and 8
-//!    clients: requests per second and p50/p99.
+//!    clients: requests per second and p50/p99;
+//! 6. a table of peak RSS per in-flight upload by path (base64 in JSON, multipart,
+//!    direct upload) and file size, 8 uploads at once, a fresh server per row.
 //!
 //! The client runs in this process, on the same cores as the server: compare runs
 //! of one machine, not absolute figures.
@@ -24,7 +26,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use common::{MIB, PERMITS, Server, human, percentile, token, upload_body};
+use sha2::Digest;
+
+use common::{
+    MIB, PERMITS, Server, human, percentile, token, upload_body, upload_content, upload_json,
+};
 
 async fn upload(
     client: &reqwest::Client,
@@ -280,4 +286,153 @@ async fn main() {
         );
         report_loop("attachments(20)", clients, run.await);
     }
+    drop(server);
+
+    memory_by_path(dir.path(), &client, &token, quick).await;
+}
+
+/// How an upload reaches attache.
+#[derive(Clone, Copy, Debug)]
+enum UploadPath {
+    Base64,
+    Multipart,
+    Direct,
+}
+
+/// Peak RSS per in-flight upload for each path and size: [`PERMITS`] uploads at
+/// once on a fresh server (the peak only grows), the growth over its idle RSS
+/// divided among them. A path that streams holds about the same whatever the size.
+async fn memory_by_path(dir: &std::path::Path, client: &reqwest::Client, token: &str, quick: bool) {
+    let limit = 128 * MIB;
+    let collections = dir.join("collections.toml");
+    std::fs::write(
+        &collections,
+        format!(
+            "[contract]\nkey = \"{{tenant}}/contracts/{{owner}}/{{id}}{{ext}}\"\nmax_bytes = {limit}\naccept = [\"txt\"]\n"
+        ),
+    )
+    .expect("collections file");
+    let env = [
+        ("COLLECTIONS_FILE", collections.display().to_string()),
+        ("MAX_UPLOAD_BYTES", limit.to_string()),
+    ];
+    let large = if quick { 32 * MIB } else { 64 * MIB };
+    println!(
+        "
+peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
+    );
+    println!("| path | file | idle RSS | peak RSS | per upload | per upload / file |");
+    println!("|---|---|---|---|---|---|");
+    for path in [
+        UploadPath::Base64,
+        UploadPath::Multipart,
+        UploadPath::Direct,
+    ] {
+        for size in [10 * MIB, large] {
+            let server = Server::start_with(dir, &env);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let idle = server.memory_kib("VmRSS:");
+            let uploads: Vec<_> = (0..PERMITS)
+                .map(|seed| {
+                    let (client, token, base) =
+                        (client.clone(), token.to_owned(), server.base.clone());
+                    let content = upload_content(size, 30_000 + seed);
+                    tokio::spawn(
+                        async move { upload_by(path, &client, &base, &token, content).await },
+                    )
+                })
+                .collect();
+            for upload in uploads {
+                upload.await.expect("upload task");
+            }
+            let peak = server.memory_kib("VmHWM:");
+            let per_upload = peak.saturating_sub(idle) as f64 / 1024.0 / PERMITS as f64;
+            println!(
+                "| {path:?} | {} | {:.1} MiB | {:.1} MiB | {per_upload:.1} MiB | {:.2}x |",
+                human(size),
+                idle as f64 / 1024.0,
+                peak as f64 / 1024.0,
+                per_upload / (size / MIB) as f64
+            );
+        }
+    }
+}
+
+/// Uploads `content` (a text file) along `path`; panics unless it is stored.
+async fn upload_by(
+    path: UploadPath,
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    content: Vec<u8>,
+) {
+    let graphql = format!("{base}/graphql");
+    let answer: serde_json::Value = match path {
+        UploadPath::Base64 => {
+            let body = upload_json(&content);
+            let request = client
+                .post(&graphql)
+                .header("content-type", "application/json");
+            send(request.bearer_auth(token).body(body)).await
+        }
+        UploadPath::Multipart => {
+            let operations = serde_json::json!({
+                "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id } }",
+                "variables": { "input": { "ownerType": "contract", "ownerId": "bench", "file": null } }
+            });
+            let part = reqwest::multipart::Part::bytes(content)
+                .file_name("bench.txt")
+                .mime_str("text/plain")
+                .expect("mime");
+            let form = reqwest::multipart::Form::new()
+                .text("operations", operations.to_string())
+                .text("map", r#"{"0":["variables.input.file"]}"#)
+                .part("0", part);
+            let request = client
+                .post(&graphql)
+                .header("apollo-require-preflight", "1");
+            send(request.bearer_auth(token).multipart(form)).await
+        }
+        UploadPath::Direct => {
+            let declared = serde_json::json!({ "input": {
+                "ownerType": "contract", "ownerId": "bench", "filename": "bench.txt",
+                "contentType": "text/plain", "byteSize": content.len(),
+                "sha256": hex::encode(sha2::Sha256::digest(&content)) } });
+            let created = send(client.post(&graphql).bearer_auth(token).json(&serde_json::json!({
+                "query": "mutation($input: DirectUploadInput!) { createDirectUpload(input: $input) { id uploadUrl headers { name value } } }",
+                "variables": declared }))).await;
+            let direct = &created["data"]["createDirectUpload"];
+            let mut put = client
+                .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
+                .body(content);
+            for header in direct["headers"].as_array().expect("headers") {
+                put = put.header(
+                    header["name"].as_str().expect("name"),
+                    header["value"].as_str().expect("value"),
+                );
+            }
+            let status = put.send().await.expect("PUT").status();
+            assert!(status.is_success(), "PUT answered {status}");
+            send(
+                client
+                    .post(&graphql)
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({
+                "query": "mutation($id: ID!) { completeDirectUpload(id: $id) { id } }",
+                "variables": { "id": direct["id"] } })),
+            )
+            .await
+        }
+    };
+    assert!(answer["errors"].is_null(), "{path:?}: {answer}");
+}
+
+async fn send(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("a JSON answer")
 }

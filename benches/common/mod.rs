@@ -106,13 +106,22 @@ pub fn human(size: usize) -> String {
 
 /// The JSON body of an `uploadAttachment` of `size` bytes of text, built once.
 pub fn upload_body(size: usize, seed: usize) -> Vec<u8> {
+    upload_json(&upload_content(size, seed))
+}
+
+/// `size` bytes of text, different for each `seed`.
+pub fn upload_content(size: usize, seed: usize) -> Vec<u8> {
     let line =
         format!("attache benchmark line {seed:08}, the quick brown fox jumps over the lazy dog\n");
-    let content: Vec<u8> = line.bytes().cycle().take(size).collect();
+    line.bytes().cycle().take(size).collect()
+}
+
+/// The JSON body of an `uploadAttachment` of `content`.
+pub fn upload_json(content: &[u8]) -> Vec<u8> {
     json!({
         "query": "mutation($input: UploadAttachmentInput!) { uploadAttachment(input: $input) { id downloadUrl } }",
         "variables": { "input": { "ownerType": "contract", "ownerId": "bench", "filename": "bench.txt",
-                                  "base64": STANDARD.encode(&content) } }
+                                  "base64": STANDARD.encode(content) } }
     })
     .to_string()
     .into_bytes()

@@ -564,7 +564,7 @@ async fn the_probe_runs_every_operation_attache_uses(setup: Setup) {
     assert!(stderr.contains("ignores If-None-Match"), "{stderr}");
 }
 
-/// A multipart upload cut off by a crash (its writer dropped after the first part,
+/// A multipart upload cut off by a crash (its writer dropped after its first parts,
 /// without an abort) leaves parts that no listing of objects shows. `storage sweep`
 /// finds them through the S3 API: a younger one than its threshold stays, an older
 /// one is aborted, and the store then lists none. On s3s, which cannot list them,
@@ -575,9 +575,10 @@ async fn a_crash_mid_upload_leaves_parts_the_sweep_aborts(setup: Setup) {
 
     let app = TestApp::spawn(setup).await;
     let key = format!("{}/contracts/c-1/{}.pdf", tenant(), uuid::Uuid::now_v7());
-    let first_part = Bytes::from(vec![7u8; 9 * 1024 * 1024]);
+    // Two parts' worth: the writer sends a part once the next bytes arrive.
+    let part = Bytes::from(vec![7u8; 9 * 1024 * 1024]);
     let body = futures::StreamExt::chain(
-        futures::stream::once(async move { Ok::<_, std::io::Error>(first_part) }),
+        futures::stream::iter([Ok::<_, std::io::Error>(part.clone()), Ok(part)]),
         futures::stream::pending(),
     );
     let cut_off = tokio::time::timeout(
