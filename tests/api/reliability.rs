@@ -274,7 +274,7 @@ async fn a_filesystem_without_o_direct_gets_ordinary_writes() {
     };
     let token = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
     // Past the O_DIRECT threshold with a tail, exactly on it, and small.
-    for size in [1024 * 1024 + 4096 + 3, 256 * 1024, 10 * 1024] {
+    for size in [4 * 1024 * 1024 + 4096 + 3, 4 * 1024 * 1024, 10 * 1024] {
         let content = large_pdf(size);
         let input = json!({ "input": {
             "ownerType": "contract", "ownerId": "c-1", "filename": "big.pdf",

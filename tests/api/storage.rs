@@ -573,7 +573,11 @@ async fn a_crash_mid_upload_leaves_parts_the_sweep_aborts(setup: Setup) {
     use attache::attachments::sweep::{self, Reason};
     use std::time::{Duration, SystemTime};
 
-    let app = TestApp::spawn(setup).await;
+    // A database of its own: the sweep goes through every tenant's rows.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    let url = private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
     let key = format!("{}/contracts/c-1/{}.pdf", tenant(), uuid::Uuid::now_v7());
     // Two parts' worth: the writer sends a part once the next bytes arrive.
     let part = Bytes::from(vec![7u8; 9 * 1024 * 1024]);
