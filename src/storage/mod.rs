@@ -273,9 +273,10 @@ impl Storage {
         self.write_new(key, body, max, parts, content_type).await
     }
 
-    /// Writes a new object of any length from a stream, in parts of [`COPY_CHUNK`]
-    /// bytes (an S3 multipart upload), so memory stays flat however large it is; a
-    /// broken stream (its producer reports an error) leaves no object behind.
+    /// Writes a new object of any length from a stream, as [`Storage::put_stream`]
+    /// does (on S3 in parts of [`COPY_CHUNK`] bytes; on fs each chunk as it comes),
+    /// so memory stays flat however large it is; a broken stream (its producer
+    /// reports an error) leaves no object behind.
     pub async fn put_large<S, E>(
         &self,
         key: &StorageKey,
@@ -286,8 +287,7 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.write_new(key, body, u64::MAX, Some(COPY_CHUNK), content_type)
-            .await
+        self.put_stream(key, body, u64::MAX, content_type).await
     }
 
     /// Creates `key` (never overwriting) and feeds it `body`, buffered into parts of
