@@ -147,3 +147,69 @@ where
 {
     time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use sea_orm::sqlx::{self, ConnectOptions, Row};
+    use sea_orm::{DbBackend, Values};
+
+    use super::*;
+
+    /// Every kind of value attache writes comes out of a batch exactly as sqlx
+    /// writes it: the same SQLite type and the same bytes, so reads and comparisons
+    /// through sqlx cannot tell the two writers apart.
+    #[tokio::test]
+    async fn values_are_bound_as_sqlx_binds_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
+        let options = SqliteConnectOptions::from_str(&url).expect("options");
+        let mut sqlx_side = options.connect().await.expect("connect");
+        sqlx::raw_sql("CREATE TABLE t (writer TEXT, v)")
+            .execute(&mut sqlx_side)
+            .await
+            .expect("table");
+        let values = [
+            Value::Uuid(Some(uuid::Uuid::now_v7())),
+            Value::ChronoDateTimeUtc(Some(chrono::Utc::now())),
+            Value::String(Some("zürich".into())),
+            Value::BigInt(Some(-7)),
+            Value::Bool(Some(true)),
+            Value::Bytes(Some(vec![0, 255])),
+            Value::String(None),
+        ];
+        let insert = |writer: &str, value: &Value| {
+            Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!("INSERT INTO t VALUES ('{writer}', ?)"),
+                Values(vec![value.clone()]),
+            )
+        };
+        let batch = open(&options, SqliteSync::Normal).expect("open");
+        let ours: Vec<_> = values.iter().map(|value| insert("batch", value)).collect();
+        assert!(
+            commit(&batch, &ours, Duration::ZERO).is_ok(),
+            "the batch commits"
+        );
+        for value in &values {
+            crate::db::sqlite_query(insert("sqlx", value))
+                .execute(&mut sqlx_side)
+                .await
+                .expect("sqlx insert");
+        }
+        let mut read = async |writer: &str| {
+            sqlx::query("SELECT typeof(v), quote(v) FROM t WHERE writer = ? ORDER BY rowid")
+                .bind(writer.to_owned())
+                .fetch_all(&mut sqlx_side)
+                .await
+                .expect("rows")
+                .iter()
+                .map(|row| (row.get::<String, _>(0), row.get::<String, _>(1)))
+                .collect::<Vec<_>>()
+        };
+        let from_batch = read("batch").await;
+        assert_eq!(from_batch.len(), values.len());
+        assert_eq!(from_batch, read("sqlx").await);
+    }
+}

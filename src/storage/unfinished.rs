@@ -162,14 +162,21 @@ impl Uploads {
                     initiated: initiated.with_timezone(&Utc),
                 });
             }
-            match (
+            let next = match (
                 page.is_truncated,
                 page.next_key_marker,
                 page.next_upload_id_marker,
             ) {
-                (true, Some(key), Some(upload_id)) => markers = Some((key, upload_id)),
+                (true, Some(key), Some(upload_id)) => Some((key, upload_id)),
                 _ => return Ok(found),
+            };
+            // A store that hands back the same page again would be asked forever.
+            if next == markers {
+                return Err(UnfinishedError::Unreadable(
+                    "the listing's next page is the page just read".into(),
+                ));
             }
+            markers = next;
         }
     }
 

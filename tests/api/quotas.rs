@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     Api, CREATE_DIRECT, DELETE, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD,
-    announce_and_put, codes, complete_direct, data, database_url, declaration, hs256, keys_under,
-    now, pdf, post_multipart, private_database_url, run_attache, tenant, token_for,
-    upload_file_form,
+    announce_and_put, codes, complete_direct, data, database_url, declaration, has, hs256,
+    keys_under, now, pdf, post_multipart, private_database_url, run_attache, scrape, tenant,
+    token_for, total, upload_file_form,
 };
 
 const USAGE: &str = "{ usage { bytes files quotaBytes quotaFiles } }";
@@ -242,12 +242,12 @@ async fn passing_80_percent_warns_once_per_crossing(setup: Setup) {
     let payload: Value = serde_json::from_str(&first[0].payload).expect("JSON");
     assert_eq!(payload["files"], 4);
     assert_eq!(payload["quota_files"], 5);
-    assert_eq!(gauge(&app).await, 1);
+    assert_eq!(gauge(&app).await, 1.0);
 
     for id in &ids[..3] {
         app.gql(DELETE, json!({ "id": id }), Some(&bearer)).await;
     }
-    assert_eq!(gauge(&app).await, 0, "back under 80 %");
+    assert_eq!(gauge(&app).await, 0.0, "back under 80 %");
     for i in 5..7 {
         let name = format!("{i}.pdf");
         app.upload(&bearer, &pdf(), "contract", Some("c-1"), &name)
@@ -260,20 +260,11 @@ async fn passing_80_percent_warns_once_per_crossing(setup: Setup) {
     );
 }
 
-async fn gauge(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|line| line.strip_prefix("attache_tenants_near_quota "))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("the gauge")
+/// `attache_tenants_near_quota` as `/metrics` shows it (it must be there).
+async fn gauge(app: &TestApp) -> f64 {
+    let scrape = scrape(app).await;
+    assert!(has(&scrape, "attache_tenants_near_quota"), "the gauge");
+    total(&scrape, "attache_tenants_near_quota", &[])
 }
 
 /// `attache tenant usage --recompute` corrects a usage row altered by hand, and the
