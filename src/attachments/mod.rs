@@ -4,8 +4,10 @@
 //! entry until its object is gone. Every row written or deleted writes its event
 //! (`file.stored`, `file.deleted`) in the same transaction.
 
+pub mod base64_stream;
 pub mod direct;
 pub mod migrate;
+pub mod spool;
 pub mod sweep;
 pub mod upload;
 pub mod urls;
@@ -33,7 +35,7 @@ use crate::ids::SafeId;
 use crate::media::MediaType;
 use crate::quotas;
 use crate::storage::{Storage, StorageKey, StreamWriteError};
-pub use upload::{Draft, StreamCheck, Target, ValidUpload};
+pub use upload::{Draft, FileContent, StreamCheck, Target, ValidUpload};
 
 /// Runs `work` to its end even if the request that started it is dropped (a client
 /// that disconnects, a timeout): once storage is touched, the object, its row and
@@ -70,10 +72,10 @@ async fn store(
     principal: &Principal,
     uploads: Vec<ValidUpload>,
 ) -> AppResult<Vec<attachment::Model>> {
-    let planned: Vec<(attachment::Model, Option<String>, Bytes)> = uploads
+    let planned: Vec<(attachment::Model, Option<String>, FileContent)> = uploads
         .into_iter()
         .map(|upload| {
-            let size = i64::try_from(upload.bytes.len()).unwrap_or(i64::MAX);
+            let size = i64::try_from(upload.content.size()).unwrap_or(i64::MAX);
             let row = new_row(
                 principal,
                 &upload.target,
@@ -81,7 +83,7 @@ async fn store(
                 upload.media,
                 size,
             );
-            (row, upload.sha256, upload.bytes)
+            (row, upload.sha256, upload.content)
         })
         .collect();
     let keys: Vec<String> = planned
@@ -91,13 +93,23 @@ async fn store(
     let added = totals(planned.iter().map(|(row, _, _)| row));
     let near = begin_store(app, principal.tenant.as_str(), added, &keys).await?;
     let mut rows = Vec::with_capacity(planned.len());
-    for (row, sha256, bytes) in planned {
+    for (row, sha256, content) in planned {
         let key = StorageKey::from_stored(row.storage_key.clone());
-        let write = app.storage.put_new(&key, bytes.clone(), &row.content_type);
-        // The write starts (on the blocking pool for a large file) before the hash.
-        let (written, sha256) = match sha256 {
-            Some(sha256) => (write.await, sha256),
-            None => futures::join!(write, async { upload::sha256_hex(&bytes) }),
+        let (written, sha256) = match (content, sha256) {
+            (FileContent::Spooled(spooled), _) => {
+                let stored = app
+                    .storage
+                    .put_spooled(&key, spooled.path(), &row.content_type);
+                (stored.await, spooled.sha256().to_owned())
+            }
+            (FileContent::Memory(bytes), sha256) => {
+                let write = app.storage.put_new(&key, bytes.clone(), &row.content_type);
+                // The write starts (on the blocking pool for a large file) before the hash.
+                match sha256 {
+                    Some(sha256) => (write.await, sha256),
+                    None => futures::join!(write, async { upload::sha256_hex(&bytes) }),
+                }
+            }
         };
         if let Err(err) = written {
             discard(app, &keys).await;

@@ -1,10 +1,13 @@
 //! Parse, don't validate: client input becomes a [`ValidUpload`] here, in the order
 //! of SPEC 4, or a clear error with its code. Nothing in this file writes anything.
 
+use std::sync::Arc;
+
 use base64_simd::AsOut;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::spool::Spooled;
 use crate::collections::{Collection, Collections};
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
@@ -85,16 +88,32 @@ fn parse_owner_id(owner_id: &str) -> AppResult<SafeId> {
     })
 }
 
+/// The bytes of a file: in memory, or spooled to a file of its own as they arrived
+/// (with their size, type and checksum known).
+#[derive(Clone)]
+pub enum FileContent {
+    Memory(Bytes),
+    Spooled(Arc<Spooled>),
+}
+
+impl FileContent {
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::Memory(bytes) => bytes.len() as u64,
+            Self::Spooled(spooled) => spooled.size(),
+        }
+    }
+}
+
 /// A file that passed every check and can be stored as is.
-#[derive(Debug)]
 pub struct ValidUpload {
     pub target: Target,
     pub filename: String,
     pub media: MediaType,
-    /// `None` for a large file sent without a checksum: none can fail, so it is
-    /// hashed while storage writes it ([`hash_while_written`]).
+    /// `None` for a large file in memory sent without a checksum: none can fail, so
+    /// it is hashed while storage writes it ([`hash_while_written`]).
     pub sha256: Option<String>,
-    pub bytes: Bytes,
+    pub content: FileContent,
 }
 
 /// From this size a file sent without a checksum is hashed while it is written:
@@ -132,40 +151,45 @@ impl ValidUpload {
     pub async fn parse(
         collections: &Collections,
         draft: Draft<'_>,
-        bytes: impl Future<Output = AppResult<Bytes>>,
+        content: impl Future<Output = AppResult<FileContent>>,
         max_upload_bytes: u64,
     ) -> AppResult<Self> {
         let target = Target::resolve(collections, draft.owner_type, draft.owner_id)?;
-        Self::check(target, &draft, bytes.await?, max_upload_bytes)
+        Self::check(target, &draft, content.await?, max_upload_bytes)
     }
 
     /// Size, type, declared type and checksum, in that order.
     fn check(
         target: Target,
         draft: &Draft<'_>,
-        bytes: Bytes,
+        content: FileContent,
         max_upload_bytes: u64,
     ) -> AppResult<Self> {
-        if bytes.is_empty() {
+        let size = content.size();
+        if size == 0 {
             return Err(AppError::bad_input("the file is empty"));
         }
-        target.check_size(bytes.len() as u64, max_upload_bytes)?;
+        target.check_size(size, max_upload_bytes)?;
         let filename = sanitize_filename(draft.filename);
-        let detected = MediaType::detect(&bytes, draft.declared_type, &filename);
-        let media = check_type(&target, draft, detected)?;
-        let sha256 = if hash_while_written(draft.sha256, bytes.len()) {
-            None
-        } else {
-            let sha256 = sha256_hex(&bytes);
-            check_sha256(draft.sha256, &sha256)?;
-            Some(sha256)
+        let detected = match &content {
+            FileContent::Memory(bytes) => MediaType::detect(bytes, draft.declared_type, &filename),
+            FileContent::Spooled(spooled) => spooled.media(draft.declared_type, &filename),
         };
+        let media = check_type(&target, draft, detected)?;
+        let sha256 = match &content {
+            FileContent::Spooled(spooled) => Some(spooled.sha256().to_owned()),
+            FileContent::Memory(bytes) if hash_while_written(draft.sha256, bytes.len()) => None,
+            FileContent::Memory(bytes) => Some(sha256_hex(bytes)),
+        };
+        if let Some(sha256) = &sha256 {
+            check_sha256(draft.sha256, sha256)?;
+        }
         Ok(Self {
             target,
             filename,
             media,
             sha256,
-            bytes,
+            content,
         })
     }
 }

@@ -237,11 +237,11 @@ impl UploadAttachmentInput {
             declared_type: self.content_type.as_deref(),
             sha256: self.sha256.as_deref(),
         };
-        let bytes = async { large_strings::decode(ctx, &self.base64, upload::decode_base64) };
+        let content = async { large_strings::decode(ctx, &self.base64, upload::decode_base64) };
         ValidUpload::parse(
             &app.collections,
             draft,
-            bytes,
+            content,
             app.config.limits.max_upload_bytes,
         )
         .await

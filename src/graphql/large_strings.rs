@@ -1,15 +1,18 @@
 //! Large base64 strings leave a request's variables before it runs. async-graphql
 //! copies a variable's value whenever a resolver reads it: for a 10 MiB file, 14 MB
-//! more memory and a copy. [`move_out`] moves every `base64` string of at least
-//! [`MOVE_FROM`] bytes into the request's data and leaves a short placeholder that
-//! the upload resolvers decode through [`decode`], which drops the text as soon as
-//! its bytes exist.
+//! more memory and a copy. A JSON body's large files were spooled while it arrived
+//! (the http layer's `json_body`); [`move_out`] also moves every other `base64`
+//! string of at least [`MOVE_FROM`] bytes (a multipart request's operations) into
+//! the request's data. Each leaves a short placeholder that the upload resolvers
+//! resolve through [`decode`].
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::{BatchRequest, Context, Name, Value};
 use bytes::Bytes;
 
+use crate::attachments::spool::{SpoolFailure, Spooled};
+use crate::attachments::upload::FileContent;
 use crate::error::AppResult;
 
 /// Below this size a copy costs less than the detour.
@@ -18,45 +21,68 @@ const MOVE_FROM: usize = 64 * 1024;
 /// The field whose strings are moved: the file of an upload input.
 const FIELD: &str = "base64";
 
-/// The strings moved out of one request, and the prefix of their placeholders:
-/// unique per request, so that no client text can pass for one.
-struct LargeStrings {
+/// The strings taken out of one request body, and the prefix of their
+/// placeholders: unique per body, so that no client text can pass for one.
+#[derive(Default)]
+pub struct LargeStrings {
     tag: String,
     values: Vec<Mutex<Moved>>,
 }
 
-/// A moved string, then its decoded bytes: a variable used twice is decoded once.
+/// A moved string, then its decoded bytes (a variable used twice is decoded once);
+/// or a file spooled as it arrived, or why it could not be.
 enum Moved {
     Text(String),
-    Decoded(Bytes),
+    Decoded(FileContent),
+    Failed(SpoolFailure),
 }
 
 /// Moves the large `base64` strings of every request of `batch` out of its
-/// variables.
-pub fn move_out(batch: &mut BatchRequest) {
+/// variables, beside those `large` took out of its body already.
+pub fn move_out(batch: &mut BatchRequest, mut large: LargeStrings) {
     for request in batch.iter_mut() {
-        let mut large = LargeStrings {
-            tag: String::new(),
-            values: Vec::new(),
-        };
         for value in request.variables.values_mut() {
             large.take(value, false);
         }
-        if !large.values.is_empty() {
-            request.data.insert(large);
-        }
+    }
+    if large.values.is_empty() {
+        return;
+    }
+    let large = Arc::new(large);
+    for request in batch.iter_mut() {
+        request.data.insert(Arc::clone(&large));
     }
 }
 
 impl LargeStrings {
+    /// The placeholder of the string taken next, as it is written in JSON.
+    pub fn next_placeholder(&mut self) -> String {
+        let placeholder = self.placeholder(self.values.len());
+        format!("\"{}\"", placeholder.replace('\0', "\\u0000"))
+    }
+
+    /// The file of the string whose placeholder [`LargeStrings::next_placeholder`]
+    /// gave last.
+    pub fn push_spooled(&mut self, spooled: Result<Arc<Spooled>, SpoolFailure>) {
+        let moved = match spooled {
+            Ok(spooled) => Moved::Decoded(FileContent::Spooled(spooled)),
+            Err(failure) => Moved::Failed(failure),
+        };
+        self.values.push(Mutex::new(moved));
+    }
+
+    fn placeholder(&mut self, index: usize) -> String {
+        if self.tag.is_empty() {
+            // Made only for a request that has a large string.
+            self.tag = format!("\u{0}attache-large-string-{}:", uuid::Uuid::now_v7());
+        }
+        format!("{}{index}", self.tag)
+    }
+
     fn take(&mut self, value: &mut Value, is_file: bool) {
         match value {
             Value::String(text) if is_file && text.len() >= MOVE_FROM => {
-                if self.tag.is_empty() {
-                    // Made only for a request that has a large string.
-                    self.tag = format!("\u{0}attache-large-string-{}:", uuid::Uuid::now_v7());
-                }
-                let placeholder = format!("{}{}", self.tag, self.values.len());
+                let placeholder = self.placeholder(self.values.len());
                 let text = std::mem::replace(text, placeholder);
                 self.values.push(Mutex::new(Moved::Text(text)));
             }
@@ -75,30 +101,32 @@ impl LargeStrings {
     }
 }
 
-/// Decodes the text a `base64` argument stands for with `decode`: the moved string
-/// (dropped once decoded) or `value` itself.
+/// The file a `base64` argument stands for: the spooled file, the moved string
+/// decoded with `decode` (then dropped), or `value` itself decoded.
 pub fn decode(
     ctx: &Context<'_>,
     value: &str,
     decode: impl FnOnce(&str) -> AppResult<Bytes>,
-) -> AppResult<Bytes> {
-    let moved = ctx.data_opt::<LargeStrings>().and_then(|large| {
+) -> AppResult<FileContent> {
+    let moved = ctx.data_opt::<Arc<LargeStrings>>().and_then(|large| {
         let index = value
-            .strip_prefix(large.tag.as_str())?
+            .strip_prefix(large.tag.as_str())
+            .filter(|_| !large.tag.is_empty())?
             .parse::<usize>()
             .ok()?;
         large.values.get(index)
     });
     let Some(moved) = moved else {
-        return decode(value);
+        return decode(value).map(FileContent::Memory);
     };
     let mut moved = moved
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let bytes = match &*moved {
-        Moved::Decoded(bytes) => return Ok(bytes.clone()),
+        Moved::Decoded(content) => return Ok(content.clone()),
+        Moved::Failed(failure) => return Err(failure.to_error()),
         Moved::Text(text) => decode(text)?,
     };
-    *moved = Moved::Decoded(bytes.clone());
-    Ok(bytes)
+    *moved = Moved::Decoded(FileContent::Memory(bytes.clone()));
+    Ok(FileContent::Memory(bytes))
 }

@@ -15,8 +15,10 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use crate::auth::Principal;
 use crate::config::ConnectionLimits;
 use crate::error::AppError;
+use crate::graphql::large_strings::{self, LargeStrings};
 use crate::http::AppState;
 use crate::http::graphql_response::Answer;
+use crate::http::json_body::JsonBody;
 use crate::http::slow_body::{is_too_slow, paced};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
@@ -74,7 +76,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     // A slow client must not hold an upload permit for ever.
     let read = tokio::time::timeout(
         BODY_READ_TIMEOUT,
-        read_request(request, length, limit, &state.app.config),
+        read_request(request, length, limit, &state.app),
     );
     let mut batch = match read.await {
         Ok(Ok(batch)) => batch,
@@ -106,7 +108,6 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         .iter_mut()
         .map(|request| request.operation_name.clone())
         .collect();
-    crate::graphql::large_strings::move_out(&mut batch);
     let response = state.schema.execute_batch(batch.data(principal)).await;
     count_operations(&names, &response);
     answer.executed(response)
@@ -281,14 +282,15 @@ fn bad_request(message: String) -> Box<Response> {
     Box::new(AppError::BadUserInput(message).into_response())
 }
 
-/// Parses the request: the query string of a GET, a JSON body read once and parsed
-/// in place, or a multipart body streamed to temporary files; a body held to the
-/// pace of [`ConnectionLimits`].
+/// Parses the request: the query string of a GET, a JSON body read as it arrives
+/// (its large files spooled on the way, [`JsonBody`]), or a multipart body streamed
+/// to temporary files; a body held to the pace of [`ConnectionLimits`]. Large
+/// `base64` strings leave the variables ([`large_strings::move_out`]).
 async fn read_request(
     request: Request,
     length: Option<u64>,
     limit: u64,
-    config: &crate::config::Config,
+    app: &crate::app::App,
 ) -> Result<BatchRequest, Box<Response>> {
     if request.method() == Method::GET {
         let query = request.uri().query().unwrap_or_default();
@@ -296,6 +298,7 @@ async fn read_request(
             .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
         return Ok(BatchRequest::Single(parsed));
     }
+    let config = &app.config;
     let pace: &ConnectionLimits = &config.connections;
     let content_type = request
         .headers()
@@ -315,15 +318,14 @@ async fn read_request(
         let options = MultipartOptions::default()
             .max_file_size(limit_usize)
             .max_num_files(usize::try_from(max_files).unwrap_or(usize::MAX));
-        return async_graphql::http::receive_batch_body(content_type, reader, options)
+        let mut batch = async_graphql::http::receive_batch_body(content_type, reader, options)
             .await
-            .map_err(|err| parse_failure(&err, limit));
+            .map_err(|err| parse_failure(&err, limit))?;
+        large_strings::move_out(&mut batch, LargeStrings::default());
+        return Ok(batch);
     }
-    // One buffer of the announced size: no chunk list plus a contiguous copy.
-    let capacity = usize::try_from(length.unwrap_or(0))
-        .unwrap_or(0)
-        .min(limit_usize);
-    let mut bytes = Vec::with_capacity(capacity);
+    let storage = app.storage.clone();
+    let mut json = Some(JsonBody::new(length, move || storage.spool_path()));
     let mut received: u64 = 0;
     let mut chunks = paced(body.into_data_stream(), pace);
     while let Some(chunk) = chunks.next().await {
@@ -333,21 +335,27 @@ async fn read_request(
         })?;
         received += chunk.len() as u64;
         if received > limit {
-            // Past the limit nothing is kept; a modest excess is read and dropped so
-            // the client sees the 413 instead of a reset connection.
-            bytes = Vec::new();
+            // Past the limit nothing is kept (spooled files are removed); a modest
+            // excess is read and dropped so the client sees the 413 instead of a
+            // reset connection.
+            json = None;
             if received > drain_limit(limit) {
                 break;
             }
             continue;
         }
-        bytes.extend_from_slice(&chunk);
+        if let Some(json) = json.as_mut() {
+            json.feed(&chunk).await;
+        }
     }
-    if received > limit {
+    let Some(json) = json.filter(|_| received <= limit) else {
         return Err(Box::new(too_large(limit)));
-    }
-    serde_json::from_slice::<BatchRequest>(&bytes)
-        .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))
+    };
+    let (text, large) = json.finish();
+    let mut batch = serde_json::from_slice::<BatchRequest>(&text)
+        .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
+    large_strings::move_out(&mut batch, large);
+    Ok(batch)
 }
 
 /// Whether a request of the batch would run a mutation (GET may only query).

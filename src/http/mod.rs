@@ -7,6 +7,7 @@ mod download;
 mod graphql;
 mod graphql_response;
 mod health;
+mod json_body;
 mod observe;
 mod playground;
 pub mod slow_body;

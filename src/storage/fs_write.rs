@@ -34,6 +34,34 @@ pub(super) fn write_new_file(
     Ok(())
 }
 
+/// A second name at `to` for the finished file `from` (never replacing a file):
+/// a spooled upload becomes its object without a copy. Synced like
+/// [`write_new_file`]; another filesystem is `Unsupported` (the caller copies).
+pub(super) fn link_new_file(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    sync: bool,
+) -> opendal::Result<()> {
+    let folder = to.parent().unwrap_or(to);
+    std::fs::create_dir_all(folder).map_err(io_error)?;
+    std::fs::hard_link(from, to).map_err(|err| match err.kind() {
+        std::io::ErrorKind::CrossesDevices => {
+            opendal::Error::new(opendal::ErrorKind::Unsupported, "another filesystem")
+        }
+        _ => io_error(err),
+    })?;
+    if sync {
+        let synced = std::fs::File::open(to)
+            .and_then(|file| file.sync_data())
+            .and_then(|()| std::fs::File::open(folder)?.sync_all());
+        if let Err(err) = synced {
+            let _ = std::fs::remove_file(to);
+            return Err(io_error(err));
+        }
+    }
+    Ok(())
+}
+
 /// Up to this size an unsynced file is written where the request runs: a few
 /// page-cache writes take microseconds, less than the trip to the blocking pool and
 /// back (two thread switches).

@@ -17,7 +17,7 @@ use opendal::Operator;
 
 pub use copy::{CopyError, Digest};
 pub use fs_write::FILE_ALIGNMENT;
-use fs_write::{INLINE_WRITE_UP_TO, write_new_file};
+use fs_write::{INLINE_WRITE_UP_TO, link_new_file, write_new_file};
 pub use key::{KeyTemplate, StorageKey};
 pub use local::LocalFile;
 pub use probe::PROBE_TIMEOUT;
@@ -230,6 +230,60 @@ impl Storage {
             .if_not_exists(true);
         self.observed("write", async { write.await.map(drop) })
             .await
+    }
+
+    /// Where an upload that arrives as base64 is spooled (the attachments' `spool`):
+    /// on fs a new staging key, so that [`Storage::put_spooled`] only links it and
+    /// `storage sweep` removes what a crash left; beside S3 a temporary file.
+    pub fn spool_path(&self) -> std::path::PathBuf {
+        let id = uuid::Uuid::now_v7();
+        match &self.fs_root {
+            Some(root) => root.join(StorageKey::staging(id).as_str()),
+            None => std::env::temp_dir().join(format!("attache-spool-{id}")),
+        }
+    }
+
+    /// Stores the finished file at `spooled` as the new object `key`: on fs a second
+    /// name for it (no copy, never replacing a file), elsewhere streamed from it.
+    pub async fn put_spooled(
+        &self,
+        key: &StorageKey,
+        spooled: &std::path::Path,
+        content_type: &str,
+    ) -> opendal::Result<()> {
+        if let Some(root) = &self.fs_root {
+            let (from, to, sync) = (
+                spooled.to_owned(),
+                root.join(key.as_str()),
+                self.fsync_files,
+            );
+            let link = tokio::task::spawn_blocking(move || link_new_file(&from, &to, sync));
+            let linked = self
+                .observed("write", async {
+                    link.await.map_err(|err| {
+                        opendal::Error::new(opendal::ErrorKind::Unexpected, "a link task failed")
+                            .set_source(err)
+                    })?
+                })
+                .await;
+            // Another filesystem under the root: the bytes are copied instead.
+            if !matches!(&linked, Err(err) if err.kind() == opendal::ErrorKind::Unsupported) {
+                return linked;
+            }
+        }
+        let file = tokio::fs::File::open(spooled).await.map_err(|err| {
+            opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                "cannot read a spooled upload",
+            )
+            .set_source(err)
+        })?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
+        let written = self.put_large(key, body, content_type).await;
+        written.map(drop).map_err(|err| match err {
+            StreamWriteError::Storage(err) => err,
+            other => opendal::Error::new(opendal::ErrorKind::Unexpected, other.to_string()),
+        })
     }
 
     /// Runs one storage operation and records its latency and failure in the

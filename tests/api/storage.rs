@@ -3,6 +3,8 @@
 //! unfinished multipart uploads.
 
 use attache::storage::StorageKey;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use serde_json::json;
 
@@ -505,13 +507,63 @@ async fn large_files_stream_through(setup: Setup) {
     let (_, refused) = post_multipart(&app.url(""), &bearer, form).await;
     assert_eq!(codes(&refused), vec!["UNSUPPORTED_MEDIA_TYPE"], "{refused}");
 
-    assert_eq!(app.row_count(&acme).await, 2);
-    assert_eq!(
-        app.stored_keys().len(),
-        2,
-        "nothing left of the refused ones: {:?}",
-        app.stored_keys()
+    // The same as base64 in a JSON body: decoded into storage as it arrives; a
+    // corrupted text and a body cut off midway leave nothing (on fs, not even the
+    // spooled file among the staging keys).
+    let encoded = STANDARD.encode(&content);
+    let upload = |base64: &str| {
+        json!({ "input": {
+            "ownerType": "contract", "ownerId": "c-9", "filename": "big.pdf", "base64": base64,
+        }})
+    };
+    let stored = app.gql(UPLOAD, upload(&encoded), Some(&bearer)).await;
+    let att = data(&stored, "uploadAttachment");
+    assert_eq!(att["sha256"], sha256_hex(&content), "{stored:.300}");
+    assert_eq!(fetch(&att["url"]).await, content);
+    let mut corrupted = encoded.clone();
+    corrupted.replace_range(SIZE..SIZE + 1, "!");
+    let refused = app.gql(UPLOAD, upload(&corrupted), Some(&bearer)).await;
+    assert_eq!(codes(&refused), vec!["BAD_USER_INPUT"], "{refused:.300}");
+    let body = json!({ "query": UPLOAD, "variables": upload(&encoded) }).to_string();
+    send_half_and_hang_up(&app, &bearer, body.as_bytes()).await;
+
+    assert_eq!(app.row_count(&acme).await, 3);
+    let mut left = app.stored_keys();
+    for _ in 0..50 {
+        if left.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = app.stored_keys();
+    }
+    assert_eq!(left.len(), 3, "nothing left of the refused ones: {left:?}");
+    assert!(app.status_of("/healthz").await == 200, "still serving");
+}
+
+/// POSTs the first half of `body` as a JSON request of its full length, then
+/// closes the connection.
+async fn send_half_and_hang_up(app: &TestApp, bearer: &str, body: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let url = app.url("");
+    let address = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let mut tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nAuthorization: Bearer {bearer}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     );
+    tcp.write_all(head.as_bytes()).await.expect("send the head");
+    tcp.write_all(&body[..body.len() / 2])
+        .await
+        .expect("send half");
+    tcp.flush().await.expect("flush");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(tcp);
 }
 
 crate::matrix!(
