@@ -259,7 +259,7 @@ async fn start_check(
         sha256: Some(&pending.sha256),
     };
     let max = app.config.limits.max_upload_bytes;
-    StreamCheck::start(&app.collections, draft, size, &head, max)
+    StreamCheck::start(&app.collections, draft, Some(size), &head, max)
 }
 
 /// Copies the staged object to its attachment's key, checking every byte on the way

@@ -120,15 +120,16 @@ async fn store(
     finish_store(app, rows, &keys, near).await
 }
 
-/// Stores one file that streams in (a multipart part, `size` bytes), checked on the
-/// way by `check` and never held whole: the intent, the object written as it
-/// arrives, then the checks that needed every byte, then the row, as [`create`]
-/// does for files already in memory. A refusal at the end removes the object.
+/// Stores one file that streams in (a multipart part), checked on the way by
+/// `check` and never held whole: the intent, the object written as it arrives (at
+/// most [`StreamCheck::limit`] bytes, or exactly `size` when announced), then the
+/// checks that needed every byte, then the row, as [`create`] does for files
+/// already in memory. A refusal at the end removes the object.
 pub async fn create_streamed<S>(
     app: &SharedApp,
     principal: &Principal,
     check: StreamCheck,
-    size: u64,
+    size: Option<u64>,
     body: S,
 ) -> AppResult<attachment::Model>
 where
@@ -143,23 +144,26 @@ async fn store_streamed<S>(
     app: &App,
     principal: &Principal,
     mut check: StreamCheck,
-    size: u64,
+    size: Option<u64>,
     body: S,
 ) -> AppResult<attachment::Model>
 where
     S: Stream<Item = std::io::Result<Bytes>> + Unpin,
 {
-    let byte_size = i64::try_from(size).unwrap_or(i64::MAX);
+    // Unannounced, the size counts against the quota when the row commits.
+    let announced = i64::try_from(size.unwrap_or(0)).unwrap_or(i64::MAX);
     let row = new_row(
         principal,
         check.target(),
         check.filename(),
         check.media(),
-        byte_size,
+        announced,
     );
     let keys = [row.storage_key.clone()];
-    let near = begin_store(app, &row.tenant_id, (byte_size, 1), &keys).await?;
+    let near = begin_store(app, &row.tenant_id, (announced, 1), &keys).await?;
     let key = StorageKey::from_stored(row.storage_key.clone());
+    let limit = size.unwrap_or_else(|| check.limit());
+    let too_large = check.too_large();
     let body = futures::StreamExt::inspect(body, |chunk| {
         if let Ok(chunk) = chunk {
             check.update(chunk);
@@ -167,20 +171,24 @@ where
     });
     let written = app
         .storage
-        .put_stream(&key, body, size, &row.content_type)
+        .put_stream(&key, body, limit, &row.content_type)
         .await;
     let checked = match written {
-        Ok(written) if written == size => check.finish(),
+        Ok(written) if size.is_none_or(|size| size == written) => {
+            check.finish().map(|streamed| (streamed, written))
+        }
         Ok(written) => Err(AppError::bad_input(format!(
-            "the file part ended after {written} of its {size} bytes"
+            "the file part ended after {written} of its {} bytes",
+            size.unwrap_or_default()
         ))),
+        Err(StreamWriteError::TooLarge) => Err(too_large),
         Err(StreamWriteError::Storage(err)) => Err(AppError::StorageUnavailable(err)),
-        Err(err) => Err(AppError::Internal(
-            anyhow::Error::new(err).context("reading a multipart part"),
-        )),
+        Err(StreamWriteError::Body(err)) => {
+            Err(AppError::bad_input(format!("the file part broke: {err}")))
+        }
     };
-    let streamed = match checked {
-        Ok(streamed) => streamed,
+    let (streamed, written) = match checked {
+        Ok(checked) => checked,
         Err(err) => {
             discard(app, &keys).await;
             return Err(err);
@@ -188,6 +196,7 @@ where
     };
     let row = attachment::Model {
         sha256: streamed.sha256,
+        byte_size: i64::try_from(written).unwrap_or(i64::MAX),
         ..row
     };
     let mut rows = finish_store(app, vec![row], &keys, near).await?;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::base64_stream::{Base64Stream, InvalidBase64};
 use crate::error::AppError;
 use crate::media::{MediaType, Sniffer};
+use crate::storage::FILE_ALIGNMENT;
 
 /// How many decoded bytes are written at a time; two such buffers per upload.
 pub const SPOOL_CHUNK: usize = 512 * 1024;
@@ -71,36 +72,51 @@ impl Drop for Spooled {
 }
 
 /// The file, hasher and sniffer of a spool, which travel to the blocking pool with
-/// each buffer; a worker dropped before it is done (a failed write, a request that
+/// each chunk; a worker dropped before it is done (a failed write, a request that
 /// went away) removes its file.
 struct Worker {
     path: PathBuf,
     file: Option<std::fs::File>,
+    /// Whole aligned chunks go to the disk without the page cache ([`open_direct`]).
+    direct: Option<std::fs::File>,
+    try_direct: bool,
+    written: u64,
     hasher: Sha256,
     sniffer: Sniffer,
     done: bool,
 }
 
 impl Worker {
-    /// Hashes, sniffs and appends `buffer`, handing it back empty.
-    fn write(mut self, mut buffer: Vec<u8>) -> std::io::Result<(Self, Vec<u8>)> {
-        use std::io::Write;
-        self.hasher.update(&buffer);
-        self.sniffer.update(&buffer);
-        let file = match self.file.as_mut() {
-            Some(file) => file,
-            None => self.file.insert(create_new(&self.path)?),
+    /// Hashes, sniffs and appends `chunk`, handing it back empty.
+    fn write(mut self, mut chunk: Chunk) -> std::io::Result<(Self, Chunk)> {
+        use std::os::unix::fs::FileExt;
+        let bytes = chunk.bytes();
+        self.hasher.update(bytes);
+        self.sniffer.update(bytes);
+        if self.file.is_none() {
+            self.file = Some(create_new(&self.path)?);
+        }
+        let whole = bytes.len().is_multiple_of(FILE_ALIGNMENT);
+        if self.try_direct && whole && self.direct.is_none() {
+            self.direct = open_direct(&self.path);
+            self.try_direct = self.direct.is_some();
+        }
+        let file = match (&self.direct, &self.file) {
+            (Some(direct), _) if whole => direct,
+            (_, Some(file)) => file,
+            (_, None) => return Err(std::io::Error::other("the spool file is not open")),
         };
-        file.write_all(&buffer)?;
-        buffer.clear();
-        Ok((self, buffer))
+        file.write_all_at(bytes, self.written)?;
+        self.written += bytes.len() as u64;
+        chunk.clear();
+        Ok((self, chunk))
     }
 
-    fn into_spooled(mut self, size: u64) -> Spooled {
+    fn into_spooled(mut self) -> Spooled {
         self.done = true;
         Spooled {
             path: std::mem::take(&mut self.path),
-            size,
+            size: self.written,
             sha256: hex::encode(std::mem::take(&mut self.hasher).finalize()),
             sniffer: std::mem::take(&mut self.sniffer),
         }
@@ -113,6 +129,23 @@ impl Drop for Worker {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// A second handle on `path` that writes without the page cache (`O_DIRECT`), as
+/// storage writes large files; `None` where the filesystem refuses it (tmpfs).
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::File::options()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &Path) -> Option<std::fs::File> {
+    None
 }
 
 /// A new file, its folder made on first use; never an existing one.
@@ -132,49 +165,84 @@ fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-type Job = tokio::task::JoinHandle<std::io::Result<(Worker, Vec<u8>)>>;
+/// Decoded bytes on their way to the worker, starting on a page boundary (so a
+/// whole chunk can be written with `O_DIRECT`), with room for two chunks' worth so
+/// that decoding never moves them.
+struct Chunk {
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl Chunk {
+    fn new() -> Self {
+        let mut buffer: Vec<u8> = Vec::with_capacity(2 * SPOOL_CHUNK + FILE_ALIGNMENT);
+        let start = buffer.as_ptr().align_offset(FILE_ALIGNMENT);
+        buffer.resize(start, 0);
+        Self { buffer, start }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buffer[self.start..]
+    }
+
+    fn len(&self) -> usize {
+        self.buffer.len() - self.start
+    }
+
+    fn clear(&mut self) {
+        self.buffer.truncate(self.start);
+    }
+}
+
+type Job = tokio::task::JoinHandle<std::io::Result<(Worker, Chunk)>>;
 
 /// A base64 file decoded into its spool file as its text arrives.
 pub struct Base64Spool {
     decoder: Base64Stream,
     /// Decoded bytes not yet handed to the worker.
-    buffer: Vec<u8>,
+    chunk: Chunk,
     /// The worker when idle; `None` while `job` runs.
     worker: Option<Worker>,
     job: Option<Job>,
-    /// The buffer the worker handed back, for the next one.
-    spare: Option<Vec<u8>>,
-    size: u64,
+    /// The chunk the worker handed back, for the next one.
+    spare: Option<Chunk>,
 }
 
 impl Base64Spool {
-    /// A spool that will write the new file `path` (from its first bytes on).
-    pub fn new(path: PathBuf) -> Self {
+    /// A spool that will write the new file `path` (from its first bytes on);
+    /// `large` when the file may well be: its whole chunks then bypass the page
+    /// cache, as storage's writes of large files do.
+    pub fn new(path: PathBuf, large: bool) -> Self {
         Self {
             decoder: Base64Stream::default(),
-            buffer: Vec::with_capacity(SPOOL_CHUNK),
+            chunk: Chunk::new(),
             worker: Some(Worker {
                 path,
                 file: None,
+                direct: None,
+                try_direct: large,
+                written: 0,
                 hasher: Sha256::new(),
                 sniffer: Sniffer::new(),
                 done: false,
             }),
             job: None,
             spare: None,
-            size: 0,
         }
     }
 
     /// Decodes the next piece of text (JSON escapes already resolved).
-    pub async fn feed(&mut self, text: &[u8]) -> Result<(), SpoolFailure> {
-        // A piece decodes into at most one buffer's worth at a time.
-        for piece in text.chunks(SPOOL_CHUNK / 3 * 4) {
+    pub async fn feed(&mut self, mut text: &[u8]) -> Result<(), SpoolFailure> {
+        while !text.is_empty() {
+            // As much text as fills the chunk (a few bytes more at most).
+            let room = SPOOL_CHUNK.saturating_sub(self.chunk.len());
+            let (piece, rest) = text.split_at((room / 3 * 4).max(4).min(text.len()));
             self.decoder
-                .feed(piece, &mut self.buffer)
+                .feed(piece, &mut self.chunk.buffer)
                 .map_err(|InvalidBase64| SpoolFailure::InvalidBase64)?;
-            if self.buffer.len() >= SPOOL_CHUNK {
-                self.hand_over().await?;
+            text = rest;
+            if self.chunk.len() >= SPOOL_CHUNK {
+                self.hand_over(SPOOL_CHUNK).await?;
             }
         }
         Ok(())
@@ -184,24 +252,23 @@ impl Base64Spool {
     pub async fn finish(mut self) -> Result<Arc<Spooled>, SpoolFailure> {
         let decoder = std::mem::take(&mut self.decoder);
         decoder
-            .finish(&mut self.buffer)
+            .finish(&mut self.chunk.buffer)
             .map_err(|InvalidBase64| SpoolFailure::InvalidBase64)?;
-        if !self.buffer.is_empty() {
-            self.hand_over().await?;
+        while self.chunk.len() > 0 {
+            self.hand_over(SPOOL_CHUNK.min(self.chunk.len())).await?;
         }
         let worker = self.idle_worker().await?;
-        Ok(Arc::new(worker.into_spooled(self.size)))
+        Ok(Arc::new(worker.into_spooled()))
     }
 
-    /// Gives the full buffer to the worker, once it is done with the last one.
-    async fn hand_over(&mut self) -> Result<(), SpoolFailure> {
+    /// Gives the chunk's first `length` bytes to the worker, once it is done with
+    /// the last ones; the rest starts the next chunk.
+    async fn hand_over(&mut self, length: usize) -> Result<(), SpoolFailure> {
         let worker = self.idle_worker().await?;
-        self.size += self.buffer.len() as u64;
-        let spare = self
-            .spare
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(SPOOL_CHUNK));
-        let full = std::mem::replace(&mut self.buffer, spare);
+        let mut next = self.spare.take().unwrap_or_else(Chunk::new);
+        next.buffer.extend_from_slice(&self.chunk.bytes()[length..]);
+        let mut full = std::mem::replace(&mut self.chunk, next);
+        full.buffer.truncate(full.start + length);
         self.job = Some(tokio::task::spawn_blocking(move || worker.write(full)));
         Ok(())
     }

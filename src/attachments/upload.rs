@@ -235,6 +235,7 @@ pub struct StreamCheck {
     sha256: Option<String>,
     filename: String,
     media: MediaType,
+    limit: u64,
     sniffer: Sniffer,
     hasher: Sha256,
 }
@@ -248,20 +249,25 @@ pub struct Streamed {
 }
 
 impl StreamCheck {
-    /// The checks that need no more than the file's `size` and its first bytes,
-    /// `head` (up to [`crate::media::HEAD_BYTES`], the whole file when shorter).
+    /// The checks that need no more than the file's `size` (when it is announced)
+    /// and its first bytes, `head` (up to [`crate::media::HEAD_BYTES`], the whole
+    /// file when shorter); an unannounced size is held to [`StreamCheck::limit`]
+    /// as the file streams.
     pub fn start(
         collections: &Collections,
         draft: Draft<'_>,
-        size: u64,
+        size: Option<u64>,
         head: &[u8],
         max_upload_bytes: u64,
     ) -> AppResult<Self> {
         let target = Target::resolve(collections, draft.owner_type, draft.owner_id)?;
-        if size == 0 {
+        if size == Some(0) || head.is_empty() {
             return Err(AppError::bad_input("the file is empty"));
         }
-        target.check_size(size, max_upload_bytes)?;
+        if let Some(size) = size {
+            target.check_size(size, max_upload_bytes)?;
+        }
+        let limit = target.collection.max_bytes.min(max_upload_bytes);
         let filename = sanitize_filename(draft.filename);
         let mut first = Sniffer::new();
         first.update(head);
@@ -272,9 +278,23 @@ impl StreamCheck {
             sha256: draft.sha256.map(str::to_owned),
             filename,
             media,
+            limit,
             sniffer: Sniffer::new(),
             hasher: Sha256::new(),
         })
+    }
+
+    /// The most bytes the file may have.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// PAYLOAD_TOO_LARGE for a file that passed [`StreamCheck::limit`] as it streamed.
+    pub fn too_large(&self) -> AppError {
+        AppError::PayloadTooLarge(format!(
+            "the file has more than {} bytes, all that `{}` accepts",
+            self.limit, self.target.owner_type
+        ))
     }
 
     /// The type the first bytes name: the key the file is stored under.

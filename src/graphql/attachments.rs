@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use entity::attachment;
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
@@ -19,6 +20,7 @@ use crate::auth::{Access, Principal};
 use crate::error::{AppError, AppResult};
 use crate::graphql::bounds::FileCount;
 use crate::graphql::context::{app, principal};
+use crate::graphql::file_parts::{self, Part, Parts};
 use crate::graphql::large_strings;
 use crate::ids::SafeId;
 
@@ -305,22 +307,26 @@ impl AttachmentMutation {
     ) -> async_graphql::Result<Attachment> {
         let principal = principal(ctx, Access::Write)?;
         let app = app(ctx)?;
-        let file = input
-            .file
-            .value(ctx)
-            .map_err(|_| AppError::bad_input("the file part is missing").extend())?;
+        let parts = ctx.data_opt::<Arc<Parts>>().ok_or_else(|| {
+            AppError::bad_input("the file part is missing: send files in a multipart request")
+                .extend()
+        })?;
+        let Part {
+            filename,
+            content_type,
+            body,
+        } = parts.take(input.file.0).await.extend()?;
         let max = app.config.limits.max_upload_bytes;
         let draft = Draft {
             owner_type: &input.owner_type,
             owner_id: input.owner_id.as_deref(),
-            filename: &file.filename,
-            declared_type: file.content_type.as_deref(),
+            filename: &filename,
+            declared_type: content_type.as_deref(),
             sha256: input.sha256.as_deref(),
         };
-        let size = file.size().unwrap_or(0);
-        let (head, body) = open_part(file.content).await.extend()?;
-        let check = StreamCheck::start(&app.collections, draft, size, &head, max).extend()?;
-        let row = attachments::create_streamed(app, principal, check, size, body)
+        let (head, body) = file_parts::head(body).await.extend()?;
+        let check = StreamCheck::start(&app.collections, draft, None, &head, max).extend()?;
+        let row = attachments::create_streamed(app, principal, check, None, body)
             .await
             .extend()?;
         Ok(Attachment(row))
@@ -397,34 +403,3 @@ async fn store_one(
         .map(Attachment)
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("create returned no row")).extend())
 }
-
-/// A multipart file part (a temporary file): its first bytes, which decide its type,
-/// and a stream of all of it, from its start (a part mapped to two variables is one
-/// file with one shared offset, and each use gets all of it).
-async fn open_part(
-    file: std::fs::File,
-) -> AppResult<(Vec<u8>, tokio_util::io::ReaderStream<tokio::fs::File>)> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let failed =
-        |err| AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"));
-    let mut file = tokio::fs::File::from_std(file);
-    file.seek(std::io::SeekFrom::Start(0))
-        .await
-        .map_err(failed)?;
-    let mut head = Vec::with_capacity(crate::media::HEAD_BYTES);
-    (&mut file)
-        .take(crate::media::HEAD_BYTES as u64)
-        .read_to_end(&mut head)
-        .await
-        .map_err(failed)?;
-    file.seek(std::io::SeekFrom::Start(0))
-        .await
-        .map_err(failed)?;
-    Ok((
-        head,
-        tokio_util::io::ReaderStream::with_capacity(file, PART_CHUNK),
-    ))
-}
-
-/// How much of a multipart part is read at a time on its way to storage.
-const PART_CHUNK: usize = 256 * 1024;

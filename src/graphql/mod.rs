@@ -4,6 +4,7 @@
 mod attachments;
 pub mod bounds;
 mod context;
+pub mod file_parts;
 pub mod large_strings;
 mod parsed_queries;
 mod usage;

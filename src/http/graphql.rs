@@ -3,14 +3,14 @@
 //! parsed), the body limit (413 before parsing), a bounded upload slot, the body read
 //! at a minimum pace, the document bounds, then the executor. GraphiQL for browsers.
 
-use async_graphql::http::MultipartOptions;
-use async_graphql::{BatchRequest, ParseRequestError};
+use async_graphql::BatchRequest;
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::auth::Principal;
 use crate::config::ConnectionLimits;
@@ -19,6 +19,7 @@ use crate::graphql::large_strings::{self, LargeStrings};
 use crate::http::AppState;
 use crate::http::graphql_response::Answer;
 use crate::http::json_body::JsonBody;
+use crate::http::multipart_body::{self, Read, Rest};
 use crate::http::slow_body::{is_too_slow, paced};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
@@ -78,8 +79,8 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         BODY_READ_TIMEOUT,
         read_request(request, length, limit, &state.app),
     );
-    let mut batch = match read.await {
-        Ok(Ok(batch)) => batch,
+    let (mut batch, rest) = match read.await {
+        Ok(Ok(read)) => read,
         Ok(Err(response)) => return *response,
         Err(_) => return body_too_slow("the request body was not received in time"),
     };
@@ -89,12 +90,12 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     {
         let err =
             AppError::bad_input("the request has no `query`: send the GraphQL document in it");
-        return answer.malformed(&err);
+        return unread(rest, answer.malformed(&err));
     }
     let limits = &state.app.config.query_limits;
     let max_files = state.app.config.limits.max_batch_files;
     if let Err(err) = state.parsed_queries.prepare(&mut batch, limits, max_files) {
-        return answer.refusal(&err);
+        return unread(rest, answer.refusal(&err));
     }
     if is_get && is_mutation(&mut batch) {
         let refused = (
@@ -108,9 +109,36 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         .iter_mut()
         .map(|request| request.operation_name.clone())
         .collect();
-    let response = state.schema.execute_batch(batch.data(principal)).await;
+    let batch = batch.data(principal);
+    let (response, read) = match rest {
+        None => (state.schema.execute_batch(batch).await, Read::Whole),
+        Some(rest) => {
+            let parts = rest.parts();
+            let execute = async {
+                let response = state
+                    .schema
+                    .execute_batch(batch.data(Arc::clone(&parts)))
+                    .await;
+                parts.executed();
+                response
+            };
+            tokio::join!(execute, rest.run())
+        }
+    };
     count_operations(&names, &response);
-    answer.executed(response)
+    match read {
+        Read::Whole => answer.executed(response),
+        Read::Unfinished => closing(answer.executed(response)),
+    }
+}
+
+/// A response to a multipart request whose files were not all read: the
+/// connection closes.
+fn unread(rest: Option<Rest>, response: Response) -> Response {
+    match rest {
+        Some(_) => closing(response),
+        None => response,
+    }
 }
 
 /// Whether a POST's content type is one a GraphQL request comes in: JSON (any
@@ -283,20 +311,21 @@ fn bad_request(message: String) -> Box<Response> {
 }
 
 /// Parses the request: the query string of a GET, a JSON body read as it arrives
-/// (its large files spooled on the way, [`JsonBody`]), or a multipart body streamed
-/// to temporary files; a body held to the pace of [`ConnectionLimits`]. Large
-/// `base64` strings leave the variables ([`large_strings::move_out`]).
+/// (its large files spooled on the way, [`JsonBody`]), or the start of a multipart
+/// body, whose files the returned [`Rest`] reads while the operations run; a body
+/// held to the pace of [`ConnectionLimits`]. Large `base64` strings leave the
+/// variables ([`large_strings::move_out`]).
 async fn read_request(
     request: Request,
     length: Option<u64>,
     limit: u64,
     app: &crate::app::App,
-) -> Result<BatchRequest, Box<Response>> {
+) -> Result<(BatchRequest, Option<Rest>), Box<Response>> {
     if request.method() == Method::GET {
         let query = request.uri().query().unwrap_or_default();
         let parsed = async_graphql::http::parse_query_string(query)
             .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
-        return Ok(BatchRequest::Single(parsed));
+        return Ok((BatchRequest::Single(parsed), None));
     }
     let config = &app.config;
     let pace: &ConnectionLimits = &config.connections;
@@ -313,16 +342,18 @@ async fn read_request(
     if is_multipart {
         let limited = Limited::new(body, limit_usize);
         let stream = paced(limited.into_data_stream(), pace).map_err(std::io::Error::other);
-        let reader = tokio_util::io::StreamReader::new(stream).compat();
-        let max_files = config.limits.max_batch_files;
-        let options = MultipartOptions::default()
-            .max_file_size(limit_usize)
-            .max_num_files(usize::try_from(max_files).unwrap_or(usize::MAX));
-        let mut batch = async_graphql::http::receive_batch_body(content_type, reader, options)
-            .await
-            .map_err(|err| parse_failure(&err, limit))?;
+        let boundary = content_type
+            .as_deref()
+            .and_then(|value| multer::parse_boundary(value).ok())
+            .ok_or_else(|| {
+                bad_request("invalid GraphQL request: the multipart body has no boundary".into())
+            })?;
+        let (mut batch, rest) =
+            multipart_body::start(stream, &boundary, config.limits.max_batch_files)
+                .await
+                .map_err(|err| parse_failure(err.as_ref(), limit))?;
         large_strings::move_out(&mut batch, LargeStrings::default());
-        return Ok(batch);
+        return Ok((batch, Some(rest)));
     }
     let storage = app.storage.clone();
     let mut json = Some(JsonBody::new(length, move || storage.spool_path()));
@@ -355,7 +386,7 @@ async fn read_request(
     let mut batch = serde_json::from_slice::<BatchRequest>(&text)
         .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
     large_strings::move_out(&mut batch, large);
-    Ok(batch)
+    Ok((batch, None))
 }
 
 /// Whether a request of the batch would run a mutation (GET may only query).
@@ -380,9 +411,9 @@ fn is_mutation(batch: &mut BatchRequest) -> bool {
     })
 }
 
-fn parse_failure(err: &ParseRequestError, limit: u64) -> Box<Response> {
-    let mut source: Option<&dyn std::error::Error> = Some(err);
-    let mut over_limit = matches!(err, ParseRequestError::PayloadTooLarge);
+fn parse_failure(err: &(dyn std::error::Error + 'static), limit: u64) -> Box<Response> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut over_limit = false;
     let mut too_slow = None;
     while let Some(current) = source {
         over_limit |= current.is::<LengthLimitError>()

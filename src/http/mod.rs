@@ -8,6 +8,7 @@ mod graphql;
 mod graphql_response;
 mod health;
 mod json_body;
+mod multipart_body;
 mod observe;
 mod playground;
 pub mod slow_body;

@@ -525,7 +525,23 @@ async fn large_files_stream_through(setup: Setup) {
     let refused = app.gql(UPLOAD, upload(&corrupted), Some(&bearer)).await;
     assert_eq!(codes(&refused), vec!["BAD_USER_INPUT"], "{refused:.300}");
     let body = json!({ "query": UPLOAD, "variables": upload(&encoded) }).to_string();
-    send_half_and_hang_up(&app, &bearer, body.as_bytes()).await;
+    send_half_and_hang_up(&app, &bearer, "application/json", body.as_bytes()).await;
+    // And a multipart part cut off midway, while it streams into storage.
+    let boundary = "attache-cut-boundary";
+    let operations = json!({
+        "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id } }",
+        "variables": { "input": { "ownerType": "contract", "ownerId": "c-8", "file": null } },
+    });
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{operations}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\":[\"variables.input.file\"]}}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"big.pdf\"\r\nContent-Type: application/pdf\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let multipart = format!("multipart/form-data; boundary={boundary}");
+    send_half_and_hang_up(&app, &bearer, &multipart, &body).await;
 
     assert_eq!(app.row_count(&acme).await, 3);
     let mut left = app.stored_keys();
@@ -540,9 +556,9 @@ async fn large_files_stream_through(setup: Setup) {
     assert!(app.status_of("/healthz").await == 200, "still serving");
 }
 
-/// POSTs the first half of `body` as a JSON request of its full length, then
-/// closes the connection.
-async fn send_half_and_hang_up(app: &TestApp, bearer: &str, body: &[u8]) {
+/// POSTs the first half of `body` (of `content_type`) as a request of its full
+/// length, then closes the connection.
+async fn send_half_and_hang_up(app: &TestApp, bearer: &str, content_type: &str, body: &[u8]) {
     use tokio::io::AsyncWriteExt;
     let url = app.url("");
     let address = url
@@ -554,7 +570,8 @@ async fn send_half_and_hang_up(app: &TestApp, bearer: &str, body: &[u8]) {
         .await
         .expect("connect");
     let head = format!(
-        "POST /graphql HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nAuthorization: Bearer {bearer}\r\nContent-Length: {}\r\n\r\n",
+        "POST /graphql HTTP/1.1\r\nHost: {address}\r\nContent-Type: {content_type}\r\n\
+         apollo-require-preflight: 1\r\nAuthorization: Bearer {bearer}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     tcp.write_all(head.as_bytes()).await.expect("send the head");

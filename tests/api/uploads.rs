@@ -303,6 +303,103 @@ async fn multipart_uploads_follow_the_same_rules(setup: Setup) {
     );
 }
 
+/// Multipart parts stream to the resolver waiting for them, in any order: a part
+/// sent before the one the running resolver needs waits in a temporary file. A part
+/// whose first bytes are refused is answered at once, without reading the rest of
+/// the body (the connection closes), and nothing is stored.
+async fn multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let (first, second) = (pdf(), b"Vertrag, Seite 2\n".repeat(5000));
+    let query = "mutation($a: Upload!, $b: Upload!) { a: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $a}) { sha256 } b: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $b}) { sha256 } }";
+    let part = |content: &[u8], name: &str, mime: &str| {
+        reqwest::multipart::Part::bytes(content.to_vec())
+            .file_name(name.to_owned())
+            .mime_str(mime)
+            .expect("mime")
+    };
+    // $b's part comes first, while `a` runs first and waits for its own.
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "operations",
+            json!({ "query": query, "variables": { "a": null, "b": null } }).to_string(),
+        )
+        .text(
+            "map",
+            json!({ "0": ["variables.b"], "1": ["variables.a"] }).to_string(),
+        )
+        .part("0", part(&second, "zwei.txt", "text/plain"))
+        .part("1", part(&first, "eins.pdf", "application/pdf"));
+    let (_, body) = post_multipart(&app.base_url, &bearer, form).await;
+    assert_eq!(data(&body, "a")["sha256"], sha256_hex(&first), "{body}");
+    assert_eq!(data(&body, "b")["sha256"], sha256_hex(&second), "{body}");
+    assert_eq!(app.stored_keys().len(), 2);
+
+    // A PNG is no invoice reference (PDF only): refused from its first bytes, while
+    // 8 MiB are announced.
+    let boundary = "attache-test-boundary";
+    let operations = json!({
+        "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id } }",
+        "variables": { "input": { "ownerType": "invoice_reference", "file": null } },
+    });
+    let mut head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{operations}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\":[\"variables.input.file\"]}}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"logo.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    let announced = head.len() + 8 * 1024 * 1024;
+    head.extend(png());
+    head.resize(head.len() + 256 * 1024, 0);
+    let url = app.url("");
+    let address = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let mut tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {bearer}\r\n\
+         apollo-require-preflight: 1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {announced}\r\n\r\n"
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("send the head");
+    tcp.write_all(&head).await.expect("send the first bytes");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok(),
+        "no answer while the rest of the body is missing: {answer}"
+    );
+    assert!(answer.contains("UNSUPPORTED_MEDIA_TYPE"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert_eq!(
+        app.stored_keys().len(),
+        2,
+        "nothing stored of the refused part"
+    );
+    assert_eq!(app.row_count(&acme).await, 2);
+}
+
 /// A row that cannot be written must not leave its object behind.
 async fn a_failing_row_removes_its_object(setup: Setup) {
     let app = TestApp::spawn(setup).await;
@@ -447,6 +544,7 @@ crate::matrix!(
     hostile_filenames_lose_paths_and_control_characters,
     a_batch_is_all_or_nothing,
     multipart_uploads_follow_the_same_rules,
+    multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further,
     a_failing_row_removes_its_object,
 );
 crate::matrix!(

@@ -1,0 +1,239 @@
+//! A multipart request (the GraphQL multipart request spec) read as it arrives:
+//! `operations` and `map` first, then, while the operations run, each file part
+//! handed to the resolver that waits for it ([`Parts`]), so a file goes from the
+//! socket to storage without a temporary file; a part nobody waits for yet is kept
+//! in one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::{BatchRequest, Value};
+use bytes::Bytes;
+use futures::Stream;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::graphql::file_parts::{Demand, Kept, Parts, Piece};
+
+/// How many chunks of a streaming part may wait for its resolver.
+const LIVE_CHUNKS: usize = 8;
+
+/// Why the start of a multipart body cannot be used.
+pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The rest of a multipart body, after `operations` and `map`.
+pub struct Rest {
+    fields: multer::Multipart<'static>,
+    /// Each file field's part index.
+    indexes: HashMap<String, usize>,
+    parts: Arc<Parts>,
+}
+
+/// How the reading of the rest ended.
+pub enum Read {
+    /// To the end of the body.
+    Whole,
+    /// Not to the end: the operations ran first (a refused file), or the body
+    /// broke. The connection cannot be reused.
+    Unfinished,
+}
+
+/// Reads `operations` and `map` (the spec puts them first) from `body`; returns the
+/// operations, their file variables pointing at parts, and the reader of the rest.
+pub async fn start<S>(
+    body: S,
+    boundary: &str,
+    max_files: u64,
+) -> Result<(BatchRequest, Rest), ReadError>
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let mut fields = multer::Multipart::new(body, boundary.to_owned());
+    let mut operations: Option<BatchRequest> = None;
+    let mut map: Option<serde_json::Map<String, serde_json::Value>> = None;
+    while operations.is_none() || map.is_none() {
+        let field = fields
+            .next_field()
+            .await?
+            .ok_or("the body ended before its `operations` and `map` fields")?;
+        match field.name() {
+            Some("operations") => operations = Some(serde_json::from_slice(&field.bytes().await?)?),
+            Some("map") => map = Some(serde_json::from_slice(&field.bytes().await?)?),
+            _ => return Err("the `operations` and `map` fields come before the files".into()),
+        }
+    }
+    let (Some(mut batch), Some(map)) = (operations, map) else {
+        return Err("the body has no `operations` or `map` field".into());
+    };
+    if map.len() > usize::try_from(max_files).unwrap_or(usize::MAX) {
+        return Err(format!("at most {max_files} files per request (MAX_BATCH_FILES)").into());
+    }
+    let mut indexes = HashMap::new();
+    let mut uses = Vec::new();
+    for (index, (name, paths)) in map.into_iter().enumerate() {
+        let paths: Vec<String> = serde_json::from_value(paths)?;
+        for path in &paths {
+            point_at_part(&mut batch, path, index);
+        }
+        uses.push(paths.len());
+        indexes.insert(name, index);
+    }
+    let rest = Rest {
+        fields,
+        indexes,
+        parts: Parts::new(&uses),
+    };
+    Ok((batch, rest))
+}
+
+/// Sets the variable at `path` (`variables.files.2`, or `0.variables.file` in a
+/// batch) to the value an `Upload` of part `index` parses from.
+fn point_at_part(batch: &mut BatchRequest, path: &str, index: usize) {
+    let (request, path) = match batch {
+        BatchRequest::Single(request) => (Some(request), path),
+        BatchRequest::Batch(requests) => {
+            let (position, path) = path.split_once('.').unwrap_or_default();
+            let request = position
+                .parse::<usize>()
+                .ok()
+                .and_then(|position| requests.get_mut(position));
+            (request, path)
+        }
+    };
+    let Some(mut steps) = path.strip_prefix("variables.").map(|path| path.split('.')) else {
+        return;
+    };
+    let Some(request) = request else { return };
+    let Some(mut value) = steps
+        .next()
+        .and_then(|name| request.variables.get_mut(name))
+    else {
+        return;
+    };
+    for step in steps {
+        let next = match value {
+            Value::List(items) => step.parse::<usize>().ok().and_then(|at| items.get_mut(at)),
+            Value::Object(fields) => fields.get_mut(step),
+            _ => None,
+        };
+        let Some(next) = next else { return };
+        value = next;
+    }
+    *value = Value::String(format!("#__graphql_file__:{index}"));
+}
+
+impl Rest {
+    /// The parts, for the resolvers.
+    pub fn parts(&self) -> Arc<Parts> {
+        Arc::clone(&self.parts)
+    }
+
+    /// Reads the file parts as the resolvers want them, until the body ends or the
+    /// operations ran.
+    pub async fn run(mut self) -> Read {
+        let read = self.read().await;
+        self.parts.end(match read {
+            Read::Whole => "the request has no such part",
+            Read::Unfinished => "the request body broke",
+        });
+        read
+    }
+
+    async fn read(&mut self) -> Read {
+        loop {
+            let field = tokio::select! {
+                biased;
+                () = self.parts.until_executed() => return Read::Unfinished,
+                field = self.fields.next_field() => field,
+            };
+            let mut field = match field {
+                Ok(Some(field)) => field,
+                Ok(None) => return Read::Whole,
+                Err(_) => return Read::Unfinished,
+            };
+            let index = field
+                .name()
+                .and_then(|name| self.indexes.get(name))
+                .copied();
+            let filename = field.file_name().unwrap_or_default().to_owned();
+            let content_type = field.content_type().map(ToString::to_string);
+            let read = match index {
+                // A field no variable names: read past it.
+                None => self.pass(&mut field, None).await,
+                Some(index) => match self.parts.demand(index).await {
+                    Demand::Stop => return Read::Unfinished,
+                    Demand::Stream => {
+                        let (pieces, receiver) = mpsc::channel(LIVE_CHUNKS);
+                        self.parts.stream(index, filename, content_type, receiver);
+                        self.pass(&mut field, Some(Sink::Live(pieces))).await
+                    }
+                    Demand::Keep => match tempfile::NamedTempFile::new() {
+                        Ok(named) => {
+                            let (file, path) = named.into_parts();
+                            let file = tokio::fs::File::from_std(file);
+                            let read = self.pass(&mut field, Some(Sink::File(file))).await;
+                            if read.is_ok() {
+                                let kept = Kept {
+                                    file: path,
+                                    filename,
+                                    content_type,
+                                };
+                                self.parts.keep(index, kept);
+                            }
+                            read
+                        }
+                        Err(_) => Err(()),
+                    },
+                },
+            };
+            if read.is_err() {
+                return Read::Unfinished;
+            }
+        }
+    }
+
+    /// Reads one field to its end into `sink` (none: dropped); stops when the
+    /// operations ran, the body broke or the sink failed.
+    async fn pass(
+        &self,
+        field: &mut multer::Field<'static>,
+        mut sink: Option<Sink>,
+    ) -> Result<(), ()> {
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                () = self.parts.until_executed() => return Err(()),
+                chunk = field.chunk() => chunk,
+            };
+            let chunk = match chunk {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(err) => {
+                    if let Some(Sink::Live(pieces)) = &sink {
+                        let _ = pieces.send(Piece::Broken(err.to_string())).await;
+                    }
+                    return Err(());
+                }
+            };
+            match &mut sink {
+                // A resolver that stopped reading refused the file: the rest of the
+                // part is read past until the operations end.
+                Some(Sink::Live(pieces)) => drop(pieces.send(Piece::Data(chunk)).await),
+                Some(Sink::File(file)) => file.write_all(&chunk).await.map_err(drop)?,
+                None => {}
+            }
+        }
+        match &mut sink {
+            Some(Sink::Live(pieces)) => drop(pieces.send(Piece::End).await),
+            Some(Sink::File(file)) => file.flush().await.map_err(drop)?,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Where a part's bytes go.
+enum Sink {
+    Live(mpsc::Sender<Piece>),
+    File(tokio::fs::File),
+}
