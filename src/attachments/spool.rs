@@ -8,9 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::base64_stream::{Base64Stream, InvalidBase64};
+use super::upload::FileContent;
 use crate::error::AppError;
 use crate::media::{MediaType, Sniffer};
 use crate::storage::FILE_ALIGNMENT;
@@ -125,7 +127,7 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && self.file.is_some() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -175,7 +177,11 @@ struct Chunk {
 
 impl Chunk {
     fn new() -> Self {
-        let mut buffer: Vec<u8> = Vec::with_capacity(2 * SPOOL_CHUNK + FILE_ALIGNMENT);
+        Self::with_room(2 * SPOOL_CHUNK)
+    }
+
+    fn with_room(room: usize) -> Self {
+        let mut buffer: Vec<u8> = Vec::with_capacity(room + FILE_ALIGNMENT);
         let start = buffer.as_ptr().align_offset(FILE_ALIGNMENT);
         buffer.resize(start, 0);
         Self { buffer, start }
@@ -196,9 +202,16 @@ impl Chunk {
 
 type Job = tokio::task::JoinHandle<std::io::Result<(Worker, Chunk)>>;
 
-/// A base64 file decoded into its spool file as its text arrives.
+/// A file up to this size stays in memory (no file to write, link and remove):
+/// within the 2 MiB an upload may hold.
+const IN_MEMORY_UP_TO: usize = 3 * SPOOL_CHUNK;
+
+/// A base64 file decoded as its text arrives: in memory while it is small, then
+/// into its spool file.
 pub struct Base64Spool {
     decoder: Base64Stream,
+    /// Nothing handed to the worker yet: the whole file is in `chunk`.
+    in_memory: bool,
     /// Decoded bytes not yet handed to the worker.
     chunk: Chunk,
     /// The worker when idle; `None` while `job` runs.
@@ -215,7 +228,8 @@ impl Base64Spool {
     pub fn new(path: PathBuf, large: bool) -> Self {
         Self {
             decoder: Base64Stream::default(),
-            chunk: Chunk::new(),
+            in_memory: true,
+            chunk: Chunk::with_room(IN_MEMORY_UP_TO),
             worker: Some(Worker {
                 path,
                 file: None,
@@ -235,30 +249,42 @@ impl Base64Spool {
     pub async fn feed(&mut self, mut text: &[u8]) -> Result<(), SpoolFailure> {
         while !text.is_empty() {
             // As much text as fills the chunk (a few bytes more at most).
-            let room = SPOOL_CHUNK.saturating_sub(self.chunk.len());
+            let target = match self.in_memory {
+                true => IN_MEMORY_UP_TO,
+                false => SPOOL_CHUNK,
+            };
+            let room = target.saturating_sub(self.chunk.len());
             let (piece, rest) = text.split_at((room / 3 * 4).max(4).min(text.len()));
             self.decoder
                 .feed(piece, &mut self.chunk.buffer)
                 .map_err(|InvalidBase64| SpoolFailure::InvalidBase64)?;
             text = rest;
-            if self.chunk.len() >= SPOOL_CHUNK {
-                self.hand_over(SPOOL_CHUNK).await?;
+            if self.chunk.len() >= target {
+                self.in_memory = false;
+                // Whole pages only, so that every write starts on one (`O_DIRECT`).
+                let length = self.chunk.len();
+                self.hand_over(length - length % FILE_ALIGNMENT).await?;
             }
         }
         Ok(())
     }
 
-    /// The whole file, once its text ended.
-    pub async fn finish(mut self) -> Result<Arc<Spooled>, SpoolFailure> {
+    /// The whole file, once its text ended: in memory, or spooled.
+    pub async fn finish(mut self) -> Result<FileContent, SpoolFailure> {
         let decoder = std::mem::take(&mut self.decoder);
         decoder
             .finish(&mut self.chunk.buffer)
             .map_err(|InvalidBase64| SpoolFailure::InvalidBase64)?;
+        if self.in_memory {
+            let start = self.chunk.start;
+            let bytes = Bytes::from(std::mem::take(&mut self.chunk.buffer)).slice(start..);
+            return Ok(FileContent::Memory(bytes));
+        }
         while self.chunk.len() > 0 {
             self.hand_over(SPOOL_CHUNK.min(self.chunk.len())).await?;
         }
         let worker = self.idle_worker().await?;
-        Ok(Arc::new(worker.into_spooled()))
+        Ok(FileContent::Spooled(Arc::new(worker.into_spooled())))
     }
 
     /// Gives the chunk's first `length` bytes to the worker, once it is done with

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_graphql::{BatchRequest, Context, Name, Value};
 use bytes::Bytes;
 
-use crate::attachments::spool::{SpoolFailure, Spooled};
+use crate::attachments::spool::SpoolFailure;
 use crate::attachments::upload::FileContent;
 use crate::error::AppResult;
 
@@ -63,9 +63,9 @@ impl LargeStrings {
 
     /// The file of the string whose placeholder [`LargeStrings::next_placeholder`]
     /// gave last.
-    pub fn push_spooled(&mut self, spooled: Result<Arc<Spooled>, SpoolFailure>) {
+    pub fn push_spooled(&mut self, spooled: Result<FileContent, SpoolFailure>) {
         let moved = match spooled {
-            Ok(spooled) => Moved::Decoded(FileContent::Spooled(spooled)),
+            Ok(content) => Moved::Decoded(content),
             Err(failure) => Moved::Failed(failure),
         };
         self.values.push(Mutex::new(moved));
