@@ -222,10 +222,10 @@ pub struct Base64Spool {
 }
 
 impl Base64Spool {
-    /// A spool that will write the new file `path` (from its first bytes on);
-    /// `large` when the file may well be: its whole chunks then bypass the page
-    /// cache, as storage's writes of large files do.
-    pub fn new(path: PathBuf, large: bool) -> Self {
+    /// A spool that will write the new file `path` once the file outgrows memory;
+    /// its whole chunks bypass the page cache, as storage's writes of large files
+    /// do ([`crate::storage::DIRECT_WRITE_FROM`]).
+    pub fn new(path: PathBuf) -> Self {
         Self {
             decoder: Base64Stream::default(),
             in_memory: true,
@@ -234,7 +234,7 @@ impl Base64Spool {
                 path,
                 file: None,
                 direct: None,
-                try_direct: large,
+                try_direct: true,
                 written: 0,
                 hasher: Sha256::new(),
                 sniffer: Sniffer::new(),

@@ -14,9 +14,6 @@ use crate::graphql::large_strings::LargeStrings;
 /// detour costs more than the copy.
 pub const SPOOL_FROM: usize = 64 * 1024;
 
-/// A body from this length (base64 of 4 MiB) spools without the page cache.
-const LARGE_BODY: u64 = 4 * 1024 * 1024 / 3 * 4;
-
 /// Past this nesting the rest of the body is copied as it is (the JSON parser
 /// refuses it anyway): the scanner's stack stays small.
 const MAX_DEPTH: usize = 128;
@@ -74,8 +71,6 @@ enum Mode {
 /// The request body read so far, without its spooled strings.
 pub struct JsonBody {
     scan: bool,
-    /// Announced at least [`LARGE_BODY`] long: its files are likely large.
-    large_body: bool,
     spool_path: Box<dyn Fn() -> PathBuf + Send + Sync>,
     text: Vec<u8>,
     frames: Vec<Frame>,
@@ -96,7 +91,6 @@ impl JsonBody {
         let capacity = usize::try_from(length.unwrap_or(0)).unwrap_or(0);
         Self {
             scan,
-            large_body: length.is_some_and(|length| length >= LARGE_BODY),
             spool_path: Box::new(spool_path),
             text: Vec::with_capacity(capacity),
             frames: Vec::new(),
@@ -188,8 +182,7 @@ impl JsonBody {
                     // by the spool.
                     self.text
                         .extend_from_slice(self.large.next_placeholder().as_bytes());
-                    let mut spooling =
-                        Spooling::new(Base64Spool::new((self.spool_path)(), self.large_body));
+                    let mut spooling = Spooling::new(Base64Spool::new((self.spool_path)()));
                     // The text held so far has no closing quote.
                     let _ = spooling.take(&text).await;
                     (Mode::Spooling(Box::new(spooling)), 0)

@@ -16,7 +16,7 @@ use futures::{Stream, StreamExt};
 use opendal::Operator;
 
 pub use copy::{CopyError, Digest};
-pub use fs_write::FILE_ALIGNMENT;
+pub use fs_write::{DIRECT_WRITE_FROM, FILE_ALIGNMENT};
 use fs_write::{INLINE_WRITE_UP_TO, link_new_file, write_new_file};
 pub use key::{KeyTemplate, StorageKey};
 pub use local::LocalFile;

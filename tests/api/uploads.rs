@@ -431,9 +431,9 @@ async fn a_failing_row_removes_its_object(setup: Setup) {
     assert_eq!(app.stored_keys().len(), 1, "{stored}");
 }
 
-/// Files past the sizes where uploads take their fast paths (a moved variable from
-/// 64 KiB; from 4 MiB a direct write, and the hash computed while it runs when no
-/// checksum was sent) come back byte for byte: odd sizes, every base64 form, one
+/// Files past the sizes where uploads take their fast paths (decoded as the body
+/// arrives from 64 KiB of text, spooled to a file past 1.5 MiB, written with
+/// `O_DIRECT` from 512 KiB) come back byte for byte: odd sizes, every base64 form, one
 /// variable used twice, a checksum sent right and wrong, and a placeholder forged
 /// by a client.
 async fn large_files_keep_every_byte(setup: Setup) {
