@@ -40,6 +40,8 @@ pub struct App {
     /// Whether some tenant has a quota of its own, as last counted (every minute):
     /// without one and without `TENANT_QUOTA_*`, uploads skip the quota's early read.
     pub own_quotas_exist: std::sync::atomic::AtomicBool,
+    /// Tenants' usage as last read, for the quota's early refusal.
+    pub usage_estimates: crate::quotas::Estimates,
 }
 
 pub type SharedApp = Arc<App>;
@@ -93,6 +95,7 @@ impl App {
             upload_permits: Semaphore::new(permits),
             webhooks,
             own_quotas_exist: std::sync::atomic::AtomicBool::new(true),
+            usage_estimates: crate::quotas::Estimates::default(),
             config,
         })
     }

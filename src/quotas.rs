@@ -125,9 +125,17 @@ pub async fn check(app: &App, tenant: &str, bytes: i64, files: i64) -> AppResult
     if unlimited && !app.own_quotas_exist.load(Ordering::Relaxed) {
         return Ok(false);
     }
-    let usage = usage(&app.db, &app.config.quotas, tenant).await?;
+    let mut usage = match app.usage_estimates.get(tenant) {
+        Some(estimate) => estimate,
+        None => read_estimate(app, tenant).await?,
+    };
     if usage.would_pass(bytes, files) {
-        return Err(usage.refusal());
+        // An estimate may be out of date (a delete, another replica): only what
+        // the database says now refuses.
+        usage = read_estimate(app, tenant).await?;
+        if usage.would_pass(bytes, files) {
+            return Err(usage.refusal());
+        }
     }
     let after = Usage {
         bytes: usage.bytes.saturating_add(bytes),
@@ -137,6 +145,68 @@ pub async fn check(app: &App, tenant: &str, bytes: i64, files: i64) -> AppResult
     Ok(after
         .percent()
         .is_some_and(|percent| percent >= WARN_PERCENT as f64))
+}
+
+/// `tenant`'s usage read now, kept as its estimate.
+async fn read_estimate(app: &App, tenant: &str) -> AppResult<Usage> {
+    let usage = usage(&app.db, &app.config.quotas, tenant).await?;
+    app.usage_estimates.put(usage.clone());
+    Ok(usage)
+}
+
+/// After a commit that added `bytes` in `files` files to `tenant`'s usage.
+pub fn grew(app: &App, tenant: &str, bytes: i64, files: i64) {
+    app.usage_estimates.add(tenant, bytes, files);
+}
+
+/// Usage as this process last read it, plus what it stored since, per tenant, for
+/// [`check`]'s early refusal: a read per upload would cost more than the upload
+/// itself (10 KiB from 8 clients: 10 to 45 % fewer per second). An estimate lives
+/// [`ESTIMATE_FOR`]; it is never what refuses (see [`check`]), and the CHECKs of
+/// the commit hold the quota whatever it says.
+#[derive(Default)]
+pub struct Estimates {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Usage, std::time::Instant)>>,
+}
+
+/// How long an estimate is used before the usage is read again.
+const ESTIMATE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The most tenants with an estimate; past it, the oldest estimates go.
+const MAX_ESTIMATES: usize = 10_000;
+
+impl Estimates {
+    fn get(&self, tenant: &str) -> Option<Usage> {
+        let entries = self.lock();
+        let (usage, read) = entries.get(tenant)?;
+        (read.elapsed() < ESTIMATE_FOR).then(|| usage.clone())
+    }
+
+    fn put(&self, usage: Usage) {
+        let mut entries = self.lock();
+        if entries.len() >= MAX_ESTIMATES {
+            entries.retain(|_, (_, read)| read.elapsed() < ESTIMATE_FOR);
+        }
+        if entries.len() < MAX_ESTIMATES {
+            entries.insert(usage.tenant_id.clone(), (usage, std::time::Instant::now()));
+        }
+    }
+
+    fn add(&self, tenant: &str, bytes: i64, files: i64) {
+        if let Some((usage, _)) = self.lock().get_mut(tenant) {
+            usage.bytes = usage.bytes.saturating_add(bytes);
+            usage.files = usage.files.saturating_add(files);
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Usage, std::time::Instant)>>
+    {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Counts again whether some tenant has a quota of its own (see

@@ -235,6 +235,10 @@ async fn finish_store(
             .unwrap_or_default();
         return Err(quotas::refusal_or(app, tenant, err).await);
     }
+    if let Some(first) = rows.first() {
+        let (bytes, files) = totals(rows.iter());
+        quotas::grew(app, &first.tenant_id, bytes, files);
+    }
     for row in &rows {
         crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     }
