@@ -12,13 +12,17 @@
 //!    clients are added);
 //! 5. the listing `attachments(first: 20)` with every field and `url`, from 1 and 8
 //!    clients: requests per second and p50/p99;
-//! 6. a table of peak RSS per in-flight upload by path (base64 in JSON, multipart,
-//!    direct upload) and file size, 8 uploads at once, a fresh server per row.
+//! 6. a table of peak RSS per in-flight upload by backend (fs, S3 through s3s-fs),
+//!    path (base64 in JSON, multipart, direct upload) and file size (10 and
+//!    256 MiB), 8 uploads at once, a fresh server per row.
 //!
 //! The client runs in this process, on the same cores as the server: compare runs
 //! of one machine, not absolute figures.
 //!
-//! `BENCH_QUICK=1` runs fewer iterations.
+//! 7. one multipart upload of 1 GiB on fs, verified, with the server's peak RSS.
+//!
+//! `BENCH_QUICK=1` runs fewer iterations (and 64 MiB instead of 256, 256 MiB instead
+//! of 1 GiB); `BENCH_ONLY=memory` runs step 6 alone, `BENCH_ONLY=large` step 7.
 
 mod common;
 
@@ -160,6 +164,11 @@ async fn main() {
     let ten_mib = 10 * MIB;
 
     println!("attache upload/download benchmark (release build, SQLite, local disk)\n");
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("memory") => return memory_by_path(dir.path(), &client, &token, quick).await,
+        Ok("large") => return one_large_upload(dir.path(), &client, &token, quick).await,
+        _ => {}
+    }
     let server = Server::start_with(dir.path(), &[]);
     let mut large_paths = Vec::new();
     for (size, count) in [(10 * 1024, 200), (MIB, 40), (ten_mib, 12)] {
@@ -289,6 +298,7 @@ async fn main() {
     drop(server);
 
     memory_by_path(dir.path(), &client, &token, quick).await;
+    one_large_upload(dir.path(), &client, &token, quick).await;
 }
 
 /// How an upload reaches attache.
@@ -299,11 +309,81 @@ enum UploadPath {
     Direct,
 }
 
-/// Peak RSS per in-flight upload for each path and size: [`PERMITS`] uploads at
-/// once on a fresh server (the peak only grows), the growth over its idle RSS
-/// divided among them. A path that streams holds about the same whatever the size.
+/// Where the server under measure stores its files.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Fs,
+    /// s3s-fs in this process: a real S3 endpoint that checks signatures.
+    S3,
+}
+
+/// Peak RSS per in-flight upload for each backend, path and size: [`PERMITS`]
+/// uploads at once on a fresh server (the peak only grows), the growth over its
+/// idle RSS divided among them. A path that streams holds about the same whatever
+/// the size.
 async fn memory_by_path(dir: &std::path::Path, client: &reqwest::Client, token: &str, quick: bool) {
-    let limit = 128 * MIB;
+    let large = if quick { 64 * MIB } else { 256 * MIB };
+    let limit = large + MIB;
+    let collections = collections_file(dir, limit);
+    let s3 = start_s3(&dir.join("s3")).await;
+    println!(
+        "
+peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
+    );
+    println!("| backend | path | file | idle RSS | peak RSS | per upload | per upload / file |");
+    println!("|---|---|---|---|---|---|---|");
+    for backend in [Backend::Fs, Backend::S3] {
+        let mut env = vec![
+            ("COLLECTIONS_FILE", collections.display().to_string()),
+            ("MAX_UPLOAD_BYTES", limit.to_string()),
+        ];
+        if let Backend::S3 = backend {
+            env.extend([
+                ("STORAGE_BACKEND", "s3".to_owned()),
+                ("S3_BUCKET_NAME", "bench".to_owned()),
+                ("S3_ENDPOINT_URL", s3.clone()),
+                ("S3_ACCESS_KEY", "bench-access".to_owned()),
+                ("S3_SECRET_KEY", "bench-secret-key".to_owned()),
+            ]);
+        }
+        for path in [
+            UploadPath::Base64,
+            UploadPath::Multipart,
+            UploadPath::Direct,
+        ] {
+            for size in [10 * MIB, large] {
+                let server = Server::start_with(dir, &env);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let idle = server.memory_kib("VmRSS:");
+                let uploads: Vec<_> = (0..PERMITS)
+                    .map(|seed| {
+                        let (client, token, base) =
+                            (client.clone(), token.to_owned(), server.base.clone());
+                        let content = upload_content(size, 30_000 + seed);
+                        tokio::spawn(async move {
+                            upload_by(path, &client, &base, &token, content).await
+                        })
+                    })
+                    .collect();
+                for upload in uploads {
+                    upload.await.expect("upload task");
+                }
+                let peak = server.memory_kib("VmHWM:");
+                let per_upload = peak.saturating_sub(idle) as f64 / 1024.0 / PERMITS as f64;
+                println!(
+                    "| {backend:?} | {path:?} | {} | {:.1} MiB | {:.1} MiB | {per_upload:.1} MiB | {:.3}x |",
+                    human(size),
+                    idle as f64 / 1024.0,
+                    peak as f64 / 1024.0,
+                    per_upload / (size / MIB) as f64
+                );
+            }
+        }
+    }
+}
+
+/// A collections file whose `contract` takes text files of up to `limit` bytes.
+fn collections_file(dir: &std::path::Path, limit: usize) -> std::path::PathBuf {
     let collections = dir.join("collections.toml");
     std::fs::write(
         &collections,
@@ -312,50 +392,73 @@ async fn memory_by_path(dir: &std::path::Path, client: &reqwest::Client, token: 
         ),
     )
     .expect("collections file");
+    collections
+}
+
+/// One multipart upload of a file larger than any buffer (1 GiB; 256 MiB with
+/// `BENCH_QUICK`) on fs: stored and verified (its sha256) as it streams, with its
+/// time and the server's peak RSS.
+async fn one_large_upload(
+    dir: &std::path::Path,
+    client: &reqwest::Client,
+    token: &str,
+    quick: bool,
+) {
+    let size = if quick { 256 * MIB } else { 1024 * MIB };
+    let limit = size + MIB;
     let env = [
-        ("COLLECTIONS_FILE", collections.display().to_string()),
+        (
+            "COLLECTIONS_FILE",
+            collections_file(dir, limit).display().to_string(),
+        ),
         ("MAX_UPLOAD_BYTES", limit.to_string()),
     ];
-    let large = if quick { 32 * MIB } else { 64 * MIB };
+    let server = Server::start_with(dir, &env);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = server.memory_kib("VmRSS:");
+    let content = upload_content(size, 40_000);
+    let started = Instant::now();
+    upload_by(UploadPath::Multipart, client, &server.base, token, content).await;
+    let elapsed = started.elapsed();
+    let peak = server.memory_kib("VmHWM:");
     println!(
-        "
-peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
+        "\none multipart upload of {} on fs, sha256 verified: {:.1} s, {:.0} MB/s; server RSS {:.1} MiB -> peak {:.1} MiB",
+        human(size),
+        elapsed.as_secs_f64(),
+        size as f64 / 1e6 / elapsed.as_secs_f64(),
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0
     );
-    println!("| path | file | idle RSS | peak RSS | per upload | per upload / file |");
-    println!("|---|---|---|---|---|---|");
-    for path in [
-        UploadPath::Base64,
-        UploadPath::Multipart,
-        UploadPath::Direct,
-    ] {
-        for size in [10 * MIB, large] {
-            let server = Server::start_with(dir, &env);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let idle = server.memory_kib("VmRSS:");
-            let uploads: Vec<_> = (0..PERMITS)
-                .map(|seed| {
-                    let (client, token, base) =
-                        (client.clone(), token.to_owned(), server.base.clone());
-                    let content = upload_content(size, 30_000 + seed);
-                    tokio::spawn(
-                        async move { upload_by(path, &client, &base, &token, content).await },
-                    )
-                })
-                .collect();
-            for upload in uploads {
-                upload.await.expect("upload task");
-            }
-            let peak = server.memory_kib("VmHWM:");
-            let per_upload = peak.saturating_sub(idle) as f64 / 1024.0 / PERMITS as f64;
-            println!(
-                "| {path:?} | {} | {:.1} MiB | {:.1} MiB | {per_upload:.1} MiB | {:.2}x |",
-                human(size),
-                idle as f64 / 1024.0,
-                peak as f64 / 1024.0,
-                per_upload / (size / MIB) as f64
-            );
+}
+
+/// An S3 endpoint (s3s-fs, bucket `bench`) on a free port of this process; its URL.
+async fn start_s3(root: &std::path::Path) -> String {
+    std::fs::create_dir_all(root.join("bench")).expect("bucket folder");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind S3");
+    let addr = listener.local_addr().expect("S3 address");
+    let filesystem = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
+    let mut builder = s3s::service::S3ServiceBuilder::new(filesystem);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(
+        "bench-access",
+        "bench-secret-key",
+    ));
+    let service = builder.build();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
         }
-    }
+    });
+    format!("http://{addr}")
 }
 
 /// Uploads `content` (a text file) along `path`; panics unless it is stored.
@@ -366,6 +469,7 @@ async fn upload_by(
     token: &str,
     content: Vec<u8>,
 ) {
+    let expected = hex::encode(sha2::Sha256::digest(&content));
     let graphql = format!("{base}/graphql");
     let answer: serde_json::Value = match path {
         UploadPath::Base64 => {
@@ -377,7 +481,7 @@ async fn upload_by(
         }
         UploadPath::Multipart => {
             let operations = serde_json::json!({
-                "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id } }",
+                "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id sha256 } }",
                 "variables": { "input": { "ownerType": "contract", "ownerId": "bench", "file": null } }
             });
             let part = reqwest::multipart::Part::bytes(content)
@@ -418,13 +522,22 @@ async fn upload_by(
                     .post(&graphql)
                     .bearer_auth(token)
                     .json(&serde_json::json!({
-                "query": "mutation($id: ID!) { completeDirectUpload(id: $id) { id } }",
+                "query": "mutation($id: ID!) { completeDirectUpload(id: $id) { id sha256 } }",
                 "variables": { "id": direct["id"] } })),
             )
             .await
         }
     };
     assert!(answer["errors"].is_null(), "{path:?}: {answer}");
+    let stored = answer["data"]
+        .as_object()
+        .and_then(|data| data.values().next())
+        .map(|attachment| attachment["sha256"].clone());
+    assert_eq!(
+        stored.as_ref().and_then(|sha256| sha256.as_str()),
+        Some(expected.as_str()),
+        "{path:?}: the stored file is the one sent"
+    );
 }
 
 async fn send(request: reqwest::RequestBuilder) -> serde_json::Value {

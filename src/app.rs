@@ -14,6 +14,11 @@ use crate::error::{AppError, AppResult, RETRY_AFTER_SECONDS};
 use crate::events::Webhooks;
 use crate::storage::Storage;
 
+/// Per tenant, a usage estimate and when it was read.
+pub type UsageEstimates = std::sync::Mutex<
+    std::collections::HashMap<String, (crate::error::QuotaUsage, std::time::Instant)>,
+>;
+
 pub struct App {
     pub config: Config,
     /// The one door to the database: reads, group commits and transactions.
@@ -40,8 +45,9 @@ pub struct App {
     /// Whether some tenant has a quota of its own, as last counted (every minute):
     /// without one and without `TENANT_QUOTA_*`, uploads skip the quota's early read.
     pub own_quotas_exist: std::sync::atomic::AtomicBool,
-    /// Tenants' usage as last read, for the quota's early refusal.
-    pub usage_estimates: crate::quotas::Estimates,
+    /// Tenants' usage as this process last read it plus what it stored since, for
+    /// the quota's early refusal (`quotas::check`, which keeps it).
+    pub usage_estimates: UsageEstimates,
 }
 
 pub type SharedApp = Arc<App>;
@@ -95,7 +101,7 @@ impl App {
             upload_permits: Semaphore::new(permits),
             webhooks,
             own_quotas_exist: std::sync::atomic::AtomicBool::new(true),
-            usage_estimates: crate::quotas::Estimates::default(),
+            usage_estimates: UsageEstimates::default(),
             config,
         })
     }

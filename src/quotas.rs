@@ -18,7 +18,9 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
 };
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crate::app::App;
 use crate::config::QuotaConfig;
@@ -125,7 +127,7 @@ pub async fn check(app: &App, tenant: &str, bytes: i64, files: i64) -> AppResult
     if unlimited && !app.own_quotas_exist.load(Ordering::Relaxed) {
         return Ok(false);
     }
-    let mut usage = match app.usage_estimates.get(tenant) {
+    let mut usage = match estimate(app, tenant) {
         Some(estimate) => estimate,
         None => read_estimate(app, tenant).await?,
     };
@@ -150,63 +152,64 @@ pub async fn check(app: &App, tenant: &str, bytes: i64, files: i64) -> AppResult
 /// `tenant`'s usage read now, kept as its estimate.
 async fn read_estimate(app: &App, tenant: &str) -> AppResult<Usage> {
     let usage = usage(&app.db, &app.config.quotas, tenant).await?;
-    app.usage_estimates.put(usage.clone());
+    keep_estimate(app, &usage);
     Ok(usage)
 }
 
 /// After a commit that added `bytes` in `files` files to `tenant`'s usage.
 pub fn grew(app: &App, tenant: &str, bytes: i64, files: i64) {
-    app.usage_estimates.add(tenant, bytes, files);
+    if let Some((usage, _)) = estimates(app).get_mut(tenant) {
+        usage.bytes = usage.bytes.saturating_add(bytes);
+        usage.files = usage.files.saturating_add(files);
+    }
 }
 
-/// Usage as this process last read it, plus what it stored since, per tenant, for
-/// [`check`]'s early refusal: a read per upload would cost more than the upload
-/// itself (10 KiB from 8 clients: 10 to 45 % fewer per second). An estimate lives
-/// [`ESTIMATE_FOR`]; it is never what refuses (see [`check`]), and the CHECKs of
-/// the commit hold the quota whatever it says.
-#[derive(Default)]
-pub struct Estimates {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Usage, std::time::Instant)>>,
-}
+// Usage as this process last read it, plus what it stored since, per tenant
+// (`App::usage_estimates`), for [`check`]'s early refusal: a read per upload cost
+// more than the upload itself (10 KiB from 8 clients: 10 to 45 % fewer per second).
+// An estimate lives [`ESTIMATE_FOR`]; it is never what refuses (see [`check`]), and
+// the CHECKs of the commit hold the quota whatever it says.
 
 /// How long an estimate is used before the usage is read again.
 const ESTIMATE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The most tenants with an estimate; past it, the oldest estimates go.
+/// The most tenants with an estimate; past it, the expired ones go first.
 const MAX_ESTIMATES: usize = 10_000;
 
-impl Estimates {
-    fn get(&self, tenant: &str) -> Option<Usage> {
-        let entries = self.lock();
-        let (usage, read) = entries.get(tenant)?;
-        (read.elapsed() < ESTIMATE_FOR).then(|| usage.clone())
-    }
+/// `tenant`'s estimate, unless it expired.
+fn estimate(app: &App, tenant: &str) -> Option<Usage> {
+    let estimates = estimates(app);
+    let (usage, read) = estimates.get(tenant)?;
+    (read.elapsed() < ESTIMATE_FOR).then(|| Usage {
+        tenant_id: tenant.to_owned(),
+        bytes: usage.bytes,
+        files: usage.files,
+        quota_bytes: usage.quota_bytes,
+        quota_files: usage.quota_files,
+        own_quota: false,
+    })
+}
 
-    fn put(&self, usage: Usage) {
-        let mut entries = self.lock();
-        if entries.len() >= MAX_ESTIMATES {
-            entries.retain(|_, (_, read)| read.elapsed() < ESTIMATE_FOR);
-        }
-        if entries.len() < MAX_ESTIMATES {
-            entries.insert(usage.tenant_id.clone(), (usage, std::time::Instant::now()));
-        }
+fn keep_estimate(app: &App, usage: &Usage) {
+    let mut estimates = estimates(app);
+    if estimates.len() >= MAX_ESTIMATES {
+        estimates.retain(|_, (_, read)| read.elapsed() < ESTIMATE_FOR);
     }
+    if estimates.len() < MAX_ESTIMATES {
+        let kept = QuotaUsage {
+            bytes: usage.bytes,
+            files: usage.files,
+            quota_bytes: usage.quota_bytes,
+            quota_files: usage.quota_files,
+        };
+        estimates.insert(usage.tenant_id.clone(), (kept, std::time::Instant::now()));
+    }
+}
 
-    fn add(&self, tenant: &str, bytes: i64, files: i64) {
-        if let Some((usage, _)) = self.lock().get_mut(tenant) {
-            usage.bytes = usage.bytes.saturating_add(bytes);
-            usage.files = usage.files.saturating_add(files);
-        }
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Usage, std::time::Instant)>>
-    {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+fn estimates(app: &App) -> std::sync::MutexGuard<'_, HashMap<String, (QuotaUsage, Instant)>> {
+    app.usage_estimates
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counts again whether some tenant has a quota of its own (see

@@ -119,7 +119,7 @@ pub fn upload_content(size: usize, seed: usize) -> Vec<u8> {
 /// The JSON body of an `uploadAttachment` of `content`.
 pub fn upload_json(content: &[u8]) -> Vec<u8> {
     json!({
-        "query": "mutation($input: UploadAttachmentInput!) { uploadAttachment(input: $input) { id downloadUrl } }",
+        "query": "mutation($input: UploadAttachmentInput!) { uploadAttachment(input: $input) { id downloadUrl sha256 } }",
         "variables": { "input": { "ownerType": "contract", "ownerId": "bench", "filename": "bench.txt",
                                   "base64": STANDARD.encode(content) } }
     })

@@ -130,7 +130,7 @@ impl Storage {
             .operator
             .writer_with(key.as_str())
             .content_type(content_type)
-            .chunk(COPY_CHUNK)
+            .chunk(self.part_size.unwrap_or(COPY_CHUNK))
             .await
             .map_err(CopyError::Destination)?;
         let mut digest = Digesting::default();

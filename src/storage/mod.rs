@@ -67,10 +67,14 @@ pub struct Storage {
     fsync_files: bool,
     /// S3's unfinished multipart uploads, for `storage sweep`; `None` on fs.
     unfinished: Option<std::sync::Arc<unfinished::Uploads>>,
+    /// The parts of a large object's write: `S3_PART_SIZE_BYTES` on S3; `None` on
+    /// fs, which writes each chunk as it comes.
+    part_size: Option<usize>,
 }
 
 /// Parts of an object copied between stores are buffered up to this size (an S3
-/// multipart part), so a copy holds the same memory whatever the file's size.
+/// multipart part, unless `S3_PART_SIZE_BYTES` says otherwise), so a copy holds the
+/// same memory whatever the file's size.
 const COPY_CHUNK: usize = 8 * 1024 * 1024;
 
 /// The most bytes one fs read of a download holds (see [`Storage::stream`]).
@@ -113,6 +117,9 @@ impl Storage {
                         .to_owned(),
                     fsync_files: false,
                     unfinished: Some(std::sync::Arc::new(unfinished::Uploads::new(config))),
+                    part_size: Some(
+                        usize::try_from(config.s3_part_size_bytes).unwrap_or(COPY_CHUNK),
+                    ),
                 })
             }
         }
@@ -150,6 +157,7 @@ impl Storage {
             fs_root: Some(root),
             fsync_files: false,
             unfinished: None,
+            part_size: None,
         })
     }
 
@@ -311,7 +319,8 @@ impl Storage {
 
     /// Writes a new object from a stream, refusing more than `max` bytes; a refused
     /// or broken stream leaves no object behind. On fs each chunk is written as it
-    /// comes; on S3 in parts of [`COPY_CHUNK`] (a multipart upload, aborted on failure).
+    /// comes; on S3 in parts of `S3_PART_SIZE_BYTES` (a multipart upload, aborted on
+    /// failure).
     pub async fn put_stream<S, E>(
         &self,
         key: &StorageKey,
@@ -323,12 +332,12 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let parts = (self.backend == StorageBackend::S3).then_some(COPY_CHUNK);
-        self.write_new(key, body, max, parts, content_type).await
+        self.write_new(key, body, max, self.part_size, content_type)
+            .await
     }
 
     /// Writes a new object of any length from a stream, as [`Storage::put_stream`]
-    /// does (on S3 in parts of [`COPY_CHUNK`] bytes; on fs each chunk as it comes),
+    /// does (on S3 in parts of `S3_PART_SIZE_BYTES`; on fs each chunk as it comes),
     /// so memory stays flat however large it is; a broken stream (its producer
     /// reports an error) leaves no object behind.
     pub async fn put_large<S, E>(

@@ -542,6 +542,38 @@ async fn large_files_stream_through(setup: Setup) {
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let multipart = format!("multipart/form-data; boundary={boundary}");
     send_half_and_hang_up(&app, &bearer, &multipart, &body).await;
+    // And a direct upload's PUT cut off midway: its completion is refused.
+    let created = app
+        .gql(
+            CREATE_DIRECT,
+            json!({ "input": declaration(&content, "application/pdf") }),
+            Some(&bearer),
+        )
+        .await;
+    let direct = data(&created, "createDirectUpload");
+    let headers: Vec<(String, String)> = direct["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|header| {
+            (
+                header["name"].as_str().unwrap_or_default().to_owned(),
+                header["value"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    half_a_request(
+        "PUT",
+        direct["uploadUrl"].as_str().expect("uploadUrl"),
+        &headers,
+        &content,
+    )
+    .await;
+    let refused = complete_direct(&app, &bearer, &direct).await;
+    assert!(
+        !codes(&refused).is_empty(),
+        "a cut-off PUT completes nothing: {refused:.300}"
+    );
 
     assert_eq!(app.row_count(&acme).await, 3);
     let mut left = app.stored_keys();
@@ -556,24 +588,31 @@ async fn large_files_stream_through(setup: Setup) {
     assert!(app.status_of("/healthz").await == 200, "still serving");
 }
 
-/// POSTs the first half of `body` (of `content_type`) as a request of its full
-/// length, then closes the connection.
+/// POSTs the first half of `body` (of `content_type`) to `/graphql` as a request of
+/// its full length, then closes the connection.
 async fn send_half_and_hang_up(app: &TestApp, bearer: &str, content_type: &str, body: &[u8]) {
+    let headers = [
+        ("Content-Type".to_owned(), content_type.to_owned()),
+        ("apollo-require-preflight".to_owned(), "1".to_owned()),
+        ("Authorization".to_owned(), format!("Bearer {bearer}")),
+    ];
+    half_a_request("POST", &app.url("/graphql"), &headers, body).await;
+}
+
+/// Sends `method` to `url` with `headers` and the first half of `body`, announced
+/// whole, then closes the connection.
+async fn half_a_request(method: &str, url: &str, headers: &[(String, String)], body: &[u8]) {
     use tokio::io::AsyncWriteExt;
-    let url = app.url("");
-    let address = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default();
+    let rest = url.trim_start_matches("http://");
+    let (address, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut tcp = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
-    let head = format!(
-        "POST /graphql HTTP/1.1\r\nHost: {address}\r\nContent-Type: {content_type}\r\n\
-         apollo-require-preflight: 1\r\nAuthorization: Bearer {bearer}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {address}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     tcp.write_all(head.as_bytes()).await.expect("send the head");
     tcp.write_all(&body[..body.len() / 2])
         .await

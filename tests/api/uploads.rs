@@ -336,6 +336,22 @@ async fn multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further(setu
     assert_eq!(data(&body, "b")["sha256"], sha256_hex(&second), "{body}");
     assert_eq!(app.stored_keys().len(), 2);
 
+    // Refused as soon as the running count passes the collection's limit (2 MiB
+    // for an invoice logo), with nothing left of what was written.
+    let mut logo = png();
+    logo.resize(3 * 1024 * 1024, 0);
+    let operations = json!({
+        "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id } }",
+        "variables": { "input": { "ownerType": "invoice_logo", "file": null } },
+    });
+    let form = reqwest::multipart::Form::new()
+        .text("operations", operations.to_string())
+        .text("map", json!({ "0": ["variables.input.file"] }).to_string())
+        .part("0", part(&logo, "logo.png", "image/png"));
+    let (_, refused) = post_multipart(&app.base_url, &bearer, form).await;
+    assert_eq!(codes(&refused), vec!["PAYLOAD_TOO_LARGE"], "{refused}");
+    assert_eq!(app.stored_keys().len(), 2);
+
     // A PNG is no invoice reference (PDF only): refused from its first bytes, while
     // 8 MiB are announced.
     let boundary = "attache-test-boundary";
