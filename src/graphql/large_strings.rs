@@ -45,7 +45,7 @@ pub fn move_out(batch: &mut BatchRequest, mut large: LargeStrings) {
             large.take(value, false);
         }
     }
-    if large.values.is_empty() {
+    if large.is_empty() {
         return;
     }
     let large = Arc::new(large);
@@ -55,6 +55,15 @@ pub fn move_out(batch: &mut BatchRequest, mut large: LargeStrings) {
 }
 
 impl LargeStrings {
+    /// How many strings were taken.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     /// The placeholder of the string taken next, as it is written in JSON.
     pub fn next_placeholder(&mut self) -> String {
         let placeholder = self.placeholder(self.values.len());

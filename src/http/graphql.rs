@@ -356,8 +356,12 @@ async fn read_request(
         return Ok((batch, Some(rest)));
     }
     let storage = app.storage.clone();
-    let mut json = Some(JsonBody::new(length, move || storage.spool_path()));
+    let max_files = config.limits.max_batch_files;
+    let mut json = Some(JsonBody::new(length, max_files, move || {
+        storage.spool_path()
+    }));
     let mut received: u64 = 0;
+    let mut refused = None;
     let mut chunks = paced(body.into_data_stream(), pace);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|err| match is_too_slow(&err) {
@@ -375,12 +379,21 @@ async fn read_request(
             }
             continue;
         }
-        if let Some(json) = json.as_mut() {
-            json.feed(&chunk).await;
+        if let Some(body) = json.as_mut()
+            && let Err(err) = body.feed(&chunk).await
+        {
+            // Nothing more is kept or decoded; the rest is read and dropped so that
+            // the client sees the answer instead of a reset connection.
+            refused = Some(err);
+            json = None;
         }
     }
-    let Some(json) = json.filter(|_| received <= limit) else {
+    if received > limit {
         return Err(Box::new(too_large(limit)));
+    }
+    let Some(json) = json else {
+        let err = refused.unwrap_or_else(|| AppError::bad_input("the request body was refused"));
+        return Err(Box::new(err.into_response()));
     };
     let (text, large) = json.finish();
     let mut batch = serde_json::from_slice::<BatchRequest>(&text)

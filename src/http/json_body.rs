@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::attachments::FileContent;
 use crate::attachments::spool::{Base64Spool, SpoolFailure};
+use crate::error::AppError;
 use crate::graphql::large_strings::LargeStrings;
 
 /// A `base64` string is spooled once its text reaches this length: below it, the
@@ -71,6 +72,9 @@ enum Mode {
 /// The request body read so far, without its spooled strings.
 pub struct JsonBody {
     scan: bool,
+    /// `MAX_BATCH_FILES`: no more strings are spooled than a request may store.
+    max_files: u64,
+    too_many_files: bool,
     spool_path: Box<dyn Fn() -> PathBuf + Send + Sync>,
     text: Vec<u8>,
     frames: Vec<Frame>,
@@ -79,10 +83,12 @@ pub struct JsonBody {
 }
 
 impl JsonBody {
-    /// A body of `length` bytes (when announced) whose large files are spooled at
-    /// the paths `spool_path` gives; a body too short to hold one is only kept.
+    /// A body of `length` bytes (when announced) whose large files, at most
+    /// `max_files`, are spooled at the paths `spool_path` gives; a body too short to
+    /// hold one is only kept.
     pub fn new(
         length: Option<u64>,
+        max_files: u64,
         spool_path: impl Fn() -> PathBuf + Send + Sync + 'static,
     ) -> Self {
         let scan = length.is_none_or(|length| length >= SPOOL_FROM as u64);
@@ -91,6 +97,8 @@ impl JsonBody {
         let capacity = usize::try_from(length.unwrap_or(0)).unwrap_or(0);
         Self {
             scan,
+            max_files,
+            too_many_files: false,
             spool_path: Box::new(spool_path),
             text: Vec::with_capacity(capacity),
             frames: Vec::new(),
@@ -99,19 +107,27 @@ impl JsonBody {
         }
     }
 
-    /// Reads the next chunk of the body.
-    pub async fn feed(&mut self, chunk: &[u8]) {
+    /// Reads the next chunk of the body; refuses a body with more large files than
+    /// a request may store, before it takes more room.
+    pub async fn feed(&mut self, chunk: &[u8]) -> Result<(), AppError> {
         if !self.scan {
             self.text.extend_from_slice(chunk);
-            return;
+            return Ok(());
         }
         let mut at = 0;
         while at < chunk.len() {
             at += self.step(&chunk[at..]).await;
+            if self.too_many_files {
+                return Err(AppError::bad_input(format!(
+                    "the request has more than {} files (MAX_BATCH_FILES): send the files in several requests",
+                    self.max_files
+                )));
+            }
         }
         if let Mode::Spooling(spooling) = &mut self.mode {
             spooling.flush().await;
         }
+        Ok(())
     }
 
     /// The body's text with placeholders, and the strings they stand for.
@@ -177,7 +193,12 @@ impl JsonBody {
             } => {
                 let end = string_end(bytes, &mut escaped);
                 let span = &bytes[..end.unwrap_or(bytes.len())];
-                if text.len() + span.len() >= SPOOL_FROM {
+                if text.len() + span.len() >= SPOOL_FROM
+                    && self.large.len() as u64 >= self.max_files
+                {
+                    self.too_many_files = true;
+                    (Mode::Verbatim, bytes.len())
+                } else if text.len() + span.len() >= SPOOL_FROM {
                     // Long enough: spooled from its start; this chunk is read again
                     // by the spool.
                     self.text
@@ -461,9 +482,13 @@ mod tests {
         folder: &std::path::Path,
     ) -> (serde_json::Value, LargeStrings) {
         let folder = folder.to_owned();
-        let mut json = JsonBody::new(None, move || folder.join(uuid::Uuid::now_v7().to_string()));
+        let mut json = JsonBody::new(None, 20, move || {
+            folder.join(uuid::Uuid::now_v7().to_string())
+        });
         for chunk in body.chunks(size) {
-            json.feed(chunk).await;
+            json.feed(chunk)
+                .await
+                .expect("within the files a request may have");
         }
         let (text, large) = json.finish();
         let value = serde_json::from_slice(&text).expect("the text stays JSON");
@@ -535,8 +560,8 @@ mod tests {
         for body in [invalid, cut] {
             let folder = tempfile::tempdir().expect("temp dir");
             let path = folder.path().to_owned();
-            let mut json = JsonBody::new(None, move || path.join("spooled"));
-            json.feed(body.as_bytes()).await;
+            let mut json = JsonBody::new(None, 20, move || path.join("spooled"));
+            json.feed(body.as_bytes()).await.expect("one file");
             drop(json);
             // The worker's last write may still be on the blocking pool.
             for _ in 0..100 {

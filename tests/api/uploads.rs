@@ -416,6 +416,38 @@ async fn multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further(setu
     assert_eq!(app.row_count(&acme).await, 2);
 }
 
+/// A JSON body with more large files than a request may store is refused while it
+/// arrives, before the next one is decoded, and nothing is stored.
+async fn too_many_large_files_in_one_body_are_refused_as_they_arrive(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let mut content = pdf();
+    content.resize(100_000, b'x');
+    let encoded = STANDARD.encode(&content);
+    let files: Vec<Value> = (0..21)
+        .map(|i| input("contract", Some("c-1"), &format!("{i}.pdf"), &encoded))
+        .collect();
+    let batch =
+        "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id } }";
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(app.token(&acme))
+        .json(&json!({ "query": batch, "variables": { "input": files } }))
+        .send()
+        .await
+        .expect("an answer, not a reset connection");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "{body:.300}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("more than 20 files (MAX_BATCH_FILES)"),
+        "{message}"
+    );
+    assert!(app.stored_keys().is_empty());
+}
+
 /// A row that cannot be written must not leave its object behind.
 async fn a_failing_row_removes_its_object(setup: Setup) {
     let app = TestApp::spawn(setup).await;
@@ -567,6 +599,7 @@ crate::matrix!(
     a_batch_is_all_or_nothing,
     multipart_uploads_follow_the_same_rules,
     multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further,
+    too_many_large_files_in_one_body_are_refused_as_they_arrive,
     a_failing_row_removes_its_object,
 );
 crate::matrix!(
