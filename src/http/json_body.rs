@@ -15,6 +15,9 @@ use crate::graphql::large_strings::LargeStrings;
 /// detour costs more than the copy.
 pub const SPOOL_FROM: usize = 64 * 1024;
 
+/// The text of a body that may hold files starts with room for this much.
+const TEXT_FIRST: usize = 64 * 1024;
+
 /// Past this nesting the rest of the body is copied as it is (the JSON parser
 /// refuses it anyway): the scanner's stack stays small.
 const MAX_DEPTH: usize = 128;
@@ -72,6 +75,8 @@ enum Mode {
 /// The request body read so far, without its spooled strings.
 pub struct JsonBody {
     scan: bool,
+    /// What is left of the announced length, to grow the text in one step.
+    unread: usize,
     /// `MAX_BATCH_FILES`: no more strings are spooled than a request may store.
     max_files: u64,
     too_many_files: bool,
@@ -92,11 +97,18 @@ impl JsonBody {
         spool_path: impl Fn() -> PathBuf + Send + Sync + 'static,
     ) -> Self {
         let scan = length.is_none_or(|length| length >= SPOOL_FROM as u64);
-        // One buffer of the announced size: pages that no text reaches (the spooled
-        // strings') are never touched, so they cost no memory.
-        let capacity = usize::try_from(length.unwrap_or(0)).unwrap_or(0);
+        // The announced size for a body too short to spool anything; a longer one
+        // starts smaller (a large allocation costs memory per request even where no
+        // text reaches it: 7.0 against 4.7 MiB per 10 MiB upload in flight) and
+        // grows to the rest of its announced size at once ([`JsonBody::room_for`]).
+        let announced = usize::try_from(length.unwrap_or(0)).unwrap_or(0);
+        let capacity = match scan {
+            true => announced.min(TEXT_FIRST),
+            false => announced,
+        };
         Self {
             scan,
+            unread: announced,
             max_files,
             too_many_files: false,
             spool_path: Box::new(spool_path),
@@ -110,6 +122,7 @@ impl JsonBody {
     /// Reads the next chunk of the body; refuses a body with more large files than
     /// a request may store, before it takes more room.
     pub async fn feed(&mut self, chunk: &[u8]) -> Result<(), AppError> {
+        self.unread = self.unread.saturating_sub(chunk.len());
         if !self.scan {
             self.text.extend_from_slice(chunk);
             return Ok(());
@@ -130,6 +143,15 @@ impl JsonBody {
         Ok(())
     }
 
+    /// Keeps `bytes` of text; when the room runs out, it grows by the rest of the
+    /// announced body at once, so a large body of text (no file) is copied once.
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.text.capacity() - self.text.len() < bytes.len() {
+            self.text.reserve_exact(bytes.len() + self.unread);
+        }
+        self.text.extend_from_slice(bytes);
+    }
+
     /// The body's text with placeholders, and the strings they stand for.
     pub fn finish(self) -> (Vec<u8>, LargeStrings) {
         (self.text, self.large)
@@ -144,13 +166,13 @@ impl JsonBody {
                 return 1;
             }
             Mode::Verbatim => {
-                self.text.extend_from_slice(bytes);
+                self.keep(bytes);
                 (Mode::Verbatim, bytes.len())
             }
             Mode::Copied { mut escaped } => {
                 let end = string_end(bytes, &mut escaped);
                 let taken = end.map_or(bytes.len(), |end| end + 1);
-                self.text.extend_from_slice(&bytes[..taken]);
+                self.keep(&bytes[..taken]);
                 match end {
                     Some(_) => (Mode::Between, taken),
                     None => (Mode::Copied { escaped }, taken),
@@ -167,7 +189,7 @@ impl JsonBody {
                 let room = KEY_BYTES.saturating_sub(text.len());
                 text.extend_from_slice(&span[..room.min(span.len())]);
                 let taken = end.map_or(bytes.len(), |end| end + 1);
-                self.text.extend_from_slice(&bytes[..taken]);
+                self.keep(&bytes[..taken]);
                 if end.is_none() {
                     let mode = Mode::Key {
                         text,
@@ -201,17 +223,17 @@ impl JsonBody {
                 } else if text.len() + span.len() >= SPOOL_FROM {
                     // Long enough: spooled from its start; this chunk is read again
                     // by the spool.
-                    self.text
-                        .extend_from_slice(self.large.next_placeholder().as_bytes());
+                    let placeholder = self.large.next_placeholder();
+                    self.keep(placeholder.as_bytes());
                     let mut spooling = Spooling::new(Base64Spool::new((self.spool_path)()));
                     // The text held so far has no closing quote.
                     let _ = spooling.take(&text).await;
                     (Mode::Spooling(Box::new(spooling)), 0)
                 } else if let Some(end) = end {
-                    self.text.push(b'"');
-                    self.text.extend_from_slice(&text);
-                    self.text.extend_from_slice(span);
-                    self.text.push(b'"');
+                    self.keep(b"\"");
+                    self.keep(&text);
+                    self.keep(span);
+                    self.keep(b"\"");
                     (Mode::Between, end + 1)
                 } else {
                     text.extend_from_slice(span);
@@ -284,7 +306,7 @@ impl JsonBody {
             }
             _ => {}
         }
-        self.text.push(byte);
+        self.keep(&[byte]);
     }
 
     /// The place of a container opened now: the `variables` of a request (the body,
