@@ -90,12 +90,12 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     {
         let err =
             AppError::bad_input("the request has no `query`: send the GraphQL document in it");
-        return unread(rest, answer.malformed(&err));
+        return unread(rest, answer.malformed(&err)).await;
     }
     let limits = &state.app.config.query_limits;
     let max_files = state.app.config.limits.max_batch_files;
     if let Err(err) = state.parsed_queries.prepare(&mut batch, limits, max_files) {
-        return unread(rest, answer.refusal(&err));
+        return unread(rest, answer.refusal(&err)).await;
     }
     if is_get && is_mutation(&mut batch) {
         let refused = (
@@ -110,35 +110,37 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         .map(|request| request.operation_name.clone())
         .collect();
     let batch = batch.data(principal);
-    let (response, read) = match rest {
-        None => (state.schema.execute_batch(batch).await, Read::Whole),
-        Some(rest) => {
-            let parts = rest.parts();
-            let execute = async {
-                let response = state
-                    .schema
-                    .execute_batch(batch.data(Arc::clone(&parts)))
-                    .await;
-                parts.executed();
-                response
-            };
-            tokio::join!(execute, rest.run())
-        }
+    let Some(mut rest) = rest else {
+        let response = state.schema.execute_batch(batch).await;
+        count_operations(&names, &response);
+        return answer.executed(response);
     };
+    let parts = rest.parts();
+    let execute = async {
+        let response = state
+            .schema
+            .execute_batch(batch.data(Arc::clone(&parts)))
+            .await;
+        parts.executed();
+        response
+    };
+    let (response, read) = tokio::join!(execute, rest.run());
     count_operations(&names, &response);
     match read {
         Read::Whole => answer.executed(response),
-        Read::Unfinished => closing(answer.executed(response)),
+        Read::Unfinished => unread(Some(rest), answer.executed(response)).await,
     }
 }
 
-/// A response to a multipart request whose files were not all read: the
-/// connection closes.
-fn unread(rest: Option<Rest>, response: Response) -> Response {
-    match rest {
-        Some(_) => closing(response),
-        None => response,
+/// A response to a multipart request whose files were not all read: after at most
+/// [`REFUSED_DRAIN_BYTES`] more of its body within [`REFUSED_DRAIN_TIMEOUT`] (a
+/// short body is read to its end, a long one is not), and the connection closes.
+async fn unread(rest: Option<Rest>, response: Response) -> Response {
+    if let Some(rest) = rest {
+        rest.drain(REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+        return closing(response);
     }
+    response
 }
 
 /// Whether a POST's content type is one a GraphQL request comes in: JSON (any

@@ -130,13 +130,31 @@ impl Rest {
 
     /// Reads the file parts as the resolvers want them, until the body ends or the
     /// operations ran.
-    pub async fn run(mut self) -> Read {
+    pub async fn run(&mut self) -> Read {
         let read = self.read().await;
         self.parts.end(match read {
             Read::Whole => "the request has no such part",
             Read::Unfinished => "the request body broke",
         });
         read
+    }
+
+    /// Reads and drops what is left of the body, at most `max` bytes within
+    /// `within`: a client still sending a short body then sees the answer instead of
+    /// a reset connection, while a long one is not read to its end.
+    pub async fn drain(mut self, max: u64, within: std::time::Duration) {
+        let drained = async {
+            let mut read: u64 = 0;
+            while let Ok(Some(mut field)) = self.fields.next_field().await {
+                while let Ok(Some(chunk)) = field.chunk().await {
+                    read += chunk.len() as u64;
+                    if read > max {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, drained).await;
     }
 
     async fn read(&mut self) -> Read {
