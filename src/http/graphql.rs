@@ -137,7 +137,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
 /// short body is read to its end, a long one is not), and the connection closes.
 async fn unread(rest: Option<Rest>, response: Response) -> Response {
     if let Some(rest) = rest {
-        rest.drain(REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+        rest.drain().await;
         return closing(response);
     }
     response
@@ -278,8 +278,8 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// What a request refused before its body is read (CSRF, no valid token) may still
 /// send, and for how long, so that a client sending a small body sees the answer
 /// rather than a reset connection: a bounded cost, and no upload slot.
-const REFUSED_DRAIN_BYTES: u64 = 1024 * 1024;
-const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const REFUSED_DRAIN_BYTES: u64 = 1024 * 1024;
+pub(super) const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a request refused from its headers alone: after at most
 /// [`REFUSED_DRAIN_BYTES`] of its body within [`REFUSED_DRAIN_TIMEOUT`], and the

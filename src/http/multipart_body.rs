@@ -13,6 +13,7 @@ use futures::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::graphql::{REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT};
 use crate::graphql::file_parts::{Demand, Kept, Parts, Piece};
 
 /// How many chunks of a streaming part may wait for its resolver.
@@ -40,6 +41,7 @@ pub enum Read {
 
 /// Reads `operations` and `map` (the spec puts them first) from `body`; returns the
 /// operations, their file variables pointing at parts, and the reader of the rest.
+/// A refused start drops a little more of the body first ([`drain`]).
 pub async fn start<S>(
     body: S,
     boundary: &str,
@@ -49,6 +51,30 @@ where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
     let mut fields = multer::Multipart::new(body, boundary.to_owned());
+    match read_head(&mut fields, max_files).await {
+        Ok((batch, indexes, uses)) => {
+            let rest = Rest {
+                fields,
+                indexes,
+                parts: Parts::new(&uses),
+            };
+            Ok((batch, rest))
+        }
+        Err(err) => {
+            drain(&mut fields, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+            Err(err)
+        }
+    }
+}
+
+/// The operations with their file variables set, each file field's part index, and
+/// how many variables each part is mapped to.
+type Head = (BatchRequest, HashMap<String, usize>, Vec<usize>);
+
+async fn read_head(
+    fields: &mut multer::Multipart<'static>,
+    max_files: u64,
+) -> Result<Head, ReadError> {
     let mut operations: Option<BatchRequest> = None;
     let mut map: Option<serde_json::Map<String, serde_json::Value>> = None;
     while operations.is_none() || map.is_none() {
@@ -78,12 +104,25 @@ where
         uses.push(paths.len());
         indexes.insert(name, index);
     }
-    let rest = Rest {
-        fields,
-        indexes,
-        parts: Parts::new(&uses),
+    Ok((batch, indexes, uses))
+}
+
+/// Reads and drops what is left of a multipart body, at most `max` bytes within
+/// `within`: a client still sending a short body then sees the answer instead of a
+/// reset connection, while a long one is not read to its end.
+async fn drain(fields: &mut multer::Multipart<'static>, max: u64, within: std::time::Duration) {
+    let drained = async {
+        let mut read: u64 = 0;
+        while let Ok(Some(mut field)) = fields.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                read += chunk.len() as u64;
+                if read > max {
+                    return;
+                }
+            }
+        }
     };
-    Ok((batch, rest))
+    let _ = tokio::time::timeout(within, drained).await;
 }
 
 /// Sets the variable at `path` (`variables.files.2`, or `0.variables.file` in a
@@ -139,22 +178,10 @@ impl Rest {
         read
     }
 
-    /// Reads and drops what is left of the body, at most `max` bytes within
-    /// `within`: a client still sending a short body then sees the answer instead of
-    /// a reset connection, while a long one is not read to its end.
-    pub async fn drain(mut self, max: u64, within: std::time::Duration) {
-        let drained = async {
-            let mut read: u64 = 0;
-            while let Ok(Some(mut field)) = self.fields.next_field().await {
-                while let Ok(Some(chunk)) = field.chunk().await {
-                    read += chunk.len() as u64;
-                    if read > max {
-                        return;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(within, drained).await;
+    /// Reads and drops a little more of the body ([`drain`]), once the operations
+    /// ran without reading it all.
+    pub async fn drain(mut self) {
+        drain(&mut self.fields, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
     }
 
     async fn read(&mut self) -> Read {
