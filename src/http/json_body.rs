@@ -576,23 +576,30 @@ mod tests {
     /// leaves no file behind.
     #[tokio::test]
     async fn a_broken_spooled_string_leaves_no_file() {
-        let text = "QUJD".repeat(600_000);
-        let invalid = format!("{{\"variables\":{{\"i\":{{\"base64\":\"{text}!{text}\"}}}}}}");
-        let cut = format!("{{\"variables\":{{\"i\":{{\"base64\":\"{text}");
-        for body in [invalid, cut] {
-            let folder = tempfile::tempdir().expect("temp dir");
-            let path = folder.path().to_owned();
-            let mut json = JsonBody::new(None, 20, move || path.join("spooled"));
-            json.feed(body.as_bytes()).await.expect("one file");
-            drop(json);
-            // The worker's last write may still be on the blocking pool.
-            for _ in 0..100 {
-                if !folder.path().join("spooled").exists() {
-                    break;
+        /// Waits (the worker's writes run on the blocking pool) until `path`
+        /// exists as `wanted` says; whether it came to.
+        async fn until(path: &std::path::Path, wanted: bool) -> bool {
+            for _ in 0..200 {
+                if path.exists() == wanted {
+                    return true;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            assert!(!folder.path().join("spooled").exists());
+            false
+        }
+        // Past what stays in memory: spooled to a file before the break.
+        let text = "QUJD".repeat(600_000);
+        let start = format!("{{\"variables\":{{\"i\":{{\"base64\":\"{text}");
+        for rest in [format!("!{text}\"}}}}}}"), String::new()] {
+            let folder = tempfile::tempdir().expect("temp dir");
+            let spooled = folder.path().join("spooled");
+            let path = spooled.clone();
+            let mut json = JsonBody::new(None, 20, move || path.clone());
+            json.feed(start.as_bytes()).await.expect("one file");
+            assert!(until(&spooled, true).await, "the file spills to its spool");
+            json.feed(rest.as_bytes()).await.expect("one file");
+            drop(json);
+            assert!(until(&spooled, false).await, "the spool file is removed");
         }
     }
 }

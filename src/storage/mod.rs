@@ -221,14 +221,8 @@ impl Storage {
                     .observed("write", async { write_new_file(&path, &bytes, false) })
                     .await;
             }
-            let write = tokio::task::spawn_blocking(move || write_new_file(&path, &bytes, sync));
             return self
-                .observed("write", async {
-                    write.await.map_err(|err| {
-                        opendal::Error::new(opendal::ErrorKind::Unexpected, "a write task failed")
-                            .set_source(err)
-                    })?
-                })
+                .write_blocking(move || write_new_file(&path, &bytes, sync))
                 .await;
         }
         let write = self
@@ -265,14 +259,8 @@ impl Storage {
                 root.join(key.as_str()),
                 self.fsync_files,
             );
-            let link = tokio::task::spawn_blocking(move || link_new_file(&from, &to, sync));
             let linked = self
-                .observed("write", async {
-                    link.await.map_err(|err| {
-                        opendal::Error::new(opendal::ErrorKind::Unexpected, "a link task failed")
-                            .set_source(err)
-                    })?
-                })
+                .write_blocking(move || link_new_file(&from, &to, sync))
                 .await;
             // Another filesystem under the root: the bytes are copied instead.
             if !matches!(&linked, Err(err) if err.kind() == opendal::ErrorKind::Unsupported) {
@@ -292,6 +280,21 @@ impl Storage {
             StreamWriteError::Storage(err) => err,
             other => opendal::Error::new(opendal::ErrorKind::Unexpected, other.to_string()),
         })
+    }
+
+    /// An fs write on the blocking pool, observed as a `write`.
+    async fn write_blocking(
+        &self,
+        work: impl FnOnce() -> opendal::Result<()> + Send + 'static,
+    ) -> opendal::Result<()> {
+        let task = tokio::task::spawn_blocking(work);
+        self.observed("write", async {
+            task.await.map_err(|err| {
+                opendal::Error::new(opendal::ErrorKind::Unexpected, "a write task failed")
+                    .set_source(err)
+            })?
+        })
+        .await
     }
 
     /// Runs one storage operation and records its latency and failure in the

@@ -6,7 +6,7 @@ use attache::auth::link::LinkPurpose;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    CREATE_DIRECT, DELETE, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, Uploaded, codes, data,
+    DELETE, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, Uploaded, announce, codes, data,
     declaration, now, pdf, png, put_to, tenant,
 };
 
@@ -535,14 +535,7 @@ async fn only_the_canonical_link_opens(setup: Setup) {
 
     // The signed upload route of direct uploads follows the same rule.
     let content = pdf();
-    let created = app
-        .gql(
-            CREATE_DIRECT,
-            json!({ "input": declaration(&content, "application/pdf") }),
-            Some(&bearer),
-        )
-        .await;
-    let direct = data(&created, "createDirectUpload");
+    let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
     let upload_url = direct["uploadUrl"].as_str().expect("uploadUrl").to_owned();
     let expires = param(&upload_url, "expires").expect("expires");
     let signature = param(&upload_url, "signature").expect("signature");

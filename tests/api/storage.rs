@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::helpers::{
     CREATE_DIRECT, S3_ACCESS_KEY, S3_BUCKET, S3Server, Setup, Store, TestApp, UPLOAD, Uploaded,
-    announce_and_put, codes, complete_direct, data, declaration, direct_upload, fetch, pdf,
-    post_multipart, put_to, s3_flags, sha256_hex, tenant, upload_file_form,
+    announce, announce_and_put, codes, complete_direct, data, declaration, direct_upload, fetch,
+    multipart_head, pdf, post_multipart, put_to, s3_flags, sha256_hex, tenant, upload_file_form,
 };
 use crate::helpers::{SECRET, private_database_url, run_attache};
 
@@ -532,25 +532,13 @@ async fn large_files_stream_through(setup: Setup) {
         "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id } }",
         "variables": { "input": { "ownerType": "contract", "ownerId": "c-8", "file": null } },
     });
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{operations}\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\":[\"variables.input.file\"]}}\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"big.pdf\"\r\nContent-Type: application/pdf\r\n\r\n"
-    )
-    .into_bytes();
+    let mut body = multipart_head(boundary, &operations, "big.pdf", "application/pdf");
     body.extend_from_slice(&content);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let multipart = format!("multipart/form-data; boundary={boundary}");
     send_half_and_hang_up(&app, &bearer, &multipart, &body).await;
     // And a direct upload's PUT cut off midway: its completion is refused.
-    let created = app
-        .gql(
-            CREATE_DIRECT,
-            json!({ "input": declaration(&content, "application/pdf") }),
-            Some(&bearer),
-        )
-        .await;
-    let direct = data(&created, "createDirectUpload");
+    let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
     let headers: Vec<(String, String)> = direct["headers"]
         .as_array()
         .expect("headers")

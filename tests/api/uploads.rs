@@ -6,8 +6,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Refusal, Setup, TestApp, UPLOAD, Uploaded, codes, data, fetch, pdf, png, post_multipart,
-    sha256_hex, tenant, upload_file_form,
+    Refusal, Setup, TestApp, UPLOAD, Uploaded, codes, data, fetch, multipart_head, pdf, png,
+    post_multipart, sha256_hex, tenant, upload_file_form,
 };
 
 async fn upload_stores_the_file_under_its_collection_key(setup: Setup) {
@@ -359,12 +359,7 @@ async fn multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further(setu
         "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id } }",
         "variables": { "input": { "ownerType": "invoice_reference", "file": null } },
     });
-    let mut head = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{operations}\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\":[\"variables.input.file\"]}}\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"logo.png\"\r\nContent-Type: image/png\r\n\r\n"
-    )
-    .into_bytes();
+    let mut head = multipart_head(boundary, &operations, "logo.png", "image/png");
     let announced = head.len() + 8 * 1024 * 1024;
     head.extend(png());
     head.resize(head.len() + 256 * 1024, 0);
@@ -487,10 +482,14 @@ async fn a_failing_row_removes_its_object(setup: Setup) {
 async fn large_files_keep_every_byte(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let bearer = app.token(&tenant());
-    // Decoded in memory as it arrives, then spooled to a file.
-    for size in [300_007, (4 << 20) + 4099] {
+    let file_of = |size: u32| {
         let mut content = pdf();
         content.extend((0..size).map(|i: u32| (i % 251) as u8));
+        content
+    };
+    // Decoded in memory as it arrives, then spooled to a file.
+    for size in [300_007, (4 << 20) + 4099] {
+        let content = file_of(size);
         let standard = STANDARD.encode(&content);
         for encoded in [
             standard.clone(),
@@ -515,8 +514,7 @@ async fn large_files_keep_every_byte(setup: Setup) {
             assert_eq!(fetch(&stored["url"]).await, content, "bytes through url");
         }
     }
-    let mut content = pdf();
-    content.extend((0..(4 << 20) + 4099).map(|i: u32| (i % 251) as u8));
+    let content = file_of((4 << 20) + 4099);
     let standard = STANDARD.encode(&content);
     let twice = "mutation($file: UploadAttachmentInput!) { uploadAttachments(input: [$file, $file]) { sha256 byteSize } }";
     let body = app

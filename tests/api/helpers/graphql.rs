@@ -52,12 +52,28 @@ pub async fn announce_and_put(
     declared: Value,
     body: Vec<u8>,
 ) -> (Value, u16) {
+    let direct = announce(app, bearer, declared).await;
+    let status = put_to(app, &direct, body).await;
+    (direct, status)
+}
+
+/// `createDirectUpload` of `declared`: the direct upload, which the client PUTs next.
+pub async fn announce(app: &TestApp, bearer: &str, declared: Value) -> Value {
     let created = app
         .gql(CREATE_DIRECT, json!({ "input": declared }), Some(bearer))
         .await;
-    let direct = data(&created, "createDirectUpload");
-    let status = put_to(app, &direct, body).await;
-    (direct, status)
+    data(&created, "createDirectUpload")
+}
+
+/// The head of a multipart request that sends `operations` with one file mapped to
+/// `variables.input.file`, up to where the file's bytes begin.
+pub fn multipart_head(boundary: &str, operations: &Value, filename: &str, mime: &str) -> Vec<u8> {
+    format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{operations}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{{\"0\":[\"variables.input.file\"]}}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 /// A PDF's direct upload from start to end: announced, PUT (which must succeed) and
