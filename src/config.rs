@@ -584,4 +584,24 @@ mod tests {
             assert!(parse_byte_size(bad).is_err(), "{bad}");
         }
     }
+
+    /// S3 takes parts of 5 MiB to 5 GiB (but the last): other sizes fail at start.
+    #[test]
+    fn an_s3_part_size_is_one_s3_takes() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            storage: super::StorageConfig,
+        }
+        let parse = |size: &str| {
+            Cli::try_parse_from(["attache", "--s3-part-size-bytes", size])
+                .map(|cli| cli.storage.s3_part_size_bytes)
+        };
+        assert_eq!(parse("5242880").ok(), Some(5 << 20));
+        assert_eq!(parse("5368709120").ok(), Some(5 << 30));
+        for refused in ["0", "5242879", "5368709121"] {
+            assert!(parse(refused).is_err(), "{refused}");
+        }
+    }
 }
