@@ -22,7 +22,8 @@
 //! 7. one multipart upload of 1 GiB on fs, verified, with the server's peak RSS.
 //!
 //! `BENCH_QUICK=1` runs fewer iterations (and 64 MiB instead of 256, 256 MiB instead
-//! of 1 GiB); `BENCH_ONLY=memory` runs step 6 alone, `BENCH_ONLY=large` step 7.
+//! of 1 GiB); `BENCH_ONLY=memory` runs step 6 alone, `BENCH_ONLY=large` step 7;
+//! `BENCH_BACKENDS=fs` (or `s3`) limits step 6 to one backend.
 
 mod common;
 
@@ -318,9 +319,9 @@ enum Backend {
 }
 
 /// Peak RSS per in-flight upload for each backend, path and size: [`PERMITS`]
-/// uploads at once on a fresh server (the peak only grows), the growth over its
-/// idle RSS divided among them. A path that streams holds about the same whatever
-/// the size.
+/// uploads at once on a fresh server, after a first round of small ones, the
+/// growth of the peak over the idle RSS divided among them. A path that streams
+/// holds about the same whatever the size.
 async fn memory_by_path(dir: &std::path::Path, client: &reqwest::Client, token: &str, quick: bool) {
     let large = if quick { 64 * MIB } else { 256 * MIB };
     let limit = large + MIB;
@@ -330,9 +331,18 @@ async fn memory_by_path(dir: &std::path::Path, client: &reqwest::Client, token: 
         "
 peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
     );
-    println!("| backend | path | file | idle RSS | peak RSS | per upload | per upload / file |");
+    println!(
+        "| backend | path | file | idle RSS | peak RSS | per upload | beyond a 10 KiB upload |"
+    );
     println!("|---|---|---|---|---|---|---|");
+    let only = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "fs,s3".into());
     for backend in [Backend::Fs, Backend::S3] {
+        if !only
+            .split(',')
+            .any(|name| name.eq_ignore_ascii_case(&format!("{backend:?}")))
+        {
+            continue;
+        }
         let mut env = vec![
             ("COLLECTIONS_FILE", collections.display().to_string()),
             ("MAX_UPLOAD_BYTES", limit.to_string()),
@@ -351,34 +361,54 @@ peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
             UploadPath::Multipart,
             UploadPath::Direct,
         ] {
-            for size in [10 * MIB, large] {
+            // The 10 KiB row is the request without a file to speak of: what the
+            // larger rows hold beyond it is what the file costs.
+            let mut request_alone = 0.0;
+            for size in [10 * 1024, 10 * MIB, large] {
                 let server = Server::start_with(dir, &env);
+                // A first round of small files starts what every request uses
+                // (threads, connections, pools); the peak then counts from here.
+                let base = server.base.clone();
+                concurrent_uploads(path, client, &base, token, 10 * 1024, 20_000).await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                server.reset_peak();
                 let idle = server.memory_kib("VmRSS:");
-                let uploads: Vec<_> = (0..PERMITS)
-                    .map(|seed| {
-                        let (client, token, base) =
-                            (client.clone(), token.to_owned(), server.base.clone());
-                        let content = upload_content(size, 30_000 + seed);
-                        tokio::spawn(async move {
-                            upload_by(path, &client, &base, &token, content).await
-                        })
-                    })
-                    .collect();
-                for upload in uploads {
-                    upload.await.expect("upload task");
-                }
+                concurrent_uploads(path, client, &base, token, size, 30_000).await;
                 let peak = server.memory_kib("VmHWM:");
                 let per_upload = peak.saturating_sub(idle) as f64 / 1024.0 / PERMITS as f64;
+                if size < MIB {
+                    request_alone = per_upload;
+                }
                 println!(
-                    "| {backend:?} | {path:?} | {} | {:.1} MiB | {:.1} MiB | {per_upload:.1} MiB | {:.3}x |",
+                    "| {backend:?} | {path:?} | {} | {:.1} MiB | {:.1} MiB | {per_upload:.1} MiB | {:.1} MiB |",
                     human(size),
                     idle as f64 / 1024.0,
                     peak as f64 / 1024.0,
-                    per_upload / (size / MIB) as f64
+                    per_upload - request_alone
                 );
             }
         }
+    }
+}
+
+/// [`PERMITS`] uploads of `size` bytes at once along `path`, each checked.
+async fn concurrent_uploads(
+    path: UploadPath,
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    size: usize,
+    seed: usize,
+) {
+    let uploads: Vec<_> = (0..PERMITS)
+        .map(|n| {
+            let (client, token, base) = (client.clone(), token.to_owned(), base.to_owned());
+            let content = upload_content(size, seed + n);
+            tokio::spawn(async move { upload_by(path, &client, &base, &token, content).await })
+        })
+        .collect();
+    for upload in uploads {
+        upload.await.expect("upload task");
     }
 }
 

@@ -204,7 +204,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     let restaged = key.as_str() != staged.as_str();
     let new_keys = [key.as_str().to_owned()];
     let verified = if restaged {
-        copy_checked(app, &staged, &key, &new_keys, check).await
+        copy_checked(app, (&staged, stored), &key, &new_keys, check).await
     } else {
         read_checked(app, &key, check).await
     };
@@ -267,7 +267,7 @@ async fn start_check(
 /// staging key meanwhile can take their place); a refusal leaves nothing at `key`.
 async fn copy_checked(
     app: &App,
-    staged: &StorageKey,
+    (staged, size): (&StorageKey, u64),
     key: &StorageKey,
     new_keys: &[String],
     mut check: StreamCheck,
@@ -276,7 +276,7 @@ async fn copy_checked(
     let content_type = check.media().mime();
     let copied = app
         .storage
-        .copy_new(staged, key, content_type, |chunk| check.update(chunk))
+        .copy_new(staged, key, size, content_type, |chunk| check.update(chunk))
         .await;
     let checked = match copied {
         Ok(_) => check.finish(),

@@ -91,14 +91,16 @@ impl Storage {
         Ok(())
     }
 
-    /// Copies `from` into the new object `to` of this store as a stream, in parts of
-    /// [`COPY_CHUNK`] (a multipart upload on S3), showing every chunk to `inspect` on
-    /// the way: memory stays flat whatever the size. A broken read leaves nothing at
-    /// `to`.
+    /// Copies `from`, of `size` bytes, into the new object `to` of this store as a
+    /// stream ([`Storage::put_exact`]: a multipart upload on S3 when larger than a
+    /// part), showing every chunk to `inspect` on the way: memory stays flat
+    /// whatever the size. A broken read, or one of another length, leaves nothing
+    /// at `to`.
     pub async fn copy_new(
         &self,
         from: &StorageKey,
         to: &StorageKey,
+        size: u64,
         content_type: &str,
         mut inspect: impl FnMut(&[u8]),
     ) -> Result<u64, StreamWriteError> {
@@ -111,7 +113,7 @@ impl Storage {
                 inspect(chunk);
             }
         }));
-        self.put_large(to, stream, content_type).await
+        self.put_exact(to, stream, size, content_type).await
     }
 
     /// Copies `key` from `source` into this store as a stream, replacing what is

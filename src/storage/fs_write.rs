@@ -107,7 +107,7 @@ fn write_direct(_path: &std::path::Path, _bytes: &[u8]) -> usize {
 }
 
 /// An I/O error as OpenDAL would report it; an existing file is a failed condition.
-fn io_error(err: std::io::Error) -> opendal::Error {
+pub(super) fn io_error(err: std::io::Error) -> opendal::Error {
     let kind = match err.kind() {
         std::io::ErrorKind::AlreadyExists => opendal::ErrorKind::ConditionNotMatch,
         std::io::ErrorKind::NotFound => opendal::ErrorKind::NotFound,

@@ -2,12 +2,14 @@
 //! overwriting), stream a range of it, delete it, probe the backend. The database
 //! keeps only relative keys, so every key is valid on every backend (SPEC 8).
 
+mod chunked;
 mod copy;
 mod fs_write;
 mod key;
 mod local;
 mod probe;
-mod unfinished;
+mod s3_api;
+mod s3_write;
 
 use std::time::Duration;
 
@@ -15,13 +17,15 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use opendal::Operator;
 
+use chunked::write_file;
+pub use chunked::{ChunkPipeline, ChunkSink, NewFile, WRITE_CHUNK};
 pub use copy::{CopyError, Digest};
 pub use fs_write::{DIRECT_WRITE_FROM, FILE_ALIGNMENT};
 use fs_write::{INLINE_WRITE_UP_TO, link_new_file, write_new_file};
 pub use key::{KeyTemplate, StorageKey};
 pub use local::LocalFile;
 pub use probe::PROBE_TIMEOUT;
-pub use unfinished::Unfinished;
+pub use s3_api::Unfinished;
 
 use crate::config::{AddressingStyle, ConfigError, StorageBackend, StorageConfig};
 
@@ -66,7 +70,7 @@ pub struct Storage {
     /// `FSYNC_FILES`: new files are synced to disk before they count as written.
     fsync_files: bool,
     /// S3's unfinished multipart uploads, for `storage sweep`; `None` on fs.
-    unfinished: Option<std::sync::Arc<unfinished::Uploads>>,
+    s3_api: Option<std::sync::Arc<s3_api::S3Api>>,
     /// The parts of a large object's write: `S3_PART_SIZE_BYTES` on S3; `None` on
     /// fs, which writes each chunk as it comes.
     part_size: Option<usize>,
@@ -116,7 +120,7 @@ impl Storage {
                         .trim_end_matches('/')
                         .to_owned(),
                     fsync_files: false,
-                    unfinished: Some(std::sync::Arc::new(unfinished::Uploads::new(config))),
+                    s3_api: Some(std::sync::Arc::new(s3_api::S3Api::new(config))),
                     part_size: Some(
                         usize::try_from(config.s3_part_size_bytes).unwrap_or(COPY_CHUNK),
                     ),
@@ -156,7 +160,7 @@ impl Storage {
             location: format!("fs:{text}"),
             fs_root: Some(root),
             fsync_files: false,
-            unfinished: None,
+            s3_api: None,
             part_size: None,
         })
     }
@@ -267,15 +271,17 @@ impl Storage {
                 return linked;
             }
         }
-        let file = tokio::fs::File::open(spooled).await.map_err(|err| {
+        let failed = |err: std::io::Error| {
             opendal::Error::new(
                 opendal::ErrorKind::Unexpected,
                 "cannot read a spooled upload",
             )
             .set_source(err)
-        })?;
+        };
+        let file = tokio::fs::File::open(spooled).await.map_err(failed)?;
+        let size = file.metadata().await.map_err(failed)?.len();
         let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
-        let written = self.put_large(key, body, content_type).await;
+        let written = self.put_exact(key, body, size, content_type).await;
         written.map(drop).map_err(|err| match err {
             StreamWriteError::Storage(err) => err,
             other => opendal::Error::new(opendal::ErrorKind::Unexpected, other.to_string()),
@@ -335,8 +341,7 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.write_new(key, body, max, self.part_size, content_type)
-            .await
+        self.write_new(key, body, max, content_type).await
     }
 
     /// Writes a new object of any length from a stream, as [`Storage::put_stream`]
@@ -356,68 +361,73 @@ impl Storage {
         self.put_stream(key, body, u64::MAX, content_type).await
     }
 
-    /// Creates `key` (never overwriting) and feeds it `body`, buffered into parts of
-    /// `chunk` bytes when given; closes it at the end, or discards the object when
-    /// the body breaks or passes `max` bytes.
+    /// Creates `key` (never overwriting) and feeds it `body`; discards the object
+    /// when the body breaks or passes `max` bytes. On fs the chunks go straight to
+    /// the file; S3 needs each part's length before its first byte, so a stream of
+    /// unknown length is spooled to a local temporary file first, then streamed up
+    /// from it ([`Storage::put_exact`]): memory stays flat either way.
     async fn write_new<S, E>(
         &self,
         key: &StorageKey,
-        mut body: S,
+        body: S,
         max: u64,
-        chunk: Option<usize>,
         content_type: &str,
     ) -> Result<u64, StreamWriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut writer = self
-            .operator
-            .writer_with(key.as_str())
-            .content_type(content_type)
-            .if_not_exists(true);
-        if let Some(chunk) = chunk {
-            writer = writer.chunk(chunk);
+        if let Some(root) = &self.fs_root {
+            let path = root.join(key.as_str());
+            let (_, written) = write_file(path, body, max, self.fsync_files).await?;
+            return Ok(written);
         }
-        let mut writer = writer.await?;
-        let mut total: u64 = 0;
-        while let Some(chunk) = body.next().await {
-            let failure = match chunk {
-                Err(err) => Some(StreamWriteError::Body(err.to_string())),
-                Ok(chunk) => {
-                    total += chunk.len() as u64;
-                    if total > max {
-                        Some(StreamWriteError::TooLarge)
-                    } else {
-                        writer
-                            .write(chunk)
-                            .await
-                            .err()
-                            .map(StreamWriteError::Storage)
-                    }
-                }
-            };
-            if let Some(failure) = failure {
-                self.discard_partial(key, writer.abort().await).await;
-                return Err(failure);
-            }
-        }
-        writer.close().await?;
-        Ok(total)
+        let (spooled, size) = write_file(self.spool_path(), body, max, false).await?;
+        // Removed when this returns, whatever happens.
+        let spooled = tempfile::TempPath::try_from_path(spooled)
+            .map_err(|err| StreamWriteError::Storage(fs_write::io_error(err)))?;
+        let file = tokio::fs::File::open(&spooled)
+            .await
+            .map_err(|err| StreamWriteError::Storage(fs_write::io_error(err)))?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
+        self.put_exact(key, body, size, content_type).await?;
+        Ok(size)
     }
 
-    /// After a refused stream: S3 aborts the unfinished upload; fs cannot abort, but
-    /// the file is this writer's own (opened with O_EXCL), so it is removed.
-    async fn discard_partial(&self, key: &StorageKey, aborted: opendal::Result<()>) {
-        let removed = match aborted {
-            Err(err) if err.kind() == opendal::ErrorKind::Unsupported && self.fs_root.is_some() => {
-                self.delete(key).await
+    /// Writes the new object `key` from exactly `size` bytes of `body`: on S3 each
+    /// request's body streams from it (`s3_write`), so no part is held in memory.
+    pub async fn put_exact<S, E>(
+        &self,
+        key: &StorageKey,
+        body: S,
+        size: u64,
+        content_type: &str,
+    ) -> Result<u64, StreamWriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if let Some(root) = &self.fs_root {
+            let path = root.join(key.as_str());
+            let (_, written) = write_file(path, body, size, self.fsync_files).await?;
+            if written == size {
+                return Ok(written);
             }
-            other => other,
-        };
-        if let Err(err) = removed {
-            tracing::warn!(key = %key, error = %err, "cannot remove a refused write");
+            if let Err(err) = self.delete(key).await {
+                tracing::warn!(key = %key, error = %err, "cannot remove a short write");
+            }
+            return Err(StreamWriteError::Body(format!(
+                "the stream ended after {written} of its {size} bytes"
+            )));
         }
+        let Some(api) = &self.s3_api else {
+            let err = opendal::Error::new(opendal::ErrorKind::Unexpected, "no store to write to");
+            return Err(StreamWriteError::Storage(err));
+        };
+        let part_size = self.part_size.map_or(COPY_CHUNK as u64, |part| part as u64);
+        api.put_sized(key.as_str(), body, size, part_size, content_type)
+            .await?;
+        Ok(size)
     }
 
     /// The multipart uploads a crash left unfinished under the prefix, begun before
@@ -427,7 +437,7 @@ impl Storage {
         &self,
         cutoff: std::time::SystemTime,
     ) -> opendal::Result<Vec<(StorageKey, Unfinished)>> {
-        let Some(uploads) = &self.unfinished else {
+        let Some(uploads) = &self.s3_api else {
             return Ok(Vec::new());
         };
         let listed = match uploads.list().await {
@@ -455,7 +465,7 @@ impl Storage {
 
     /// Aborts an unfinished multipart upload: the store drops its parts.
     pub async fn abort_upload(&self, upload: &Unfinished) -> opendal::Result<()> {
-        let Some(uploads) = &self.unfinished else {
+        let Some(uploads) = &self.s3_api else {
             return Ok(());
         };
         uploads
@@ -591,6 +601,6 @@ impl Storage {
     }
 }
 
-fn unfinished_error(operation: &'static str, err: unfinished::UnfinishedError) -> opendal::Error {
+fn unfinished_error(operation: &'static str, err: s3_api::S3ApiError) -> opendal::Error {
     opendal::Error::new(opendal::ErrorKind::Unexpected, operation).set_source(err)
 }

@@ -661,7 +661,8 @@ async fn the_probe_runs_every_operation_attache_uses(setup: Setup) {
 }
 
 /// A multipart upload cut off by a crash (its writer dropped after its first parts,
-/// without an abort) leaves parts that no listing of objects shows. `storage sweep`
+/// without an abort) leaves parts that no listing of objects shows, while one whose
+/// stream breaks is aborted at once. `storage sweep`
 /// finds them through the S3 API: a younger one than its threshold stays, an older
 /// one is aborted, and the store then lists none. On s3s, which cannot list them,
 /// the sweep goes on without.
@@ -675,24 +676,25 @@ async fn a_crash_mid_upload_leaves_parts_the_sweep_aborts(setup: Setup) {
     let url = private_database_url(setup.db, dir.path()).await;
     let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
     let key = format!("{}/contracts/c-1/{}.pdf", tenant(), uuid::Uuid::now_v7());
-    // Two parts' worth: the writer sends a part once the next bytes arrive.
+    // 20 MiB announced, 18 sent: two 8 MiB parts go up, the third waits for more.
     let part = Bytes::from(vec![7u8; 9 * 1024 * 1024]);
     let body = futures::StreamExt::chain(
-        futures::stream::iter([Ok::<_, std::io::Error>(part.clone()), Ok(part)]),
+        futures::stream::iter([Ok::<_, std::io::Error>(part.clone()), Ok(part.clone())]),
         futures::stream::pending(),
     );
     let cut_off = tokio::time::timeout(
         Duration::from_secs(5),
-        app.app.storage.put_large(
+        app.app.storage.put_exact(
             &StorageKey::from_stored(key.clone()),
             Box::pin(body),
+            20 * 1024 * 1024,
             "application/pdf",
         ),
     )
     .await;
     assert!(
         cut_off.is_err(),
-        "the upload was still waiting for its next part"
+        "the upload was still waiting for its last part"
     );
     let unfinished = || {
         app.app
@@ -739,6 +741,26 @@ async fn a_crash_mid_upload_leaves_parts_the_sweep_aborts(setup: Setup) {
         unfinished().await.expect("list").is_empty(),
         "its parts are gone"
     );
+
+    // A stream that breaks after its first part: the upload is aborted at once.
+    let broken =
+        futures::stream::iter([Ok(part), Err(std::io::Error::other("the client went away"))]);
+    let refused = app
+        .app
+        .storage
+        .put_exact(
+            &StorageKey::from_stored(key.clone()),
+            broken,
+            20 * 1024 * 1024,
+            "application/pdf",
+        )
+        .await;
+    assert!(refused.is_err(), "a broken stream stores nothing");
+    assert!(
+        unfinished().await.expect("list").is_empty(),
+        "its parts went with it"
+    );
+    assert!(app.stored_keys().is_empty(), "and no object");
 }
 
 crate::matrix!(

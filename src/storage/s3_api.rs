@@ -1,3 +1,6 @@
+//! attache's own signed requests to S3, for what OpenDAL cannot do: streamed
+//! multipart uploads (`s3_write`) and the multipart uploads left unfinished.
+//!
 //! Multipart uploads left unfinished on S3. A large object goes up in parts; a
 //! refused or broken stream aborts its upload, but a process killed mid-upload
 //! leaves the parts stored (and billed) under no object, where no listing of
@@ -34,7 +37,7 @@ pub struct Unfinished {
 
 /// Why the store could not be asked.
 #[derive(Debug, thiserror::Error)]
-pub enum UnfinishedError {
+pub enum S3ApiError {
     #[error("cannot sign the request: {0}")]
     Sign(#[from] reqsign_core::Error),
     #[error("the store cannot be reached: {0}")]
@@ -48,7 +51,7 @@ pub enum UnfinishedError {
     Unreadable(String),
 }
 
-impl UnfinishedError {
+impl S3ApiError {
     /// The store has no such call (s3s answers 501 Not Implemented).
     pub fn unsupported(&self) -> bool {
         matches!(self, Self::Refused { status, .. } if *status == reqwest::StatusCode::NOT_IMPLEMENTED)
@@ -56,7 +59,7 @@ impl UnfinishedError {
 }
 
 /// Lists and aborts the bucket's unfinished multipart uploads under the prefix.
-pub struct Uploads {
+pub struct S3Api {
     signer: Signer<Credential>,
     http: reqwest::Client,
     /// The bucket's own URL, where uploads are listed: `http://host/bucket` (path
@@ -87,7 +90,7 @@ struct Upload {
     initiated: String,
 }
 
-impl Uploads {
+impl S3Api {
     /// For the configured bucket (rustls on ring, installed by the caller).
     pub fn new(config: &StorageConfig) -> Self {
         let region = config.region();
@@ -137,7 +140,7 @@ impl Uploads {
     }
 
     /// Every unfinished upload under the prefix, page after page.
-    pub async fn list(&self) -> Result<Vec<Unfinished>, UnfinishedError> {
+    pub async fn list(&self) -> Result<Vec<Unfinished>, S3ApiError> {
         let mut found = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
@@ -152,10 +155,10 @@ impl Uploads {
             let url = format!("{}?{query}", self.bucket_url);
             let body = self.send(http::Method::GET, &url).await?;
             let page: ListMultipartUploadsResult = quick_xml::de::from_str(&body)
-                .map_err(|err| UnfinishedError::Unreadable(err.to_string()))?;
+                .map_err(|err| S3ApiError::Unreadable(err.to_string()))?;
             for upload in page.upload {
                 let initiated = DateTime::parse_from_rfc3339(&upload.initiated)
-                    .map_err(|err| UnfinishedError::Unreadable(err.to_string()))?;
+                    .map_err(|err| S3ApiError::Unreadable(err.to_string()))?;
                 found.push(Unfinished {
                     key: upload.key,
                     upload_id: upload.upload_id,
@@ -172,7 +175,7 @@ impl Uploads {
             };
             // A store that hands back the same page again would be asked forever.
             if next == markers {
-                return Err(UnfinishedError::Unreadable(
+                return Err(S3ApiError::Unreadable(
                     "the listing's next page is the page just read".into(),
                 ));
             }
@@ -181,16 +184,10 @@ impl Uploads {
     }
 
     /// Aborts `upload`: the store drops its parts.
-    pub async fn abort(&self, upload: &Unfinished) -> Result<(), UnfinishedError> {
-        let path: String = upload
-            .key
-            .split('/')
-            .map(encode)
-            .collect::<Vec<_>>()
-            .join("/");
+    pub async fn abort(&self, upload: &Unfinished) -> Result<(), S3ApiError> {
         let url = format!(
-            "{}{path}?uploadId={}",
-            self.objects_url,
+            "{}?uploadId={}",
+            self.object_url(&upload.key),
             encode(&upload.upload_id)
         );
         self.send(http::Method::DELETE, &url).await.map(drop)
@@ -201,34 +198,86 @@ impl Uploads {
         upload.key.strip_prefix(&self.prefix).unwrap_or(&upload.key)
     }
 
+    /// The URL of the object whose key (the prefix included) is `key`.
+    pub(super) fn object_url(&self, key: &str) -> String {
+        let path: Vec<String> = key.split('/').map(encode).collect();
+        format!("{}{}", self.objects_url, path.join("/"))
+    }
+
+    /// The key in the bucket of attache's `key`: the prefix and the key.
+    pub(super) fn bucket_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
     /// Sends a signed request without a body; the answer's body when it succeeds.
-    async fn send(&self, method: http::Method, url: &str) -> Result<String, UnfinishedError> {
-        let request = http::Request::builder()
-            .method(method)
-            .uri(url)
-            .header("x-amz-content-sha256", EMPTY_SHA256)
+    async fn send(&self, method: http::Method, url: &str) -> Result<String, S3ApiError> {
+        let response = self
+            .execute(method, url, Vec::new(), Payload::Empty, REQUEST_TIMEOUT)
+            .await?;
+        Ok(response.text().await?)
+    }
+
+    /// Sends a signed request with `headers` and `payload`, waiting at most
+    /// `timeout` for the answer; the answer when it succeeds.
+    pub(super) async fn execute(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: Vec<(http::HeaderName, String)>,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, S3ApiError> {
+        let mut request = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let (content_sha256, body) = match payload {
+            Payload::Empty => (EMPTY_SHA256.to_owned(), reqwest::Body::from(Vec::new())),
+            Payload::Bytes(bytes) => {
+                use sha2::Digest;
+                let digest = hex::encode(sha2::Sha256::digest(&bytes));
+                (digest, reqwest::Body::from(bytes))
+            }
+            // As AWS's SDKs stream: the body's length is signed, its bytes are not.
+            Payload::Streamed(body) => ("UNSIGNED-PAYLOAD".to_owned(), body),
+        };
+        let request = request
+            .header("x-amz-content-sha256", content_sha256)
             .body(())
-            .map_err(|err| UnfinishedError::Unreadable(err.to_string()))?;
+            .map_err(|err| S3ApiError::Unreadable(err.to_string()))?;
         let (mut parts, ()) = request.into_parts();
         self.signer.sign(&mut parts, None).await?;
         parts.headers.remove(http::header::HOST);
-        let request =
-            reqwest::Request::try_from(http::Request::from_parts(parts, Vec::<u8>::new()))?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.execute(request))
+        let request = reqwest::Request::try_from(http::Request::from_parts(parts, body))?;
+        let response = tokio::time::timeout(timeout, self.http.execute(request))
             .await
-            .map_err(|_| UnfinishedError::Unreadable("no answer within 30 s".into()))??;
+            .map_err(|_| {
+                S3ApiError::Unreadable(format!(
+                    "no answer within {}",
+                    humantime::format_duration(timeout)
+                ))
+            })??;
         let status = response.status();
-        let body = response.text().await?;
         if !status.is_success() {
-            return Err(UnfinishedError::Refused { status, body });
+            let body = response.text().await.unwrap_or_default();
+            return Err(S3ApiError::Refused { status, body });
         }
-        Ok(body)
+        Ok(response)
     }
 }
 
-impl std::fmt::Debug for Uploads {
+/// What a request to the store carries.
+pub(super) enum Payload {
+    Empty,
+    /// A small body, signed with its sha256.
+    Bytes(Vec<u8>),
+    /// A body that streams in, of a length given in the headers.
+    Streamed(reqwest::Body),
+}
+
+impl std::fmt::Debug for S3Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uploads")
+        f.debug_struct("S3Api")
             .field("bucket_url", &self.bucket_url)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
@@ -236,7 +285,7 @@ impl std::fmt::Debug for Uploads {
 }
 
 /// `value` percent-encoded as SigV4 canonicalizes a query value or path segment.
-fn encode(value: &str) -> String {
+pub(super) fn encode(value: &str) -> String {
     const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'.')
