@@ -4,7 +4,8 @@ use attache::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: a GraphQL request is many small allocations, and glibc's malloc took
-/// some 15% of the server's cycles in a listing benchmark.
+/// some 15% of the server's cycles in a listing benchmark. Built without
+/// transparent huge pages (Cargo.toml says why).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
