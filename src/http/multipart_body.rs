@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 use super::graphql::{REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT};
 use crate::graphql::file_parts::{Demand, Kept, Parts, Piece};
 
-/// How many chunks of a streaming part may wait for its resolver.
-const LIVE_CHUNKS: usize = 8;
+/// How many chunks of a streaming part (up to 64 KiB each, the connection's read
+/// buffer) may wait for its resolver.
+const LIVE_CHUNKS: usize = 4;
 
 /// Why the start of a multipart body cannot be used.
 pub type ReadError = Box<dyn std::error::Error + Send + Sync>;

@@ -240,6 +240,8 @@ impl S3Api {
                 "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
                 quick_xml::escape::escape(etag)
             ));
+            // Read to its end, the connection goes back to the pool for the next part.
+            let _ = answer.bytes().await;
             offset += length;
         }
         completion.push_str("</CompleteMultipartUpload>");
