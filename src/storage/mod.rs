@@ -81,8 +81,11 @@ pub struct Storage {
 /// same memory whatever the file's size.
 const COPY_CHUNK: usize = 8 * 1024 * 1024;
 
-/// The most bytes one fs read of a download holds (see [`Storage::stream`]).
-const READ_CHUNK: usize = 128 * 1024;
+/// The most bytes one read of a file holds: a download's on fs (see
+/// [`Storage::stream`]), and a spooled file's on its way to S3. Within the
+/// allocator's medium sizes, which it reuses at once; 128 KiB reads, each freed on
+/// another thread than the one that made it, left 2 to 3 MiB per large upload.
+const READ_CHUNK: usize = 64 * 1024;
 
 impl Storage {
     /// Builds the operator from configuration; [`Storage::check`] then proves it works.
