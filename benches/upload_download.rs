@@ -371,7 +371,7 @@ peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
                 let base = server.base.clone();
                 concurrent_uploads(path, client, &base, token, 10 * 1024, 20_000).await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                server.reset_peak();
+                reset_peak(&server);
                 let idle = server.memory_kib("VmRSS:");
                 concurrent_uploads(path, client, &base, token, size, 30_000).await;
                 let peak = server.memory_kib("VmHWM:");
@@ -389,6 +389,13 @@ peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
             }
         }
     }
+}
+
+/// Resets the server's peak RSS (VmHWM) to its current RSS, so that the next peak is
+/// one of what runs from now on (`/proc/<pid>/clear_refs`, Linux 4.0 and later).
+fn reset_peak(server: &Server) {
+    std::fs::write(format!("/proc/{}/clear_refs", server.child.id()), "5")
+        .expect("reset the peak RSS");
 }
 
 /// [`PERMITS`] uploads of `size` bytes at once along `path`, each checked.

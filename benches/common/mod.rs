@@ -68,13 +68,6 @@ impl Server {
             })
             .expect("memory field")
     }
-
-    /// Resets the peak RSS (VmHWM) to the current RSS, so that the next peak is one
-    /// of what runs from now on (`/proc/<pid>/clear_refs`, Linux 4.0 and later).
-    pub fn reset_peak(&self) {
-        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
-            .expect("reset the peak RSS");
-    }
 }
 
 impl Drop for Server {

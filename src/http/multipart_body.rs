@@ -51,6 +51,10 @@ pub async fn start<S>(
 where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
+    let body = ChunkByChunk {
+        body: Box::pin(body),
+        handed: false,
+    };
     let mut fields = multer::Multipart::new(body, boundary.to_owned());
     match read_head(&mut fields, max_files).await {
         Ok((batch, indexes, uses)) => {
@@ -282,4 +286,31 @@ impl Rest {
 enum Sink {
     Live(mpsc::Sender<Piece>),
     File(tokio::fs::File),
+}
+
+/// The body as multer should read it: multer copies every chunk the body has ready
+/// into one buffer before it hands out any, which on a fast link is as much as the
+/// socket holds (megabytes per upload); here each poll gives it one chunk, then
+/// yields once, so it holds a chunk or two.
+struct ChunkByChunk<S> {
+    body: std::pin::Pin<Box<S>>,
+    /// A chunk went out on the last poll: this one yields.
+    handed: bool,
+}
+
+impl<S: Stream> Stream for ChunkByChunk<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if std::mem::take(&mut self.handed) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let next = self.body.as_mut().poll_next(cx);
+        self.handed = matches!(next, std::task::Poll::Ready(Some(_)));
+        next
+    }
 }
