@@ -98,7 +98,7 @@ impl Worker {
     }
 }
 
-/// A base64 file decoded as its text arrives: in memory while it fits in one
+/// A base64 file decoded as its text arrives: in memory while it fits in its first
 /// chunk, then into its spool file.
 pub struct Base64Spool {
     decoder: Base64Stream,
@@ -106,17 +106,21 @@ pub struct Base64Spool {
 }
 
 impl Base64Spool {
-    /// A spool that will write the new file `path` once the file outgrows a chunk;
-    /// its whole chunks bypass the page cache, as storage's writes of large files
-    /// do ([`crate::storage::DIRECT_WRITE_FROM`]).
-    pub fn new(path: PathBuf) -> Self {
+    /// A spool that will write the new file `path` once the file outgrows
+    /// `in_memory_up_to` bytes (at least a chunk); its whole chunks bypass the page
+    /// cache, as storage's writes of large files do
+    /// ([`crate::storage::DIRECT_WRITE_FROM`]).
+    pub fn new(path: PathBuf, in_memory_up_to: usize) -> Self {
         Self {
             decoder: Base64Stream::default(),
-            pipeline: ChunkPipeline::new(Worker {
-                file: NewFile::new(path),
-                hasher: Sha256::new(),
-                sniffer: Sniffer::new(),
-            }),
+            pipeline: ChunkPipeline::keeping(
+                Worker {
+                    file: NewFile::new(path),
+                    hasher: Sha256::new(),
+                    sniffer: Sniffer::new(),
+                },
+                in_memory_up_to,
+            ),
         }
     }
 

@@ -15,6 +15,10 @@ use crate::graphql::large_strings::LargeStrings;
 /// detour costs more than the copy.
 pub const SPOOL_FROM: usize = 64 * 1024;
 
+/// A body announced at most this long keeps its decoded files in memory (up to
+/// three quarters of it: 1.5 MiB).
+const SMALL_BODY: u64 = 2 * 1024 * 1024;
+
 /// The text of a body that may hold files starts with room for this much.
 const TEXT_FIRST: usize = 64 * 1024;
 
@@ -81,6 +85,8 @@ pub struct JsonBody {
     max_files: u64,
     too_many_files: bool,
     spool_path: Box<dyn Fn() -> PathBuf + Send + Sync>,
+    /// How large a decoded file may grow in memory before it goes to its spool.
+    in_memory_up_to: usize,
     text: Vec<u8>,
     frames: Vec<Frame>,
     mode: Mode,
@@ -106,9 +112,17 @@ impl JsonBody {
             true => announced.min(TEXT_FIRST),
             false => announced,
         };
+        // A body announced small holds its files in memory: they weigh no more than
+        // the body, and one write of a whole file beats a spool file and its link
+        // (1 MiB uploads from one client: see docs/performance.md).
+        let in_memory_up_to = match length {
+            Some(length) if length <= SMALL_BODY => announced,
+            _ => 0,
+        };
         Self {
             scan,
             unread: announced,
+            in_memory_up_to,
             max_files,
             too_many_files: false,
             spool_path: Box::new(spool_path),
@@ -225,7 +239,8 @@ impl JsonBody {
                     // by the spool.
                     let placeholder = self.large.next_placeholder();
                     self.keep(placeholder.as_bytes());
-                    let mut spooling = Spooling::new(Base64Spool::new((self.spool_path)()));
+                    let spool = Base64Spool::new((self.spool_path)(), self.in_memory_up_to);
+                    let mut spooling = Spooling::new(spool);
                     // The text held so far has no closing quote.
                     let _ = spooling.take(&text).await;
                     (Mode::Spooling(Box::new(spooling)), 0)

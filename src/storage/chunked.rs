@@ -19,19 +19,25 @@ use super::{FILE_ALIGNMENT, StreamWriteError};
 pub const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Bytes on their way to the disk, starting on a page boundary (so a whole chunk
-/// can be written with `O_DIRECT`), with room for a chunk and a page more, so that
-/// filling it never moves it.
+/// can be written with `O_DIRECT`), with room for `target` bytes and a page more,
+/// so that filling it never moves it.
 pub struct AlignedChunk {
     buffer: Vec<u8>,
     start: usize,
+    /// Handed over once it holds this many bytes.
+    target: usize,
 }
 
 impl AlignedChunk {
-    fn new() -> Self {
-        let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_CHUNK + 2 * FILE_ALIGNMENT);
+    fn new(target: usize) -> Self {
+        let mut buffer: Vec<u8> = Vec::with_capacity(target + 2 * FILE_ALIGNMENT);
         let start = buffer.as_ptr().align_offset(FILE_ALIGNMENT);
         buffer.resize(start, 0);
-        Self { buffer, start }
+        Self {
+            buffer,
+            start,
+            target,
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -48,7 +54,7 @@ impl AlignedChunk {
 
     /// How many more bytes fit before the chunk is handed over.
     pub fn room(&self) -> usize {
-        WRITE_CHUNK.saturating_sub(self.len())
+        self.target.saturating_sub(self.len())
     }
 
     /// The buffer to append to (at most [`AlignedChunk::room`] and a page more, or
@@ -203,8 +209,14 @@ pub struct ChunkPipeline<S: ChunkSink> {
 
 impl<S: ChunkSink> ChunkPipeline<S> {
     pub fn new(sink: S) -> Self {
+        Self::keeping(sink, WRITE_CHUNK)
+    }
+
+    /// A pipeline whose first chunk holds up to `first` bytes (at least a chunk):
+    /// a stream that ends within them never reaches the sink.
+    pub fn keeping(sink: S, first: usize) -> Self {
         Self {
-            chunk: AlignedChunk::new(),
+            chunk: AlignedChunk::new(first.max(WRITE_CHUNK)),
             sink: Some(sink),
             job: None,
             spare: None,
@@ -228,20 +240,20 @@ impl<S: ChunkSink> ChunkPipeline<S> {
         Ok(())
     }
 
-    /// Hands the chunk over once it holds [`WRITE_CHUNK`] bytes: its whole pages,
-    /// so that every write starts on one; the rest starts the next chunk.
+    /// Hands the chunk over once it is full: its whole pages, so that every write
+    /// starts on one; the rest starts the next chunk.
     pub async fn flush_full(&mut self) -> std::io::Result<()> {
         let length = self.chunk.len();
-        if length >= WRITE_CHUNK {
+        if length >= self.chunk.target {
             self.hand_over(length - length % FILE_ALIGNMENT).await?;
         }
         Ok(())
     }
 
-    /// The whole stream, when it never filled a chunk: no file was touched.
-    pub fn into_memory(mut self) -> Result<Bytes, Self> {
+    /// The whole stream, when it never filled its first chunk: no file was touched.
+    pub fn into_memory(self) -> Result<Bytes, Self> {
         match self.untouched {
-            true => Ok(std::mem::replace(&mut self.chunk, AlignedChunk::new()).into_bytes()),
+            true => Ok(self.chunk.into_bytes()),
             false => Err(self),
         }
     }
@@ -264,7 +276,10 @@ impl<S: ChunkSink> ChunkPipeline<S> {
     /// last ones.
     async fn hand_over(&mut self, length: usize) -> std::io::Result<()> {
         let mut sink = self.idle_sink().await?;
-        let mut next = self.spare.take().unwrap_or_else(AlignedChunk::new);
+        let mut next = self
+            .spare
+            .take()
+            .unwrap_or_else(|| AlignedChunk::new(WRITE_CHUNK));
         next.buffer.extend_from_slice(&self.chunk.bytes()[length..]);
         let mut full = std::mem::replace(&mut self.chunk, next);
         full.buffer.truncate(full.start + length);
@@ -280,7 +295,9 @@ impl<S: ChunkSink> ChunkPipeline<S> {
     /// The sink, after its job if one runs.
     async fn idle_sink(&mut self) -> std::io::Result<S> {
         if let Some(job) = self.job.take() {
-            let (sink, spare) = job.await.map_err(std::io::Error::other)??;
+            let (sink, mut spare) = job.await.map_err(std::io::Error::other)??;
+            // The first chunk may be larger: it comes back as an ordinary one.
+            spare.target = WRITE_CHUNK;
             self.spare = Some(spare);
             return Ok(sink);
         }
