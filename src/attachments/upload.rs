@@ -119,10 +119,10 @@ pub struct ValidUpload {
 /// From this size a file sent without a checksum is hashed while it is written:
 /// the write mostly waits (for the disk, which takes such files without the page
 /// cache, or for S3), and SHA-256 costs 0.65 ms per MiB that need not wait for it
-/// (10 MiB from one client: 300 instead of 220 uploads in 8 s). Smaller files are
-/// copied into the page cache, which costs CPU that hashing would compete with
-/// (1 MiB from 8 clients: 10 % fewer uploads when hashed alongside).
-const HASH_WHILE_WRITTEN_FROM: usize = 4 * 1024 * 1024;
+/// (10 MiB from one client: 300 instead of 220 uploads in 8 s; 1 MiB, alternated:
+/// see docs/performance.md). Smaller files are copied into the page cache, which
+/// costs CPU that hashing would compete with.
+const HASH_WHILE_WRITTEN_FROM: usize = crate::storage::DIRECT_WRITE_FROM;
 
 /// Whether a file of `size` bytes, with or without a checksum to verify, is hashed
 /// while it is written rather than before.
