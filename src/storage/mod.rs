@@ -40,6 +40,17 @@ pub enum StreamWriteError {
     Storage(#[from] opendal::Error),
 }
 
+impl StreamWriteError {
+    /// The failure as a storage error, for writes whose source cannot break (a
+    /// file of attache's own).
+    pub fn into_storage(self) -> opendal::Error {
+        match self {
+            Self::Storage(err) => err,
+            other => opendal::Error::new(opendal::ErrorKind::Unexpected, other.to_string()),
+        }
+    }
+}
+
 /// A presigned PUT: its URL and the headers that are part of its signature.
 #[derive(Clone, Debug)]
 pub struct PresignedPut {
@@ -285,10 +296,7 @@ impl Storage {
         let size = file.metadata().await.map_err(failed)?.len();
         let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
         let written = self.put_exact(key, body, size, content_type).await;
-        written.map(drop).map_err(|err| match err {
-            StreamWriteError::Storage(err) => err,
-            other => opendal::Error::new(opendal::ErrorKind::Unexpected, other.to_string()),
-        })
+        written.map(drop).map_err(StreamWriteError::into_storage)
     }
 
     /// An fs write on the blocking pool, observed as a `write`.

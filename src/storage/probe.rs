@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Storage, StorageKey};
+use super::{Storage, StorageKey, StreamWriteError};
 use crate::config::{ConfigError, StorageBackend, StorageConfig};
 
 /// The type of probe objects, which also proves presigned GETs can override it.
@@ -99,16 +99,7 @@ impl Storage {
             return vec![("list", Ok(())), ("write", written)];
         }
         let conditional = self.conditional_write(&probe, payload.clone()).await;
-        let read = self.read_all(&probe).await.and_then(|read| {
-            if read == payload {
-                Ok(())
-            } else {
-                Err(opendal::Error::new(
-                    opendal::ErrorKind::Unexpected,
-                    "read back differs from what was written",
-                ))
-            }
-        });
+        let read = self.read_back(&probe, &payload).await;
         let stat = self.size(&probe).await.and_then(|size| match size {
             Some(size) if size == payload.len() as u64 => Ok(()),
             _ => Err(opendal::Error::new(
@@ -117,6 +108,7 @@ impl Storage {
             )),
         });
         let presigned = self.presigned_round_trip(&payload).await;
+        let streamed = self.streamed_round_trip(&payload).await;
         let deleted = self.delete(&probe).await;
         vec![
             ("list", Ok(())),
@@ -125,8 +117,40 @@ impl Storage {
             ("read", read),
             ("stat", stat),
             ("presigned PUT/GET", presigned),
+            ("streamed write", streamed),
             ("delete", deleted),
         ]
+    }
+
+    /// Reads `probe` back: it must hold `payload`.
+    async fn read_back(&self, probe: &StorageKey, payload: &Bytes) -> opendal::Result<()> {
+        let read = self.read_all(probe).await?;
+        match read == *payload {
+            true => Ok(()),
+            false => Err(opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                "read back differs from what was written",
+            )),
+        }
+    }
+
+    /// Writes a second probe object from a stream of known length, as large files
+    /// are written (on S3 attache's own signed PUT, its body unsigned), reads it back
+    /// and removes it.
+    async fn streamed_round_trip(&self, payload: &Bytes) -> opendal::Result<()> {
+        let probe = StorageKey::probe();
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(payload.clone())]);
+        let size = payload.len() as u64;
+        let written = self
+            .put_exact(&probe, body, size, PROBE_CONTENT_TYPE)
+            .await
+            .map_err(StreamWriteError::into_storage);
+        let read = match written {
+            Ok(_) => self.read_back(&probe, payload).await,
+            Err(err) => Err(err),
+        };
+        let removed = self.delete(&probe).await;
+        read.and(removed)
     }
 
     /// Writes `probe` again with `If-None-Match: *`: a store that overwrites is said

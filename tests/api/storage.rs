@@ -371,6 +371,7 @@ async fn storage_check_says_what_works(_setup: Setup) {
         "read",
         "stat",
         "presigned PUT/GET",
+        "streamed write",
         "delete",
     ] {
         assert!(
@@ -651,7 +652,12 @@ async fn the_probe_runs_every_operation_attache_uses(setup: Setup) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}{stderr}");
-    for step in ["conditional write", "presigned PUT/GET", "delete"] {
+    for step in [
+        "conditional write",
+        "presigned PUT/GET",
+        "streamed write",
+        "delete",
+    ] {
         assert!(
             stdout.contains(&format!("{step:<17} ok")),
             "{step}: {stdout}"
