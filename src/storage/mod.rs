@@ -285,18 +285,22 @@ impl Storage {
                 return linked;
             }
         }
-        let failed = |err: std::io::Error| {
-            opendal::Error::new(
-                opendal::ErrorKind::Unexpected,
-                "cannot read a spooled upload",
-            )
-            .set_source(err)
-        };
-        let file = tokio::fs::File::open(spooled).await.map_err(failed)?;
+        let written = self.put_file(key, spooled, content_type).await;
+        written.map(drop).map_err(StreamWriteError::into_storage)
+    }
+
+    /// Stores the local file at `path` as the new object `key`, streamed from it.
+    async fn put_file(
+        &self,
+        key: &StorageKey,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<u64, StreamWriteError> {
+        let failed = |err: std::io::Error| StreamWriteError::Storage(fs_write::io_error(err));
+        let file = tokio::fs::File::open(path).await.map_err(failed)?;
         let size = file.metadata().await.map_err(failed)?.len();
         let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
-        let written = self.put_exact(key, body, size, content_type).await;
-        written.map(drop).map_err(StreamWriteError::into_storage)
+        self.put_exact(key, body, size, content_type).await
     }
 
     /// An fs write on the blocking pool, observed as a `write`.
@@ -389,20 +393,31 @@ impl Storage {
         E: std::fmt::Display,
     {
         if let Some(root) = &self.fs_root {
-            let path = root.join(key.as_str());
-            let (_, written) = write_file(path, body, max, self.fsync_files).await?;
-            return Ok(written);
+            return self.write_local(root, key, body, max).await;
         }
-        let (spooled, size) = write_file(self.spool_path(), body, max, false).await?;
+        let (spooled, _) = write_file(self.spool_path(), body, max, false).await?;
         // Removed when this returns, whatever happens.
         let spooled = tempfile::TempPath::try_from_path(spooled)
             .map_err(|err| StreamWriteError::Storage(fs_write::io_error(err)))?;
-        let file = tokio::fs::File::open(&spooled)
-            .await
-            .map_err(|err| StreamWriteError::Storage(fs_write::io_error(err)))?;
-        let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
-        self.put_exact(key, body, size, content_type).await?;
-        Ok(size)
+        self.put_file(key, &spooled, content_type).await
+    }
+
+    /// Streams `body` into the new file of `key` under `root` (at most `max`
+    /// bytes), synced as `FSYNC_FILES` says; its length.
+    async fn write_local<S, E>(
+        &self,
+        root: &std::path::Path,
+        key: &StorageKey,
+        body: S,
+        max: u64,
+    ) -> Result<u64, StreamWriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let path = root.join(key.as_str());
+        let (_, written) = write_file(path, body, max, self.fsync_files).await?;
+        Ok(written)
     }
 
     /// Writes the new object `key` from exactly `size` bytes of `body`: on S3 each
@@ -419,8 +434,7 @@ impl Storage {
         E: std::fmt::Display,
     {
         if let Some(root) = &self.fs_root {
-            let path = root.join(key.as_str());
-            let (_, written) = write_file(path, body, size, self.fsync_files).await?;
+            let written = self.write_local(root, key, body, size).await?;
             if written == size {
                 return Ok(written);
             }

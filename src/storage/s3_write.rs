@@ -164,20 +164,15 @@ impl S3Api {
                 .map_err(|err| err.unwrap_or_else(|err| store_error("write an object", err)))?;
             return source.expect_end().await;
         }
-        let created = self
-            .execute(
-                http::Method::POST,
+        let headers = vec![(http::header::CONTENT_TYPE, content_type.to_owned())];
+        let text = self
+            .ask(
                 &format!("{url}?uploads"),
-                vec![(http::header::CONTENT_TYPE, content_type.to_owned())],
+                headers,
                 Payload::Empty,
-                BASE_TIMEOUT,
+                "begin a multipart upload",
             )
-            .await
-            .map_err(|err| store_error("begin a multipart upload", err))?;
-        let text = created
-            .text()
-            .await
-            .map_err(|err| store_error("begin a multipart upload", err.into()))?;
+            .await?;
         let upload_id = quick_xml::de::from_str::<InitiateMultipartUploadResult>(&text)
             .map_err(|err| {
                 let err = S3ApiError::Unreadable(err.to_string());
@@ -246,29 +241,39 @@ impl S3Api {
         }
         completion.push_str("</CompleteMultipartUpload>");
         source.expect_end().await?;
-        let completed = self
-            .execute(
-                http::Method::POST,
-                upload_url,
-                vec![
-                    (http::header::CONTENT_TYPE, "application/xml".to_owned()),
-                    (http::header::IF_NONE_MATCH, "*".to_owned()),
-                ],
-                Payload::Bytes(completion.into_bytes()),
-                BASE_TIMEOUT,
-            )
-            .await
-            .map_err(|err| store_error("complete a multipart upload", err))?;
+        let headers = vec![
+            (http::header::CONTENT_TYPE, "application/xml".to_owned()),
+            (http::header::IF_NONE_MATCH, "*".to_owned()),
+        ];
+        let payload = Payload::Bytes(completion.into_bytes());
+        let answer = self
+            .ask(upload_url, headers, payload, "complete a multipart upload")
+            .await?;
         // S3 may answer 200 and still fail, with an error in the body.
-        let answer = completed
-            .text()
-            .await
-            .map_err(|err| store_error("complete a multipart upload", err.into()))?;
         if answer.contains("<Error>") {
             let err = S3ApiError::Unreadable(answer);
             return Err(store_error("complete a multipart upload", err));
         }
         Ok(())
+    }
+
+    /// A POST of `payload` to `url`; the answer's text. `operation` names it in
+    /// errors.
+    async fn ask(
+        &self,
+        url: &str,
+        headers: Vec<(http::HeaderName, String)>,
+        payload: Payload,
+        operation: &'static str,
+    ) -> Result<String, StreamWriteError> {
+        let answer = self
+            .execute(http::Method::POST, url, headers, payload, BASE_TIMEOUT)
+            .await
+            .map_err(|err| store_error(operation, err))?;
+        answer
+            .text()
+            .await
+            .map_err(|err| store_error(operation, err.into()))
     }
 
     /// A PUT to `url` whose body is the next `length` bytes of `source`; the
