@@ -296,10 +296,8 @@ impl Storage {
         path: &std::path::Path,
         content_type: &str,
     ) -> Result<u64, StreamWriteError> {
-        let failed = |err: std::io::Error| StreamWriteError::Storage(fs_write::io_error(err));
-        let file = tokio::fs::File::open(path).await.map_err(failed)?;
-        let size = file.metadata().await.map_err(failed)?.len();
-        let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
+        let size = tokio::fs::metadata(path).await.map_err(read_failed)?.len();
+        let body = read_file(path).await?;
         self.put_exact(key, body, size, content_type).await
     }
 
@@ -341,24 +339,6 @@ impl Storage {
         result
     }
 
-    /// Writes a new object from a stream, refusing more than `max` bytes; a refused
-    /// or broken stream leaves no object behind. On fs each chunk is written as it
-    /// comes; on S3 in parts of `S3_PART_SIZE_BYTES` (a multipart upload, aborted on
-    /// failure).
-    pub async fn put_stream<S, E>(
-        &self,
-        key: &StorageKey,
-        body: S,
-        max: u64,
-        content_type: &str,
-    ) -> Result<u64, StreamWriteError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        self.write_new(key, body, max, content_type).await
-    }
-
     /// Writes a new object of any length from a stream, as [`Storage::put_stream`]
     /// does (on S3 in parts of `S3_PART_SIZE_BYTES`; on fs each chunk as it comes),
     /// so memory stays flat however large it is; a broken stream (its producer
@@ -376,12 +356,13 @@ impl Storage {
         self.put_stream(key, body, u64::MAX, content_type).await
     }
 
-    /// Creates `key` (never overwriting) and feeds it `body`; discards the object
-    /// when the body breaks or passes `max` bytes. On fs the chunks go straight to
-    /// the file; S3 needs each part's length before its first byte, so a stream of
-    /// unknown length is spooled to a local temporary file first, then streamed up
-    /// from it ([`Storage::put_exact`]): memory stays flat either way.
-    async fn write_new<S, E>(
+    /// Writes the new object `key` (never overwriting) from `body`; a stream that
+    /// breaks or passes `max` bytes leaves no object behind. On fs the chunks go
+    /// straight to the file. S3 needs each request's length before its first byte:
+    /// each part of `S3_PART_SIZE_BYTES` is spooled to a local temporary file, then
+    /// streamed up from it (a multipart upload, aborted on failure), so memory stays
+    /// flat either way and the disk holds one part at a time.
+    pub async fn put_stream<S, E>(
         &self,
         key: &StorageKey,
         body: S,
@@ -395,11 +376,18 @@ impl Storage {
         if let Some(root) = &self.fs_root {
             return self.write_local(root, key, body, max).await;
         }
-        let (spooled, _) = write_file(self.spool_path(), body, max, false).await?;
-        // Removed when this returns, whatever happens.
-        let spooled = tempfile::TempPath::try_from_path(spooled)
-            .map_err(|err| StreamWriteError::Storage(fs_write::io_error(err)))?;
-        self.put_file(key, &spooled, content_type).await
+        let Some(api) = &self.s3_api else {
+            return Err(no_store());
+        };
+        api.put_spooling(
+            key.as_str(),
+            body,
+            max,
+            self.s3_part_size(),
+            content_type,
+            || self.spool_path(),
+        )
+        .await
     }
 
     /// Streams `body` into the new file of `key` under `root` (at most `max`
@@ -446,13 +434,16 @@ impl Storage {
             )));
         }
         let Some(api) = &self.s3_api else {
-            let err = opendal::Error::new(opendal::ErrorKind::Unexpected, "no store to write to");
-            return Err(StreamWriteError::Storage(err));
+            return Err(no_store());
         };
-        let part_size = self.part_size.map_or(COPY_CHUNK as u64, |part| part as u64);
-        api.put_sized(key.as_str(), body, size, part_size, content_type)
+        api.put_sized(key.as_str(), body, size, self.s3_part_size(), content_type)
             .await?;
         Ok(size)
+    }
+
+    /// The size of the parts of an S3 multipart upload.
+    fn s3_part_size(&self) -> u64 {
+        self.part_size.map_or(COPY_CHUNK as u64, |part| part as u64)
     }
 
     /// The multipart uploads a crash left unfinished under the prefix, begun before
@@ -624,6 +615,27 @@ impl Storage {
         self.observed("delete", self.operator.delete(key.as_str()))
             .await
     }
+}
+
+/// A streamed write on a backend that has no way to take it (never configured).
+fn no_store() -> StreamWriteError {
+    let err = opendal::Error::new(opendal::ErrorKind::Unexpected, "no store to write to");
+    StreamWriteError::Storage(err)
+}
+
+/// The local file at `path` as a stream of [`READ_CHUNK`] pieces.
+async fn read_file(
+    path: &std::path::Path,
+) -> Result<tokio_util::io::ReaderStream<tokio::fs::File>, StreamWriteError> {
+    let file = tokio::fs::File::open(path).await.map_err(read_failed)?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(
+        file, READ_CHUNK,
+    ))
+}
+
+/// A local file attache made that cannot be read back.
+fn read_failed(err: std::io::Error) -> StreamWriteError {
+    StreamWriteError::Storage(fs_write::io_error(err))
 }
 
 fn unfinished_error(operation: &'static str, err: s3_api::S3ApiError) -> opendal::Error {

@@ -17,6 +17,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::StreamWriteError;
+use super::chunked::write_file;
+use super::fs_write::io_error;
 use super::s3_api::{Payload, S3Api, S3ApiError, encode};
 
 /// A request with a body may take this long, plus a second per MiB it carries.
@@ -134,6 +136,78 @@ fn store_error(operation: &'static str, err: S3ApiError) -> StreamWriteError {
     StreamWriteError::Storage(opendal::Error::new(kind, operation).set_source(err))
 }
 
+/// A multipart upload under way: where its parts go, and what its completion
+/// lists.
+struct Multipart {
+    url: String,
+    completion: String,
+    parts: u64,
+}
+
+/// A part of a stream of unknown length, spooled to a temporary file (removed when
+/// dropped) so that its length is known before its first byte goes up.
+struct SpooledPart {
+    path: tempfile::TempPath,
+    length: u64,
+    /// Whether the stream goes on after it.
+    more: bool,
+}
+
+impl<S, E> Source<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    /// Spools the next `part_size` bytes at most into the new file `path`, refusing
+    /// the stream once it passes `max` bytes in all (`before` came earlier).
+    async fn spool_part(
+        &mut self,
+        path: std::path::PathBuf,
+        part_size: u64,
+        before: u64,
+        max: u64,
+    ) -> Result<SpooledPart, StreamWriteError> {
+        let part = futures::stream::unfold((&mut *self, part_size), |(source, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            let mut piece = match source.next().await? {
+                Ok(piece) => piece,
+                Err(err) => return Some((Err(err), (source, 0))),
+            };
+            if piece.len() as u64 > left {
+                source.leftover = Some(piece.split_off(left as usize));
+            }
+            let left = left - piece.len() as u64;
+            Some((Ok(piece), (source, left)))
+        });
+        let allowed = max.saturating_sub(before);
+        let (path, length) = write_file(path, Box::pin(part), allowed, false).await?;
+        let path = tempfile::TempPath::try_from_path(path)
+            .map_err(|err| StreamWriteError::Storage(io_error(err)))?;
+        let more = length == part_size && self.has_more().await?;
+        if more && length >= allowed {
+            return Err(StreamWriteError::TooLarge);
+        }
+        Ok(SpooledPart { path, length, more })
+    }
+
+    /// Whether anything is left, keeping it for the next read.
+    async fn has_more(&mut self) -> Result<bool, StreamWriteError> {
+        loop {
+            match self.next().await {
+                None => return Ok(false),
+                Some(Err(err)) => return Err(err),
+                Some(Ok(piece)) if piece.is_empty() => continue,
+                Some(Ok(piece)) => {
+                    self.leftover = Some(piece);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
 impl S3Api {
     /// Writes the new object `key` (attache's key, without the prefix) from the
     /// `size` bytes of `body`, never holding more than a few of its pieces.
@@ -164,6 +238,80 @@ impl S3Api {
                 .map_err(|err| err.unwrap_or_else(|err| store_error("write an object", err)))?;
             return source.expect_end().await;
         }
+        let mut upload = self.begin(&url, content_type).await?;
+        let mut offset = 0;
+        let written = async {
+            while offset < size {
+                let length = part_size.min(size - offset);
+                self.send_part(&mut upload, &mut source, length).await?;
+                offset += length;
+            }
+            source.expect_end().await?;
+            self.complete(&upload).await
+        }
+        .await;
+        if written.is_err() {
+            self.abort_failed(key, &upload).await;
+        }
+        written
+    }
+
+    /// Writes the new object `key` from a stream of unknown length (at most `max`
+    /// bytes): S3 needs each request's length before its body, so each part is
+    /// spooled to a temporary file from `spool` (one part on disk at a time, none in
+    /// memory), then sent from it while the stream waits. Its length.
+    pub async fn put_spooling<S, E>(
+        &self,
+        key: &str,
+        body: S,
+        max: u64,
+        part_size: u64,
+        content_type: &str,
+        spool: impl Fn() -> std::path::PathBuf,
+    ) -> Result<u64, StreamWriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut source = Source {
+            stream: body,
+            leftover: None,
+        };
+        let first = source.spool_part(spool(), part_size, 0, max).await?;
+        if !first.more {
+            let body = super::read_file(&first.path).await?;
+            self.put_sized(key, body, first.length, part_size, content_type)
+                .await?;
+            return Ok(first.length);
+        }
+        let url = self.object_url(&self.bucket_key(key));
+        let mut upload = self.begin(&url, content_type).await?;
+        let mut written = 0;
+        let sent = async {
+            let mut part = first;
+            loop {
+                let mut from_file = Source {
+                    stream: super::read_file(&part.path).await?,
+                    leftover: None,
+                };
+                self.send_part(&mut upload, &mut from_file, part.length)
+                    .await?;
+                written += part.length;
+                if !part.more {
+                    return self.complete(&upload).await;
+                }
+                part = source.spool_part(spool(), part_size, written, max).await?;
+            }
+        }
+        .await;
+        if sent.is_err() {
+            self.abort_failed(key, &upload).await;
+        }
+        sent.map(|()| written)
+    }
+
+    /// Begins a multipart upload of the object at `url`.
+    async fn begin(&self, url: &str, content_type: &str) -> Result<Multipart, StreamWriteError> {
         let headers = vec![(http::header::CONTENT_TYPE, content_type.to_owned())];
         let text = self
             .ask(
@@ -179,75 +327,58 @@ impl S3Api {
                 store_error("begin a multipart upload", err)
             })?
             .upload_id;
-        let upload_url = format!("{url}?uploadId={}", encode(&upload_id));
-        let written = self
-            .write_parts(&upload_url, &mut source, size, part_size)
-            .await;
-        if written.is_err()
-            && let Err(err) = self
-                .execute(
-                    http::Method::DELETE,
-                    &upload_url,
-                    Vec::new(),
-                    Payload::Empty,
-                    BASE_TIMEOUT,
-                )
-                .await
-        {
-            tracing::warn!(key, error = %err, "cannot abort a failed multipart upload; `storage sweep` will");
-        }
-        written
+        Ok(Multipart {
+            url: format!("{url}?uploadId={}", encode(&upload_id)),
+            completion: String::from("<CompleteMultipartUpload>"),
+            parts: 0,
+        })
     }
 
-    /// The parts of the multipart upload at `upload_url`, then its completion.
-    async fn write_parts<S, E>(
+    /// Sends the next `length` bytes of `source` as the upload's next part.
+    async fn send_part<S, E>(
         &self,
-        upload_url: &str,
+        upload: &mut Multipart,
         source: &mut Source<S>,
-        size: u64,
-        part_size: u64,
+        length: u64,
     ) -> Result<(), StreamWriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut completion = String::from("<CompleteMultipartUpload>");
-        let mut offset = 0;
-        for number in 1u64.. {
-            if offset >= size {
-                break;
-            }
-            let length = part_size.min(size - offset);
-            let url = format!("{upload_url}&partNumber={number}");
-            let answer = self
-                .send_body(&url, Vec::new(), source, length)
-                .await
-                .map_err(|err| err.unwrap_or_else(|err| store_error("write a part", err)))?;
-            let etag = answer
-                .headers()
-                .get(http::header::ETAG)
-                .and_then(|etag| etag.to_str().ok())
-                .ok_or_else(|| {
-                    let err = S3ApiError::Unreadable("a part came back without an ETag".into());
-                    store_error("write a part", err)
-                })?;
-            completion.push_str(&format!(
-                "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
-                quick_xml::escape::escape(etag)
-            ));
-            // Read to its end, the connection goes back to the pool for the next part.
-            let _ = answer.bytes().await;
-            offset += length;
-        }
-        completion.push_str("</CompleteMultipartUpload>");
-        source.expect_end().await?;
+        let number = upload.parts + 1;
+        let url = format!("{}&partNumber={number}", upload.url);
+        let answer = self
+            .send_body(&url, Vec::new(), source, length)
+            .await
+            .map_err(|err| err.unwrap_or_else(|err| store_error("write a part", err)))?;
+        let etag = answer
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|etag| etag.to_str().ok())
+            .ok_or_else(|| {
+                let err = S3ApiError::Unreadable("a part came back without an ETag".into());
+                store_error("write a part", err)
+            })?;
+        upload.completion.push_str(&format!(
+            "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+            quick_xml::escape::escape(etag)
+        ));
+        upload.parts = number;
+        // Read to its end, the connection goes back to the pool for the next part.
+        let _ = answer.bytes().await;
+        Ok(())
+    }
+
+    /// Completes the upload: its parts become the object, unless it exists.
+    async fn complete(&self, upload: &Multipart) -> Result<(), StreamWriteError> {
         let headers = vec![
             (http::header::CONTENT_TYPE, "application/xml".to_owned()),
             (http::header::IF_NONE_MATCH, "*".to_owned()),
         ];
+        let completion = format!("{}</CompleteMultipartUpload>", upload.completion);
         let payload = Payload::Bytes(completion.into_bytes());
         let answer = self
-            .ask(upload_url, headers, payload, "complete a multipart upload")
+            .ask(&upload.url, headers, payload, "complete a multipart upload")
             .await?;
         // S3 may answer 200 and still fail, with an error in the body.
         if answer.contains("<Error>") {
@@ -255,6 +386,23 @@ impl S3Api {
             return Err(store_error("complete a multipart upload", err));
         }
         Ok(())
+    }
+
+    /// Aborts a failed upload, so that its parts do not linger; if the store does
+    /// not answer, `storage sweep` aborts it later.
+    async fn abort_failed(&self, key: &str, upload: &Multipart) {
+        let aborted = self
+            .execute(
+                http::Method::DELETE,
+                &upload.url,
+                Vec::new(),
+                Payload::Empty,
+                BASE_TIMEOUT,
+            )
+            .await;
+        if let Err(err) = aborted {
+            tracing::warn!(key, error = %err, "cannot abort a failed multipart upload; `storage sweep` will");
+        }
     }
 
     /// A POST of `payload` to `url`; the answer's text. `operation` names it in

@@ -611,8 +611,102 @@ async fn half_a_request(method: &str, url: &str, headers: &[(String, String)], b
     drop(tcp);
 }
 
+/// A stream of unknown length (a multipart part, a backup) goes straight into its
+/// file on fs; on S3 a part at a time, each spooled to a temporary file first. 21
+/// MiB in odd pieces (three parts) arrives byte for byte; one that passes its
+/// limit in its third part, one that breaks in its third, and one shorter than the
+/// length it announced leave no object and no open upload.
+async fn streams_store_all_or_nothing(setup: Setup) {
+    use attache::storage::StreamWriteError;
+    use futures::StreamExt;
+    use futures::stream::iter;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    let url = private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
+    let storage = &app.app.storage;
+    let mut state: u32 = 11;
+    let content: Vec<u8> = (0..21 * 1024 * 1024 + 5)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        })
+        .collect();
+    let pieces = |content: &[u8]| -> Vec<Result<Bytes, std::io::Error>> {
+        content
+            .chunks(100_003)
+            .map(|piece| Ok(Bytes::copy_from_slice(piece)))
+            .collect()
+    };
+    let key = |name: &str| StorageKey::from_stored(format!("{}/c-1/{name}.pdf", tenant()));
+    let whole = key("whole");
+    let size = content.len() as u64;
+
+    let written = storage
+        .put_stream(&whole, iter(pieces(&content)), size, "application/pdf")
+        .await
+        .expect("stored");
+    assert_eq!(written, size);
+    let digest = storage
+        .digest(&whole)
+        .await
+        .expect("read back")
+        .expect("stored");
+    assert_eq!((digest.size, digest.sha256), (size, sha256_hex(&content)));
+
+    let limit = 20 * 1024 * 1024;
+    let too_large = storage
+        .put_stream(
+            &key("large"),
+            iter(pieces(&content)),
+            limit,
+            "application/pdf",
+        )
+        .await;
+    assert!(
+        matches!(too_large, Err(StreamWriteError::TooLarge)),
+        "{too_large:?}"
+    );
+    let mut broken = pieces(&content[..17 * 1024 * 1024]);
+    broken.push(Err(std::io::Error::other("the client went away")));
+    let broken = storage
+        .put_stream(&key("broken"), iter(broken), size, "application/pdf")
+        .await;
+    assert!(
+        matches!(broken, Err(StreamWriteError::Body(_))),
+        "{broken:?}"
+    );
+    let short = iter(pieces(&content[..3 * 1024 * 1024]));
+    let short = storage
+        .put_exact(&key("short"), short, size, "application/pdf")
+        .await;
+    assert!(matches!(short, Err(StreamWriteError::Body(_))), "{short:?}");
+
+    assert_eq!(app.stored_keys(), vec![whole.as_str().to_owned()]);
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    let open = storage.unfinished_uploads(later).await.expect("list");
+    assert!(open.is_empty(), "no upload is left open: {open:?}");
+
+    // A stream that stalls after two parts: they are in the store already, not
+    // waiting on the disk for the rest (Garage lists the upload; s3s cannot).
+    let stalled = iter(pieces(&content[..17 * 1024 * 1024])).chain(futures::stream::pending());
+    let stalled_key = key("stalled");
+    let stalled = storage.put_stream(&stalled_key, stalled, size, "application/pdf");
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(5), stalled).await;
+    assert!(waited.is_err(), "the stream was still open");
+    if app.garage.is_some() {
+        let open = storage.unfinished_uploads(later).await.expect("list");
+        assert_eq!(open.len(), 1, "{open:?}");
+        for (_, upload) in &open {
+            storage.abort_upload(upload).await.expect("abort");
+        }
+    }
+}
+
 crate::matrix!(
     large_files_stream_through,
+    streams_store_all_or_nothing,
     objects_are_never_overwritten,
     tools_get_a_real_local_path,
     public_urls_need_no_signature,
@@ -771,6 +865,7 @@ async fn a_crash_mid_upload_leaves_parts_the_sweep_aborts(setup: Setup) {
 
 crate::matrix!(
     garage: the_probe_runs_every_operation_attache_uses,
+    streams_store_all_or_nothing,
     a_crash_mid_upload_leaves_parts_the_sweep_aborts,
     tools_get_a_real_local_path,
     public_urls_need_no_signature,
