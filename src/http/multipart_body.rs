@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 use super::graphql::{REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT};
 use crate::graphql::file_parts::{Demand, Kept, Parts, Piece};
 
-/// How many chunks of a streaming part (up to 64 KiB each, the connection's read
-/// buffer) may wait for its resolver.
-const LIVE_CHUNKS: usize = 4;
+/// How many chunks of a streaming part (up to [`PIECE`] each) may wait for its
+/// resolver.
+const LIVE_CHUNKS: usize = 16;
 
 /// Why the start of a multipart body cannot be used.
 pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,6 +53,7 @@ where
 {
     let body = ChunkByChunk {
         body: Box::pin(body),
+        rest: Bytes::new(),
         handed: false,
     };
     let mut fields = multer::Multipart::new(body, boundary.to_owned());
@@ -290,15 +291,23 @@ enum Sink {
 
 /// The body as multer should read it: multer copies every chunk the body has ready
 /// into one buffer before it hands out any, which on a fast link is as much as the
-/// socket holds (megabytes per upload); here each poll gives it one chunk, then
-/// yields once, so it holds a chunk or two.
+/// socket holds (megabytes per upload); here each poll gives it one piece of at
+/// most [`PIECE`] bytes, then yields once, so it holds a piece or two. Pieces of
+/// one size also make its copies one size: the allocator reuses them at once,
+/// where the sizes of the socket's chunks, each copied into a buffer of its own
+/// size, left a partly used page of every size class behind.
 struct ChunkByChunk<S> {
     body: std::pin::Pin<Box<S>>,
-    /// A chunk went out on the last poll: this one yields.
+    /// What is left of the body's last chunk.
+    rest: Bytes,
+    /// A piece went out on the last poll: this one yields.
     handed: bool,
 }
 
-impl<S: Stream> Stream for ChunkByChunk<S> {
+/// The most bytes multer is given at a time.
+const PIECE: usize = 16 * 1024;
+
+impl<S: Stream<Item = Result<Bytes, E>>, E> Stream for ChunkByChunk<S> {
     type Item = S::Item;
 
     fn poll_next(
@@ -309,8 +318,14 @@ impl<S: Stream> Stream for ChunkByChunk<S> {
             cx.waker().wake_by_ref();
             return std::task::Poll::Pending;
         }
-        let next = self.body.as_mut().poll_next(cx);
-        self.handed = matches!(next, std::task::Poll::Ready(Some(_)));
-        next
+        if self.rest.is_empty() {
+            match std::task::ready!(self.body.as_mut().poll_next(cx)) {
+                Some(Ok(chunk)) => self.rest = chunk,
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+        let length = self.rest.len().min(PIECE);
+        self.handed = true;
+        std::task::Poll::Ready(Some(Ok(self.rest.split_to(length))))
     }
 }
