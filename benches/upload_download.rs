@@ -335,12 +335,8 @@ peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
         "| backend | path | file | idle RSS | peak RSS | per upload | beyond a 10 KiB upload |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let only = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "fs,s3".into());
     for backend in [Backend::Fs, Backend::S3] {
-        if !only
-            .split(',')
-            .any(|name| name.eq_ignore_ascii_case(&format!("{backend:?}")))
-        {
+        if !chosen("BENCH_BACKENDS", &format!("{backend:?}")) {
             continue;
         }
         let mut env = vec![
@@ -361,6 +357,9 @@ peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
             UploadPath::Multipart,
             UploadPath::Direct,
         ] {
+            if !chosen("BENCH_PATHS", &format!("{path:?}")) {
+                continue;
+            }
             // The 10 KiB row is the request without a file to speak of: what the
             // larger rows hold beyond it is what the file costs.
             let mut request_alone = 0.0;
@@ -389,6 +388,16 @@ peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
             }
         }
     }
+}
+
+/// Whether the comma-separated list in the environment variable `list` (all when
+/// unset) names `name`.
+fn chosen(list: &str, name: &str) -> bool {
+    std::env::var(list).map_or(true, |names| {
+        names
+            .split(',')
+            .any(|one| one.trim().eq_ignore_ascii_case(name))
+    })
 }
 
 /// Resets the server's peak RSS (VmHWM) to its current RSS, so that the next peak is

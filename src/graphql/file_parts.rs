@@ -268,18 +268,12 @@ fn missing(why: &str) -> AppError {
 /// A use of a kept part: its own reader from the start (an open file outlives the
 /// removal of its temporary name).
 fn kept_part(kept: &Kept) -> AppResult<Part> {
-    let file = std::fs::File::open(&kept.file).map_err(|err| {
+    let body = crate::storage::read_file(&kept.file).map_err(|err| {
         AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"))
     })?;
-    let file = tokio::fs::File::from_std(file);
     Ok(Part {
         filename: kept.filename.clone(),
         content_type: kept.content_type.clone(),
-        body: Box::pin(tokio_util::io::ReaderStream::with_capacity(
-            file, PART_CHUNK,
-        )),
+        body: Box::pin(body),
     })
 }
-
-/// How much of a kept part is read at a time on its way to storage.
-const PART_CHUNK: usize = 256 * 1024;

@@ -279,7 +279,7 @@ impl S3Api {
         };
         let first = source.spool_part(spool(), part_size, 0, max).await?;
         if !first.more {
-            let body = super::read_file(&first.path).await?;
+            let body = super::read_file(&first.path).map_err(super::read_failed)?;
             self.put_sized(key, body, first.length, part_size, content_type)
                 .await?;
             return Ok(first.length);
@@ -291,7 +291,7 @@ impl S3Api {
             let mut part = first;
             loop {
                 let mut from_file = Source {
-                    stream: super::read_file(&part.path).await?,
+                    stream: super::read_file(&part.path).map_err(super::read_failed)?,
                     leftover: None,
                 };
                 self.send_part(&mut upload, &mut from_file, part.length)
