@@ -332,26 +332,14 @@ async fn memory_by_path(dir: &std::path::Path, client: &reqwest::Client, token: 
 peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
     );
     println!(
-        "| backend | path | file | idle RSS | peak RSS | per upload | beyond a 10 KiB upload |"
+        "| backend | path | file | idle RSS | peak RSS | per upload | beyond a 10 KiB upload | throughput |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for backend in [Backend::Fs, Backend::S3] {
         if !chosen("BENCH_BACKENDS", &format!("{backend:?}")) {
             continue;
         }
-        let mut env = vec![
-            ("COLLECTIONS_FILE", collections.display().to_string()),
-            ("MAX_UPLOAD_BYTES", limit.to_string()),
-        ];
-        if let Backend::S3 = backend {
-            env.extend([
-                ("STORAGE_BACKEND", "s3".to_owned()),
-                ("S3_BUCKET_NAME", "bench".to_owned()),
-                ("S3_ENDPOINT_URL", s3.clone()),
-                ("S3_ACCESS_KEY", "bench-access".to_owned()),
-                ("S3_SECRET_KEY", "bench-secret-key".to_owned()),
-            ]);
-        }
+        let env = backend_env(backend, &s3, &collections, limit);
         for path in [
             UploadPath::Base64,
             UploadPath::Multipart,
@@ -372,18 +360,21 @@ peak RSS per in-flight upload, {PERMITS} at once, a fresh server per row:"
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 reset_peak(&server);
                 let idle = server.memory_kib("VmRSS:");
+                let started = Instant::now();
                 concurrent_uploads(path, client, &base, token, size, 30_000).await;
+                let elapsed = started.elapsed();
                 let peak = server.memory_kib("VmHWM:");
                 let per_upload = peak.saturating_sub(idle) as f64 / 1024.0 / PERMITS as f64;
                 if size < MIB {
                     request_alone = per_upload;
                 }
                 println!(
-                    "| {backend:?} | {path:?} | {} | {:.1} MiB | {:.1} MiB | {per_upload:.1} MiB | {:.1} MiB |",
+                    "| {backend:?} | {path:?} | {} | {:.1} MiB | {:.1} MiB | {per_upload:.1} MiB | {:.1} MiB | {:.0} MB/s |",
                     human(size),
                     idle as f64 / 1024.0,
                     peak as f64 / 1024.0,
-                    per_upload - request_alone
+                    per_upload - request_alone,
+                    (size * PERMITS) as f64 / 1e6 / elapsed.as_secs_f64()
                 );
             }
         }
@@ -441,40 +432,68 @@ fn collections_file(dir: &std::path::Path, limit: usize) -> std::path::PathBuf {
     collections
 }
 
-/// One multipart upload of a file larger than any buffer (1 GiB; 256 MiB with
-/// `BENCH_QUICK`) on fs: stored and verified (its sha256) as it streams, with its
-/// time and the server's peak RSS.
+/// The server's settings for `backend` (S3 at `s3`), with `collections` and files
+/// of up to `limit` bytes.
+fn backend_env(
+    backend: Backend,
+    s3: &str,
+    collections: &std::path::Path,
+    limit: usize,
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("COLLECTIONS_FILE", collections.display().to_string()),
+        ("MAX_UPLOAD_BYTES", limit.to_string()),
+    ];
+    if let Backend::S3 = backend {
+        env.extend([
+            ("STORAGE_BACKEND", "s3".to_owned()),
+            ("S3_BUCKET_NAME", "bench".to_owned()),
+            ("S3_ENDPOINT_URL", s3.to_owned()),
+            ("S3_ACCESS_KEY", "bench-access".to_owned()),
+            ("S3_SECRET_KEY", "bench-secret-key".to_owned()),
+        ]);
+    }
+    env
+}
+
+/// One multipart upload of a file larger than any buffer (1 GiB on fs and 256 MiB
+/// on S3; 256 and 64 MiB with `BENCH_QUICK`): stored and verified (its sha256) as
+/// it streams, with its time and the server's peak RSS.
 async fn one_large_upload(
     dir: &std::path::Path,
     client: &reqwest::Client,
     token: &str,
     quick: bool,
 ) {
-    let size = if quick { 256 * MIB } else { 1024 * MIB };
-    let limit = size + MIB;
-    let env = [
-        (
-            "COLLECTIONS_FILE",
-            collections_file(dir, limit).display().to_string(),
-        ),
-        ("MAX_UPLOAD_BYTES", limit.to_string()),
-    ];
-    let server = Server::start_with(dir, &env);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle = server.memory_kib("VmRSS:");
-    let content = upload_content(size, 40_000);
-    let started = Instant::now();
-    upload_by(UploadPath::Multipart, client, &server.base, token, content).await;
-    let elapsed = started.elapsed();
-    let peak = server.memory_kib("VmHWM:");
-    println!(
-        "\none multipart upload of {} on fs, sha256 verified: {:.1} s, {:.0} MB/s; server RSS {:.1} MiB -> peak {:.1} MiB",
-        human(size),
-        elapsed.as_secs_f64(),
-        size as f64 / 1e6 / elapsed.as_secs_f64(),
-        idle as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
+    let s3 = start_s3(&dir.join("s3-large")).await;
+    for backend in [Backend::Fs, Backend::S3] {
+        if !chosen("BENCH_BACKENDS", &format!("{backend:?}")) {
+            continue;
+        }
+        let size = match (backend, quick) {
+            (Backend::Fs, false) => 1024 * MIB,
+            (Backend::Fs, true) | (Backend::S3, false) => 256 * MIB,
+            (Backend::S3, true) => 64 * MIB,
+        };
+        let limit = size + MIB;
+        let env = backend_env(backend, &s3, &collections_file(dir, limit), limit);
+        let server = Server::start_with(dir, &env);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle = server.memory_kib("VmRSS:");
+        let content = upload_content(size, 40_000);
+        let started = Instant::now();
+        upload_by(UploadPath::Multipart, client, &server.base, token, content).await;
+        let elapsed = started.elapsed();
+        let peak = server.memory_kib("VmHWM:");
+        println!(
+            "\none multipart upload of {} on {backend:?}, sha256 verified: {:.1} s, {:.0} MB/s; server RSS {:.1} MiB -> peak {:.1} MiB",
+            human(size),
+            elapsed.as_secs_f64(),
+            size as f64 / 1e6 / elapsed.as_secs_f64(),
+            idle as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+    }
 }
 
 /// An S3 endpoint (s3s-fs, bucket `bench`) on a free port of this process; its URL.

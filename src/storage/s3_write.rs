@@ -258,8 +258,8 @@ impl S3Api {
 
     /// Writes the new object `key` from a stream of unknown length (at most `max`
     /// bytes): S3 needs each request's length before its body, so each part is
-    /// spooled to a temporary file from `spool` (one part on disk at a time, none in
-    /// memory), then sent from it while the stream waits. Its length.
+    /// spooled to a temporary file from `spool`, then sent from it while the next
+    /// one arrives (two parts on disk at most, none in memory). Its length.
     pub async fn put_spooling<S, E>(
         &self,
         key: &str,
@@ -294,13 +294,18 @@ impl S3Api {
                     stream: super::read_file(&part.path).map_err(super::read_failed)?,
                     leftover: None,
                 };
-                self.send_part(&mut upload, &mut from_file, part.length)
-                    .await?;
-                written += part.length;
+                let send = self.send_part(&mut upload, &mut from_file, part.length);
                 if !part.more {
+                    send.await?;
+                    written += part.length;
                     return self.complete(&upload).await;
                 }
-                part = source.spool_part(spool(), part_size, written, max).await?;
+                // The next part arrives while this one goes up; either failing
+                // stops the other.
+                let next = source.spool_part(spool(), part_size, written + part.length, max);
+                let ((), next) = tokio::try_join!(send, next)?;
+                written += part.length;
+                part = next;
             }
         }
         .await;
