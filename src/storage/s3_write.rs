@@ -44,6 +44,13 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
+    fn new(stream: S) -> Self {
+        Self {
+            stream,
+            leftover: None,
+        }
+    }
+
     async fn next(&mut self) -> Option<Result<Bytes, StreamWriteError>> {
         if let Some(leftover) = self.leftover.take() {
             return Some(Ok(leftover));
@@ -159,13 +166,12 @@ where
     E: std::fmt::Display,
 {
     /// Spools the next `part_size` bytes at most into the new file `path`, refusing
-    /// the stream once it passes `max` bytes in all (`before` came earlier).
+    /// the stream once it has more than `allowed` bytes left.
     async fn spool_part(
         &mut self,
         path: std::path::PathBuf,
         part_size: u64,
-        before: u64,
-        max: u64,
+        allowed: u64,
     ) -> Result<SpooledPart, StreamWriteError> {
         let part = futures::stream::unfold((&mut *self, part_size), |(source, left)| async move {
             if left == 0 {
@@ -181,7 +187,6 @@ where
             let left = left - piece.len() as u64;
             Some((Ok(piece), (source, left)))
         });
-        let allowed = max.saturating_sub(before);
         let (path, length) = write_file(path, Box::pin(part), allowed, false).await?;
         let path = tempfile::TempPath::try_from_path(path)
             .map_err(|err| StreamWriteError::Storage(io_error(err)))?;
@@ -224,10 +229,7 @@ impl S3Api {
         E: std::fmt::Display,
     {
         let url = self.object_url(&self.bucket_key(key));
-        let mut source = Source {
-            stream: body,
-            leftover: None,
-        };
+        let mut source = Source::new(body);
         if size <= part_size {
             let headers = vec![
                 (http::header::CONTENT_TYPE, content_type.to_owned()),
@@ -238,22 +240,16 @@ impl S3Api {
                 .map_err(|err| err.unwrap_or_else(|err| store_error("write an object", err)))?;
             return source.expect_end().await;
         }
-        let mut upload = self.begin(&url, content_type).await?;
-        let mut offset = 0;
-        let written = async {
+        self.multipart(key, &url, content_type, async |upload| {
+            let mut offset = 0;
             while offset < size {
                 let length = part_size.min(size - offset);
-                self.send_part(&mut upload, &mut source, length).await?;
+                self.send_part(upload, &mut source, length).await?;
                 offset += length;
             }
-            source.expect_end().await?;
-            self.complete(&upload).await
-        }
-        .await;
-        if written.is_err() {
-            self.abort_failed(key, &upload).await;
-        }
-        written
+            source.expect_end().await
+        })
+        .await
     }
 
     /// Writes the new object `key` from a stream of unknown length (at most `max`
@@ -273,11 +269,8 @@ impl S3Api {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut source = Source {
-            stream: body,
-            leftover: None,
-        };
-        let first = source.spool_part(spool(), part_size, 0, max).await?;
+        let mut source = Source::new(body);
+        let first = source.spool_part(spool(), part_size, max).await?;
         if !first.more {
             let body = super::read_file(&first.path).map_err(super::read_failed)?;
             self.put_sized(key, body, first.length, part_size, content_type)
@@ -285,34 +278,49 @@ impl S3Api {
             return Ok(first.length);
         }
         let url = self.object_url(&self.bucket_key(key));
-        let mut upload = self.begin(&url, content_type).await?;
         let mut written = 0;
-        let sent = async {
+        self.multipart(key, &url, content_type, async |upload| {
             let mut part = first;
             loop {
-                let mut from_file = Source {
-                    stream: super::read_file(&part.path).map_err(super::read_failed)?,
-                    leftover: None,
-                };
-                let send = self.send_part(&mut upload, &mut from_file, part.length);
+                let body = super::read_file(&part.path).map_err(super::read_failed)?;
+                let mut from_file = Source::new(body);
+                let send = self.send_part(upload, &mut from_file, part.length);
                 if !part.more {
                     send.await?;
                     written += part.length;
-                    return self.complete(&upload).await;
+                    return Ok(());
                 }
                 // The next part arrives while this one goes up; either failing
                 // stops the other.
-                let next = source.spool_part(spool(), part_size, written + part.length, max);
+                let allowed = max - written - part.length;
+                let next = source.spool_part(spool(), part_size, allowed);
                 let ((), next) = tokio::try_join!(send, next)?;
                 written += part.length;
                 part = next;
             }
+        })
+        .await?;
+        Ok(written)
+    }
+
+    /// A multipart upload of the object at `url`: begun, given its parts by
+    /// `parts`, then completed; aborted when anything fails.
+    async fn multipart(
+        &self,
+        key: &str,
+        url: &str,
+        content_type: &str,
+        parts: impl AsyncFnOnce(&mut Multipart) -> Result<(), StreamWriteError>,
+    ) -> Result<(), StreamWriteError> {
+        let mut upload = self.begin(url, content_type).await?;
+        let mut done = parts(&mut upload).await;
+        if done.is_ok() {
+            done = self.complete(&upload).await;
         }
-        .await;
-        if sent.is_err() {
+        if done.is_err() {
             self.abort_failed(key, &upload).await;
         }
-        sent.map(|()| written)
+        done
     }
 
     /// Begins a multipart upload of the object at `url`.
