@@ -1,8 +1,8 @@
 //! A large base64 file leaves the request body as it arrives: decoded piece by piece
 //! into a file of its own (a staging object on fs, a temporary file beside S3),
 //! hashed and sniffed on the way by the blocking pool while the next piece is
-//! decoded. An upload holds two chunks ([`crate::storage::WRITE_CHUNK`]) whatever
-//! its size; its resolver finds the size, type and checksum ready, and storage
+//! decoded and the last one written. An upload holds three chunks
+//! ([`crate::storage::WRITE_CHUNK`]) whatever its size; its resolver finds the size, type and checksum ready, and storage
 //! takes the file over ([`crate::storage::Storage::put_spooled`]: a link on fs).
 
 use std::path::{Path, PathBuf};
@@ -69,32 +69,27 @@ impl Drop for Spooled {
     }
 }
 
-/// The spool file, hasher and sniffer, which travel to the blocking pool with each
-/// chunk; dropped before the end (a failed write, a request that went away), the
-/// file removes itself.
-struct Worker {
-    file: NewFile,
+/// What the checks need of every byte, computed on the blocking pool beside the
+/// spool file's write (a chunk is hashed while the one before it is written).
+struct Checks {
     hasher: Sha256,
     sniffer: Sniffer,
 }
 
-impl ChunkSink for Worker {
-    fn take(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.hasher.update(bytes);
-        self.sniffer.update(bytes);
-        self.file.take(bytes)
+impl Default for Checks {
+    fn default() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            sniffer: Sniffer::new(),
+        }
     }
 }
 
-impl Worker {
-    fn into_spooled(self) -> std::io::Result<Spooled> {
-        let size = self.file.written();
-        Ok(Spooled {
-            path: self.file.keep(false)?,
-            size,
-            sha256: hex::encode(self.hasher.finalize()),
-            sniffer: self.sniffer,
-        })
+impl ChunkSink for Checks {
+    fn take(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(bytes);
+        self.sniffer.update(bytes);
+        Ok(())
     }
 }
 
@@ -102,7 +97,9 @@ impl Worker {
 /// chunk, then into its spool file.
 pub struct Base64Spool {
     decoder: Base64Stream,
-    pipeline: ChunkPipeline<Worker>,
+    /// Dropped before the end (a failed write, a request that went away), the spool
+    /// file removes itself.
+    pipeline: ChunkPipeline<NewFile, Checks>,
 }
 
 impl Base64Spool {
@@ -113,12 +110,9 @@ impl Base64Spool {
     pub fn new(path: PathBuf, in_memory_up_to: usize) -> Self {
         Self {
             decoder: Base64Stream::default(),
-            pipeline: ChunkPipeline::keeping(
-                Worker {
-                    file: NewFile::new(path),
-                    hasher: Sha256::new(),
-                    sniffer: Sniffer::new(),
-                },
+            pipeline: ChunkPipeline::checked(
+                NewFile::new(path),
+                Checks::default(),
                 in_memory_up_to,
             ),
         }
@@ -152,8 +146,14 @@ impl Base64Spool {
             Ok(bytes) => return Ok(FileContent::Memory(bytes)),
             Err(pipeline) => pipeline,
         };
-        let worker = pipeline.finish().await.map_err(SpoolFailure::Write)?;
-        let spooled = worker.into_spooled().map_err(SpoolFailure::Write)?;
+        let (file, checks) = pipeline.finish().await.map_err(SpoolFailure::Write)?;
+        let size = file.written();
+        let spooled = Spooled {
+            path: file.keep(false).map_err(SpoolFailure::Write)?,
+            size,
+            sha256: hex::encode(checks.hasher.finalize()),
+            sniffer: checks.sniffer,
+        };
         Ok(FileContent::Spooled(Arc::new(spooled)))
     }
 }

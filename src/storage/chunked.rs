@@ -1,19 +1,25 @@
 //! New files written in page-aligned chunks on the blocking pool while the next
 //! chunk fills: a file that streams in (a multipart part on fs, a base64 text being
 //! decoded, a stream spooled before it goes to S3) holds two chunks of memory
-//! whatever its size, and whole chunks bypass the page cache (`O_DIRECT`), as
-//! [`super::DIRECT_WRITE_FROM`] explains.
+//! whatever its size (three when its bytes are checked beside the write), and whole
+//! chunks bypass the page cache (`O_DIRECT`), as [`super::DIRECT_WRITE_FROM`]
+//! explains.
 
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
 
 use super::fs_write::io_error;
 use super::{FILE_ALIGNMENT, StreamWriteError};
 
 /// How many bytes go to the disk at a time; a file in flight holds two such
-/// buffers (one filling, one being written). Large enough that a write costs far
+/// buffers (one filling, one being written), or three with checks (one being
+/// hashed). Large enough that a write costs far
 /// more than the trip to the blocking pool, small enough that eight uploads at once
 /// hold 4 MiB.
 pub const WRITE_CHUNK: usize = 256 * 1024;
@@ -192,34 +198,181 @@ fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-type Job<S> = tokio::task::JoinHandle<std::io::Result<(S, AlignedChunk)>>;
+/// A chunk a stage is done with, or why a chunk was lost.
+type Passed = std::io::Result<AlignedChunk>;
 
-/// Chunks filled on the request's task and handed to `S` on the blocking pool, one
-/// at a time, while the next fills.
-pub struct ChunkPipeline<S: ChunkSink> {
-    chunk: AlignedChunk,
-    /// The sink when idle; `None` while `job` runs.
+/// Where a stage hands the chunks it is done with.
+enum Next {
+    Stage(Arc<dyn Feed>),
+    /// Back to the pipeline, to be filled again.
+    Back(mpsc::UnboundedSender<Passed>),
+}
+
+impl Next {
+    fn pass(&self, passed: Passed) {
+        match self {
+            Self::Stage(stage) => Arc::clone(stage).feed(passed),
+            // The pipeline went away: nobody waits for the chunk.
+            Self::Back(back) => drop(back.send(passed)),
+        }
+    }
+}
+
+/// A stage of a pipeline, whatever its sink.
+trait Feed: Send + Sync {
+    fn feed(self: Arc<Self>, passed: Passed);
+}
+
+/// One step of a pipeline (checking the bytes, writing them): it takes its chunks
+/// in order, on the blocking pool only while some are queued. A stage that falls
+/// behind works through its queue without waiting for the request's task to hand
+/// it the next chunk, so the disk never idles between chunks; one that keeps up
+/// holds no thread between them.
+struct Stage<S> {
+    state: Mutex<StageState<S>>,
+    next: Next,
+}
+
+struct StageState<S> {
+    queue: VecDeque<AlignedChunk>,
+    /// Out of the state while a chunk is being taken.
     sink: Option<S>,
-    job: Option<Job<S>>,
-    /// The chunk the sink handed back, for the next one.
-    spare: Option<AlignedChunk>,
+    draining: bool,
+    /// A chunk failed here: the rest pass on untouched.
+    failed: bool,
+}
+
+impl<S: ChunkSink> Stage<S> {
+    fn new(sink: S, next: Next) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(StageState {
+                queue: VecDeque::new(),
+                sink: Some(sink),
+                draining: false,
+                failed: false,
+            }),
+            next,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StageState<S>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the queued chunks one by one, then leaves the thread.
+    fn drain(&self) {
+        loop {
+            let (chunk, sink) = {
+                let mut state = self.lock();
+                let Some(chunk) = state.queue.pop_front() else {
+                    state.draining = false;
+                    return;
+                };
+                let sink = if state.failed {
+                    None
+                } else {
+                    state.sink.take()
+                };
+                (chunk, sink)
+            };
+            let Some(mut sink) = sink else {
+                self.next.pass(Ok(chunk));
+                continue;
+            };
+            let taken = std::panic::catch_unwind(AssertUnwindSafe(|| sink.take(chunk.bytes())))
+                .unwrap_or_else(|_| Err(std::io::Error::other("a chunk's sink panicked")));
+            let mut state = self.lock();
+            state.sink = Some(sink);
+            state.failed = taken.is_err();
+            drop(state);
+            self.next.pass(taken.map(|()| chunk));
+        }
+    }
+
+    /// The sink, once no chunk is left with this stage.
+    fn take_sink(&self) -> std::io::Result<S> {
+        self.lock()
+            .sink
+            .take()
+            .ok_or_else(|| std::io::Error::other("the pipeline's sink was lost"))
+    }
+}
+
+impl<S: ChunkSink> Feed for Stage<S> {
+    fn feed(self: Arc<Self>, passed: Passed) {
+        let chunk = match passed {
+            Ok(chunk) => chunk,
+            Err(err) => return self.next.pass(Err(err)),
+        };
+        let idle = {
+            let mut state = self.lock();
+            state.queue.push_back(chunk);
+            !std::mem::replace(&mut state.draining, true)
+        };
+        if idle {
+            tokio::task::spawn_blocking(move || self.drain());
+        }
+    }
+}
+
+/// No checks beside the write.
+impl ChunkSink for () {
+    fn take(&mut self, _bytes: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Chunks filled on the request's task and handed, in order, to `C` (checks such
+/// as a hash) and then to `S` (the file), each a [`Stage`] on the blocking pool:
+/// the next chunk fills while the last is checked and the one before written. A
+/// stream holds one chunk more than it has stages.
+pub struct ChunkPipeline<S: ChunkSink, C: ChunkSink + Default = ()> {
+    chunk: AlignedChunk,
+    checks: Option<Arc<Stage<C>>>,
+    sink: Arc<Stage<S>>,
+    /// Where full chunks go: the checks if any, else the sink.
+    first: Arc<dyn Feed>,
+    returned: mpsc::UnboundedReceiver<Passed>,
+    /// Chunks made so far, at most `live`.
+    made: usize,
+    live: usize,
+    /// Chunks handed over and not back yet.
+    outstanding: usize,
     /// Nothing handed over yet: the whole stream so far is in `chunk`.
     untouched: bool,
 }
 
 impl<S: ChunkSink> ChunkPipeline<S> {
     pub fn new(sink: S) -> Self {
-        Self::keeping(sink, WRITE_CHUNK)
+        Self::build(sink, None, WRITE_CHUNK)
+    }
+}
+
+impl<S: ChunkSink, C: ChunkSink + Default> ChunkPipeline<S, C> {
+    /// A pipeline whose chunks go through `checks` on their way to `sink`, and
+    /// whose first chunk holds up to `first` bytes (at least a chunk): a stream that
+    /// ends within them reaches neither.
+    pub fn checked(sink: S, checks: C, first: usize) -> Self {
+        Self::build(sink, Some(checks), first)
     }
 
-    /// A pipeline whose first chunk holds up to `first` bytes (at least a chunk):
-    /// a stream that ends within them never reaches the sink.
-    pub fn keeping(sink: S, first: usize) -> Self {
+    fn build(sink: S, checks: Option<C>, first_bytes: usize) -> Self {
+        let (back, returned) = mpsc::unbounded_channel();
+        let sink = Stage::new(sink, Next::Back(back));
+        let checks = checks.map(|checks| Stage::new(checks, Next::Stage(sink.clone())));
+        let first: Arc<dyn Feed> = match &checks {
+            Some(checks) => checks.clone(),
+            None => sink.clone(),
+        };
         Self {
-            chunk: AlignedChunk::new(first.max(WRITE_CHUNK)),
-            sink: Some(sink),
-            job: None,
-            spare: None,
+            chunk: AlignedChunk::new(first_bytes.max(WRITE_CHUNK)),
+            live: 2 + usize::from(checks.is_some()),
+            checks,
+            sink,
+            first,
+            returned,
+            made: 1,
+            outstanding: 0,
             untouched: true,
         }
     }
@@ -258,52 +411,83 @@ impl<S: ChunkSink> ChunkPipeline<S> {
         }
     }
 
-    /// Hands over what is left and waits for the sink to take it all.
-    pub async fn finish(mut self) -> std::io::Result<S> {
+    /// Hands over what is left and waits for both stages to take it all; the
+    /// checks and the sink.
+    pub async fn finish(mut self) -> std::io::Result<(S, C)> {
         while !self.chunk.is_empty() {
             self.hand_over(WRITE_CHUNK.min(self.chunk.len())).await?;
         }
-        self.idle_sink().await
+        self.settle().await?;
+        let checks = match &self.checks {
+            Some(checks) => checks.take_sink()?,
+            None => C::default(),
+        };
+        Ok((self.sink.take_sink()?, checks))
     }
 
-    /// Waits for a chunk being written, then drops the sink: a file it made is
-    /// gone when this returns.
+    /// Waits for the chunks being checked or written, then drops the sinks: a file
+    /// the sink made is gone when this returns.
     pub async fn abandon(mut self) {
-        let _ = self.idle_sink().await;
+        let _ = self.settle().await;
+        drop(self.sink.take_sink());
+        if let Some(checks) = &self.checks {
+            drop(checks.take_sink());
+        }
     }
 
-    /// Gives the chunk's first `length` bytes to the sink, once it is done with the
-    /// last ones.
+    /// Hands the chunk's first `length` bytes to the stages.
     async fn hand_over(&mut self, length: usize) -> std::io::Result<()> {
-        let mut sink = self.idle_sink().await?;
-        let mut next = self
-            .spare
-            .take()
-            .unwrap_or_else(|| AlignedChunk::new(WRITE_CHUNK));
+        let mut next = self.spare().await?;
         next.buffer.extend_from_slice(&self.chunk.bytes()[length..]);
         let mut full = std::mem::replace(&mut self.chunk, next);
         full.buffer.truncate(full.start + length);
         self.untouched = false;
-        self.job = Some(tokio::task::spawn_blocking(move || {
-            sink.take(full.bytes())?;
-            full.clear();
-            Ok((sink, full))
-        }));
+        self.outstanding += 1;
+        Arc::clone(&self.first).feed(Ok(full));
         Ok(())
     }
 
-    /// The sink, after its job if one runs.
-    async fn idle_sink(&mut self) -> std::io::Result<S> {
-        if let Some(job) = self.job.take() {
-            let (sink, mut spare) = job.await.map_err(std::io::Error::other)??;
-            // The first chunk may be larger: it comes back as an ordinary one.
-            spare.target = WRITE_CHUNK;
-            self.spare = Some(spare);
-            return Ok(sink);
+    /// A chunk to fill next: one that came back, a new one while fewer than `live`
+    /// exist, or else the next to come back.
+    async fn spare(&mut self) -> std::io::Result<AlignedChunk> {
+        if let Ok(passed) = self.returned.try_recv() {
+            return self.came_back(passed);
         }
-        self.sink
-            .take()
-            .ok_or_else(|| std::io::Error::other("the pipeline's sink was lost"))
+        if self.made < self.live {
+            self.made += 1;
+            return Ok(AlignedChunk::new(WRITE_CHUNK));
+        }
+        let passed = self.next_back().await?;
+        self.came_back(passed)
+    }
+
+    /// Waits until every chunk handed over came back; the first failure.
+    async fn settle(&mut self) -> std::io::Result<()> {
+        let mut failure = None;
+        while self.outstanding > 0 {
+            let passed = self.next_back().await?;
+            if let Err(err) = self.came_back(passed) {
+                failure.get_or_insert(err);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    async fn next_back(&mut self) -> std::io::Result<Passed> {
+        self.returned
+            .recv()
+            .await
+            .ok_or_else(|| std::io::Error::other("the pipeline's stages are gone"))
+    }
+
+    /// A chunk back from the stages, emptied; or why it was lost.
+    fn came_back(&mut self, passed: Passed) -> std::io::Result<AlignedChunk> {
+        self.outstanding -= 1;
+        let mut chunk = passed.inspect_err(|_| self.made -= 1)?;
+        chunk.clear();
+        // The first chunk may be larger: it comes back as an ordinary one.
+        chunk.target = WRITE_CHUNK;
+        Ok(chunk)
     }
 }
 
@@ -340,7 +524,7 @@ where
         pipeline.abandon().await;
         return Err(failure);
     }
-    let file = pipeline
+    let (file, ()) = pipeline
         .finish()
         .await
         .map_err(|err| StreamWriteError::Storage(io_error(err)))?;
@@ -353,4 +537,101 @@ where
     };
     let path = kept.map_err(|err| StreamWriteError::Storage(io_error(err)))?;
     Ok((path, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Keeps what it is given, fails at its `fails_at`th chunk, and says when it was
+    /// dropped; slow enough that the stream waits for it.
+    #[derive(Default)]
+    struct Recorder {
+        bytes: Vec<u8>,
+        chunks: usize,
+        fails_at: Option<usize>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Recorder {
+        fn failing_at(chunk: usize, dropped: Arc<AtomicBool>) -> Self {
+            Self {
+                bytes: Vec::new(),
+                chunks: 0,
+                fails_at: Some(chunk),
+                dropped,
+            }
+        }
+    }
+
+    impl ChunkSink for Recorder {
+        fn take(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            self.chunks += 1;
+            if Some(self.chunks) == self.fails_at {
+                return Err(std::io::Error::other("the disk is full"));
+            }
+            self.bytes.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    impl Drop for Recorder {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn stream(length: usize) -> Vec<u8> {
+        (0..length).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// The checks and the sink each see every byte, in order, while the stream holds
+    /// one chunk more than it has stages.
+    #[tokio::test]
+    async fn checks_and_sink_take_every_byte_in_order() {
+        let input = stream(5 * WRITE_CHUNK + 12_345);
+        let mut pipeline = ChunkPipeline::checked(Recorder::default(), Recorder::default(), 0);
+        for piece in input.chunks(70_001) {
+            pipeline.push(piece).await.expect("pushed");
+            assert!(pipeline.made <= 3, "{} chunks in memory", pipeline.made);
+        }
+        let (sink, checks) = pipeline.finish().await.expect("finished");
+        assert_eq!(sink.bytes, input);
+        assert_eq!(checks.bytes, input);
+    }
+
+    /// A sink that fails stops the stream at one of its next chunks; abandoned, the
+    /// pipeline returns once the sink is dropped (a file it made is gone by then).
+    #[tokio::test]
+    async fn a_failing_sink_stops_the_stream_and_is_dropped_on_abandon() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let sink = Recorder::failing_at(3, dropped.clone());
+        let mut pipeline = ChunkPipeline::checked(sink, Recorder::default(), 0);
+        let input = stream(WRITE_CHUNK);
+        let mut pushed = 0;
+        let failure = loop {
+            assert!(pushed < 10, "the failure never reached the stream");
+            if let Err(err) = pipeline.push(&input).await {
+                break err;
+            }
+            pushed += 1;
+        };
+        assert_eq!(failure.to_string(), "the disk is full");
+        assert!(!dropped.load(Ordering::SeqCst));
+        pipeline.abandon().await;
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    /// A failure in the last chunks comes out of `finish`.
+    #[tokio::test]
+    async fn a_failure_at_the_end_comes_out_of_finish() {
+        let sink = Recorder::failing_at(2, Arc::default());
+        let mut pipeline = ChunkPipeline::new(sink);
+        pipeline.push(&stream(WRITE_CHUNK + 10)).await.expect("pushed");
+        let failure = pipeline.finish().await.err().expect("a failure");
+        assert_eq!(failure.to_string(), "the disk is full");
+    }
 }
