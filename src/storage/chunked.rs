@@ -630,7 +630,10 @@ mod tests {
     async fn a_failure_at_the_end_comes_out_of_finish() {
         let sink = Recorder::failing_at(2, Arc::default());
         let mut pipeline = ChunkPipeline::new(sink);
-        pipeline.push(&stream(WRITE_CHUNK + 10)).await.expect("pushed");
+        pipeline
+            .push(&stream(WRITE_CHUNK + 10))
+            .await
+            .expect("pushed");
         let failure = pipeline.finish().await.err().expect("a failure");
         assert_eq!(failure.to_string(), "the disk is full");
     }
