@@ -19,9 +19,8 @@ use super::{FILE_ALIGNMENT, StreamWriteError};
 
 /// How many bytes go to the disk at a time; a file in flight holds two such
 /// buffers (one filling, one being written), or three with checks (one being
-/// hashed). Large enough that a write costs far
-/// more than the trip to the blocking pool, small enough that eight uploads at once
-/// hold 4 MiB.
+/// hashed). Large enough that a write costs far more than the trip to the blocking
+/// pool, small enough that eight uploads at once hold 4 to 6 MiB.
 pub const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Bytes on their way to the disk, starting on a page boundary (so a whole chunk
