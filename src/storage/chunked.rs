@@ -208,18 +208,32 @@ enum Next {
 }
 
 impl Next {
-    fn pass(&self, passed: Passed) {
+    /// Hands the chunk on; the next stage when it was idle and must be started.
+    fn pass(&self, passed: Passed) -> Option<Arc<dyn Feed>> {
         match self {
-            Self::Stage(stage) => Arc::clone(stage).feed(passed),
+            Self::Stage(stage) => stage.queue(passed).then(|| Arc::clone(stage)),
             // The pipeline went away: nobody waits for the chunk.
-            Self::Back(back) => drop(back.send(passed)),
+            Self::Back(back) => {
+                drop(back.send(passed));
+                None
+            }
         }
     }
 }
 
 /// A stage of a pipeline, whatever its sink.
 trait Feed: Send + Sync {
-    fn feed(self: Arc<Self>, passed: Passed);
+    /// Queues a chunk (a failure passes straight on); true when the stage was idle
+    /// and its caller must start it.
+    fn queue(&self, passed: Passed) -> bool;
+
+    /// Takes the queued chunks one by one, then leaves the thread.
+    fn drain(&self);
+}
+
+/// Starts an idle stage on the blocking pool.
+fn start(stage: Arc<dyn Feed>) {
+    tokio::task::spawn_blocking(move || stage.drain());
 }
 
 /// One step of a pipeline (checking the bytes, writing them): it takes its chunks
@@ -258,7 +272,31 @@ impl<S: ChunkSink> Stage<S> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes the queued chunks one by one, then leaves the thread.
+    /// The sink, once no chunk is left with this stage.
+    fn take_sink(&self) -> std::io::Result<S> {
+        self.lock()
+            .sink
+            .take()
+            .ok_or_else(|| std::io::Error::other("the pipeline's sink was lost"))
+    }
+}
+
+impl<S: ChunkSink> Feed for Stage<S> {
+    fn queue(&self, passed: Passed) -> bool {
+        let chunk = match passed {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                if let Some(next) = self.next.pass(Err(err)) {
+                    start(next);
+                }
+                return false;
+            }
+        };
+        let mut state = self.lock();
+        state.queue.push_back(chunk);
+        !std::mem::replace(&mut state.draining, true)
+    }
+
     fn drain(&self) {
         loop {
             let (chunk, sink) = {
@@ -274,42 +312,33 @@ impl<S: ChunkSink> Stage<S> {
                 };
                 (chunk, sink)
             };
-            let Some(mut sink) = sink else {
-                self.next.pass(Ok(chunk));
+            let passed = match sink {
+                None => Ok(chunk),
+                Some(mut sink) => {
+                    let taken =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| sink.take(chunk.bytes())))
+                            .unwrap_or_else(|_| {
+                                Err(std::io::Error::other("a chunk's sink panicked"))
+                            });
+                    let mut state = self.lock();
+                    state.sink = Some(sink);
+                    state.failed = taken.is_err();
+                    taken.map(|()| chunk)
+                }
+            };
+            let Some(next) = self.next.pass(passed) else {
                 continue;
             };
-            let taken = std::panic::catch_unwind(AssertUnwindSafe(|| sink.take(chunk.bytes())))
-                .unwrap_or_else(|_| Err(std::io::Error::other("a chunk's sink panicked")));
+            // The next stage was idle: with nothing left here, this thread goes on
+            // with it instead of waking another.
             let mut state = self.lock();
-            state.sink = Some(sink);
-            state.failed = taken.is_err();
+            if state.queue.is_empty() {
+                state.draining = false;
+                drop(state);
+                return next.drain();
+            }
             drop(state);
-            self.next.pass(taken.map(|()| chunk));
-        }
-    }
-
-    /// The sink, once no chunk is left with this stage.
-    fn take_sink(&self) -> std::io::Result<S> {
-        self.lock()
-            .sink
-            .take()
-            .ok_or_else(|| std::io::Error::other("the pipeline's sink was lost"))
-    }
-}
-
-impl<S: ChunkSink> Feed for Stage<S> {
-    fn feed(self: Arc<Self>, passed: Passed) {
-        let chunk = match passed {
-            Ok(chunk) => chunk,
-            Err(err) => return self.next.pass(Err(err)),
-        };
-        let idle = {
-            let mut state = self.lock();
-            state.queue.push_back(chunk);
-            !std::mem::replace(&mut state.draining, true)
-        };
-        if idle {
-            tokio::task::spawn_blocking(move || self.drain());
+            start(next);
         }
     }
 }
@@ -442,7 +471,9 @@ impl<S: ChunkSink, C: ChunkSink + Default> ChunkPipeline<S, C> {
         full.buffer.truncate(full.start + length);
         self.untouched = false;
         self.outstanding += 1;
-        Arc::clone(&self.first).feed(Ok(full));
+        if self.first.queue(Ok(full)) {
+            start(Arc::clone(&self.first));
+        }
         Ok(())
     }
 
