@@ -2,8 +2,9 @@
 //! into a file of its own (a staging object on fs, a temporary file beside S3),
 //! hashed and sniffed on the way by the blocking pool while the next piece is
 //! decoded and the last one written. An upload holds three chunks
-//! ([`crate::storage::WRITE_CHUNK`]) whatever its size; its resolver finds the size, type and checksum ready, and storage
-//! takes the file over ([`crate::storage::Storage::put_spooled`]: a link on fs).
+//! ([`crate::storage::WRITE_CHUNK`]) whatever its size; its resolver finds the
+//! size, type and checksum ready, and storage takes the file over
+//! ([`crate::storage::Storage::put_spooled`]: a link on fs).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
