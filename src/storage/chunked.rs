@@ -358,12 +358,9 @@ pub struct ChunkPipeline<S: ChunkSink, C: ChunkSink + Default = ()> {
     chunk: AlignedChunk,
     checks: Option<Arc<Stage<C>>>,
     sink: Arc<Stage<S>>,
-    /// Where full chunks go: the checks if any, else the sink.
-    first: Arc<dyn Feed>,
     returned: mpsc::UnboundedReceiver<Passed>,
-    /// Chunks made so far, at most `live`.
+    /// Chunks made so far, at most [`ChunkPipeline::live`].
     made: usize,
-    live: usize,
     /// Chunks handed over and not back yet.
     outstanding: usize,
     /// Nothing handed over yet: the whole stream so far is in `chunk`.
@@ -388,16 +385,10 @@ impl<S: ChunkSink, C: ChunkSink + Default> ChunkPipeline<S, C> {
         let (back, returned) = mpsc::unbounded_channel();
         let sink = Stage::new(sink, Next::Back(back));
         let checks = checks.map(|checks| Stage::new(checks, Next::Stage(sink.clone())));
-        let first: Arc<dyn Feed> = match &checks {
-            Some(checks) => checks.clone(),
-            None => sink.clone(),
-        };
         Self {
             chunk: AlignedChunk::new(first_bytes.max(WRITE_CHUNK)),
-            live: 2 + usize::from(checks.is_some()),
             checks,
             sink,
-            first,
             returned,
             made: 1,
             outstanding: 0,
@@ -463,7 +454,8 @@ impl<S: ChunkSink, C: ChunkSink + Default> ChunkPipeline<S, C> {
         }
     }
 
-    /// Hands the chunk's first `length` bytes to the stages.
+    /// Hands the chunk's first `length` bytes to the first stage: the checks if
+    /// any, else the sink.
     async fn hand_over(&mut self, length: usize) -> std::io::Result<()> {
         let mut next = self.spare().await?;
         next.buffer.extend_from_slice(&self.chunk.bytes()[length..]);
@@ -471,19 +463,28 @@ impl<S: ChunkSink, C: ChunkSink + Default> ChunkPipeline<S, C> {
         full.buffer.truncate(full.start + length);
         self.untouched = false;
         self.outstanding += 1;
-        if self.first.queue(Ok(full)) {
-            start(Arc::clone(&self.first));
+        let first: Arc<dyn Feed> = match &self.checks {
+            Some(checks) => checks.clone(),
+            None => self.sink.clone(),
+        };
+        if first.queue(Ok(full)) {
+            start(first);
         }
         Ok(())
     }
 
-    /// A chunk to fill next: one that came back, a new one while fewer than `live`
-    /// exist, or else the next to come back.
+    /// How many chunks the stream may hold: the one filling and one per stage.
+    fn live(&self) -> usize {
+        2 + usize::from(self.checks.is_some())
+    }
+
+    /// A chunk to fill next: one that came back, a new one while fewer than
+    /// [`ChunkPipeline::live`] exist, or else the next to come back.
     async fn spare(&mut self) -> std::io::Result<AlignedChunk> {
         if let Ok(passed) = self.returned.try_recv() {
             return self.came_back(passed);
         }
-        if self.made < self.live {
+        if self.made < self.live() {
             self.made += 1;
             return Ok(AlignedChunk::new(WRITE_CHUNK));
         }

@@ -525,6 +525,18 @@ async fn large_files_stream_through(setup: Setup) {
     corrupted.replace_range(SIZE..SIZE + 1, "!");
     let refused = app.gql(UPLOAD, upload(&corrupted), Some(&bearer)).await;
     assert_eq!(codes(&refused), vec!["BAD_USER_INPUT"], "{refused:.300}");
+    // Text through its first megabytes, then a NUL: sniffed beside the spool's
+    // write to its end, and refused.
+    let not_text = json!({ "input": {
+        "ownerType": "contract", "ownerId": "c-9", "filename": "Vertrag.txt",
+        "contentType": "text/plain", "base64": STANDARD.encode(&text),
+    }});
+    let refused = app.gql(UPLOAD, not_text, Some(&bearer)).await;
+    assert_eq!(
+        codes(&refused),
+        vec!["UNSUPPORTED_MEDIA_TYPE"],
+        "{refused:.300}"
+    );
     let body = json!({ "query": UPLOAD, "variables": upload(&encoded) }).to_string();
     send_half_and_hang_up(&app, &bearer, "application/json", body.as_bytes()).await;
     // And a multipart part cut off midway, while it streams into storage.
