@@ -6,7 +6,10 @@
 #   upload-10k (64 and 8 clients), list (64), upload-1m (32), download-1m (64).
 # Every answer is checked (HTTP status, no GraphQL `errors`); a cell with a bad
 # answer is marked. The context switches are summed over /proc/PID/task/*/status
-# (voluntary + involuntary) around each cell and divided by its requests.
+# (voluntary + involuntary) around each cell and divided by its requests. Where the
+# bound lies: the CPU time of the server (/proc/PID/stat) as a share of the cores it
+# was given and per request, and wrk's as a share of its own cores; a cell whose
+# server is far from 100% while wrk is near it measures the load generator.
 #   benches/scale.sh [target/release/attache]
 #   CORES="1 2 4 8 12" WRK_CPUS=12-15 SECONDS_PER_CELL=8 CELLS=upload OUT=benches/results
 #   POSTGRES=postgres://postgres@127.0.0.1:5432/postgres: PostgreSQL instead of SQLite,
@@ -69,6 +72,13 @@ function done(summary, latency, requests)
 end
 LUA
 
+cpu_ticks() { # user + system CPU time of the server so far, in clock ticks
+  awk '{ print $14 + $15 }' /proc/"$server"/stat
+}
+ticks_per_second=$(getconf CLK_TCK)
+TIMEFORMAT='%U %S' # what `time` prints of wrk: its user and system seconds
+wrk_cores=$(taskset -c "$wrk_cpus" nproc)
+
 switches() { # context switches of every thread of the server so far
   cat /proc/"$server"/task/*/status 2>/dev/null |
     awk '/^(voluntary|nonvoluntary)_ctxt_switches/ { n += $2 } END { print n + 0 }'
@@ -81,18 +91,24 @@ post() { # post BODY_FILE -> the answer
 
 cell() { # cell NAME CLIENTS URL [BODY]
   [[ $1 =~ ${CELLS:-.} ]] || return 0
-  local before after result
+  local before after ticks result
   before=$(switches)
-  result=$(BODY=${4:-} TOKEN=$token taskset -c "$wrk_cpus" wrk -t2 -c"$2" -d"${seconds}s" \
-    --timeout 10s -s "$work/check.lua" "$3" | grep '^RESULT')
+  ticks=$(cpu_ticks)
+  result=$( { time BODY=${4:-} TOKEN=$token taskset -c "$wrk_cpus" wrk -t2 -c"$2" \
+    -d"${seconds}s" --timeout 10s -s "$work/check.lua" "$3"; } 2>"$work/wrk.time" | grep '^RESULT')
   after=$(switches)
-  # RESULT requests seconds p50_ms p99_ms bad
-  awk -v cores="$cores" -v cell="$1" -v clients="$2" -v cs=$((after - before)) -F'\t' \
-    '{ printf "%s\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\n", cores, cell, clients, $2, $2 / $3, $4, $5, cs / ($2 > 0 ? $2 : 1), $6 }' \
-    <<<"$result" | tee -a "$tsv"
+  ticks=$(($(cpu_ticks) - ticks))
+  # RESULT requests seconds p50_ms p99_ms bad, then wrk's user and system seconds
+  printf '%s\t%s\n' "$result" "$(tail -1 "$work/wrk.time" | tr ' ' '\t')" |
+    awk -v cores="$cores" -v cell="$1" -v clients="$2" -v cs=$((after - before)) \
+      -v cpu=$((ticks)) -v hz="$ticks_per_second" -v wrk_cores="$wrk_cores" -F'\t' '{
+      n = $2 > 0 ? $2 : 1; server = cpu / hz
+      printf "%s\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%.3f\t%.0f\n", cores, cell, clients,
+        $2, $2 / $3, $4, $5, cs / n, $6, 100 * server / ($3 * cores), 1000 * server / n,
+        100 * ($7 + $8) / ($3 * wrk_cores) }' | tee -a "$tsv"
 }
 
-printf 'cores\tcell\tclients\trequests\treq_per_s\tp50_ms\tp99_ms\tswitches_per_request\tbad\n' | tee "$tsv"
+printf 'cores\tcell\tclients\trequests\treq_per_s\tp50_ms\tp99_ms\tswitches_per_request\tbad\tserver_cpu_pct\tserver_cpu_ms_per_request\twrk_cpu_pct\n' | tee "$tsv"
 for cores in $cores_list; do
   dir="$work/run-$cores"
   mkdir -p "$dir"

@@ -12,8 +12,6 @@ pub mod sweep;
 pub mod upload;
 pub mod urls;
 
-use std::ops::Range;
-
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entity::outbox_event::EventType;
@@ -34,7 +32,7 @@ use crate::events;
 use crate::ids::SafeId;
 use crate::media::MediaType;
 use crate::quotas;
-use crate::storage::{Storage, StorageKey, StreamWriteError};
+use crate::storage::{OpenObject, Storage, StorageKey, StreamWriteError};
 pub use upload::{Draft, FileContent, StreamCheck, Target, ValidUpload};
 
 /// Runs `work` to its end even if the request that started it is dropped (a client
@@ -436,19 +434,22 @@ pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64
         .await?)
 }
 
-/// The store that holds an attachment's object with the row's size: storage, or
-/// the local copy while files move to the bucket (`AUTO_MIGRATE_STORAGE`). Checked
-/// before any header goes out, so a lost object is a clear error, never a
-/// truncated 200. An object gone with its row (a delete that committed after `row`
-/// was read) is a plain not-found, not lost data.
-pub async fn locate<'a>(app: &'a App, row: &attachment::Model) -> AppResult<&'a Storage> {
+/// The store that holds an attachment's object with the row's size, and the object
+/// opened there: storage, or the local copy while files move to the bucket
+/// (`AUTO_MIGRATE_STORAGE`). Checked before any header goes out, so a lost object
+/// is a clear error, never a truncated 200. An object gone with its row (a delete
+/// that committed after `row` was read) is a plain not-found, not lost data.
+pub async fn locate<'a>(
+    app: &'a App,
+    row: &attachment::Model,
+) -> AppResult<(&'a Storage, OpenObject)> {
     let key = StorageKey::from_stored(row.storage_key.clone());
     let expected = u64::try_from(row.byte_size).unwrap_or_default();
     for store in std::iter::once(&app.storage).chain(app.local_fallback.as_ref()) {
-        match store.size(&key).await {
-            Ok(Some(size)) if size == expected => return Ok(store),
-            Ok(Some(size)) => tracing::error!(
-                key = %key, size, expected, location = store.location(),
+        match store.open(&key).await {
+            Ok(Some(object)) if object.size() == expected => return Ok((store, object)),
+            Ok(Some(object)) => tracing::error!(
+                key = %key, size = object.size(), expected, location = store.location(),
                 "a stored object has another size than its row"
             ),
             Ok(None) => {}
@@ -463,20 +464,6 @@ pub async fn locate<'a>(app: &'a App, row: &attachment::Model) -> AppResult<&'a 
         true => Err(AppError::ObjectMissing(row.id)),
         false => Err(AppError::not_found()),
     }
-}
-
-/// Streams `range` of an attachment's object from the store [`locate`] found.
-pub async fn read(
-    store: &Storage,
-    row: &attachment::Model,
-    range: Range<u64>,
-) -> AppResult<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
-    Ok(store
-        .stream(
-            &StorageKey::from_stored(row.storage_key.clone()),
-            range.into(),
-        )
-        .await?)
 }
 
 /// Deletes the row, then the object, to the end even if the client goes away. The

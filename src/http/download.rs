@@ -261,7 +261,7 @@ async fn respond(
             return build(response, Body::empty());
         }
     };
-    let store = attachments::locate(app, &row).await?;
+    let (store, object) = attachments::locate(app, &row).await?;
     let content_type = HeaderValue::from_str(&row.content_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     let response = response
@@ -275,7 +275,7 @@ async fn respond(
     if method == Method::HEAD {
         return build(response, Body::empty());
     }
-    let stream = attachments::read(store, &row, range).await?;
+    let stream = store.read(object, range).await?;
     build(response, Body::from_stream(stream))
 }
 

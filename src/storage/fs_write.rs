@@ -114,5 +114,5 @@ pub(super) fn io_error(err: std::io::Error) -> opendal::Error {
         std::io::ErrorKind::PermissionDenied => opendal::ErrorKind::PermissionDenied,
         _ => opendal::ErrorKind::Unexpected,
     };
-    opendal::Error::new(kind, "writing a file failed").set_source(err)
+    opendal::Error::new(kind, "a local file operation failed").set_source(err)
 }

@@ -4,6 +4,7 @@
 
 mod chunked;
 mod copy;
+mod file_read;
 mod fs_write;
 mod key;
 mod local;
@@ -20,6 +21,7 @@ use opendal::Operator;
 use chunked::write_file;
 pub use chunked::{ChunkPipeline, ChunkSink, NewFile, WRITE_CHUNK};
 pub use copy::{CopyError, Digest};
+pub use file_read::read_file;
 pub use fs_write::{DIRECT_WRITE_FROM, FILE_ALIGNMENT};
 use fs_write::{INLINE_WRITE_UP_TO, link_new_file, write_new_file};
 pub use key::{KeyTemplate, StorageKey};
@@ -66,6 +68,21 @@ pub struct StoredObject {
     pub modified: Option<std::time::SystemTime>,
 }
 
+/// An object found by [`Storage::open`], to be read by [`Storage::read`].
+#[derive(Debug)]
+pub struct OpenObject {
+    key: StorageKey,
+    size: u64,
+    /// The open file on fs; S3 opens nothing until the read.
+    file: Option<std::fs::File>,
+}
+
+impl OpenObject {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 /// The object store of attache: local disk or an S3-compatible bucket.
 #[derive(Clone, Debug)]
 pub struct Storage {
@@ -91,12 +108,6 @@ pub struct Storage {
 /// multipart part, unless `S3_PART_SIZE_BYTES` says otherwise), so a copy holds the
 /// same memory whatever the file's size.
 const COPY_CHUNK: usize = 8 * 1024 * 1024;
-
-/// The most bytes one read of a file holds: a download's on fs (see
-/// [`Storage::stream`]), and a spooled file's on its way to S3. Within the
-/// allocator's medium sizes, which it reuses at once; 128 KiB reads, each freed on
-/// another thread than the one that made it, left 2 to 3 MiB per large upload.
-const READ_CHUNK: usize = 64 * 1024;
 
 impl Storage {
     /// Builds the operator from configuration; [`Storage::check`] then proves it works.
@@ -561,21 +572,70 @@ impl Storage {
         }))
     }
 
+    /// The object at `key`, opened to be read; `None` if there is none. On fs this
+    /// opens the file (on the caller's task when the kernel's caches resolve its
+    /// path) and takes its size from it, so what [`Storage::read`] streams is the
+    /// file whose size was checked; on S3 it asks for the object's size.
+    pub async fn open(&self, key: &StorageKey) -> opendal::Result<Option<OpenObject>> {
+        let found = self.observed("stat", async {
+            let Some(root) = &self.fs_root else {
+                let size = self.operator.stat(key.as_str()).await?.content_length();
+                return Ok((size, None));
+            };
+            let file = file_read::open(&root.join(key.as_str()))
+                .await
+                .map_err(fs_write::io_error)?;
+            let size = file.metadata().map_err(fs_write::io_error)?.len();
+            Ok((size, Some(file)))
+        });
+        match found.await {
+            Ok((size, file)) => Ok(Some(OpenObject {
+                key: key.clone(),
+                size,
+                file,
+            })),
+            Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Streams `range` of an opened object, as [`Storage::stream`] does, from the
+    /// file [`Storage::open`] opened on fs.
+    pub async fn read(
+        &self,
+        object: OpenObject,
+        range: std::ops::Range<u64>,
+    ) -> opendal::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
+        match object.file {
+            Some(file) => {
+                let reads = self.observed("read", async { Ok(file_read::read_range(file, range)) });
+                Ok(reads.await?.left_stream())
+            }
+            None => Ok(self.stream(&object.key, range.into()).await?.right_stream()),
+        }
+    }
+
     /// Streams `range` of an object without holding it in memory: on fs in reads of
-    /// [`READ_CHUNK`], so a download that its client stopped reading holds no more;
-    /// on S3 as one GET whose body arrives as the network delivers it.
+    /// [`file_read::READ_CHUNK`], so a download that its client stopped reading holds
+    /// no more; on S3 as one GET whose body arrives as the network delivers it.
     pub async fn stream(
         &self,
         key: &StorageKey,
         range: opendal::BytesRange,
     ) -> opendal::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
         self.observed("read", async {
-            let reader = self.operator.reader_with(key.as_str());
-            let reader = match self.backend {
-                StorageBackend::Fs => reader.chunk(READ_CHUNK).await?,
-                StorageBackend::S3 => reader.await?,
+            let Some(root) = &self.fs_root else {
+                let reader = self.operator.reader_with(key.as_str()).await?;
+                return Ok(reader.into_bytes_stream(range).await?.right_stream());
             };
-            reader.into_bytes_stream(range).await
+            let file = file_read::open(&root.join(key.as_str()))
+                .await
+                .map_err(fs_write::io_error)?;
+            let end = match range.size() {
+                Some(size) => range.offset() + size,
+                None => file.metadata().map_err(fs_write::io_error)?.len(),
+            };
+            Ok(file_read::read_range(file, range.offset()..end).left_stream())
         })
         .await
     }
@@ -621,34 +681,6 @@ impl Storage {
 fn no_store() -> StreamWriteError {
     let err = opendal::Error::new(opendal::ErrorKind::Unexpected, "no store to write to");
     StreamWriteError::Storage(err)
-}
-
-/// The local file at `path` (opened now, so it outlives a removal of its name) as a
-/// stream of [`READ_CHUNK`] pieces, each read on the blocking pool into a buffer
-/// made on the caller's side: tokio's file makes its buffer on the pool's thread,
-/// whose allocator then keeps a page for it, and a file per S3 part left such a
-/// page on each of dozens of threads (1 MiB more per upload in flight).
-pub fn read_file(
-    path: &std::path::Path,
-) -> std::io::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + use<>> {
-    let file = std::sync::Arc::new(std::fs::File::open(path)?);
-    let reads = futures::stream::try_unfold((file, 0u64), |(file, offset)| async move {
-        let mut buffer = vec![0u8; READ_CHUNK];
-        let reader = file.clone();
-        let (mut buffer, read) = tokio::task::spawn_blocking(move || {
-            let read = std::os::unix::fs::FileExt::read_at(&*reader, &mut buffer, offset);
-            (buffer, read)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        let read = read?;
-        if read == 0 {
-            return Ok(None);
-        }
-        buffer.truncate(read);
-        Ok(Some((Bytes::from(buffer), (file, offset + read as u64))))
-    });
-    Ok(Box::pin(reads))
 }
 
 /// A local file attache made that cannot be read back.

@@ -666,7 +666,66 @@ async fn downloads_are_sandboxed_and_named_after_their_type(setup: Setup) {
     );
 }
 
-crate::matrix!(db: only_the_canonical_link_opens);
+/// A stored file cut short on disk (a failing disk, a hand edit) is a clear 404
+/// before any header goes out, never a 200 that ends early and hands the client a
+/// broken file as whole. (A file cut while it streams ends the body with an error:
+/// `storage::file_read`'s tests.)
+async fn a_file_cut_short_on_disk_is_a_clear_404_not_a_truncated_200(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let tenant = tenant();
+    let bearer = app.token(&tenant);
+    // Several reads long: a PDF with a long comment after its header line.
+    let mut content = pdf();
+    let rest = content.split_off("%PDF-1.4\n".len());
+    content.extend(b"% ");
+    content.extend(vec![b'x'; 300 * 1024]);
+    content.push(b'\n');
+    content.extend(rest);
+    let att = app
+        .upload(&bearer, &content, "contract", Some("c-1"), "long.pdf")
+        .await;
+    let route = att["downloadUrl"].as_str().expect("downloadUrl").to_owned();
+    let whole = app.client.get(&route).bearer_auth(&bearer).send().await;
+    let whole = whole.expect("GET").bytes().await.expect("body");
+    assert_eq!(whole.as_ref(), content.as_slice());
+
+    let path = app
+        .storage_root
+        .join(TestApp::contract_key(&tenant, "c-1", &att));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open the stored file");
+    file.set_len(100 * 1024).expect("cut it short");
+    for request in [
+        app.client.get(&route),
+        app.client.get(&route).header("range", "bytes=0-99"),
+        app.client.head(&route),
+    ] {
+        let response = request.bearer_auth(&bearer).send().await.expect("request");
+        assert_eq!(response.status(), 404);
+    }
+    let body: Value = app
+        .client
+        .get(&route)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["extensions"]["attachmentId"], att["id"]);
+}
+
+crate::matrix!(
+    db: only_the_canonical_link_opens,
+    a_file_cut_short_on_disk_is_a_clear_404_not_a_truncated_200,
+);
 
 crate::matrix!(
     downloads_are_sandboxed_and_named_after_their_type,
