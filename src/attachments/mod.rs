@@ -9,7 +9,6 @@ pub mod direct;
 pub mod migrate;
 pub mod spool;
 pub mod sweep;
-mod to_the_end;
 pub mod upload;
 pub mod urls;
 
@@ -36,7 +35,21 @@ use crate::quotas;
 use crate::storage::{OpenObject, Storage, StorageKey, StreamWriteError};
 pub use upload::{Draft, FileContent, StreamCheck, Target, ValidUpload};
 
-use to_the_end::uncancellable;
+/// Runs `work` to its end even if the request that started it is dropped (a client
+/// that disconnects, a timeout): once storage is touched, the object, its row and
+/// the clean-up on failure all happen, so nothing is left half-made.
+async fn uncancellable<T, F>(work: F) -> AppResult<T>
+where
+    F: Future<Output = AppResult<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    // The task keeps the request's span, so its log lines carry the request id.
+    tokio::spawn(tracing::Instrument::in_current_span(work))
+        .await
+        .map_err(|err| {
+            AppError::Internal(anyhow::Error::new(err).context("a storage task failed"))
+        })?
+}
 
 /// Stores every upload or none, whatever the client does meanwhile: the keys are
 /// recorded as intents, the objects written, then one transaction inserts the rows
