@@ -101,7 +101,7 @@ cell() { # cell NAME CLIENTS URL [BODY]
   # RESULT requests seconds p50_ms p99_ms bad, then wrk's user and system seconds
   printf '%s\t%s\n' "$result" "$(tail -1 "$work/wrk.time" | tr ' ' '\t')" |
     awk -v cores="$cores" -v cell="$1" -v clients="$2" -v cs=$((after - before)) \
-      -v cpu=$((ticks)) -v hz="$ticks_per_second" -v wrk_cores="$wrk_cores" -F'\t' '{
+      -v cpu="$ticks" -v hz="$ticks_per_second" -v wrk_cores="$wrk_cores" -F'\t' '{
       n = $2 > 0 ? $2 : 1; server = cpu / hz
       printf "%s\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%.3f\t%.0f\n", cores, cell, clients,
         $2, $2 / $3, $4, $5, cs / n, $6, 100 * server / ($3 * cores), 1000 * server / n,

@@ -268,7 +268,7 @@ fn missing(why: &str) -> AppError {
 /// A use of a kept part: its own reader from the start (an open file outlives the
 /// removal of its temporary name).
 fn kept_part(kept: &Kept) -> AppResult<Part> {
-    let body = crate::storage::read_file(&kept.file).map_err(|err| {
+    let (_, body) = crate::storage::read_file(&kept.file).map_err(|err| {
         AppError::Internal(anyhow::Error::new(err).context("reading a multipart part"))
     })?;
     Ok(Part {

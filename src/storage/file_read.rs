@@ -20,26 +20,34 @@ use futures::Stream;
 /// per large upload.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
 
-/// Opens `path` to read it: on the caller's task when the path resolves from the
-/// kernel's caches, else on the blocking pool (which also gives any error).
-pub(super) async fn open(path: &Path) -> io::Result<std::fs::File> {
-    if let Some(file) = open_cached(path) {
-        return Ok(file);
-    }
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(path))
-        .await
-        .map_err(io::Error::other)?
+/// Opens `path` to read it, with its length: on the caller's task when the path
+/// resolves from the kernel's caches, else on the blocking pool (which also gives
+/// any error). The length is the open file's own (`fstat`), never waiting for the disk.
+pub(super) async fn open(path: &Path) -> io::Result<(std::fs::File, u64)> {
+    let file = match open_cached(path) {
+        Some(file) => file,
+        None => {
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || std::fs::File::open(path))
+                .await
+                .map_err(io::Error::other)??
+        }
+    };
+    let length = file.metadata()?.len();
+    Ok((file, length))
 }
 
-/// The file at `path` (opened now, so it outlives a removal of its name) from
-/// start to end, as [`read_range`] streams it.
+/// The file at `path` (opened now, so it outlives a removal of its name) and its
+/// length, streamed from start to end as [`read_range`] streams it.
 pub fn read_file(
     path: &Path,
-) -> io::Result<impl Stream<Item = io::Result<Bytes>> + Send + Unpin + use<>> {
+) -> io::Result<(
+    u64,
+    impl Stream<Item = io::Result<Bytes>> + Send + Unpin + use<>,
+)> {
     let file = std::fs::File::open(path)?;
     let length = file.metadata()?.len();
-    Ok(read_range(file, 0..length))
+    Ok((length, read_range(file, 0..length)))
 }
 
 /// `range` of `file` in pieces of at most [`READ_CHUNK`], each read into a buffer
@@ -163,7 +171,7 @@ mod tests {
             length..length,
         ] {
             let expected = &bytes[range.start as usize..range.end as usize];
-            let cached = open(&path).await.expect("open");
+            let (cached, _) = open(&path).await.expect("open");
             assert_eq!(read(cached, range.clone()).await.expect("read"), expected);
             let from_disk = uncached(&path);
             assert_eq!(
@@ -171,11 +179,9 @@ mod tests {
                 expected
             );
         }
-        let whole: Vec<Bytes> = read_file(&path)
-            .expect("open")
-            .try_collect()
-            .await
-            .expect("read");
+        let (length, whole) = read_file(&path).expect("open");
+        assert_eq!(length, bytes.len() as u64);
+        let whole: Vec<Bytes> = whole.try_collect().await.expect("read");
         assert_eq!(whole.concat(), bytes);
     }
 
@@ -184,7 +190,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("file");
         std::fs::write(&path, sample(READ_CHUNK + 10)).expect("write");
-        for file in [open(&path).await.expect("open"), uncached(&path)] {
+        for file in [open(&path).await.expect("open").0, uncached(&path)] {
             let err = read(file, 0..2 * READ_CHUNK as u64)
                 .await
                 .expect_err("cut short");

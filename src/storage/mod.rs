@@ -307,8 +307,7 @@ impl Storage {
         path: &std::path::Path,
         content_type: &str,
     ) -> Result<u64, StreamWriteError> {
-        let size = tokio::fs::metadata(path).await.map_err(read_failed)?.len();
-        let body = read_file(path).map_err(read_failed)?;
+        let (size, body) = read_file(path).map_err(read_failed)?;
         self.put_exact(key, body, size, content_type).await
     }
 
@@ -582,10 +581,9 @@ impl Storage {
                 let size = self.operator.stat(key.as_str()).await?.content_length();
                 return Ok((size, None));
             };
-            let file = file_read::open(&root.join(key.as_str()))
+            let (file, size) = file_read::open(&root.join(key.as_str()))
                 .await
                 .map_err(fs_write::io_error)?;
-            let size = file.metadata().map_err(fs_write::io_error)?.len();
             Ok((size, Some(file)))
         });
         match found.await {
@@ -628,13 +626,10 @@ impl Storage {
                 let reader = self.operator.reader_with(key.as_str()).await?;
                 return Ok(reader.into_bytes_stream(range).await?.right_stream());
             };
-            let file = file_read::open(&root.join(key.as_str()))
+            let (file, length) = file_read::open(&root.join(key.as_str()))
                 .await
                 .map_err(fs_write::io_error)?;
-            let end = match range.size() {
-                Some(size) => range.offset() + size,
-                None => file.metadata().map_err(fs_write::io_error)?.len(),
-            };
+            let end = range.size().map_or(length, |size| range.offset() + size);
             Ok(file_read::read_range(file, range.offset()..end).left_stream())
         })
         .await

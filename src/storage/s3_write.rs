@@ -272,7 +272,7 @@ impl S3Api {
         let mut source = Source::new(body);
         let first = source.spool_part(spool(), part_size, max).await?;
         if !first.more {
-            let body = super::read_file(&first.path).map_err(super::read_failed)?;
+            let (_, body) = super::read_file(&first.path).map_err(super::read_failed)?;
             self.put_sized(key, body, first.length, part_size, content_type)
                 .await?;
             return Ok(first.length);
@@ -282,7 +282,7 @@ impl S3Api {
         self.multipart(key, &url, content_type, async |upload| {
             let mut part = first;
             loop {
-                let body = super::read_file(&part.path).map_err(super::read_failed)?;
+                let (_, body) = super::read_file(&part.path).map_err(super::read_failed)?;
                 let mut from_file = Source::new(body);
                 let send = self.send_part(upload, &mut from_file, part.length);
                 if !part.more {

@@ -417,35 +417,7 @@ async fn a_lost_object_is_a_clear_404_not_a_truncated_200(setup: Setup) {
     } = app.upload_contract_pdf("lost.pdf").await;
     let key = TestApp::contract_key(&acme, "c-1", &att);
     std::fs::remove_file(app.storage_root.join(&key)).expect("lose the object");
-    let download = att["downloadUrl"].as_str().expect("downloadUrl");
-    for request in [app.client.get(download), app.client.head(download)] {
-        let response = request.bearer_auth(&token).send().await.expect("request");
-        assert_eq!(response.status(), 404);
-        assert!(
-            response.headers()["content-type"]
-                .to_str()
-                .expect("ascii")
-                .starts_with("application/json")
-        );
-    }
-    let body: Value = app
-        .client
-        .get(download)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("a JSON body");
-    assert_eq!(body["errors"][0]["extensions"]["code"], "NOT_FOUND");
-    assert_eq!(body["errors"][0]["extensions"]["attachmentId"], att["id"]);
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .expect("message")
-            .contains("missing")
-    );
+    app.assert_download_lost(&att, &token).await;
 }
 
 /// A download that read the row just before a delete committed finds the object

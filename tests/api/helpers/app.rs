@@ -299,6 +299,33 @@ impl Api {
         response.json().await.expect("JSON body")
     }
 
+    /// Asserts that `att`'s object is lost to its download route: GET, a Range GET
+    /// and HEAD answer 404 in JSON before any byte of a file, and the body says
+    /// `NOT_FOUND` with the attachment's id and that the object is missing.
+    pub async fn assert_download_lost(&self, att: &Value, bearer: &str) {
+        let route = att["downloadUrl"].as_str().expect("downloadUrl");
+        for request in [
+            self.client.get(route),
+            self.client.get(route).header("range", "bytes=0-9"),
+            self.client.head(route),
+        ] {
+            let response = request.bearer_auth(bearer).send().await.expect("request");
+            assert_eq!(response.status(), 404);
+            let content_type = response.headers()["content-type"].to_str().expect("ascii");
+            assert!(
+                content_type.starts_with("application/json"),
+                "{content_type}"
+            );
+        }
+        let response = self.client.get(route).bearer_auth(bearer).send().await;
+        let body: Value = response.expect("GET").json().await.expect("a JSON body");
+        let error = &body["errors"][0];
+        assert_eq!(error["extensions"]["code"], "NOT_FOUND", "{body}");
+        assert_eq!(error["extensions"]["attachmentId"], att["id"]);
+        let message = error["message"].as_str().expect("message");
+        assert!(message.contains("missing"), "{message}");
+    }
+
     /// Uploads `content` through `uploadAttachment`; panics on any GraphQL error.
     pub async fn upload(
         &self,
