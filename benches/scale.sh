@@ -9,7 +9,9 @@
 # (voluntary + involuntary) around each cell and divided by its requests. Where the
 # bound lies: the CPU time of the server (/proc/PID/stat) as a share of the cores it
 # was given and per request, and wrk's as a share of its own cores; a cell whose
-# server is far from 100% while wrk is near it measures the load generator.
+# server is far from 100% while wrk is near it measures the load generator. The
+# server's resident memory after each cell (one server serves every cell of a core
+# count, and nothing scrapes it) shows memory that grows with the requests.
 #   benches/scale.sh [target/release/attache]
 #   CORES="1 2 4 8 12" WRK_CPUS=12-15 SECONDS_PER_CELL=8 CELLS=upload OUT=benches/results
 #   POSTGRES=postgres://postgres@127.0.0.1:5432/postgres: PostgreSQL instead of SQLite,
@@ -72,6 +74,10 @@ function done(summary, latency, requests)
 end
 LUA
 
+rss_mib() { # the server's resident memory now
+  awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' /proc/"$server"/status
+}
+
 cpu_ticks() { # user + system CPU time of the server so far, in clock ticks
   awk '{ print $14 + $15 }' /proc/"$server"/stat
 }
@@ -101,14 +107,15 @@ cell() { # cell NAME CLIENTS URL [BODY]
   # RESULT requests seconds p50_ms p99_ms bad, then wrk's user and system seconds
   printf '%s\t%s\n' "$result" "$(tail -1 "$work/wrk.time" | tr ' ' '\t')" |
     awk -v cores="$cores" -v cell="$1" -v clients="$2" -v cs=$((after - before)) \
-      -v cpu="$ticks" -v hz="$ticks_per_second" -v wrk_cores="$wrk_cores" -F'\t' '{
+      -v cpu="$ticks" -v hz="$ticks_per_second" -v wrk_cores="$wrk_cores" \
+      -v rss="$(rss_mib)" -F'\t' '{
       n = $2 > 0 ? $2 : 1; server = cpu / hz
-      printf "%s\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%.3f\t%.0f\n", cores, cell, clients,
+      printf "%s\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%.3f\t%.0f\t%s\n", cores, cell, clients,
         $2, $2 / $3, $4, $5, cs / n, $6, 100 * server / ($3 * cores), 1000 * server / n,
-        100 * ($7 + $8) / ($3 * wrk_cores) }' | tee -a "$tsv"
+        100 * ($7 + $8) / ($3 * wrk_cores), rss }' | tee -a "$tsv"
 }
 
-printf 'cores\tcell\tclients\trequests\treq_per_s\tp50_ms\tp99_ms\tswitches_per_request\tbad\tserver_cpu_pct\tserver_cpu_ms_per_request\twrk_cpu_pct\n' | tee "$tsv"
+printf 'cores\tcell\tclients\trequests\treq_per_s\tp50_ms\tp99_ms\tswitches_per_request\tbad\tserver_cpu_pct\tserver_cpu_ms_per_request\twrk_cpu_pct\trss_mib\n' | tee "$tsv"
 for cores in $cores_list; do
   dir="$work/run-$cores"
   mkdir -p "$dir"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# attache's resident memory under a steady load that nothing scrapes: a server on a
+# fresh folder (SQLite and the local disk), pinned to core 0, answers listings from
+# `wrk` (on WRK_CPUS) for ROUNDS rounds of SECONDS_PER_ROUND; after each round its
+# VmRSS. A flat column is a server whose memory does not grow with the requests it
+# has served; a rising one keeps something per request (the metrics' histograms
+# did until their upkeep, docs/performance.md).
+#   benches/steady-memory.sh [target/release/attache]
+#   ROUNDS=4 SECONDS_PER_ROUND=15 WRK_CPUS=1 SCRAPE=1 (a scrape of /metrics after each round)
+# Prints a TSV and writes it to OUT/steady-memory-DATE.tsv. Needs wrk and curl.
+set -euo pipefail
+bin="$(readlink -f "${1:-target/release/attache}")"
+rounds="${ROUNDS:-4}"
+seconds="${SECONDS_PER_ROUND:-15}"
+out="${OUT:-benches/results}"
+mkdir -p "$out"
+tsv="$out/steady-memory-$(date -u +%Y%m%d-%H%M%S).tsv"
+work="$(mktemp -d)"
+server=
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+secret=steady-memory-secret-0123456789abcdef
+export JWT_SECRET=$secret SIGNING_KEY=$secret RUST_LOG=warn
+token="$("$bin" token --tenant bench | tail -1)"
+port=18490
+DATABASE_URL="sqlite://$work/a.db?mode=rwc" STORAGE_ROOT="$work/files" \
+  LISTEN_ADDR="127.0.0.1:$port" PUBLIC_BASE_URL="http://127.0.0.1:$port" \
+  taskset -c 0 "$bin" serve >"$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+printf '{"query":"{ attachments(ownerType: \\"contract\\", ownerId: \\"c-1\\", first: 20) { edges { node { id } } } }"}' >"$work/list.json"
+cat >"$work/list.lua" <<LUA
+local f = assert(io.open("$work/list.json", "rb")); wrk.body = f:read("*a"); f:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+printf 'round\trequests\treq_per_s\tserved_so_far\trss_mib\n' | tee "$tsv"
+served=0
+for round in $(seq "$rounds"); do
+  summary=$(taskset -c "${WRK_CPUS:-1}" wrk -t2 -c32 -d"${seconds}s" -s "$work/list.lua" \
+    "http://127.0.0.1:$port/graphql")
+  requests=$(awk '/requests in/ { print $1 }' <<<"$summary")
+  rate=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' <<<"$summary")
+  served=$((served + requests))
+  [ "${SCRAPE:-0}" = 1 ] && curl -sf "http://127.0.0.1:$port/metrics" >/dev/null
+  rss=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' /proc/"$server"/status)
+  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$requests" "$rate" "$served" "$rss" | tee -a "$tsv"
+done
+echo "written: $tsv" >&2
