@@ -15,8 +15,11 @@
 #   benches/scale.sh [target/release/attache]
 #   CORES="1 2 4 8 12" WRK_CPUS=12-15 SECONDS_PER_CELL=8 CELLS=upload OUT=benches/results
 #   POSTGRES=postgres://postgres@127.0.0.1:5432/postgres: PostgreSQL instead of SQLite,
-#   a new database per core count (created and dropped through this URL, with psql).
-# Prints a TSV and writes it to OUT/scale-DATE.tsv. Needs wrk and curl. On a 2-core
+#   a new database per core count (created and dropped through this URL, with psql);
+#   db_cpu_pct is then the CPU of every `postgres` process as a share of DB_CPUS (the
+#   cores PostgreSQL runs on, `taskset` syntax; all of them when unset).
+# Prints a TSV and writes it to OUT/scale-DATE.tsv. Needs wrk, taskset
+# and bash (HTTP goes over bash's /dev/tcp, so a bare machine needs no curl). On a 2-core
 # machine: CORES=1 WRK_CPUS=1 (the load generator shares the second core).
 set -euo pipefail
 bin="$(readlink -f "${1:-target/release/attache}")"
@@ -78,6 +81,18 @@ rss_mib() { # the server's resident memory now
   awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' /proc/"$server"/status
 }
 
+db_ticks() { # PID and user + system CPU ticks of each PostgreSQL process now alive
+  [ -n "$postgres" ] || return 0
+  local comm
+  for comm in /proc/[0-9]*/comm; do
+    if [ "$(cat "$comm" 2>/dev/null)" = postgres ]; then cat "${comm%comm}stat" 2>/dev/null; fi
+  done | awk '{ print $1, $14 + $15 }'
+}
+db_spent() { # CPU ticks PostgreSQL spent since the snapshot in file $1 (new processes whole)
+  db_ticks | awk 'NR == FNR { before[$1] = $2; next } { n += $2 - before[$1] } END { print n + 0 }' "$1" -
+}
+db_cores=$(if [ -n "${DB_CPUS:-}" ]; then taskset -c "$DB_CPUS" nproc; else nproc --all; fi)
+
 cpu_ticks() { # user + system CPU time of the server so far, in clock ticks
   awk '{ print $14 + $15 }' /proc/"$server"/stat
 }
@@ -90,32 +105,39 @@ switches() { # context switches of every thread of the server so far
     awk '/^(voluntary|nonvoluntary)_ctxt_switches/ { n += $2 } END { print n + 0 }'
 }
 
-post() { # post BODY_FILE -> the answer
-  curl -sf "http://127.0.0.1:$port/graphql" -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/json' --data-binary @"$1"
+post() { # post BODY_FILE -> the answer (HTTP/1.1 over bash's /dev/tcp)
+  exec 3<>"/dev/tcp/127.0.0.1/$port"
+  printf 'POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n' \
+    "$token" "$(stat -c %s "$1")" >&3
+  cat "$1" >&3
+  timeout 30 cat <&3
+  exec 3<&-
 }
 
 cell() { # cell NAME CLIENTS URL [BODY]
   [[ $1 =~ ${CELLS:-.} ]] || return 0
-  local before after ticks result
+  local before after ticks db result
   before=$(switches)
   ticks=$(cpu_ticks)
-  result=$( { time BODY=${4:-} TOKEN=$token taskset -c "$wrk_cpus" wrk -t2 -c"$2" \
+  db_ticks >"$work/db.before"
+  result=$( { time BODY=${4:-} TOKEN=$token taskset -c "$wrk_cpus" wrk -t"$wrk_cores" -c"$2" \
     -d"${seconds}s" --timeout 10s -s "$work/check.lua" "$3"; } 2>"$work/wrk.time" | grep '^RESULT')
   after=$(switches)
   ticks=$(($(cpu_ticks) - ticks))
+  db=$(db_spent "$work/db.before")
   # RESULT requests seconds p50_ms p99_ms bad, then wrk's user and system seconds
   printf '%s\t%s\n' "$result" "$(tail -1 "$work/wrk.time" | tr ' ' '\t')" |
     awk -v cores="$cores" -v cell="$1" -v clients="$2" -v cs=$((after - before)) \
       -v cpu="$ticks" -v hz="$ticks_per_second" -v wrk_cores="$wrk_cores" \
-      -v rss="$(rss_mib)" -F'\t' '{
+      -v rss="$(rss_mib)" -v db="$db" -v db_cores="$db_cores" -v on_pg="${postgres:+1}" -F'\t' '{
       n = $2 > 0 ? $2 : 1; server = cpu / hz
-      printf "%s\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%.3f\t%.0f\t%s\n", cores, cell, clients,
+      printf "%s\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%.3f\t%.0f\t%s\t%s\n", cores, cell, clients,
         $2, $2 / $3, $4, $5, cs / n, $6, 100 * server / ($3 * cores), 1000 * server / n,
-        100 * ($7 + $8) / ($3 * wrk_cores), rss }' | tee -a "$tsv"
+        100 * ($7 + $8) / ($3 * wrk_cores), rss,
+        on_pg ? sprintf("%.0f", 100 * db / hz / ($3 * db_cores)) : "-" }' | tee -a "$tsv"
 }
 
-printf 'cores\tcell\tclients\trequests\treq_per_s\tp50_ms\tp99_ms\tswitches_per_request\tbad\tserver_cpu_pct\tserver_cpu_ms_per_request\twrk_cpu_pct\trss_mib\n' | tee "$tsv"
+printf 'cores\tcell\tclients\trequests\treq_per_s\tp50_ms\tp99_ms\tswitches_per_request\tbad\tserver_cpu_pct\tserver_cpu_ms_per_request\twrk_cpu_pct\trss_mib\tdb_cpu_pct\n' | tee "$tsv"
 for cores in $cores_list; do
   dir="$work/run-$cores"
   mkdir -p "$dir"
@@ -130,7 +152,7 @@ for cores in $cores_list; do
     LISTEN_ADDR="127.0.0.1:$port" PUBLIC_BASE_URL="http://127.0.0.1:$port" \
     taskset -c "0-$((cores - 1))" "$bin" serve >"$dir/server.log" 2>&1 &
   server=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   # Something to list and one file to download, then a warm-up.
   for _ in $(seq 25); do post "$small" >/dev/null; done
   id=$(post "$download_body" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
