@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# attache's resident memory under a steady load that nothing scrapes: a server on a
-# fresh folder (SQLite and the local disk), pinned to core 0, answers listings from
-# `wrk` (on WRK_CPUS) for ROUNDS rounds of SECONDS_PER_ROUND; after each round its
-# VmRSS. A flat column is a server whose memory does not grow with the requests it
-# has served; a rising one keeps something per request (the metrics' histograms
-# did until their upkeep, docs/performance.md).
+# attache's memory and database under a steady load that nothing scrapes: a server
+# on a fresh folder (SQLite and the local disk), pinned to core 0, answers listings
+# (LOAD=list) or 10 KiB uploads (LOAD=upload, 16 clients) from `wrk` (on WRK_CPUS)
+# for ROUNDS rounds of SECONDS_PER_ROUND; after each round its VmRSS and the size of
+# the SQLite files (database, log and its index). A flat column is a server that
+# does not grow with the requests it has served; a rising one keeps something per
+# request (the metrics' histograms did until their upkeep, and SQLite's log under
+# steady uploads until the checkpoint held the writer's turn: docs/performance.md).
 #   benches/steady-memory.sh [target/release/attache]
-#   ROUNDS=4 SECONDS_PER_ROUND=15 WRK_CPUS=1 SCRAPE=1 (a scrape of /metrics after each round)
+#   LOAD=list ROUNDS=4 SECONDS_PER_ROUND=15 WRK_CPUS=1 SCRAPE=1 (a scrape of /metrics after each round)
 # Prints a TSV and writes it to OUT/steady-memory-DATE.tsv. Needs wrk and curl.
 set -euo pipefail
 bin="$(readlink -f "${1:-target/release/attache}")"
@@ -28,23 +30,32 @@ DATABASE_URL="sqlite://$work/a.db?mode=rwc" STORAGE_ROOT="$work/files" \
   taskset -c 0 "$bin" serve >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-printf '{"query":"{ attachments(ownerType: \\"contract\\", ownerId: \\"c-1\\", first: 20) { edges { node { id } } } }"}' >"$work/list.json"
-cat >"$work/list.lua" <<LUA
-local f = assert(io.open("$work/list.json", "rb")); wrk.body = f:read("*a"); f:close()
+case "${LOAD:-list}" in
+  list) printf '{"query":"{ attachments(ownerType: \\"contract\\", ownerId: \\"c-1\\", first: 20) { edges { node { id } } } }"}' ;;
+  upload)
+    printf '{"query":"mutation($i: UploadAttachmentInput!){ uploadAttachment(input:$i){ id } }","variables":{"i":{"ownerType":"contract","ownerId":"c-1","filename":"a.pdf","base64":"'
+    { printf '%%PDF-1.4\n'; head -c 10240 /dev/urandom; } | base64 -w0
+    printf '"}}}' ;;
+  *) echo "LOAD is list or upload" >&2; exit 2 ;;
+esac >"$work/request.json"
+clients=$([ "${LOAD:-list}" = upload ] && echo 16 || echo 32)
+cat >"$work/request.lua" <<LUA
+local f = assert(io.open("$work/request.json", "rb")); wrk.body = f:read("*a"); f:close()
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $token"
 LUA
-printf 'round\trequests\treq_per_s\tserved_so_far\trss_mib\n' | tee "$tsv"
+printf 'round\trequests\treq_per_s\tserved_so_far\trss_mib\tdatabase_mib\n' | tee "$tsv"
 served=0
 for round in $(seq "$rounds"); do
-  summary=$(taskset -c "${WRK_CPUS:-1}" wrk -t2 -c32 -d"${seconds}s" -s "$work/list.lua" \
+  summary=$(taskset -c "${WRK_CPUS:-1}" wrk -t2 -c"$clients" -d"${seconds}s" -s "$work/request.lua" \
     "http://127.0.0.1:$port/graphql")
   requests=$(awk '/requests in/ { print $1 }' <<<"$summary")
   rate=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' <<<"$summary")
   served=$((served + requests))
   [ "${SCRAPE:-0}" = 1 ] && curl -sf "http://127.0.0.1:$port/metrics" >/dev/null
   rss=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' /proc/"$server"/status)
-  printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$requests" "$rate" "$served" "$rss" | tee -a "$tsv"
+  database=$(du -cm --apparent-size "$work"/a.db* | awk 'END { print $1 }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$requests" "$rate" "$served" "$rss" "$database" | tee -a "$tsv"
 done
 echo "written: $tsv" >&2

@@ -37,14 +37,31 @@ pub fn open(options: &SqliteConnectOptions, sync: SqliteSync) -> rusqlite::Resul
     };
     connection.pragma_update(None, "synchronous", synchronous)?;
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    connection.pragma_update(None, "journal_size_limit", LOG_KEPT_BYTES)?;
     Ok(connection)
 }
 
+/// What the log file keeps of its size when SQLite writes it from its start again:
+/// the rest is given back to the filesystem.
+const LOG_KEPT_BYTES: i64 = 64 * 1024 * 1024;
+
 /// Copies the log into the database as far as no reader needs it (`PASSIVE`: it
-/// never waits for a reader or the writer); SQLite then writes the log from its
-/// start again instead of growing it.
-pub fn checkpoint(connection: &Connection) -> rusqlite::Result<()> {
-    connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+/// never waits for a reader or the writer); returns the frames the log now holds.
+/// SQLite writes the log from its start again only when a commit finds every frame
+/// copied, which under a steady stream of commits `PASSIVE` never achieves: each
+/// lands while it copies (see [`restart`]).
+pub fn checkpoint(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+}
+
+/// Copies the whole log into the database, waiting up to `patience` for readers of
+/// older frames to finish (`RESTART`), so that the next commit writes the log from
+/// its start again; `false` when a reader still held them. The caller keeps this
+/// process's commits out meanwhile.
+pub fn restart(connection: &Connection, patience: Duration) -> rusqlite::Result<bool> {
+    connection.busy_timeout(patience)?;
+    let busy: i64 = connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get(0))?;
+    Ok(busy == 0)
 }
 
 /// Why a batch did not commit.

@@ -24,6 +24,16 @@ use crate::config::SqliteSync;
 /// a few, so the log stays within a few MiB (SQLite's own default is 1,000 pages).
 const CHECKPOINT_EVERY: usize = 500;
 
+/// Frames the log may hold after a checkpoint before the next one holds the turn:
+/// under a steady stream of commits a checkpoint that lets them run never copies the
+/// last frames, and the log grew by 1.2 GB a minute (docs/performance.md). 16,384
+/// pages of 4 KiB are 64 MiB.
+const RESTART_AFTER_FRAMES: i64 = 16_384;
+
+/// How long a checkpoint that holds the turn waits for readers of the log's older
+/// frames (a backup, a long listing): the commits wait as long.
+const RESTART_PATIENCE: Duration = Duration::from_millis(100);
+
 pub enum Writer {
     Sqlite(Arc<SqliteWriter>),
     Pool(DatabaseConnection),
@@ -40,6 +50,8 @@ pub struct SqliteWriter {
     since_checkpoint: AtomicUsize,
     /// The checkpoint's own connection, held while one runs.
     checkpointer: Arc<SyncMutex<Option<rusqlite::Connection>>>,
+    /// [`RESTART_AFTER_FRAMES`], or fewer in a test.
+    restart_after_frames: i64,
 }
 
 /// What the writer's turn holds: two connections to the one database, never used
@@ -79,6 +91,7 @@ impl Writer {
             waiting: SyncMutex::default(),
             since_checkpoint: AtomicUsize::new(0),
             checkpointer: Arc::default(),
+            restart_after_frames: RESTART_AFTER_FRAMES,
         })))
     }
 
@@ -220,10 +233,12 @@ impl SqliteWriter {
             return;
         }
         self.since_checkpoint.store(0, Ordering::Relaxed);
-        let (checkpointer, options, sync) = (
+        let (checkpointer, turn, options, sync, restart_after) = (
             Arc::clone(&self.checkpointer),
+            Arc::clone(&self.turn),
             self.options.clone(),
             self.sync,
+            self.restart_after_frames,
         );
         drop(tokio::task::spawn_blocking(move || {
             let Ok(mut held) = checkpointer.try_lock() else {
@@ -233,13 +248,35 @@ impl SqliteWriter {
                 Some(connection) => Ok(connection),
                 None => batch::open(&options, sync),
             }
-            .and_then(|connection| batch::checkpoint(&connection).map(|()| connection));
+            .and_then(|connection| {
+                checkpoint(&connection, &turn, restart_after).map(|()| connection)
+            });
             match done {
                 Ok(connection) => *held = Some(connection),
                 Err(err) => tracing::warn!(error = %err, "cannot checkpoint the SQLite log"),
             }
         }));
     }
+}
+
+/// Copies the log into the database while commits go on; when more than
+/// `restart_after` frames are left, copies the rest holding the writer's `turn`, so
+/// that the next commit writes the log from its start again: the log then stays
+/// within about `restart_after` frames however steady the commits. The commits that
+/// arrive meanwhile wait, and share the next turn.
+fn checkpoint(
+    connection: &rusqlite::Connection,
+    turn: &Mutex<Connections>,
+    restart_after: i64,
+) -> rusqlite::Result<()> {
+    if batch::checkpoint(connection)? <= restart_after {
+        return Ok(());
+    }
+    let _turn = turn.blocking_lock();
+    if !batch::restart(connection, RESTART_PATIENCE)? {
+        tracing::debug!("a reader holds the SQLite log; the next checkpoint tries again");
+    }
+    Ok(())
 }
 
 /// A batch's failure as sea-orm reports a statement's (its text names the
@@ -299,6 +336,44 @@ mod tests {
 
     /// Transactions that wait while a turn runs share the next one; when one of
     /// them is refused, each runs again alone: the others commit, it fails alone.
+    /// Commits from many tasks at once, without a pause: a checkpoint that lets them
+    /// run never copies the log's last frames, so without the turn held for the rest
+    /// the log grows with every commit (here to about 110 MiB, the whole stream).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_steady_stream_of_commits_keeps_the_log_small() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut held, options) = writer(&dir).await;
+        // The log as the server has it: sqlx's connections set WAL mode.
+        let mut reader = options.connect().await.expect("connect");
+        Writer::Sqlite(Arc::clone(&held))
+            .commit(vec![sql("ALTER TABLE t ADD COLUMN pad BLOB")])
+            .await
+            .expect("column");
+        Arc::get_mut(&mut held)
+            .expect("the writer's only holder")
+            .restart_after_frames = 256;
+        let writer = Arc::new(Writer::Sqlite(held));
+        let streams = (0..8).map(|_| {
+            let writer = Arc::clone(&writer);
+            tokio::spawn(async move {
+                for _ in 0..1200 {
+                    let row = sql("INSERT INTO t (x, pad) VALUES (1, zeroblob(4000))");
+                    writer.commit(vec![row]).await.expect("commit");
+                }
+            })
+        });
+        for stream in futures::future::join_all(streams.collect::<Vec<_>>()).await {
+            stream.expect("stream");
+        }
+        let log = std::fs::metadata(dir.path().join("w.db-wal")).map_or(0, |file| file.len());
+        assert!(log < 32 << 20, "the log grew to {} MiB", log >> 20);
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t WHERE pad IS NOT NULL")
+            .fetch_one(&mut reader)
+            .await
+            .expect("count");
+        assert_eq!(rows, 8 * 1200, "every commit kept");
+    }
+
     #[tokio::test]
     async fn waiting_transactions_share_a_turn_and_a_refused_one_fails_alone() {
         let dir = tempfile::tempdir().expect("temp dir");
