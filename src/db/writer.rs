@@ -26,7 +26,7 @@ const CHECKPOINT_EVERY: usize = 500;
 
 /// Frames the log may hold after a checkpoint before the next one holds the turn:
 /// under a steady stream of commits a checkpoint that lets them run never copies the
-/// last frames, and the log grew by 1.2 GB a minute (docs/performance.md). 16,384
+/// last frames, and the log grew by 58 KB an upload (docs/performance.md). 16,384
 /// pages of 4 KiB are 64 MiB.
 const RESTART_AFTER_FRAMES: i64 = 16_384;
 
