@@ -22,6 +22,7 @@
 # and bash (HTTP goes over bash's /dev/tcp, so a bare machine needs no curl). On a 2-core
 # machine: CORES=1 WRK_CPUS=1 (the load generator shares the second core).
 set -euo pipefail
+trap 'echo "scale.sh: line $LINENO failed" >&2' ERR
 bin="$(readlink -f "${1:-target/release/attache}")"
 cores_list="${CORES:-1 2}"
 wrk_cpus="${WRK_CPUS:-1}"
@@ -85,7 +86,7 @@ db_ticks() { # PID and user + system CPU ticks of each PostgreSQL process now al
   [ -n "$postgres" ] || return 0
   local comm
   for comm in /proc/[0-9]*/comm; do
-    if [ "$(cat "$comm" 2>/dev/null)" = postgres ]; then cat "${comm%comm}stat" 2>/dev/null; fi
+    if [ "$(cat "$comm" 2>/dev/null)" = postgres ]; then cat "${comm%comm}stat" 2>/dev/null || true; fi
   done | awk '{ print $1, $14 + $15 }'
 }
 db_spent() { # CPU ticks PostgreSQL spent since the snapshot in file $1 (new processes whole)
@@ -101,7 +102,7 @@ TIMEFORMAT='%U %S' # what `time` prints of wrk: its user and system seconds
 wrk_cores=$(taskset -c "$wrk_cpus" nproc)
 
 switches() { # context switches of every thread of the server so far
-  cat /proc/"$server"/task/*/status 2>/dev/null |
+  { cat /proc/"$server"/task/*/status 2>/dev/null || true; } | # threads come and go
     awk '/^(voluntary|nonvoluntary)_ctxt_switches/ { n += $2 } END { print n + 0 }'
 }
 
@@ -121,7 +122,10 @@ cell() { # cell NAME CLIENTS URL [BODY]
   ticks=$(cpu_ticks)
   db_ticks >"$work/db.before"
   result=$( { time BODY=${4:-} TOKEN=$token taskset -c "$wrk_cpus" wrk -t"$wrk_cores" -c"$2" \
-    -d"${seconds}s" --timeout 10s -s "$work/check.lua" "$3"; } 2>"$work/wrk.time" | grep '^RESULT')
+    -d"${seconds}s" --timeout 10s -s "$work/check.lua" "$3"; } 2>"$work/wrk.time" | grep '^RESULT') || {
+    echo "cell $1 on $cores cores: wrk gave no result: $(head -3 "$work/wrk.time")" >&2
+    return 0
+  }
   after=$(switches)
   ticks=$(($(cpu_ticks) - ticks))
   db=$(db_spent "$work/db.before")
