@@ -8,7 +8,7 @@
 # The folder (about 35 MiB; the device takes 64 with the working tree): attache
 # stripped and compressed, wrk and its libraries, PostgreSQL's server, initdb,
 # pg_ctl and psql with their libraries, share folder and the UTC zone, compressed,
-# and the two scripts, scale.sh and device-scale.sh. Needs wrk, PostgreSQL (any
+# and the scripts, scale.sh (with serve-lib.sh) and device-scale.sh. Needs wrk, PostgreSQL (any
 # version under /usr/lib/postgresql), xz and strip here.
 set -euo pipefail
 bin="$(readlink -f "${1:-target/release/attache}")"
@@ -46,5 +46,5 @@ for program in "$root$pg"/bin/* "$root$pg"/lib/*.so; do ldd "$program"; done |
 chmod 755 "$root"
 tar -C "$root" -cJf "$dir/postgres.tar.xz" .
 
-cp "$benches/scale.sh" "$benches/device-scale.sh" "$dir/"
+cp "$benches/scale.sh" "$benches/serve-lib.sh" "$benches/device-scale.sh" "$dir/"
 du -sh "$dir"

@@ -18,8 +18,8 @@
 #   a new database per core count (created and dropped through this URL, with psql);
 #   db_cpu_pct is then the CPU of every `postgres` process as a share of DB_CPUS (the
 #   cores PostgreSQL runs on, `taskset` syntax; all of them when unset).
-# Prints a TSV and writes it to OUT/scale-DATE.tsv. Needs wrk, taskset
-# and bash (HTTP goes over bash's /dev/tcp, so a bare machine needs no curl). On a 2-core
+# Prints a TSV and writes it to OUT/scale-DATE.tsv. Needs wrk, taskset and bash
+# (serve-lib.sh beside it: HTTP over bash's /dev/tcp, no curl). On a 2-core
 # machine: CORES=1 WRK_CPUS=1 (the load generator shares the second core).
 set -euo pipefail
 trap 'echo "scale.sh: line $LINENO failed" >&2' ERR
@@ -43,19 +43,13 @@ trap cleanup EXIT
 secret=scale-benchmark-secret-0123456789abcdef
 export JWT_SECRET=$secret SIGNING_KEY=$secret RUST_LOG=warn
 token="$("$bin" token --tenant bench | tail -1)"
+source "$(dirname "$(readlink -f "$0")")/serve-lib.sh"
 
-# A JSON upload body of SIZE bytes of a PDF for OWNER.
-body() {
-  local size=$1 owner=$2 file="$work/body-$1-$2.json"
-  { printf '%%PDF-1.4\n'; head -c "$size" /dev/urandom; } >"$work/raw"
-  { printf '{"query":"mutation($i: UploadAttachmentInput!){ uploadAttachment(input:$i){ id } }","variables":{"i":{"ownerType":"contract","ownerId":"%s","filename":"a.pdf","base64":"' "$owner"
-    base64 -w0 "$work/raw"; printf '"}}}'; } >"$file"
-  echo "$file"
-}
-small=$(body 10240 c-1)
-large=$(body 1048576 c-1)
-download_body=$(body 1048576 c-2)
-printf '{"query":"{ attachments(ownerType: \\"contract\\", ownerId: \\"c-1\\", first: 20) { edges { node { id filename byteSize url } } } }"}' >"$work/list.json"
+small="$work/small.json" large="$work/large.json" download_body="$work/download.json"
+upload_body 10240 c-1 "$small"
+upload_body 1048576 c-1 "$large"
+upload_body 1048576 c-2 "$download_body"
+list_body "id filename byteSize url" "$work/list.json"
 
 cat >"$work/check.lua" <<'LUA'
 local path = os.getenv("BODY")
@@ -77,10 +71,6 @@ function done(summary, latency, requests)
     summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000, b))
 end
 LUA
-
-rss_mib() { # the server's resident memory now
-  awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' /proc/"$server"/status
-}
 
 db_ticks() { # PID and user + system CPU ticks of each PostgreSQL process now alive
   [ -n "$postgres" ] || return 0
@@ -106,13 +96,8 @@ switches() { # context switches of every thread of the server so far
     awk '/^(voluntary|nonvoluntary)_ctxt_switches/ { n += $2 } END { print n + 0 }'
 }
 
-post() { # post BODY_FILE -> the answer (HTTP/1.1 over bash's /dev/tcp)
-  exec 3<>"/dev/tcp/127.0.0.1/$port"
-  printf 'POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n' \
-    "$token" "$(stat -c %s "$1")" >&3
-  cat "$1" >&3
-  timeout 30 cat <&3
-  exec 3<&-
+post() { # post BODY_FILE -> the answer
+  http "$port" POST /graphql "$1"
 }
 
 cell() { # cell NAME CLIENTS URL [BODY]
@@ -152,11 +137,7 @@ for cores in $cores_list; do
     psql -q "$postgres" -c "DROP DATABASE IF EXISTS $database" -c "CREATE DATABASE $database" >/dev/null
     database_url="${postgres%/*}/$database"
   fi
-  DATABASE_URL="$database_url" STORAGE_ROOT="$dir/files" \
-    LISTEN_ADDR="127.0.0.1:$port" PUBLIC_BASE_URL="http://127.0.0.1:$port" \
-    taskset -c "0-$((cores - 1))" "$bin" serve >"$dir/server.log" 2>&1 &
-  server=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  start_server "$bin" "$dir" "$port" "0-$((cores - 1))" "$database_url"
   # Something to list and one file to download, then a warm-up.
   for _ in $(seq 25); do post "$small" >/dev/null; done
   id=$(post "$download_body" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')

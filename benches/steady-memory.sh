@@ -9,7 +9,7 @@
 # steady uploads until the checkpoint held the writer's turn: docs/performance.md).
 #   benches/steady-memory.sh [target/release/attache]
 #   LOAD=list ROUNDS=4 SECONDS_PER_ROUND=15 WRK_CPUS=1 SCRAPE=1 (a scrape of /metrics after each round)
-# Prints a TSV and writes it to OUT/steady-memory-DATE.tsv. Needs wrk and curl.
+# Prints a TSV and writes it to OUT/steady-memory-DATE.tsv. Needs wrk and taskset.
 set -euo pipefail
 bin="$(readlink -f "${1:-target/release/attache}")"
 rounds="${ROUNDS:-4}"
@@ -24,20 +24,14 @@ trap cleanup EXIT
 secret=steady-memory-secret-0123456789abcdef
 export JWT_SECRET=$secret SIGNING_KEY=$secret RUST_LOG=warn
 token="$("$bin" token --tenant bench | tail -1)"
+source "$(dirname "$(readlink -f "$0")")/serve-lib.sh"
 port=18490
-DATABASE_URL="sqlite://$work/a.db?mode=rwc" STORAGE_ROOT="$work/files" \
-  LISTEN_ADDR="127.0.0.1:$port" PUBLIC_BASE_URL="http://127.0.0.1:$port" \
-  taskset -c 0 "$bin" serve >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+start_server "$bin" "$work" "$port" 0 "sqlite://$work/a.db?mode=rwc"
 case "${LOAD:-list}" in
-  list) printf '{"query":"{ attachments(ownerType: \\"contract\\", ownerId: \\"c-1\\", first: 20) { edges { node { id } } } }"}' ;;
-  upload)
-    printf '{"query":"mutation($i: UploadAttachmentInput!){ uploadAttachment(input:$i){ id } }","variables":{"i":{"ownerType":"contract","ownerId":"c-1","filename":"a.pdf","base64":"'
-    { printf '%%PDF-1.4\n'; head -c 10240 /dev/urandom; } | base64 -w0
-    printf '"}}}' ;;
+  list) list_body id "$work/request.json" ;;
+  upload) upload_body 10240 c-1 "$work/request.json" ;;
   *) echo "LOAD is list or upload" >&2; exit 2 ;;
-esac >"$work/request.json"
+esac
 clients=$([ "${LOAD:-list}" = upload ] && echo 16 || echo 32)
 cat >"$work/request.lua" <<LUA
 local f = assert(io.open("$work/request.json", "rb")); wrk.body = f:read("*a"); f:close()
@@ -53,9 +47,8 @@ for round in $(seq "$rounds"); do
   requests=$(awk '/requests in/ { print $1 }' <<<"$summary")
   rate=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' <<<"$summary")
   served=$((served + requests))
-  [ "${SCRAPE:-0}" = 1 ] && curl -sf "http://127.0.0.1:$port/metrics" >/dev/null
-  rss=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' /proc/"$server"/status)
+  if [ "${SCRAPE:-0}" = 1 ]; then http "$port" GET /metrics >/dev/null; fi
   database=$(du -cm --apparent-size "$work"/a.db* | awk 'END { print $1 }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$requests" "$rate" "$served" "$rss" "$database" | tee -a "$tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$requests" "$rate" "$served" "$(rss_mib)" "$database" | tee -a "$tsv"
 done
 echo "written: $tsv" >&2

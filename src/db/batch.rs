@@ -42,8 +42,9 @@ pub fn open(options: &SqliteConnectOptions, sync: SqliteSync) -> rusqlite::Resul
 }
 
 /// What the log file keeps of its size when SQLite writes it from its start again:
-/// the rest is given back to the filesystem.
-const LOG_KEPT_BYTES: i64 = 64 * 1024 * 1024;
+/// the rest is given back to the filesystem. The writer starts it again at about
+/// this size too (`RESTART_AFTER_FRAMES`).
+pub(super) const LOG_KEPT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// Copies the log into the database as far as no reader needs it (`PASSIVE`: it
 /// never waits for a reader or the writer); returns the frames the log now holds.

@@ -26,9 +26,9 @@ const CHECKPOINT_EVERY: usize = 500;
 
 /// Frames the log may hold after a checkpoint before the next one holds the turn:
 /// under a steady stream of commits a checkpoint that lets them run never copies the
-/// last frames, and the log grew by 58 KB an upload (docs/performance.md). 16,384
-/// pages of 4 KiB are 64 MiB.
-const RESTART_AFTER_FRAMES: i64 = 16_384;
+/// last frames, and the log grew by 58 KB an upload (docs/performance.md). As many
+/// frames of SQLite's default 4 KiB page as the log file keeps (16,384).
+const RESTART_AFTER_FRAMES: i64 = batch::LOG_KEPT_BYTES / 4096;
 
 /// How long a checkpoint that holds the turn waits for readers of the log's older
 /// frames (a backup, a long listing): the commits wait as long.
