@@ -6,7 +6,9 @@
 //! committing task's own thread ([`batch`]): no hand-off to another thread, and no
 //! await inside a turn, so a caller that goes away cannot cut a batch in two. The
 //! transactions that wait while a turn runs share the next one (group commit), so
-//! concurrent uploads write the pages they share once. On PostgreSQL, with row locks
+//! concurrent uploads write the pages they share once; a commit first lets the tasks
+//! ready to run reach theirs, so that on few cores, where no turn is running when a
+//! commit arrives, they share a turn too. On PostgreSQL, with row locks
 //! and a wire protocol, each is an ordinary transaction of the pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,6 +112,10 @@ impl Writer {
             statements,
             outcome,
         });
+        // The requests ready to run reach their commits first and share our turn:
+        // on few cores no turn is running when a commit arrives, so without this each
+        // would commit alone (its own BEGIN, COMMIT and log pages).
+        tokio::task::yield_now().await;
         let mut turn = writer.turn().await;
         // Everything waiting, ours too unless an earlier turn took it.
         let group = std::mem::take(&mut *writer.waiting());
@@ -409,6 +415,35 @@ mod tests {
         }
         assert_eq!(outcomes, [true, false, true]);
         assert_eq!(rows(&options).await, [1, 3]);
+    }
+
+    /// On one thread no turn is ever running when a commit arrives: commits that are
+    /// ready at once still share one (each alone would write its own log frames).
+    #[tokio::test(flavor = "current_thread")]
+    async fn commits_ready_at_once_share_a_turn_on_one_thread() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (held, options) = writer(&dir).await;
+        // The log as the server has it: sqlx's connections set WAL mode.
+        let _reader = options.connect().await.expect("connect");
+        let writer = Arc::new(Writer::Sqlite(held));
+        let frames = || {
+            let log = std::fs::metadata(dir.path().join("w.db-wal")).map_or(0, |log| log.len());
+            log.saturating_sub(32) / (4096 + 24)
+        };
+        let before = frames();
+        let commits: Vec<_> = (1..=8)
+            .map(|x| {
+                let writer = Arc::clone(&writer);
+                let insert = sql(&format!("INSERT INTO t VALUES ({x})"));
+                tokio::spawn(async move { writer.commit(vec![insert]).await })
+            })
+            .collect();
+        for commit in commits {
+            commit.await.expect("joined").expect("committed");
+        }
+        assert_eq!(rows(&options).await, [1, 2, 3, 4, 5, 6, 7, 8]);
+        let written = frames() - before;
+        assert!(written <= 2, "{written} log frames for 8 one-row commits");
     }
 
     /// A transaction holds the writer's turn: group commits wait for it; dropped
