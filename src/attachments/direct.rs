@@ -105,7 +105,7 @@ pub async fn announce(
     let backend = app.db.backend();
     let insert = direct_upload::Entity::insert(announced).build(backend);
     let reserve = quotas::grow(backend, &app.config.quotas, tenant, declared.byte_size, 1);
-    if let Err(err) = app.db.commit(vec![insert, reserve]).await {
+    if let Err(err) = app.db.commit_shared(tenant, vec![insert, reserve]).await {
         return Err(quotas::refusal_or(app, tenant, err).await);
     }
     Ok(Announced {

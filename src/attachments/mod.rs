@@ -320,18 +320,20 @@ async fn insert_rows(
         statements.extend(stored_statements(app, backend, row)?);
     }
     statements.push(intents_done(backend, keys));
-    if let Some(first) = rows.first() {
-        let (bytes, files) = totals(rows.iter());
-        let quotas = &app.config.quotas;
-        statements.push(quotas::grow(
-            backend,
-            quotas,
-            &first.tenant_id,
-            bytes,
-            files,
-        ));
-    }
-    app.db.commit(statements).await
+    let Some(first) = rows.first() else {
+        return app.db.commit(statements).await;
+    };
+    let (bytes, files) = totals(rows.iter());
+    let quotas = &app.config.quotas;
+    statements.push(quotas::grow(
+        backend,
+        quotas,
+        &first.tenant_id,
+        bytes,
+        files,
+    ));
+    // Every upload of the tenant changes its usage row: they share transactions.
+    app.db.commit_shared(&first.tenant_id, statements).await
 }
 
 /// The statement that ends the intents of `keys`: their objects belong to rows now.

@@ -8,6 +8,7 @@
 //! survives a power loss.
 
 mod batch;
+mod pool_writer;
 mod reader;
 mod transaction;
 mod writer;
@@ -142,12 +143,23 @@ impl Database {
         self.writer.commit(statements).await
     }
 
+    /// Commits `statements` as one transaction, shared on PostgreSQL with the commits
+    /// of `key` that wait meanwhile: those that change the same row (a tenant's
+    /// usage), which would otherwise wait for each other's commit one by one.
+    pub async fn commit_shared(
+        &self,
+        key: &str,
+        statements: Vec<Statement>,
+    ) -> Result<(), sea_orm::DbErr> {
+        self.writer.commit_shared(key, statements).await
+    }
+
     /// Begins a transaction on the writer (see [`Transaction`]); keep it short, on
     /// SQLite every other write waits for it.
     pub async fn begin(&self) -> Result<Transaction, sea_orm::DbErr> {
         match &self.writer {
             Writer::Sqlite(writer) => Transaction::sqlite(writer).await,
-            Writer::Pool(pool) => Transaction::pool(pool).await,
+            Writer::Pool(writer) => Transaction::pool(writer.pool()).await,
         }
     }
 

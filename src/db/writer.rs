@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sea_orm::{DatabaseConnection, DbErr, RuntimeErr, Statement, TransactionTrait};
+use sea_orm::{DatabaseConnection, DbErr, RuntimeErr, Statement};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 use super::batch::{self, Refused};
+use super::pool_writer::PoolWriter;
 use crate::config::SqliteSync;
 
 /// Statements committed between two checkpoints of the log: each changes a page or
@@ -38,7 +39,7 @@ const RESTART_PATIENCE: Duration = Duration::from_millis(100);
 
 pub enum Writer {
     Sqlite(Arc<SqliteWriter>),
-    Pool(DatabaseConnection),
+    Pool(PoolWriter),
 }
 
 pub struct SqliteWriter {
@@ -67,9 +68,9 @@ pub(super) struct Connections {
 }
 
 /// One caller's statements and where its outcome goes.
-struct Transaction {
-    statements: Vec<Statement>,
-    outcome: oneshot::Sender<Result<(), DbErr>>,
+pub(super) struct Transaction {
+    pub(super) statements: Vec<Statement>,
+    pub(super) outcome: oneshot::Sender<Result<(), DbErr>>,
 }
 
 impl Writer {
@@ -80,7 +81,7 @@ impl Writer {
         pool: &DatabaseConnection,
     ) -> rusqlite::Result<Self> {
         let Some((options, sync)) = sqlite else {
-            return Ok(Self::Pool(pool.clone()));
+            return Ok(Self::Pool(PoolWriter::new(pool)));
         };
         let connections = Connections {
             batch: SyncMutex::new(Some(batch::open(&options, sync)?)),
@@ -100,11 +101,7 @@ impl Writer {
     /// Commits `statements` as one transaction: all of them or none.
     pub async fn commit(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
         let writer = match self {
-            Self::Pool(pool) => {
-                let txn = pool.begin().await?;
-                super::execute_all(&txn, statements).await?;
-                return txn.commit().await;
-            }
+            Self::Pool(pool) => return pool.commit(statements).await,
             Self::Sqlite(writer) => writer,
         };
         let (outcome, committed) = oneshot::channel();
@@ -138,6 +135,18 @@ impl Writer {
         committed
             .await
             .unwrap_or_else(|_| Err(DbErr::Custom("the writer stopped".into())))
+    }
+}
+
+impl Writer {
+    /// Commits `statements` as one transaction, which on PostgreSQL the commits of
+    /// `key` waiting meanwhile share ([`PoolWriter::commit_shared`]); on SQLite every
+    /// commit shares its turn already.
+    pub async fn commit_shared(&self, key: &str, statements: Vec<Statement>) -> Result<(), DbErr> {
+        match self {
+            Self::Pool(pool) => pool.commit_shared(key, statements).await,
+            Self::Sqlite(_) => self.commit(statements).await,
+        }
     }
 }
 

@@ -1,0 +1,217 @@
+//! The writer on PostgreSQL: each commit an ordinary transaction of the pool, except
+//! commits that change the same row (a tenant's usage, which every upload of the
+//! tenant adds to). Those waited for each other: PostgreSQL holds a row's lock until
+//! the transaction's log is flushed, so one tenant's uploads committed one flush at
+//! a time, however many cores and clients (docs/performance.md). Commits of one key
+//! that arrive while a transaction of that key runs now share the next one: one
+//! wait for the lock and one flush for all of them, as on SQLite's writer. Keys
+//! never share a transaction, so a transaction locks one such row, as before, and
+//! two cannot wait for each other's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as SyncMutex};
+
+use sea_orm::{DatabaseConnection, DbErr, Statement, TransactionTrait};
+use tokio::sync::oneshot;
+
+use super::writer::Transaction;
+
+pub struct PoolWriter {
+    pool: DatabaseConnection,
+    /// The keys whose transaction runs, each with the commits waiting for the next.
+    waiting: Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>,
+}
+
+impl PoolWriter {
+    pub fn new(pool: &DatabaseConnection) -> Self {
+        Self {
+            pool: pool.clone(),
+            waiting: Arc::default(),
+        }
+    }
+
+    pub(super) fn pool(&self) -> &DatabaseConnection {
+        &self.pool
+    }
+
+    /// Commits `statements` as one transaction of their own.
+    pub async fn commit(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
+        commit(&self.pool, statements).await
+    }
+
+    /// Commits `statements` as one transaction, shared with the commits of `key` that
+    /// wait while another transaction of `key` runs. The shared transaction runs on
+    /// a task of its own, so a caller that goes away cuts nothing short.
+    pub async fn commit_shared(&self, key: &str, statements: Vec<Statement>) -> Result<(), DbErr> {
+        let (outcome, committed) = oneshot::channel();
+        let txn = Transaction {
+            statements,
+            outcome,
+        };
+        let first = {
+            let mut waiting = lock(&self.waiting);
+            match waiting.get_mut(key) {
+                Some(next) => {
+                    next.push(txn);
+                    false
+                }
+                None => {
+                    waiting.insert(key.to_owned(), vec![txn]);
+                    true
+                }
+            }
+        };
+        if first {
+            let (pool, waiting) = (self.pool.clone(), Arc::clone(&self.waiting));
+            drop(tokio::spawn(run_key(pool, waiting, key.to_owned())));
+        }
+        committed
+            .await
+            .unwrap_or_else(|_| Err(DbErr::Custom("the writer stopped".into())))
+    }
+}
+
+/// Runs the transactions of `key` until none waits, then lets the next commit of
+/// `key` start again.
+async fn run_key(
+    pool: DatabaseConnection,
+    waiting: Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>,
+    key: String,
+) {
+    loop {
+        let group = {
+            let mut waiting = lock(&waiting);
+            match waiting.get_mut(&key) {
+                Some(next) if !next.is_empty() => std::mem::take(next),
+                _ => {
+                    waiting.remove(&key);
+                    return;
+                }
+            }
+        };
+        commit_group(&pool, group).await;
+    }
+}
+
+/// Commits `group` in one transaction; if a statement fails, each transaction again
+/// on its own, so one refused upload does not fail the others. A failure to begin
+/// or to commit is every transaction's: whether a commit that failed took effect
+/// cannot be known, so none runs again.
+async fn commit_group(pool: &DatabaseConnection, group: Vec<Transaction>) {
+    if group.len() > 1 {
+        let statements = group.iter().flat_map(|txn| txn.statements.iter().cloned());
+        let outcome = match pool.begin().await {
+            Ok(txn) => match super::execute_all(&txn, statements.collect()).await {
+                Ok(()) => Some(txn.commit().await),
+                Err(_) => None,
+            },
+            Err(err) => Some(Err(err)),
+        };
+        if let Some(outcome) = outcome {
+            for txn in group {
+                let _ = txn.outcome.send(outcome.clone());
+            }
+            return;
+        }
+    }
+    for txn in group {
+        let _ = txn.outcome.send(commit(pool, txn.statements).await);
+    }
+}
+
+async fn commit(pool: &DatabaseConnection, statements: Vec<Statement>) -> Result<(), DbErr> {
+    let txn = pool.begin().await?;
+    super::execute_all(&txn, statements).await?;
+    txn.commit().await
+}
+
+fn lock<T>(mutex: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend};
+
+    use super::*;
+
+    fn sql(text: &str) -> Statement {
+        Statement::from_string(DbBackend::Postgres, text)
+    }
+
+    /// Commits of one key that wait while its transaction runs share the next one
+    /// (their rows carry one transaction id, `xmin`); when a statement of the group
+    /// is refused, each runs again alone: the others commit, it fails alone.
+    #[tokio::test(flavor = "current_thread")]
+    async fn commits_of_one_key_share_a_transaction_and_a_refused_one_fails_alone() {
+        let Some(url) = std::env::var_os("TEST_DATABASE_URL") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but TEST_DATABASE_URL is not: PostgreSQL tests must not skip in CI"
+            );
+            eprintln!("SKIPPED: a PostgreSQL test, because TEST_DATABASE_URL is not set");
+            return;
+        };
+        let pool = sea_orm::Database::connect(url.to_string_lossy().as_ref())
+            .await
+            .expect("connect to TEST_DATABASE_URL");
+        let table = format!("pool_writer_{}", uuid::Uuid::now_v7().simple());
+        pool.execute_raw(sql(&format!(
+            "CREATE TABLE {table} (x INTEGER CHECK (x > 0))"
+        )))
+        .await
+        .expect("table");
+        let writer = Arc::new(PoolWriter::new(&pool));
+        let commit_all = |values: Vec<i32>| {
+            let commits: Vec<_> = values
+                .into_iter()
+                .map(|x| {
+                    let writer = Arc::clone(&writer);
+                    let insert = sql(&format!("INSERT INTO {table} VALUES ({x})"));
+                    // All of them queue before the first transaction's task runs.
+                    tokio::spawn(async move { writer.commit_shared("k", vec![insert]).await })
+                })
+                .collect();
+            async move {
+                let mut outcomes = Vec::new();
+                for commit in commits {
+                    outcomes.push(commit.await.expect("joined").is_ok());
+                }
+                outcomes
+            }
+        };
+        let transactions = |range: &str| {
+            sql(&format!(
+                "SELECT count(*) AS rows, count(DISTINCT xmin::text) AS transactions \
+                 FROM {table} WHERE x {range}"
+            ))
+        };
+        let counted = |statement| async {
+            let row = pool
+                .query_one_raw(statement)
+                .await
+                .expect("count")
+                .expect("row");
+            let rows: i64 = row.try_get("", "rows").expect("rows");
+            let transactions: i64 = row.try_get("", "transactions").expect("transactions");
+            (rows, transactions)
+        };
+
+        assert_eq!(commit_all((1..=8).collect()).await, [true; 8]);
+        assert_eq!(
+            counted(transactions("<= 8")).await,
+            (8, 1),
+            "one shared transaction"
+        );
+
+        let outcomes = commit_all(vec![11, 12, -13, 14]).await;
+        assert_eq!(outcomes, [true, true, false, true]);
+        assert_eq!(counted(transactions("> 10")).await, (3, 3), "each alone");
+
+        pool.execute_raw(sql(&format!("DROP TABLE {table}")))
+            .await
+            .expect("drop");
+    }
+}
