@@ -78,6 +78,10 @@ async fn run_key(
     waiting: Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>,
     key: String,
 ) {
+    let _ended = EndOnPanic {
+        waiting: Arc::clone(&waiting),
+        key: key.clone(),
+    };
     loop {
         let group = {
             let mut waiting = lock(&waiting);
@@ -90,6 +94,22 @@ async fn run_key(
             }
         };
         commit_group(&pool, group).await;
+    }
+}
+
+/// Ends a key's run if its task panics: the commits that wait for it are answered
+/// (the writer stopped) and the next commit of the key starts a run again, instead of
+/// waiting for one that no longer runs.
+struct EndOnPanic {
+    waiting: Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>,
+    key: String,
+}
+
+impl Drop for EndOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(&self.waiting).remove(&self.key);
+        }
     }
 }
 
