@@ -8,8 +8,9 @@
 //! transactions that wait while a turn runs share the next one (group commit), so
 //! concurrent uploads write the pages they share once; a commit first lets the tasks
 //! ready to run reach theirs, so that on few cores, where no turn is running when a
-//! commit arrives, they share a turn too. On PostgreSQL, with row locks
-//! and a wire protocol, each is an ordinary transaction of the pool.
+//! commit arrives, they share a turn too. On PostgreSQL, with row locks and a wire
+//! protocol, each is an ordinary transaction of the pool, except that the commits of
+//! one tenant's uploads share theirs ([`super::pool_writer`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
