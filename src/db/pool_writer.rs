@@ -16,10 +16,12 @@ use tokio::sync::oneshot;
 
 use super::writer::Transaction;
 
+/// The keys whose transaction runs, each with the commits waiting for the next.
+type Waiting = Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>;
+
 pub struct PoolWriter {
     pool: DatabaseConnection,
-    /// The keys whose transaction runs, each with the commits waiting for the next.
-    waiting: Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>,
+    waiting: Waiting,
 }
 
 impl PoolWriter {
@@ -73,11 +75,7 @@ impl PoolWriter {
 
 /// Runs the transactions of `key` until none waits, then lets the next commit of
 /// `key` start again.
-async fn run_key(
-    pool: DatabaseConnection,
-    waiting: Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>,
-    key: String,
-) {
+async fn run_key(pool: DatabaseConnection, waiting: Waiting, key: String) {
     let _ended = EndOnPanic {
         waiting: Arc::clone(&waiting),
         key: key.clone(),
@@ -101,7 +99,7 @@ async fn run_key(
 /// (the writer stopped) and the next commit of the key starts a run again, instead of
 /// waiting for one that no longer runs.
 struct EndOnPanic {
-    waiting: Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>,
+    waiting: Waiting,
     key: String,
 }
 

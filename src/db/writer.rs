@@ -137,9 +137,7 @@ impl Writer {
             .await
             .unwrap_or_else(|_| Err(DbErr::Custom("the writer stopped".into())))
     }
-}
 
-impl Writer {
     /// Commits `statements` as one transaction, which on PostgreSQL the commits of
     /// `key` waiting meanwhile share ([`PoolWriter::commit_shared`]); on SQLite every
     /// commit shares its turn already.
@@ -317,7 +315,8 @@ mod tests {
     }
 
     /// A writer on a new database in `dir`, with table `t (x INTEGER)` whose `x`
-    /// must be positive; the options to open other connections with.
+    /// must be positive, its log in WAL mode as the server has it (sqlx's connections
+    /// set it); the options to open other connections with.
     async fn writer(dir: &tempfile::TempDir) -> (Arc<SqliteWriter>, SqliteConnectOptions) {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
         let options = crate::db::tune_sqlite(
@@ -335,6 +334,7 @@ mod tests {
             .commit(vec![sql("CREATE TABLE t (x INTEGER CHECK (x > 0))")])
             .await
             .expect("table");
+        drop(options.connect().await.expect("WAL mode"));
         (held, options)
     }
 
@@ -358,8 +358,6 @@ mod tests {
     async fn a_steady_stream_of_commits_keeps_the_log_small() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut held, options) = writer(&dir).await;
-        // The log as the server has it: sqlx's connections set WAL mode.
-        let mut reader = options.connect().await.expect("connect");
         Writer::Sqlite(Arc::clone(&held))
             .commit(vec![sql("ALTER TABLE t ADD COLUMN pad BLOB")])
             .await
@@ -388,6 +386,7 @@ mod tests {
         assert!(restarts >= 2, "the log started again {restarts} times");
         let mib = log.len() >> 20;
         assert!(mib < 64, "the log grew to {mib} MiB, half the stream");
+        let mut reader = options.connect().await.expect("connect");
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t WHERE pad IS NOT NULL")
             .fetch_one(&mut reader)
             .await
@@ -433,8 +432,6 @@ mod tests {
     async fn commits_ready_at_once_share_a_turn_on_one_thread() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (held, options) = writer(&dir).await;
-        // The log as the server has it: sqlx's connections set WAL mode.
-        let _reader = options.connect().await.expect("connect");
         let writer = Arc::new(Writer::Sqlite(held));
         let frames = || {
             let log = std::fs::metadata(dir.path().join("w.db-wal")).map_or(0, |log| log.len());
