@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use crate::app::App;
 use crate::config::QuotaConfig;
-use crate::db::{Database, Transaction};
+use crate::db::{Database, Transaction, Writes};
 use crate::error::{AppError, AppResult, QuotaUsage};
 
 /// Past this share of a limit, a tenant is warned (`tenant.quota_warning`) and counted
@@ -228,16 +228,28 @@ pub async fn refresh_own_quotas(app: &App) -> Result<(), DbErr> {
     Ok(())
 }
 
-/// The statement that adds `bytes` and `files` to `tenant`'s usage, with the limit
-/// that the row's CHECKs hold it to: its own quota, else `defaults`.
-pub fn grow(
-    backend: DbBackend,
-    defaults: &QuotaConfig,
-    tenant: &str,
-    bytes: i64,
-    files: i64,
-) -> Statement {
+/// Adds `bytes` and `files` to `tenant`'s usage in `writes`, with the limit that the
+/// row's CHECKs hold it to: its own quota, else `defaults`. Uploads of the tenant
+/// that commit together add their sum once ([`Writes::add_to`]).
+pub fn grow(writes: &mut Writes, defaults: &QuotaConfig, tenant: &str, bytes: i64, files: i64) {
     let (default_bytes, default_files) = limits(defaults);
+    let key = tenant.to_owned();
+    writes.add_to(tenant, [bytes, files], move |backend, [bytes, files]| {
+        grow_statement(
+            backend,
+            &key,
+            (bytes, files),
+            (default_bytes, default_files),
+        )
+    });
+}
+
+fn grow_statement(
+    backend: DbBackend,
+    tenant: &str,
+    (bytes, files): (i64, i64),
+    (default_bytes, default_files): (Option<i64>, Option<i64>),
+) -> Statement {
     let insert = Query::insert()
         .into_table(Entity)
         .columns([
@@ -384,9 +396,15 @@ pub async fn warn_if_near(app: &App, row: &attachment::Model) -> Result<(), DbEr
         percent,
         file_id: row.id,
     };
-    let statements =
-        crate::events::record_with(backend, &app.webhooks, EventType::QuotaWarning, row, &data)?;
-    crate::db::execute_all(&txn, statements).await?;
+    let mut writes = Writes::new(backend);
+    crate::events::record_with(
+        &mut writes,
+        &app.webhooks,
+        EventType::QuotaWarning,
+        row,
+        &data,
+    )?;
+    crate::db::execute_all(&txn, writes.statements()).await?;
     txn.commit().await
 }
 

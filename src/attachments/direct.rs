@@ -9,7 +9,7 @@ use entity::{attachment, direct_upload};
 use futures::Stream;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect, QueryTrait,
+    QuerySelect,
 };
 use uuid::Uuid;
 
@@ -17,6 +17,7 @@ use crate::app::{App, SharedApp};
 use crate::attachments::upload::{self, Draft, StreamCheck, Streamed, Target, sanitize_filename};
 use crate::attachments::urls;
 use crate::auth::Principal;
+use crate::db::Writes;
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
 use crate::media::MediaType;
@@ -102,10 +103,16 @@ pub async fn announce(
     }
     .into_active_model()
     .reset_all();
-    let backend = app.db.backend();
-    let insert = direct_upload::Entity::insert(announced).build(backend);
-    let reserve = quotas::grow(backend, &app.config.quotas, tenant, declared.byte_size, 1);
-    if let Err(err) = app.db.commit_shared(tenant, vec![insert, reserve]).await {
+    let mut writes = Writes::new(app.db.backend());
+    writes.insert(announced);
+    quotas::grow(
+        &mut writes,
+        &app.config.quotas,
+        tenant,
+        declared.byte_size,
+        1,
+    );
+    if let Err(err) = app.db.commit_shared(tenant, writes).await {
         return Err(quotas::refusal_or(app, tenant, err).await);
     }
     Ok(Announced {
@@ -329,15 +336,13 @@ async fn commit_completion(
         ));
     }
     let backend = txn.get_database_backend();
-    let mut statements = super::stored_statements(app, backend, row)?;
+    let mut writes = Writes::new(backend);
+    super::stored_writes(app, &mut writes, row)?;
     if let Some(staging) = staging {
-        statements.push(super::intents_done(
-            backend,
-            std::slice::from_ref(&row.storage_key),
-        ));
-        statements.push(super::removal_statement(backend, staging));
+        super::intents_done(&mut writes, std::slice::from_ref(&row.storage_key));
+        writes.statement(super::removal_statement(backend, staging));
     }
-    crate::db::execute_all(&txn, statements).await?;
+    crate::db::execute_all(&txn, writes.statements()).await?;
     txn.commit().await?;
     Ok(())
 }

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::app::{App, SharedApp};
 use crate::auth::Principal;
-use crate::db;
+use crate::db::{self, Writes};
 use crate::error::{AppError, AppResult};
 use crate::events;
 use crate::ids::SafeId;
@@ -314,51 +314,40 @@ async fn insert_rows(
     rows: &[attachment::Model],
     keys: &[String],
 ) -> Result<(), sea_orm::DbErr> {
-    let backend = app.db.backend();
-    let mut statements = Vec::new();
+    let mut writes = Writes::new(app.db.backend());
     for row in rows {
-        statements.extend(stored_statements(app, backend, row)?);
+        stored_writes(app, &mut writes, row)?;
     }
-    statements.push(intents_done(backend, keys));
+    intents_done(&mut writes, keys);
     let Some(first) = rows.first() else {
-        return app.db.commit(statements).await;
+        return app.db.commit(writes.statements()).await;
     };
     let (bytes, files) = totals(rows.iter());
-    let quotas = &app.config.quotas;
-    statements.push(quotas::grow(
-        backend,
-        quotas,
+    quotas::grow(
+        &mut writes,
+        &app.config.quotas,
         &first.tenant_id,
         bytes,
         files,
-    ));
+    );
     // Every upload of the tenant changes its usage row: they share transactions.
-    app.db.commit_shared(&first.tenant_id, statements).await
+    app.db.commit_shared(&first.tenant_id, writes).await
 }
 
-/// The statement that ends the intents of `keys`: their objects belong to rows now.
-fn intents_done(backend: DbBackend, keys: &[String]) -> Statement {
-    let done = storage_deletion::Entity::delete_many()
-        .filter(storage_deletion::Column::StorageKey.is_in(keys.iter().cloned()));
-    backend.build(&done.into_query())
+/// Ends the intents of `keys`: their objects belong to rows now.
+fn intents_done(writes: &mut Writes, keys: &[String]) {
+    let keys = keys.iter().map(|key| key.as_str().into());
+    writes.delete_where_in(storage_deletion::Column::StorageKey, keys);
 }
 
-/// The statements that insert an attachment row and its `file.stored` event, for
-/// the caller's transaction.
-fn stored_statements(
+/// Adds an attachment row and its `file.stored` event to `writes`.
+fn stored_writes(
     app: &App,
-    backend: DbBackend,
+    writes: &mut Writes,
     row: &attachment::Model,
-) -> Result<Vec<Statement>, sea_orm::DbErr> {
-    let insert = attachment::Entity::insert(row.clone().into_active_model().reset_all());
-    let mut statements = vec![backend.build(&insert.into_query())];
-    statements.extend(events::record(
-        backend,
-        &app.webhooks,
-        EventType::Stored,
-        row,
-    )?);
-    Ok(statements)
+) -> Result<(), sea_orm::DbErr> {
+    writes.insert(row.clone().into_active_model().reset_all());
+    events::record(writes, &app.webhooks, EventType::Stored, row)
 }
 
 /// After a failed upload: removes whatever objects were written, and their intents;
@@ -497,25 +486,21 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
         .then(|| chrono::Duration::from_std(retention).ok())
         .flatten()
         .and_then(|retention| Utc::now().checked_add_signed(retention));
-    let mut statements = vec![removal_after_statement(
+    let mut writes = Writes::new(backend);
+    writes.statement(removal_after_statement(
         backend,
         &row.storage_key,
         remove_after,
-    )];
-    statements.extend(events::record(
-        backend,
-        &app.webhooks,
-        EventType::Deleted,
-        &row,
-    )?);
-    statements.push(quotas::shrink(
+    ));
+    events::record(&mut writes, &app.webhooks, EventType::Deleted, &row)?;
+    writes.statement(quotas::shrink(
         backend,
         &app.config.quotas,
         &row.tenant_id,
         row.byte_size,
         1,
     ));
-    db::execute_all(&txn, statements).await?;
+    db::execute_all(&txn, writes.statements()).await?;
     txn.commit().await?;
     if remove_after.is_none() {
         remove_object(app, &row.storage_key).await;

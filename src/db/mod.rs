@@ -12,6 +12,7 @@ mod pool_writer;
 mod reader;
 mod transaction;
 mod writer;
+mod writes;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -27,9 +28,14 @@ use crate::config::{ConfigError, DatabaseConfig, SqliteSync};
 pub use reader::Reader;
 pub use transaction::Transaction;
 use writer::Writer;
+pub use writes::Writes;
 
 /// How long startup waits for the database before it gives up.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a PostgreSQL connection sits idle in the pool before it is pinged when
+/// next taken.
+const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a SQLite writer waits for another one before the statement fails.
 const SQLITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -85,6 +91,11 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conf
     if url.starts_with("sqlite:") {
         // A local file has no connection to lose: no ping before every query.
         options.test_before_acquire(false);
+    } else {
+        // A ping is a round trip, as costly as the statement it would guard: only a
+        // connection that sat idle (a server restarted, a proxy that dropped it)
+        // is pinged before use. Busy connections go straight to their statements.
+        options.test_before_acquire_if_idle_for(PING_IF_IDLE_FOR);
     }
     let synchronous = config.sqlite_synchronous;
     options.map_sqlx_sqlite_opts(move |sqlite| tune_sqlite(sqlite, synchronous));
@@ -143,15 +154,12 @@ impl Database {
         self.writer.commit(statements).await
     }
 
-    /// Commits `statements` as one transaction, shared on PostgreSQL with the commits
-    /// of `key` that wait meanwhile: those that change the same row (a tenant's
-    /// usage), which would otherwise wait for each other's commit one by one.
-    pub async fn commit_shared(
-        &self,
-        key: &str,
-        statements: Vec<Statement>,
-    ) -> Result<(), sea_orm::DbErr> {
-        self.writer.commit_shared(key, statements).await
+    /// Commits `writes` as one transaction, shared on PostgreSQL with the commits of
+    /// `key` that wait meanwhile: those that change the same row (a tenant's usage),
+    /// which would otherwise wait for each other's commit one by one. Their rows and
+    /// deletes merge into one statement per table ([`Writes`]).
+    pub async fn commit_shared(&self, key: &str, writes: Writes) -> Result<(), sea_orm::DbErr> {
+        self.writer.commit_shared(key, writes).await
     }
 
     /// Begins a transaction on the writer (see [`Transaction`]); keep it short, on

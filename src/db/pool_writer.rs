@@ -4,20 +4,27 @@
 //! the transaction's log is flushed, so one tenant's uploads committed one flush at
 //! a time, however many cores and clients (docs/performance.md). Commits of one key
 //! that arrive while a transaction of that key runs now share the next one: one
-//! wait for the lock and one flush for all of them, as on SQLite's writer. Keys
-//! never share a transaction, so a transaction locks one such row, as before, and
-//! two cannot wait for each other's.
+//! wait for the lock and one flush for all of them, as on SQLite's writer, and one
+//! statement per table for all their rows ([`Writes`]). Keys never share a
+//! transaction, so a transaction locks one such row, as before, and two cannot wait
+//! for each other's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as SyncMutex};
 
-use sea_orm::{DatabaseConnection, DbErr, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, TransactionTrait};
 use tokio::sync::oneshot;
 
-use super::writer::Transaction;
+use super::writes::{self, Writes};
 
 /// The keys whose transaction runs, each with the commits waiting for the next.
-type Waiting = Arc<SyncMutex<HashMap<String, Vec<Transaction>>>>;
+type Waiting = Arc<SyncMutex<HashMap<String, Vec<SharedCommit>>>>;
+
+/// One caller's writes and where its outcome goes.
+struct SharedCommit {
+    writes: Writes,
+    outcome: oneshot::Sender<Result<(), DbErr>>,
+}
 
 pub struct PoolWriter {
     pool: DatabaseConnection,
@@ -41,15 +48,12 @@ impl PoolWriter {
         commit(&self.pool, statements).await
     }
 
-    /// Commits `statements` as one transaction, shared with the commits of `key` that
+    /// Commits `writes` as one transaction, shared with the commits of `key` that
     /// wait while another transaction of `key` runs. The shared transaction runs on
     /// a task of its own, so a caller that goes away cuts nothing short.
-    pub async fn commit_shared(&self, key: &str, statements: Vec<Statement>) -> Result<(), DbErr> {
+    pub async fn commit_shared(&self, key: &str, writes: Writes) -> Result<(), DbErr> {
         let (outcome, committed) = oneshot::channel();
-        let txn = Transaction {
-            statements,
-            outcome,
-        };
+        let txn = SharedCommit { writes, outcome };
         let first = {
             let mut waiting = lock(&self.waiting);
             match waiting.get_mut(key) {
@@ -111,15 +115,15 @@ impl Drop for EndOnPanic {
     }
 }
 
-/// Commits `group` in one transaction; if a statement fails, each transaction again
-/// on its own, so one refused upload does not fail the others. A failure to begin
-/// or to commit is every transaction's: whether a commit that failed took effect
-/// cannot be known, so none runs again.
-async fn commit_group(pool: &DatabaseConnection, group: Vec<Transaction>) {
-    if group.len() > 1 {
-        let statements = group.iter().flat_map(|txn| txn.statements.iter().cloned());
+/// Commits `group` in one transaction, their rows merged; if a statement fails,
+/// each commit again on its own, so one refused upload does not fail the others. A
+/// failure to begin or to commit is every commit's: whether a commit that failed
+/// took effect cannot be known, so none runs again.
+async fn commit_group(pool: &DatabaseConnection, group: Vec<SharedCommit>) {
+    if let [first, _, ..] = group.as_slice() {
+        let statements = writes::merged(first.writes.backend(), group.iter().map(|c| &c.writes));
         let outcome = match pool.begin().await {
-            Ok(txn) => match super::execute_all(&txn, statements.collect()).await {
+            Ok(txn) => match super::execute_all(&txn, statements).await {
                 Ok(()) => Some(txn.commit().await),
                 Err(_) => None,
             },
@@ -133,11 +137,19 @@ async fn commit_group(pool: &DatabaseConnection, group: Vec<Transaction>) {
         }
     }
     for txn in group {
-        let _ = txn.outcome.send(commit(pool, txn.statements).await);
+        let _ = txn
+            .outcome
+            .send(commit(pool, txn.writes.statements()).await);
     }
 }
 
-async fn commit(pool: &DatabaseConnection, statements: Vec<Statement>) -> Result<(), DbErr> {
+/// One transaction of `statements`. A single statement is a transaction of its own
+/// on PostgreSQL: it goes alone, one round trip instead of three with BEGIN and
+/// COMMIT.
+async fn commit(pool: &DatabaseConnection, mut statements: Vec<Statement>) -> Result<(), DbErr> {
+    if statements.len() == 1 {
+        return pool.execute_raw(statements.remove(0)).await.map(drop);
+    }
     let txn = pool.begin().await?;
     super::execute_all(&txn, statements).await?;
     txn.commit().await
@@ -151,7 +163,8 @@ fn lock<T>(mutex: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectionTrait, DbBackend};
+    use sea_orm::DbBackend;
+    use sea_orm::sea_query::{Alias, Query};
 
     use super::*;
 
@@ -187,9 +200,17 @@ mod tests {
                 .into_iter()
                 .map(|x| {
                     let writer = Arc::clone(&writer);
-                    let insert = sql(&format!("INSERT INTO {table} VALUES ({x})"));
+                    let mut writes = Writes::new(DbBackend::Postgres);
+                    writes.statement(
+                        DbBackend::Postgres.build(
+                            Query::insert()
+                                .into_table(Alias::new(table.as_str()))
+                                .columns([Alias::new("x")])
+                                .values_panic([x.into()]),
+                        ),
+                    );
                     // All of them queue before the first transaction's task runs.
-                    tokio::spawn(async move { writer.commit_shared("k", vec![insert]).await })
+                    tokio::spawn(async move { writer.commit_shared("k", writes).await })
                 })
                 .collect();
             async move {

@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 use super::batch::{self, Refused};
 use super::pool_writer::PoolWriter;
+use super::writes::Writes;
 use crate::config::SqliteSync;
 
 /// Statements committed between two checkpoints of the log: each changes a page or
@@ -138,13 +139,13 @@ impl Writer {
             .unwrap_or_else(|_| Err(DbErr::Custom("the writer stopped".into())))
     }
 
-    /// Commits `statements` as one transaction, which on PostgreSQL the commits of
-    /// `key` waiting meanwhile share ([`PoolWriter::commit_shared`]); on SQLite every
+    /// Commits `writes` as one transaction, which on PostgreSQL the commits of `key`
+    /// waiting meanwhile share ([`PoolWriter::commit_shared`]); on SQLite every
     /// commit shares its turn already.
-    pub async fn commit_shared(&self, key: &str, statements: Vec<Statement>) -> Result<(), DbErr> {
+    pub async fn commit_shared(&self, key: &str, writes: Writes) -> Result<(), DbErr> {
         match self {
-            Self::Pool(pool) => pool.commit_shared(key, statements).await,
-            Self::Sqlite(_) => self.commit(statements).await,
+            Self::Pool(pool) => pool.commit_shared(key, writes).await,
+            Self::Sqlite(_) => self.commit(writes.statements()).await,
         }
     }
 }

@@ -16,13 +16,14 @@ use entity::outbox_event::{self, EventType};
 use entity::{attachment, webhook_delivery};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ActiveEnum, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait,
-    QueryFilter, QueryTrait, Set, Statement,
+    ActiveEnum, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    Set,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{ConfigError, EventsConfig};
+use crate::db::Writes;
 pub use backoff::Backoff;
 pub use signing::WebhookSecret;
 
@@ -164,28 +165,27 @@ pub async fn backlog<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
         .await
 }
 
-/// The statements that write the event of `row` and one delivery per receiver, for
-/// the caller's transaction ([`crate::db::execute_all`]): the event commits or rolls
-/// back with the change it reports. The deliveries find the event's `seq` by its id,
-/// so nothing needs to be read back in between.
+/// Adds to `writes` the event of `row` and one delivery per receiver: the event
+/// commits or rolls back with the change it reports. The deliveries find the
+/// event's `seq` by its id, so nothing needs to be read back in between.
 pub fn record(
-    backend: DbBackend,
+    writes: &mut Writes,
     webhooks: &Webhooks,
     event_type: EventType,
     row: &attachment::Model,
-) -> Result<Vec<Statement>, DbErr> {
-    record_with(backend, webhooks, event_type, row, &EventData::from(row))
+) -> Result<(), DbErr> {
+    record_with(writes, webhooks, event_type, row, &EventData::from(row))
 }
 
 /// Like [`record`], with a `data` of the caller's: an event about the tenant that
 /// `row`'s upload brought past a threshold, delivered after that upload's events.
 pub fn record_with(
-    backend: DbBackend,
+    writes: &mut Writes,
     webhooks: &Webhooks,
     event_type: EventType,
     row: &attachment::Model,
     data: &impl Serialize,
-) -> Result<Vec<Statement>, DbErr> {
+) -> Result<(), DbErr> {
     let now = Utc::now();
     let payload = serde_json::to_string(data).map_err(|err| DbErr::Json(err.to_string()))?;
     let event_id = Uuid::now_v7();
@@ -199,7 +199,7 @@ pub fn record_with(
         payload: Set(payload),
         created_at: Set(now),
     };
-    let mut statements = vec![backend.build(&outbox_event::Entity::insert(event).into_query())];
+    writes.insert(event);
     for receiver in &webhooks.receivers {
         use webhook_delivery::Column;
         let pending = Query::select()
@@ -227,7 +227,7 @@ pub fn record_with(
             .select_from(pending)
             .map_err(|err| DbErr::Custom(err.to_string()))?
             .to_owned();
-        statements.push(backend.build(&delivery));
+        writes.statement(writes.backend().build(&delivery));
     }
-    Ok(statements)
+    Ok(())
 }

@@ -148,8 +148,14 @@ async fn concurrent_uploads_never_overshoot(setup: Setup) {
     assert_eq!(app.stored_keys().len(), 5, "no object of a refused upload");
     assert_eq!(usage(&app, &bearer).await["files"], 5);
     // The database itself refuses what passes the limit, whatever a read saw before.
-    let past = attache::quotas::grow(app.app.db.backend(), &app.app.config.quotas, &acme, 0, 1);
-    let refused = app.app.db.commit(vec![past]).await.expect_err("the CHECK");
+    let mut past = attache::db::Writes::new(app.app.db.backend());
+    attache::quotas::grow(&mut past, &app.app.config.quotas, &acme, 0, 1);
+    let refused = app
+        .app
+        .db
+        .commit(past.statements())
+        .await
+        .expect_err("the CHECK");
     assert!(attache::quotas::is_refusal(&refused), "{refused}");
 }
 

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
     Api, Served, Setup, TestApp, UPLOAD, data, hs256, http_client, keys_under, now, pdf,
-    run_attache, sha256_hex, tenant,
+    postgres_admin, private_database_url, run_attache, sha256_hex, tenant,
 };
 
 /// A PDF of about `size` bytes, different at every call.
@@ -252,6 +252,51 @@ async fn fsync_files_stores_uploads_durably(setup: Setup) {
         .await;
     assert_files_equal_rows(&app, &acme).await;
 }
+
+/// PostgreSQL drops every connection of attache's pool (a restart, a proxy's idle
+/// timeout): a connection that has sat idle is pinged before use and replaced, so
+/// the next upload and listing succeed and nothing of the first upload is lost.
+async fn connections_the_database_dropped_are_replaced(setup: Setup) {
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = private_database_url(setup.db, dir.path()).await;
+    let uploads = dir.path().join("uploads");
+    let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
+    let acme = tenant();
+    let token = app.token(&acme);
+    app.upload(&token, &pdf(), "contract", Some("c-1"), "before.pdf")
+        .await;
+    let database = database_url.rsplit('/').next().expect("database name");
+    let dropped = postgres_admin()
+        .await
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        ))
+        .await
+        .expect("terminate the server's connections");
+    assert!(dropped.rows_affected() > 0, "the pool had connections");
+    // Idle past the ping's threshold (1 s): the dead connections are found out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.upload(&token, &pdf(), "contract", Some("c-1"), "after.pdf")
+        .await;
+    let listed = app
+        .gql(
+            r#"{ attachments(ownerType: "contract", ownerId: "c-1", first: 10) { edges { node { filename } } } }"#,
+            json!({}),
+            Some(&token),
+        )
+        .await;
+    let names: Vec<_> = data(&listed, "attachments")["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|edge| edge["node"]["filename"].clone())
+        .collect();
+    assert_eq!(names, [json!("after.pdf"), json!("before.pdf")], "{listed}");
+    assert_files_equal_rows(&app, &acme).await;
+}
+
+crate::matrix!(postgres: connections_the_database_dropped_are_replaced);
 
 crate::matrix!(
     fsync_files_stores_uploads_durably,
