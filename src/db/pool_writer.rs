@@ -174,7 +174,9 @@ mod tests {
 
     /// Commits of one key that wait while its transaction runs share the next one
     /// (their rows carry one transaction id, `xmin`); when a statement of the group
-    /// is refused, each runs again alone: the others commit, it fails alone.
+    /// is refused, each runs again alone: the others commit, it fails alone. When
+    /// the group's COMMIT fails (a deferred constraint), every member gets the
+    /// error and none of their rows stays.
     #[tokio::test(flavor = "current_thread")]
     async fn commits_of_one_key_share_a_transaction_and_a_refused_one_fails_alone() {
         let Some(url) = std::env::var_os("TEST_DATABASE_URL") else {
@@ -190,7 +192,7 @@ mod tests {
             .expect("connect to TEST_DATABASE_URL");
         let table = format!("pool_writer_{}", uuid::Uuid::now_v7().simple());
         pool.execute_raw(sql(&format!(
-            "CREATE TABLE {table} (x INTEGER CHECK (x > 0))"
+            "CREATE TABLE {table} (x INTEGER CHECK (x > 0) UNIQUE DEFERRABLE INITIALLY DEFERRED)"
         )))
         .await
         .expect("table");
@@ -248,6 +250,11 @@ mod tests {
         let outcomes = commit_all(vec![11, 12, -13, 14]).await;
         assert_eq!(outcomes, [true, true, false, true]);
         assert_eq!(counted(transactions("> 10")).await, (3, 3), "each alone");
+
+        // The duplicate is found at COMMIT, after every statement ran.
+        let outcomes = commit_all(vec![21, 22, 21]).await;
+        assert_eq!(outcomes, [false, false, false]);
+        assert_eq!(counted(transactions("> 20")).await, (0, 0), "nothing stays");
 
         pool.execute_raw(sql(&format!("DROP TABLE {table}")))
             .await
