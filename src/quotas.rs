@@ -232,22 +232,18 @@ pub async fn refresh_own_quotas(app: &App) -> Result<(), DbErr> {
 /// row's CHECKs hold it to: its own quota, else `defaults`. Uploads of the tenant
 /// that commit together add their sum once ([`Writes::add_to`]).
 pub fn grow(writes: &mut Writes, defaults: &QuotaConfig, tenant: &str, bytes: i64, files: i64) {
-    let (default_bytes, default_files) = limits(defaults);
+    let limits = limits(defaults);
     let key = tenant.to_owned();
-    writes.add_to(tenant, [bytes, files], move |backend, [bytes, files]| {
-        grow_statement(
-            backend,
-            &key,
-            (bytes, files),
-            (default_bytes, default_files),
-        )
+    writes.add_to(tenant, [bytes, files], move |backend, amounts| {
+        grow_statement(backend, &key, amounts, limits)
     });
 }
 
+/// The upsert of [`grow`], for its sum of `bytes` and `files`.
 fn grow_statement(
     backend: DbBackend,
     tenant: &str,
-    (bytes, files): (i64, i64),
+    [bytes, files]: [i64; 2],
     (default_bytes, default_files): (Option<i64>, Option<i64>),
 ) -> Statement {
     let insert = Query::insert()

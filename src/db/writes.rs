@@ -106,9 +106,11 @@ impl Writes {
     }
 
     /// Adds `amounts` to the row of `key` last, with the statement `add` builds: the
-    /// commits built together add their sums of one key once (the row's lock is then
-    /// taken once, at the end of the transaction). Sums must only grow or only shrink
-    /// a row, so that a total within the row's limits has every partial sum within.
+    /// commits built together add their sums of one key once, with the first one's
+    /// `add` (the row's lock is then taken once, at the end of the transaction). So
+    /// every sum of a key must be added by the same statement (a tenant's usage, by
+    /// `quotas::grow`), and only grow the row, so that a total within the row's
+    /// limits has every partial sum within them.
     pub fn add_to(
         &mut self,
         key: &str,
@@ -128,8 +130,8 @@ impl Writes {
     }
 }
 
-/// The statements of `commits` in one transaction: the rows of each table in as
-/// few INSERTs as the bind limits allow, in the order the tables first come; the
+/// The statements of `commits` in one transaction: the rows of each table in
+/// INSERTs of [`ROWS_PER_STATEMENT`] rows, in the order the tables first come; the
 /// deletes of each table and column likewise; then every commit's statements, in
 /// order; last, one statement per key for their sums.
 pub fn merged<'a>(

@@ -1,5 +1,6 @@
 //! Nothing half-made: clients that go away mid-request, a server killed during a
-//! burst of uploads, and a clear "busy" instead of an endless queue.
+//! burst of uploads, a clear "busy" instead of an endless queue, and connections
+//! that the database dropped.
 
 use std::path::Path;
 use std::time::Duration;
