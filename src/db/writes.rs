@@ -139,39 +139,24 @@ pub fn merged<'a>(
     backend: DbBackend,
     commits: impl IntoIterator<Item = &'a Writes>,
 ) -> Vec<Statement> {
-    // Rows of one table and columns; deletes of one table and column.
     let mut inserts: Vec<Vec<&Row>> = Vec::new();
     let mut deletes: Vec<Vec<&Delete>> = Vec::new();
     let mut statements = Vec::new();
-    let mut sums: Vec<(&Sum, [i64; 2])> = Vec::new();
+    let mut sums: Vec<Vec<&Sum>> = Vec::new();
     for commit in commits {
         for row in &commit.rows {
-            let same = |rows: &&mut Vec<&Row>| {
-                rows[0].table == row.table && rows[0].columns == row.columns
-            };
-            match inserts.iter_mut().find(same) {
-                Some(rows) => rows.push(row),
-                None => inserts.push(vec![row]),
-            }
+            join(&mut inserts, row, |a, b| {
+                a.table == b.table && a.columns == b.columns
+            });
         }
         for delete in &commit.deletes {
-            let same = |deletes: &&mut Vec<&Delete>| {
-                deletes[0].table == delete.table && deletes[0].column == delete.column
-            };
-            match deletes.iter_mut().find(same) {
-                Some(deletes) => deletes.push(delete),
-                None => deletes.push(vec![delete]),
-            }
+            join(&mut deletes, delete, |a, b| {
+                a.table == b.table && a.column == b.column
+            });
         }
         statements.extend(commit.statements.iter().cloned());
         for sum in &commit.sums {
-            match sums.iter_mut().find(|(first, _)| first.key == sum.key) {
-                Some((_, total)) => {
-                    total[0] = total[0].saturating_add(sum.amounts[0]);
-                    total[1] = total[1].saturating_add(sum.amounts[1]);
-                }
-                None => sums.push((sum, sum.amounts)),
-            }
+            join(&mut sums, sum, |a, b| a.key == b.key);
         }
     }
     let mut built = Vec::new();
@@ -200,11 +185,25 @@ pub fn merged<'a>(
         }
     }
     built.extend(statements);
-    built.extend(
-        sums.into_iter()
-            .map(|(sum, total)| (sum.add)(backend, total)),
-    );
+    for sums in sums {
+        let total = sums.iter().fold([0_i64; 2], |[a, b], sum| {
+            [
+                a.saturating_add(sum.amounts[0]),
+                b.saturating_add(sum.amounts[1]),
+            ]
+        });
+        built.push((sums[0].add)(backend, total));
+    }
     built
+}
+
+/// Adds `item` to the first of `groups` whose items are the `same` as it, or to a
+/// new group at the end: first come, first built.
+fn join<'a, T>(groups: &mut Vec<Vec<&'a T>>, item: &'a T, same: impl Fn(&T, &T) -> bool) {
+    match groups.iter_mut().find(|group| same(group[0], item)) {
+        Some(group) => group.push(item),
+        None => groups.push(vec![item]),
+    }
 }
 
 #[cfg(test)]
