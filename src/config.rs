@@ -116,6 +116,12 @@ pub struct DatabaseConfig {
     /// also survives a power loss, at the cost of a sync per commit).
     #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value = "normal")]
     pub sqlite_synchronous: SqliteSync,
+    /// PostgreSQL only: the most connections the pool opens; a query beyond them
+    /// waits for one. Every replica opens its own, so their sum must stay below the
+    /// server's `max_connections`.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
 }
 
 /// How log lines are written.

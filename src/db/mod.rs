@@ -95,7 +95,9 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conf
         // A ping is a round trip, as costly as the statement it would guard: only a
         // connection that sat idle (a server restarted, a proxy that dropped it)
         // is pinged before use. Busy connections go straight to their statements.
-        options.test_before_acquire_if_idle_for(PING_IF_IDLE_FOR);
+        options
+            .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
+            .max_connections(config.database_max_connections);
     }
     let synchronous = config.sqlite_synchronous;
     options.map_sqlx_sqlite_opts(move |sqlite| tune_sqlite(sqlite, synchronous));

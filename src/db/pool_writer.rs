@@ -260,4 +260,41 @@ mod tests {
             .await
             .expect("drop");
     }
+
+    /// A key's run whose task panics answers the commit that waits for it (the
+    /// writer stopped), and the next commit of the key starts a run of its own
+    /// instead of queueing behind one that no longer exists.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_run_that_panics_answers_its_waiting_commits() {
+        let within = |seconds| std::time::Duration::from_secs(seconds);
+        let pool = sea_orm::Database::connect("sqlite::memory:")
+            .await
+            .expect("sqlite");
+        let writer = PoolWriter::new(&pool);
+        let (outcome, answered) = oneshot::channel();
+        let waiting = SharedCommit {
+            writes: Writes::new(DbBackend::Sqlite),
+            outcome,
+        };
+        lock(&writer.waiting).insert("k".to_owned(), vec![waiting]);
+        let ended = EndOnPanic {
+            waiting: Arc::clone(&writer.waiting),
+            key: "k".to_owned(),
+        };
+        let run = tokio::spawn(async move {
+            let _ended = ended;
+            panic!("this test's run panics");
+        });
+        assert!(run.await.expect_err("the run panicked").is_panic());
+        let answer = tokio::time::timeout(within(5), answered).await;
+        assert!(matches!(answer, Ok(Err(_))), "answered: the writer stopped");
+        assert!(lock(&writer.waiting).is_empty(), "the key's run is over");
+
+        let mut next = Writes::new(DbBackend::Sqlite);
+        next.statement(Statement::from_string(DbBackend::Sqlite, "SELECT 1"));
+        tokio::time::timeout(within(5), writer.commit_shared("k", next))
+            .await
+            .expect("a run of its own")
+            .expect("committed");
+    }
 }

@@ -30,6 +30,11 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
         ),
         ("--webhook-urls", "ftp://127.0.0.1/hooks", "WEBHOOK_URLS"),
         ("--webhook-max-attempts", "0", "WEBHOOK_MAX_ATTEMPTS"),
+        (
+            "--database-max-connections",
+            "0",
+            "DATABASE_MAX_CONNECTIONS",
+        ),
     ] {
         let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
         if flag != "--listen-addr" {

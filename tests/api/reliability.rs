@@ -1,6 +1,6 @@
 //! Nothing half-made: clients that go away mid-request, a server killed during a
-//! burst of uploads, a clear "busy" instead of an endless queue, and connections
-//! that the database dropped.
+//! burst of uploads, a clear "busy" instead of an endless queue, connections that
+//! the database dropped, and a burst on a small database pool.
 
 use std::path::Path;
 use std::time::Duration;
@@ -297,7 +297,89 @@ async fn connections_the_database_dropped_are_replaced(setup: Setup) {
     assert_files_equal_rows(&app, &acme).await;
 }
 
-crate::matrix!(postgres: connections_the_database_dropped_are_replaced);
+/// A pool of two PostgreSQL connections (`DATABASE_MAX_CONNECTIONS=2`) serves a
+/// burst of uploads and listings from several tenants: queries wait for a
+/// connection instead of failing, and PostgreSQL never sees more than two of the
+/// server's (with the default of 10, the same burst opens more).
+async fn a_small_database_pool_serves_a_burst(setup: Setup) {
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = private_database_url(setup.db, dir.path()).await;
+    let uploads = dir.path().join("uploads");
+    let pool = ["--database-max-connections", "2"];
+    let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &pool).await;
+    let tenants: Vec<String> = (0..4).map(|_| tenant()).collect();
+    let tokens: Vec<String> = tenants.iter().map(|t| app.token(t)).collect();
+    let database = database_url.rsplit('/').next().expect("database name");
+    let admin = postgres_admin().await;
+    let count = format!("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = '{database}'");
+    let busiest = std::sync::atomic::AtomicI64::new(0);
+    let burst_over = std::sync::atomic::AtomicBool::new(false);
+    let watch = async {
+        while !burst_over.load(std::sync::atomic::Ordering::Relaxed) {
+            let row = admin
+                .query_one_raw(sea_orm::Statement::from_string(
+                    admin.get_database_backend(),
+                    count.clone(),
+                ))
+                .await
+                .expect("count the server's connections")
+                .expect("a row");
+            let open: i64 = row.try_get("", "n").expect("n");
+            busiest.fetch_max(open, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let burst = async {
+        let stores = (0..32).map(|i| {
+            let token = &tokens[i % tokens.len()];
+            let (app, content) = (&app, pdf());
+            async move {
+                app.upload(
+                    token,
+                    &content,
+                    "contract",
+                    Some("c-1"),
+                    &format!("{i}.pdf"),
+                )
+                .await
+            }
+        });
+        let lists = (0..32).map(|i| {
+            app.gql(
+                r#"{ attachments(ownerType: "contract", ownerId: "c-1", first: 50) { totalCount } }"#,
+                json!({}),
+                Some(&tokens[i % tokens.len()]),
+            )
+        });
+        let (_, listed) = futures::future::join(
+            futures::future::join_all(stores),
+            futures::future::join_all(lists),
+        )
+        .await;
+        burst_over.store(true, std::sync::atomic::Ordering::Relaxed);
+        listed
+    };
+    let ((), listed) = futures::future::join(watch, burst).await;
+    for answer in &listed {
+        assert!(answer.get("errors").is_none(), "{answer}");
+    }
+    let busiest = busiest.into_inner();
+    assert!((1..=2).contains(&busiest), "{busiest} connections at once");
+    for (tenant, token) in tenants.iter().zip(&tokens) {
+        let listed = app
+            .gql(
+                r#"{ attachments(ownerType: "contract", ownerId: "c-1", first: 50) { totalCount } }"#,
+                json!({}),
+                Some(token),
+            )
+            .await;
+        assert_eq!(data(&listed, "attachments")["totalCount"], 8, "{listed}");
+        assert_files_equal_rows(&app, tenant).await;
+    }
+}
+
+crate::matrix!(postgres: connections_the_database_dropped_are_replaced, a_small_database_pool_serves_a_burst);
 
 crate::matrix!(
     fsync_files_stores_uploads_durably,

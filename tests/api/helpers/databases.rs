@@ -74,6 +74,7 @@ async fn create_postgres_database(admin: &sea_orm::DatabaseConnection) -> String
     let config = attache::config::DatabaseConfig {
         database_url: url.clone(),
         sqlite_synchronous: attache::config::SqliteSync::Normal,
+        database_max_connections: 10,
     };
     attache::db::Database::open(&config)
         .await
