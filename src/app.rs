@@ -86,7 +86,7 @@ impl App {
             _ => None,
         };
         let db = Database::open(&config.database).await?;
-        let permits = usize::try_from(config.limits.max_concurrent_uploads).unwrap_or(usize::MAX);
+        let permits = config.limits.concurrent_uploads();
         Ok(App {
             db,
             storage,

@@ -271,9 +271,10 @@ pub struct LimitsConfig {
     /// arrays or multipart parts.
     #[arg(long, env = "MAX_BATCH_FILES", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_batch_files: u64,
-    /// Upload requests read and processed at once; more wait their turn (bounds memory).
-    #[arg(long, env = "MAX_CONCURRENT_UPLOADS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub max_concurrent_uploads: u64,
+    /// Upload requests read and processed at once; more wait their turn (bounds memory)
+    /// [default: twice the cores the process may use, at least 8 and at most 64].
+    #[arg(long, env = "MAX_CONCURRENT_UPLOADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_concurrent_uploads: Option<u64>,
     /// Seconds an upload waits for a free slot before it is answered 503 with
     /// Retry-After.
     #[arg(long, env = "UPLOAD_QUEUE_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -361,6 +362,20 @@ impl ConnectionLimits {
 }
 
 impl LimitsConfig {
+    /// `MAX_CONCURRENT_UPLOADS`, or two per core by default: an upload uses one core
+    /// at a time and waits for its client and the disk in between, so fewer slots
+    /// than cores would leave cores idle; 64 at most keeps the memory they hold (a
+    /// few MiB each) bounded on big machines.
+    pub fn concurrent_uploads(&self) -> usize {
+        match self.max_concurrent_uploads {
+            Some(slots) => usize::try_from(slots).unwrap_or(usize::MAX),
+            None => std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .saturating_mul(2)
+                .clamp(8, 64),
+        }
+    }
+
     pub fn request_bytes(&self) -> u64 {
         self.max_request_bytes.unwrap_or_else(|| {
             self.max_upload_bytes
@@ -609,5 +624,26 @@ mod tests {
         for refused in ["0", "5242879", "5368709121"] {
             assert!(parse(refused).is_err(), "{refused}");
         }
+    }
+
+    /// Unset, `MAX_CONCURRENT_UPLOADS` grows with the cores (two each, 8 to 64); set,
+    /// it is taken as it is.
+    #[test]
+    fn upload_slots_follow_the_cores_unless_set() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            limits: super::LimitsConfig,
+        }
+        let slots = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("attache").chain(args.iter().copied()))
+                .map(|cli| cli.limits.concurrent_uploads())
+                .expect("parsed")
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        assert_eq!(slots(&[]), (2 * cores).clamp(8, 64));
+        assert_eq!(slots(&["--max-concurrent-uploads", "3"]), 3);
+        assert_eq!(slots(&["--max-concurrent-uploads", "1024"]), 1024);
     }
 }
