@@ -33,7 +33,8 @@ use crate::ids::SafeId;
 use crate::media::MediaType;
 use crate::quotas;
 use crate::storage::{OpenObject, Storage, StorageKey, StreamWriteError};
-pub use upload::{Draft, FileContent, StreamCheck, Target, ValidUpload};
+pub use spool::FileContent;
+pub use upload::{Draft, StreamCheck, Target, ValidUpload};
 
 /// Runs `work` to its end even if the request that started it is dropped (a client
 /// that disconnects, a timeout): once storage is touched, the object, its row and

@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::base64_stream::{Base64Stream, InvalidBase64};
-use super::upload::FileContent;
 use crate::error::AppError;
 use crate::media::{MediaType, Sniffer};
 use crate::storage::{ChunkPipeline, ChunkSink, NewFile};
@@ -31,6 +31,23 @@ impl SpoolFailure {
             Self::Write(err) => AppError::Internal(anyhow::anyhow!(
                 "cannot keep an upload while it arrives: {err}"
             )),
+        }
+    }
+}
+
+/// The bytes of a file: in memory, or spooled to a file of its own as they arrived
+/// (with their size, type and checksum known).
+#[derive(Clone)]
+pub enum FileContent {
+    Memory(Bytes),
+    Spooled(Arc<Spooled>),
+}
+
+impl FileContent {
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::Memory(bytes) => bytes.len() as u64,
+            Self::Spooled(spooled) => spooled.size(),
         }
     }
 }

@@ -1,13 +1,11 @@
 //! Parse, don't validate: client input becomes a [`ValidUpload`] here, in the order
 //! of SPEC 4, or a clear error with its code. Nothing in this file writes anything.
 
-use std::sync::Arc;
-
 use base64_simd::AsOut;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::spool::Spooled;
+use super::spool::FileContent;
 use crate::collections::{Collection, Collections};
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
@@ -86,23 +84,6 @@ fn parse_owner_id(owner_id: &str) -> AppResult<SafeId> {
     SafeId::parse(owner_id).ok_or_else(|| {
         AppError::bad_input("ownerId must be 1 to 64 characters of A-Z, a-z, 0-9, `_` or `-`")
     })
-}
-
-/// The bytes of a file: in memory, or spooled to a file of its own as they arrived
-/// (with their size, type and checksum known).
-#[derive(Clone)]
-pub enum FileContent {
-    Memory(Bytes),
-    Spooled(Arc<Spooled>),
-}
-
-impl FileContent {
-    pub fn size(&self) -> u64 {
-        match self {
-            Self::Memory(bytes) => bytes.len() as u64,
-            Self::Spooled(spooled) => spooled.size(),
-        }
-    }
 }
 
 /// A file that passed every check and can be stored as is.

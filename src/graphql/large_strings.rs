@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use async_graphql::{BatchRequest, Context, Name, Value};
 use bytes::Bytes;
 
+use crate::attachments::FileContent;
 use crate::attachments::spool::SpoolFailure;
-use crate::attachments::upload::FileContent;
 use crate::error::AppResult;
 
 /// Below this size a copy costs less than the detour.

@@ -7,7 +7,7 @@ use async_graphql::BatchRequest;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -17,6 +17,7 @@ use crate::config::ConnectionLimits;
 use crate::error::AppError;
 use crate::graphql::large_strings::{self, LargeStrings};
 use crate::http::AppState;
+use crate::http::drain::{after_draining, closing, drain_limit, refused_early};
 use crate::http::graphql_response::Answer;
 use crate::http::json_body::JsonBody;
 use crate::http::multipart_body::{self, Read, Rest};
@@ -132,9 +133,9 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     }
 }
 
-/// A response to a multipart request whose files were not all read: after at most
-/// [`REFUSED_DRAIN_BYTES`] more of its body within [`REFUSED_DRAIN_TIMEOUT`] (a
-/// short body is read to its end, a long one is not), and the connection closes.
+/// A response to a multipart request whose files were not all read: after a
+/// bounded drain of the rest of its body ([`Rest::drain`]: a short body is read to
+/// its end, a long one is not), and the connection closes.
 async fn unread(rest: Option<Rest>, response: Response) -> Response {
     if let Some(rest) = rest {
         rest.drain().await;
@@ -187,15 +188,6 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, AppE
         AppError::Unauthenticated("an `Authorization: Bearer <token>` header is required".into())
     })?;
     state.app.verifier.verify(token)
-}
-
-/// A refusal answered without reading the body: the client must not reuse the
-/// connection, whose unread bytes would be taken for the next request.
-fn closing(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 /// A body that came too slowly: 408, and the connection closes.
@@ -263,49 +255,6 @@ fn too_large(limit: u64) -> Response {
         axum::Json(error.graphql_body()),
     )
         .into_response()
-}
-
-/// Most bytes of a refused body read and dropped, so the client, still sending,
-/// sees the answer instead of a reset connection (what nginx's lingering close does).
-fn drain_limit(limit: u64) -> u64 {
-    limit.saturating_mul(2).max(DRAIN_AT_LEAST)
-}
-
-const DRAIN_AT_LEAST: u64 = 64 * 1024 * 1024;
-/// How long a refused body may keep the connection before it is closed anyway.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// What a request refused before its body is read (CSRF, no valid token) may still
-/// send, and for how long, so that a client sending a small body sees the answer
-/// rather than a reset connection: a bounded cost, and no upload slot.
-pub(super) const REFUSED_DRAIN_BYTES: u64 = 1024 * 1024;
-pub(super) const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Answers a request refused from its headers alone: after at most
-/// [`REFUSED_DRAIN_BYTES`] of its body within [`REFUSED_DRAIN_TIMEOUT`], and the
-/// connection closes.
-async fn refused_early(request: Request, response: Response) -> Response {
-    let _ = tokio::time::timeout(REFUSED_DRAIN_TIMEOUT, drain(request, REFUSED_DRAIN_BYTES)).await;
-    closing(response)
-}
-
-/// Reads and drops up to `max` bytes of the body (within [`DRAIN_TIMEOUT`]), then
-/// answers `response`; nothing of the body is kept.
-async fn after_draining(request: Request, max: u64, response: Response) -> Response {
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(request, max)).await;
-    response
-}
-
-/// Reads and drops the body until its end or past `max` bytes.
-async fn drain(request: Request, max: u64) {
-    let mut chunks = request.into_body().into_data_stream();
-    let mut received: u64 = 0;
-    while let Some(Ok(chunk)) = chunks.next().await {
-        received += chunk.len() as u64;
-        if received > max {
-            break;
-        }
-    }
 }
 
 fn bad_request(message: String) -> Box<Response> {

@@ -4,6 +4,7 @@
 
 mod connections;
 mod download;
+mod drain;
 mod graphql;
 mod graphql_response;
 mod health;

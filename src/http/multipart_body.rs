@@ -13,7 +13,7 @@ use futures::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::graphql::{REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT};
+use super::drain::{REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT};
 use crate::graphql::file_parts::{Demand, Kept, Parts, Piece};
 
 /// How many chunks of a streaming part (up to [`PIECE`] each) may wait for its

@@ -1,0 +1,61 @@
+//! What is read of a request body that is refused: a bounded amount, dropped, so
+//! that a client still sending sees the answer instead of a reset connection, and
+//! the connection then closes when its unread bytes would be taken for the next
+//! request.
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use futures::StreamExt;
+
+/// Most bytes of a refused body read and dropped, so the client, still sending,
+/// sees the answer instead of a reset connection (what nginx's lingering close does).
+pub(super) fn drain_limit(limit: u64) -> u64 {
+    limit.saturating_mul(2).max(DRAIN_AT_LEAST)
+}
+
+const DRAIN_AT_LEAST: u64 = 64 * 1024 * 1024;
+/// How long a refused body may keep the connection before it is closed anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a request refused before its body is read (CSRF, no valid token) may still
+/// send, and for how long, so that a client sending a small body sees the answer
+/// rather than a reset connection: a bounded cost, and no upload slot.
+pub(super) const REFUSED_DRAIN_BYTES: u64 = 1024 * 1024;
+pub(super) const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Answers a request refused from its headers alone: after at most
+/// [`REFUSED_DRAIN_BYTES`] of its body within [`REFUSED_DRAIN_TIMEOUT`], and the
+/// connection closes.
+pub(super) async fn refused_early(request: Request, response: Response) -> Response {
+    let _ = tokio::time::timeout(REFUSED_DRAIN_TIMEOUT, drain(request, REFUSED_DRAIN_BYTES)).await;
+    closing(response)
+}
+
+/// Reads and drops up to `max` bytes of the body (within [`DRAIN_TIMEOUT`]), then
+/// answers `response`; nothing of the body is kept.
+pub(super) async fn after_draining(request: Request, max: u64, response: Response) -> Response {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(request, max)).await;
+    response
+}
+
+/// Reads and drops the body until its end or past `max` bytes.
+async fn drain(request: Request, max: u64) {
+    let mut chunks = request.into_body().into_data_stream();
+    let mut received: u64 = 0;
+    while let Some(Ok(chunk)) = chunks.next().await {
+        received += chunk.len() as u64;
+        if received > max {
+            break;
+        }
+    }
+}
+
+/// A refusal answered without reading the body: the client must not reuse the
+/// connection, whose unread bytes would be taken for the next request.
+pub(super) fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
