@@ -20,7 +20,7 @@ use futures::Stream;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
 };
 use uuid::Uuid;
 
@@ -361,18 +361,15 @@ async fn discard(app: &App, keys: &[String]) {
 
 /// The attachment `id` of the caller's tenant; another tenant's is `None` too.
 pub async fn find(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Option<attachment::Model>> {
-    Ok(attachment::Entity::find_by_id(id)
-        .filter(attachment::Column::TenantId.eq(tenant.as_str()))
-        .one(app.db.read())
-        .await?)
+    let select =
+        attachment::Entity::find_by_id(id).filter(attachment::Column::TenantId.eq(tenant.as_str()));
+    Ok(app.db.read().model(select).await?)
 }
 
 /// The attachment stored under `key`: only for public URLs (`URL_MODE=public`).
 pub async fn find_by_key(app: &App, key: &str) -> AppResult<Option<attachment::Model>> {
-    Ok(attachment::Entity::find()
-        .filter(attachment::Column::StorageKey.eq(key))
-        .one(app.db.read())
-        .await?)
+    let select = attachment::Entity::find().filter(attachment::Column::StorageKey.eq(key));
+    Ok(app.db.read().model(select).await?)
 }
 
 /// One page of a listing, newest first.
@@ -405,11 +402,8 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(attachment::Column::Id.lt(after));
     }
-    let mut rows = query
-        .order_by_desc(attachment::Column::Id)
-        .limit(first + 1)
-        .all(app.db.read())
-        .await?;
+    let page = query.order_by_desc(attachment::Column::Id).limit(first + 1);
+    let mut rows = app.db.read().models(page).await?;
     let has_next_page = rows.len() as u64 > first;
     rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
     Ok(Page {
@@ -420,10 +414,8 @@ pub async fn list(
 
 /// How many attachments [`list`] pages through, on every page.
 pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64> {
-    Ok(attachment::Entity::find()
-        .filter(scope(tenant, target))
-        .count(app.db.read())
-        .await?)
+    let listed = attachment::Entity::find().filter(scope(tenant, target));
+    Ok(app.db.read().count(listed).await?)
 }
 
 /// The store that holds an attachment's object with the row's size, and the object
@@ -448,8 +440,10 @@ pub async fn locate<'a>(
             Err(err) => return Err(AppError::StorageUnavailable(err)),
         }
     }
-    let row_remains = attachment::Entity::find_by_id(row.id)
-        .one(app.db.read())
+    let row_remains = app
+        .db
+        .read()
+        .model(attachment::Entity::find_by_id(row.id))
         .await?
         .is_some();
     match row_remains {

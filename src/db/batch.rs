@@ -20,16 +20,7 @@ use crate::config::SqliteSync;
 /// Opens the connection for the database of `options`. The log is checkpointed by [`checkpoint`] off the request's
 /// thread, never by a commit (a checkpoint syncs the database file).
 pub fn open(options: &SqliteConnectOptions, sync: SqliteSync) -> rusqlite::Result<Connection> {
-    let path = options.get_filename();
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_URI
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    // sqlx names an in-memory database `file:sqlx-in-memory-N`, in a shared cache.
-    if path.to_string_lossy().starts_with("file:") {
-        flags |= OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
-    }
-    let connection = Connection::open_with_flags(path, flags)?;
+    let connection = connect(options)?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
     let synchronous = match sync {
         SqliteSync::Normal => "NORMAL",
@@ -39,6 +30,29 @@ pub fn open(options: &SqliteConnectOptions, sync: SqliteSync) -> rusqlite::Resul
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     connection.pragma_update(None, "journal_size_limit", LOG_KEPT_BYTES)?;
     Ok(connection)
+}
+
+/// Opens a connection for the reader ([`super::Reader::models`]): it refuses
+/// every write (`query_only`).
+pub fn open_reader(options: &SqliteConnectOptions) -> rusqlite::Result<Connection> {
+    let connection = connect(options)?;
+    connection.pragma_update(None, "query_only", "ON")?;
+    connection.busy_timeout(super::SQLITE_BUSY_TIMEOUT)?;
+    Ok(connection)
+}
+
+/// The database file of `options`, opened read-write.
+fn connect(options: &SqliteConnectOptions) -> rusqlite::Result<Connection> {
+    let path = options.get_filename();
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // sqlx names an in-memory database `file:sqlx-in-memory-N`, in a shared cache.
+    if path.to_string_lossy().starts_with("file:") {
+        flags |= OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
+    }
+    Connection::open_with_flags(path, flags)
 }
 
 /// What the log file keeps of its size when SQLite writes it from its start again:
@@ -113,7 +127,7 @@ fn execute(connection: &Connection, statement: &Statement) -> rusqlite::Result<(
 }
 
 /// A sea-query value bound as sea-query-sqlx binds it for SQLite.
-struct Bound<'a>(&'a Value);
+pub(super) struct Bound<'a>(pub &'a Value);
 
 impl rusqlite::ToSql for Bound<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {

@@ -10,6 +10,7 @@
 mod batch;
 mod pool_writer;
 mod reader;
+mod rows;
 mod transaction;
 mod writer;
 mod writes;
@@ -25,7 +26,7 @@ use sea_orm::{
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::config::{ConfigError, DatabaseConfig, SqliteSync};
-pub use reader::Reader;
+pub use reader::{FromSqliteRow, Reader};
 pub use transaction::Transaction;
 use writer::Writer;
 pub use writes::Writes;
@@ -78,6 +79,14 @@ fn sqlite_query(
     let values =
         sea_query_sqlx::SqlxValues(statement.values.unwrap_or(sea_orm::Values(Vec::new())));
     sea_orm::sqlx::query_with(sea_orm::sqlx::AssertSqlSafe(statement.sql), values)
+}
+
+/// Locks `mutex`, whose holder never leaves its data half-changed: a panic while it
+/// was held does not stop the others.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Connects to `DATABASE_URL`; a failure names the variable, never the password.

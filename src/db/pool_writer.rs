@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement, TransactionTrait};
 use tokio::sync::oneshot;
 
+use super::lock;
 use super::writes::{self, Writes};
 
 /// The keys whose transaction runs, each with the commits waiting for the next.
@@ -153,12 +154,6 @@ async fn commit(pool: &DatabaseConnection, mut statements: Vec<Statement>) -> Re
     let txn = pool.begin().await?;
     super::execute_all(&txn, statements).await?;
     txn.commit().await
-}
-
-fn lock<T>(mutex: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

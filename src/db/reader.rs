@@ -4,18 +4,23 @@
 //! each query) and spawns a task to do it: without them a listing serves half as
 //! many requests again (docs/performance.md). A connection goes back to the reader only
 //! when its query has finished; one whose query was cut off (a client that went
-//! away) is closed with the future that held it, never reused half-read. On
-//! PostgreSQL, where a connection can break, the pool serves reads and checks them.
+//! away) is closed with the future that held it, never reused half-read. The reads
+//! on every request's path (a listing, one attachment) skip sqlx altogether: they
+//! run on the request's own thread ([`Reader::models`]). On PostgreSQL, where a
+//! connection can break, the pool serves reads and checks them.
 
 use std::sync::{Arc, Mutex as SyncMutex};
 
+use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, ConnectOptions};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
-    Statement,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, ExecResult, PaginatorTrait,
+    QueryResult, QuerySelect, QueryTrait, RuntimeErr, Select, Statement,
 };
 use tokio::sync::Semaphore;
+
+use super::lock;
 
 /// SQLite connections the reader keeps open at most: reads run side by side in
 /// WAL mode, each connection on a thread of its own, so one per core the process
@@ -35,6 +40,66 @@ pub struct SqliteReader {
     idle: SyncMutex<Vec<SqliteConnection>>,
     /// One per connection that may be open.
     permits: Semaphore,
+    /// Connections that [`Reader::models`] reads on the caller's thread, between
+    /// reads. A read holds one without awaiting, so there are never more than the
+    /// runtime's threads.
+    here: SyncMutex<Vec<rusqlite::Connection>>,
+}
+
+/// A model read from a SQLite row as sqlx would read it, for [`Reader::models`].
+pub trait FromSqliteRow: Sized {
+    fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+}
+
+impl Reader {
+    /// The models `select` finds. On SQLite the query runs on the caller's thread
+    /// (rusqlite, the library sqlx links), as the writer's commits do: on a sqlx
+    /// connection it is a hand-off to that connection's thread and back, two context
+    /// switches and the wake-up of another core, which cost a listing more than its
+    /// SQL. A page of a listing reads a few pages of SQLite's, from memory, so the
+    /// caller's thread is not held for long.
+    pub async fn models<E>(&self, select: Select<E>) -> Result<Vec<E::Model>, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: FromSqliteRow,
+    {
+        match self {
+            Self::Sqlite(reader) => {
+                reader.read_here(&select.build(DbBackend::Sqlite), E::Model::from_sqlite_row)
+            }
+            Self::Pool(pool) => select.all(pool).await,
+        }
+    }
+
+    /// The first model `select` finds, read as [`Self::models`] reads.
+    pub async fn model<E>(&self, select: Select<E>) -> Result<Option<E::Model>, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: FromSqliteRow,
+    {
+        Ok(self.models(select.limit(1)).await?.into_iter().next())
+    }
+
+    /// How many rows `select` finds, counted as [`Self::models`] reads.
+    pub async fn count<E>(&self, select: Select<E>) -> Result<u64, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: Sync,
+    {
+        match self {
+            Self::Sqlite(reader) => {
+                let counted = Query::select()
+                    .expr(Expr::cust("COUNT(*)"))
+                    .from_subquery(select.into_query(), Alias::new("counted"))
+                    .to_owned();
+                let counts = reader.read_here(&DbBackend::Sqlite.build(&counted), |row| {
+                    row.get::<_, i64>(0)
+                })?;
+                Ok(counts.first().map_or(0, |&n| u64::try_from(n).unwrap_or(0)))
+            }
+            Self::Pool(pool) => PaginatorTrait::count(select, pool).await,
+        }
+    }
 }
 
 impl Reader {
@@ -46,6 +111,7 @@ impl Reader {
                 options,
                 idle: SyncMutex::default(),
                 permits: Semaphore::new(sqlite_read_connections()),
+                here: SyncMutex::default(),
             })),
             None => Self::Pool(pool.clone()),
         }
@@ -80,11 +146,46 @@ impl SqliteReader {
         result.map_err(|err| DbErr::Query(RuntimeErr::SqlxError(Arc::new(err))))
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<SqliteConnection>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Runs `statement` on a connection of [`Self::here`], on this thread, each row
+    /// read by `read`.
+    pub(super) fn read_here<T>(
+        &self,
+        statement: &Statement,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DbErr> {
+        let cannot = |err: rusqlite::Error| DbErr::Custom(format!("cannot read SQLite: {err}"));
+        let idle = lock(&self.here).pop();
+        let connection = match idle {
+            Some(connection) => connection,
+            None => super::batch::open_reader(&self.options).map_err(cannot)?,
+        };
+        let rows = read_rows(&connection, statement, read);
+        // A refused statement leaves the connection sound; anything else closes it.
+        if matches!(rows, Ok(_) | Err(rusqlite::Error::SqliteFailure(..))) {
+            lock(&self.here).push(connection);
+        }
+        rows.map_err(cannot)
     }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<SqliteConnection>> {
+        lock(&self.idle)
+    }
+}
+
+/// The rows of `statement`, each read by `read`. The statement is reset when it is
+/// dropped here, so the connection holds no snapshot of the log between reads.
+fn read_rows<T>(
+    connection: &rusqlite::Connection,
+    statement: &Statement,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut prepared = connection.prepare_cached(&statement.sql)?;
+    let values = statement.values.iter().flat_map(|values| values.0.iter());
+    let rows = prepared.query_map(
+        rusqlite::params_from_iter(values.map(super::batch::Bound)),
+        read,
+    )?;
+    rows.collect()
 }
 
 /// Only what reads need: a statement that writes is refused on SQLite, where
@@ -160,6 +261,7 @@ mod tests {
             options: SqliteConnectOptions::from_str(&url).expect("options"),
             idle: SyncMutex::default(),
             permits: Semaphore::new(sqlite_read_connections()),
+            here: SyncMutex::default(),
         }
     }
 

@@ -162,9 +162,7 @@ impl SqliteWriter {
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Transaction>> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.waiting)
     }
 
     /// Commits `group` in one batch; if a statement fails, each transaction again on
