@@ -15,8 +15,8 @@ use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, ConnectOptions};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, ExecResult, PaginatorTrait,
-    QueryResult, QuerySelect, QueryTrait, RuntimeErr, Select, Statement,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, ExecResult, IdenStatic,
+    Iterable, PaginatorTrait, QueryResult, QuerySelect, QueryTrait, RuntimeErr, Select, Statement,
 };
 use tokio::sync::Semaphore;
 
@@ -48,7 +48,10 @@ pub struct SqliteReader {
 
 /// A model read from a SQLite row as sqlx would read it, for [`Reader::models`].
 pub trait FromSqliteRow: Sized {
-    fn from_sqlite_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+    /// The model of `row`, in which the entity's column number `i` (in the order
+    /// its `Column` declares them) is at `at[i]`: the names are looked up once per
+    /// query, not once per row.
+    fn from_sqlite_row(row: &rusqlite::Row<'_>, at: &[usize]) -> rusqlite::Result<Self>;
 }
 
 impl Reader {
@@ -63,12 +66,19 @@ impl Reader {
         E: EntityTrait,
         E::Model: FromSqliteRow,
     {
-        match self {
-            Self::Sqlite(reader) => {
-                reader.read_here(&select.build(DbBackend::Sqlite), E::Model::from_sqlite_row)
+        let reader = match self {
+            Self::Sqlite(reader) => reader,
+            Self::Pool(pool) => return select.all(pool).await,
+        };
+        let mut at = Vec::new();
+        reader.read_here(&select.build(DbBackend::Sqlite), |row| {
+            if at.is_empty() {
+                at = E::Column::iter()
+                    .map(|column| row.as_ref().column_index(column.as_str()))
+                    .collect::<rusqlite::Result<_>>()?;
             }
-            Self::Pool(pool) => select.all(pool).await,
-        }
+            E::Model::from_sqlite_row(row, &at)
+        })
     }
 
     /// The first model `select` finds, read as [`Self::models`] reads.

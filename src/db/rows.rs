@@ -7,47 +7,45 @@ use rusqlite::Row;
 use rusqlite::types::{Type, ValueRef};
 use uuid::Uuid;
 
+use entity::attachment;
+
 use super::reader::FromSqliteRow;
 
-impl FromSqliteRow for entity::attachment::Model {
-    fn from_sqlite_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+impl FromSqliteRow for attachment::Model {
+    fn from_sqlite_row(row: &Row<'_>, at: &[usize]) -> rusqlite::Result<Self> {
+        use attachment::Column;
+        let at = |column: Column| at[column as usize];
         Ok(Self {
-            id: uuid(row, "id")?,
-            tenant_id: row.get("tenant_id")?,
-            owner_type: row.get("owner_type")?,
-            owner_id: row.get("owner_id")?,
-            filename: row.get("filename")?,
-            content_type: row.get("content_type")?,
-            byte_size: row.get("byte_size")?,
-            sha256: row.get("sha256")?,
-            storage_key: row.get("storage_key")?,
-            created_by: row.get("created_by")?,
-            created_at: time(row, "created_at")?,
+            id: uuid(row, at(Column::Id))?,
+            tenant_id: row.get(at(Column::TenantId))?,
+            owner_type: row.get(at(Column::OwnerType))?,
+            owner_id: row.get(at(Column::OwnerId))?,
+            filename: row.get(at(Column::Filename))?,
+            content_type: row.get(at(Column::ContentType))?,
+            byte_size: row.get(at(Column::ByteSize))?,
+            sha256: row.get(at(Column::Sha256))?,
+            storage_key: row.get(at(Column::StorageKey))?,
+            created_by: row.get(at(Column::CreatedBy))?,
+            created_at: time(row, at(Column::CreatedAt))?,
         })
     }
 }
 
 /// A UUID as sqlx writes it to SQLite: a blob of its 16 bytes.
-fn uuid(row: &Row<'_>, column: &str) -> rusqlite::Result<Uuid> {
-    let index = row.as_ref().column_index(column)?;
+fn uuid(row: &Row<'_>, index: usize) -> rusqlite::Result<Uuid> {
     match row.get_ref(index)? {
         ValueRef::Blob(bytes) => Uuid::from_slice(bytes).map_err(|err| {
             rusqlite::Error::FromSqlConversionFailure(index, Type::Blob, Box::new(err))
         }),
-        other => Err(wrong_type(index, column, other.data_type())),
+        other => Err(wrong_type(row, index, other.data_type())),
     }
 }
 
 /// A time as sqlx reads it from SQLite: RFC 3339 text (what attache writes), SQLite's
 /// own `YYYY-MM-DD HH:MM:SS` in UTC, or seconds since the epoch.
-fn time(row: &Row<'_>, column: &str) -> rusqlite::Result<DateTime<Utc>> {
-    let index = row.as_ref().column_index(column)?;
+fn time(row: &Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
     let invalid = |kind| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            kind,
-            format!("{column} is not a time sqlx reads").into(),
-        )
+        rusqlite::Error::FromSqlConversionFailure(index, kind, "not a time sqlx reads".into())
     };
     match row.get_ref(index)? {
         ValueRef::Text(text) => {
@@ -62,23 +60,24 @@ fn time(row: &Row<'_>, column: &str) -> rusqlite::Result<DateTime<Utc>> {
         ValueRef::Integer(seconds) => {
             DateTime::from_timestamp(seconds, 0).ok_or_else(|| invalid(Type::Integer))
         }
-        other => Err(wrong_type(index, column, other.data_type())),
+        other => Err(wrong_type(row, index, other.data_type())),
     }
 }
 
-fn wrong_type(index: usize, column: &str, found: Type) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnType(index, column.to_owned(), found)
+fn wrong_type(row: &Row<'_>, index: usize, found: Type) -> rusqlite::Error {
+    let name = row.as_ref().column_name(index).map_or("?", |name| name);
+    rusqlite::Error::InvalidColumnType(index, name.to_owned(), found)
 }
 
 #[cfg(test)]
 mod tests {
-    use entity::attachment;
     use sea_orm::{
-        ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-        QueryOrder, Statement,
+        ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Iterable, PaginatorTrait,
+        QueryFilter, QueryOrder, QuerySelect, Statement,
     };
 
     use super::super::Reader;
+    use super::attachment;
 
     use crate::config::{DatabaseConfig, SqliteSync};
 
@@ -134,6 +133,17 @@ mod tests {
         let here = db.read().models(all()).await.expect("here");
         assert_eq!(through_sqlx.len(), 3);
         assert_eq!(here, through_sqlx);
+        // The columns in another order: they are found by name.
+        let reversed = all().select_only().columns(
+            attachment::Column::iter()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev(),
+        );
+        assert_eq!(
+            db.read().models(reversed).await.expect("here"),
+            through_sqlx
+        );
         let first = db.read().model(all()).await.expect("first");
         assert_eq!(first.as_ref(), through_sqlx.first());
 
