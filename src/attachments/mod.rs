@@ -20,7 +20,7 @@ use futures::Stream;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
 };
 use uuid::Uuid;
 
@@ -403,7 +403,13 @@ pub async fn list(
         query = query.filter(attachment::Column::Id.lt(after));
     }
     let page = query.order_by_desc(attachment::Column::Id).limit(first + 1);
-    let mut rows = app.db.read().models(page).await?;
+    // One owner's page is a range of the tenant+owner index, at most `first + 1`
+    // rows: read on the request's thread. A whole owner type is scanned and sorted
+    // (unbounded for a large tenant): kept on sqlx's thread, off the request's.
+    let mut rows = match target.owner_id {
+        Some(_) => app.db.read().models(page).await?,
+        None => page.all(app.db.read()).await?,
+    };
     let has_next_page = rows.len() as u64 > first;
     rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
     Ok(Page {
@@ -414,8 +420,11 @@ pub async fn list(
 
 /// How many attachments [`list`] pages through, on every page.
 pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64> {
-    let listed = attachment::Entity::find().filter(scope(tenant, target));
-    Ok(app.db.read().count(listed).await?)
+    // Every row of the scope is counted: kept on sqlx's thread, off the request's.
+    Ok(attachment::Entity::find()
+        .filter(scope(tenant, target))
+        .count(app.db.read())
+        .await?)
 }
 
 /// The store that holds an attachment's object with the row's size, and the object

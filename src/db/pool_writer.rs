@@ -69,8 +69,13 @@ impl PoolWriter {
             }
         };
         if first {
-            let (pool, waiting) = (self.pool.clone(), Arc::clone(&self.waiting));
-            drop(tokio::spawn(run_key(pool, waiting, key.to_owned())));
+            let pool = self.pool.clone();
+            let commit = move |group| {
+                let pool = pool.clone();
+                async move { commit_group(&pool, group).await }
+            };
+            let waiting = Arc::clone(&self.waiting);
+            drop(tokio::spawn(run_key(waiting, key.to_owned(), commit)));
         }
         committed
             .await
@@ -78,9 +83,13 @@ impl PoolWriter {
     }
 }
 
-/// Runs the transactions of `key` until none waits, then lets the next commit of
-/// `key` start again.
-async fn run_key(pool: DatabaseConnection, waiting: Waiting, key: String) {
+/// Runs the transactions of `key` (each group through `commit`) until none waits,
+/// then lets the next commit of `key` start again.
+async fn run_key<C, F>(waiting: Waiting, key: String, commit: C)
+where
+    C: Fn(Vec<SharedCommit>) -> F,
+    F: Future<Output = ()>,
+{
     let _ended = EndOnPanic {
         waiting: Arc::clone(&waiting),
         key: key.clone(),
@@ -96,7 +105,7 @@ async fn run_key(pool: DatabaseConnection, waiting: Waiting, key: String) {
                 }
             }
         };
-        commit_group(&pool, group).await;
+        commit(group).await;
     }
 }
 
@@ -272,14 +281,8 @@ mod tests {
             outcome,
         };
         lock(&writer.waiting).insert("k".to_owned(), vec![waiting]);
-        let ended = EndOnPanic {
-            waiting: Arc::clone(&writer.waiting),
-            key: "k".to_owned(),
-        };
-        let run = tokio::spawn(async move {
-            let _ended = ended;
-            panic!("this test's run panics");
-        });
+        let panics = |_group: Vec<SharedCommit>| async { panic!("this test's group panics") };
+        let run = tokio::spawn(run_key(Arc::clone(&writer.waiting), "k".to_owned(), panics));
         assert!(run.await.expect_err("the run panicked").is_panic());
         let answer = tokio::time::timeout(within(5), answered).await;
         assert!(matches!(answer, Ok(Err(_))), "answered: the writer stopped");

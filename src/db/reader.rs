@@ -4,19 +4,18 @@
 //! each query) and spawns a task to do it: without them a listing serves half as
 //! many requests again (docs/performance.md). A connection goes back to the reader only
 //! when its query has finished; one whose query was cut off (a client that went
-//! away) is closed with the future that held it, never reused half-read. The reads
-//! on every request's path (a listing, one attachment) skip sqlx altogether: they
-//! run on the request's own thread ([`Reader::models`]). On PostgreSQL, where a
+//! away) is closed with the future that held it, never reused half-read. The
+//! bounded reads on every request's path (one owner's page, one attachment) skip
+//! sqlx altogether: they run on the request's own thread ([`Reader::models`]). On PostgreSQL, where a
 //! connection can break, the pool serves reads and checks them.
 
 use std::sync::{Arc, Mutex as SyncMutex};
 
-use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, ConnectOptions};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, ExecResult, IdenStatic,
-    Iterable, PaginatorTrait, QueryResult, QuerySelect, QueryTrait, RuntimeErr, Select, Statement,
+    Iterable, QueryResult, QuerySelect, QueryTrait, RuntimeErr, Select, Statement,
 };
 use tokio::sync::Semaphore;
 
@@ -55,12 +54,14 @@ pub trait FromSqliteRow: Sized {
 }
 
 impl Reader {
-    /// The models `select` finds. On SQLite the query runs on the caller's thread
-    /// (rusqlite, the library sqlx links), as the writer's commits do: on a sqlx
-    /// connection it is a hand-off to that connection's thread and back, two context
-    /// switches and the wake-up of another core, which cost a listing more than its
-    /// SQL. A page of a listing reads a few pages of SQLite's, from memory, so the
-    /// caller's thread is not held for long.
+    /// The models `select` finds, for a select that reads a bounded number of rows
+    /// (a lookup by key, a range of an index with a limit). On SQLite the query runs
+    /// on the caller's thread (rusqlite, the library sqlx links), as the writer's
+    /// commits do: on a sqlx connection it is a hand-off to that connection's thread
+    /// and back, two context switches and the wake-up of another core, which cost a
+    /// listing more than its SQL. Such a read touches a few of SQLite's pages, from
+    /// memory, so the caller's thread is not held for long; a scan or a sort of
+    /// many rows belongs on the reader's sqlx connections (`.all(reader)`).
     pub async fn models<E>(&self, select: Select<E>) -> Result<Vec<E::Model>, DbErr>
     where
         E: EntityTrait,
@@ -88,27 +89,6 @@ impl Reader {
         E::Model: FromSqliteRow,
     {
         Ok(self.models(select.limit(1)).await?.into_iter().next())
-    }
-
-    /// How many rows `select` finds, counted as [`Self::models`] reads.
-    pub async fn count<E>(&self, select: Select<E>) -> Result<u64, DbErr>
-    where
-        E: EntityTrait,
-        E::Model: Sync,
-    {
-        match self {
-            Self::Sqlite(reader) => {
-                let counted = Query::select()
-                    .expr(Expr::cust("COUNT(*)"))
-                    .from_subquery(select.into_query(), Alias::new("counted"))
-                    .to_owned();
-                let counts = reader.read_here(&DbBackend::Sqlite.build(&counted), |row| {
-                    row.get::<_, i64>(0)
-                })?;
-                Ok(counts.first().map_or(0, |&n| u64::try_from(n).unwrap_or(0)))
-            }
-            Self::Pool(pool) => PaginatorTrait::count(select, pool).await,
-        }
     }
 }
 

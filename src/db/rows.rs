@@ -41,27 +41,49 @@ fn uuid(row: &Row<'_>, index: usize) -> rusqlite::Result<Uuid> {
     }
 }
 
-/// A time as sqlx reads it from SQLite: RFC 3339 text (what attache writes), SQLite's
-/// own `YYYY-MM-DD HH:MM:SS` in UTC, or seconds since the epoch.
+/// A time as sqlx reads it from SQLite text (`decode_datetime` in sqlx-sqlite): RFC
+/// 3339 (what attache writes), or the other forms SQLite's date functions take, with
+/// or without an offset (none is UTC). Time columns have text affinity, so SQLite
+/// keeps even a number written there as text: text is all they hold.
 fn time(row: &Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
-    let invalid = |kind| {
-        rusqlite::Error::FromSqlConversionFailure(index, kind, "not a time sqlx reads".into())
-    };
     match row.get_ref(index)? {
-        ValueRef::Text(text) => {
-            let text = std::str::from_utf8(text).map_err(|_| invalid(Type::Text))?;
-            DateTime::parse_from_rfc3339(text)
-                .map(|time| time.to_utc())
-                .or_else(|_| {
-                    NaiveDateTime::parse_from_str(text, "%F %T%.f").map(|time| time.and_utc())
-                })
-                .map_err(|_| invalid(Type::Text))
-        }
-        ValueRef::Integer(seconds) => {
-            DateTime::from_timestamp(seconds, 0).ok_or_else(|| invalid(Type::Integer))
-        }
+        ValueRef::Text(text) => std::str::from_utf8(text)
+            .ok()
+            .and_then(time_from_text)
+            .ok_or_else(|| {
+                let why = "not a time sqlx reads".into();
+                rusqlite::Error::FromSqlConversionFailure(index, Type::Text, why)
+            }),
         other => Err(wrong_type(row, index, other.data_type())),
     }
+}
+
+/// The text forms sqlx reads after RFC 3339, in its order.
+const TIME_FORMATS: [&str; 12] = [
+    "%F %T%.f",
+    "%F %R",
+    "%F %RZ",
+    "%F %R%:z",
+    "%F %T%.fZ",
+    "%F %T%.f%:z",
+    "%FT%R",
+    "%FT%RZ",
+    "%FT%R%:z",
+    "%FT%T%.f",
+    "%FT%T%.fZ",
+    "%FT%T%.f%:z",
+];
+
+fn time_from_text(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.to_utc());
+    }
+    TIME_FORMATS.iter().find_map(|format| {
+        DateTime::parse_from_str(text, format)
+            .map(|time| time.to_utc())
+            .or_else(|_| NaiveDateTime::parse_from_str(text, format).map(|time| time.and_utc()))
+            .ok()
+    })
 }
 
 fn wrong_type(row: &Row<'_>, index: usize, found: Type) -> rusqlite::Error {
@@ -72,8 +94,8 @@ fn wrong_type(row: &Row<'_>, index: usize, found: Type) -> rusqlite::Error {
 #[cfg(test)]
 mod tests {
     use sea_orm::{
-        ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Iterable, PaginatorTrait,
-        QueryFilter, QueryOrder, QuerySelect, Statement,
+        ActiveValue::Set, ConnectionTrait, EntityTrait, Iterable, QueryOrder, QuerySelect,
+        Statement,
     };
 
     use super::super::Reader;
@@ -147,21 +169,58 @@ mod tests {
         let first = db.read().model(all()).await.expect("first");
         assert_eq!(first.as_ref(), through_sqlx.first());
 
-        let owned = || all().filter(attachment::Column::OwnerId.is_not_null());
-        assert_eq!(db.read().count(owned()).await.expect("count"), 2);
-        assert_eq!(
-            db.read().count(all()).await.expect("count"),
-            PaginatorTrait::count(all(), &db.pool).await.expect("sqlx"),
-        );
-        let none = all().filter(attachment::Column::TenantId.eq("globex"));
-        assert_eq!(db.read().count(none).await.expect("count"), 0);
-
         let Reader::Sqlite(reader) = db.read() else {
             unreachable!("opened on SQLite")
         };
         let write = Statement::from_string(db.backend(), "DELETE FROM attachments");
         let refused = reader.read_here(&write, |_| Ok(()));
         assert!(refused.is_err(), "reads here never write");
-        assert_eq!(db.read().count(all()).await.expect("count"), 3);
+        assert_eq!(all().all(&db.pool).await.expect("sqlx").len(), 3);
+    }
+
+    /// Every text form of time sqlx reads from SQLite reads the same here, with and
+    /// without an offset. (The column has text affinity: SQLite stores a number there
+    /// as its text, which neither reads.)
+    #[tokio::test]
+    async fn every_time_sqlx_reads_reads_the_same_here() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = super::super::Database::open(&DatabaseConfig {
+            database_url: format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()),
+            sqlite_synchronous: SqliteSync::Normal,
+            database_max_connections: 1,
+        })
+        .await
+        .expect("open");
+        db.migrate().await.expect("migrate");
+        let times = [
+            "'2026-12-06T10:11:12.5+02:00'",
+            "'2026-12-06 10:11:12.123'",
+            "'2026-12-06 10:11'",
+            "'2026-12-06 10:11Z'",
+            "'2026-12-06 10:11+01:30'",
+            "'2026-12-06 10:11:12.5Z'",
+            "'2026-12-06 10:11:12-03:00'",
+            "'2026-12-06T10:11'",
+            "'2026-12-06T10:11Z'",
+            "'2026-12-06T10:11-05:00'",
+            "'2026-12-06T10:11:12.25'",
+            "'2026-12-06T10:11:12Z'",
+        ];
+        for (n, time) in times.iter().enumerate() {
+            let insert = format!(
+                "INSERT INTO attachments (id, tenant_id, owner_type, owner_id, filename, \
+                 content_type, byte_size, sha256, storage_key, created_by, created_at) \
+                 VALUES (randomblob(16), 'acme', 'contract', NULL, 'f.pdf', \
+                 'application/pdf', 1, 'ab', 'acme/{n}', 'u', {time})"
+            );
+            db.pool
+                .execute_raw(Statement::from_string(db.backend(), insert))
+                .await
+                .expect("insert");
+        }
+        let all = || attachment::Entity::find().order_by_asc(attachment::Column::StorageKey);
+        let through_sqlx = all().all(&db.pool).await.expect("sqlx reads each");
+        assert_eq!(through_sqlx.len(), times.len());
+        assert_eq!(db.read().models(all()).await.expect("here"), through_sqlx);
     }
 }
