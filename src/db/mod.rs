@@ -130,8 +130,17 @@ pub struct Database {
 impl Database {
     /// Connects to `DATABASE_URL` (see [`connect`]) and opens the writer.
     pub async fn open(config: &DatabaseConfig) -> Result<Self, ConfigError> {
-        let pool = connect(config).await?;
         let url = config.database_url.as_str();
+        if url.starts_with("sqlite:") && sqlite_file(url).is_none() {
+            // Each connection would open a database of its own: the writer's would
+            // have no tables, and nothing would outlive the process anyway.
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "an in-memory SQLite database is not supported: name a file, for \
+                 example sqlite://attache.db?mode=rwc",
+            ));
+        }
+        let pool = connect(config).await?;
         let sqlite = match pool.get_database_backend() {
             DbBackend::Sqlite => Some(
                 SqliteConnectOptions::from_str(url)

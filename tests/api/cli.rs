@@ -35,6 +35,7 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "0",
             "DATABASE_MAX_CONNECTIONS",
         ),
+        ("--database-url", "sqlite::memory:", "DATABASE_URL"),
     ] {
         let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
         if flag != "--listen-addr" {
