@@ -12,6 +12,7 @@ mod m20261202_000011_create_webhook_deliveries;
 mod m20261202_000012_create_worker_leases;
 mod m20261204_000013_add_remove_after_to_storage_deletions;
 mod m20261204_000014_create_tenant_usage;
+mod m20261206_000015_index_attachments_by_owner_type;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000012_create_worker_leases::Migration),
             Box::new(m20261204_000013_add_remove_after_to_storage_deletions::Migration),
             Box::new(m20261204_000014_create_tenant_usage::Migration),
+            Box::new(m20261206_000015_index_attachments_by_owner_type::Migration),
         ]
     }
 }
