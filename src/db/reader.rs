@@ -5,7 +5,7 @@
 //! many requests again (docs/performance.md). A connection goes back to the reader only
 //! when its query has finished; one whose query was cut off (a client that went
 //! away) is closed with the future that held it, never reused half-read. The
-//! bounded reads on every request's path (one owner's page, one attachment) skip
+//! bounded reads on every request's path (a page of a listing, one attachment) skip
 //! sqlx altogether: they run on the request's own thread ([`Reader::models`]). On PostgreSQL, where a
 //! connection can break, the pool serves reads and checks them.
 
