@@ -380,12 +380,7 @@ pub struct Page {
 }
 
 /// The attachments of an owner type (and optionally one owner) of a tenant.
-fn scope(tenant: &SafeId, target: &Target) -> Condition {
-    scope_of(tenant, &target.owner_type, target.owner_id.as_ref())
-}
-
-/// [`scope`] from its parts.
-fn scope_of(tenant: &SafeId, owner_type: &str, owner_id: Option<&SafeId>) -> Condition {
+fn scope(tenant: &SafeId, owner_type: &str, owner_id: Option<&SafeId>) -> Condition {
     let mut scope = Condition::all()
         .add(attachment::Column::TenantId.eq(tenant.as_str()))
         .add(attachment::Column::OwnerType.eq(owner_type));
@@ -419,7 +414,11 @@ pub async fn list(
     let mut rows = app
         .db
         .read()
-        .models(page(scope(tenant, target), first, after))
+        .models(page(
+            scope(tenant, &target.owner_type, target.owner_id.as_ref()),
+            first,
+            after,
+        ))
         .await?;
     let has_next_page = rows.len() as u64 > first;
     rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
@@ -433,7 +432,7 @@ pub async fn list(
 pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64> {
     // Every row of the scope is counted: kept on sqlx's thread, off the request's.
     Ok(attachment::Entity::find()
-        .filter(scope(tenant, target))
+        .filter(scope(tenant, &target.owner_type, target.owner_id.as_ref()))
         .count(app.db.read())
         .await?)
 }
@@ -645,7 +644,7 @@ mod tests {
         let owner = SafeId::parse("c-1").expect("id");
         for owner in [Some(&owner), None] {
             for after in [None, Some(Uuid::now_v7())] {
-                let scope = scope_of(&tenant, "contract", owner);
+                let scope = scope(&tenant, "contract", owner);
                 let query = page(scope, 20, after).build(DbBackend::Sqlite);
                 let explain = Statement::from_sql_and_values(
                     DbBackend::Sqlite,

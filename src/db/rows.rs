@@ -98,18 +98,14 @@ mod tests {
         Statement,
     };
 
-    use super::super::Reader;
+    use super::super::{Database, Reader};
     use super::attachment;
 
     use crate::config::{DatabaseConfig, SqliteSync};
 
-    /// Rows written by sqlx (through sea-orm) and one whose time SQLite wrote itself
-    /// read the same through sea-orm and sqlx and through [`FromSqliteRow`].
-    #[tokio::test]
-    async fn rows_read_here_as_sqlx_reads_them() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("rows.db");
-        let db = super::super::Database::open(&DatabaseConfig {
+    /// A new SQLite database at `path`, migrated.
+    async fn migrated(path: &std::path::Path) -> Database {
+        let db = Database::open(&DatabaseConfig {
             database_url: format!("sqlite://{}?mode=rwc", path.display()),
             sqlite_synchronous: SqliteSync::Normal,
             database_max_connections: 1,
@@ -117,6 +113,16 @@ mod tests {
         .await
         .expect("open");
         db.migrate().await.expect("migrate");
+        db
+    }
+
+    /// Rows written by sqlx (through sea-orm) and one whose time SQLite wrote itself
+    /// read the same through sea-orm and sqlx and through [`FromSqliteRow`].
+    #[tokio::test]
+    async fn rows_read_here_as_sqlx_reads_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("rows.db");
+        let db = migrated(&path).await;
         let row = |owner_id: Option<&str>, created_at: &str| attachment::ActiveModel {
             id: Set(uuid::Uuid::now_v7()),
             tenant_id: Set("acme".into()),
@@ -184,14 +190,7 @@ mod tests {
     #[tokio::test]
     async fn every_time_sqlx_reads_reads_the_same_here() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = super::super::Database::open(&DatabaseConfig {
-            database_url: format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()),
-            sqlite_synchronous: SqliteSync::Normal,
-            database_max_connections: 1,
-        })
-        .await
-        .expect("open");
-        db.migrate().await.expect("migrate");
+        let db = migrated(&dir.path().join("t.db")).await;
         let times = [
             "'2026-12-06T10:11:12.5+02:00'",
             "'2026-12-06 10:11:12.123'",
