@@ -183,8 +183,8 @@ pub struct StorageConfig {
     /// Key prefix inside the bucket, joined with `/`.
     #[arg(long, env = "S3_PREFIX", default_value = "")]
     pub s3_prefix: String,
-    /// Size of the parts of a large object's S3 multipart upload: each upload in
-    /// flight holds one in memory; 5 MiB to 5 GiB (S3's limits); at most 10,000 parts.
+    /// Size of the parts of a large object's S3 multipart upload, each streamed from
+    /// its source, none held in memory; 5 MiB to 5 GiB (S3's limits); at most 10,000 parts.
     #[arg(long, env = "S3_PART_SIZE_BYTES", default_value_t = 8 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(5 * 1024 * 1024..=5 * 1024 * 1024 * 1024))]
     pub s3_part_size_bytes: u64,
