@@ -309,6 +309,11 @@ pub struct QueryLimits {
     /// Most operations in one batch array.
     #[arg(long, env = "MAX_BATCH_OPERATIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_batch_operations: u32,
+    /// Most JSON values in a request's body, or in each of a multipart body's
+    /// `operations` and `map`: every number, string, key, list and object.
+    /// Counted before anything is parsed.
+    #[arg(long, env = "MAX_JSON_VALUES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=100_000_000))]
+    pub max_json_values: u64,
 }
 
 impl Default for QueryLimits {
@@ -341,6 +346,10 @@ pub struct ConnectionLimits {
     /// BODY_IDLE_TIMEOUT_SECONDS have passed.
     #[arg(long, env = "MIN_BODY_BYTES_PER_SECOND", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub min_body_bytes_per_second: u64,
+    /// Seconds a whole GraphQL request body may take to arrive, the files of a
+    /// multipart body included: an upload slot is never held longer by one client.
+    #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout_seconds: u64,
     /// Seconds a response may wait for the client to read before the connection is
     /// closed: a stalled download holds no buffer for longer.
     #[arg(long, env = "SEND_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -354,6 +363,10 @@ impl ConnectionLimits {
 
     pub fn body_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.body_idle_timeout_seconds)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_seconds)
     }
 
     pub fn send_timeout(&self) -> Duration {

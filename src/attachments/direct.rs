@@ -71,7 +71,7 @@ pub async fn announce(
         now + chrono::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2));
     let presigned = app
         .storage
-        .presign_write(&key, ttl, media.mime())
+        .presign_write(&key, ttl, media.mime(), byte_size)
         .await
         .map_err(AppError::StorageUnavailable)?;
     let (upload_url, mut headers) = match presigned {

@@ -17,6 +17,7 @@ use crate::config::ConnectionLimits;
 use crate::error::AppError;
 use crate::graphql::large_strings::{self, LargeStrings};
 use crate::http::AppState;
+use crate::http::batch_json;
 use crate::http::drain::{after_draining, closing, drain_limit, refused_early};
 use crate::http::graphql_response::Answer;
 use crate::http::json_body::JsonBody;
@@ -26,9 +27,6 @@ use crate::http::slow_body::{is_too_slow, paced};
 /// Requests up to this size skip the upload queue: queries and small mutations
 /// never wait behind large uploads.
 const SMALL_REQUEST_BYTES: u64 = 64 * 1024;
-
-/// How long a whole request body may take to arrive.
-const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers();
@@ -75,15 +73,11 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         None
     };
     let is_get = request.method() == Method::GET;
-    // A slow client must not hold an upload permit for ever.
-    let read = tokio::time::timeout(
-        BODY_READ_TIMEOUT,
-        read_request(request, length, limit, &state.app),
-    );
-    let (mut batch, rest) = match read.await {
-        Ok(Ok(read)) => read,
-        Ok(Err(response)) => return *response,
-        Err(_) => return body_too_slow("the request body was not received in time"),
+    // A slow client holds an upload permit for BODY_TIMEOUT_SECONDS at most: the
+    // body, files included, is cut off then ([`paced`]).
+    let (mut batch, rest) = match read_request(request, length, limit, &state.app).await {
+        Ok(read) => read,
+        Err(response) => return *response,
     };
     if batch
         .iter_mut()
@@ -292,17 +286,23 @@ async fn read_request(
         .is_some_and(|value| value.to_ascii_lowercase().starts_with("multipart/"));
     if is_multipart {
         let limited = Limited::new(body, limit_usize);
-        let stream = paced(limited.into_data_stream(), pace).map_err(std::io::Error::other);
+        let stream = paced(limited.into_data_stream(), pace)
+            .within(pace.body_timeout(), "BODY_TIMEOUT_SECONDS")
+            .map_err(std::io::Error::other);
         let boundary = content_type
             .as_deref()
             .and_then(|value| multer::parse_boundary(value).ok())
             .ok_or_else(|| {
                 bad_request("invalid GraphQL request: the multipart body has no boundary".into())
             })?;
-        let (mut batch, rest) =
-            multipart_body::start(stream, &boundary, config.limits.max_batch_files)
-                .await
-                .map_err(|err| parse_failure(err.as_ref(), limit))?;
+        let (mut batch, rest) = multipart_body::start(
+            stream,
+            &boundary,
+            config.limits.max_batch_files,
+            config.query_limits.max_json_values,
+        )
+        .await
+        .map_err(|err| parse_failure(err.as_ref(), limit))?;
         large_strings::move_out(&mut batch, LargeStrings::default());
         return Ok((batch, Some(rest)));
     }
@@ -313,7 +313,8 @@ async fn read_request(
     }));
     let mut received: u64 = 0;
     let mut refused = None;
-    let mut chunks = paced(body.into_data_stream(), pace);
+    let mut chunks =
+        paced(body.into_data_stream(), pace).within(pace.body_timeout(), "BODY_TIMEOUT_SECONDS");
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|err| match is_too_slow(&err) {
             true => Box::new(body_too_slow(&err.to_string())),
@@ -347,8 +348,8 @@ async fn read_request(
         return Err(Box::new(err.into_response()));
     };
     let (text, large) = json.finish();
-    let mut batch = serde_json::from_slice::<BatchRequest>(&text)
-        .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
+    let mut batch = batch_json::parse(&text, config.query_limits.max_json_values)
+        .map_err(|err| bad_request(err.to_string()))?;
     large_strings::move_out(&mut batch, large);
     Ok((batch, None))
 }

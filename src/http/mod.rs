@@ -2,6 +2,7 @@
 //! health checks and metrics. [`router`] builds it; [`serve`] runs it until
 //! shutdown, then gives in-flight requests `SHUTDOWN_GRACE_SECONDS` to finish.
 
+mod batch_json;
 mod connections;
 mod download;
 mod drain;

@@ -13,6 +13,7 @@ use futures::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::batch_json;
 use super::drain::{REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT};
 use crate::graphql::file_parts::{Demand, Kept, Parts, Piece};
 
@@ -47,6 +48,7 @@ pub async fn start<S>(
     body: S,
     boundary: &str,
     max_files: u64,
+    max_values: u64,
 ) -> Result<(BatchRequest, Rest), ReadError>
 where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
@@ -57,7 +59,7 @@ where
         handed: false,
     };
     let mut fields = multer::Multipart::new(body, boundary.to_owned());
-    match read_head(&mut fields, max_files).await {
+    match read_head(&mut fields, max_files, max_values).await {
         Ok((batch, indexes, uses)) => {
             let rest = Rest {
                 fields,
@@ -80,6 +82,7 @@ type Head = (BatchRequest, HashMap<String, usize>, Vec<usize>);
 async fn read_head(
     fields: &mut multer::Multipart<'static>,
     max_files: u64,
+    max_values: u64,
 ) -> Result<Head, ReadError> {
     let mut operations: Option<BatchRequest> = None;
     let mut map: Option<serde_json::Map<String, serde_json::Value>> = None;
@@ -89,8 +92,14 @@ async fn read_head(
             .await?
             .ok_or("the body ended before its `operations` and `map` fields")?;
         match field.name() {
-            Some("operations") => operations = Some(serde_json::from_slice(&field.bytes().await?)?),
-            Some("map") => map = Some(serde_json::from_slice(&field.bytes().await?)?),
+            Some("operations") => {
+                operations = Some(batch_json::parse(&field.bytes().await?, max_values)?);
+            }
+            Some("map") => {
+                let text = field.bytes().await?;
+                batch_json::count_values(&text, max_values)?;
+                map = Some(serde_json::from_slice(&text)?);
+            }
             _ => return Err("the `operations` and `map` fields come before the files".into()),
         }
     }
@@ -261,7 +270,7 @@ impl Rest {
                 Ok(None) => break,
                 Err(err) => {
                     if let Some(Sink::Live(pieces)) = &sink {
-                        let _ = pieces.send(Piece::Broken(err.to_string())).await;
+                        let _ = pieces.send(Piece::Broken(root_cause(&err))).await;
                     }
                     return Err(());
                 }
@@ -281,6 +290,16 @@ impl Rest {
         }
         Ok(())
     }
+}
+
+/// What broke a body, in the words of its first cause (a pace or deadline names its
+/// setting), not multer's "failed to read stream".
+fn root_cause(err: &multer::Error) -> String {
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// Where a part's bytes go.

@@ -1,7 +1,9 @@
 //! Request bodies that must keep coming: a body that goes `BODY_IDLE_TIMEOUT_SECONDS`
 //! without a byte (the first one included), or whose average falls under
-//! `MIN_BODY_BYTES_PER_SECOND` once that long has passed, ends in [`TooSlow`]. So a
-//! client that trickles a body cannot hold an upload slot or a connection for ever.
+//! `MIN_BODY_BYTES_PER_SECOND` once that long has passed, or, where a whole body has
+//! a deadline ([`Paced::within`]), that is not all there by then, ends in
+//! [`TooSlow`]. So a client that trickles a body cannot hold an upload slot or a
+//! connection for ever.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -40,6 +42,7 @@ pub fn paced<S>(body: S, limits: &ConnectionLimits) -> Paced<S> {
         min_rate: limits.min_body_bytes_per_second,
         started,
         received: 0,
+        whole_by: None,
         deadline: Box::pin(tokio::time::sleep_until(started + idle)),
     }
 }
@@ -50,10 +53,35 @@ pub struct Paced<S> {
     min_rate: u64,
     started: Instant,
     received: u64,
+    /// When the whole body must have arrived, and that limit's name.
+    whole_by: Option<(Instant, Duration, &'static str)>,
+    /// The next moment the body is checked without a new byte: an idle timeout or
+    /// the whole body's deadline, whichever comes first.
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<S> Paced<S> {
+    /// The same body, which must have arrived whole within `limit` from now; the
+    /// refusal names `setting`.
+    pub fn within(mut self, limit: Duration, setting: &'static str) -> Self {
+        let by = Instant::now() + limit;
+        self.whole_by = Some((by, limit, setting));
+        let first = by.min(self.deadline.deadline());
+        self.deadline.as_mut().reset(first);
+        self
+    }
+
+    /// The refusal of a body past its whole deadline, if it has one and `now` is past it.
+    fn past_deadline(&self, now: Instant) -> Option<TooSlow> {
+        let (by, limit, setting) = self.whole_by?;
+        (now >= by).then(|| {
+            TooSlow(format!(
+                "the request body did not arrive within {} s ({setting})",
+                limit.as_secs()
+            ))
+        })
+    }
+
     /// Whether the average so far is too slow, past the first `idle` seconds.
     fn too_slow(&self, now: Instant) -> bool {
         let graced = now.saturating_duration_since(self.started + self.idle);
@@ -89,11 +117,21 @@ where
                     );
                     return Poll::Ready(Some(Err(TooSlow(message).into())));
                 }
-                this.deadline.as_mut().reset(now + this.idle);
+                if let Some(late) = this.past_deadline(now) {
+                    return Poll::Ready(Some(Err(late.into())));
+                }
+                let next = match this.whole_by {
+                    Some((by, ..)) => by.min(now + this.idle),
+                    None => now + this.idle,
+                };
+                this.deadline.as_mut().reset(next);
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
+                    if let Some(late) = this.past_deadline(Instant::now()) {
+                        return Poll::Ready(Some(Err(late.into())));
+                    }
                     let message = format!(
                         "no byte of the request body arrived for {} s (BODY_IDLE_TIMEOUT_SECONDS)",
                         this.idle.as_secs()

@@ -476,7 +476,7 @@ impl Storage {
                 );
                 return Ok(Vec::new());
             }
-            Err(err) => return Err(unfinished_error("list unfinished multipart uploads", err)),
+            Err(err) => return Err(api_error("list unfinished multipart uploads", err)),
         };
         let cutoff = chrono::DateTime::<chrono::Utc>::from(cutoff);
         Ok(listed
@@ -497,7 +497,7 @@ impl Storage {
         uploads
             .abort(upload)
             .await
-            .map_err(|err| unfinished_error("abort a multipart upload", err))
+            .map_err(|err| api_error("abort a multipart upload", err))
     }
 
     /// Reads a whole object; only for objects whose size was checked first.
@@ -539,36 +539,25 @@ impl Storage {
         Ok(Some(request.uri().to_string()))
     }
 
-    /// A presigned PUT and the headers the client must send with it (S3); `None` on fs.
+    /// A presigned PUT of exactly `length` bytes and the headers the client must send
+    /// with it (S3, at `S3_PUBLIC_ENDPOINT_URL` when set); `None` on fs.
     pub async fn presign_write(
         &self,
         key: &StorageKey,
         ttl: Duration,
         content_type: &str,
+        length: u64,
     ) -> opendal::Result<Option<PresignedPut>> {
-        if self.backend == StorageBackend::Fs {
+        let Some(api) = &self.s3_api else {
             return Ok(None);
-        }
+        };
         // If-None-Match: * is signed in, where the store honours it; `key` is a
         // staging key anyway, which no attachment is ever stored under.
-        let options = opendal::options::WriteOptions {
-            content_type: Some(content_type.to_owned()),
-            if_not_exists: true,
-            ..Default::default()
-        };
-        let request = self
-            .presigner
-            .presign_write_options(key.as_str(), ttl, options)
-            .await?;
-        let headers = request
-            .header()
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
-            .collect();
-        Ok(Some(PresignedPut {
-            url: request.uri().to_string(),
-            headers,
-        }))
+        let (url, headers) = api
+            .presign_put(key.as_str(), ttl, content_type, length, true)
+            .await
+            .map_err(|err| api_error("presign", err))?;
+        Ok(Some(PresignedPut { url, headers }))
     }
 
     /// The object at `key`, opened to be read; `None` if there is none. On fs this
@@ -683,6 +672,6 @@ fn read_failed(err: std::io::Error) -> StreamWriteError {
     StreamWriteError::Storage(fs_write::io_error(err))
 }
 
-fn unfinished_error(operation: &'static str, err: s3_api::S3ApiError) -> opendal::Error {
+fn api_error(operation: &'static str, err: s3_api::S3ApiError) -> opendal::Error {
     opendal::Error::new(opendal::ErrorKind::Unexpected, operation).set_source(err)
 }

@@ -192,21 +192,24 @@ impl Storage {
     ) -> opendal::Result<()> {
         let failed = |message: String| opendal::Error::new(opendal::ErrorKind::Unexpected, message);
         let client = reqwest::Client::new();
-        let options = opendal::options::WriteOptions {
-            content_type: Some(PROBE_CONTENT_TYPE.to_owned()),
-            if_not_exists: true,
-            ..Default::default()
+        let Some(api) = &self.s3_api else {
+            return Ok(());
         };
-        let put = self
-            .operator
-            .presign_write_options(probe.as_str(), PROBE_TIMEOUT, options)
-            .await?;
-        let mut request = client
-            .put(put.uri().to_string())
-            .timeout(PROBE_TIMEOUT)
-            .body(payload.clone());
-        for (name, value) in put.header() {
-            request = request.header(name.as_str(), value.as_bytes());
+        // At S3_ENDPOINT_URL: the public endpoint may be reachable by browsers only.
+        let length = payload.len() as u64;
+        let (url, headers) = api
+            .presign_put(
+                probe.as_str(),
+                PROBE_TIMEOUT,
+                PROBE_CONTENT_TYPE,
+                length,
+                false,
+            )
+            .await
+            .map_err(|err| failed(format!("the PUT cannot be presigned: {err}")))?;
+        let mut request = client.put(url).timeout(PROBE_TIMEOUT).body(payload.clone());
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let response = request.send().await.map_err(|err| {
             failed(format!(

@@ -1,5 +1,6 @@
 //! attache's own signed requests to S3, for what OpenDAL cannot do: streamed
-//! multipart uploads (`s3_write`) and the multipart uploads left unfinished.
+//! multipart uploads (`s3_write`), the multipart uploads left unfinished, and
+//! presigned PUTs whose length is part of the signature.
 //!
 //! Multipart uploads left unfinished on S3. A large object goes up in parts; a
 //! refused or broken stream aborts its upload, but a process killed mid-upload
@@ -67,6 +68,8 @@ pub struct S3Api {
     bucket_url: String,
     /// What an object's key follows: `bucket_url` and a slash, where there is none.
     objects_url: String,
+    /// The same at `S3_PUBLIC_ENDPOINT_URL`, for the URLs clients are given.
+    public_objects_url: String,
     /// The keys' prefix, `prefix/` (empty for the whole bucket).
     prefix: String,
 }
@@ -94,22 +97,11 @@ impl S3Api {
     /// For the configured bucket (rustls on ring, installed by the caller).
     pub fn new(config: &StorageConfig) -> Self {
         let region = config.region();
-        let bucket = config.s3_bucket_name.as_deref().unwrap_or_default();
-        let endpoint = config
-            .s3_endpoint_url
-            .clone()
-            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let endpoint = endpoint.trim_end_matches('/');
-        let bucket_url = match config.addressing_style() {
-            AddressingStyle::Path => format!("{endpoint}/{bucket}"),
-            AddressingStyle::Virtual => match endpoint.split_once("://") {
-                Some((scheme, host)) => format!("{scheme}://{bucket}.{host}/"),
-                None => format!("https://{bucket}.{endpoint}/"),
-            },
-        };
-        let objects_url = match bucket_url.ends_with('/') {
-            true => bucket_url.clone(),
-            false => format!("{bucket_url}/"),
+        let bucket_url = bucket_url_at(config, config.s3_endpoint_url.as_deref());
+        let objects_url = objects_url_of(&bucket_url);
+        let public_objects_url = match config.s3_public_endpoint_url.as_deref() {
+            Some(public) => objects_url_of(&bucket_url_at(config, Some(public))),
+            None => objects_url.clone(),
         };
         let context = Context::new()
             .with_file_read(reqsign_file_read_tokio::TokioFileRead)
@@ -135,8 +127,45 @@ impl S3Api {
             http: reqwest::Client::new(),
             bucket_url,
             objects_url,
+            public_objects_url,
             prefix,
         }
+    }
+
+    /// A PUT of `key` presigned for `ttl`, and the headers it must carry: its type,
+    /// `If-None-Match: *` and its length, all signed, so the store refuses any body
+    /// but one of exactly `length` bytes (OpenDAL's presigned PUT leaves the length
+    /// open: a URL for one byte would take gigabytes). At `S3_PUBLIC_ENDPOINT_URL`
+    /// for clients, at `S3_ENDPOINT_URL` for the startup probe.
+    pub async fn presign_put(
+        &self,
+        key: &str,
+        ttl: Duration,
+        content_type: &str,
+        length: u64,
+        for_clients: bool,
+    ) -> Result<(String, Vec<(String, String)>), S3ApiError> {
+        let base = match for_clients {
+            true => &self.public_objects_url,
+            false => &self.objects_url,
+        };
+        let request = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(url_at(base, &self.bucket_key(key)))
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, length)
+            .header(http::header::IF_NONE_MATCH, "*")
+            .body(())
+            .map_err(|err| S3ApiError::Unreadable(err.to_string()))?;
+        let (mut parts, ()) = request.into_parts();
+        self.signer.sign(&mut parts, Some(ttl)).await?;
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::HOST)
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect();
+        Ok((parts.uri.to_string(), headers))
     }
 
     /// Every unfinished upload under the prefix, page after page.
@@ -200,8 +229,7 @@ impl S3Api {
 
     /// The URL of the object whose key (the prefix included) is `key`.
     pub(super) fn object_url(&self, key: &str) -> String {
-        let path: Vec<String> = key.split('/').map(encode).collect();
-        format!("{}{}", self.objects_url, path.join("/"))
+        url_at(&self.objects_url, key)
     }
 
     /// The key in the bucket of attache's `key`: the prefix and the key.
@@ -285,6 +313,37 @@ impl std::fmt::Debug for S3Api {
 }
 
 /// `value` percent-encoded as SigV4 canonicalizes a query value or path segment.
+/// The bucket's URL at `endpoint` (AWS's regional one when none), in the configured
+/// addressing style: `http://host/bucket` (path) or `https://bucket.host/` (virtual).
+fn bucket_url_at(config: &StorageConfig, endpoint: Option<&str>) -> String {
+    let bucket = config.s3_bucket_name.as_deref().unwrap_or_default();
+    let endpoint = endpoint
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", config.region()));
+    let endpoint = endpoint.trim_end_matches('/');
+    match config.addressing_style() {
+        AddressingStyle::Path => format!("{endpoint}/{bucket}"),
+        AddressingStyle::Virtual => match endpoint.split_once("://") {
+            Some((scheme, host)) => format!("{scheme}://{bucket}.{host}/"),
+            None => format!("https://{bucket}.{endpoint}/"),
+        },
+    }
+}
+
+/// What an object's key follows: `bucket_url` and a slash, where there is none.
+fn objects_url_of(bucket_url: &str) -> String {
+    match bucket_url.ends_with('/') {
+        true => bucket_url.to_owned(),
+        false => format!("{bucket_url}/"),
+    }
+}
+
+/// The URL of the object `key` (the prefix included) under `objects_url`.
+fn url_at(objects_url: &str, key: &str) -> String {
+    let path: Vec<String> = key.split('/').map(encode).collect();
+    format!("{objects_url}{}", path.join("/"))
+}
+
 pub(super) fn encode(value: &str) -> String {
     const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')

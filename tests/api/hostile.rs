@@ -382,6 +382,55 @@ async fn files_are_counted_across_the_request(_: Setup) {
     assert_unharmed(&mut served, before, "files").await;
 }
 
+/// Small JSON values within `MAX_REQUEST_BYTES`, parsed, would take about a hundred
+/// bytes each: they are counted first, in a JSON body and in a multipart body's
+/// `operations` and `map`.
+async fn json_values_are_counted_before_parsing(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let bearer = token("values");
+    let before = rss_mib(&served);
+    // 2 million zeros: 4 MB of text, some 200 MB once parsed.
+    let zeros = format!("[{}0]", "0,".repeat(2_000_000));
+    let body = format!(r#"{{"query": "{{ __typename }}", "variables": {{"v": {zeros}}}}}"#);
+    let sends = (0..4).map(|_| {
+        http_client()
+            .post(format!("{}/graphql", served.base_url))
+            .bearer_auth(&bearer)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    });
+    for answer in futures::future::join_all(sends).await {
+        let answer = answer.expect("an answer");
+        assert_eq!(answer.status(), 400);
+        let body: Value = answer.json().await.expect("JSON");
+        assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("MAX_JSON_VALUES"), "{message}");
+    }
+    let many_paths = format!(r#"{{"0": {zeros}}}"#);
+    for (operations, map) in [
+        (body.as_str(), "{}"),
+        (r#"{"query": "{ __typename }"}"#, many_paths.as_str()),
+    ] {
+        let form = reqwest::multipart::Form::new()
+            .text("operations", operations.to_owned())
+            .text("map", map.to_owned());
+        let (status, body) = post_multipart(&served.base_url, &bearer, form).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("MAX_JSON_VALUES"), "{message}");
+    }
+    assert_unharmed(&mut served, before, "JSON values").await;
+    let fits = json!({ "query": "{ __typename }", "variables": { "v": vec![0; 9_000] } });
+    let (status, body) = post(&served, Some(&bearer), &fits).await;
+    assert_eq!(
+        (status, &body["data"]["__typename"]),
+        (200, &json!("Query")),
+        "{body}"
+    );
+}
+
 /// apollo-upload-client sends one part for a `File` passed twice: both uses store it.
 async fn one_part_for_two_variables_stores_both(_: Setup) {
     let served = Served::start(&[]).await;
@@ -500,6 +549,77 @@ async fn anonymous_requests_cost_no_upload_slot(_: Setup) {
     );
     drop((held, slow));
     assert_unharmed(&mut served, before, "slots").await;
+}
+
+/// A multipart file trickled faster than `MIN_BODY_BYTES_PER_SECOND` (a megabyte in
+/// eight minutes) still ends at `BODY_TIMEOUT_SECONDS`: the one upload slot it held
+/// serves the next upload, and nothing of it is stored.
+async fn a_trickled_file_frees_its_upload_slot(_: Setup) {
+    let mut served = Served::start(&[
+        "--max-concurrent-uploads",
+        "1",
+        "--upload-queue-timeout-seconds",
+        "30",
+        "--body-timeout-seconds",
+        "3",
+    ])
+    .await;
+    let before = rss_mib(&served);
+    let bearer = token("trickle");
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let operations = r#"{"query": "mutation($f: Upload!) { uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"slow\", file: $f}) { id } }", "variables": {"f": null}}"#;
+    let part = |name: &str, extra: &str| {
+        format!("--b\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\n\r\n")
+    };
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {bearer}\r\n\
+         Apollo-Require-Preflight: 1\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+         Content-Length: 1000000\r\n\r\n{}{operations}\r\n{}{{\"0\": [\"variables.f\"]}}\r\n{}",
+        part("operations", ""),
+        part("map", ""),
+        part("0", "; filename=\"slow.txt\"\r\nContent-Type: text/plain"),
+    );
+    let tcp = TcpStream::connect(&address).await.expect("connect");
+    let (mut reader, mut writer) = tcp.into_split();
+    writer.write_all(head.as_bytes()).await.expect("the head");
+    let trickle = tokio::spawn(async move {
+        for _ in 0..120 {
+            if writer.write_all(&[b'a'; 1000]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut big = pdf();
+    big.resize(200_000, b' ');
+    let (_, body) = post(&served, Some(&bearer), &json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "fast", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}})).await;
+    assert_eq!(
+        data(&body, "uploadAttachment")["byteSize"],
+        200_000,
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the slot was held {:?}",
+        started.elapsed()
+    );
+    let mut cut = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut cut)).await;
+    trickle.abort();
+    let cut = String::from_utf8_lossy(&cut);
+    assert!(cut.contains("BODY_TIMEOUT_SECONDS"), "{cut}");
+    let listed = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": "{ attachments(ownerType: \"contract\", ownerId: \"slow\") { totalCount } }" }),
+    )
+    .await
+    .1;
+    assert_eq!(data(&listed, "attachments")["totalCount"], 0, "{listed}");
+    assert_unharmed(&mut served, before, "a trickled file").await;
 }
 
 async fn idle_and_slow_connections_are_closed(_: Setup) {
@@ -642,8 +762,10 @@ crate::matrix!(
     fragment_expansion_is_refused_early,
     batches_are_bounded,
     files_are_counted_across_the_request,
+    json_values_are_counted_before_parsing,
     one_part_for_two_variables_stores_both,
     anonymous_requests_cost_no_upload_slot,
+    a_trickled_file_frees_its_upload_slot,
     idle_and_slow_connections_are_closed,
     stalled_downloads_hold_bounded_memory,
     metrics_can_have_a_listener_of_their_own,

@@ -7,9 +7,10 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    FORWARD_TO_S3, GarageServer, S3Server, Setup, Store, TestApp, Uploaded, data, direct_upload,
-    fetch, parse_config, pdf, png, post_multipart, private_database_url, put_to, run_attache,
-    s3_flags, sha256_hex, tenant, upload_file_form,
+    FORWARD_TO_S3, GarageServer, S3Server, Setup, Store, TestApp, Uploaded, announce,
+    complete_direct, data, declaration, direct_upload, fetch, parse_config, pdf, png,
+    post_multipart, private_database_url, put_to, run_attache, s3_flags, sha256_hex, tenant,
+    upload_file_form,
 };
 
 const UPLOAD_BATCH: &str = "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id contentType url } }";
@@ -114,6 +115,39 @@ fn operator_for(storage: &attache::config::StorageConfig) -> opendal::Operator {
         .disable_config_load()
         .disable_ec2_metadata();
     opendal::Operator::new(builder).expect("operator")
+}
+
+/// A direct upload's URL takes the declared length and no more: on S3 the length is
+/// signed into the presigned PUT, so the store refuses any other; on fs attache's
+/// route refuses more. A URL announced for a few bytes cannot fill the bucket.
+async fn an_upload_url_takes_only_the_declared_length(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let content = pdf();
+    let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
+    if app.on_s3() {
+        let signed = direct["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .any(|header| {
+                header["name"] == "content-length"
+                    && header["value"].as_str() == Some(content.len().to_string().as_str())
+            });
+        assert!(signed, "the length is one of the headers to send: {direct}");
+    }
+    let mut longer = content.clone();
+    longer.extend_from_slice(&[b' '; 1000]);
+    let status = put_to(&app, &direct, longer).await;
+    assert!((400..500).contains(&status), "a longer body: {status}");
+    assert!(app.stored_keys().is_empty(), "{:?}", app.stored_keys());
+    assert_eq!(put_to(&app, &direct, content.clone()).await, 200);
+    let done = complete_direct(&app, &bearer, &direct).await;
+    assert_eq!(
+        data(&done, "completeDirectUpload")["byteSize"],
+        content.len(),
+        "{done}"
+    );
 }
 
 async fn a_replayed_upload_url_never_changes_a_stored_file(setup: Setup) {
@@ -312,7 +346,10 @@ async fn migrated_copies_carry_their_type(setup: Setup) {
     }
 }
 
-crate::matrix!(a_replayed_upload_url_never_changes_a_stored_file);
+crate::matrix!(
+    a_replayed_upload_url_never_changes_a_stored_file,
+    an_upload_url_takes_only_the_declared_length,
+);
 crate::matrix!(
     s3: every_write_path_serves_the_detected_type,
     presigned_urls_name_the_public_endpoint,
@@ -320,6 +357,7 @@ crate::matrix!(
 );
 crate::matrix!(
     garage: a_replayed_upload_url_never_changes_a_stored_file,
+    an_upload_url_takes_only_the_declared_length,
     migrated_copies_carry_their_type,
     every_write_path_serves_the_detected_type,
     presigned_urls_name_the_public_endpoint,

@@ -184,7 +184,10 @@ async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
         ("size", wrong_size, "BAD_USER_INPUT"),
     ] {
         let (direct, status) = announce_and_put(&app, &bearer, declared, content.clone()).await;
-        assert_eq!(status, 200, "{case}: PUT");
+        // On S3 the declared length is signed into the URL: the store refuses the PUT.
+        let refused_by_the_store = case == "size" && app.on_s3();
+        let expected = if refused_by_the_store { 403 } else { 200 };
+        assert_eq!(status, expected, "{case}: PUT");
         let done = complete_direct(&app, &bearer, &direct).await;
         assert_eq!(codes(&done), vec![code], "{case}: {done}");
         assert!(

@@ -191,6 +191,11 @@ impl TestApp {
         )
     }
 
+    /// Whether files go to an S3 server (s3s or Garage), not the local disk.
+    pub fn on_s3(&self) -> bool {
+        self.s3.is_some() || self.garage.is_some()
+    }
+
     /// Every stored object under the storage root, as relative keys.
     pub fn stored_keys(&self) -> Vec<String> {
         let mut keys = match &self.garage {
