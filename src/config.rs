@@ -346,8 +346,9 @@ pub struct ConnectionLimits {
     /// BODY_IDLE_TIMEOUT_SECONDS have passed.
     #[arg(long, env = "MIN_BODY_BYTES_PER_SECOND", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub min_body_bytes_per_second: u64,
-    /// Seconds a whole GraphQL request body may take to arrive, the files of a
-    /// multipart body included: an upload slot is never held longer by one client.
+    /// Seconds a whole GraphQL request body may be waited for, the files of a
+    /// multipart body included (time spent storing an earlier file does not count):
+    /// a client that trickles holds an upload slot no longer.
     #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub body_timeout_seconds: u64,
     /// Seconds a response may wait for the client to read before the connection is

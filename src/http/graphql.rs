@@ -22,7 +22,7 @@ use crate::http::drain::{after_draining, closing, drain_limit, refused_early};
 use crate::http::graphql_response::Answer;
 use crate::http::json_body::JsonBody;
 use crate::http::multipart_body::{self, Read, Rest};
-use crate::http::slow_body::{is_too_slow, paced};
+use crate::http::slow_body::{is_too_slow, paced_whole};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
 /// never wait behind large uploads.
@@ -73,8 +73,8 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         None
     };
     let is_get = request.method() == Method::GET;
-    // A slow client holds an upload permit for BODY_TIMEOUT_SECONDS at most: the
-    // body, files included, is cut off then ([`paced`]).
+    // A client that trickles its body (files included) is cut off once it has been
+    // waited for BODY_TIMEOUT_SECONDS ([`paced_whole`]): no permit is held for ever.
     let (mut batch, rest) = match read_request(request, length, limit, &state.app).await {
         Ok(read) => read,
         Err(response) => return *response,
@@ -286,9 +286,7 @@ async fn read_request(
         .is_some_and(|value| value.to_ascii_lowercase().starts_with("multipart/"));
     if is_multipart {
         let limited = Limited::new(body, limit_usize);
-        let stream = paced(limited.into_data_stream(), pace)
-            .within(pace.body_timeout(), "BODY_TIMEOUT_SECONDS")
-            .map_err(std::io::Error::other);
+        let stream = paced_whole(limited.into_data_stream(), pace).map_err(std::io::Error::other);
         let boundary = content_type
             .as_deref()
             .and_then(|value| multer::parse_boundary(value).ok())
@@ -313,8 +311,7 @@ async fn read_request(
     }));
     let mut received: u64 = 0;
     let mut refused = None;
-    let mut chunks =
-        paced(body.into_data_stream(), pace).within(pace.body_timeout(), "BODY_TIMEOUT_SECONDS");
+    let mut chunks = paced_whole(body.into_data_stream(), pace);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|err| match is_too_slow(&err) {
             true => Box::new(body_too_slow(&err.to_string())),
@@ -349,7 +346,7 @@ async fn read_request(
     };
     let (text, large) = json.finish();
     let mut batch = batch_json::parse(&text, config.query_limits.max_json_values)
-        .map_err(|err| bad_request(err.to_string()))?;
+        .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
     large_strings::move_out(&mut batch, large);
     Ok((batch, None))
 }

@@ -1,7 +1,7 @@
 //! Request bodies that must keep coming: a body that goes `BODY_IDLE_TIMEOUT_SECONDS`
 //! without a byte (the first one included), or whose average falls under
-//! `MIN_BODY_BYTES_PER_SECOND` once that long has passed, or, where a whole body has
-//! a deadline ([`Paced::within`]), that is not all there by then, ends in
+//! `MIN_BODY_BYTES_PER_SECOND` once that long has passed, or, for a GraphQL request
+//! ([`paced_whole`]), that was waited for longer than `BODY_TIMEOUT_SECONDS`, ends in
 //! [`TooSlow`]. So a client that trickles a body cannot hold an upload slot or a
 //! connection for ever.
 
@@ -42,9 +42,23 @@ pub fn paced<S>(body: S, limits: &ConnectionLimits) -> Paced<S> {
         min_rate: limits.min_body_bytes_per_second,
         started,
         received: 0,
-        whole_by: None,
-        deadline: Box::pin(tokio::time::sleep_until(started + idle)),
+        idle_by: started + idle,
+        whole: None,
+        next_check: Box::pin(tokio::time::sleep_until(started + idle)),
     }
+}
+
+/// `body`, held to the pace of `limits`, which must also have come whole after
+/// `BODY_TIMEOUT_SECONDS` spent waiting for it (a GraphQL request's body, files
+/// included: it holds an upload slot).
+pub fn paced_whole<S>(body: S, limits: &ConnectionLimits) -> Paced<S> {
+    let mut paced = paced(body, limits);
+    paced.whole = Some(Whole {
+        limit: limits.body_timeout(),
+        waited: Duration::ZERO,
+        waiting_since: None,
+    });
+    paced
 }
 
 pub struct Paced<S> {
@@ -53,40 +67,53 @@ pub struct Paced<S> {
     min_rate: u64,
     started: Instant,
     received: u64,
-    /// When the whole body must have arrived, and that limit's name.
-    whole_by: Option<(Instant, Duration, &'static str)>,
-    /// The next moment the body is checked without a new byte: an idle timeout or
-    /// the whole body's deadline, whichever comes first.
-    deadline: Pin<Box<Sleep>>,
+    /// When the body is too idle if no byte comes first.
+    idle_by: Instant,
+    whole: Option<Whole>,
+    /// The next moment the body is checked without a new byte: its idle timeout or
+    /// the end of its time to arrive whole, whichever comes first.
+    next_check: Pin<Box<Sleep>>,
+}
+
+/// The time a body may be waited for. Only the time spent waiting for the client
+/// counts: while attache does not read (a resolver writing the previous file to
+/// storage, a commit), what the client sent waits in the socket and costs it nothing.
+struct Whole {
+    limit: Duration,
+    waited: Duration,
+    /// When the body last had nothing to give, while it is waited for.
+    waiting_since: Option<Instant>,
+}
+
+impl Whole {
+    /// The time waited by `now`.
+    fn waited_by(&self, now: Instant) -> Duration {
+        let current = self
+            .waiting_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        self.waited + current
+    }
+
+    fn refusal(&self) -> TooSlow {
+        TooSlow(format!(
+            "the request body did not arrive within {} s (BODY_TIMEOUT_SECONDS)",
+            self.limit.as_secs()
+        ))
+    }
 }
 
 impl<S> Paced<S> {
-    /// The same body, which must have arrived whole within `limit` from now; the
-    /// refusal names `setting`.
-    pub fn within(mut self, limit: Duration, setting: &'static str) -> Self {
-        let by = Instant::now() + limit;
-        self.whole_by = Some((by, limit, setting));
-        let first = by.min(self.deadline.deadline());
-        self.deadline.as_mut().reset(first);
-        self
-    }
-
-    /// The refusal of a body past its whole deadline, if it has one and `now` is past it.
-    fn past_deadline(&self, now: Instant) -> Option<TooSlow> {
-        let (by, limit, setting) = self.whole_by?;
-        (now >= by).then(|| {
-            TooSlow(format!(
-                "the request body did not arrive within {} s ({setting})",
-                limit.as_secs()
-            ))
-        })
-    }
-
     /// Whether the average so far is too slow, past the first `idle` seconds.
     fn too_slow(&self, now: Instant) -> bool {
         let graced = now.saturating_duration_since(self.started + self.idle);
         let owed = u128::from(self.min_rate) * graced.as_millis() / 1000;
         u128::from(self.received) < owed
+    }
+
+    /// The refusal of a body waited for longer than its whole body may take.
+    fn too_late(&self, now: Instant) -> Option<TooSlow> {
+        let whole = self.whole.as_ref()?;
+        (whole.waited_by(now) >= whole.limit).then(|| whole.refusal())
     }
 }
 
@@ -105,10 +132,14 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        let now = Instant::now();
+        if let Some(whole) = &mut this.whole {
+            whole.waited = whole.waited_by(now);
+            whole.waiting_since = None;
+        }
         match Pin::new(&mut this.body).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.received += chunk.len() as u64;
-                let now = Instant::now();
                 if this.too_slow(now) {
                     let message = format!(
                         "the request body arrived slower than {} bytes per second \
@@ -117,30 +148,132 @@ where
                     );
                     return Poll::Ready(Some(Err(TooSlow(message).into())));
                 }
-                if let Some(late) = this.past_deadline(now) {
+                if let Some(late) = this.too_late(now) {
                     return Poll::Ready(Some(Err(late.into())));
                 }
-                let next = match this.whole_by {
-                    Some((by, ..)) => by.min(now + this.idle),
-                    None => now + this.idle,
-                };
-                this.deadline.as_mut().reset(next);
+                this.idle_by = now + this.idle;
                 Poll::Ready(Some(Ok(chunk)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    if let Some(late) = this.past_deadline(Instant::now()) {
-                        return Poll::Ready(Some(Err(late.into())));
-                    }
-                    let message = format!(
-                        "no byte of the request body arrived for {} s (BODY_IDLE_TIMEOUT_SECONDS)",
-                        this.idle.as_secs()
-                    );
-                    Poll::Ready(Some(Err(TooSlow(message).into())))
+            Poll::Pending => {
+                if let Some(late) = this.too_late(now) {
+                    return Poll::Ready(Some(Err(late.into())));
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                let next = match &mut this.whole {
+                    Some(whole) => {
+                        whole.waiting_since = Some(now);
+                        this.idle_by
+                            .min(now + whole.limit.saturating_sub(whole.waited))
+                    }
+                    None => this.idle_by,
+                };
+                if this.next_check.deadline() != next {
+                    this.next_check.as_mut().reset(next);
+                }
+                match this.next_check.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let now = Instant::now();
+                        let refusal = this.too_late(now).unwrap_or_else(|| {
+                            TooSlow(format!(
+                                "no byte of the request body arrived for {} s \
+                                 (BODY_IDLE_TIMEOUT_SECONDS)",
+                                this.idle.as_secs()
+                            ))
+                        });
+                        Poll::Ready(Some(Err(refusal.into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             done => done,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use futures::channel::mpsc;
+
+    use super::*;
+
+    type Body = mpsc::UnboundedReceiver<Result<Bytes, axum::Error>>;
+
+    /// A GraphQL body's pacing with no minimum rate (each test sets what it tests).
+    fn whole(
+        idle: u64,
+        whole: u64,
+    ) -> (
+        mpsc::UnboundedSender<Result<Bytes, axum::Error>>,
+        Paced<Body>,
+    ) {
+        let limits = ConnectionLimits {
+            max_connections: 8,
+            header_read_timeout_seconds: 20,
+            body_idle_timeout_seconds: idle,
+            min_body_bytes_per_second: 0,
+            body_timeout_seconds: whole,
+            send_timeout_seconds: 60,
+        };
+        let (sender, body) = mpsc::unbounded();
+        (sender, paced_whole(body, &limits))
+    }
+
+    /// Reads `paced` to its refusal: its message and when it came.
+    async fn refusal(paced: &mut Paced<Body>) -> (String, Duration) {
+        let started = Instant::now();
+        loop {
+            match paced.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return (err.to_string(), started.elapsed()),
+                None => panic!("the body ended without a refusal"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_ends_at_its_whole_time_or_its_idle_time() {
+        let (_sender, mut paced) = whole(20, 3);
+        let (message, after) = refusal(&mut paced).await;
+        assert!(message.contains("BODY_TIMEOUT_SECONDS"), "{message}");
+        assert_eq!(after, Duration::from_secs(3));
+
+        let (_sender, mut paced) = whole(1, 60);
+        let (message, after) = refusal(&mut paced).await;
+        assert!(message.contains("BODY_IDLE_TIMEOUT_SECONDS"), "{message}");
+        assert_eq!(after, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_trickle_ends_once_waited_for_its_whole_time() {
+        let (sender, mut paced) = whole(20, 3);
+        tokio::spawn(async move {
+            while sender.unbounded_send(Ok(Bytes::from_static(b"a"))).is_ok() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let (message, after) = refusal(&mut paced).await;
+        assert!(message.contains("BODY_TIMEOUT_SECONDS"), "{message}");
+        assert_eq!(after, Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_spent_not_reading_costs_the_client_nothing() {
+        let (sender, mut paced) = whole(20, 3);
+        for _ in 0..10 {
+            sender
+                .unbounded_send(Ok(Bytes::from_static(b"a")))
+                .expect("sent");
+        }
+        drop(sender);
+        assert!(matches!(paced.next().await, Some(Ok(_))));
+        // Attache busy elsewhere (a resolver storing the previous file): the rest
+        // waited in the socket.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut read = 1;
+        while let Some(chunk) = paced.next().await {
+            chunk.expect("a chunk, not a refusal");
+            read += 1;
+        }
+        assert_eq!(read, 10);
     }
 }

@@ -27,6 +27,7 @@ use fs_write::{INLINE_WRITE_UP_TO, link_new_file, write_new_file};
 pub use key::{KeyTemplate, StorageKey};
 pub use local::LocalFile;
 pub use probe::PROBE_TIMEOUT;
+use s3_api::Endpoint;
 pub use s3_api::Unfinished;
 
 use crate::config::{AddressingStyle, ConfigError, StorageBackend, StorageConfig};
@@ -87,7 +88,7 @@ impl OpenObject {
 #[derive(Clone, Debug)]
 pub struct Storage {
     operator: Operator,
-    /// Signs the URLs clients get: the operator itself, or one for
+    /// Signs the read URLs clients get: the operator itself, or one for
     /// S3_PUBLIC_ENDPOINT_URL (it never sends a request).
     presigner: Operator,
     backend: StorageBackend,
@@ -97,7 +98,8 @@ pub struct Storage {
     location: String,
     /// `FSYNC_FILES`: new files are synced to disk before they count as written.
     fsync_files: bool,
-    /// S3's unfinished multipart uploads, for `storage sweep`; `None` on fs.
+    /// attache's own S3 requests (streamed writes, unfinished multipart uploads,
+    /// presigned PUTs of a known length); `None` on fs.
     s3_api: Option<std::sync::Arc<s3_api::S3Api>>,
     /// The parts of a large object's write: `S3_PART_SIZE_BYTES` on S3; `None` on
     /// fs, which writes each chunk as it comes.
@@ -554,7 +556,7 @@ impl Storage {
         // If-None-Match: * is signed in, where the store honours it; `key` is a
         // staging key anyway, which no attachment is ever stored under.
         let (url, headers) = api
-            .presign_put(key.as_str(), ttl, content_type, length, true)
+            .presign_put(key.as_str(), ttl, content_type, length, Endpoint::Public)
             .await
             .map_err(|err| api_error("presign", err))?;
         Ok(Some(PresignedPut { url, headers }))

@@ -203,7 +203,7 @@ impl Storage {
                 PROBE_TIMEOUT,
                 PROBE_CONTENT_TYPE,
                 length,
-                false,
+                super::s3_api::Endpoint::Internal,
             )
             .await
             .map_err(|err| failed(format!("the PUT cannot be presigned: {err}")))?;

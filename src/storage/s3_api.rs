@@ -27,6 +27,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// SHA-256 of an empty body: GET and DELETE send none.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
+/// Which endpoint a presigned URL names.
+#[derive(Clone, Copy, Debug)]
+pub enum Endpoint {
+    /// `S3_PUBLIC_ENDPOINT_URL` when set: the URLs clients are given.
+    Public,
+    /// `S3_ENDPOINT_URL`, which attache itself reaches (the startup probe).
+    Internal,
+}
+
 /// One multipart upload the store holds open.
 #[derive(Debug, Clone)]
 pub struct Unfinished {
@@ -59,7 +68,8 @@ impl S3ApiError {
     }
 }
 
-/// Lists and aborts the bucket's unfinished multipart uploads under the prefix.
+/// attache's own signed requests to the bucket: streamed multipart uploads, the
+/// listing and aborting of unfinished ones, and presigned PUTs of a known length.
 pub struct S3Api {
     signer: Signer<Credential>,
     http: reqwest::Client,
@@ -135,19 +145,18 @@ impl S3Api {
     /// A PUT of `key` presigned for `ttl`, and the headers it must carry: its type,
     /// `If-None-Match: *` and its length, all signed, so the store refuses any body
     /// but one of exactly `length` bytes (OpenDAL's presigned PUT leaves the length
-    /// open: a URL for one byte would take gigabytes). At `S3_PUBLIC_ENDPOINT_URL`
-    /// for clients, at `S3_ENDPOINT_URL` for the startup probe.
+    /// open: a URL for one byte would take gigabytes).
     pub async fn presign_put(
         &self,
         key: &str,
         ttl: Duration,
         content_type: &str,
         length: u64,
-        for_clients: bool,
+        endpoint: Endpoint,
     ) -> Result<(String, Vec<(String, String)>), S3ApiError> {
-        let base = match for_clients {
-            true => &self.public_objects_url,
-            false => &self.objects_url,
+        let base = match endpoint {
+            Endpoint::Public => &self.public_objects_url,
+            Endpoint::Internal => &self.objects_url,
         };
         let request = http::Request::builder()
             .method(http::Method::PUT)
@@ -312,7 +321,6 @@ impl std::fmt::Debug for S3Api {
     }
 }
 
-/// `value` percent-encoded as SigV4 canonicalizes a query value or path segment.
 /// The bucket's URL at `endpoint` (AWS's regional one when none), in the configured
 /// addressing style: `http://host/bucket` (path) or `https://bucket.host/` (virtual).
 fn bucket_url_at(config: &StorageConfig, endpoint: Option<&str>) -> String {
@@ -344,6 +352,7 @@ fn url_at(objects_url: &str, key: &str) -> String {
     format!("{objects_url}{}", path.join("/"))
 }
 
+/// `value` percent-encoded as SigV4 canonicalizes a query value or path segment.
 pub(super) fn encode(value: &str) -> String {
     const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')

@@ -421,6 +421,20 @@ async fn json_values_are_counted_before_parsing(_: Setup) {
         let message = body["errors"][0]["message"].as_str().unwrap_or_default();
         assert!(message.contains("MAX_JSON_VALUES"), "{message}");
     }
+    // Malformed JSON is named once, whichever part holds it.
+    for (operations, map) in [("{", "{}"), (r#"{"query": "{ __typename }"}"#, "[")] {
+        let form = reqwest::multipart::Form::new()
+            .text("operations", operations)
+            .text("map", map);
+        let (status, body) = post_multipart(&served.base_url, &bearer, form).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert_eq!(
+            message.matches("invalid GraphQL request").count(),
+            1,
+            "{message}"
+        );
+    }
     assert_unharmed(&mut served, before, "JSON values").await;
     let fits = json!({ "query": "{ __typename }", "variables": { "v": vec![0; 9_000] } });
     let (status, body) = post(&served, Some(&bearer), &fits).await;
