@@ -1,5 +1,11 @@
 //! `/healthz`: the process answers. `/readyz`: the database and storage answer too,
-//! and the server is not shutting down. `/metrics`: Prometheus text.
+//! and the server is not shutting down. `/metrics`: Prometheus text. Anyone may call
+//! `/readyz` (and `/metrics` on the main listener): what they read from the database
+//! and the bucket is read at most once per [`REFRESH_EVERY`], however many callers
+//! come, so a flood of them costs the bucket (billed per request) nothing more.
+
+use std::future::Future;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -9,15 +15,69 @@ use serde_json::json;
 
 use crate::http::AppState;
 
+/// How old an answer of the database or the bucket may be when `/readyz` or
+/// `/metrics` reports it.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// The last value a check read, and when. A caller finds it fresh, or reads it
+/// anew; callers that come meanwhile wait for that read instead of starting theirs.
+pub struct Recent<T> {
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, T)>>,
+}
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Self {
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone> Recent<T> {
+    /// The value read within [`REFRESH_EVERY`], or what `read` reads now.
+    pub async fn get(&self, read: impl Future<Output = T>) -> T {
+        let mut last = self.last.lock().await;
+        if let Some((at, value)) = &*last
+            && at.elapsed() < REFRESH_EVERY
+        {
+            return value.clone();
+        }
+        let value = read.await;
+        *last = Some((tokio::time::Instant::now(), value.clone()));
+        value
+    }
+}
+
+/// What the health routes last read.
+#[derive(Default)]
+pub struct Checks {
+    /// The database's and the storage's answers.
+    readiness: Recent<(Result<(), String>, Result<(), String>)>,
+    /// When the figures `/metrics` reads from the database were last read.
+    figures: Recent<()>,
+}
+
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// The Prometheus text, after reading the figures measured at scrape time: the
-/// database pool, the outbox backlog and the tenants near their quota.
+/// The Prometheus text, after reading the figures measured at scrape time (at most
+/// once per [`REFRESH_EVERY`]): the database pool, the outbox backlog and the tenants
+/// near their quota.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let (size, idle) = state.app.db.pool_usage();
     crate::telemetry::db_pool(size, idle);
+    state.checks.figures.get(read_figures(&state)).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(),
+    )
+}
+
+async fn read_figures(state: &AppState) {
     match crate::events::backlog(state.app.db.read()).await {
         Ok(pending) => crate::telemetry::outbox_backlog(pending),
         Err(err) => tracing::warn!(error = %err, "cannot count the outbox backlog"),
@@ -26,13 +86,6 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         Ok(tenants) => crate::telemetry::tenants_near_quota(tenants),
         Err(err) => tracing::warn!(error = %err, "cannot count the tenants near their quota"),
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::telemetry::render(),
-    )
 }
 
 pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
@@ -44,13 +97,7 @@ pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
         let body = Json(json!({ "status": "draining" }));
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
-    let database = state.app.db.ping().await.map_err(|err| err.to_string());
-    let storage = state
-        .app
-        .storage
-        .ping()
-        .await
-        .map_err(|err| err.to_string());
+    let (database, storage) = state.checks.readiness.get(read_readiness(&state)).await;
     let describe = |result: &Result<(), String>| match result {
         Ok(()) => "ok",
         Err(_) => "unavailable",
@@ -70,4 +117,39 @@ pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
         Json(json!({ "database": describe(&database), "storage": describe(&storage) })),
     )
         .into_response()
+}
+
+async fn read_readiness(state: &AppState) -> (Result<(), String>, Result<(), String>) {
+    let database = state.app.db.ping().await.map_err(|err| err.to_string());
+    let storage = state
+        .app
+        .storage
+        .ping()
+        .await
+        .map_err(|err| err.to_string());
+    (database, storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_is_read_once_per_interval_however_many_ask() {
+        let recent = Recent::default();
+        let reads = AtomicU32::new(0);
+        let read = || async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            reads.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        let answers = futures::future::join_all((0..100).map(|_| recent.get(read()))).await;
+        assert!(answers.iter().all(|answer| *answer == 1), "{answers:?}");
+        tokio::time::sleep(REFRESH_EVERY / 2).await;
+        assert_eq!(recent.get(read()).await, 1, "still fresh");
+        tokio::time::sleep(REFRESH_EVERY).await;
+        assert_eq!(recent.get(read()).await, 2, "read anew");
+        assert_eq!(reads.load(Ordering::Relaxed), 2);
+    }
 }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub app: SharedApp,
     pub schema: AppSchema,
     pub parsed_queries: std::sync::Arc<ParsedQueries>,
+    /// What `/readyz` and `/metrics` last read.
+    pub checks: std::sync::Arc<health::Checks>,
 }
 
 /// Every route; `/metrics` too unless `METRICS_ADDR` gives it a listener of its own.
@@ -41,6 +43,7 @@ pub fn router(app: SharedApp) -> Router {
         app,
         schema,
         parsed_queries: Default::default(),
+        checks: Default::default(),
     };
     let mut router = Router::new()
         .route("/graphql", get(graphql::handle).post(graphql::handle))
@@ -68,6 +71,7 @@ fn metrics_router(app: SharedApp) -> Router {
         schema: crate::graphql::schema(app.clone()),
         app,
         parsed_queries: Default::default(),
+        checks: Default::default(),
     };
     Router::new()
         .route("/metrics", get(health::metrics))

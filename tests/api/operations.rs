@@ -105,10 +105,47 @@ async fn readyz_answers_503_while_draining(setup: Setup) {
     );
 }
 
+/// Anyone may call `/readyz` and `/metrics`: a flood of them reads the database and
+/// the bucket (billed per request on S3) once a second, not once a call.
+async fn health_check_floods_read_storage_once_a_second(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let backend = match setup.store {
+        Store::Fs => "fs",
+        Store::S3 | Store::Garage => "s3",
+    };
+    let lists = |scrape: &Scrape| {
+        total_of(
+            scrape,
+            "attache_storage_operation_duration_seconds",
+            &[("backend", backend), ("operation", "list")],
+            ValueType::Count,
+        )
+    };
+    let before = lists(&scrape(&app).await);
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        let checks = (0..50).map(|i| {
+            let path = if i % 2 == 0 { "/readyz" } else { "/metrics" };
+            app.client.get(app.url(path)).send()
+        });
+        for answer in futures::future::join_all(checks).await {
+            assert_eq!(answer.expect("an answer").status(), 200);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64().ceil();
+    let listed = lists(&scrape(&app).await) - before;
+    assert!(
+        (1.0..=seconds + 1.0).contains(&listed),
+        "200 readiness checks in {seconds} s listed the storage {listed} times"
+    );
+}
+
 async fn readyz_fails_when_the_storage_folder_vanishes(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     assert_eq!(app.status_of("/readyz").await, 200);
     std::fs::remove_dir_all(&app.storage_root).expect("remove the storage folder");
+    // Readiness is read at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let response = app
         .client
         .get(app.url("/readyz"))
@@ -251,6 +288,7 @@ crate::matrix!(
     metrics_parse_and_move_with_uploads_and_downloads,
     a_request_id_is_returned_and_a_bad_one_replaced,
     readyz_answers_503_while_draining,
+    health_check_floods_read_storage_once_a_second,
 );
 /// A database failure is logged with the place of the call that failed, so the
 /// log names the step; the client sees INTERNAL_SERVER_ERROR and nothing more.

@@ -266,8 +266,11 @@ async fn passing_80_percent_warns_once_per_crossing(setup: Setup) {
     );
 }
 
-/// `attache_tenants_near_quota` as `/metrics` shows it (it must be there).
+/// `attache_tenants_near_quota` as `/metrics` shows it (it must be there), a second
+/// after the last scrape: the figures it reads from the database are read at most
+/// once a second.
 async fn gauge(app: &TestApp) -> f64 {
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let scrape = scrape(app).await;
     assert!(has(&scrape, "attache_tenants_near_quota"), "the gauge");
     total(&scrape, "attache_tenants_near_quota", &[])
