@@ -19,6 +19,10 @@ use crate::http::AppState;
 /// `/metrics` reports it.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
+/// How long one of those reads may take: a store that never answers is then a
+/// failed check, kept like any answer, not a read that every caller waits behind.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The last value a check read, and when. A caller finds it fresh, or reads it
 /// anew; callers that come meanwhile wait for that read instead of starting theirs.
 pub struct Recent<T> {
@@ -78,13 +82,29 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn read_figures(state: &AppState) {
-    match crate::events::backlog(state.app.db.read()).await {
+    let backlog = within(crate::events::backlog(state.app.db.read())).await;
+    match backlog {
         Ok(pending) => crate::telemetry::outbox_backlog(pending),
         Err(err) => tracing::warn!(error = %err, "cannot count the outbox backlog"),
     }
-    match crate::quotas::tenants_near_limit(&state.app.db, &state.app.config.quotas).await {
+    let near = within(crate::quotas::tenants_near_limit(
+        &state.app.db,
+        &state.app.config.quotas,
+    ))
+    .await;
+    match near {
         Ok(tenants) => crate::telemetry::tenants_near_quota(tenants),
         Err(err) => tracing::warn!(error = %err, "cannot count the tenants near their quota"),
+    }
+}
+
+/// `read`'s answer within [`READ_TIMEOUT`], its error as text.
+async fn within<T, E: std::fmt::Display>(
+    read: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(answer) => answer.map_err(|err| err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", READ_TIMEOUT.as_secs())),
     }
 }
 
@@ -102,11 +122,6 @@ pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
         Ok(()) => "ok",
         Err(_) => "unavailable",
     };
-    for (part, result) in [("database", &database), ("storage", &storage)] {
-        if let Err(err) = result {
-            tracing::warn!(part, error = %err, "not ready");
-        }
-    }
     let status = if database.is_ok() && storage.is_ok() {
         StatusCode::OK
     } else {
@@ -119,14 +134,16 @@ pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
         .into_response()
 }
 
+/// The database's and the storage's answers; a failure is logged once per read,
+/// not once per caller.
 async fn read_readiness(state: &AppState) -> (Result<(), String>, Result<(), String>) {
-    let database = state.app.db.ping().await.map_err(|err| err.to_string());
-    let storage = state
-        .app
-        .storage
-        .ping()
-        .await
-        .map_err(|err| err.to_string());
+    let database = within(state.app.db.ping()).await;
+    let storage = within(state.app.storage.ping()).await;
+    for (part, result) in [("database", &database), ("storage", &storage)] {
+        if let Err(err) = result {
+            tracing::warn!(part, error = %err, "not ready");
+        }
+    }
     (database, storage)
 }
 

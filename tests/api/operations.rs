@@ -106,7 +106,8 @@ async fn readyz_answers_503_while_draining(setup: Setup) {
 }
 
 /// Anyone may call `/readyz` and `/metrics`: a flood of them reads the database and
-/// the bucket (billed per request on S3) once a second, not once a call.
+/// the bucket (billed per request on S3) once a second, not once a call (200 lists
+/// without it).
 async fn health_check_floods_read_storage_once_a_second(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let backend = match setup.store {
@@ -133,9 +134,11 @@ async fn health_check_floods_read_storage_once_a_second(setup: Setup) {
         }
     }
     let seconds = started.elapsed().as_secs_f64().ceil();
+    // The histogram is the test process's: other tests' servers list their
+    // storage meanwhile too (a start, a readiness check), a few times a second.
     let listed = lists(&scrape(&app).await) - before;
     assert!(
-        (1.0..=seconds + 1.0).contains(&listed),
+        (1.0..50.0).contains(&listed),
         "200 readiness checks in {seconds} s listed the storage {listed} times"
     );
 }
