@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::s3_api::{Endpoint, S3Api};
 use super::{Storage, StorageKey, StreamWriteError};
 use crate::config::{ConfigError, StorageBackend, StorageConfig};
 
@@ -176,25 +177,23 @@ impl Storage {
     /// to, which it can reach): signatures, clock, region, the signed headers and the
     /// response overrides must all be right. The second object is removed.
     async fn presigned_round_trip(&self, payload: &Bytes) -> opendal::Result<()> {
-        if self.backend == StorageBackend::Fs {
+        let Some(api) = &self.s3_api else {
             return Ok(());
-        }
+        };
         let probe = StorageKey::probe();
-        let sent = self.presigned_put_then_get(&probe, payload).await;
+        let sent = self.presigned_put_then_get(api, &probe, payload).await;
         let removed = self.delete(&probe).await;
         sent.and(removed)
     }
 
     async fn presigned_put_then_get(
         &self,
+        api: &S3Api,
         probe: &StorageKey,
         payload: &Bytes,
     ) -> opendal::Result<()> {
         let failed = |message: String| opendal::Error::new(opendal::ErrorKind::Unexpected, message);
         let client = reqwest::Client::new();
-        let Some(api) = &self.s3_api else {
-            return Ok(());
-        };
         // At S3_ENDPOINT_URL: the public endpoint may be reachable by browsers only.
         let length = payload.len() as u64;
         let (url, headers) = api
@@ -203,7 +202,7 @@ impl Storage {
                 PROBE_TIMEOUT,
                 PROBE_CONTENT_TYPE,
                 length,
-                super::s3_api::Endpoint::Internal,
+                Endpoint::Internal,
             )
             .await
             .map_err(|err| failed(format!("the PUT cannot be presigned: {err}")))?;
