@@ -306,6 +306,11 @@ pub struct QueryLimits {
     /// over every operation and fragment of a request. Checked before validation.
     #[arg(long, env = "MAX_EXPANDED_FIELDS", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
     pub max_expanded_fields: u32,
+    /// Most rows a request may list, batch arrays included: each `attachments` counts
+    /// its `first` (20 when not given), each `totalCount` 100 (a count reads every
+    /// row of its scope). Checked before anything runs.
+    #[arg(long, env = "MAX_QUERY_ROWS", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(200..=10_000_000))]
+    pub max_query_rows: u32,
     /// Most operations in one batch array.
     #[arg(long, env = "MAX_BATCH_OPERATIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_batch_operations: u32,

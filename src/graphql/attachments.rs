@@ -3,9 +3,7 @@
 //! neither sea-orm nor OpenDAL.
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{
-    Context, ErrorExtensions, ID, InputObject, Object, ResultExt, SimpleObject, Upload,
-};
+use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, ResultExt, SimpleObject};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -18,14 +16,16 @@ use crate::attachments::urls;
 use crate::attachments::{self, Draft, StreamCheck, Target, ValidUpload, direct, upload};
 use crate::auth::{Access, Principal};
 use crate::error::{AppError, AppResult};
-use crate::graphql::bounds::FileCount;
+use crate::graphql::bounds::{FileCount, ListField};
 use crate::graphql::context::{app, principal};
-use crate::graphql::file_parts::{self, Part, Parts};
+use crate::graphql::file_parts::{self, FileArgument, Part, Parts};
 use crate::graphql::large_strings;
 use crate::ids::SafeId;
 
 /// Largest page of `attachments`.
 const MAX_PAGE: i32 = 100;
+/// The page a listing gets without `first`.
+const DEFAULT_PAGE: i32 = 20;
 
 pub struct Attachment(attachment::Model);
 
@@ -131,7 +131,7 @@ impl AttachmentQuery {
         ctx: &Context<'_>,
         owner_type: String,
         owner_id: Option<String>,
-        #[graphql(default = 20)] first: Option<i32>,
+        #[graphql(default_with = "Some(DEFAULT_PAGE)")] first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<AttachmentConnection> {
         let principal = principal(ctx, Access::Read)?;
@@ -164,7 +164,7 @@ async fn list(
     first: Option<i32>,
     after: Option<&str>,
 ) -> AppResult<attachments::Page> {
-    let first = first.unwrap_or(20);
+    let first = first.unwrap_or(DEFAULT_PAGE);
     if !(0..=MAX_PAGE).contains(&first) {
         return Err(AppError::bad_input(format!(
             "first must be between 0 and {MAX_PAGE}"
@@ -200,7 +200,7 @@ pub struct UploadAttachmentInput {
 pub struct UploadAttachmentFileInput {
     owner_type: String,
     owner_id: Option<String>,
-    file: Upload,
+    file: FileArgument,
     sha256: Option<String>,
 }
 
@@ -259,6 +259,17 @@ pub(super) const FILE_FIELDS: [(&str, FileCount); 5] = [
     ("createDirectUpload", FileCount::One),
     ("completeDirectUpload", FileCount::One),
 ];
+
+/// The listing, whose rows the request-wide MAX_QUERY_ROWS counts before anything
+/// runs: complexity counts a page of 100 rows as one field.
+pub(super) const LISTING: ListField = ListField {
+    name: "attachments",
+    first: "first",
+    default_first: DEFAULT_PAGE as u64,
+    most_first: MAX_PAGE as u64,
+    count: "totalCount",
+    count_rows: MAX_PAGE as u64,
+};
 
 #[derive(Default)]
 pub struct AttachmentMutation;

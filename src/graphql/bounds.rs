@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 
 use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+    DocumentOperations, ExecutableDocument, Field, OperationDefinition, OperationType, Selection,
+    SelectionSet,
 };
 use async_graphql::{Name, Variables};
 use async_graphql_value::{ConstValue, Value};
@@ -275,94 +276,167 @@ impl<'a> Sizes<'a> {
     }
 }
 
-/// How many files the operation a request runs would store or announce: every
-/// field of `file_fields` at the root of a mutation, through aliases, fragments and
-/// list arguments, whether a literal or a variable holds the list.
-pub fn files(
-    document: &ExecutableDocument,
-    operation_name: Option<&str>,
-    variables: &Variables,
-    file_fields: &[(&str, FileCount)],
-) -> u64 {
-    let operation = match (&document.operations, operation_name) {
-        (DocumentOperations::Single(operation), _) => Some(operation),
-        (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
-        (DocumentOperations::Multiple(_), None) => None,
-    };
-    let Some(operation) = operation.filter(|op| op.node.ty == OperationType::Mutation) else {
-        return 0;
-    };
-    let mut counter = FileCounter {
-        document,
-        variables,
-        file_fields,
-        open: Vec::new(),
-    };
-    counter.selection_set(&operation.node.selection_set.node)
+/// A list field that a request is charged rows for before it runs.
+pub struct ListField {
+    pub name: &'static str,
+    /// The argument that says how many rows a page holds, its default and its most
+    /// (a larger page is the resolver's to refuse).
+    pub first: &'static str,
+    pub default_first: u64,
+    pub most_first: u64,
+    /// A field of the list that counts every row of its scope, and what it is
+    /// charged: a count reads the whole scope's index, not a page of it.
+    pub count: &'static str,
+    pub count_rows: u64,
 }
 
-struct FileCounter<'a> {
+/// The operation a request runs, with the variables its arguments read. The walks
+/// below spread fragments with multiplicity: [`measure`] already bounded that
+/// expansion and refused cycles.
+pub struct Running<'a> {
     document: &'a ExecutableDocument,
+    operation: &'a OperationDefinition,
     variables: &'a Variables,
-    file_fields: &'a [(&'a str, FileCount)],
-    open: Vec<&'a Name>,
 }
 
-impl<'a> FileCounter<'a> {
-    /// Root fields only; [`measure`] already bounded the expansion and refused cycles.
-    fn selection_set(&mut self, set: &'a SelectionSet) -> u64 {
-        let mut total: u64 = 0;
+/// An argument as the executor will see it.
+enum Argument<'a> {
+    Literal(&'a Value),
+    Variable(&'a ConstValue),
+    Absent,
+}
+
+impl<'a> Running<'a> {
+    /// The operation `operation_name` picks; `None` when there is none to run (the
+    /// executor reports that).
+    pub fn find(
+        document: &'a ExecutableDocument,
+        operation_name: Option<&str>,
+        variables: &'a Variables,
+    ) -> Option<Self> {
+        let operation = match (&document.operations, operation_name) {
+            (DocumentOperations::Single(operation), _) => Some(operation),
+            (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
+            (DocumentOperations::Multiple(_), None) => None,
+        }?;
+        Some(Self {
+            document,
+            operation: &operation.node,
+            variables,
+        })
+    }
+
+    /// How many files a mutation would store or announce: every field of
+    /// `file_fields` at its root, through aliases, fragments and list arguments,
+    /// whether a literal, a variable or a variable's default holds the list.
+    pub fn files(&self, file_fields: &[(&str, FileCount)]) -> u64 {
+        if self.operation.ty != OperationType::Mutation {
+            return 0;
+        }
+        let files = |field: &Field| {
+            let count = file_fields
+                .iter()
+                .find(|(name, _)| *name == field.name.node.as_str())
+                .map(|(_, count)| *count);
+            match count {
+                None => 0,
+                Some(FileCount::One) => 1,
+                Some(FileCount::EachOf(argument)) => self.list_length(field, argument),
+            }
+        };
+        self.fields_of(&self.operation.selection_set.node)
+            .into_iter()
+            .map(files)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// How many rows a query asks for: each `list` field at its root counts its page,
+    /// and each of its count fields what a count costs.
+    pub fn rows(&self, list: &ListField) -> u64 {
+        if self.operation.ty != OperationType::Query {
+            return 0;
+        }
+        let rows = |field: &Field| {
+            let page = match self.argument(field, list.first) {
+                Argument::Literal(Value::Number(first))
+                | Argument::Variable(ConstValue::Number(first)) => first
+                    .as_i64()
+                    .map_or(list.most_first, |first| first.max(0).unsigned_abs())
+                    .min(list.most_first),
+                _ => list.default_first,
+            };
+            let counts = self
+                .fields_of(&field.selection_set.node)
+                .into_iter()
+                .filter(|inner| inner.name.node == list.count)
+                .count() as u64;
+            page.saturating_add(counts.saturating_mul(list.count_rows))
+        };
+        self.fields_of(&self.operation.selection_set.node)
+            .into_iter()
+            .filter(|field| field.name.node == list.name)
+            .map(rows)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The fields of `set`, its fragments spread, not the fields below them.
+    fn fields_of(&self, set: &'a SelectionSet) -> Vec<&'a Field> {
+        let mut fields = Vec::new();
+        self.gather(set, &mut Vec::new(), &mut fields);
+        fields
+    }
+
+    fn gather(&self, set: &'a SelectionSet, open: &mut Vec<&'a Name>, fields: &mut Vec<&'a Field>) {
         for selection in &set.items {
-            let files = match &selection.node {
-                Selection::Field(field) => self.field(&field.node),
+            match &selection.node {
+                Selection::Field(field) => fields.push(&field.node),
                 Selection::InlineFragment(inline) => {
-                    self.selection_set(&inline.node.selection_set.node)
+                    self.gather(&inline.node.selection_set.node, open, fields);
                 }
                 Selection::FragmentSpread(spread) => {
                     let name = &spread.node.fragment_name.node;
-                    match self.document.fragments.get(name) {
-                        Some(fragment) if !self.open.contains(&name) => {
-                            self.open.push(name);
-                            let files = self.selection_set(&fragment.node.selection_set.node);
-                            self.open.pop();
-                            files
-                        }
-                        _ => 0,
+                    if let Some(fragment) = self.document.fragments.get(name)
+                        && !open.contains(&name)
+                    {
+                        open.push(name);
+                        self.gather(&fragment.node.selection_set.node, open, fields);
+                        open.pop();
                     }
                 }
-            };
-            total = total.saturating_add(files);
-        }
-        total
-    }
-
-    fn field(&self, field: &async_graphql::parser::types::Field) -> u64 {
-        let count = self
-            .file_fields
-            .iter()
-            .find(|(name, _)| *name == field.name.node.as_str())
-            .map(|(_, count)| *count);
-        match count {
-            None => 0,
-            Some(FileCount::One) => 1,
-            Some(FileCount::EachOf(argument)) => match field.get_argument(argument) {
-                Some(value) => self.list_length(&value.node),
-                None => 0,
-            },
+            }
         }
     }
 
-    /// A list's length; any other value counts as one (GraphQL coerces it to a list
-    /// of one).
-    fn list_length(&self, value: &Value) -> u64 {
-        match value {
-            Value::Variable(name) => match self.variables.get(name) {
-                Some(ConstValue::List(items)) => items.len() as u64,
-                Some(ConstValue::Null) => 0,
-                _ => 1,
-            },
-            Value::List(items) => items.len() as u64,
-            Value::Null => 0,
+    /// `field`'s argument `name`: a variable reads the request's variables, then the
+    /// operation's default for it.
+    fn argument(&self, field: &'a Field, name: &str) -> Argument<'a> {
+        match field.get_argument(name).map(|value| &value.node) {
+            None => Argument::Absent,
+            Some(Value::Variable(variable)) => self
+                .variables
+                .get(variable)
+                .or_else(|| {
+                    self.operation
+                        .variable_definitions
+                        .iter()
+                        .find(|definition| definition.node.name.node == *variable)
+                        .and_then(|definition| definition.node.default_value.as_ref())
+                        .map(|default| &default.node)
+                })
+                .map_or(Argument::Absent, Argument::Variable),
+            Some(literal) => Argument::Literal(literal),
+        }
+    }
+
+    /// A list argument's length; any other value counts as one (GraphQL coerces it
+    /// to a list of one).
+    fn list_length(&self, field: &'a Field, name: &str) -> u64 {
+        match self.argument(field, name) {
+            Argument::Literal(Value::List(items)) => items.len() as u64,
+            Argument::Variable(ConstValue::List(items)) => items.len() as u64,
+            Argument::Absent
+            | Argument::Literal(Value::Null)
+            | Argument::Variable(ConstValue::Null) => 0,
             _ => 1,
         }
     }
@@ -441,18 +515,52 @@ mod tests {
         assert_eq!(shape.complexity(Some("other")), 0);
     }
 
+    fn running<'a>(document: &'a ExecutableDocument, variables: &'a Variables) -> Running<'a> {
+        Running::find(document, None, variables).expect("one operation")
+    }
+
     #[test]
-    fn files_are_counted_through_aliases_fragments_and_lists() {
+    fn files_are_counted_through_aliases_fragments_lists_and_defaults() {
         let fields = [
             ("one", FileCount::One),
             ("many", FileCount::EachOf("input")),
         ];
-        let query = "mutation($list: [In!]!) { a: one b: one ...M ... on Mutation { many(input: $list) } \
-                     many(input: [{x: 1}, {x: 2}, {x: 3}]) } fragment M on Mutation { c: one }";
+        let query = "mutation($list: [In!]!, $preset: [In!] = [{x: 1}, {x: 2}]) { a: one b: one \
+                     ...M ... on Mutation { many(input: $list) } many(input: [{x: 1}, {x: 2}, {x: 3}]) \
+                     preset: many(input: $preset) } fragment M on Mutation { c: one }";
         let document = async_graphql::parser::parse_query(query).expect("parses");
         let variables = Variables::from_json(serde_json::json!({ "list": [1, 2, 3, 4] }));
-        assert_eq!(files(&document, None, &variables, &fields), 3 + 4 + 3);
+        assert_eq!(running(&document, &variables).files(&fields), 3 + 4 + 3 + 2);
+        let given = Variables::from_json(serde_json::json!({ "list": [1], "preset": [1, 2, 3] }));
+        assert_eq!(running(&document, &given).files(&fields), 3 + 1 + 3 + 3);
         let query_op = async_graphql::parser::parse_query("{ one }").expect("parses");
-        assert_eq!(files(&query_op, None, &variables, &fields), 0);
+        assert_eq!(running(&query_op, &variables).files(&fields), 0);
+    }
+
+    #[test]
+    fn rows_count_each_page_and_each_count() {
+        let list = ListField {
+            name: "items",
+            first: "first",
+            default_first: 20,
+            most_first: 100,
+            count: "total",
+            count_rows: 100,
+        };
+        let query = "query($n: Int, $preset: Int = 7) { a: items { total t: total } \
+                     b: items(first: 5) { ...C } c: items(first: $n) d: items(first: $preset) \
+                     e: items(first: 100000) f: items(first: -3) other } \
+                     fragment C on Connection { total ... on Connection { total } }";
+        let document = async_graphql::parser::parse_query(query).expect("parses");
+        let none = Variables::default();
+        let pages = 20 + 5 + 20 + 7 + 100;
+        assert_eq!(running(&document, &none).rows(&list), pages + 4 * 100);
+        let given = Variables::from_json(serde_json::json!({ "n": 50, "preset": 1 }));
+        assert_eq!(
+            running(&document, &given).rows(&list),
+            pages - 20 + 50 - 7 + 1 + 4 * 100
+        );
+        let mutation = async_graphql::parser::parse_query("mutation { items }").expect("parses");
+        assert_eq!(running(&mutation, &none).rows(&list), 0);
     }
 }

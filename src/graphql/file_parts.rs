@@ -9,11 +9,57 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use async_graphql::{InputValueError, InputValueResult, Scalar, ScalarType, Value};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{AppError, AppResult};
+
+/// What a multipart body's `map` puts in the variable a file part fills, followed by
+/// the part's number (the GraphQL multipart request spec's convention).
+const PLACEHOLDER: &str = "#__graphql_file__:";
+
+/// The value the `map` writes into a variable for file part `index`.
+pub fn placeholder(index: usize) -> String {
+    format!("{PLACEHOLDER}{index}")
+}
+
+/// A file part of the request, as an `Upload` argument names it. async-graphql's own
+/// `Upload` unwraps the number after the placeholder, so a client that wrote a
+/// placeholder of its own into a variable or a literal panicked the request; here
+/// it is a clear error.
+pub struct FileArgument(pub usize);
+
+/// A multipart file upload
+#[Scalar(
+    name = "Upload",
+    specified_by_url = "https://github.com/jaydenseric/graphql-multipart-request-spec"
+)]
+impl ScalarType for FileArgument {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        let Value::String(text) = &value else {
+            return Err(InputValueError::expected_type(value));
+        };
+        text.strip_prefix(PLACEHOLDER)
+            .and_then(|index| index.parse().ok())
+            .map(FileArgument)
+            .ok_or_else(|| {
+                InputValueError::custom(
+                    "an Upload is a file part of a multipart request, named in its `map`: \
+                     send the file as a part and map it to this variable",
+                )
+            })
+    }
+
+    fn is_valid(value: &Value) -> bool {
+        matches!(value, Value::String(_))
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Null
+    }
+}
 
 /// A part's bytes, in order.
 pub type PartBody = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;

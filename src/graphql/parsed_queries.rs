@@ -31,8 +31,8 @@ pub struct ParsedQueries(Mutex<HashMap<String, Arc<Parsed>>>);
 impl ParsedQueries {
     /// Bounds the whole batch, then gives every request its parsed query: the batch
     /// length, each text before it is parsed, each document before it is validated,
-    /// and the complexity and the files of the operations that would run, summed
-    /// over the batch. A query that does not parse is a request error.
+    /// and the complexity, the files and the rows of the operations that would run,
+    /// summed over the batch. A query that does not parse is a request error.
     pub fn prepare(
         &self,
         batch: &mut BatchRequest,
@@ -50,7 +50,7 @@ impl ParsedQueries {
                 "send a shorter batch array",
             ));
         }
-        let (mut complexity, mut expanded, mut files) = (0u64, 0u64, 0u64);
+        let (mut complexity, mut expanded, mut files, mut rows) = (0u64, 0u64, 0u64, 0u64);
         for request in batch.iter_mut() {
             let parsed = self.parsed(&request.query, limits)?;
             expanded = expanded.saturating_add(parsed.shape.expanded);
@@ -76,12 +76,12 @@ impl ParsedQueries {
                     "ask for fewer fields or aliases, or split the request",
                 ));
             }
-            files = files.saturating_add(bounds::files(
-                &parsed.document,
-                operation,
-                &request.variables,
-                &super::attachments::FILE_FIELDS,
-            ));
+            let running = bounds::Running::find(&parsed.document, operation, &request.variables);
+            files = files.saturating_add(
+                running
+                    .as_ref()
+                    .map_or(0, |running| running.files(&super::attachments::FILE_FIELDS)),
+            );
             if files > max_files {
                 return Err(bounds::too_many(
                     "files",
@@ -89,6 +89,21 @@ impl ParsedQueries {
                     max_files,
                     "MAX_BATCH_FILES",
                     "send the files in several requests",
+                ));
+            }
+            rows = rows.saturating_add(
+                running
+                    .as_ref()
+                    .map_or(0, |running| running.rows(&super::attachments::LISTING)),
+            );
+            let most = u64::from(limits.max_query_rows);
+            if rows > most {
+                return Err(bounds::too_many(
+                    "rows to list (each `attachments` its `first`, each `totalCount` 100)",
+                    rows,
+                    most,
+                    "MAX_QUERY_ROWS",
+                    "ask for smaller pages or fewer lists, or split the request",
                 ));
             }
             request.set_parsed_query(parsed.document.clone());

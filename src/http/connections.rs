@@ -92,11 +92,7 @@ pub async fn serve(
         let busy = Arc::new(AtomicBool::new(false));
         let connection = builder.serve_connection(io, tracked(router.clone(), busy.clone()));
         let close = shutdown.child_token();
-        let id = open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add(close.clone());
-        let open = open.clone();
+        let registered = Registered::add(&open, close.clone());
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
@@ -113,10 +109,7 @@ pub async fn serve(
             if let Err(err) = ended {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
-            open.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(id);
-            drop(slot);
+            drop((registered, slot));
         });
     }
     drop(listener);
@@ -186,17 +179,37 @@ struct Open {
     closing: BTreeMap<u64, CancellationToken>,
 }
 
+/// A connection's entry among the open ones, removed when its task ends, however it
+/// ends: a panic that unwound the task once left its entry behind for good.
+struct Registered {
+    open: Arc<Mutex<Open>>,
+    id: u64,
+}
+
+impl Registered {
+    fn add(open: &Arc<Mutex<Open>>, close: CancellationToken) -> Self {
+        let mut entries = open.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.next += 1;
+        let id = entries.next;
+        entries.closing.insert(id, close);
+        Self {
+            open: Arc::clone(open),
+            id,
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closing
+            .remove(&self.id);
+    }
+}
+
 impl Open {
-    fn add(&mut self, close: CancellationToken) -> u64 {
-        self.next += 1;
-        self.closing.insert(self.next, close);
-        self.next
-    }
-
-    fn remove(&mut self, id: u64) {
-        self.closing.remove(&id);
-    }
-
     /// Asks the `count` oldest connections not yet asked to close.
     fn close_oldest(&mut self, count: usize) {
         self.closing
@@ -310,5 +323,24 @@ impl AsyncWrite for SendTimeout {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection task that panics still gives up its entry.
+    #[tokio::test]
+    async fn an_entry_goes_with_its_task_however_it_ends() {
+        let open = Arc::new(Mutex::new(Open::default()));
+        let registered = Registered::add(&open, CancellationToken::new());
+        let ended = tokio::spawn(async move {
+            let _registered = registered;
+            panic!("a bug in a handler");
+        })
+        .await;
+        assert!(ended.is_err_and(|err| err.is_panic()));
+        assert!(open.lock().expect("lock").closing.is_empty());
     }
 }

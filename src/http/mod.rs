@@ -18,10 +18,13 @@ mod uploads;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, put};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::SharedApp;
+use crate::error::AppError;
 use crate::graphql::{AppSchema, ParsedQueries};
 
 /// What every handler receives.
@@ -58,11 +61,25 @@ pub fn router(app: SharedApp) -> Router {
     }
     let router = router
         .with_state(state)
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn(observe::request));
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// A request whose handler panicked: answered as an internal error, and logged. A
+/// panic is a bug of ours, yet it must cost its client one request, not the
+/// connection (hyper would drop it without an answer).
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> axum::response::Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a request's handler panicked");
+    AppError::Internal(anyhow::anyhow!("the request failed inside attache")).into_response()
 }
 
 /// The router of the `METRICS_ADDR` listener: `/metrics` and `/healthz`.
@@ -169,5 +186,27 @@ pub async fn serve(
             tracing::warn!("the shutdown grace period is over; requests still running are cut");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_is_answered_as_an_internal_error() {
+        let response = panicked(Box::new("index out of bounds"));
+        assert_eq!(
+            response.status(),
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"],
+            "INTERNAL_SERVER_ERROR"
+        );
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::batch_json;
 use super::drain::{REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT};
-use crate::graphql::file_parts::{Demand, Kept, Parts, Piece};
+use crate::graphql::file_parts::{self, Demand, Kept, Parts, Piece};
 
 /// How many chunks of a streaming part (up to [`PIECE`] each) may wait for its
 /// resolver.
@@ -173,7 +173,7 @@ fn point_at_part(batch: &mut BatchRequest, path: &str, index: usize) {
         let Some(next) = next else { return };
         value = next;
     }
-    *value = Value::String(format!("#__graphql_file__:{index}"));
+    *value = Value::String(file_parts::placeholder(index));
 }
 
 impl Rest {

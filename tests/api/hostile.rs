@@ -334,6 +334,23 @@ async fn files_are_counted_across_the_request(_: Setup) {
     )
     .await;
     assert_refused(status, &body, "BAD_USER_INPUT", "21 literal aliases");
+    // A list that the operation's own default for its variable holds.
+    let preset: String = (0..21)
+        .map(|i| format!("{{ownerType: \"contract\", ownerId: \"c\", filename: \"{i}.txt\", base64: \"eA==\"}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (status, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": format!("mutation($a: [UploadAttachmentInput!]! = [{preset}]) {{ uploadAttachments(input: $a) {{ id }} }}") }),
+    )
+    .await;
+    assert_refused(
+        status,
+        &body,
+        "BAD_USER_INPUT",
+        "21 files in a variable's default",
+    );
 
     // 21 multipart parts, one alias each.
     let fields: String = (0..21)
@@ -380,6 +397,147 @@ async fn files_are_counted_across_the_request(_: Setup) {
         "nothing stored by a refused request"
     );
     assert_unharmed(&mut served, before, "files").await;
+}
+
+/// Complexity counts a page of 100 rows as one field: the rows a request lists are
+/// counted on their own, pages and counts, through aliases, fragments, variables
+/// and batches, before anything runs.
+async fn listed_rows_are_counted_before_anything_runs(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let bearer = token("rows");
+    let store = "mutation($a: [UploadAttachmentInput!]!) { uploadAttachments(input: $a) { id } }";
+    for batch in 0..5 {
+        let files: Vec<Value> = (0..20)
+            .map(|i| json!({ "ownerType": "contract", "ownerId": "c-1", "filename": format!("{batch}-{i}.txt"), "base64": "eA==" }))
+            .collect();
+        let (status, body) = post(
+            &served,
+            Some(&bearer),
+            &json!({ "query": store, "variables": { "a": files } }),
+        )
+        .await;
+        assert_eq!((status, codes(&body).len()), (200, 0), "{body}");
+    }
+    let before = rss_mib(&served);
+    let pages = |count: usize, page: &str| -> String {
+        (0..count)
+            .map(|i| format!("l{i}: attachments(ownerType: \"contract\", {page}) {{ nodes {{ id filename url }} }} "))
+            .collect()
+    };
+    // 20 full pages are the most a request lists; the server answered 90 before.
+    let (status, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": format!("{{{}}}", pages(20, "first: 100")) }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["l19"]["nodes"].as_array().map(Vec::len),
+        Some(100),
+        "{body}"
+    );
+    let refused = [
+        (
+            "21 pages of 100",
+            format!("{{{}}}", pages(21, "first: 100")),
+            json!({}),
+        ),
+        (
+            "101 pages of 20 by default",
+            format!("{{{}}}", pages(101, "ownerId: \"c-1\"")),
+            json!({}),
+        ),
+        (
+            "21 pages of a variable's 100",
+            format!("query($n: Int) {{{}}}", pages(21, "first: $n")),
+            json!({ "n": 100 }),
+        ),
+        (
+            "21 pages of a variable's default",
+            format!("query($n: Int = 100) {{{}}}", pages(21, "first: $n")),
+            json!({}),
+        ),
+        (
+            "21 counts in a fragment",
+            format!(
+                "{{ {} }} fragment C on AttachmentConnection {{ totalCount }}",
+                (0..21)
+                    .map(|i| format!(
+                        "c{i}: attachments(ownerType: \"contract\", first: 0) {{ ...C }} "
+                    ))
+                    .collect::<String>()
+            ),
+            json!({}),
+        ),
+    ];
+    for (what, query, variables) in refused {
+        let (status, body) = post(
+            &served,
+            Some(&bearer),
+            &json!({ "query": query, "variables": variables }),
+        )
+        .await;
+        assert_refused(status, &body, "BAD_USER_INPUT", what);
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("MAX_QUERY_ROWS"), "{what}: {message}");
+    }
+    // One budget for a batch: ten pages of 100 with their counts fit, one more does not.
+    let page = json!({ "query": "{ attachments(ownerType: \"contract\", first: 100) { totalCount nodes { id } } }" });
+    let ten: Vec<Value> = (0..10).map(|_| page.clone()).collect();
+    let (status, body) = post(&served, Some(&bearer), &json!(ten)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[9]["data"]["attachments"]["totalCount"], 100, "{body}");
+    let mut eleven_pages = ten.clone();
+    eleven_pages[9] = json!({ "query": "{ a: attachments(ownerType: \"contract\", first: 100) { totalCount } b: attachments(ownerType: \"contract\", first: 1) { nodes { id } } }" });
+    let (status, body) = post(&served, Some(&bearer), &json!(eleven_pages)).await;
+    assert_refused(status, &body, "BAD_USER_INPUT", "a batch one row over");
+    assert_unharmed(&mut served, before, "rows").await;
+}
+
+/// An `Upload` names a part of a multipart body by a placeholder that the `map`
+/// writes. A client that wrote one itself, with no number after it, panicked the
+/// request before its scope was even checked (async-graphql unwraps the number): the
+/// connection dropped without an answer. Now it is a clear error, for a read-only
+/// token too, however often it is sent.
+async fn a_forged_file_placeholder_is_an_error(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let reader = hs256(
+        json!({ "sub": "attacker", "tenant_id": "forged", "exp": now() + 600, "scope": "attachments:read" }),
+    );
+    let mutation = "mutation($f: Upload!) { uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $f}) { id } }";
+    let literal = "mutation { uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: \"#__graphql_file__:x\"}) { id } }";
+    let preset = "mutation($f: Upload! = \"#__graphql_file__:\") { uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $f}) { id } }";
+    let forged = [
+        json!({ "query": mutation, "variables": { "f": "#__graphql_file__:x" } }),
+        json!({ "query": mutation, "variables": { "f": "#__graphql_file__:99999999999999999999999" } }),
+        json!({ "query": literal }),
+        json!({ "query": preset }),
+    ];
+    let before = rss_mib(&served);
+    for round in 0..50 {
+        for body in &forged {
+            let (status, answer) = post(&served, Some(&reader), body).await;
+            assert_eq!(status, 200, "round {round}, {body}: {answer}");
+            let message = answer["errors"][0]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("Upload") || message.contains("multipart"),
+                "{body}: {answer}"
+            );
+        }
+    }
+    // A placeholder with a number names no part of a JSON request: the same answer
+    // as a missing part.
+    let (status, answer) = post(
+        &served,
+        Some(&token("forged")),
+        &json!({ "query": mutation, "variables": { "f": "#__graphql_file__:0" } }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(codes(&answer), vec!["BAD_USER_INPUT"], "{answer}");
+    assert!(!served.log().contains("panicked"), "{}", served.log());
+    assert_unharmed(&mut served, before, "forged placeholders").await;
 }
 
 /// Small JSON values within `MAX_REQUEST_BYTES`, parsed, would take about a hundred
@@ -776,6 +934,8 @@ crate::matrix!(
     fragment_expansion_is_refused_early,
     batches_are_bounded,
     files_are_counted_across_the_request,
+    listed_rows_are_counted_before_anything_runs,
+    a_forged_file_placeholder_is_an_error,
     json_values_are_counted_before_parsing,
     one_part_for_two_variables_stores_both,
     anonymous_requests_cost_no_upload_slot,
