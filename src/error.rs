@@ -40,6 +40,9 @@ pub enum AppError {
     /// the client should retry after the given seconds.
     #[error("the server is busy; retry in {0} s")]
     Overloaded(u64),
+    /// Another request works on the same object now: a retry once it ends succeeds.
+    #[error("{0}")]
+    InProgress(String),
     /// A failed database call, and where it was made (the `?` that met it), so the
     /// log names the step that failed.
     #[error("internal server error")]
@@ -76,7 +79,9 @@ impl AppError {
             Self::ChecksumMismatch(_) => "CHECKSUM_MISMATCH",
             Self::QuotaExceeded(_) => "QUOTA_EXCEEDED",
             // SPEC 6's code for "unavailable, try again later".
-            Self::StorageUnavailable(_) | Self::Overloaded(_) => "STORAGE_UNAVAILABLE",
+            Self::StorageUnavailable(_) | Self::Overloaded(_) | Self::InProgress(_) => {
+                "STORAGE_UNAVAILABLE"
+            }
             Self::Database { .. } | Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -92,7 +97,9 @@ impl AppError {
             Self::ChecksumMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             // Retrying does not help; freeing space or a larger quota does.
             Self::QuotaExceeded(_) => StatusCode::FORBIDDEN,
-            Self::StorageUnavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StorageUnavailable(_) | Self::Overloaded(_) | Self::InProgress(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Database { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -176,12 +176,9 @@ pub async fn complete(
 async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
     // The copy holds a part of the object in memory: counted like any upload.
     let _permit = app.upload_permit().await?;
-    let pending = direct_upload::Entity::find_by_id(id)
-        .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
-        .one(app.db.read())
-        .await?
-        .filter(|pending| pending.expires_at > Utc::now())
-        .ok_or_else(|| AppError::NotFound("no such direct upload, or it has expired".into()))?;
+    let Some(pending) = pending(app, principal, id).await? else {
+        return completed(app, principal, id).await;
+    };
     let staged = StorageKey::from_stored(pending.storage_key.clone());
     let declared = u64::try_from(pending.byte_size).unwrap_or_default();
     let stored = app
@@ -196,10 +193,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
             "the uploaded file has {stored} bytes, not the declared {declared}"
         )))
     };
-    let check = match started {
-        Ok(check) => check,
-        Err(err) => return Err(refuse(app, &pending, err).await),
-    };
+    let check = refuse_if_the_file_is(app, &pending, started).await?;
     let key = StorageKey::for_attachment(
         &check.target().collection.key,
         &principal.tenant,
@@ -211,14 +205,14 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     let restaged = key.as_str() != staged.as_str();
     let new_keys = [key.as_str().to_owned()];
     let verified = if restaged {
+        if !claim(app, principal, &pending, &new_keys).await? {
+            return completed(app, principal, id).await;
+        }
         copy_checked(app, (&staged, stored), &key, &new_keys, check).await
     } else {
         read_checked(app, &key, check).await
     };
-    let streamed = match verified {
-        Ok(streamed) => streamed,
-        Err(err) => return Err(refuse(app, &pending, err).await),
-    };
+    let streamed = refuse_if_the_file_is(app, &pending, verified).await?;
     let row = attachment::Model {
         id: pending.id,
         tenant_id: pending.tenant_id.clone(),
@@ -234,10 +228,15 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     };
     let staging = restaged.then_some(pending.storage_key.as_str());
     if let Err(err) = commit_completion(app, pending.id, &row, staging).await {
+        // A commit whose answer was lost may have landed: its row then keeps the
+        // object (removal spares what a row names) and is the answer.
         if restaged {
             super::discard(app, &new_keys).await;
         }
-        return Err(err);
+        return match super::find(app, &principal.tenant, id).await {
+            Ok(Some(landed)) => Ok(landed),
+            _ => Err(err),
+        };
     }
     if restaged {
         super::remove_object(app, &pending.storage_key).await;
@@ -245,6 +244,78 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     super::warn_if_near(app, &row).await;
     Ok(row)
+}
+
+/// The caller's direct upload `id`, unless it has gone (completed, refused or
+/// expired).
+async fn pending(
+    app: &App,
+    principal: &Principal,
+    id: Uuid,
+) -> AppResult<Option<direct_upload::Model>> {
+    Ok(direct_upload::Entity::find_by_id(id)
+        .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
+        .one(app.db.read())
+        .await?
+        .filter(|pending| pending.expires_at > Utc::now()))
+}
+
+/// The answer to a completion of a direct upload that has gone: its attachment when
+/// an earlier completion made one, so that a client may retry one whose answer it
+/// lost.
+async fn completed(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
+    super::find(app, &principal.tenant, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound("no such direct upload, or it has expired".into()))
+}
+
+/// Claims the completion of `pending` by recording its attachment key's intent: the
+/// key is the primary key of `storage_deletions`, so one completion at a time holds
+/// it, and a commit ends it together with the direct upload's row. `false` when the
+/// direct upload has gone meanwhile (another completion made the attachment first):
+/// the intent goes again, and the object stays.
+async fn claim(
+    app: &App,
+    principal: &Principal,
+    pending: &direct_upload::Model,
+    keys: &[String],
+) -> AppResult<bool> {
+    if let Err(err) = super::record_intents(app, keys).await {
+        let held = super::intent_recorded(app, &keys[0]).await?;
+        return match (held, self::pending(app, principal, pending.id).await?) {
+            (_, None) => Ok(false),
+            (true, Some(_)) => Err(AppError::InProgress(
+                "another completeDirectUpload of this upload is under way (or was cut short \
+                 in the last minutes): retry shortly"
+                    .into(),
+            )),
+            (false, Some(_)) => Err(err.into()),
+        };
+    }
+    let still_pending = self::pending(app, principal, pending.id).await;
+    if matches!(still_pending, Ok(Some(_))) {
+        return Ok(true);
+    }
+    super::forget_intents(app, keys).await?;
+    still_pending.map(|_| false)
+}
+
+/// Refuses the direct upload when `checked` failed because of its file, which no
+/// retry can change; a failure of storage or of the database keeps it for a retry.
+async fn refuse_if_the_file_is<T>(
+    app: &App,
+    pending: &direct_upload::Model,
+    checked: AppResult<T>,
+) -> AppResult<T> {
+    match checked {
+        Err(
+            err @ (AppError::BadUserInput(_)
+            | AppError::UnsupportedMediaType(_)
+            | AppError::ChecksumMismatch(_)
+            | AppError::PayloadTooLarge(_)),
+        ) => Err(refuse(app, pending, err).await),
+        checked => checked,
+    }
 }
 
 /// The checks of the staged object that its size and first bytes allow.
@@ -272,6 +343,7 @@ async fn start_check(
 /// Copies the staged object to its attachment's key, checking every byte on the way
 /// (the very bytes checked are the ones stored: nothing a replayed URL writes to the
 /// staging key meanwhile can take their place); a refusal leaves nothing at `key`.
+/// The caller holds the key's intent ([`claim`]).
 async fn copy_checked(
     app: &App,
     (staged, size): (&StorageKey, u64),
@@ -279,7 +351,6 @@ async fn copy_checked(
     new_keys: &[String],
     mut check: StreamCheck,
 ) -> AppResult<Streamed> {
-    super::record_intents(app, new_keys).await?;
     let content_type = check.media().mime();
     let copied = app
         .storage

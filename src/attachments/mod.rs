@@ -309,6 +309,22 @@ async fn record_intents(app: &App, keys: &[String]) -> Result<(), sea_orm::DbErr
     app.db.commit(vec![app.db.backend().build(&insert)]).await
 }
 
+/// Whether an upload's intent is recorded for `key`.
+async fn intent_recorded(app: &App, key: &str) -> AppResult<bool> {
+    let select = storage_deletion::Entity::find_by_id(key.to_owned())
+        .filter(storage_deletion::Column::Intent.eq(true));
+    Ok(select.one(app.db.read()).await?.is_some())
+}
+
+/// Drops the intents of `keys` and leaves their objects alone: for a claim that
+/// found its work already done.
+async fn forget_intents(app: &App, keys: &[String]) -> AppResult<()> {
+    let forget = storage_deletion::Entity::delete_many()
+        .filter(storage_deletion::Column::StorageKey.is_in(keys.iter().map(String::as_str)))
+        .filter(storage_deletion::Column::Intent.eq(true));
+    Ok(app.db.commit(vec![forget.build(app.db.backend())]).await?)
+}
+
 /// One transaction: the rows, their `file.stored` events, and the end of their
 /// keys' intents.
 async fn insert_rows(
@@ -367,7 +383,8 @@ pub async fn find(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Option<atta
     Ok(app.db.read().model(select).await?)
 }
 
-/// The attachment stored under `key`: only for public URLs (`URL_MODE=public`).
+/// The attachment stored under `key`: for public URLs (`URL_MODE=public`), and so
+/// that no removal takes an object a row names.
 pub async fn find_by_key(app: &App, key: &str) -> AppResult<Option<attachment::Model>> {
     let select = attachment::Entity::find().filter(attachment::Column::StorageKey.eq(key));
     Ok(app.db.read().model(select).await?)
@@ -546,17 +563,34 @@ fn removal_after_statement(
 }
 
 /// Removes one object and its `storage_deletions` entry; on failure, counts the
-/// attempt. Whether the object is gone.
+/// attempt. Whether the object is gone. An object that a row names is kept, whoever
+/// asked for its removal (a completion that lost a race, an upload whose commit
+/// landed although its answer was lost, a backup restored before a retained
+/// delete): only its entry goes.
 async fn remove_object(app: &App, key: &str) -> bool {
     let backend = app.db.backend();
+    let entry_done = || storage_deletion::Entity::delete_by_id(key.to_owned()).build(backend);
+    match find_by_key(app, key).await {
+        Ok(None) => {}
+        Ok(Some(row)) => {
+            tracing::warn!(key, attachment = %row.id, "kept an object that a row names; its removal entry is dropped");
+            if let Err(err) = app.db.commit(vec![entry_done()]).await {
+                tracing::warn!(key, error = %err, "cannot drop the removal entry of a kept object");
+            }
+            return false;
+        }
+        Err(err) => {
+            tracing::warn!(key, error = %err, "cannot check whether a row names an object; its removal will be retried");
+            return false;
+        }
+    }
     match app
         .storage
         .delete(&StorageKey::from_stored(key.to_owned()))
         .await
     {
         Ok(()) => {
-            let done = storage_deletion::Entity::delete_by_id(key.to_owned()).build(backend);
-            if let Err(err) = app.db.commit(vec![done]).await {
+            if let Err(err) = app.db.commit(vec![entry_done()]).await {
                 tracing::warn!(key, error = %err, "object removed, but its deletion entry stays; it will be retried");
             }
             true

@@ -158,11 +158,92 @@ async fn direct_uploads_end_to_end(setup: Setup) {
     assert_eq!(fetch(&att["url"]).await, content);
 
     let again = complete_direct(&app, &bearer, &direct).await;
-    assert_eq!(codes(&again), vec!["NOT_FOUND"], "completes once");
+    assert_eq!(
+        data(&again, "completeDirectUpload"),
+        att,
+        "a retried completion answers with the attachment it made"
+    );
+    assert_eq!(app.row_count(&acme).await, 1, "completes once");
     // The URL names a staging key: whatever the store does with a replay, the file
     // stays as it was (providers.rs replays it on every store).
     put_to(&app, &direct, pdf()).await;
     assert_eq!(fetch(&att["url"]).await, content);
+}
+
+/// `pdf()` with a comment line of `size` bytes inside: a PDF whose copy takes a while.
+fn padded_pdf(size: usize) -> Vec<u8> {
+    let mut content = pdf();
+    let comment = format!("%{}\n", "x".repeat(size));
+    content.splice(9..9, comment.into_bytes());
+    content
+}
+
+/// Completions of one direct upload sent at once (a client's retry after a timeout,
+/// a double click) make one attachment, whose file stays: each answers with that
+/// attachment or asks for a retry, and a retry gets the attachment. Before, a loser
+/// could remove the winner's file, or refuse the upload under it.
+async fn concurrent_completions_make_one_attachment(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    for round in 0..4 {
+        let content = padded_pdf(2 * 1024 * 1024);
+        let declared = declaration(&content, "application/pdf");
+        let (direct, status) = announce_and_put(&app, &bearer, declared, content.clone()).await;
+        assert_eq!(status, 200, "PUT to uploadUrl");
+        let answers =
+            futures::future::join_all((0..4).map(|_| complete_direct(&app, &bearer, &direct)))
+                .await;
+        for answer in &answers {
+            match codes(answer).as_slice() {
+                [] => assert_eq!(
+                    data(answer, "completeDirectUpload")["id"],
+                    direct["id"],
+                    "round {round}"
+                ),
+                [code] if code == "STORAGE_UNAVAILABLE" => {
+                    let message = answer["errors"][0]["message"].as_str().unwrap_or_default();
+                    assert!(message.contains("under way"), "round {round}: {answer}");
+                }
+                _ => panic!("round {round}: {answer}"),
+            }
+        }
+        let again = complete_direct(&app, &bearer, &direct).await;
+        let att = data(&again, "completeDirectUpload");
+        assert_eq!(att["id"], direct["id"], "round {round}");
+        assert_eq!(
+            fetch(&att["url"]).await,
+            content,
+            "round {round}: the file stays"
+        );
+    }
+    assert_eq!(app.row_count(&acme).await, 4);
+    let mut keys = app.stored_keys();
+    keys.retain(|key| !key.starts_with(".attache-staging"));
+    assert_eq!(keys.len(), 4, "one object per attachment: {keys:?}");
+}
+
+/// A completion that storage fails keeps the direct upload: once storage is back, a
+/// retry completes it. Before, the failure removed the upload and the retry got
+/// NOT_FOUND. (An empty folder where the attachment's file goes makes the disk refuse
+/// the copy, even for root; the failed copy's cleanup removes it.)
+async fn a_storage_failure_in_completion_keeps_the_upload(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = pdf();
+    let declared = declaration(&content, "application/pdf");
+    let (direct, status) = announce_and_put(&app, &bearer, declared, content.clone()).await;
+    assert_eq!(status, 200, "PUT to uploadUrl");
+    let key = TestApp::contract_key(&acme, "c-7", &direct);
+    std::fs::create_dir_all(app.storage_root.join(&key)).expect("block the key");
+    let failed = complete_direct(&app, &bearer, &direct).await;
+    assert_eq!(codes(&failed), vec!["STORAGE_UNAVAILABLE"], "{failed}");
+    assert_eq!(app.row_count(&acme).await, 0);
+    let done = complete_direct(&app, &bearer, &direct).await;
+    let att = data(&done, "completeDirectUpload");
+    assert_eq!(fetch(&att["url"]).await, content);
+    assert_eq!(app.stored_keys(), vec![key]);
 }
 
 async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
@@ -726,6 +807,7 @@ crate::matrix!(
     tools_get_a_real_local_path,
     public_urls_need_no_signature,
     direct_uploads_end_to_end,
+    concurrent_completions_make_one_attachment,
     lying_direct_uploads_are_refused_and_removed,
     expired_direct_uploads_are_swept,
 );
@@ -748,6 +830,8 @@ crate::matrix!(
     the_prefix_is_joined_inside_the_bucket,
     a_crash_mid_upload_leaves_parts_the_sweep_aborts,
 );
+
+crate::matrix!(db: a_storage_failure_in_completion_keeps_the_upload);
 
 crate::matrix!(once: bad_bucket_settings_fail_fast_in_one_line, storage_check_says_what_works);
 /// `storage check` on Garage, which ignores `If-None-Match`: every step passes and
