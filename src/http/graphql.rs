@@ -22,7 +22,7 @@ use crate::http::drain::{after_draining, closing, drain_limit, refused_early};
 use crate::http::graphql_response::Answer;
 use crate::http::json_body::JsonBody;
 use crate::http::multipart_body::{self, Read, Rest};
-use crate::http::slow_body::{is_too_slow, paced_whole};
+use crate::http::slow_body::{is_too_slow, paced};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
 /// never wait behind large uploads.
@@ -74,7 +74,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     };
     let is_get = request.method() == Method::GET;
     // A client that trickles its body (files included) is cut off once it has been
-    // waited for BODY_TIMEOUT_SECONDS ([`paced_whole`]): no permit is held for ever.
+    // waited for BODY_TIMEOUT_SECONDS ([`paced`]): no permit is held for ever.
     let (mut batch, rest) = match read_request(request, length, limit, &state.app).await {
         Ok(read) => read,
         Err(response) => return *response,
@@ -286,7 +286,7 @@ async fn read_request(
         .is_some_and(|value| value.to_ascii_lowercase().starts_with("multipart/"));
     if is_multipart {
         let limited = Limited::new(body, limit_usize);
-        let stream = paced_whole(limited.into_data_stream(), pace).map_err(std::io::Error::other);
+        let stream = paced(limited.into_data_stream(), pace).map_err(std::io::Error::other);
         let boundary = content_type
             .as_deref()
             .and_then(|value| multer::parse_boundary(value).ok())
@@ -311,7 +311,7 @@ async fn read_request(
     }));
     let mut received: u64 = 0;
     let mut refused = None;
-    let mut chunks = paced_whole(body.into_data_stream(), pace);
+    let mut chunks = paced(body.into_data_stream(), pace);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|err| match is_too_slow(&err) {
             true => Box::new(body_too_slow(&err.to_string())),

@@ -1,9 +1,8 @@
 //! Request bodies that must keep coming: a body that goes `BODY_IDLE_TIMEOUT_SECONDS`
 //! without a byte (the first one included), or whose average falls under
-//! `MIN_BODY_BYTES_PER_SECOND` once that long has passed, or, for a GraphQL request
-//! ([`paced_whole`]), that was waited for longer than `BODY_TIMEOUT_SECONDS`, ends in
-//! [`TooSlow`]. So a client that trickles a body cannot hold an upload slot or a
-//! connection for ever.
+//! `MIN_BODY_BYTES_PER_SECOND` once that long has passed, or that was waited for
+//! longer than `BODY_TIMEOUT_SECONDS`, ends in [`TooSlow`]. So a client that trickles
+//! a body cannot hold an upload slot or a connection for ever.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -32,7 +31,10 @@ pub fn is_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// `body`, held to the pace of `limits`.
+/// `body`, held to the pace of `limits`, which must also have come whole after
+/// `BODY_TIMEOUT_SECONDS` spent waiting for it: a GraphQL request's body, files
+/// included (it holds an upload slot), and a direct upload's PUT (it holds a
+/// connection that no flood of new ones closes).
 pub fn paced<S>(body: S, limits: &ConnectionLimits) -> Paced<S> {
     let idle = limits.body_idle_timeout();
     let started = Instant::now();
@@ -43,22 +45,13 @@ pub fn paced<S>(body: S, limits: &ConnectionLimits) -> Paced<S> {
         started,
         received: 0,
         idle_by: started + idle,
-        whole: None,
+        whole: Whole {
+            limit: limits.body_timeout(),
+            waited: Duration::ZERO,
+            waiting_since: None,
+        },
         next_check: Box::pin(tokio::time::sleep_until(started + idle)),
     }
-}
-
-/// `body`, held to the pace of `limits`, which must also have come whole after
-/// `BODY_TIMEOUT_SECONDS` spent waiting for it (a GraphQL request's body, files
-/// included: it holds an upload slot).
-pub fn paced_whole<S>(body: S, limits: &ConnectionLimits) -> Paced<S> {
-    let mut paced = paced(body, limits);
-    paced.whole = Some(Whole {
-        limit: limits.body_timeout(),
-        waited: Duration::ZERO,
-        waiting_since: None,
-    });
-    paced
 }
 
 pub struct Paced<S> {
@@ -69,7 +62,7 @@ pub struct Paced<S> {
     received: u64,
     /// When the body is too idle if no byte comes first.
     idle_by: Instant,
-    whole: Option<Whole>,
+    whole: Whole,
     /// The next moment the body is checked without a new byte: its idle timeout or
     /// the end of its time to arrive whole, whichever comes first.
     next_check: Pin<Box<Sleep>>,
@@ -112,7 +105,7 @@ impl<S> Paced<S> {
 
     /// The refusal of a body waited for longer than its whole body may take.
     fn too_late(&self, now: Instant) -> Option<TooSlow> {
-        let whole = self.whole.as_ref()?;
+        let whole = &self.whole;
         (whole.waited_by(now) >= whole.limit).then(|| whole.refusal())
     }
 }
@@ -133,10 +126,9 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         let now = Instant::now();
-        if let Some(whole) = &mut this.whole {
-            whole.waited = whole.waited_by(now);
-            whole.waiting_since = None;
-        }
+        let whole = &mut this.whole;
+        whole.waited = whole.waited_by(now);
+        whole.waiting_since = None;
         match Pin::new(&mut this.body).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.received += chunk.len() as u64;
@@ -158,14 +150,11 @@ where
                 if let Some(late) = this.too_late(now) {
                     return Poll::Ready(Some(Err(late.into())));
                 }
-                let next = match &mut this.whole {
-                    Some(whole) => {
-                        whole.waiting_since = Some(now);
-                        this.idle_by
-                            .min(now + whole.limit.saturating_sub(whole.waited))
-                    }
-                    None => this.idle_by,
-                };
+                let whole = &mut this.whole;
+                whole.waiting_since = Some(now);
+                let next = this
+                    .idle_by
+                    .min(now + whole.limit.saturating_sub(whole.waited));
                 if this.next_check.deadline() != next {
                     this.next_check.as_mut().reset(next);
                 }
@@ -215,7 +204,7 @@ mod tests {
             send_timeout_seconds: 60,
         };
         let (sender, body) = mpsc::unbounded();
-        (sender, paced_whole(body, &limits))
+        (sender, paced(body, &limits))
     }
 
     /// Reads `paced` to its refusal: its message and when it came.

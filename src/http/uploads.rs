@@ -1,6 +1,8 @@
 //! `PUT /api/uploads/{id}`: attache's signed upload route, the fs counterpart of a
 //! presigned S3 PUT for direct uploads. Streams the body into storage, held to the
-//! minimum pace of `BODY_IDLE_TIMEOUT_SECONDS` and `MIN_BODY_BYTES_PER_SECOND`.
+//! pace of `BODY_IDLE_TIMEOUT_SECONDS` and `MIN_BODY_BYTES_PER_SECOND`, and whole
+//! within `BODY_TIMEOUT_SECONDS` of waiting like a GraphQL body (a direct upload is
+//! no larger than one): a trickled PUT holds a connection that long at most.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};

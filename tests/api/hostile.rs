@@ -794,6 +794,70 @@ async fn a_trickled_file_frees_its_upload_slot(_: Setup) {
     assert_unharmed(&mut served, before, "a trickled file").await;
 }
 
+/// A direct upload's signed PUT that trickles (fast enough for the minimum rate) is
+/// cut once waited for BODY_TIMEOUT_SECONDS, like a GraphQL body: before, a 1 MB PUT
+/// at 2 KB/s held its connection for 8 minutes, and no flood of new connections
+/// closes a busy one. The upload stays, for a PUT that comes whole.
+async fn a_trickled_direct_upload_is_cut(_: Setup) {
+    let mut served = Served::start(&["--body-timeout-seconds", "3"]).await;
+    let before = rss_mib(&served);
+    let bearer = token("trickled-put");
+    let mut content = pdf();
+    content.resize(1_000_000, b' ');
+    let announced = post(&served, Some(&bearer), &json!({ "query": "mutation($i: DirectUploadInput!) { createDirectUpload(input: $i) { id uploadUrl } }",
+        "variables": { "i": { "ownerType": "contract", "ownerId": "c", "filename": "d.pdf", "contentType": "application/pdf",
+            "byteSize": content.len(), "sha256": crate::helpers::sha256_hex(&content) }}})).await.1;
+    let direct = data(&announced, "createDirectUpload");
+    let upload_url = direct["uploadUrl"].as_str().expect("url").to_owned();
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let path = upload_url.trim_start_matches(&served.base_url).to_owned();
+    let tcp = TcpStream::connect(&address).await.expect("connect");
+    let (mut reader, mut writer) = tcp.into_split();
+    let head = format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n");
+    writer.write_all(head.as_bytes()).await.expect("the head");
+    let started = Instant::now();
+    let first = content.clone();
+    let trickle = tokio::spawn(async move {
+        for piece in first.chunks(1000).take(120) {
+            if writer.write_all(piece).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut cut = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), reader.read_to_end(&mut cut)).await;
+    trickle.abort();
+    let cut = String::from_utf8_lossy(&cut);
+    assert!(cut.contains("BODY_TIMEOUT_SECONDS"), "{cut}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "held {:?}",
+        started.elapsed()
+    );
+    let status = http_client()
+        .put(&upload_url)
+        .body(content)
+        .send()
+        .await
+        .expect("a PUT")
+        .status();
+    assert_eq!(status, 200, "the upload takes a PUT that comes whole");
+    let completed = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": "mutation($id: ID!) { completeDirectUpload(id: $id) { byteSize } }",
+        "variables": { "id": direct["id"] } }),
+    )
+    .await
+    .1;
+    assert_eq!(
+        data(&completed, "completeDirectUpload")["byteSize"],
+        1_000_000
+    );
+    assert_unharmed(&mut served, before, "a trickled PUT").await;
+}
+
 async fn idle_and_slow_connections_are_closed(_: Setup) {
     let mut served = Served::start(&[
         "--max-connections",
@@ -940,6 +1004,7 @@ crate::matrix!(
     one_part_for_two_variables_stores_both,
     anonymous_requests_cost_no_upload_slot,
     a_trickled_file_frees_its_upload_slot,
+    a_trickled_direct_upload_is_cut,
     idle_and_slow_connections_are_closed,
     stalled_downloads_hold_bounded_memory,
     metrics_can_have_a_listener_of_their_own,
