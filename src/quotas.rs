@@ -490,11 +490,15 @@ pub struct Recount {
 
 /// Counts every tenant's (or one tenant's) bytes and files again from the attachment
 /// rows and the pending direct uploads, and corrects the usage rows that drifted;
-/// returns the corrections. One transaction: no upload commits between the count
-/// and the correction.
+/// returns the corrections. One transaction that no change of usage interleaves
+/// with: on PostgreSQL the usage table is locked first (every upload, delete and
+/// direct upload's reservation writes it) and the counts read one snapshot, so a
+/// completion that moves a row between the two tables is counted once.
 pub async fn recompute(db: &Database, tenant: Option<&str>) -> Result<Vec<Recount>, DbErr> {
     use std::collections::BTreeMap;
-    let txn = db.begin().await?;
+    let txn = db
+        .begin_excluding_writers_of(sea_orm::EntityName::table_name(&Entity))
+        .await?;
     let mut counted: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     let attachments =
         stored_by_tenant::<attachment::Entity>(&txn, attachment::Column::TenantId, tenant).await?;

@@ -191,6 +191,19 @@ impl Database {
         }
     }
 
+    /// A transaction that reads one state of the database while no commit that
+    /// writes `table` can land: SQLite's write lock (every commit waits for it); on
+    /// PostgreSQL, `table` locked against writers, then one snapshot for every read.
+    pub async fn begin_excluding_writers_of(
+        &self,
+        table: &str,
+    ) -> Result<Transaction, sea_orm::DbErr> {
+        match &self.writer {
+            Writer::Sqlite(writer) => Transaction::sqlite(writer).await,
+            Writer::Pool(writer) => Transaction::pool_locking(writer.pool(), table).await,
+        }
+    }
+
     /// Applies every pending migration (see [`migrate`]).
     pub async fn migrate(&self) -> Result<(), sea_orm::DbErr> {
         migrate(&self.pool).await

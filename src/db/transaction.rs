@@ -53,6 +53,23 @@ impl Transaction {
         Ok(Self::Pool(pool.begin().await?))
     }
 
+    /// A PostgreSQL transaction whose reads all see one snapshot, taken once no
+    /// transaction that writes `table` is under way, and none can start until it ends.
+    pub(super) async fn pool_locking(
+        pool: &sea_orm::DatabaseConnection,
+        table: &str,
+    ) -> Result<Self, DbErr> {
+        let txn = pool
+            .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), None)
+            .await?;
+        // Taken before any query, so the snapshot follows the lock.
+        txn.execute_unprepared(&format!(
+            "LOCK TABLE \"{table}\" IN SHARE ROW EXCLUSIVE MODE"
+        ))
+        .await?;
+        Ok(Self::Pool(txn))
+    }
+
     pub async fn commit(self) -> Result<(), DbErr> {
         match self {
             Self::Pool(txn) => txn.commit().await,

@@ -343,6 +343,66 @@ async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("say --bytes, --files or both"));
 }
 
+/// `tenant usage --recompute` while uploads, direct uploads and deletes commit finds
+/// nothing to correct, and leaves nothing wrong. On PostgreSQL it read the tables in
+/// several snapshots: an upload that committed between the count and the read of
+/// the usage was "corrected" away, leaving the usage too low.
+async fn a_recount_under_load_finds_and_leaves_nothing_wrong(setup: Setup) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    let url = private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let done = AtomicBool::new(false);
+    let workers = (0..3).map(|worker| {
+        let (app, bearer) = (&app, &bearer);
+        async move {
+            for i in 0..15 {
+                let stored = try_upload(app, bearer, &format!("{worker}-{i}.pdf"), &pdf()).await;
+                let id = data(&stored, "uploadAttachment")["id"].clone();
+                if i % 3 == 0 {
+                    let deleted = app.gql(DELETE, json!({ "id": id }), Some(bearer)).await;
+                    assert!(deleted.get("errors").is_none(), "{deleted}");
+                }
+            }
+        }
+    });
+    let direct = async {
+        for _ in 0..5 {
+            let content = pdf();
+            let declared = declaration(&content, "application/pdf");
+            let (direct, status) = announce_and_put(&app, &bearer, declared, content).await;
+            assert_eq!(status, 200);
+            let completed = complete_direct(&app, &bearer, &direct).await;
+            assert!(completed.get("errors").is_none(), "{completed}");
+        }
+    };
+    let load = async {
+        futures::join!(futures::future::join_all(workers), direct);
+        done.store(true, Ordering::Relaxed);
+    };
+    let recounts = async {
+        let (mut corrected, mut rounds) = (Vec::new(), 0);
+        while !done.load(Ordering::Relaxed) {
+            let found = attache::quotas::recompute(&app.app.db, Some(&acme)).await;
+            corrected.extend(found.expect("recount"));
+            rounds += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        (corrected, rounds)
+    };
+    let ((), (corrected, rounds)) = futures::join!(load, recounts);
+    assert!(rounds > 5, "{rounds} recounts ran beside the load");
+    assert!(corrected.is_empty(), "under load: {corrected:?}");
+    let after = attache::quotas::recompute(&app.app.db, Some(&acme)).await;
+    assert_eq!(after.expect("recount"), vec![], "after the load");
+    let files = app.row_count(&acme).await;
+    assert_eq!(files, 3 * 10 + 5);
+    assert_eq!(usage(&app, &bearer).await["files"], files);
+}
+
 /// The same race between two replicas on one PostgreSQL database: the row lock of
 /// the usage row, not a lock in either process, decides.
 async fn two_replicas_never_overshoot(setup: Setup) {
@@ -395,4 +455,5 @@ crate::matrix!(db:
     usage_is_the_callers_tenant_and_needs_read_scope,
     passing_80_percent_warns_once_per_crossing,
     the_recount_repairs_usage_and_quotas_are_set_by_command,
+    a_recount_under_load_finds_and_leaves_nothing_wrong,
 );
