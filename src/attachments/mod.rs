@@ -655,14 +655,30 @@ pub async fn retry_deletions(app: &App, intents_before: DateTime<Utc>) -> AppRes
 }
 
 /// How old an upload's intent must be before its object counts as abandoned: longer
-/// than any upload can last (the body must arrive within a minute).
-pub const INTENT_GRACE: chrono::Duration = chrono::Duration::minutes(15);
+/// than any upload can last. Its body is waited for `BODY_TIMEOUT_SECONDS` at most
+/// (up to an hour), and a quarter of an hour more covers the writes to storage in
+/// between, which have timeouts of their own.
+pub fn intent_grace(body_timeout: std::time::Duration) -> chrono::Duration {
+    let body = chrono::Duration::from_std(body_timeout).unwrap_or(chrono::Duration::MAX);
+    chrono::Duration::minutes(15)
+        .checked_add(&body)
+        .unwrap_or(chrono::Duration::MAX)
+}
 
 #[cfg(test)]
 mod tests {
     use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
 
     use super::*;
+
+    /// An upload whose body may take an hour keeps its intent longer than that.
+    #[test]
+    fn the_intent_grace_outlasts_the_longest_body() {
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(intent_grace(hour), chrono::Duration::minutes(75));
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(intent_grace(minute), chrono::Duration::minutes(16));
+    }
 
     /// Every page of a listing, of one owner or a whole owner type, first or after a
     /// cursor, is a range of an index read newest first: SQLite plans no sort, so a

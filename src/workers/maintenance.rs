@@ -45,7 +45,8 @@ pub async fn run(app: SharedApp, shutdown: CancellationToken) {
 
 /// One pass of every step; a failing step is logged and the others still run.
 pub async fn pass(app: &App) {
-    let intents_before = chrono::Utc::now() - attachments::INTENT_GRACE;
+    let intents_before =
+        chrono::Utc::now() - attachments::intent_grace(app.config.connections.body_timeout());
     if let Err(err) = attachments::retry_deletions(app, intents_before).await {
         tracing::warn!(error = %err, "retrying pending object deletions failed");
     }
