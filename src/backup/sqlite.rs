@@ -80,7 +80,10 @@ pub async fn restore(file: &Path, storage: &Storage, key: &StorageKey) -> Result
         std::fs::set_permissions(copy.path(), old.permissions())
             .map_err(|source| BackupError::io("cannot copy the file mode", source))?;
     }
-    // A journal left by the old database would be replayed into the new one.
+    // A journal left by the old database would be replayed into the new one. Its
+    // commits go into its own file first, so that a kill before the new file is in
+    // place loses none of them.
+    checkpoint(file).await;
     for suffix in ["-journal", "-wal", "-shm"] {
         let mut journal = file.as_os_str().to_owned();
         journal.push(suffix);
@@ -96,6 +99,28 @@ pub async fn restore(file: &Path, storage: &Storage, key: &StorageKey) -> Result
     std::fs::File::open(folder)
         .and_then(|folder| folder.sync_all())
         .map_err(|source| BackupError::io("cannot sync the database folder", source))
+}
+
+/// Moves the commits of `file`'s write-ahead log into the file itself, where it can
+/// be opened; a database that cannot (missing, damaged: what a restore may replace)
+/// is left as it is.
+async fn checkpoint(file: &Path) {
+    use sea_orm::sqlx::Connection as _;
+    use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+    if !file.exists() {
+        return;
+    }
+    let options = SqliteConnectOptions::new().filename(file);
+    let checkpointed = async {
+        let mut connection = SqliteConnection::connect_with(&options).await?;
+        sea_orm::sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut connection)
+            .await?;
+        connection.close().await
+    };
+    if let Err(err) = checkpointed.await {
+        tracing::warn!(error = %err, "cannot checkpoint the database being replaced; its log is dropped");
+    }
 }
 
 /// `PRAGMA quick_check` on the downloaded copy: a damaged backup never replaces

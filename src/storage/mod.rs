@@ -354,7 +354,10 @@ impl Storage {
     /// Writes a new object of any length from a stream, as [`Storage::put_stream`]
     /// does (on S3 in parts of `S3_PART_SIZE_BYTES`; on fs each chunk as it comes),
     /// so memory stays flat however large it is; a broken stream (its producer
-    /// reports an error) leaves no object behind.
+    /// reports an error) leaves no object behind. No reader ever sees it half-made,
+    /// even after a kill: an S3 object appears when its upload completes, and on fs
+    /// the file is written as `.partial-<name>` beside it and linked into place once
+    /// whole and synced.
     pub async fn put_large<S, E>(
         &self,
         key: &StorageKey,
@@ -365,7 +368,23 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.put_stream(key, body, u64::MAX, content_type).await
+        let Some(root) = &self.fs_root else {
+            return self.put_stream(key, body, u64::MAX, content_type).await;
+        };
+        let path = root.join(key.as_str());
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let partial = path.with_file_name(format!(".partial-{name}"));
+        let (_, written) = write_file(partial.clone(), body, u64::MAX, true).await?;
+        let linked = tokio::task::spawn_blocking(move || {
+            let linked = std::fs::hard_link(&partial, &path)
+                .and_then(|()| std::fs::File::open(path.parent().unwrap_or(&path))?.sync_all());
+            let _ = std::fs::remove_file(&partial);
+            linked
+        })
+        .await
+        .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+        linked.map_err(|err| StreamWriteError::Storage(fs_write::io_error(err)))?;
+        Ok(written)
     }
 
     /// Writes the new object `key` (never overwriting) from `body`; a stream that

@@ -317,6 +317,34 @@ async fn keep_prunes_older_backups_and_sweep_leaves_them(setup: Setup) {
     scene.assert_only_backup(&second, "sweep never touches backups/");
 }
 
+/// A backup appears only whole: while its bytes still come (and so after a kill), no
+/// listing shows it, so a truncated backup is never restored or counted by `--keep`.
+/// On fs it is written as `.partial-<name>` and linked into place; before, a killed
+/// `backup create` left a truncated backup under its real name.
+async fn a_backup_appears_only_whole(setup: Setup) {
+    let scene = Scene::new(setup).await;
+    let name = format!("attache-20260101T000000Z{}", extension(setup));
+    let key = attache::storage::StorageKey::backup(&name);
+    let (sender, body) = futures::channel::mpsc::unbounded::<Result<bytes::Bytes, String>>();
+    sender
+        .unbounded_send(Ok(bytes::Bytes::from(vec![0u8; 1 << 20])))
+        .expect("send");
+    let writing = scene
+        .app
+        .app
+        .storage
+        .put_large(&key, body, "application/octet-stream");
+    tokio::pin!(writing);
+    let waiting = tokio::time::timeout(Duration::from_millis(500), &mut writing).await;
+    assert!(waiting.is_err(), "the writer waits for more bytes");
+    let listed = scene.backup(&["list"]).await;
+    assert!(listed.ok && !listed.out.contains(&name), "{}", listed.out);
+    drop(sender);
+    assert_eq!(writing.await.expect("written"), 1 << 20);
+    let listed = scene.backup(&["list"]).await;
+    assert!(listed.out.contains(&name), "{}{}", listed.out, listed.err);
+}
+
 async fn a_failed_snapshot_leaves_no_backup_and_shows_no_password(setup: Setup) {
     let scene = Scene::new(setup).await;
     let password = "pw-never-shown-0451";
@@ -446,6 +474,7 @@ crate::matrix!(
     backup_change_restore_brings_the_table_back_exactly,
     keep_prunes_older_backups_and_sweep_leaves_them,
     a_failed_snapshot_leaves_no_backup_and_shows_no_password,
+    a_backup_appears_only_whole,
 );
 crate::matrix!(once: a_sqlite_restore_refuses_while_a_server_uses_the_file);
 crate::matrix!(
