@@ -52,6 +52,8 @@ pub enum Outcome {
     WouldCopy,
     /// No local file and no verified object in the bucket.
     Missing,
+    /// Its row was deleted while the file was copied: the copy is removed again.
+    Deleted,
     /// Not tried: the run was asked to stop.
     Interrupted,
     /// Every attempt failed; the reason, for people.
@@ -67,6 +69,8 @@ pub struct Summary {
     pub would_copy: u64,
     pub missing: u64,
     pub failed: u64,
+    /// Files whose rows were deleted while they were copied.
+    pub deleted: u64,
     /// Files not tried because the run was stopped.
     pub interrupted: u64,
     /// Bytes copied (or, on a dry run, that would be).
@@ -90,6 +94,7 @@ impl Summary {
             }
             Outcome::Missing => self.missing += 1,
             Outcome::Failed(_) => self.failed += 1,
+            Outcome::Deleted => self.deleted += 1,
             Outcome::Interrupted => self.interrupted += 1,
         }
     }
@@ -116,6 +121,9 @@ impl std::fmt::Display for Summary {
             "copied {}, already there {}, skipped {}, missing {}, failed {}, {} bytes, {seconds:.1} s, {rate:.1} MB/s",
             self.copied, self.already_there, self.skipped, self.missing, self.failed, self.bytes
         )?;
+        if self.deleted > 0 {
+            write!(f, " ({} deleted while copied)", self.deleted)?;
+        }
         if self.interrupted > 0 {
             write!(f, " (stopped: {} files not tried)", self.interrupted)?;
         }
@@ -279,8 +287,41 @@ struct Copier<'a> {
 }
 
 impl Copier<'_> {
-    /// One file, retried with backoff; every error ends as an [`Outcome`].
+    /// One file, retried with backoff; every error ends as an [`Outcome`]. A file
+    /// whose row was deleted meanwhile is no loss, and its copy is removed again:
+    /// the delete removed what was in the bucket then, and nothing else would remove
+    /// what landed after it.
     async fn migrate(&self, row: &attachment::Model) -> Outcome {
+        let outcome = self.copy(row).await;
+        if !matches!(outcome, Outcome::Copied { .. } | Outcome::Missing) {
+            return outcome;
+        }
+        match attachment::Entity::find_by_id(row.id)
+            .one(self.db.read())
+            .await
+        {
+            Ok(Some(_)) => outcome,
+            Ok(None) if outcome == Outcome::Missing => Outcome::Deleted,
+            Ok(None) => self.forget(&row.storage_key).await,
+            Err(err) => Outcome::Failed(format!("cannot check the row after the copy: {err}")),
+        }
+    }
+
+    /// Removes the copy and the tracking row of a file whose row has gone.
+    async fn forget(&self, key: &str) -> Outcome {
+        let stored = StorageKey::from_stored(key.to_owned());
+        if let Err(err) = self.destination.delete(&stored).await {
+            return Outcome::Failed(format!("its row was deleted, and the copy stays: {err}"));
+        }
+        let untrack =
+            storage_migration::Entity::delete_by_id(key.to_owned()).build(self.db.backend());
+        match self.db.commit(vec![untrack]).await {
+            Ok(()) => Outcome::Deleted,
+            Err(err) => Outcome::Failed(format!("cannot drop the tracking row: {err}")),
+        }
+    }
+
+    async fn copy(&self, row: &attachment::Model) -> Outcome {
         let key = StorageKey::from_stored(row.storage_key.clone());
         let expected = Digest {
             size: u64::try_from(row.byte_size).unwrap_or_default(),

@@ -584,11 +584,7 @@ async fn remove_object(app: &App, key: &str) -> bool {
             return false;
         }
     }
-    match app
-        .storage
-        .delete(&StorageKey::from_stored(key.to_owned()))
-        .await
-    {
+    match delete_everywhere(app, &StorageKey::from_stored(key.to_owned())).await {
         Ok(()) => {
             if let Err(err) = app.db.commit(vec![entry_done()]).await {
                 tracing::warn!(key, error = %err, "object removed, but its deletion entry stays; it will be retried");
@@ -609,6 +605,17 @@ async fn remove_object(app: &App, key: &str) -> bool {
             }
             false
         }
+    }
+}
+
+/// Deletes `key` from storage and, while files move to the bucket
+/// (`AUTO_MIGRATE_STORAGE`), from the local folder too: a file deleted before its
+/// copy would otherwise stay on the disk, which an erasure request forbids.
+async fn delete_everywhere(app: &App, key: &StorageKey) -> opendal::Result<()> {
+    app.storage.delete(key).await?;
+    match &app.local_fallback {
+        Some(local) => local.delete(key).await,
+        None => Ok(()),
     }
 }
 

@@ -259,9 +259,38 @@ async fn development_mode_prints_a_working_token(_setup: Setup) {
     );
 }
 
+/// Development mode hands a token to whoever opens the playground: on an address
+/// that other machines reach (a container's `0.0.0.0` with its secrets forgotten),
+/// `serve` refuses to start and says what to set.
+async fn development_mode_stays_on_loopback(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let output = run_attache(vec![
+        "serve".into(),
+        "--listen-addr".into(),
+        "0.0.0.0:0".into(),
+        "--database-url".into(),
+        database,
+        "--storage-root".into(),
+        dir.path().join("uploads").display().to_string(),
+    ])
+    .await;
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("JWT_SECRET") && said.contains("127.0.0.1"),
+        "{said}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("eyJ"),
+        "no token printed"
+    );
+}
+
 crate::matrix!(
     once: a_bad_value_is_one_line_naming_its_variable,
     development_mode_prints_a_working_token,
+    development_mode_stays_on_loopback,
     a_mistyped_variable_is_named_with_the_closest_setting,
 );
 crate::matrix!(

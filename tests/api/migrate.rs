@@ -381,6 +381,64 @@ async fn automatic_migration_serves_every_file_before_during_and_after(setup: Se
     scene.assert_all_in(&on_s3.storage_root);
 }
 
+/// Deleting during an automatic migration leaves the file nowhere: not in the local
+/// folder (before, a delete removed only the bucket's copy, and the local file stayed
+/// for good) and not in the bucket (a copy that lands after its row's delete is
+/// removed again).
+async fn deletes_during_an_automatic_migration_leave_no_file(setup: Setup) {
+    let scene = Scene::new(setup.db, 5).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let on_s3 = TestApp::spawn_at(
+        Setup {
+            db: setup.db,
+            store: Store::S3,
+        },
+        dir,
+        &scene.database_url,
+        &scene.local.storage_root,
+        &["--auto-migrate-storage", "true"],
+    )
+    .await;
+    let rows = scene.rows().await;
+    let delete = |row: &attachment::Model| {
+        let token = on_s3.token(&row.tenant_id);
+        let id = row.id;
+        let on_s3 = &on_s3;
+        async move {
+            let deleted = on_s3.gql(DELETE, json!({ "id": id }), Some(&token)).await;
+            assert_eq!(data(&deleted, "deleteAttachment"), json!(id));
+        }
+    };
+    for row in &rows[..5] {
+        delete(row).await;
+        let local = scene.local.storage_root.join(&row.storage_key);
+        assert!(!local.exists(), "a delete removes the local file too");
+    }
+    let migration = tokio::spawn(attache::workers::migration::run(
+        on_s3.app.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    for row in &rows[5..15] {
+        delete(row).await;
+    }
+    migration.await.expect("the background migration ends");
+    for row in &rows[..15] {
+        let key = &row.storage_key;
+        assert!(
+            !scene.local.storage_root.join(key).exists(),
+            "{key} stays on disk"
+        );
+        assert!(
+            !on_s3.storage_root.join(key).exists(),
+            "{key} stays in the bucket"
+        );
+    }
+    for row in &rows[15..] {
+        let key = &row.storage_key;
+        assert!(on_s3.storage_root.join(key).exists(), "{key} was migrated");
+    }
+}
+
 async fn serve_runs_the_automatic_migration(setup: Setup) {
     let scene = Scene::new(setup.db, 2).await;
     let mut args: Vec<String> = vec![
@@ -571,6 +629,7 @@ crate::matrix!(
     a_missing_local_file_is_reported_and_fails_the_run,
     a_migration_killed_part_way_is_completed_by_the_next_run,
     automatic_migration_serves_every_file_before_during_and_after,
+    deletes_during_an_automatic_migration_leave_no_file,
 );
 crate::matrix!(once: serve_runs_the_automatic_migration);
 // SQLite: one process owns the database (docs/operations.md), so only PostgreSQL runs two.
