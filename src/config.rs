@@ -259,6 +259,14 @@ pub struct AuthConfig {
     pub tenant_claim: String,
 }
 
+impl AuthConfig {
+    /// Neither a secret nor a public key: `serve` makes a secret of its own and hands
+    /// out development tokens.
+    pub fn is_development(&self) -> bool {
+        self.jwt_secret.is_none() && self.jwt_public_key_file.is_none()
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct LimitsConfig {
     /// Largest decoded file accepted; a collection's own limit applies when lower.

@@ -181,11 +181,14 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     };
     let staged = StorageKey::from_stored(pending.storage_key.clone());
     let declared = u64::try_from(pending.byte_size).unwrap_or_default();
-    let stored = app
-        .storage
-        .size(&staged)
-        .await?
-        .ok_or_else(|| AppError::bad_input("no file has been uploaded to uploadUrl yet"))?;
+    let stored = match app.storage.size(&staged).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => {
+            let err = AppError::bad_input("no file has been uploaded to uploadUrl yet");
+            return unless_completed(app, principal, id, err).await;
+        }
+        Err(err) => return unless_completed(app, principal, id, err.into()).await,
+    };
     let started = if stored == declared {
         start_check(app, &pending, &staged, stored).await
     } else {
@@ -193,7 +196,13 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
             "the uploaded file has {stored} bytes, not the declared {declared}"
         )))
     };
-    let check = refuse_if_the_file_is(app, &pending, started).await?;
+    let check = match started {
+        Ok(check) => check,
+        Err(_) if self::pending(app, principal, id).await?.is_none() => {
+            return completed(app, principal, id).await;
+        }
+        Err(err) => return Err(refused_if_the_file_is(app, &pending, err).await),
+    };
     let key = StorageKey::for_attachment(
         &check.target().collection.key,
         &principal.tenant,
@@ -205,14 +214,17 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     let restaged = key.as_str() != staged.as_str();
     let new_keys = [key.as_str().to_owned()];
     let verified = if restaged {
-        if !claim(app, principal, &pending, &new_keys).await? {
+        if !claim(app, principal, id, key.as_str()).await? {
             return completed(app, principal, id).await;
         }
         copy_checked(app, (&staged, stored), &key, &new_keys, check).await
     } else {
         read_checked(app, &key, check).await
     };
-    let streamed = refuse_if_the_file_is(app, &pending, verified).await?;
+    let streamed = match verified {
+        Ok(streamed) => streamed,
+        Err(err) => return Err(refused_if_the_file_is(app, &pending, err).await),
+    };
     let row = attachment::Model {
         id: pending.id,
         tenant_id: pending.tenant_id.clone(),
@@ -229,7 +241,10 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
     let staging = restaged.then_some(pending.storage_key.as_str());
     if let Err(err) = commit_completion(app, pending.id, &row, staging).await {
         // A commit whose answer was lost may have landed: its row then keeps the
-        // object (removal spares what a row names) and is the answer.
+        // object (removal spares what a row names) and is the answer. (On
+        // PostgreSQL a commit that lands only after this check still loses its
+        // object: the connection broke in the middle of COMMIT, which no check
+        // before the removal can see.)
         if restaged {
             super::discard(app, &new_keys).await;
         }
@@ -266,55 +281,72 @@ async fn pending(
 async fn completed(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
     super::find(app, &principal.tenant, id)
         .await?
-        .ok_or_else(|| AppError::NotFound("no such direct upload, or it has expired".into()))
+        .ok_or_else(gone)
 }
 
-/// Claims the completion of `pending` by recording its attachment key's intent: the
-/// key is the primary key of `storage_deletions`, so one completion at a time holds
-/// it, and a commit ends it together with the direct upload's row. `false` when the
-/// direct upload has gone meanwhile (another completion made the attachment first):
-/// the intent goes again, and the object stays.
-async fn claim(
+/// `err`, unless the direct upload has gone meanwhile: a completion that ended took
+/// the staged object with it, and its attachment is the answer.
+async fn unless_completed(
     app: &App,
     principal: &Principal,
-    pending: &direct_upload::Model,
-    keys: &[String],
-) -> AppResult<bool> {
-    if let Err(err) = super::record_intents(app, keys).await {
-        let held = super::intent_recorded(app, &keys[0]).await?;
-        return match (held, self::pending(app, principal, pending.id).await?) {
+    id: Uuid,
+    err: AppError,
+) -> AppResult<attachment::Model> {
+    match pending(app, principal, id).await? {
+        Some(_) => Err(err),
+        None => completed(app, principal, id).await,
+    }
+}
+
+fn gone() -> AppError {
+    AppError::NotFound("no such direct upload, or it has expired".into())
+}
+
+/// Claims the completion of direct upload `id` by recording the intent of its
+/// attachment's `key`: the key is the primary key of `storage_deletions`, so one
+/// completion at a time holds it, and a commit ends it together with the direct
+/// upload's row. `false` when the direct upload has gone meanwhile (another
+/// completion made the attachment first): the intent goes again, the object stays.
+/// A completion cut short (a kill, a database outage) holds its claim until the
+/// maintenance removes abandoned intents.
+async fn claim(app: &App, principal: &Principal, id: Uuid, key: &str) -> AppResult<bool> {
+    let keys = [key.to_owned()];
+    if let Err(err) = super::record_intents(app, &keys).await {
+        let held = super::intent_recorded(app, key).await?;
+        return match (held, pending(app, principal, id).await?) {
             (_, None) => Ok(false),
-            (true, Some(_)) => Err(AppError::InProgress(
-                "another completeDirectUpload of this upload is under way (or was cut short \
-                 in the last minutes): retry shortly"
-                    .into(),
-            )),
+            (true, Some(_)) => {
+                let minutes =
+                    super::intent_grace(app.config.connections.body_timeout()).num_minutes();
+                Err(AppError::InProgress(format!(
+                    "another completeDirectUpload of this upload is under way: retry shortly \
+                     (one cut short holds it for up to {minutes} minutes)"
+                )))
+            }
             (false, Some(_)) => Err(err.into()),
         };
     }
-    let still_pending = self::pending(app, principal, pending.id).await;
+    let still_pending = pending(app, principal, id).await;
     if matches!(still_pending, Ok(Some(_))) {
         return Ok(true);
     }
-    super::forget_intents(app, keys).await?;
+    super::forget_intents(app, &keys).await?;
     still_pending.map(|_| false)
 }
 
-/// Refuses the direct upload when `checked` failed because of its file, which no
-/// retry can change; a failure of storage or of the database keeps it for a retry.
-async fn refuse_if_the_file_is<T>(
+/// Refuses the direct upload when `err` is about its file, which no retry can
+/// change; a failure of storage or of the database keeps it for a retry.
+async fn refused_if_the_file_is(
     app: &App,
     pending: &direct_upload::Model,
-    checked: AppResult<T>,
-) -> AppResult<T> {
-    match checked {
-        Err(
-            err @ (AppError::BadUserInput(_)
-            | AppError::UnsupportedMediaType(_)
-            | AppError::ChecksumMismatch(_)
-            | AppError::PayloadTooLarge(_)),
-        ) => Err(refuse(app, pending, err).await),
-        checked => checked,
+    err: AppError,
+) -> AppError {
+    match err {
+        AppError::BadUserInput(_)
+        | AppError::UnsupportedMediaType(_)
+        | AppError::ChecksumMismatch(_)
+        | AppError::PayloadTooLarge(_) => refuse(app, pending, err).await,
+        err => err,
     }
 }
 
@@ -402,9 +434,7 @@ async fn commit_completion(
         .exec(&txn)
         .await?;
     if claimed.rows_affected == 0 {
-        return Err(AppError::NotFound(
-            "no such direct upload, or it has expired".into(),
-        ));
+        return Err(gone());
     }
     let backend = txn.get_database_backend();
     let mut writes = Writes::new(backend);

@@ -293,21 +293,24 @@ impl Copier<'_> {
     /// what landed after it.
     async fn migrate(&self, row: &attachment::Model) -> Outcome {
         let outcome = self.copy(row).await;
-        if !matches!(outcome, Outcome::Copied { .. } | Outcome::Missing) {
+        if matches!(
+            outcome,
+            Outcome::Skipped | Outcome::WouldCopy | Outcome::Interrupted
+        ) {
             return outcome;
         }
         match attachment::Entity::find_by_id(row.id)
             .one(self.db.read())
             .await
         {
-            Ok(Some(_)) => outcome,
-            Ok(None) if outcome == Outcome::Missing => Outcome::Deleted,
             Ok(None) => self.forget(&row.storage_key).await,
-            Err(err) => Outcome::Failed(format!("cannot check the row after the copy: {err}")),
+            // Still there, or unknown: the outcome stands (a next pass looks again).
+            Ok(Some(_)) | Err(_) => outcome,
         }
     }
 
-    /// Removes the copy and the tracking row of a file whose row has gone.
+    /// Removes the copy (if one landed) and the tracking row of a file whose row
+    /// has gone.
     async fn forget(&self, key: &str) -> Outcome {
         let stored = StorageKey::from_stored(key.to_owned());
         if let Err(err) = self.destination.delete(&stored).await {

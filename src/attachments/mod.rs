@@ -666,10 +666,9 @@ pub async fn retry_deletions(app: &App, intents_before: DateTime<Utc>) -> AppRes
 /// (up to an hour), and a quarter of an hour more covers the writes to storage in
 /// between, which have timeouts of their own.
 pub fn intent_grace(body_timeout: std::time::Duration) -> chrono::Duration {
-    let body = chrono::Duration::from_std(body_timeout).unwrap_or(chrono::Duration::MAX);
-    chrono::Duration::minutes(15)
-        .checked_add(&body)
-        .unwrap_or(chrono::Duration::MAX)
+    // BODY_TIMEOUT_SECONDS is at most an hour; a day bounds it here all the same.
+    let body = i64::try_from(body_timeout.as_secs()).map_or(86_400, |secs| Ord::min(secs, 86_400));
+    chrono::Duration::seconds(15 * 60 + body)
 }
 
 #[cfg(test)]

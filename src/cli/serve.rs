@@ -29,9 +29,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.listen_addr))?;
     let base_url = config.public_base_url(listener.local_addr()?)?;
-    let app = Arc::new(App::build(config, base_url).await?);
     let address = listener.local_addr()?;
-    if app.dev_minter.is_some() && !address.ip().is_loopback() {
+    if config.auth.is_development() && !address.ip().is_loopback() {
         anyhow::bail!(
             "neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE is set, and LISTEN_ADDR {address} is \
              reachable from other machines: development mode would hand a token to anyone \
@@ -39,6 +38,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
              JWT_PUBLIC_KEY_FILE, or listen on 127.0.0.1"
         );
     }
+    let app = Arc::new(App::build(config, base_url).await?);
     app.db
         .migrate()
         .await

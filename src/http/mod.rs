@@ -61,7 +61,7 @@ pub fn router(app: SharedApp) -> Router {
     }
     let router = router
         .with_state(state)
-        .layer(CatchPanicLayer::custom(panicked))
+        .layer(catch_panics())
         .layer(axum::middleware::from_fn(observe::request));
     match cors {
         Some(cors) => router.layer(cors),
@@ -69,17 +69,21 @@ pub fn router(app: SharedApp) -> Router {
     }
 }
 
-/// A request whose handler panicked: answered as an internal error, and logged. A
-/// panic is a bug of ours, yet it must cost its client one request, not the
-/// connection (hyper would drop it without an answer).
+/// Answers a request whose handler panicked as an internal error, logged with the
+/// panic's message. A panic is a bug of ours, yet it must cost its client one
+/// request, not the connection (hyper would drop it without an answer).
+fn catch_panics() -> CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> axum::response::Response>
+{
+    CatchPanicLayer::custom(panicked)
+}
+
 fn panicked(panic: Box<dyn std::any::Any + Send>) -> axum::response::Response {
     let what = panic
         .downcast_ref::<&str>()
         .map(|text| (*text).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    tracing::error!(panic = %what, "a request's handler panicked");
-    AppError::Internal(anyhow::anyhow!("the request failed inside attache")).into_response()
+    AppError::Internal(anyhow::anyhow!("a request's handler panicked: {what}")).into_response()
 }
 
 /// The router of the `METRICS_ADDR` listener: `/metrics` and `/healthz`.
@@ -195,7 +199,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_answered_as_an_internal_error() {
-        let response = panicked(Box::new("index out of bounds"));
+        use tower::ServiceExt;
+        async fn bug() -> &'static str {
+            panic!("index out of bounds")
+        }
+        let router = Router::new().route("/bug", get(bug)).layer(catch_panics());
+        let request = axum::http::Request::get("/bug")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = router.oneshot(request).await.expect("an answer");
         assert_eq!(
             response.status(),
             axum::http::StatusCode::INTERNAL_SERVER_ERROR

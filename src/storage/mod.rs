@@ -376,7 +376,7 @@ impl Storage {
         let partial = path.with_file_name(format!(".partial-{name}"));
         let (_, written) = write_file(partial.clone(), body, u64::MAX, true).await?;
         let linked = tokio::task::spawn_blocking(move || {
-            let linked = std::fs::hard_link(&partial, &path)
+            let linked = link_new(&partial, &path)
                 .and_then(|()| std::fs::File::open(path.parent().unwrap_or(&path))?.sync_all());
             let _ = std::fs::remove_file(&partial);
             linked
@@ -679,6 +679,26 @@ impl Storage {
     pub async fn delete(&self, key: &StorageKey) -> opendal::Result<()> {
         self.observed("delete", self.operator.delete(key.as_str()))
             .await
+    }
+}
+
+/// Gives the file `from` the new name `to` as well, never over an existing file: a
+/// hard link, or where the file system has none (SMB shares, some FUSE mounts) a
+/// rename once `to` is found free.
+fn link_new(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::hard_link(from, to) {
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            if to.exists() {
+                return Err(std::io::ErrorKind::AlreadyExists.into());
+            }
+            std::fs::rename(from, to)
+        }
+        linked => linked,
     }
 }
 

@@ -157,12 +157,16 @@ async fn direct_uploads_end_to_end(setup: Setup) {
     );
     assert_eq!(fetch(&att["url"]).await, content);
 
-    let again = complete_direct(&app, &bearer, &direct).await;
-    assert_eq!(
-        data(&again, "completeDirectUpload"),
-        att,
-        "a retried completion answers with the attachment it made"
+    let again = data(
+        &complete_direct(&app, &bearer, &direct).await,
+        "completeDirectUpload",
     );
+    for field in ["id", "sha256", "byteSize", "contentType"] {
+        assert_eq!(
+            again[field], att[field],
+            "a retried completion answers with the attachment it made"
+        );
+    }
     assert_eq!(app.row_count(&acme).await, 1, "completes once");
     // The URL names a staging key: whatever the store does with a replay, the file
     // stays as it was (providers.rs replays it on every store).
