@@ -12,12 +12,48 @@ use async_graphql::parser::types::ExecutableDocument;
 
 use crate::config::QueryLimits;
 use crate::error::AppError;
+use crate::graphql::attachments::{FILE_FIELDS, LISTING};
 use crate::graphql::bounds::{self, Shape};
 
 /// Longer query texts are parsed every time: a file inlined as a literal, say.
 const LONGEST_KEPT: usize = 8 * 1024;
 /// Past this many distinct texts the store starts over, so no client can grow it.
 const MOST_KEPT: usize = 512;
+
+/// A request-wide count, held to its setting as it grows.
+struct Budget {
+    spent: u64,
+    most: u64,
+    what: &'static str,
+    setting: &'static str,
+    fix: &'static str,
+}
+
+impl Budget {
+    fn new(what: &'static str, most: u64, setting: &'static str, fix: &'static str) -> Self {
+        Self {
+            spent: 0,
+            most,
+            what,
+            setting,
+            fix,
+        }
+    }
+
+    fn spend(&mut self, amount: u64) -> Result<(), AppError> {
+        self.spent = self.spent.saturating_add(amount);
+        match self.spent > self.most {
+            true => Err(bounds::too_many(
+                self.what,
+                self.spent,
+                self.most,
+                self.setting,
+                self.fix,
+            )),
+            false => Ok(()),
+        }
+    }
+}
 
 /// A document that passed the bounds, and what it costs.
 struct Parsed {
@@ -39,73 +75,46 @@ impl ParsedQueries {
         limits: &QueryLimits,
         max_files: u64,
     ) -> Result<(), AppError> {
-        let operations = batch.iter_mut().count() as u64;
-        let most = u64::from(limits.max_batch_operations);
-        if operations > most {
-            return Err(bounds::too_many(
-                "operations",
-                operations,
-                most,
-                "MAX_BATCH_OPERATIONS",
-                "send a shorter batch array",
-            ));
-        }
-        let (mut complexity, mut expanded, mut files, mut rows) = (0u64, 0u64, 0u64, 0u64);
+        let mut operations = Budget::new(
+            "operations",
+            limits.max_batch_operations.into(),
+            "MAX_BATCH_OPERATIONS",
+            "send a shorter batch array",
+        );
+        operations.spend(batch.iter_mut().count() as u64)?;
+        let mut expanded = Budget::new(
+            "fields once its fragments are expanded",
+            limits.max_expanded_fields.into(),
+            "MAX_EXPANDED_FIELDS",
+            "send fewer fields or spread fewer fragments",
+        );
+        let mut complexity = Budget::new(
+            "of complexity (1 per operation and per field, aliases included)",
+            limits.max_query_complexity.into(),
+            "MAX_QUERY_COMPLEXITY",
+            "ask for fewer fields or aliases, or split the request",
+        );
+        let mut files = Budget::new(
+            "files",
+            max_files,
+            "MAX_BATCH_FILES",
+            "send the files in several requests",
+        );
+        let mut rows = Budget::new(
+            "rows to list (each `attachments` its `first`, each `totalCount` 100)",
+            limits.max_query_rows.into(),
+            "MAX_QUERY_ROWS",
+            "ask for smaller pages or fewer lists, or split the request",
+        );
         for request in batch.iter_mut() {
             let parsed = self.parsed(&request.query, limits)?;
-            expanded = expanded.saturating_add(parsed.shape.expanded);
-            let most = u64::from(limits.max_expanded_fields);
-            if expanded > most {
-                return Err(bounds::too_many(
-                    "fields once its fragments are expanded",
-                    expanded,
-                    most,
-                    "MAX_EXPANDED_FIELDS",
-                    "send fewer fields or spread fewer fragments",
-                ));
-            }
+            expanded.spend(parsed.shape.expanded)?;
             let operation = request.operation_name.as_deref();
-            complexity = complexity.saturating_add(parsed.shape.complexity(operation));
-            let most = u64::from(limits.max_query_complexity);
-            if complexity > most {
-                return Err(bounds::too_many(
-                    "of complexity (1 per operation and per field, aliases included)",
-                    complexity,
-                    most,
-                    "MAX_QUERY_COMPLEXITY",
-                    "ask for fewer fields or aliases, or split the request",
-                ));
-            }
+            complexity.spend(parsed.shape.complexity(operation))?;
             let running = bounds::Running::find(&parsed.document, operation, &request.variables);
-            files = files.saturating_add(
-                running
-                    .as_ref()
-                    .map_or(0, |running| running.files(&super::attachments::FILE_FIELDS)),
-            );
-            if files > max_files {
-                return Err(bounds::too_many(
-                    "files",
-                    files,
-                    max_files,
-                    "MAX_BATCH_FILES",
-                    "send the files in several requests",
-                ));
-            }
-            rows = rows.saturating_add(
-                running
-                    .as_ref()
-                    .map_or(0, |running| running.rows(&super::attachments::LISTING)),
-            );
-            let most = u64::from(limits.max_query_rows);
-            if rows > most {
-                return Err(bounds::too_many(
-                    "rows to list (each `attachments` its `first`, each `totalCount` 100)",
-                    rows,
-                    most,
-                    "MAX_QUERY_ROWS",
-                    "ask for smaller pages or fewer lists, or split the request",
-                ));
-            }
+            let running = running.as_ref();
+            files.spend(running.map_or(0, |running| running.files(&FILE_FIELDS)))?;
+            rows.spend(running.map_or(0, |running| running.rows(&LISTING)))?;
             request.set_parsed_query(parsed.document.clone());
         }
         Ok(())

@@ -80,6 +80,25 @@ impl Scene {
         }
     }
 
+    /// A server on this scene's database with its files bound for a bucket of its
+    /// own (`AUTO_MIGRATE_STORAGE`), the local folder as their source.
+    async fn migrating_server(&self, db: Db) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let setup = Setup {
+            db,
+            store: Store::S3,
+        };
+        let flags = ["--auto-migrate-storage", "true"];
+        TestApp::spawn_at(
+            setup,
+            dir,
+            &self.database_url,
+            &self.local.storage_root,
+            &flags,
+        )
+        .await
+    }
+
     fn bucket(&self) -> PathBuf {
         self.s3.root.join(S3_BUCKET)
     }
@@ -334,18 +353,7 @@ async fn download_all(app: &TestApp, tokens: &[(String, String)]) -> Vec<String>
 
 async fn automatic_migration_serves_every_file_before_during_and_after(setup: Setup) {
     let scene = Scene::new(setup.db, 3).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let on_s3 = TestApp::spawn_at(
-        Setup {
-            db: setup.db,
-            store: Store::S3,
-        },
-        dir,
-        &scene.database_url,
-        &scene.local.storage_root,
-        &["--auto-migrate-storage", "true"],
-    )
-    .await;
+    let on_s3 = scene.migrating_server(setup.db).await;
     let rows = scene.rows().await;
     let mut tenants: Vec<String> = rows.iter().map(|row| row.tenant_id.clone()).collect();
     tenants.sort();
@@ -387,18 +395,7 @@ async fn automatic_migration_serves_every_file_before_during_and_after(setup: Se
 /// removed again).
 async fn deletes_during_an_automatic_migration_leave_no_file(setup: Setup) {
     let scene = Scene::new(setup.db, 5).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let on_s3 = TestApp::spawn_at(
-        Setup {
-            db: setup.db,
-            store: Store::S3,
-        },
-        dir,
-        &scene.database_url,
-        &scene.local.storage_root,
-        &["--auto-migrate-storage", "true"],
-    )
-    .await;
+    let on_s3 = scene.migrating_server(setup.db).await;
     let rows = scene.rows().await;
     let delete = |row: &attachment::Model| {
         let token = on_s3.token(&row.tenant_id);

@@ -159,15 +159,21 @@ async fn concurrent_uploads_never_overshoot(setup: Setup) {
     assert!(attache::quotas::is_refusal(&refused), "{refused}");
 }
 
-async fn an_expired_direct_upload_releases_its_reservation(setup: Setup) {
+/// A server on a database of its own (a recount or a gauge sees every tenant of its
+/// database), started with `extra`; and the database's URL, for commands.
+async fn alone(setup: Setup, extra: &[&str]) -> (TestApp, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let uploads = dir.path().join("uploads");
     let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(
+    (
+        TestApp::spawn_at(setup, dir, &url, &uploads, extra).await,
+        url,
+    )
+}
+
+async fn an_expired_direct_upload_releases_its_reservation(setup: Setup) {
+    let (app, _) = alone(
         setup,
-        dir,
-        &url,
-        &uploads,
         &["--url-ttl-seconds", "2", "--tenant-quota-files", "1"],
     )
     .await;
@@ -212,10 +218,7 @@ async fn usage_is_the_callers_tenant_and_needs_read_scope(setup: Setup) {
 /// counts the tenant while it is past.
 async fn passing_80_percent_warns_once_per_crossing(setup: Setup) {
     // A database of its own: the gauge counts every tenant of the database.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
-    let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &["--tenant-quota-files", "5"]).await;
+    let (app, _) = alone(setup, &["--tenant-quota-files", "5"]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     let mut ids = Vec::new();
@@ -279,10 +282,7 @@ async fn gauge(app: &TestApp) -> f64 {
 /// `attache tenant usage --recompute` corrects a usage row altered by hand, and the
 /// quota commands set and unset a tenant's own limits.
 async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
-    let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
+    let (app, url) = alone(setup, &[]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     app.upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
@@ -349,10 +349,7 @@ async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
 /// the usage was "corrected" away, leaving the usage too low.
 async fn a_recount_under_load_finds_and_leaves_nothing_wrong(setup: Setup) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
-    let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
+    let (app, _) = alone(setup, &[]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     let done = AtomicBool::new(false);
