@@ -81,6 +81,21 @@ async fn assert_unharmed(served: &mut Served, before: f64, what: &str) {
     );
 }
 
+/// How many contract attachments `bearer`'s tenant has (of `owner`, when given).
+async fn contracts_stored(served: &Served, bearer: &str, owner: Option<&str>) -> u64 {
+    let query = "query($owner: String) { attachments(ownerType: \"contract\", ownerId: $owner) { totalCount } }";
+    let listed = post(
+        served,
+        Some(bearer),
+        &json!({ "query": query, "variables": { "owner": owner } }),
+    )
+    .await
+    .1;
+    data(&listed, "attachments")["totalCount"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a count: {listed}"))
+}
+
 /// `query`, sent with `bearer`, is refused as BAD_USER_INPUT.
 async fn refuses(served: &Served, bearer: &str, query: &str, what: &str) {
     let (status, body) = post(served, Some(bearer), &json!({ "query": query })).await;
@@ -384,15 +399,8 @@ async fn files_are_counted_across_the_request(_: Setup) {
         "21 multipart parts: {body}"
     );
 
-    let listed = post(
-        &served,
-        Some(&bearer),
-        &json!({ "query": "{ attachments(ownerType: \"contract\") { totalCount } }" }),
-    )
-    .await
-    .1;
     assert_eq!(
-        data(&listed, "attachments")["totalCount"],
+        contracts_stored(&served, &bearer, None).await,
         0,
         "nothing stored by a refused request"
     );
@@ -783,14 +791,7 @@ async fn a_trickled_file_frees_its_upload_slot(_: Setup) {
     trickle.abort();
     let cut = String::from_utf8_lossy(&cut);
     assert!(cut.contains("BODY_TIMEOUT_SECONDS"), "{cut}");
-    let listed = post(
-        &served,
-        Some(&bearer),
-        &json!({ "query": "{ attachments(ownerType: \"contract\", ownerId: \"slow\") { totalCount } }" }),
-    )
-    .await
-    .1;
-    assert_eq!(data(&listed, "attachments")["totalCount"], 0, "{listed}");
+    assert_eq!(contracts_stored(&served, &bearer, Some("slow")).await, 0);
     assert_unharmed(&mut served, before, "a trickled file").await;
 }
 
