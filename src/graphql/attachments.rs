@@ -179,9 +179,11 @@ fn encode_cursor(id: Uuid) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> AppResult<Uuid> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
+    // 16 bytes in unpadded base64; anything longer is refused before it is decoded.
+    const CURSOR_LENGTH: usize = 22;
+    Some(cursor)
+        .filter(|cursor| cursor.len() == CURSOR_LENGTH)
+        .and_then(|cursor| URL_SAFE_NO_PAD.decode(cursor).ok())
         .and_then(|bytes| Uuid::from_slice(&bytes).ok())
         .ok_or_else(|| AppError::bad_input("invalid cursor"))
 }

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 
 use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, Field, OperationDefinition, OperationType, Selection,
-    SelectionSet,
+    Directive, DocumentOperations, ExecutableDocument, Field, OperationDefinition, OperationType,
+    Selection, SelectionSet,
 };
-use async_graphql::{Name, Variables};
+use async_graphql::{Name, Positioned, Variables};
 use async_graphql_value::{ConstValue, Value};
 
 use crate::config::QueryLimits;
@@ -407,22 +407,91 @@ impl<'a> Running<'a> {
         }
     }
 
-    /// `field`'s argument `name`: a variable reads the request's variables, then the
-    /// operation's default for it.
+    /// The bytes of every argument the operation's fields and directives read, a
+    /// variable counted at each of its uses: async-graphql copies a variable's value
+    /// for every argument that reads it, in validation and again in execution, so a
+    /// large string read by hundreds of aliases would cost its size hundreds of times.
+    pub fn argument_bytes(&self) -> u64 {
+        self.bytes_below(&self.operation.selection_set.node, &mut Vec::new())
+    }
+
+    fn bytes_below(&self, set: &'a SelectionSet, open: &mut Vec<&'a Name>) -> u64 {
+        let arguments = |arguments: &'a [(Positioned<Name>, Positioned<Value>)]| {
+            arguments
+                .iter()
+                .map(|(_, value)| self.value_bytes(&value.node))
+                .fold(0, u64::saturating_add)
+        };
+        let directives = |directives: &'a [Positioned<Directive>]| {
+            directives
+                .iter()
+                .map(|directive| arguments(&directive.node.arguments))
+                .fold(0, u64::saturating_add)
+        };
+        let mut total: u64 = 0;
+        for selection in &set.items {
+            let bytes = match &selection.node {
+                Selection::Field(field) => arguments(&field.node.arguments)
+                    .saturating_add(directives(&field.node.directives))
+                    .saturating_add(self.bytes_below(&field.node.selection_set.node, open)),
+                Selection::InlineFragment(inline) => directives(&inline.node.directives)
+                    .saturating_add(self.bytes_below(&inline.node.selection_set.node, open)),
+                Selection::FragmentSpread(spread) => {
+                    let name = &spread.node.fragment_name.node;
+                    let spread_bytes = directives(&spread.node.directives);
+                    match self.document.fragments.get(name) {
+                        Some(fragment) if !open.contains(&name) => {
+                            open.push(name);
+                            let inner = self.bytes_below(&fragment.node.selection_set.node, open);
+                            open.pop();
+                            spread_bytes.saturating_add(inner)
+                        }
+                        _ => spread_bytes,
+                    }
+                }
+            };
+            total = total.saturating_add(bytes);
+        }
+        total
+    }
+
+    /// A value's size as the executor copies it: its strings' bytes, a byte for
+    /// anything else, a variable's value where it is read.
+    fn value_bytes(&self, value: &Value) -> u64 {
+        match value {
+            Value::Variable(name) => self.variable(name).map_or(0, const_value_bytes),
+            Value::String(text) => text.len() as u64,
+            Value::Binary(bytes) => bytes.len() as u64,
+            Value::List(items) => items
+                .iter()
+                .map(|item| self.value_bytes(item))
+                .fold(1, u64::saturating_add),
+            Value::Object(fields) => fields
+                .iter()
+                .map(|(name, value)| (name.len() as u64).saturating_add(self.value_bytes(value)))
+                .fold(1, u64::saturating_add),
+            Value::Null | Value::Number(_) | Value::Boolean(_) | Value::Enum(_) => 1,
+        }
+    }
+
+    /// A variable's value: the request's, else the operation's default for it.
+    fn variable(&self, name: &Name) -> Option<&'a ConstValue> {
+        self.variables.get(name).or_else(|| {
+            self.operation
+                .variable_definitions
+                .iter()
+                .find(|definition| definition.node.name.node == *name)
+                .and_then(|definition| definition.node.default_value.as_ref())
+                .map(|default| &default.node)
+        })
+    }
+
+    /// `field`'s argument `name`, a variable read through [`Running::variable`].
     fn argument(&self, field: &'a Field, name: &str) -> Argument<'a> {
         match field.get_argument(name).map(|value| &value.node) {
             None => Argument::Absent,
             Some(Value::Variable(variable)) => self
-                .variables
-                .get(variable)
-                .or_else(|| {
-                    self.operation
-                        .variable_definitions
-                        .iter()
-                        .find(|definition| definition.node.name.node == *variable)
-                        .and_then(|definition| definition.node.default_value.as_ref())
-                        .map(|default| &default.node)
-                })
+                .variable(variable)
                 .map_or(Argument::Absent, Argument::Variable),
             Some(literal) => Argument::Literal(literal),
         }
@@ -438,6 +507,25 @@ impl<'a> Running<'a> {
             | Argument::Literal(Value::Null)
             | Argument::Variable(ConstValue::Null) => 0,
             _ => 1,
+        }
+    }
+}
+
+/// [`Running::value_bytes`] of a value that holds no variable.
+fn const_value_bytes(value: &ConstValue) -> u64 {
+    match value {
+        ConstValue::String(text) => text.len() as u64,
+        ConstValue::Binary(bytes) => bytes.len() as u64,
+        ConstValue::List(items) => items
+            .iter()
+            .map(const_value_bytes)
+            .fold(1, u64::saturating_add),
+        ConstValue::Object(fields) => fields
+            .iter()
+            .map(|(name, value)| (name.len() as u64).saturating_add(const_value_bytes(value)))
+            .fold(1, u64::saturating_add),
+        ConstValue::Null | ConstValue::Number(_) | ConstValue::Boolean(_) | ConstValue::Enum(_) => {
+            1
         }
     }
 }
@@ -535,6 +623,23 @@ mod tests {
         assert_eq!(running(&document, &given).files(&fields), 3 + 1 + 3 + 3);
         let query_op = async_graphql::parser::parse_query("{ one }").expect("parses");
         assert_eq!(running(&query_op, &variables).files(&fields), 0);
+    }
+
+    #[test]
+    fn argument_bytes_count_a_variable_at_each_use() {
+        let query = "query($s: String, $preset: String = \"abcd\") { a: f(x: $s) b: f(x: $s) ...F \
+                     ... on Query @include(if: true) { g(y: [\"xy\", $preset], z: {k: \"v\"}) } } \
+                     fragment F on Query { c: f(x: $s) }";
+        let document = async_graphql::parser::parse_query(query).expect("parses");
+        let variables = Variables::from_json(serde_json::json!({ "s": "0123456789" }));
+        // Three uses of $s, the directive's `true`, the list (1 + "xy" + "abcd") and
+        // the object (1 + "k" + "v").
+        assert_eq!(
+            running(&document, &variables).argument_bytes(),
+            3 * 10 + 1 + 7 + 3
+        );
+        let given = Variables::from_json(serde_json::json!({ "s": "", "preset": "abcdefgh" }));
+        assert_eq!(running(&document, &given).argument_bytes(), 1 + 11 + 3);
     }
 
     #[test]

@@ -67,13 +67,16 @@ pub struct ParsedQueries(Mutex<HashMap<String, Arc<Parsed>>>);
 impl ParsedQueries {
     /// Bounds the whole batch, then gives every request its parsed query: the batch
     /// length, each text before it is parsed, each document before it is validated,
-    /// and the complexity, the files and the rows of the operations that would run,
-    /// summed over the batch. A query that does not parse is a request error.
+    /// and the complexity, the files, the rows and the argument bytes of the
+    /// operations that would run, summed over the batch. The arguments may copy no
+    /// more than a body may hold (`max_argument_bytes`). A query that does not parse
+    /// is a request error.
     pub fn prepare(
         &self,
         batch: &mut BatchRequest,
         limits: &QueryLimits,
         max_files: u64,
+        max_argument_bytes: u64,
     ) -> Result<(), AppError> {
         let mut operations = Budget::new(
             "operations",
@@ -106,6 +109,12 @@ impl ParsedQueries {
             "MAX_QUERY_ROWS",
             "ask for smaller pages or fewer lists, or split the request",
         );
+        let mut argument_bytes = Budget::new(
+            "bytes of arguments (a variable counted at each of its uses)",
+            max_argument_bytes,
+            "MAX_REQUEST_BYTES",
+            "read a large variable in one place, not in many",
+        );
         for request in batch.iter_mut() {
             let parsed = self.parsed(&request.query, limits)?;
             expanded.spend(parsed.shape.expanded)?;
@@ -115,6 +124,7 @@ impl ParsedQueries {
             let running = running.as_ref();
             files.spend(running.map_or(0, |running| running.files(&FILE_FIELDS)))?;
             rows.spend(running.map_or(0, |running| running.rows(&LISTING)))?;
+            argument_bytes.spend(running.map_or(0, bounds::Running::argument_bytes))?;
             request.set_parsed_query(parsed.document.clone());
         }
         Ok(())
@@ -252,7 +262,7 @@ mod generated {
             let query = document(&mut rng);
             let mut batch = BatchRequest::Single(async_graphql::Request::new(query.clone()));
             if ParsedQueries::default()
-                .prepare(&mut batch, &limits, 20)
+                .prepare(&mut batch, &limits, 20, 1 << 20)
                 .is_err()
             {
                 refused += 1;

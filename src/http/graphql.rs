@@ -89,7 +89,12 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     }
     let limits = &state.app.config.query_limits;
     let max_files = state.app.config.limits.max_batch_files;
-    if let Err(err) = state.parsed_queries.prepare(&mut batch, limits, max_files) {
+    let max_argument_bytes = state.app.config.limits.request_bytes();
+    if let Err(err) =
+        state
+            .parsed_queries
+            .prepare(&mut batch, limits, max_files, max_argument_bytes)
+    {
         return unread(rest, answer.refusal(&err)).await;
     }
     if is_get && is_mutation(&mut batch) {
