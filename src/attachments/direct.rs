@@ -125,7 +125,13 @@ pub async fn announce(
 
 /// attache's signed upload route on fs, once its link is checked: streams the body
 /// into storage, refusing more bytes than were declared.
-pub async fn receive<S, E>(app: &App, id: Uuid, tenant: &SafeId, body: S) -> AppResult<()>
+pub async fn receive<S, E>(
+    app: &App,
+    id: Uuid,
+    tenant: &SafeId,
+    announced: Option<u64>,
+    body: S,
+) -> AppResult<()>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -138,6 +144,11 @@ where
         .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
     let key = StorageKey::from_stored(pending.storage_key);
     let declared = u64::try_from(pending.byte_size).unwrap_or_default();
+    let too_large =
+        || AppError::PayloadTooLarge(format!("the body exceeds the declared {declared} bytes"));
+    if announced.is_some_and(|announced| announced > declared) {
+        return Err(too_large());
+    }
     let content_type = pending.content_type.as_str();
     match app
         .storage
@@ -145,9 +156,7 @@ where
         .await
     {
         Ok(_) => Ok(()),
-        Err(StreamWriteError::TooLarge) => Err(AppError::PayloadTooLarge(format!(
-            "the body exceeds the declared {declared} bytes"
-        ))),
+        Err(StreamWriteError::TooLarge) => Err(too_large()),
         Err(StreamWriteError::Body(reason)) => Err(AppError::bad_input(reason)),
         Err(StreamWriteError::Storage(err))
             if err.kind() == opendal::ErrorKind::ConditionNotMatch =>

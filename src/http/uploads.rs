@@ -2,16 +2,21 @@
 //! presigned S3 PUT for direct uploads. Streams the body into storage, held to the
 //! pace of `BODY_IDLE_TIMEOUT_SECONDS` and `MIN_BODY_BYTES_PER_SECOND`, and whole
 //! within `BODY_TIMEOUT_SECONDS` of waiting like a GraphQL body (a direct upload is
-//! no larger than one): a trickled PUT holds a connection that long at most.
+//! no larger than one): a trickled PUT holds a connection that long at most. It
+//! takes one of the `MAX_CONCURRENT_UPLOADS` slots, and a body announced larger
+//! than the upload's declared size is refused before a byte is written.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use http_body::Body as _;
 
 use crate::attachments::direct;
 use crate::auth::link::{LinkPurpose, LinkQuery};
+use crate::error::AppError;
 use crate::http::AppState;
+use crate::http::drain::closing;
 use crate::http::slow_body::paced;
 
 pub async fn put(
@@ -21,15 +26,22 @@ pub async fn put(
     body: Body,
 ) -> Response {
     let app = &state.app;
-    let received = match app.links.authorize(LinkPurpose::Upload, &id, &link) {
-        Ok((id, tenant)) => {
-            let body = paced(body.into_data_stream(), &app.config.connections);
-            direct::receive(app, id, &tenant, body).await
-        }
-        Err(err) => Err(err),
+    let (id, tenant) = match app.links.authorize(LinkPurpose::Upload, &id, &link) {
+        Ok(authorized) => authorized,
+        Err(err) => return err.into_response(),
     };
-    match received {
+    // The body passes through memory in chunks: it takes an upload slot like a
+    // GraphQL upload, or is answered "busy" with its body unread.
+    let _permit = match app.upload_permit().await {
+        Ok(permit) => permit,
+        Err(err) => return closing(err.into_response()),
+    };
+    let announced = body.size_hint().exact();
+    let body = paced(body.into_data_stream(), &app.config.connections);
+    match direct::receive(app, id, &tenant, announced, body).await {
         Ok(()) => StatusCode::OK.into_response(),
+        // Refused on its Content-Length: the rest of the body stays unread.
+        Err(err @ AppError::PayloadTooLarge(_)) => closing(err.into_response()),
         Err(err) => err.into_response(),
     }
 }

@@ -879,23 +879,92 @@ async fn a_trickled_file_frees_its_upload_slot(_: Setup) {
 /// cut once waited for BODY_TIMEOUT_SECONDS, like a GraphQL body: before, a 1 MB PUT
 /// at 2 KB/s held its connection for 8 minutes, and no flood of new connections
 /// closes a busy one. The upload stays, for a PUT that comes whole.
+/// A direct upload of `content` announced with `bearer`: the upload and its URL.
+async fn announce_direct_upload(served: &Served, bearer: &str, content: &[u8]) -> (Value, String) {
+    let announced = post(served, Some(bearer), &json!({ "query": "mutation($i: DirectUploadInput!) { createDirectUpload(input: $i) { id uploadUrl } }",
+        "variables": { "i": { "ownerType": "contract", "ownerId": "c", "filename": "d.pdf", "contentType": "application/pdf",
+            "byteSize": content.len(), "sha256": crate::helpers::sha256_hex(content) }}})).await.1;
+    let direct = data(&announced, "createDirectUpload").clone();
+    let upload_url = direct["uploadUrl"].as_str().expect("url").to_owned();
+    (direct, upload_url)
+}
+
+/// A PUT to `upload_url` that has sent its head, announcing `length` bytes, and
+/// nothing of its body yet; the server closes the connection after its answer.
+async fn started_put(served: &Served, upload_url: &str, length: usize) -> TcpStream {
+    let address = served.base_url.trim_start_matches("http://");
+    let path = upload_url.trim_start_matches(&served.base_url);
+    let mut tcp = TcpStream::connect(address).await.expect("connect");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("the head");
+    tcp
+}
+
+/// A direct upload's PUT holds chunks in memory like any upload: it takes one of
+/// the `MAX_CONCURRENT_UPLOADS` slots (before, any number of PUTs ran at once,
+/// bounded only by `MAX_CONNECTIONS`), and a body announced larger than the
+/// upload declared is refused before a byte of it is read.
+async fn direct_upload_puts_take_an_upload_slot(_: Setup) {
+    let mut served = Served::start(&[
+        "--max-concurrent-uploads",
+        "1",
+        "--upload-queue-timeout-seconds",
+        "1",
+    ])
+    .await;
+    let before = rss_mib(&served);
+    let bearer = token("put-slots");
+    let mut content = pdf();
+    content.resize(100_000, b' ');
+    let (_, first_url) = announce_direct_upload(&served, &bearer, &content).await;
+    let (_, second_url) = announce_direct_upload(&served, &bearer, &content).await;
+    // The first PUT holds the only slot while its body is slow to come.
+    let mut first = started_put(&served, &first_url, content.len()).await;
+    first
+        .write_all(&content[..1000])
+        .await
+        .expect("a little body");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let put = || http_client().put(&second_url).body(content.clone()).send();
+    let busy = put().await.expect("an answer");
+    assert_eq!(
+        busy.status(),
+        503,
+        "the second PUT waits for a slot, then hears busy"
+    );
+    assert_eq!(busy.headers()["retry-after"], "2");
+    first.write_all(&content[1000..]).await.expect("the rest");
+    let done = answer(&mut first, Duration::from_secs(5))
+        .await
+        .expect("answered");
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    assert_eq!(
+        put().await.expect("an answer").status(),
+        200,
+        "the slot is free again"
+    );
+    // A body announced one byte larger than declared: refused on its head.
+    let (_, third_url) = announce_direct_upload(&served, &bearer, &content).await;
+    let mut oversized = started_put(&served, &third_url, content.len() + 1).await;
+    let refused = answer(&mut oversized, Duration::from_secs(5))
+        .await
+        .expect("answered without the body");
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    assert!(refused.contains("declared"), "{refused}");
+    assert_unharmed(&mut served, before, "direct upload slots").await;
+}
+
 async fn a_trickled_direct_upload_is_cut(_: Setup) {
     let mut served = Served::start(&["--body-timeout-seconds", "3"]).await;
     let before = rss_mib(&served);
     let bearer = token("trickled-put");
     let mut content = pdf();
     content.resize(1_000_000, b' ');
-    let announced = post(&served, Some(&bearer), &json!({ "query": "mutation($i: DirectUploadInput!) { createDirectUpload(input: $i) { id uploadUrl } }",
-        "variables": { "i": { "ownerType": "contract", "ownerId": "c", "filename": "d.pdf", "contentType": "application/pdf",
-            "byteSize": content.len(), "sha256": crate::helpers::sha256_hex(&content) }}})).await.1;
-    let direct = data(&announced, "createDirectUpload");
-    let upload_url = direct["uploadUrl"].as_str().expect("url").to_owned();
-    let address = served.base_url.trim_start_matches("http://").to_owned();
-    let path = upload_url.trim_start_matches(&served.base_url).to_owned();
-    let tcp = TcpStream::connect(&address).await.expect("connect");
+    let (direct, upload_url) = announce_direct_upload(&served, &bearer, &content).await;
+    let tcp = started_put(&served, &upload_url, content.len()).await;
     let (mut reader, mut writer) = tcp.into_split();
-    let head = format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n");
-    writer.write_all(head.as_bytes()).await.expect("the head");
     let started = Instant::now();
     let first = content.clone();
     let trickle = tokio::spawn(async move {
@@ -1087,6 +1156,7 @@ crate::matrix!(
     anonymous_requests_cost_no_upload_slot,
     a_trickled_file_frees_its_upload_slot,
     a_trickled_direct_upload_is_cut,
+    direct_upload_puts_take_an_upload_slot,
     idle_and_slow_connections_are_closed,
     stalled_downloads_hold_bounded_memory,
     metrics_can_have_a_listener_of_their_own,
