@@ -303,8 +303,9 @@ pub struct QueryLimits {
     /// operation 1 more.
     #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
     pub max_query_complexity: u32,
-    /// Deepest nesting of brackets in a query text: selections, arguments, list and
-    /// object values, list types. Checked before parsing.
+    /// Deepest nesting of brackets in a query text (selections, arguments, list and
+    /// object values, list types), checked before parsing, and of fragments spread
+    /// inside fragments.
     #[arg(long, env = "MAX_QUERY_NESTING", default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..=256))]
     pub max_query_nesting: u32,
     /// Most tokens in a query text (a string literal counts as one). Checked before
@@ -468,7 +469,8 @@ pub struct Config {
     /// HTTP listen address.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
-    /// Origin used to build absolute URLs [default: http://<LISTEN_ADDR>].
+    /// Origin used to build absolute URLs [default: http://<LISTEN_ADDR>, or
+    /// http://localhost:PORT when listening on 0.0.0.0 or ::].
     #[arg(long, env = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<String>,
     #[command(flatten)]

@@ -530,6 +530,14 @@ fn const_value_bytes(value: &ConstValue) -> u64 {
     }
 }
 
+/// The error of a body found to hold more files than a request may store, before
+/// they were all counted.
+pub fn too_many_files(most: u64) -> AppError {
+    AppError::bad_input(format!(
+        "the request has more than {most} files (MAX_BATCH_FILES): send the files in several requests"
+    ))
+}
+
 /// The error of a request whose bound was passed.
 pub fn too_many(what: &str, count: u64, most: u64, setting: &str, fix: &str) -> AppError {
     AppError::bad_input(format!(

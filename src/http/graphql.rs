@@ -75,7 +75,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     let is_get = request.method() == Method::GET;
     // A client that trickles its body (files included) is cut off once it has been
     // waited for BODY_TIMEOUT_SECONDS ([`paced`]): no permit is held for ever.
-    let (mut batch, rest) = match read_request(request, length, limit, &state.app).await {
+    let (mut batch, rest) = match read_request(request, length, limit, &state.app, answer).await {
         Ok(read) => read,
         Err(response) => return *response,
     };
@@ -270,6 +270,7 @@ async fn read_request(
     length: Option<u64>,
     limit: u64,
     app: &crate::app::App,
+    answer: Answer,
 ) -> Result<(BatchRequest, Option<Rest>), Box<Response>> {
     if request.method() == Method::GET {
         let query = request.uri().query().unwrap_or_default();
@@ -305,7 +306,7 @@ async fn read_request(
             config.query_limits.max_json_values,
         )
         .await
-        .map_err(|err| parse_failure(err.as_ref(), limit))?;
+        .map_err(|err| parse_failure(err.as_ref(), limit, answer))?;
         large_strings::move_out(&mut batch, LargeStrings::default());
         return Ok((batch, Some(rest)));
     }
@@ -346,8 +347,10 @@ async fn read_request(
         return Err(Box::new(too_large(limit)));
     }
     let Some(json) = json else {
+        // A well-formed request over a bound: a GraphQL error like the bounds found
+        // after parsing (HTTP 200 under application/json).
         let err = refused.unwrap_or_else(|| AppError::bad_input("the request body was refused"));
-        return Err(Box::new(err.into_response()));
+        return Err(Box::new(answer.refusal(&err)));
     };
     let (text, large) = json.finish();
     let mut batch = batch_json::parse(&text, config.query_limits.max_json_values)
@@ -378,7 +381,16 @@ fn is_mutation(batch: &mut BatchRequest) -> bool {
     })
 }
 
-fn parse_failure(err: &(dyn std::error::Error + 'static), limit: u64) -> Box<Response> {
+/// Why a multipart body's start was refused, answered: a body cut short by its
+/// limit or its pace, a bound passed (a GraphQL error), or a malformed body.
+fn parse_failure(
+    err: &(dyn std::error::Error + 'static),
+    limit: u64,
+    answer: Answer,
+) -> Box<Response> {
+    if let Some(refused) = err.downcast_ref::<AppError>() {
+        return Box::new(answer.refusal(refused));
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut over_limit = false;
     let mut too_slow = None;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::attachments::FileContent;
 use crate::attachments::spool::{Base64Spool, SpoolFailure};
 use crate::error::AppError;
+use crate::graphql::bounds::too_many_files;
 use crate::graphql::large_strings::LargeStrings;
 
 /// A `base64` string is spooled once its text reaches this length: below it, the
@@ -145,10 +146,7 @@ impl JsonBody {
         while at < chunk.len() {
             at += self.step(&chunk[at..]).await;
             if self.too_many_files {
-                return Err(AppError::bad_input(format!(
-                    "the request has more than {} files (MAX_BATCH_FILES): send the files in several requests",
-                    self.max_files
-                )));
+                return Err(too_many_files(self.max_files));
             }
         }
         if let Mode::Spooling(spooling) = &mut self.mode {

@@ -15,13 +15,17 @@ use tokio::sync::mpsc;
 
 use super::batch_json;
 use super::drain::{REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT};
+use crate::graphql::bounds::too_many_files;
 use crate::graphql::file_parts::{self, Demand, Kept, Parts, Piece};
 
 /// How many chunks of a streaming part (up to [`PIECE`] each) may wait for its
 /// resolver.
 const LIVE_CHUNKS: usize = 16;
 
-/// Why the start of a multipart body cannot be used.
+/// Why the start of a multipart body cannot be used: an [`AppError`] when a bound
+/// refused a well-formed body.
+///
+/// [`AppError`]: crate::error::AppError
 pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The rest of a multipart body, after `operations` and `map`.
@@ -107,7 +111,7 @@ async fn read_head(
         return Err("the body has no `operations` or `map` field".into());
     };
     if map.len() > usize::try_from(max_files).unwrap_or(usize::MAX) {
-        return Err(format!("at most {max_files} files per request (MAX_BATCH_FILES)").into());
+        return Err(Box::new(too_many_files(max_files)));
     }
     let mut indexes = HashMap::new();
     let mut uses = Vec::new();
