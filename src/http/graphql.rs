@@ -274,6 +274,14 @@ async fn read_request(
 ) -> Result<(BatchRequest, Option<Rest>), Box<Response>> {
     if request.method() == Method::GET {
         let query = request.uri().query().unwrap_or_default();
+        // The JSON of a query string is counted before it is parsed, as a body's is.
+        let max_values = app.config.query_limits.max_json_values;
+        for (name, json) in url::form_urlencoded::parse(query.as_bytes()) {
+            if name == "variables" || name == "extensions" {
+                batch_json::count_values(json.as_bytes(), max_values)
+                    .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
+            }
+        }
         let parsed = async_graphql::http::parse_query_string(query)
             .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
         return Ok((BatchRequest::Single(parsed), None));

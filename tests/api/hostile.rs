@@ -667,6 +667,25 @@ async fn json_values_are_counted_before_parsing(_: Setup) {
         let message = body["errors"][0]["message"].as_str().unwrap_or_default();
         assert!(message.contains("MAX_JSON_VALUES"), "{message}");
     }
+    // A GET's query string: its variables and extensions are counted too (a head of
+    // 64 KiB held some 30,000 values before).
+    let encoded = format!("[{}0]", "0%2C".repeat(12_000));
+    for name in ["variables", "extensions"] {
+        let answer = http_client()
+            .get(format!(
+                "{}/graphql?query=%7B__typename%7D&{name}={encoded}",
+                served.base_url
+            ))
+            .bearer_auth(&bearer)
+            .header("apollo-require-preflight", "1")
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), 400, "{name}");
+        let body: Value = answer.json().await.expect("JSON");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("MAX_JSON_VALUES"), "{name}: {message}");
+    }
     // Malformed JSON is named once, whichever part holds it.
     for (operations, map) in [("{", "{}"), (r#"{"query": "{ __typename }"}"#, "[")] {
         let form = reqwest::multipart::Form::new()
