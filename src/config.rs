@@ -272,8 +272,9 @@ pub struct LimitsConfig {
     /// Largest decoded file accepted; a collection's own limit applies when lower.
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 10 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload_bytes: u64,
-    /// Largest GraphQL request body, and the most bytes of arguments a request reads, a
-    /// variable counted at each use [default: ceil(MAX_UPLOAD_BYTES*4/3) + 1 MiB].
+    /// Largest GraphQL request body, and the most bytes of arguments a request's fields
+    /// and directives read, a variable counted at each use [default:
+    /// ceil(MAX_UPLOAD_BYTES*4/3) + 1 MiB].
     #[arg(long, env = "MAX_REQUEST_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_request_bytes: Option<u64>,
     /// Most files one request may store or announce, whatever its aliases, batch

@@ -57,6 +57,11 @@ pub enum AppError {
 
 pub type AppResult<T> = Result<T, AppError>;
 
+/// Client text as a message may echo it: no control characters, at most 64 of them.
+pub fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
 impl AppError {
     pub fn not_found() -> Self {
         Self::NotFound("attachment not found".into())

@@ -123,49 +123,69 @@ pub async fn announce(
     })
 }
 
-/// attache's signed upload route on fs, once its link is checked: streams the body
-/// into storage, refusing more bytes than were declared.
-pub async fn receive<S, E>(
-    app: &App,
-    id: Uuid,
-    tenant: &SafeId,
-    announced: Option<u64>,
-    body: S,
-) -> AppResult<()>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    let pending = direct_upload::Entity::find_by_id(id)
-        .filter(direct_upload::Column::TenantId.eq(tenant.as_str()))
-        .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
-        .one(app.db.read())
-        .await?
-        .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
-    let key = StorageKey::from_stored(pending.storage_key);
-    let declared = u64::try_from(pending.byte_size).unwrap_or_default();
-    let too_large =
-        || AppError::PayloadTooLarge(format!("the body exceeds the declared {declared} bytes"));
-    if announced.is_some_and(|announced| announced > declared) {
-        return Err(too_large());
-    }
-    let content_type = pending.content_type.as_str();
-    match app
-        .storage
-        .put_stream(&key, body, declared, content_type)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(StreamWriteError::TooLarge) => Err(too_large()),
-        Err(StreamWriteError::Body(reason)) => Err(AppError::bad_input(reason)),
-        Err(StreamWriteError::Storage(err))
-            if err.kind() == opendal::ErrorKind::ConditionNotMatch =>
-        {
-            Err(AppError::bad_input(
-                "this direct upload has already received its file",
-            ))
+/// A pending direct upload that attache's signed upload route on fs may fill.
+pub struct Receiving {
+    key: StorageKey,
+    declared: u64,
+    content_type: String,
+}
+
+impl Receiving {
+    /// The tenant's pending, unexpired upload `id`, once its link is checked; refused
+    /// when the body announces more bytes than were declared, before it is read.
+    pub async fn find(
+        app: &App,
+        id: Uuid,
+        tenant: &SafeId,
+        announced: Option<u64>,
+    ) -> AppResult<Self> {
+        let pending = direct_upload::Entity::find_by_id(id)
+            .filter(direct_upload::Column::TenantId.eq(tenant.as_str()))
+            .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
+            .one(app.db.read())
+            .await?
+            .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
+        let receiving = Self {
+            key: StorageKey::from_stored(pending.storage_key),
+            declared: u64::try_from(pending.byte_size).unwrap_or_default(),
+            content_type: pending.content_type,
+        };
+        match announced.is_some_and(|announced| announced > receiving.declared) {
+            true => Err(receiving.too_large()),
+            false => Ok(receiving),
         }
-        Err(StreamWriteError::Storage(err)) => Err(err.into()),
+    }
+
+    /// Streams the body into storage, refusing more bytes than were declared.
+    pub async fn store<S, E>(self, app: &App, body: S) -> AppResult<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let stored = app
+            .storage
+            .put_stream(&self.key, body, self.declared, &self.content_type)
+            .await;
+        match stored {
+            Ok(_) => Ok(()),
+            Err(StreamWriteError::TooLarge) => Err(self.too_large()),
+            Err(StreamWriteError::Body(reason)) => Err(AppError::bad_input(reason)),
+            Err(StreamWriteError::Storage(err))
+                if err.kind() == opendal::ErrorKind::ConditionNotMatch =>
+            {
+                Err(AppError::bad_input(
+                    "this direct upload has already received its file",
+                ))
+            }
+            Err(StreamWriteError::Storage(err)) => Err(err.into()),
+        }
+    }
+
+    fn too_large(&self) -> AppError {
+        AppError::PayloadTooLarge(format!(
+            "the body exceeds the declared {} bytes",
+            self.declared
+        ))
     }
 }
 

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::spool::FileContent;
 use crate::collections::{Collection, Collections};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, printable};
 use crate::ids::SafeId;
 use crate::media::{MediaType, Sniffer};
 use crate::storage::FILE_ALIGNMENT;
@@ -329,11 +329,6 @@ pub fn parse_sha256(value: &str) -> AppResult<String> {
             "sha256 must be 64 hexadecimal characters",
         ))
     }
-}
-
-/// At most this many characters of client text are echoed in a message.
-fn printable(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// Decodes a base64 file with SIMD into a buffer of its own that starts at

@@ -14,7 +14,7 @@ use async_graphql::{Name, Positioned, Variables};
 use async_graphql_value::{ConstValue, Value};
 
 use crate::config::QueryLimits;
-use crate::error::AppError;
+use crate::error::{AppError, printable};
 
 /// How many files a mutation field stores or announces.
 #[derive(Clone, Copy)]
@@ -307,19 +307,34 @@ enum Argument<'a> {
 }
 
 impl<'a> Running<'a> {
-    /// The operation `operation_name` picks; `None` when there is none to run (the
-    /// executor reports that).
+    /// The operation `operation_name` picks, as the executor would pick it (one
+    /// operation, named or not, runs without a name); refused when there is none, before
+    /// validation reads every operation of the document.
     pub fn find(
         document: &'a ExecutableDocument,
         operation_name: Option<&str>,
         variables: &'a Variables,
-    ) -> Option<Self> {
+    ) -> Result<Self, AppError> {
         let operation = match (&document.operations, operation_name) {
-            (DocumentOperations::Single(operation), _) => Some(operation),
+            (DocumentOperations::Single(operation), None) => Some(operation),
             (DocumentOperations::Multiple(operations), Some(name)) => operations.get(name),
-            (DocumentOperations::Multiple(_), None) => None,
-        }?;
-        Some(Self {
+            (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+                operations.values().next()
+            }
+            (DocumentOperations::Multiple(_), None) => {
+                return Err(AppError::bad_input(
+                    "the document has several operations: name the one to run in `operationName`",
+                ));
+            }
+            (DocumentOperations::Single(_), Some(_)) => None,
+        };
+        let operation = operation.ok_or_else(|| {
+            AppError::bad_input(format!(
+                "the document has no operation named `{}`",
+                printable(operation_name.unwrap_or_default())
+            ))
+        })?;
+        Ok(Self {
             document,
             operation: &operation.node,
             variables,
@@ -407,71 +422,39 @@ impl<'a> Running<'a> {
         }
     }
 
-    /// The bytes of every argument the operation's fields and directives read, a
-    /// variable counted at each of its uses: async-graphql copies a variable's value
-    /// for every argument that reads it, in validation and again in execution, so a
-    /// large string read by hundreds of aliases would cost its size hundreds of times.
+    /// The bytes of the arguments the request makes async-graphql copy: it copies a
+    /// variable's value for every argument that reads it, once as it validates each
+    /// operation and fragment definition and again as it runs each expanded field,
+    /// so a large string read by hundreds of aliases costs its size hundreds of
+    /// times. Counted here: the operation's own directives and its fields expanded
+    /// through their fragments, and each fragment definition once more, spread or
+    /// not; each variable and fragment measured once, in time linear in the text.
     pub fn argument_bytes(&self) -> u64 {
-        self.bytes_below(&self.operation.selection_set.node, &mut Vec::new())
-    }
-
-    fn bytes_below(&self, set: &'a SelectionSet, open: &mut Vec<&'a Name>) -> u64 {
-        let arguments = |arguments: &'a [(Positioned<Name>, Positioned<Value>)]| {
-            arguments
-                .iter()
-                .map(|(_, value)| self.value_bytes(&value.node))
-                .fold(0, u64::saturating_add)
+        let variables = self
+            .operation
+            .variable_definitions
+            .iter()
+            .map(|definition| {
+                let name = &definition.node.name.node;
+                (name, self.variable(name).map_or(0, const_value_bytes))
+            })
+            .collect();
+        let mut walk = ArgumentWalk {
+            document: self.document,
+            variables,
+            fragments: HashMap::new(),
         };
-        let directives = |directives: &'a [Positioned<Directive>]| {
-            directives
-                .iter()
-                .map(|directive| arguments(&directive.node.arguments))
-                .fold(0, u64::saturating_add)
-        };
-        let mut total: u64 = 0;
-        for selection in &set.items {
-            let bytes = match &selection.node {
-                Selection::Field(field) => arguments(&field.node.arguments)
-                    .saturating_add(directives(&field.node.directives))
-                    .saturating_add(self.bytes_below(&field.node.selection_set.node, open)),
-                Selection::InlineFragment(inline) => directives(&inline.node.directives)
-                    .saturating_add(self.bytes_below(&inline.node.selection_set.node, open)),
-                Selection::FragmentSpread(spread) => {
-                    let name = &spread.node.fragment_name.node;
-                    let spread_bytes = directives(&spread.node.directives);
-                    match self.document.fragments.get(name) {
-                        Some(fragment) if !open.contains(&name) => {
-                            open.push(name);
-                            let inner = self.bytes_below(&fragment.node.selection_set.node, open);
-                            open.pop();
-                            spread_bytes.saturating_add(inner)
-                        }
-                        _ => spread_bytes,
-                    }
-                }
-            };
-            total = total.saturating_add(bytes);
-        }
-        total
-    }
-
-    /// A value's size as the executor copies it: its strings' bytes, a byte for
-    /// anything else, a variable's value where it is read.
-    fn value_bytes(&self, value: &Value) -> u64 {
-        match value {
-            Value::Variable(name) => self.variable(name).map_or(0, const_value_bytes),
-            Value::String(text) => text.len() as u64,
-            Value::Binary(bytes) => bytes.len() as u64,
-            Value::List(items) => items
-                .iter()
-                .map(|item| self.value_bytes(item))
-                .fold(1, u64::saturating_add),
-            Value::Object(fields) => fields
-                .iter()
-                .map(|(name, value)| (name.len() as u64).saturating_add(self.value_bytes(value)))
-                .fold(1, u64::saturating_add),
-            Value::Null | Value::Number(_) | Value::Boolean(_) | Value::Enum(_) => 1,
-        }
+        let operation = walk
+            .directives(&self.operation.directives)
+            .saturating_add(walk.selections(&self.operation.selection_set.node, true));
+        self.document
+            .fragments
+            .values()
+            .map(|fragment| {
+                walk.directives(&fragment.node.directives)
+                    .saturating_add(walk.selections(&fragment.node.selection_set.node, false))
+            })
+            .fold(operation, u64::saturating_add)
     }
 
     /// A variable's value: the request's, else the operation's default for it.
@@ -511,7 +494,91 @@ impl<'a> Running<'a> {
     }
 }
 
-/// [`Running::value_bytes`] of a value that holds no variable.
+/// [`Running::argument_bytes`]' walk over a document.
+struct ArgumentWalk<'a> {
+    document: &'a ExecutableDocument,
+    /// Each variable's size, measured once however often it is read.
+    variables: HashMap<&'a Name, u64>,
+    /// Each fragment's bytes with its spreads expanded, measured once.
+    fragments: HashMap<&'a Name, u64>,
+}
+
+impl<'a> ArgumentWalk<'a> {
+    /// The bytes the selections' fields and directives read; a spread counts its
+    /// fragment's when `expand`.
+    fn selections(&mut self, set: &'a SelectionSet, expand: bool) -> u64 {
+        let mut total: u64 = 0;
+        for selection in &set.items {
+            let bytes = match &selection.node {
+                Selection::Field(field) => self
+                    .arguments(&field.node.arguments)
+                    .saturating_add(self.directives(&field.node.directives))
+                    .saturating_add(self.selections(&field.node.selection_set.node, expand)),
+                Selection::InlineFragment(inline) => self
+                    .directives(&inline.node.directives)
+                    .saturating_add(self.selections(&inline.node.selection_set.node, expand)),
+                Selection::FragmentSpread(spread) => {
+                    let own = self.directives(&spread.node.directives);
+                    match expand {
+                        true => own.saturating_add(self.fragment(&spread.node.fragment_name.node)),
+                        false => own,
+                    }
+                }
+            };
+            total = total.saturating_add(bytes);
+        }
+        total
+    }
+
+    fn fragment(&mut self, name: &'a Name) -> u64 {
+        if let Some(bytes) = self.fragments.get(name) {
+            return *bytes;
+        }
+        let Some(fragment) = self.document.fragments.get(name) else {
+            return 0;
+        };
+        // A cycle ([`measure`] refused it already) counts nothing the second time round.
+        self.fragments.insert(name, 0);
+        let bytes = self.selections(&fragment.node.selection_set.node, true);
+        self.fragments.insert(name, bytes);
+        bytes
+    }
+
+    fn arguments(&self, arguments: &[(Positioned<Name>, Positioned<Value>)]) -> u64 {
+        arguments
+            .iter()
+            .map(|(_, value)| self.value(&value.node))
+            .fold(0, u64::saturating_add)
+    }
+
+    fn directives(&self, directives: &[Positioned<Directive>]) -> u64 {
+        directives
+            .iter()
+            .map(|directive| self.arguments(&directive.node.arguments))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// A value's size as the executor copies it: its strings' bytes, a byte for
+    /// anything else, a variable's value where it is read.
+    fn value(&self, value: &Value) -> u64 {
+        match value {
+            Value::Variable(name) => self.variables.get(name).copied().unwrap_or(0),
+            Value::String(text) => text.len() as u64,
+            Value::Binary(bytes) => bytes.len() as u64,
+            Value::List(items) => items
+                .iter()
+                .map(|item| self.value(item))
+                .fold(1, u64::saturating_add),
+            Value::Object(fields) => fields
+                .iter()
+                .map(|(name, value)| (name.len() as u64).saturating_add(self.value(value)))
+                .fold(1, u64::saturating_add),
+            Value::Null | Value::Number(_) | Value::Boolean(_) | Value::Enum(_) => 1,
+        }
+    }
+}
+
+/// [`ArgumentWalk::value`] of a variable's value.
 fn const_value_bytes(value: &ConstValue) -> u64 {
     match value {
         ConstValue::String(text) => text.len() as u64,
@@ -612,7 +679,7 @@ mod tests {
     }
 
     fn running<'a>(document: &'a ExecutableDocument, variables: &'a Variables) -> Running<'a> {
-        Running::find(document, None, variables).expect("one operation")
+        Running::find(document, None, variables).unwrap_or_else(|_| panic!("one operation"))
     }
 
     #[test]
@@ -641,13 +708,42 @@ mod tests {
         let document = async_graphql::parser::parse_query(query).expect("parses");
         let variables = Variables::from_json(serde_json::json!({ "s": "0123456789" }));
         // Three uses of $s, the directive's `true`, the list (1 + "xy" + "abcd") and
-        // the object (1 + "k" + "v").
+        // the object (1 + "k" + "v"); then F's definition once more, as validation
+        // reads it.
         assert_eq!(
             running(&document, &variables).argument_bytes(),
-            3 * 10 + 1 + 7 + 3
+            3 * 10 + 1 + 7 + 3 + 10
         );
         let given = Variables::from_json(serde_json::json!({ "s": "", "preset": "abcdefgh" }));
         assert_eq!(running(&document, &given).argument_bytes(), 1 + 11 + 3);
+        // A named operation sent without its name, and the operation's own directives.
+        let named = "query Q($s: String) @skip(if: $s) @skip(if: $s) { f(x: $s) } \
+                     fragment Unused on Query { g(x: $s) }";
+        let document = async_graphql::parser::parse_query(named).expect("parses");
+        assert_eq!(
+            running(&document, &variables).argument_bytes(),
+            4 * 10,
+            "two directives, the field and the unused fragment"
+        );
+    }
+
+    #[test]
+    fn the_operation_is_found_as_the_executor_finds_it() {
+        let none = Variables::default();
+        let find = |query: &str, name: Option<&str>| {
+            let document = async_graphql::parser::parse_query(query).expect("parses");
+            Running::find(&document, name, &none)
+                .map(|_| ())
+                .map_err(|err| err.to_string())
+        };
+        assert!(find("{ a }", None).is_ok());
+        assert!(find("query Q { a }", None).is_ok());
+        assert!(find("query Q { a }", Some("Q")).is_ok());
+        assert!(find("query Q { a } query R { b }", Some("R")).is_ok());
+        let several = find("query Q { a } query R { b }", None).expect_err("refused");
+        assert!(several.contains("operationName"), "{several}");
+        assert!(find("query Q { a }", Some("R")).is_err());
+        assert!(find("{ a }", Some("R")).is_err());
     }
 
     #[test]

@@ -120,11 +120,10 @@ impl ParsedQueries {
             expanded.spend(parsed.shape.expanded)?;
             let operation = request.operation_name.as_deref();
             complexity.spend(parsed.shape.complexity(operation))?;
-            let running = bounds::Running::find(&parsed.document, operation, &request.variables);
-            let running = running.as_ref();
-            files.spend(running.map_or(0, |running| running.files(&FILE_FIELDS)))?;
-            rows.spend(running.map_or(0, |running| running.rows(&LISTING)))?;
-            argument_bytes.spend(running.map_or(0, bounds::Running::argument_bytes))?;
+            let running = bounds::Running::find(&parsed.document, operation, &request.variables)?;
+            files.spend(running.files(&FILE_FIELDS))?;
+            rows.spend(running.rows(&LISTING))?;
+            argument_bytes.spend(running.argument_bytes())?;
             request.set_parsed_query(parsed.document.clone());
         }
         Ok(())

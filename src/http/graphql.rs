@@ -278,8 +278,9 @@ async fn read_request(
         let max_values = app.config.query_limits.max_json_values;
         for (name, json) in url::form_urlencoded::parse(query.as_bytes()) {
             if name == "variables" || name == "extensions" {
-                batch_json::count_values(json.as_bytes(), max_values)
-                    .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
+                batch_json::count_values(json.as_bytes(), max_values).map_err(|err| {
+                    bad_request(format!("invalid GraphQL request: {name}: {err}"))
+                })?;
             }
         }
         let parsed = async_graphql::http::parse_query_string(query)

@@ -6,29 +6,33 @@
 //! takes one of the `MAX_CONCURRENT_UPLOADS` slots, and a body announced larger
 //! than the upload's declared size is refused before a byte is written.
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http_body::Body as _;
 
-use crate::attachments::direct;
+use crate::attachments::direct::Receiving;
 use crate::auth::link::{LinkPurpose, LinkQuery};
-use crate::error::AppError;
 use crate::http::AppState;
-use crate::http::drain::closing;
+use crate::http::drain::{closing, refused_early};
 use crate::http::slow_body::paced;
 
 pub async fn put(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(link): Query<LinkQuery>,
-    body: Body,
+    request: Request,
 ) -> Response {
     let app = &state.app;
-    let (id, tenant) = match app.links.authorize(LinkPurpose::Upload, &id, &link) {
-        Ok(authorized) => authorized,
-        Err(err) => return err.into_response(),
+    let announced = request.body().size_hint().exact();
+    let found = match app.links.authorize(LinkPurpose::Upload, &id, &link) {
+        Ok((id, tenant)) => Receiving::find(app, id, &tenant, announced).await,
+        Err(err) => Err(err),
+    };
+    // Refused before the body is read: a client still sending sees the answer.
+    let receiving = match found {
+        Ok(receiving) => receiving,
+        Err(err) => return refused_early(request, err.into_response()).await,
     };
     // The body passes through memory in chunks: it takes an upload slot like a
     // GraphQL upload, or is answered "busy" with its body unread.
@@ -36,12 +40,12 @@ pub async fn put(
         Ok(permit) => permit,
         Err(err) => return closing(err.into_response()),
     };
-    let announced = body.size_hint().exact();
-    let body = paced(body.into_data_stream(), &app.config.connections);
-    match direct::receive(app, id, &tenant, announced, body).await {
+    let body = paced(
+        request.into_body().into_data_stream(),
+        &app.config.connections,
+    );
+    match receiving.store(app, body).await {
         Ok(()) => StatusCode::OK.into_response(),
-        // Refused on its Content-Length: the rest of the body stays unread.
-        Err(err @ AppError::PayloadTooLarge(_)) => closing(err.into_response()),
         Err(err) => err.into_response(),
     }
 }

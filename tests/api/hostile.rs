@@ -366,6 +366,22 @@ async fn files_are_counted_across_the_request(_: Setup) {
         "BAD_USER_INPUT",
         "21 files in a variable's default",
     );
+    // A named operation sent without `operationName` runs all the same: before, it
+    // was counted as none (300 files stored by one request).
+    let named =
+        "mutation Named($a: [UploadAttachmentInput!]!) { uploadAttachments(input: $a) { id } }";
+    let (status, body) = post(
+        &served,
+        Some(&bearer),
+        &json!({ "query": named, "variables": { "a": (0..21).map(input).collect::<Vec<_>>() } }),
+    )
+    .await;
+    assert_refused(
+        status,
+        &body,
+        "BAD_USER_INPUT",
+        "21 files in a named operation without its name",
+    );
 
     // 21 multipart parts, one alias each.
     let fields: String = (0..21)
@@ -418,7 +434,7 @@ async fn a_variable_counts_at_each_use(_: Setup) {
     let before = rss_mib(&served);
     let large = "A".repeat(1_100_000);
     let page = "attachments(ownerType: \"contract\", first: 0, after: $c) { __typename }";
-    // One use passes the bound; the cursor is refused before it is decoded.
+    // One use passes the bound (and the cursor is no cursor).
     let (status, body) = post(
         &served,
         Some(&bearer),
@@ -461,6 +477,27 @@ async fn a_variable_counts_at_each_use(_: Setup) {
                 "D".repeat(1_100_000)
             ),
             json!({}),
+        ),
+        (
+            "a named operation sent without its name",
+            format!("query Named($c: String) {{ {} }}", aliases(2, page)),
+            json!({ "c": large }),
+        ),
+        (
+            "the operation's own directives",
+            format!(
+                "query($c: Boolean) {} {{ __typename }}",
+                "@skip(if: $c) ".repeat(300)
+            ),
+            json!({ "c": "F".repeat(10_000) }),
+        ),
+        (
+            "a fragment defined and never spread",
+            format!(
+                "query($c: ID!) {{ __typename }} fragment Unused on Query {{ {} }}",
+                aliases(300, "attachment(id: $c) { id }")
+            ),
+            json!({ "c": "G".repeat(10_000) }),
         ),
         (
             "a directive's argument read by 300 aliases",
@@ -540,6 +577,11 @@ async fn listed_rows_are_counted_before_anything_runs(_: Setup) {
             "21 pages of a variable's 100",
             format!("query($n: Int) {{{}}}", pages(21, "first: $n")),
             json!({ "n": 100 }),
+        ),
+        (
+            "21 pages in a named operation sent without its name",
+            format!("query Named {{{}}}", pages(21, "first: 100")),
+            json!({}),
         ),
         (
             "21 pages of a variable's default",
@@ -894,10 +936,6 @@ async fn a_trickled_file_frees_its_upload_slot(_: Setup) {
     assert_unharmed(&mut served, before, "a trickled file").await;
 }
 
-/// A direct upload's signed PUT that trickles (fast enough for the minimum rate) is
-/// cut once waited for BODY_TIMEOUT_SECONDS, like a GraphQL body: before, a 1 MB PUT
-/// at 2 KB/s held its connection for 8 minutes, and no flood of new connections
-/// closes a busy one. The upload stays, for a PUT that comes whole.
 /// A direct upload of `content` announced with `bearer`: the upload and its URL.
 async fn announce_direct_upload(served: &Served, bearer: &str, content: &[u8]) -> (Value, String) {
     let announced = post(served, Some(bearer), &json!({ "query": "mutation($i: DirectUploadInput!) { createDirectUpload(input: $i) { id uploadUrl } }",
@@ -975,6 +1013,10 @@ async fn direct_upload_puts_take_an_upload_slot(_: Setup) {
     assert_unharmed(&mut served, before, "direct upload slots").await;
 }
 
+/// A direct upload's signed PUT that trickles (fast enough for the minimum rate) is
+/// cut once waited for BODY_TIMEOUT_SECONDS, like a GraphQL body: before, a 1 MB PUT
+/// at 2 KB/s held its connection for 8 minutes, and no flood of new connections
+/// closes a busy one. The upload stays, for a PUT that comes whole.
 async fn a_trickled_direct_upload_is_cut(_: Setup) {
     let mut served = Served::start(&["--body-timeout-seconds", "3"]).await;
     let before = rss_mib(&served);
