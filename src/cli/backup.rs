@@ -2,6 +2,7 @@
 //! storage under `backups/`. `create` prints the new backup's name alone on stdout,
 //! so scripts can keep it; everything else said goes to stderr.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -38,7 +39,8 @@ enum BackupCommand {
         target: Target,
         /// A name as `backup create` printed it and `backup list` shows it.
         name: String,
-        /// Go ahead: without it, restore only says what it would replace.
+        /// Go ahead without asking: a restore run from a terminal asks first, one
+        /// run from a script (no terminal) does not.
         #[arg(long)]
         yes: bool,
     },
@@ -127,14 +129,15 @@ async fn restore(target: &Target, name: &str, yes: bool) -> anyhow::Result<()> {
     let (database, storage) = target.open()?;
     let restore = Restore::prepare(&database, &storage, name).await?;
     let backup = restore.backup().clone();
-    if !yes {
-        anyhow::bail!(
-            "restoring {} ({}, taken {} ago) replaces every row of {database}, rows written \
-             since included; run again with --yes to go ahead",
-            backup.name,
-            indicatif::HumanBytes(backup.size),
-            age(&backup)
-        );
+    let question = format!(
+        "restoring {} ({}, taken {} ago) replaces every row of {database}, rows written \
+         since included. Go ahead? [y/N] ",
+        backup.name,
+        indicatif::HumanBytes(backup.size),
+        age(&backup)
+    );
+    if !yes && std::io::stdin().is_terminal() && !confirmed(&question)? {
+        anyhow::bail!("nothing restored");
     }
     let restored = restore.run(&storage).await?;
     let attachments = restored.attachments;
@@ -158,6 +161,17 @@ async fn restore(target: &Target, name: &str, yes: bool) -> anyhow::Result<()> {
         println!("  ... and {} more", missing - 20);
     }
     Ok(())
+}
+
+/// Asks `question` on the terminal; only `y` or `yes` goes ahead.
+fn confirmed(question: &str) -> std::io::Result<bool> {
+    eprint!("{question}");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 /// How long ago a backup was taken: seconds, then minutes, then hours (`3h 12m`).

@@ -78,6 +78,44 @@ impl Scene {
         }
     }
 
+    /// `attache backup ARGS` on a terminal of its own (`script`), typing `typed`;
+    /// what the terminal showed, both streams together.
+    async fn on_a_terminal(&self, args: &[&str], typed: &str) -> Ran {
+        let quoted = |arg: &str| format!("'{}'", arg.replace('\'', r"'\''"));
+        let command_line: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_attache"))
+            .chain(["backup"])
+            .chain(args.iter().copied())
+            .map(quoted)
+            .chain(
+                self.flags(Some(&self.database_url))
+                    .iter()
+                    .map(|flag| quoted(flag)),
+            )
+            .collect();
+        let mut script = tokio::process::Command::new("script")
+            .args(["-qec", &command_line.join(" "), "/dev/null"])
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs");
+        let mut stdin = script.stdin.take().expect("stdin");
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, typed.as_bytes())
+            .await
+            .expect("typed");
+        let output = tokio::time::timeout(Duration::from_secs(30), script.wait_with_output())
+            .await
+            .expect("done within 30 s")
+            .expect("output");
+        Ran {
+            ok: output.status.success(),
+            out: String::from_utf8_lossy(&output.stdout).into_owned(),
+            err: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// `attache backup ARGS` against this scene.
     async fn backup(&self, args: &[&str]) -> Ran {
         self.backup_of(&self.database_url, args).await
@@ -187,12 +225,18 @@ async fn backup_change_restore_brings_the_table_back_exactly(setup: Setup) {
     let changed = scene.rows().await;
     assert_ne!(changed, before);
 
-    let unconfirmed = scene.backup(&["restore", &name]).await;
-    assert!(!unconfirmed.ok, "without --yes nothing happens");
-    assert!(unconfirmed.err.contains("--yes"), "{}", unconfirmed.err);
+    // From a terminal a restore asks first; anything but yes changes nothing.
+    let declined = scene.on_a_terminal(&["restore", &name], "n\n").await;
+    assert!(!declined.ok, "declined: {}", declined.out);
+    assert!(
+        declined.out.contains("Go ahead? [y/N]") && declined.out.contains("nothing restored"),
+        "{}",
+        declined.out
+    );
     assert_eq!(scene.rows().await, changed);
 
-    let restored = scene.backup(&["restore", &name, "--yes"]).await;
+    // From a script, `attache backup restore NAME` (SPEC 9) goes ahead.
+    let restored = scene.backup(&["restore", &name]).await;
     assert!(restored.ok, "{}{}", restored.out, restored.err);
     assert!(
         restored.out.contains(&format!("restored {name}"))
