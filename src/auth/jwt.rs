@@ -110,6 +110,11 @@ impl JwtVerifier {
             .sub
             .filter(|sub| !sub.is_empty())
             .ok_or_else(|| AppError::Unauthenticated("the token has no `sub` claim".into()))?;
+        if subject.len() > MAX_SUBJECT_BYTES {
+            return Err(AppError::Unauthenticated(format!(
+                "the token's `sub` claim is longer than {MAX_SUBJECT_BYTES} bytes"
+            )));
+        }
         let tenant = claims
             .other
             .get(&self.tenant_claim)
@@ -145,6 +150,10 @@ fn check_header(token: &str) -> Result<(), AppError> {
     }
     Ok(())
 }
+
+/// The longest `sub` taken: it is stored with every attachment a token writes
+/// (`createdBy`), and OpenID Connect caps a subject at 255 ASCII characters.
+const MAX_SUBJECT_BYTES: usize = 255;
 
 /// The optional `scope` claim (SPEC 5): absent, `None` (unrestricted); a string, the
 /// scopes it names; `null` or any other JSON type names none, so it restricts

@@ -67,6 +67,12 @@ async fn every_token_fault_is_unauthenticated(setup: Setup) {
             Some(hs256(json!({ "tenant_id": acme, "exp": now() + 600 }))),
         ),
         (
+            "sub longer than OpenID Connect's 255",
+            Some(hs256(
+                json!({ "sub": "u".repeat(256), "tenant_id": acme, "exp": now() + 600 }),
+            )),
+        ),
+        (
             "no tenant",
             Some(hs256(json!({ "sub": "u", "exp": now() + 600 }))),
         ),
