@@ -153,7 +153,7 @@ fn check_header(token: &str) -> Result<(), AppError> {
 
 /// The longest `sub` taken: it is stored with every attachment a token writes
 /// (`createdBy`), and OpenID Connect caps a subject at 255 ASCII characters.
-const MAX_SUBJECT_BYTES: usize = 255;
+pub const MAX_SUBJECT_BYTES: usize = 255;
 
 /// The optional `scope` claim (SPEC 5): absent, `None` (unrestricted); a string, the
 /// scopes it names; `null` or any other JSON type names none, so it restricts

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::auth::TokenMinter;
+use crate::auth::jwt::MAX_SUBJECT_BYTES;
 use crate::config::AuthConfig;
 use crate::ids::SafeId;
 
@@ -34,6 +35,10 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         .as_ref()
         .context("JWT_SECRET: required to mint tokens (tokens of a JWT_PUBLIC_KEY_FILE come from your identity provider)")?;
     let tenant = SafeId::parse(&args.tenant).context("--tenant must match [A-Za-z0-9_-]{1,64}")?;
+    anyhow::ensure!(
+        (1..=MAX_SUBJECT_BYTES).contains(&args.sub.len()),
+        "--sub must be 1 to {MAX_SUBJECT_BYTES} bytes: a longer one is refused by the server"
+    );
     let token = TokenMinter::new(secret, &args.auth).mint(
         &tenant,
         &args.sub,

@@ -128,6 +128,21 @@ async fn the_token_command_mints_what_the_server_accepts(setup: Setup) {
         vec!["FORBIDDEN"],
         "the scope is in the token"
     );
+    let long_sub = run_attache(vec![
+        "token".into(),
+        "--tenant".into(),
+        acme.clone(),
+        "--sub".into(),
+        "u".repeat(256),
+        "--jwt-secret".into(),
+        SECRET.into(),
+    ])
+    .await;
+    assert!(
+        !long_sub.status.success(),
+        "a token the server would refuse"
+    );
+    assert!(String::from_utf8_lossy(&long_sub.stderr).contains("--sub must be 1 to 255 bytes"));
     let without_secret = run_attache(vec!["token".into(), "--tenant".into(), acme]).await;
     assert!(String::from_utf8_lossy(&without_secret.stderr).contains("JWT_SECRET"));
 }
