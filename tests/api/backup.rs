@@ -273,8 +273,10 @@ async fn a_restore_within_the_retention_brings_files_back_whole(setup: Setup) {
         .gql(DELETE, json!({ "id": contract["id"] }), Some(&token))
         .await;
     assert_eq!(data(&deleted, "deleteAttachment"), contract["id"]);
-    let restored = scene.backup(&["restore", &name, "--yes"]).await;
+    // On a terminal, --yes goes ahead without the question.
+    let restored = scene.on_a_terminal(&["restore", &name, "--yes"], "").await;
     assert!(restored.ok, "{}{}", restored.out, restored.err);
+    assert!(!restored.out.contains("Go ahead?"), "{}", restored.out);
     assert!(
         restored.out.contains("files: 1 present, 0 missing"),
         "{}",
@@ -457,8 +459,10 @@ async fn a_sqlite_restore_refuses_while_a_server_uses_the_file(setup: Setup) {
 
     server.kill().expect("stop the server");
     server.wait().expect("reap");
-    let restored = scene.backup(&["restore", &name, "--yes"]).await;
+    // Asked on a terminal, `y` goes ahead.
+    let restored = scene.on_a_terminal(&["restore", &name], "y\n").await;
     assert!(restored.ok, "{}{}", restored.out, restored.err);
+    assert!(restored.out.contains("Go ahead? [y/N]"), "{}", restored.out);
 }
 
 async fn a_backup_larger_than_a_part_streams_in_parts_and_restores(setup: Setup) {
