@@ -610,13 +610,17 @@ async fn remove_object(app: &App, key: &str) -> bool {
 
 /// Deletes `key` from storage and, while files move to the bucket
 /// (`AUTO_MIGRATE_STORAGE`), from the local folder too: a file deleted before its
-/// copy would otherwise stay on the disk, which an erasure request forbids.
+/// copy would otherwise stay on the disk, which an erasure request forbids. Both
+/// are tried whatever the other answers: a bucket that fails for now (or races the
+/// migration removing a copy of a deleted row) must not keep the local file until
+/// the retry; the first error is the answer, and the removal is retried.
 async fn delete_everywhere(app: &App, key: &StorageKey) -> opendal::Result<()> {
-    app.storage.delete(key).await?;
-    match &app.local_fallback {
+    let in_storage = app.storage.delete(key).await;
+    let in_local_folder = match &app.local_fallback {
         Some(local) => local.delete(key).await,
         None => Ok(()),
-    }
+    };
+    in_storage.and(in_local_folder)
 }
 
 /// Objects whose removal is pending, oldest first: those of deleted rows, and those
