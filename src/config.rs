@@ -434,9 +434,10 @@ pub struct EventsConfig {
     /// Seconds a receiver has to answer one delivery.
     #[arg(long, env = "WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub webhook_timeout_seconds: u64,
-    /// Attempts before a delivery is marked failed (`attache events retry` revives it).
-    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub webhook_max_attempts: u32,
+    /// Attempts before a delivery is marked failed (`attache events retry` revives it);
+    /// unset, a delivery is retried until a 2xx (SPEC 10).
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub webhook_max_attempts: Option<u32>,
     /// Delay before the first retry, in milliseconds; it doubles at every failure.
     #[arg(long, env = "WEBHOOK_BACKOFF_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub webhook_backoff_base_ms: u64,
@@ -516,20 +517,36 @@ pub struct Config {
     pub collections_file: Option<PathBuf>,
 }
 
+/// `value` as the base of the absolute URLs attache hands out, without its trailing
+/// `/`: an http(s) URL with a host and nothing after its path, checked at startup
+/// rather than found in the first link a client cannot open.
+fn base_url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
+    let parsed = url::Url::parse(value).map_err(|err| {
+        ConfigError::new(
+            variable,
+            format!("is not a URL ({err}): write it whole, for example https://files.example.com"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::new(
+            variable,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
+        return Err(ConfigError::new(
+            variable,
+            "must end with its path: no user, `?query` or `#fragment`",
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
 impl Config {
     /// The origin of absolute URLs: PUBLIC_BASE_URL, else the address actually bound.
     pub fn public_base_url(&self, bound: SocketAddr) -> Result<String, ConfigError> {
         match &self.public_base_url {
-            Some(url) => {
-                let trimmed = url.trim_end_matches('/');
-                if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
-                    return Err(ConfigError::new(
-                        "PUBLIC_BASE_URL",
-                        "must start with http:// or https://",
-                    ));
-                }
-                Ok(trimmed.to_owned())
-            }
+            Some(url) => base_url("PUBLIC_BASE_URL", url),
             None if bound.ip().is_unspecified() => Ok(format!("http://localhost:{}", bound.port())),
             None => Ok(format!("http://{bound}")),
         }
@@ -564,6 +581,9 @@ impl Config {
                 "S3_PUBLIC_BASE_URL",
                 "required when URL_MODE=public and STORAGE_BACKEND=s3",
             ));
+        }
+        if let Some(url) = &self.urls.s3_public_base_url {
+            base_url("S3_PUBLIC_BASE_URL", url)?;
         }
         Ok(())
     }

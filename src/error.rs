@@ -62,6 +62,10 @@ pub fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
+/// The code of a request async-graphql's validation refused (Apollo's name, which
+/// its clients read): no [`AppError`] ever ran for it.
+pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+
 impl AppError {
     pub fn not_found() -> Self {
         Self::NotFound("attachment not found".into())
@@ -152,7 +156,8 @@ pub struct QuotaUsage {
     pub quota_files: Option<i64>,
 }
 
-/// A quota refusal's `extensions.usage`: what the `usage` query answers.
+/// A quota refusal's `extensions.usage`: the figures of the `usage` query, as exact
+/// integers (the query answers bytes as a `Float`).
 fn usage_json(usage: &QuotaUsage) -> serde_json::Value {
     serde_json::json!({
         "bytes": usage.bytes,

@@ -165,9 +165,9 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
 pub const MOST_OPERATION_NAMES: usize = 100;
 
 /// One GraphQL operation and its outcome: `OK`, or the first error's code (from
-/// the bounded set of SPEC 6, or `GRAPHQL_VALIDATION_FAILED` when it never ran).
-pub fn graphql_operation(name: Option<&str>, outcome: &str) {
-    let ran = outcome != "GRAPHQL_VALIDATION_FAILED";
+/// the bounded set of SPEC 6, or `GRAPHQL_VALIDATION_FAILED` when it never `ran`:
+/// the name of an operation that never ran gets no series of its own).
+pub fn graphql_operation(name: Option<&str>, outcome: &str, ran: bool) {
     let name = match name {
         None => "anonymous".to_owned(),
         Some(name) if ran && named_series(name) => name.to_owned(),

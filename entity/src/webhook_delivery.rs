@@ -25,6 +25,9 @@ pub struct Model {
     pub id: i64,
     /// The event (`outbox_events.seq`); also the order of delivery per attachment.
     pub event_seq: i64,
+    /// What the delivery is ordered with: the attachment of a `file.*` event; for a
+    /// tenant event, the event's own id (ordered with nothing, so a receiver that
+    /// refuses it holds back no file's events).
     pub attachment_id: Uuid,
     /// The receiver's URL as configured (it may carry a token: never logged whole).
     #[sea_orm(column_type = "Text")]

@@ -67,8 +67,7 @@ pub async fn announce(
     let key = StorageKey::staging(id);
     let ttl = app.config.url_ttl();
     let now = Utc::now();
-    let expires_at =
-        now + chrono::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2));
+    let expires_at = crate::events::later(now, ttl);
     let presigned = app
         .storage
         .presign_write(&key, ttl, media.mime(), byte_size)

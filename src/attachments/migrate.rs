@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use entity::{attachment, storage_migration};
 use futures::StreamExt;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -191,7 +192,7 @@ pub async fn run(
         let rows = query.limit(plan.batch_size.max(1)).all(db.read()).await?;
         let Some(last) = rows.last() else { break };
         after = Some(last.id);
-        let recorded = recorded_keys(db, &rows).await?;
+        let recorded = recorded_keys(db, &rows, destination.location()).await?;
         let copier = &copier;
         let recorded = &recorded;
         let mut outcomes = futures::stream::iter(rows)
@@ -217,9 +218,15 @@ pub async fn run(
     Ok(summary)
 }
 
-/// Whether `key` has been copied into the bucket and verified.
-pub async fn is_migrated(db: &Database, key: &str) -> Result<bool, sea_orm::DbErr> {
+/// Whether `key` has been copied into `destination` (a [`Storage::location`]) and
+/// verified.
+pub async fn is_migrated(
+    db: &Database,
+    key: &str,
+    destination: &str,
+) -> Result<bool, sea_orm::DbErr> {
     Ok(storage_migration::Entity::find_by_id(key.to_owned())
+        .filter(storage_migration::Column::Destination.eq(destination))
         .one(db.read())
         .await?
         .is_some())
@@ -241,15 +248,19 @@ async fn totals(db: &Database) -> Result<(u64, u64), sea_orm::DbErr> {
     ))
 }
 
+/// The keys of `rows` recorded as copied into `destination`: a copy recorded for
+/// another bucket or prefix (a run with a mistyped variable) is made again.
 async fn recorded_keys(
     db: &Database,
     rows: &[attachment::Model],
+    destination: &str,
 ) -> Result<HashSet<String>, sea_orm::DbErr> {
     let keys = rows.iter().map(|row| row.storage_key.clone());
     Ok(storage_migration::Entity::find()
         .select_only()
         .column(storage_migration::Column::FilePath)
         .filter(storage_migration::Column::FilePath.is_in(keys))
+        .filter(storage_migration::Column::Destination.eq(destination))
         .into_tuple::<String>()
         .all(db.read())
         .await?
@@ -360,6 +371,8 @@ impl Copier<'_> {
             let local = self.source.size(key).await.map_err(CopyError::Source)?;
             return Ok(match local {
                 Some(_) => Outcome::WouldCopy,
+                // Uploaded since the switch to the bucket: a run records it.
+                None if self.verified_in_bucket(key, expected).await? => Outcome::AlreadyThere,
                 None => Outcome::Missing,
             });
         }
@@ -415,7 +428,8 @@ impl Copier<'_> {
         Ok(landed.as_ref() == Some(expected))
     }
 
-    /// The tracking row; a concurrent run that recorded the same key first wins.
+    /// The tracking row: one per key (SPEC 9), so a copy into another destination
+    /// replaces the record of the earlier one.
     async fn record(
         &self,
         key: &StorageKey,
@@ -433,7 +447,18 @@ impl Copier<'_> {
         };
         let insert =
             storage_migration::Entity::insert(sea_orm::IntoActiveModel::into_active_model(row))
-                .on_conflict_do_nothing_on([storage_migration::Column::FilePath])
+                .on_conflict(
+                    OnConflict::column(storage_migration::Column::FilePath)
+                        .update_columns([
+                            storage_migration::Column::MigratedAt,
+                            storage_migration::Column::Source,
+                            storage_migration::Column::Destination,
+                            storage_migration::Column::ByteSize,
+                            storage_migration::Column::Sha256,
+                            storage_migration::Column::Attempts,
+                        ])
+                        .to_owned(),
+                )
                 .build(self.db.backend());
         self.db.commit(vec![insert]).await
     }
@@ -452,6 +477,11 @@ impl RunLock {
             return Ok(Self { _transaction: None });
         }
         let txn = db.begin().await?;
+        // The transaction sits idle while files are copied: a server-wide
+        // `idle_in_transaction_session_timeout` (common on managed PostgreSQL) would
+        // end it, and the lock with it, in the middle of the run.
+        txn.execute_unprepared("SET LOCAL idle_in_transaction_session_timeout = 0")
+            .await?;
         if !crate::db::try_advisory_lock(&txn, LOCK_ID).await? {
             progress.waiting();
             crate::db::advisory_lock(&txn, LOCK_ID).await?;

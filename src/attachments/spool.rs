@@ -27,7 +27,7 @@ pub enum SpoolFailure {
 impl SpoolFailure {
     pub fn to_error(&self) -> AppError {
         match self {
-            Self::InvalidBase64 => AppError::bad_input("the file is not valid base64"),
+            Self::InvalidBase64 => super::upload::invalid_base64(),
             Self::Write(err) => AppError::Internal(anyhow::anyhow!(
                 "cannot keep an upload while it arrives: {err}"
             )),

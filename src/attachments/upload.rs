@@ -126,9 +126,10 @@ pub struct Draft<'a> {
 }
 
 impl ValidUpload {
-    /// SPEC 4 in order, the one parse of every upload path (base64, batch, multipart,
-    /// direct): the owner, then the bytes (decoded or read only once the owner is
-    /// known to be valid), then [`ValidUpload::check`].
+    /// SPEC 4 in order for an upload whose bytes come whole (base64, batch): the
+    /// owner, then the bytes (decoded or read only once the owner is known to be
+    /// valid), then [`ValidUpload::check`]. Multipart files and direct uploads are
+    /// checked as they stream, by the same rules ([`StreamCheck`]).
     pub async fn parse(
         collections: &Collections,
         draft: Draft<'_>,
@@ -331,12 +332,17 @@ pub fn parse_sha256(value: &str) -> AppResult<String> {
     }
 }
 
+/// A file's text that is not base64, whether decoded at once or as it arrived.
+pub fn invalid_base64() -> AppError {
+    AppError::bad_input("the file is not valid base64")
+}
+
 /// Decodes a base64 file with SIMD into a buffer of its own that starts at
 /// [`FILE_ALIGNMENT`]. Accepts the standard and URL-safe alphabets, optional padding,
 /// whitespace and a `data:*;base64,` prefix. The text is read in place: only a text
 /// with whitespace is copied once, without it.
 pub fn decode_base64(text: &str) -> AppResult<Bytes> {
-    let invalid = || AppError::bad_input("the file is not valid base64");
+    let invalid = invalid_base64;
     let mut encoded = text.as_bytes();
     if encoded.starts_with(b"data:") {
         let comma = memchr::memchr(b',', encoded).ok_or_else(invalid)?;

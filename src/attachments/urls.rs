@@ -39,6 +39,15 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
         (UrlMode::Public, StorageBackend::Fs) => {
             Ok(format!("{}/media/{}", app.public_base_url, row.storage_key))
         }
+        // Not yet copied into the bucket: neither a public nor a presigned URL finds
+        // it, the download route's fallback to the local copy does.
+        _ if !in_bucket(app, row).await? => Ok(signed_link(
+            app,
+            LinkPurpose::Download,
+            row.id,
+            &row.tenant_id,
+            ttl,
+        )),
         (UrlMode::Public, StorageBackend::S3) => {
             let base = urls
                 .s3_public_base_url
@@ -51,13 +60,6 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
                 prefix => format!("{base}/{prefix}/{}", row.storage_key),
             })
         }
-        (UrlMode::Signed, _) if !in_bucket(app, row).await? => Ok(signed_link(
-            app,
-            LinkPurpose::Download,
-            row.id,
-            &row.tenant_id,
-            ttl,
-        )),
         (UrlMode::Signed, _) => {
             let key = StorageKey::from_stored(row.storage_key.clone());
             let filename = download_filename(&row.filename, &row.content_type);
@@ -86,7 +88,8 @@ async fn in_bucket(app: &App, row: &attachment::Model) -> AppResult<bool> {
     if app.local_fallback.is_none() || app.migration_done.load(Ordering::Relaxed) {
         return Ok(true);
     }
-    Ok(super::migrate::is_migrated(&app.db, &row.storage_key).await?)
+    let bucket = app.storage.location();
+    Ok(super::migrate::is_migrated(&app.db, &row.storage_key, bucket).await?)
 }
 
 /// attache's own signed upload route, for direct uploads on fs.

@@ -29,7 +29,8 @@ impl LinkQuery {
 }
 
 pub struct LinkSigner {
-    key: Vec<u8>,
+    /// Keyed once; each link starts from a copy.
+    keyed: HmacSha256,
 }
 
 /// What a link allows; a download link cannot be replayed as an upload link.
@@ -48,12 +49,13 @@ pub enum LinkFault {
 
 impl LinkSigner {
     pub fn new(key: &[u8]) -> Self {
-        Self { key: key.to_vec() }
+        let keyed = HmacSha256::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        Self { keyed }
     }
 
     fn mac(&self, purpose: LinkPurpose, id: Uuid, tenant: &str, expires: i64) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.keyed.clone();
         mac.update(format!("{purpose:?}\n{id}\n{tenant}\n{expires}").as_bytes());
         mac
     }

@@ -1,5 +1,5 @@
 //! Who is calling: JWT verification ([`jwt`]), the tenant and scopes it grants
-//! ([`Principal`]), and HMAC-signed download links ([`link`]).
+//! ([`Principal`]), and HMAC-signed download and upload links ([`link`]).
 
 pub mod jwt;
 pub mod link;

@@ -50,7 +50,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
             limit,
             database,
         } => {
-            let db = crate::db::Database::open(&database).await?;
+            let db = crate::db::Database::open_existing(&database).await?;
             let deliveries = admin::list(db.read(), failed, limit).await.context(
                 "DATABASE_URL: cannot read the deliveries (has `attache db migrate` run?)",
             )?;
@@ -101,7 +101,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
             all_failed: _,
             database,
         } => {
-            let db = crate::db::Database::open(&database).await?;
+            let db = crate::db::Database::open_existing(&database).await?;
             let target = id.map_or(RetryTarget::AllFailed, RetryTarget::Event);
             let cannot =
                 "DATABASE_URL: cannot update the deliveries (has `attache db migrate` run?)";

@@ -41,7 +41,8 @@ struct MigrateArgs {
     database: DatabaseConfig,
     #[command(flatten)]
     storage: StorageConfig,
-    /// List what would be copied; write nothing anywhere.
+    /// List what would be copied; copy and record nothing (pending database
+    /// migrations are applied, as every command does).
     #[arg(long)]
     dry_run: bool,
     /// Attachment rows read per database query.
@@ -85,12 +86,7 @@ async fn check(config: &StorageConfig) -> anyhow::Result<()> {
             Ok(()) => println!("  {step:<17} ok"),
             Err(err) => {
                 failed += 1;
-                // The store's own message, without the driver's context and suffixes
-                // (the whole error is in the debug log).
-                let message = match err.message() {
-                    "" => err.kind().to_string(),
-                    message => message.to_owned(),
-                };
+                let message = crate::storage::what_the_store_said(&err);
                 println!("  {step:<17} FAILED: {message}");
                 tracing::debug!(step, error = %err, "storage check step failed");
             }
@@ -115,19 +111,20 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let source = Storage::local_source(&args.storage.storage_root)?;
     let destination = Storage::from_config(&args.storage)?;
     destination.probe(&args.storage, !args.dry_run).await?;
-    let db = crate::db::Database::open(&args.database).await?;
+    let db = crate::db::Database::open_existing(&args.database).await?;
     db.migrate()
         .await
         .context("DATABASE_URL: applying database migrations failed")?;
     println!(
-        "{} {} -> {}",
+        "{} {} -> {} (rows of {})",
         if args.dry_run {
             "dry run:"
         } else {
             "migrating"
         },
         source.location(),
-        destination.location()
+        destination.location(),
+        crate::db::describe(&args.database.database_url)
     );
     let plan = Plan {
         dry_run: args.dry_run,
@@ -135,13 +132,18 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         concurrency: usize::from(args.concurrency),
     };
     let progress = BarProgress::new(args.dry_run);
-    // Ctrl-C or SIGTERM: copies under way finish, nothing new starts.
+    // Ctrl-C or SIGTERM: copies under way finish, nothing new starts. A second one
+    // stops at once (what was cut short is copied again by the next run).
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
         async move {
             crate::cli::serve::shutdown_signal().await;
             stop.cancel();
+            eprintln!("stopping once the copies under way end; stop again to cut them short");
+            crate::cli::serve::shutdown_signal().await;
+            eprintln!("stopped: the copies under way were cut short; the next run makes them");
+            std::process::exit(130);
         }
     });
     let summary = migrate::run(&db, &source, &destination, plan, &progress, &stop).await?;
@@ -158,17 +160,25 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An `indicatif` bar (files and bytes) on a terminal; lines for what needs a look.
+/// An `indicatif` bar (files and bytes) on a terminal, else a line every
+/// [`LINE_EVERY`] files (a run under systemd or `nohup` shows it is alive); lines
+/// for what needs a look.
 struct BarProgress {
     bar: indicatif::ProgressBar,
     dry_run: bool,
+    /// No terminal: progress is told in lines.
+    lines: bool,
     files_done: AtomicU64,
     files: AtomicU64,
 }
 
+/// Files between two progress lines when there is no terminal.
+const LINE_EVERY: u64 = 100;
+
 impl BarProgress {
     fn new(dry_run: bool) -> Self {
-        let bar = if std::io::stderr().is_terminal() && !dry_run {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if terminal && !dry_run {
             indicatif::ProgressBar::new(0).with_style(
                 indicatif::ProgressStyle::with_template(
                     "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -181,6 +191,7 @@ impl BarProgress {
         Self {
             bar,
             dry_run,
+            lines: !terminal && !dry_run,
             files_done: AtomicU64::new(0),
             files: AtomicU64::new(0),
         }
@@ -208,6 +219,9 @@ impl Progress for BarProgress {
         let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
         let files = self.files.load(Ordering::Relaxed);
         self.bar.set_message(format!("{done}/{files} files"));
+        if self.lines && done.is_multiple_of(LINE_EVERY) {
+            println!("{done}/{files} files");
+        }
     }
 
     fn waiting(&self) {
@@ -220,6 +234,7 @@ async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     let config = args.config;
     config.validate()?;
     let base_url = config.public_base_url(config.listen_addr)?;
+    crate::db::require_existing(&config.database).await?;
     let app = App::build(config, base_url).await?;
     app.db
         .migrate()
@@ -230,6 +245,11 @@ async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     } else {
         "removed"
     };
+    println!(
+        "sweeping {} against the rows of {}",
+        app.storage.location(),
+        crate::db::describe(&app.config.database.database_url)
+    );
     let swept = crate::attachments::sweep::run(&app, args.older_than, args.dry_run).await?;
     for item in &swept {
         println!("{verb} {} ({})", item.key, item.reason);

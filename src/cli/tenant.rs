@@ -135,7 +135,7 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
 
 /// The database, migrated (the usage table may be new).
 async fn open(database: &DatabaseConfig) -> anyhow::Result<Database> {
-    let db = Database::open(database).await?;
+    let db = Database::open_existing(database).await?;
     db.migrate()
         .await
         .context("DATABASE_URL: applying database migrations failed")?;

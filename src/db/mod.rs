@@ -160,6 +160,13 @@ impl Database {
         })
     }
 
+    /// [`Database::open`] for a command that works on the server's data: refuses a
+    /// database attache has never set up ([`require_existing`]).
+    pub async fn open_existing(config: &DatabaseConfig) -> Result<Self, ConfigError> {
+        require_existing(config).await?;
+        Self::open(config).await
+    }
+
     /// Where reads go: a statement that writes is refused there on SQLite.
     pub fn read(&self) -> &Reader {
         &self.reader
@@ -248,6 +255,47 @@ fn cannot_connect(error: &str, url: &str) -> ConfigError {
     )
 }
 
+/// For the commands that work on the server's data (`storage migrate` and `sweep`,
+/// `events`, `tenant`): refuses a database that attache has never set up. Left
+/// unset, `DATABASE_URL` names `attache.db` in the working directory, which these
+/// commands would otherwise create empty, and a sweep would then take every stored
+/// object for an orphan.
+pub async fn require_existing(config: &DatabaseConfig) -> Result<(), ConfigError> {
+    let url = config.database_url.as_str();
+    let not_ours = |what: String| {
+        ConfigError::new(
+            "DATABASE_URL",
+            format!(
+                "{what}: this command works on the server's data, so point DATABASE_URL \
+                 at the database the server uses"
+            ),
+        )
+    };
+    if let Some(file) = sqlite_file(url)
+        && !file.exists()
+    {
+        return Err(not_ours(format!("{} does not exist", file.display())));
+    }
+    let pool = connect(config).await?;
+    let applied = pool
+        .query_one_raw(Statement::from_string(
+            pool.get_database_backend(),
+            "SELECT COUNT(*) AS applied FROM seaql_migrations",
+        ))
+        .await;
+    let never_set_up = |why: String| {
+        not_ours(format!(
+            "the database holds no attache tables ({why}; `attache db migrate` or `serve` \
+             sets up a new one)"
+        ))
+    };
+    match applied {
+        Ok(Some(row)) if row.try_get::<i64>("", "applied").unwrap_or_default() > 0 => Ok(()),
+        Ok(_) => Err(never_set_up("no migration was applied".to_owned())),
+        Err(err) => Err(never_set_up(redact(&err.to_string(), url))),
+    }
+}
+
 /// Arbitrary, fixed: the advisory lock that serializes migrations on PostgreSQL.
 const MIGRATION_LOCK: i64 = 0x0061_7474_6163_6865;
 
@@ -295,6 +343,51 @@ pub async fn try_advisory_lock(
 /// Removes the URL (and so any password in it) from a driver's message.
 fn redact(message: &str, url: &str) -> String {
     message.replace(url, "DATABASE_URL")
+}
+
+/// SQLite's plan of each of `queries` on a new, migrated database, step by step: for
+/// the tests that a query is served by an index.
+#[cfg(test)]
+pub async fn sqlite_plans(queries: Vec<Statement>) -> Vec<Vec<String>> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("plan.db").display());
+    let db = sea_orm::Database::connect(&url).await.expect("sqlite");
+    Migrator::up(&db, None).await.expect("migrate");
+    let mut plans = Vec::new();
+    for query in queries {
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", query.sql),
+            query.values.unwrap_or(sea_orm::Values(Vec::new())),
+        );
+        let rows = db.query_all_raw(explain).await.expect("plan");
+        plans.push(
+            rows.iter()
+                .map(|row| row.try_get::<String>("", "detail").expect("detail"))
+                .collect(),
+        );
+    }
+    plans
+}
+
+/// The database of `DATABASE_URL`, for people and without the password: the file of
+/// a SQLite database, `host:port/name` of a PostgreSQL one.
+pub fn describe(url: &str) -> String {
+    if let Some(file) = sqlite_file(url) {
+        return file.display().to_string();
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) => format!(
+            "{}{}{}",
+            parsed.host_str().unwrap_or("localhost"),
+            parsed
+                .port()
+                .map(|port| format!(":{port}"))
+                .unwrap_or_default(),
+            parsed.path()
+        ),
+        Err(_) => "DATABASE_URL".to_owned(),
+    }
 }
 
 /// The file of a SQLite `DATABASE_URL` (relative to the working directory, as

@@ -35,7 +35,8 @@ pub struct Webhooks {
     /// Present whenever there are receivers.
     pub secret: Option<WebhookSecret>,
     pub timeout: Duration,
-    pub max_attempts: u32,
+    /// Attempts before a delivery is `failed`; `None`: until a 2xx.
+    pub max_attempts: Option<u32>,
     pub backoff: Backoff,
     pub poll_interval: Duration,
     pub retention: Duration,
@@ -178,7 +179,9 @@ pub fn record(
 }
 
 /// Like [`record`], with a `data` of the caller's: an event about the tenant that
-/// `row`'s upload brought past a threshold, delivered after that upload's events.
+/// `row`'s upload brought past a threshold. A tenant event is delivered in an order
+/// of its own: a receiver that keeps refusing an event type it does not know would
+/// otherwise hold back that file's later events for good.
 pub fn record_with(
     writes: &mut Writes,
     webhooks: &Webhooks,
@@ -200,12 +203,16 @@ pub fn record_with(
         created_at: Set(now),
     };
     writes.insert(event);
+    let ordered_with = match event_type {
+        EventType::QuotaWarning => event_id,
+        EventType::Stored | EventType::Deleted => row.id,
+    };
     for receiver in &webhooks.receivers {
         use webhook_delivery::Column;
         let pending = Query::select()
             .column(outbox_event::Column::Seq)
             .exprs([
-                Expr::val(row.id),
+                Expr::val(ordered_with),
                 Expr::val(receiver.as_str()),
                 Expr::val(webhook_delivery::DeliveryStatus::Pending.to_value()),
                 Expr::val(0),

@@ -12,7 +12,8 @@ use crate::config::ConfigError;
 /// The key of `WEBHOOK_SECRET`; never printed.
 #[derive(Clone)]
 pub struct WebhookSecret {
-    key: Vec<u8>,
+    /// Keyed once; each message starts from a copy.
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for WebhookSecret {
@@ -47,13 +48,13 @@ impl WebhookSecret {
                 ),
             ));
         }
-        Ok(Self { key })
+        let keyed = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| malformed())?;
+        Ok(Self { keyed })
     }
 
     /// The `webhook-signature` header value of one message.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.keyed.clone();
         mac.update(msg_id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());

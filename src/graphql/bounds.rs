@@ -341,6 +341,11 @@ impl<'a> Running<'a> {
         })
     }
 
+    /// Whether the operation is a mutation (which a GET may not run).
+    pub fn is_mutation(&self) -> bool {
+        self.operation.ty == OperationType::Mutation
+    }
+
     /// How many files a mutation would store or announce: every field of
     /// `file_fields` at its root, through aliases, fragments and list arguments,
     /// whether a literal, a variable or a variable's default holds the list.

@@ -61,6 +61,12 @@ struct Parsed {
     shape: Shape,
 }
 
+/// What [`ParsedQueries::prepare`] found out about a batch that passed.
+pub struct Prepared {
+    /// A request of the batch runs a mutation.
+    pub mutates: bool,
+}
+
 #[derive(Default)]
 pub struct ParsedQueries(Mutex<HashMap<String, Arc<Parsed>>>);
 
@@ -77,7 +83,7 @@ impl ParsedQueries {
         limits: &QueryLimits,
         max_files: u64,
         max_argument_bytes: u64,
-    ) -> Result<(), AppError> {
+    ) -> Result<Prepared, AppError> {
         let mut operations = Budget::new(
             "operations",
             limits.max_batch_operations.into(),
@@ -115,6 +121,7 @@ impl ParsedQueries {
             "MAX_REQUEST_BYTES",
             "read a large variable in one place, not in many",
         );
+        let mut prepared = Prepared { mutates: false };
         for request in batch.iter_mut() {
             let parsed = self.parsed(&request.query, limits)?;
             expanded.spend(parsed.shape.expanded)?;
@@ -124,9 +131,10 @@ impl ParsedQueries {
             files.spend(running.files(&FILE_FIELDS))?;
             rows.spend(running.rows(&LISTING))?;
             argument_bytes.spend(running.argument_bytes())?;
+            prepared.mutates |= running.is_mutation();
             request.set_parsed_query(parsed.document.clone());
         }
-        Ok(())
+        Ok(prepared)
     }
 
     /// The bounded, parsed and measured document of `query`, kept or made now.

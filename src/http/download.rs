@@ -130,7 +130,10 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
             RangeRequest::Partial(start..end.saturating_add(1).min(size))
         }
         (Ok(start), Err(_)) if end.is_empty() => RangeRequest::Partial(start..size),
-        (Err(_), Ok(0)) if start.is_empty() => RangeRequest::Unsatisfiable,
+        // A suffix of nothing, or of an empty file, has no bytes to send.
+        (Err(_), Ok(suffix)) if start.is_empty() && (suffix == 0 || size == 0) => {
+            RangeRequest::Unsatisfiable
+        }
         (Err(_), Ok(suffix)) if start.is_empty() => {
             RangeRequest::Partial(size.saturating_sub(suffix)..size)
         }
@@ -291,11 +294,12 @@ mod tests {
 
     #[test]
     fn parses_single_byte_ranges() {
-        let check = |value: &str| match parse_range(value, 100) {
+        let sized = |value: &str, size: u64| match parse_range(value, size) {
             RangeRequest::Full => "full".to_owned(),
             RangeRequest::Partial(range) => format!("{}..{}", range.start, range.end),
             RangeRequest::Unsatisfiable => "416".to_owned(),
         };
+        let check = |value: &str| sized(value, 100);
         assert_eq!(check("bytes=0-9"), "0..10");
         assert_eq!(check("bytes=90-"), "90..100");
         assert_eq!(check("bytes=-10"), "90..100");
@@ -306,5 +310,9 @@ mod tests {
         assert_eq!(check("bytes=0-1,5-6"), "full");
         assert_eq!(check("items=0-1"), "full");
         assert_eq!(check("bytes=9-3"), "full");
+        // An empty file has no range to send, a suffix included.
+        for value in ["bytes=-10", "bytes=0-", "bytes=0-0"] {
+            assert_eq!(sized(value, 0), "416", "{value}");
+        }
     }
 }

@@ -90,14 +90,15 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     let limits = &state.app.config.query_limits;
     let max_files = state.app.config.limits.max_batch_files;
     let max_argument_bytes = state.app.config.limits.request_bytes();
-    if let Err(err) =
-        state
+    let prepared =
+        match state
             .parsed_queries
             .prepare(&mut batch, limits, max_files, max_argument_bytes)
-    {
-        return unread(rest, answer.refusal(&err)).await;
-    }
-    if is_get && is_mutation(&mut batch) {
+        {
+            Ok(prepared) => prepared,
+            Err(err) => return unread(rest, answer.refusal(&err)).await,
+        };
+    if is_get && prepared.mutates {
         let refused = (
             StatusCode::METHOD_NOT_ALLOWED,
             [(header::ALLOW, "POST")],
@@ -174,9 +175,10 @@ fn count_operations(names: &[Option<String>], response: &async_graphql::BatchRes
                     async_graphql::Value::String(code) => Some(code.as_str()),
                     _ => None,
                 })
-                .unwrap_or("GRAPHQL_VALIDATION_FAILED")
+                .unwrap_or(crate::error::VALIDATION_FAILED)
         });
-        crate::telemetry::graphql_operation(name.as_deref(), code.unwrap_or("OK"));
+        let ran = code != Some(crate::error::VALIDATION_FAILED);
+        crate::telemetry::graphql_operation(name.as_deref(), code.unwrap_or("OK"), ran);
     }
 }
 
@@ -321,11 +323,10 @@ async fn read_request(
     }
     let storage = app.storage.clone();
     let max_files = config.limits.max_batch_files;
-    let mut json = Some(JsonBody::new(length, max_files, move || {
+    let mut kept = Kept::Reading(JsonBody::new(length, max_files, move || {
         storage.spool_path()
     }));
     let mut received: u64 = 0;
-    let mut refused = None;
     let mut chunks = paced(body.into_data_stream(), pace);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|err| match is_too_slow(&err) {
@@ -337,29 +338,26 @@ async fn read_request(
             // Past the limit nothing is kept (spooled files are removed); a modest
             // excess is read and dropped so the client sees the 413 instead of a
             // reset connection.
-            json = None;
+            kept = Kept::OverLimit;
             if received > drain_limit(limit) {
                 break;
             }
             continue;
         }
-        if let Some(body) = json.as_mut()
+        if let Kept::Reading(body) = &mut kept
             && let Err(err) = body.feed(&chunk).await
         {
             // Nothing more is kept or decoded; the rest is read and dropped so that
             // the client sees the answer instead of a reset connection.
-            refused = Some(err);
-            json = None;
+            kept = Kept::Refused(err);
         }
     }
-    if received > limit {
-        return Err(Box::new(too_large(limit)));
-    }
-    let Some(json) = json else {
+    let json = match kept {
+        Kept::Reading(json) => json,
         // A well-formed request over a bound: a GraphQL error like the bounds found
         // after parsing (HTTP 200 under application/json).
-        let err = refused.unwrap_or_else(|| AppError::bad_input("the request body was refused"));
-        return Err(Box::new(answer.refusal(&err)));
+        Kept::Refused(err) => return Err(Box::new(answer.refusal(&err))),
+        Kept::OverLimit => return Err(Box::new(too_large(limit))),
     };
     let (text, large) = json.finish();
     let mut batch = batch_json::parse(&text, config.query_limits.max_json_values)
@@ -368,26 +366,14 @@ async fn read_request(
     Ok((batch, None))
 }
 
-/// Whether a request of the batch would run a mutation (GET may only query).
-fn is_mutation(batch: &mut BatchRequest) -> bool {
-    use async_graphql::parser::types::{DocumentOperations, OperationType};
-    batch.iter_mut().any(|request| {
-        let name = request.operation_name.clone();
-        let Ok(document) = request.parsed_query() else {
-            return false;
-        };
-        let operation = match &document.operations {
-            DocumentOperations::Single(operation) => Some(operation),
-            DocumentOperations::Multiple(operations) => match &name {
-                Some(name) => operations
-                    .iter()
-                    .find(|(key, _)| key.as_str() == name)
-                    .map(|(_, op)| op),
-                None => operations.values().next(),
-            },
-        };
-        operation.is_some_and(|operation| operation.node.ty == OperationType::Mutation)
-    })
+/// What becomes of a JSON body while it arrives.
+enum Kept {
+    /// Fed to the scanner, large strings spooled.
+    Reading(JsonBody),
+    /// A bound was passed: the rest is read and dropped.
+    Refused(AppError),
+    /// Past `MAX_REQUEST_BYTES`: nothing is kept.
+    OverLimit,
 }
 
 /// Why a multipart body's start was refused, answered: a body cut short by its

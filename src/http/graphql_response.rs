@@ -129,7 +129,7 @@ fn shaped(response: async_graphql::Response) -> serde_json::Value {
         .into_iter()
         .map(|error| {
             let mut error = serde_json::to_value(&error).unwrap_or_default();
-            error["extensions"]["code"] = "GRAPHQL_VALIDATION_FAILED".into();
+            error["extensions"]["code"] = crate::error::VALIDATION_FAILED.into();
             error
         })
         .collect();

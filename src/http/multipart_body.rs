@@ -90,7 +90,11 @@ async fn read_head(
 ) -> Result<Head, ReadError> {
     let mut operations: Option<BatchRequest> = None;
     let mut map: Option<serde_json::Map<String, serde_json::Value>> = None;
-    while operations.is_none() || map.is_none() {
+    let (mut batch, map) = loop {
+        (operations, map) = match (operations, map) {
+            (Some(batch), Some(map)) => break (batch, map),
+            pending => pending,
+        };
         let field = fields
             .next_field()
             .await?
@@ -106,9 +110,6 @@ async fn read_head(
             }
             _ => return Err("the `operations` and `map` fields come before the files".into()),
         }
-    }
-    let (Some(mut batch), Some(map)) = (operations, map) else {
-        return Err("the body has no `operations` or `map` field".into());
     };
     if map.len() > usize::try_from(max_files).unwrap_or(usize::MAX) {
         return Err(Box::new(too_many_files(max_files)));

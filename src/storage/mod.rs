@@ -26,7 +26,7 @@ pub use fs_write::{DIRECT_WRITE_FROM, FILE_ALIGNMENT};
 use fs_write::{INLINE_WRITE_UP_TO, link_new_file, write_new_file};
 pub use key::{KeyTemplate, StorageKey};
 pub use local::LocalFile;
-pub use probe::PROBE_TIMEOUT;
+pub use probe::{PROBE_TIMEOUT, what_the_store_said};
 use s3_api::Endpoint;
 pub use s3_api::Unfinished;
 

@@ -16,6 +16,36 @@ pub(super) const PROBE_CONTENT_TYPE: &str = "text/plain";
 /// How long the startup probe may take before the bucket counts as unreachable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The store's own words for `err`, on one short line: an S3 error's code
+/// (`NoSuchBucket`), else its message, and its deepest cause (`Connection refused`);
+/// the whole error goes to the debug log.
+pub fn what_the_store_said(err: &opendal::Error) -> String {
+    let message = err.message();
+    let said = match message
+        .split_once("code: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+    {
+        Some((code, _)) => code.to_owned(),
+        None if message.is_empty() => err.kind().to_string(),
+        None => message.to_owned(),
+    };
+    // The deepest cause says most (`Connection refused`, not `error sending request`).
+    let mut cause = std::error::Error::source(err);
+    while let Some(deeper) = cause.and_then(std::error::Error::source) {
+        cause = Some(deeper);
+    }
+    let said = match cause {
+        Some(cause) => format!("{said}: {cause}"),
+        None => said,
+    };
+    said.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(200)
+        .collect()
+}
+
 impl Storage {
     /// A cheap liveness check of the backend (a list, no write). On fs the root
     /// folder itself must still be there: listing a vanished folder finds nothing,
@@ -44,14 +74,21 @@ impl Storage {
     pub async fn probe(&self, config: &StorageConfig, write: bool) -> Result<(), ConfigError> {
         let checked = async {
             match write {
-                true => self.check().await,
-                false => self.ping().await,
+                true => self
+                    .check_steps()
+                    .await
+                    .into_iter()
+                    .find_map(|(step, result)| result.err().map(|err| (step, err))),
+                false => self.ping().await.err().map(|err| ("list", err)),
             }
         };
-        let failure = match tokio::time::timeout(PROBE_TIMEOUT, checked).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => err,
-            Err(_) => opendal::Error::new(opendal::ErrorKind::Unexpected, "no answer in time"),
+        let (step, failure) = match tokio::time::timeout(PROBE_TIMEOUT, checked).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(failed)) => failed,
+            Err(_) => (
+                "list",
+                opendal::Error::new(opendal::ErrorKind::Unexpected, "no answer in time"),
+            ),
         };
         let (variable, reason) = match (self.backend, failure.kind()) {
             (StorageBackend::Fs, _) => ("STORAGE_ROOT", "the folder cannot be written and read"),
@@ -71,16 +108,12 @@ impl Storage {
         };
         Err(ConfigError::new(
             variable,
-            format!("storage probe failed: {reason}"),
+            format!(
+                "storage probe failed: {reason} (step {step}: {}); \
+                 `attache storage check` tries each step",
+                what_the_store_said(&failure)
+            ),
         ))
-    }
-
-    /// Writes, reads back and deletes a probe object: the proof that storage answers.
-    pub async fn check(&self) -> opendal::Result<()> {
-        self.check_steps()
-            .await
-            .into_iter()
-            .try_for_each(|(_, result)| result)
     }
 
     /// Each step of the probe and its outcome, for `attache storage check`: list the

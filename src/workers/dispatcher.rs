@@ -21,7 +21,7 @@ use entity::webhook_delivery::{self, DeliveryStatus};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query};
 use sea_orm::{
     ActiveEnum, ColumnTrait, Condition, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Set, UpdateMany,
+    QueryTrait, Select, Set, UpdateMany,
 };
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -38,6 +38,14 @@ const MAX_IN_FLIGHT_PER_RECEIVER: usize = 16;
 
 /// What a claim adds to the request timeout: time to make the URL and record the outcome.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Most time the body may take to make (its `url` may read the database): well
+/// inside [`LEASE_MARGIN`], so the claim outlasts the request that follows.
+const BODY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Most of a receiver's answer read, so that its connection serves the next delivery;
+/// a longer answer closes the connection instead.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How long deliveries in flight may finish after shutdown; then they are abandoned
 /// and their claims released.
@@ -59,6 +67,8 @@ enum AttemptError {
     Payload(#[from] serde_json::Error),
     #[error("cannot make the file's url: {}", chain(.0))]
     Url(AppError),
+    #[error("making the body took over {} s (the database is slow)", BODY_DEADLINE.as_secs())]
+    SlowBody,
     #[error("no answer within {0} s")]
     Timeout(u64),
     /// Without its URL, which may carry a token.
@@ -228,7 +238,6 @@ impl Dispatcher {
     /// Marks up to `limit` due deliveries to `receiver` with a fresh token and a lease,
     /// then reads them back with their events.
     async fn claim(&self, receiver: &str, limit: usize) -> Result<Vec<Claimed>, DbErr> {
-        use webhook_delivery::Column;
         let db = &self.app.db;
         let now = Utc::now();
         let token = Uuid::now_v7();
@@ -240,11 +249,7 @@ impl Dispatcher {
         if marked.rows_affected == 0 {
             return Ok(Vec::new());
         }
-        let deliveries = webhook_delivery::Entity::find()
-            .filter(Column::ClaimedBy.eq(token))
-            .order_by_asc(Column::EventSeq)
-            .all(db.read())
-            .await?;
+        let deliveries = claimed_by(token).all(db.read()).await?;
         let mut events = events_by_seq(db.read(), &deliveries).await?;
         Ok(deliveries
             .into_iter()
@@ -278,7 +283,9 @@ impl Dispatcher {
     /// Makes the body, signs it and POSTs it.
     async fn attempt(&self, claimed: &Claimed) -> Result<(), AttemptError> {
         let event = &claimed.event;
-        let body = self.body(event).await?;
+        let body = tokio::time::timeout(BODY_DEADLINE, self.body(event))
+            .await
+            .map_err(|_| AttemptError::SlowBody)??;
         let msg_id = event.id.to_string();
         let timestamp = Utc::now().timestamp();
         let signature = self.secret.sign(&msg_id, timestamp, &body);
@@ -300,12 +307,6 @@ impl Dispatcher {
                 }
             })?;
         let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        if status == reqwest::StatusCode::GONE {
-            return Err(AttemptError::Gone);
-        }
         let asked = matches!(
             status,
             reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE
@@ -314,19 +315,32 @@ impl Dispatcher {
         .flatten()
         .and_then(|value| value.to_str().ok())
         .and_then(retry_after);
-        Err(AttemptError::Status(status, asked))
+        drain(response).await;
+        match status {
+            status if status.is_success() => Ok(()),
+            reqwest::StatusCode::GONE => Err(AttemptError::Gone),
+            status => Err(AttemptError::Status(status, asked)),
+        }
     }
 
-    /// The signed body: the stored `data`, plus for `file.stored` a `url` made now.
+    /// The signed body: the stored `data`, plus for `file.stored` a `url` made now,
+    /// unless the file has been deleted since: a late delivery hands out no link to
+    /// a file that only `DELETED_FILES_RETENTION` keeps.
     async fn body(&self, event: &outbox_event::Model) -> Result<Vec<u8>, AttemptError> {
         let data = if event.event_type == EventType::Stored {
             let mut data: EventData = serde_json::from_str(&event.payload)?;
             let row = data.attachment(&event.storage_key, event.created_at);
-            let url =
-                crate::attachments::urls::browser_url(&self.app, &row, self.app.config.url_ttl())
+            let still_there = crate::attachments::find_by_key(&self.app, &row.storage_key)
+                .await
+                .map_err(AttemptError::Url)?
+                .is_some();
+            if still_there {
+                let ttl = self.app.config.url_ttl();
+                let url = crate::attachments::urls::browser_url(&self.app, &row, ttl)
                     .await
                     .map_err(AttemptError::Url)?;
-            data.url = Some(url);
+                data.url = Some(url);
+            }
             serde_json::to_value(data)?
         } else {
             serde_json::from_str(&event.payload)?
@@ -368,16 +382,20 @@ impl Dispatcher {
             }
             Err(reason) => {
                 let failures = u32::try_from(attempts).unwrap_or(u32::MAX);
-                if failures >= webhooks.max_attempts || matches!(reason, AttemptError::Gone) {
+                let last = webhooks.max_attempts.is_some_and(|max| failures >= max);
+                if last || matches!(reason, AttemptError::Gone) {
                     crate::telemetry::webhook_attempt("failed");
                     tracing::error!(event = %claimed.event.id, %receiver, attempts, error = %reason,
                         "webhook delivery failed for good; `attache events retry` sends it again");
                     update.status = Set(DeliveryStatus::Failed);
                 } else {
                     crate::telemetry::webhook_attempt("retry");
-                    // The receiver's own Retry-After, within the backoff's longest wait.
+                    // The receiver's own Retry-After, from 1 s (a `0` would be sent
+                    // again at every poll) to the backoff's longest wait.
                     let delay = match reason {
-                        AttemptError::Status(_, Some(asked)) => asked.min(webhooks.backoff.max),
+                        AttemptError::Status(_, Some(asked)) => {
+                            asked.max(Duration::from_secs(1)).min(webhooks.backoff.max)
+                        }
                         _ => webhooks.backoff.delay(failures, rand::random()),
                     };
                     tracing::warn!(event = %claimed.event.id, %receiver, attempts, error = %reason,
@@ -415,6 +433,26 @@ impl Dispatcher {
             .build(self.app.db.backend());
         self.app.db.commit(vec![release]).await
     }
+}
+
+/// Reads a receiver's answer up to [`MAX_ANSWER_BYTES`] (within the request's
+/// timeout), so its connection goes back to the pool for the next delivery.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while read <= MAX_ANSWER_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// The deliveries a claim marked with `token`, read back through their index.
+fn claimed_by(token: Uuid) -> Select<webhook_delivery::Entity> {
+    use webhook_delivery::Column;
+    webhook_delivery::Entity::find()
+        .filter(Column::ClaimedBy.eq(token))
+        .order_by_asc(Column::EventSeq)
 }
 
 /// Marks with `token` until `until` the first `limit` deliveries to `receiver` that
@@ -468,7 +506,7 @@ fn claim_statement(
 
 impl EventData {
     /// The attachment as it was when the event was written: what
-    /// [`crate::attachments::urls::browser_url`] needs to link to it, even once the row is gone.
+    /// [`crate::attachments::urls::browser_url`] needs to link to it.
     fn attachment(
         &self,
         storage_key: &str,
@@ -511,6 +549,20 @@ mod tests {
         assert!(
             !sqlite.contains("FOR UPDATE") && sqlite.contains("LIMIT 16"),
             "{sqlite}"
+        );
+    }
+
+    /// The read-back after a claim is a search of an index, not a scan of every
+    /// delivery kept.
+    #[tokio::test]
+    async fn what_a_claim_marked_is_read_back_through_an_index() {
+        let query = claimed_by(Uuid::now_v7()).build(DbBackend::Sqlite);
+        let plans = crate::db::sqlite_plans(vec![query]).await;
+        assert!(
+            plans[0]
+                .iter()
+                .any(|step| step.contains("USING INDEX idx_webhook_deliveries_claimed_by")),
+            "{plans:?}"
         );
     }
 }

@@ -36,6 +36,17 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "DATABASE_MAX_CONNECTIONS",
         ),
         ("--database-url", "sqlite::memory:", "DATABASE_URL"),
+        ("--public-base-url", "files.example.com", "PUBLIC_BASE_URL"),
+        (
+            "--public-base-url",
+            "https://files.example.com/?v=1",
+            "PUBLIC_BASE_URL",
+        ),
+        (
+            "--s3-public-base-url",
+            "cdn.example.com",
+            "S3_PUBLIC_BASE_URL",
+        ),
     ] {
         let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
         if flag != "--listen-addr" {

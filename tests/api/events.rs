@@ -281,14 +281,25 @@ async fn a_receiver_down_during_uploads_gets_everything_later(setup: Setup) {
         assert!(!error.is_empty() && !error.contains(URL_TOKEN), "{error}");
     }
 
+    // Deleted before its file.stored went out: that event carries no link to it.
+    let deleted = ids.first().expect("an upload").clone();
+    let answer = app
+        .gql(DELETE, json!({ "id": deleted }), Some(&bearer))
+        .await;
+    assert_eq!(data(&answer, "deleteAttachment"), deleted.as_str());
+
     let receiver = Receiver::start_on(addr).await;
     let received = receiver
         .wait_for("every event once the receiver is up", |received| {
-            accepted(received).len() == 4
+            accepted(received).len() == 5
         })
         .await;
     assert!(received.iter().all(|r| r.verified));
-    let files: BTreeSet<String> = received
+    let stored: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.body["type"] == "file.stored")
+        .collect();
+    let files: BTreeSet<String> = stored
         .iter()
         .map(|r| {
             r.body["data"]["file_id"]
@@ -298,6 +309,15 @@ async fn a_receiver_down_during_uploads_gets_everything_later(setup: Setup) {
         })
         .collect();
     assert_eq!(files, ids);
+    for event in stored {
+        let gone = event.body["data"]["file_id"] == deleted.as_str();
+        assert_eq!(
+            event.body["data"].get("url").is_none(),
+            gone,
+            "a url only for files still there: {}",
+            event.body
+        );
+    }
 }
 
 async fn a_dead_receiver_holds_back_no_other(setup: Setup) {
@@ -849,7 +869,48 @@ async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
     );
 }
 
+/// A receiver that refuses `tenant.quota_warning` (a type it does not know) for good
+/// still gets the later events of the upload that crossed the threshold.
+async fn a_refused_tenant_event_holds_back_no_file_event(setup: Setup) {
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer::RefuseType("tenant.quota_warning"));
+    let app = spawn_delivering(setup, &[receiver.url()], &["--tenant-quota-files", "2"]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let ids: Vec<String> = upload_pdfs(&app, &bearer, 2).await.into_iter().collect();
+    let warned = receiver
+        .wait_for("the warning, refused", |received| {
+            received
+                .iter()
+                .any(|r| r.body["type"] == "tenant.quota_warning" && r.status == 400)
+        })
+        .await;
+    let crossing = warned
+        .iter()
+        .find(|r| r.body["type"] == "tenant.quota_warning")
+        .map(|r| {
+            r.body["data"]["file_id"]
+                .as_str()
+                .expect("file_id")
+                .to_owned()
+        })
+        .expect("the warning");
+    assert!(ids.contains(&crossing), "{crossing}");
+    let answer = app
+        .gql(DELETE, json!({ "id": crossing }), Some(&bearer))
+        .await;
+    assert_eq!(data(&answer, "deleteAttachment"), crossing.as_str());
+    receiver
+        .wait_for("the file.deleted of the upload that crossed", |received| {
+            requests_for(received, "file.deleted", &crossing)
+                .iter()
+                .any(|r| r.status == 200)
+        })
+        .await;
+}
+
 crate::matrix!(db:
+    a_refused_tenant_event_holds_back_no_file_event,
     gone_ends_a_delivery_and_retry_after_is_honoured,
     a_failing_receiver_is_retried_with_backoff_and_in_order,
     a_receiver_down_during_uploads_gets_everything_later,

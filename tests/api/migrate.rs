@@ -11,7 +11,7 @@ use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    DELETE, Db, S3_BUCKET, S3Server, Setup, Store, TestApp, Uploaded, data, pdf, png,
+    DELETE, Db, GET, S3_BUCKET, S3Server, Setup, Store, TestApp, Uploaded, data, pdf, png,
     private_database_url, run_attache, s3_flags, sha256_hex, spawn_attache, tenant,
 };
 
@@ -82,13 +82,14 @@ impl Scene {
 
     /// A server on this scene's database with its files bound for a bucket of its
     /// own (`AUTO_MIGRATE_STORAGE`), the local folder as their source.
-    async fn migrating_server(&self, db: Db) -> TestApp {
+    async fn migrating_server(&self, db: Db, extra: &[&str]) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let setup = Setup {
             db,
             store: Store::S3,
         };
-        let flags = ["--auto-migrate-storage", "true"];
+        let mut flags = vec!["--auto-migrate-storage", "true"];
+        flags.extend(extra);
         TestApp::spawn_at(
             setup,
             dir,
@@ -238,6 +239,21 @@ async fn a_dry_run_writes_nothing_and_a_run_moves_every_file_once(setup: Setup) 
     assert_eq!(count(&out, "copied"), 0, "{out}");
     assert_eq!(count(&out, "skipped"), 16, "{out}");
     assert_eq!(scene.tracked().await, 16);
+
+    // Another destination (here a prefix; a bucket alike) is copied into afresh: the
+    // records of the first say nothing about it. Then it is the one recorded.
+    let elsewhere = ["--s3-prefix", "moved"];
+    let (ok, out) = scene.migrate(&elsewhere).await;
+    assert!(ok, "{out}");
+    assert_eq!(count(&out, "copied"), 16, "{out}");
+    for (key, bytes) in &scene.files {
+        let copy = scene.bucket().join("moved").join(key);
+        assert_eq!(&std::fs::read(&copy).expect("copied"), bytes, "{key}");
+    }
+    let (ok, out) = scene.migrate(&elsewhere).await;
+    assert!(ok, "{out}");
+    assert_eq!(count(&out, "skipped"), 16, "{out}");
+    assert_eq!(scene.tracked().await, 16, "one record per key");
 }
 
 async fn a_missing_local_file_is_reported_and_fails_the_run(setup: Setup) {
@@ -353,7 +369,7 @@ async fn download_all(app: &TestApp, tokens: &[(String, String)]) -> Vec<String>
 
 async fn automatic_migration_serves_every_file_before_during_and_after(setup: Setup) {
     let scene = Scene::new(setup.db, 3).await;
-    let on_s3 = scene.migrating_server(setup.db).await;
+    let on_s3 = scene.migrating_server(setup.db, &[]).await;
     let rows = scene.rows().await;
     let mut tenants: Vec<String> = rows.iter().map(|row| row.tenant_id.clone()).collect();
     tenants.sort();
@@ -389,13 +405,44 @@ async fn automatic_migration_serves_every_file_before_during_and_after(setup: Se
     scene.assert_all_in(&on_s3.storage_root);
 }
 
+/// With `URL_MODE=public`, a file not yet copied gets a signed link to the download
+/// route (its public URL would find nothing in the bucket), and its public URL once
+/// copied.
+async fn public_urls_wait_for_the_copy(setup: Setup) {
+    let scene = Scene::new(setup.db, 1).await;
+    let cdn = "https://cdn.example.com";
+    let public = ["--url-mode", "public", "--s3-public-base-url", cdn];
+    let on_s3 = scene.migrating_server(setup.db, &public).await;
+    let rows = scene.rows().await;
+    let row = rows.first().expect("a row");
+    let token = on_s3.token(&row.tenant_id);
+    let url = || async {
+        let body = on_s3.gql(GET, json!({ "id": row.id }), Some(&token)).await;
+        data(&body, "attachment")["url"]
+            .as_str()
+            .expect("url")
+            .to_owned()
+    };
+    let before = url().await;
+    assert!(before.contains("/api/attachments/"), "{before}");
+    let plain = on_s3.client.get(&before).send().await.expect("GET url");
+    assert_eq!(plain.status(), 200, "{before}");
+    attache::workers::migration::run(
+        on_s3.app.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let after = url().await;
+    assert_eq!(after, format!("{cdn}/{}", row.storage_key));
+}
+
 /// Deleting during an automatic migration leaves the file nowhere: not in the local
 /// folder (before, a delete removed only the bucket's copy, and the local file stayed
 /// for good) and not in the bucket (a copy that lands after its row's delete is
 /// removed again).
 async fn deletes_during_an_automatic_migration_leave_no_file(setup: Setup) {
     let scene = Scene::new(setup.db, 5).await;
-    let on_s3 = scene.migrating_server(setup.db).await;
+    let on_s3 = scene.migrating_server(setup.db, &[]).await;
     let rows = scene.rows().await;
     let delete = |row: &attachment::Model| {
         let token = on_s3.token(&row.tenant_id);
@@ -576,6 +623,26 @@ async fn sweep_removes_old_orphans_and_keeps_everything_else(setup: Setup) {
     assert!(out.contains("would remove 1 objects"), "{out}");
     assert_eq!(app.stored_keys(), before, "a dry run removes nothing");
 
+    // A database that is not the server's (DATABASE_URL left unset names a new
+    // attache.db): every object would look like an orphan, so nothing is swept.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let missing = elsewhere.path().join("attache.db");
+    let empty = elsewhere.path().join("empty.db");
+    std::fs::write(&empty, b"").expect("an empty SQLite file");
+    for (url, said) in [
+        (&missing, "does not exist"),
+        (&empty, "holds no attache tables"),
+    ] {
+        let mut wrong = args.clone();
+        wrong[3] = format!("sqlite://{}?mode=rwc", url.display());
+        let output = run_attache(wrong).await;
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{err}");
+        assert!(err.contains("DATABASE_URL") && err.contains(said), "{err}");
+        assert_eq!(app.stored_keys(), before, "nothing is swept: {err}");
+    }
+    assert!(!missing.exists(), "no database is created");
+
     let output = run_attache(args.clone()).await;
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{out}");
@@ -626,6 +693,7 @@ crate::matrix!(
     a_missing_local_file_is_reported_and_fails_the_run,
     a_migration_killed_part_way_is_completed_by_the_next_run,
     automatic_migration_serves_every_file_before_during_and_after,
+    public_urls_wait_for_the_copy,
     deletes_during_an_automatic_migration_leave_no_file,
 );
 crate::matrix!(once: serve_runs_the_automatic_migration);

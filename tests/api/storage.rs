@@ -427,6 +427,11 @@ async fn bad_bucket_settings_fail_fast_in_one_line(_setup: Setup) {
             "{case}: names {variable}: {}",
             lines[0]
         );
+        assert!(
+            lines[0].contains("(step ") && lines[0].contains("attache storage check"),
+            "{case}: says which step failed and how to see more: {}",
+            lines[0]
+        );
         assert!(started.elapsed().as_secs() < 15, "{case}: within seconds");
     }
     let no_bucket = run_attache(vec![

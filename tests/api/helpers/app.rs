@@ -153,7 +153,9 @@ impl TestApp {
                 .expect("build the app"),
         );
         app.db.migrate().await.expect("migrate");
-        app.storage.check().await.expect("storage answers");
+        for (step, answered) in app.storage.check_steps().await {
+            answered.unwrap_or_else(|err| panic!("storage answers {step}: {err}"));
+        }
         let shutdown = tokio_util::sync::CancellationToken::new();
         if let Some(dispatcher) = Dispatcher::new(app.clone()).expect("the events dispatcher") {
             tokio::spawn(dispatcher.run(shutdown.clone()));

@@ -43,6 +43,9 @@ pub enum Answer {
     Gone,
     /// HTTP 503 with `Retry-After: n` to the first attempt of every event, then 200.
     RetryAfterFirst(u64),
+    /// HTTP 400 to every event of this type (a receiver that knows no such type), 200
+    /// to the others.
+    RefuseType(&'static str),
 }
 
 /// One request as the receiver saw it.
@@ -163,6 +166,7 @@ async fn receive(
             &header("webhook-signature"),
             &body,
         );
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (status, pause, retry_after) = {
         let mut log = state.log.lock().expect("lock");
         let earlier = log.iter().filter(|seen| seen.id == id).count();
@@ -178,6 +182,8 @@ async fn receive(
             Answer::Gone => (410, None),
             Answer::RetryAfterFirst(_) if earlier > 0 => (200, None),
             Answer::RetryAfterFirst(_) => (503, None),
+            Answer::RefuseType(refused) if body["type"] == refused => (400, None),
+            Answer::RefuseType(_) => (200, None),
         };
         let retry_after = match *state.answer.lock().expect("lock") {
             Answer::RetryAfterFirst(seconds) if status == 503 => Some(seconds.to_string()),
@@ -185,7 +191,7 @@ async fn receive(
         };
         log.push(Received {
             id,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            body,
             at: Instant::now(),
             status,
             verified,
