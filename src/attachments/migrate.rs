@@ -31,7 +31,7 @@ const LOCK_ID: i64 = 0x6174_7461_6368_6531;
 /// How a migration runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
-    /// List what would be copied; write nothing anywhere.
+    /// List what would be copied; copy and record nothing.
     pub dry_run: bool,
     /// Attachment rows read per query.
     pub batch_size: u64,

@@ -15,7 +15,7 @@ pub mod urls;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entity::outbox_event::EventType;
-use entity::{attachment, storage_deletion};
+use entity::{attachment, storage_deletion, storage_migration};
 use futures::Stream;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -228,7 +228,7 @@ async fn finish_store(
     near: bool,
 ) -> AppResult<Vec<attachment::Model>> {
     if let Err(err) = insert_rows(app, &rows, keys).await
-        && !landed(app, &rows).await
+        && !landed(app, &rows, &err).await
     {
         discard(app, keys).await;
         let tenant = rows
@@ -250,16 +250,20 @@ async fn finish_store(
     Ok(rows)
 }
 
-/// Whether the rows of a commit that answered with an error are there all the same:
-/// its answer was lost (a connection broken after COMMIT reached the server). The
+/// Whether the rows of a commit that answered `err` are there all the same: its
+/// answer was lost (a connection broken after COMMIT reached the server). The
 /// upload then stands, and the client is not told to retry into a second copy.
 /// They commit together, so the first row tells.
-async fn landed(app: &App, rows: &[attachment::Model]) -> bool {
+async fn landed(app: &App, rows: &[attachment::Model], err: &sea_orm::DbErr) -> bool {
     let Some(first) = rows.first() else {
         return false;
     };
     let select = attachment::Entity::find_by_id(first.id);
-    matches!(app.db.read().model(select).await, Ok(Some(_)))
+    let landed = matches!(app.db.read().model(select).await, Ok(Some(_)));
+    if landed {
+        tracing::warn!(attachment = %first.id, error = %err, "a commit answered an error, yet its rows are there: the upload stands");
+    }
+    landed
 }
 
 /// The bytes and files that `rows` add to their tenant's usage.
@@ -379,6 +383,21 @@ fn stored_writes(
     row: &attachment::Model,
 ) -> Result<(), sea_orm::DbErr> {
     writes.insert(row.clone().into_active_model().reset_all());
+    if app.local_fallback.is_some() {
+        // Files are moving into the bucket (`AUTO_MIGRATE_STORAGE`), and this one is
+        // there already: recorded as such, its `url` is the bucket's at once, not a
+        // signed link to the route until the next migration pass.
+        let migrated = storage_migration::Model {
+            file_path: row.storage_key.clone(),
+            migrated_at: row.created_at,
+            source: "upload".to_owned(),
+            destination: app.storage.location().to_owned(),
+            byte_size: row.byte_size,
+            sha256: row.sha256.clone(),
+            attempts: 0,
+        };
+        writes.insert(migrated.into_active_model());
+    }
     events::record(writes, &app.webhooks, EventType::Stored, row)
 }
 

@@ -72,6 +72,11 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
 }
 
 async fn create(target: &Target, keep: Option<u16>) -> anyhow::Result<()> {
+    if keep.is_some() {
+        // A backup of a database attache never set up (a mistyped `DATABASE_URL`)
+        // would count against `--keep` and prune a real one.
+        crate::db::require_existing(&target.database).await?;
+    }
     let (database, storage) = target.open()?;
     storage.probe(&target.storage, true).await?;
     let backup = backup::create(&database, &storage).await?;

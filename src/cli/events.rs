@@ -1,4 +1,4 @@
-//! `attache events list [--failed]` and `attache events retry ID|--all-failed`: what
+//! `attache events list [--failed | --stuck]` and `attache events retry ID|--all-failed`: what
 //! an operator sees of webhook deliveries, and how failed ones are sent again. Needs
 //! `DATABASE_URL` only; a running server's dispatcher picks retried deliveries up.
 
@@ -9,7 +9,7 @@ use sea_orm::ActiveEnum;
 use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
-use crate::events::admin::{self, RetryTarget};
+use crate::events::admin::{self, Listed, RetryTarget};
 
 #[derive(Args)]
 pub struct EventsArgs {
@@ -21,9 +21,13 @@ pub struct EventsArgs {
 enum EventsCommand {
     /// List webhook deliveries, newest first: one line per event and receiver.
     List {
-        /// Only deliveries that failed every attempt.
-        #[arg(long)]
+        /// Only deliveries given up (`failed`: a 410, or WEBHOOK_MAX_ATTEMPTS spent).
+        #[arg(long, conflicts_with = "stuck")]
         failed: bool,
+        /// Only deliveries still retried after a failed attempt (they hold back
+        /// their attachment's later events for their receiver).
+        #[arg(long)]
+        stuck: bool,
         /// Most lines shown.
         #[arg(long, default_value_t = 100)]
         limit: u64,
@@ -47,20 +51,26 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     match args.command {
         EventsCommand::List {
             failed,
+            stuck,
             limit,
             database,
         } => {
+            let which = match (failed, stuck) {
+                (true, _) => Listed::Failed,
+                (_, true) => Listed::Stuck,
+                _ => Listed::All,
+            };
             let db = crate::db::Database::open_existing(&database).await?;
-            let deliveries = admin::list(db.read(), failed, limit).await.context(
+            let deliveries = admin::list(db.read(), which, limit).await.context(
                 "DATABASE_URL: cannot read the deliveries (has `attache db migrate` run?)",
             )?;
             if deliveries.is_empty() {
                 println!(
                     "{}",
-                    if failed {
-                        "no failed deliveries"
-                    } else {
-                        "no deliveries"
+                    match which {
+                        Listed::Failed => "no failed deliveries",
+                        Listed::Stuck => "no deliveries being retried",
+                        Listed::All => "no deliveries",
                     }
                 );
                 return Ok(());

@@ -107,11 +107,12 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         );
     }
     args.storage.validate()?;
-    // Both sides answer before anything is copied; each failure names its side.
+    // The database first (it names the files), then both sides answer before
+    // anything is copied; each failure names its variable.
+    let db = crate::db::Database::open_existing(&args.database).await?;
     let source = Storage::local_source(&args.storage.storage_root)?;
     let destination = Storage::from_config(&args.storage)?;
     destination.probe(&args.storage, !args.dry_run).await?;
-    let db = crate::db::Database::open_existing(&args.database).await?;
     db.migrate()
         .await
         .context("DATABASE_URL: applying database migrations failed")?;

@@ -131,15 +131,7 @@ impl Database {
     /// Connects to `DATABASE_URL` (see [`connect`]) and opens the writer.
     pub async fn open(config: &DatabaseConfig) -> Result<Self, ConfigError> {
         let url = config.database_url.as_str();
-        if url.starts_with("sqlite:") && sqlite_file(url).is_none() {
-            // Each connection would open a database of its own: the writer's would
-            // have no tables, and nothing would outlive the process anyway.
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                "an in-memory SQLite database is not supported: name a file, for \
-                 example sqlite://attache.db?mode=rwc",
-            ));
-        }
+        refuse_in_memory(url)?;
         let pool = connect(config).await?;
         let sqlite = match pool.get_database_backend() {
             DbBackend::Sqlite => Some(
@@ -248,6 +240,19 @@ fn tune_sqlite(options: SqliteConnectOptions, synchronous: SqliteSync) -> Sqlite
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
 }
 
+/// Each connection to an in-memory SQLite database opens a database of its own: the
+/// writer's would have no tables, and nothing would outlive the process anyway.
+fn refuse_in_memory(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("sqlite:") && sqlite_file(url).is_none() {
+        return Err(ConfigError::new(
+            "DATABASE_URL",
+            "an in-memory SQLite database is not supported: name a file, for example \
+             sqlite://attache.db?mode=rwc",
+        ));
+    }
+    Ok(())
+}
+
 fn cannot_connect(error: &str, url: &str) -> ConfigError {
     ConfigError::new(
         "DATABASE_URL",
@@ -256,12 +261,14 @@ fn cannot_connect(error: &str, url: &str) -> ConfigError {
 }
 
 /// For the commands that work on the server's data (`storage migrate` and `sweep`,
-/// `events`, `tenant`): refuses a database that attache has never set up. Left
+/// `events`, `tenant`, `backup create --keep`): refuses a database that attache has never
+/// set up. Left
 /// unset, `DATABASE_URL` names `attache.db` in the working directory, which these
 /// commands would otherwise create empty, and a sweep would then take every stored
 /// object for an orphan.
 pub async fn require_existing(config: &DatabaseConfig) -> Result<(), ConfigError> {
     let url = config.database_url.as_str();
+    refuse_in_memory(url)?;
     let not_ours = |what: String| {
         ConfigError::new(
             "DATABASE_URL",

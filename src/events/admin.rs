@@ -29,18 +29,35 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
 }
 
-/// The newest `limit` deliveries, or only the failed ones.
+/// Which deliveries `events list` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listed {
+    All,
+    /// Given up: `failed`, sent again only by `events retry`.
+    Failed,
+    /// Still `pending` after one failed attempt or more: being retried, and holding
+    /// back the later events of their attachment for their receiver.
+    Stuck,
+}
+
+/// The newest `limit` deliveries of `which` kind.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
-    failed_only: bool,
+    which: Listed,
     limit: u64,
 ) -> Result<Vec<DeliveryView>, DbErr> {
+    use webhook_delivery::Column;
     let deliveries = webhook_delivery::Entity::find()
         .apply_if(
-            failed_only.then_some(DeliveryStatus::Failed),
-            |query, status| query.filter(webhook_delivery::Column::Status.eq(status)),
+            (which == Listed::Failed).then_some(DeliveryStatus::Failed),
+            |query, status| query.filter(Column::Status.eq(status)),
         )
-        .order_by_desc(webhook_delivery::Column::Id)
+        .apply_if((which == Listed::Stuck).then_some(0), |query, none| {
+            query
+                .filter(Column::Status.eq(DeliveryStatus::Pending))
+                .filter(Column::Attempts.gt(none))
+        })
+        .order_by_desc(Column::Id)
         .limit(limit)
         .all(db)
         .await?;

@@ -13,6 +13,10 @@ pub struct Backoff {
 /// The largest share of a delay that jitter takes off.
 const JITTER: f64 = 0.2;
 
+/// The shortest wait a receiver's `Retry-After` gets: a `0` would be sent again at
+/// every poll.
+const SHORTEST_ASKED: Duration = Duration::from_secs(1);
+
 impl Backoff {
     /// The delay after the `failures`-th failed attempt (1 for the first), without jitter.
     pub fn nominal(&self, failures: u32) -> Duration {
@@ -26,6 +30,11 @@ impl Backoff {
     pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
         self.nominal(failures)
             .mul_f64(1.0 - JITTER * jitter.clamp(0.0, 1.0))
+    }
+
+    /// The wait a receiver asked for with `Retry-After`, from 1 s to the cap.
+    pub fn asked(&self, retry_after: Duration) -> Duration {
+        retry_after.max(SHORTEST_ASKED).min(self.max)
     }
 }
 
@@ -53,5 +62,22 @@ mod tests {
         assert_eq!(backoff.delay(3, 0.0), Duration::from_secs(4));
         assert_eq!(backoff.delay(3, 1.0), Duration::from_millis(3200));
         assert!(backoff.delay(20, 0.5) <= Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_receiver_asks_for_one_second_to_the_cap() {
+        let backoff = Backoff {
+            base: Duration::from_secs(60),
+            max: Duration::from_secs(600),
+        };
+        assert_eq!(backoff.asked(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            backoff.asked(Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            backoff.asked(Duration::from_secs(86_400)),
+            Duration::from_secs(600)
+        );
     }
 }

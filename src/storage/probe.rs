@@ -86,8 +86,11 @@ impl Storage {
             Ok(None) => return Ok(()),
             Ok(Some(failed)) => failed,
             Err(_) => (
-                "list",
-                opendal::Error::new(opendal::ErrorKind::Unexpected, "no answer in time"),
+                "any",
+                opendal::Error::new(
+                    opendal::ErrorKind::Unexpected,
+                    format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+                ),
             ),
         };
         let (variable, reason) = match (self.backend, failure.kind()) {

@@ -390,12 +390,8 @@ impl Dispatcher {
                     update.status = Set(DeliveryStatus::Failed);
                 } else {
                     crate::telemetry::webhook_attempt("retry");
-                    // The receiver's own Retry-After, from 1 s (a `0` would be sent
-                    // again at every poll) to the backoff's longest wait.
                     let delay = match reason {
-                        AttemptError::Status(_, Some(asked)) => {
-                            asked.max(Duration::from_secs(1)).min(webhooks.backoff.max)
-                        }
+                        AttemptError::Status(_, Some(asked)) => webhooks.backoff.asked(asked),
                         _ => webhooks.backoff.delay(failures, rand::random()),
                     };
                     tracing::warn!(event = %claimed.event.id, %receiver, attempts, error = %reason,

@@ -353,6 +353,15 @@ async fn keep_prunes_older_backups_and_sweep_leaves_them(setup: Setup) {
     assert!(listed.out.contains(&second) && !listed.out.contains(&first));
     scene.assert_only_backup(&second, "--keep 1 keeps the newest");
 
+    // A mistyped DATABASE_URL makes no backup to count against `--keep`.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let empty = elsewhere.path().join("empty.db");
+    std::fs::write(&empty, b"").expect("an empty SQLite file");
+    let wrong = format!("sqlite://{}?mode=rwc", empty.display());
+    let ran = scene.backup_of(&wrong, &["create", "--keep", "1"]).await;
+    assert!(!ran.ok && ran.err.contains("holds no attache tables"), "{}", ran.err);
+    scene.assert_only_backup(&second, "a refused --keep removes nothing");
+
     let swept = scene
         .attache(
             &["storage", "sweep", "--older-than", "0s"],

@@ -874,7 +874,11 @@ async fn gone_ends_a_delivery_and_retry_after_is_honoured(setup: Setup) {
 async fn a_refused_tenant_event_holds_back_no_file_event(setup: Setup) {
     let receiver = Receiver::start().await;
     receiver.answer(Answer::RefuseType("tenant.quota_warning"));
-    let app = spawn_delivering(setup, &[receiver.url()], &["--tenant-quota-files", "2"]).await;
+    // A database of its own: `events list` shows every delivery of the database.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = private_database_url(setup.db, dir.path()).await;
+    let flags = ["--tenant-quota-files", "2", "--database-url", &database];
+    let app = spawn_delivering(setup, &[receiver.url()], &flags).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     let ids: Vec<String> = upload_pdfs(&app, &bearer, 2).await.into_iter().collect();
@@ -896,6 +900,25 @@ async fn a_refused_tenant_event_holds_back_no_file_event(setup: Setup) {
         })
         .expect("the warning");
     assert!(ids.contains(&crossing), "{crossing}");
+    // Retried until a 2xx, never `failed`: `events list --stuck` shows it.
+    let listed = run_attache(vec![
+        "events".into(),
+        "list".into(),
+        "--stuck".into(),
+        "--database-url".into(),
+        database.clone(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    let stuck: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains("tenant.quota_warning"))
+        .collect();
+    assert!(
+        stuck.len() == 1 && stuck[0].contains("pending") && stuck[0].contains("HTTP 400"),
+        "{stdout}"
+    );
     let answer = app
         .gql(DELETE, json!({ "id": crossing }), Some(&bearer))
         .await;

@@ -270,6 +270,22 @@ async fn a_missing_local_file_is_reported_and_fails_the_run(setup: Setup) {
         7,
         "no tracking row for the missing file"
     );
+
+    // A file only in the bucket (uploaded there after the switch) is no loss: a dry
+    // run says a run would record it, and a run does.
+    let (_, bytes) = &scene.files[0];
+    let in_bucket = scene.bucket().join(lost);
+    std::fs::create_dir_all(in_bucket.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&in_bucket, bytes).expect("the bucket's copy");
+    let (ok, out) = scene.migrate(&["--dry-run"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(count(&out, "already there"), 1, "{out}");
+    assert_eq!(count(&out, "missing"), 0, "{out}");
+    assert_eq!(scene.tracked().await, 7, "a dry run records nothing");
+    let (ok, out) = scene.migrate(&[]).await;
+    assert!(ok, "{out}");
+    assert_eq!(count(&out, "already there"), 1, "{out}");
+    assert_eq!(scene.tracked().await, 8);
 }
 
 async fn a_migration_killed_part_way_is_completed_by_the_next_run(setup: Setup) {
@@ -427,6 +443,10 @@ async fn public_urls_wait_for_the_copy(setup: Setup) {
     assert!(before.contains("/api/attachments/"), "{before}");
     let plain = on_s3.client.get(&before).send().await.expect("GET url");
     assert_eq!(plain.status(), 200, "{before}");
+    // Uploaded meanwhile, so in the bucket already: its public URL at once.
+    let new = on_s3.upload_contract_pdf("new.pdf").await;
+    let key = TestApp::contract_key(&new.tenant, "c-1", &new.att);
+    assert_eq!(new.att["url"], format!("{cdn}/{key}"), "{}", new.att);
     attache::workers::migration::run(
         on_s3.app.clone(),
         tokio_util::sync::CancellationToken::new(),

@@ -279,7 +279,7 @@ pub fn requests_for<'a>(
 
 /// The deliveries of one tenant, as `attache events list` reads them.
 pub async fn deliveries_of(db: &impl sea_orm::ConnectionTrait, tenant: &str) -> Vec<DeliveryView> {
-    admin::list(db, false, 10_000)
+    admin::list(db, admin::Listed::All, 10_000)
         .await
         .expect("list deliveries")
         .into_iter()
