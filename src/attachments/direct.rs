@@ -72,7 +72,12 @@ pub async fn announce(
         .storage
         .presign_write(&key, ttl, media.mime(), byte_size)
         .await
-        .map_err(AppError::StorageUnavailable)?;
+        .unwrap_or_else(|err| {
+            // As for downloads (`urls::browser_url`): credentials that expire before
+            // `ttl` cannot sign for that long; attache's own route takes the bytes.
+            tracing::warn!(error = %err, "cannot presign a direct upload; attache's upload route instead");
+            None
+        });
     let (upload_url, mut headers) = match presigned {
         Some(presigned) => (presigned.url, presigned.headers),
         None => (

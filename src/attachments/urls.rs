@@ -67,7 +67,14 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
             let presigned = app
                 .storage
                 .presign_read(&key, ttl, &row.content_type, &disposition)
-                .await?;
+                .await
+                .unwrap_or_else(|err| {
+                    // Credentials of a role that expire before `ttl` has passed (a web
+                    // identity's last an hour) cannot sign for that long; the route
+                    // can, and reads the bucket with fresh ones.
+                    tracing::warn!(error = %err, "cannot presign a download; a signed link to the route instead");
+                    None
+                });
             match presigned {
                 Some(url) => Ok(url),
                 None => Ok(signed_link(

@@ -113,8 +113,11 @@ impl S3Api {
             Some(public) => objects_url_of(&bucket_url_at(config, Some(public))),
             None => objects_url.clone(),
         };
+        // An HTTP client too: credentials of a role (instance, ECS task, web
+        // identity, SSO) are fetched over HTTP; without one every such provider fails.
         let context = Context::new()
             .with_file_read(reqsign_file_read_tokio::TokioFileRead)
+            .with_http_send(opendal::HttpTransporter::default())
             .with_env(OsEnv);
         let signer = match (&config.s3_access_key, &config.s3_secret_key) {
             (Some(access), Some(secret)) => Signer::new(

@@ -359,7 +359,11 @@ async fn keep_prunes_older_backups_and_sweep_leaves_them(setup: Setup) {
     std::fs::write(&empty, b"").expect("an empty SQLite file");
     let wrong = format!("sqlite://{}?mode=rwc", empty.display());
     let ran = scene.backup_of(&wrong, &["create", "--keep", "1"]).await;
-    assert!(!ran.ok && ran.err.contains("holds no attache tables"), "{}", ran.err);
+    assert!(
+        !ran.ok && ran.err.contains("holds no attache tables"),
+        "{}",
+        ran.err
+    );
     scene.assert_only_backup(&second, "a refused --keep removes nothing");
 
     let swept = scene

@@ -7,10 +7,10 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    FORWARD_TO_S3, GarageServer, S3Server, Setup, Store, TestApp, Uploaded, announce,
-    complete_direct, data, declaration, direct_upload, fetch, parse_config, pdf, png,
-    post_multipart, private_database_url, put_to, run_attache, s3_flags, sha256_hex, tenant,
-    upload_file_form,
+    FORWARD_TO_S3, GarageServer, S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, Setup, Store, TestApp,
+    Uploaded, announce, complete_direct, data, declaration, direct_upload, fetch, parse_config,
+    pdf, png, post_multipart, private_database_url, put_to, run_attache, s3_flags, sha256_hex,
+    tenant, upload_file_form,
 };
 
 const UPLOAD_BATCH: &str = "mutation($input: [UploadAttachmentInput!]!) { uploadAttachments(input: $input) { id contentType url } }";
@@ -350,6 +350,92 @@ async fn migrated_copies_carry_their_type(setup: Setup) {
     }
 }
 
+/// The container credentials endpoint of ECS (and of EKS Pod Identity): the S3
+/// server's keys as a role's, a session token with them, expiring `lifetime` from
+/// now; its URL.
+async fn role_credentials(lifetime: chrono::Duration) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/credentials",
+        listener.local_addr().expect("addr")
+    );
+    let answer = json!({
+        "AccessKeyId": S3_ACCESS_KEY,
+        "SecretAccessKey": S3_SECRET_KEY,
+        "Token": "a-session-token",
+        "Expiration": (chrono::Utc::now() + lifetime).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    let router = axum::Router::new().route(
+        "/credentials",
+        axum::routing::get(move || {
+            let answer = answer.clone();
+            async move { axum::Json(answer) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (url, task)
+}
+
+/// Without `S3_ACCESS_KEY`, attache signs with a role's credentials, fetched over
+/// HTTP as on ECS or EKS: presigned downloads and direct uploads work. Credentials
+/// that expire before a URL would (a web identity's last an hour, as long as the
+/// default `URL_TTL_SECONDS`) cannot sign it: the URL is a signed link to attache's
+/// own route instead, and works as long.
+async fn a_role_signs_and_no_url_outlives_its_credentials(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(dir.path()).await;
+    let mut flags: Vec<String> = s3_flags(&s3.endpoint);
+    let keys = flags
+        .iter()
+        .position(|flag| flag == "--s3-access-key")
+        .expect("keys");
+    flags.drain(keys..keys + 4);
+    flags.extend(["--url-ttl-seconds".into(), "3600".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    for (lifetime, presigned) in [
+        (chrono::Duration::hours(6), true),
+        (chrono::Duration::minutes(20), false),
+    ] {
+        let (credentials, _endpoint) = role_credentials(lifetime).await;
+        let env = [("AWS_CONTAINER_CREDENTIALS_FULL_URI", credentials.as_str())];
+        let served = crate::helpers::Served::start_with_env(&flags, &env).await;
+        let case = format!("credentials for {lifetime}: {}", served.log());
+        let Uploaded {
+            bearer,
+            content,
+            att,
+            ..
+        } = served.upload_contract_pdf("a.pdf").await;
+        let url = att["url"].as_str().expect("url");
+        assert_eq!(
+            url.contains("X-Amz-Security-Token"),
+            presigned,
+            "{url} {case}"
+        );
+        assert_eq!(
+            url.contains("/api/attachments/"),
+            !presigned,
+            "{url} {case}"
+        );
+        assert_eq!(fetch(&att["url"]).await, content, "{case}");
+
+        let direct_content = pdf();
+        let (direct, attachment) = direct_upload(&served, &bearer, &direct_content).await;
+        let upload_url = direct["uploadUrl"].as_str().expect("uploadUrl");
+        assert_eq!(
+            upload_url.contains("/api/uploads/"),
+            !presigned,
+            "{upload_url} {case}"
+        );
+        assert_eq!(fetch(&attachment["url"]).await, direct_content, "{case}");
+    }
+}
+
+crate::matrix!(once: a_role_signs_and_no_url_outlives_its_credentials);
 crate::matrix!(
     a_replayed_upload_url_never_changes_a_stored_file,
     an_upload_url_takes_only_the_declared_length,

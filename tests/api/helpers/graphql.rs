@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Api, TestApp, http_client, sha256_hex};
+use super::{Api, http_client, sha256_hex};
 
 /// The field of a response that must have no errors.
 pub fn data(body: &Value, field: &str) -> Value {
@@ -47,7 +47,7 @@ pub fn declaration(content: &[u8], content_type: &str) -> Value {
 
 /// `createDirectUpload`, then the client's PUT with the given headers.
 pub async fn announce_and_put(
-    app: &TestApp,
+    app: &Api,
     bearer: &str,
     declared: Value,
     body: Vec<u8>,
@@ -58,7 +58,7 @@ pub async fn announce_and_put(
 }
 
 /// `createDirectUpload` of `declared`: the direct upload, which the client PUTs next.
-pub async fn announce(app: &TestApp, bearer: &str, declared: Value) -> Value {
+pub async fn announce(app: &Api, bearer: &str, declared: Value) -> Value {
     let created = app
         .gql(CREATE_DIRECT, json!({ "input": declared }), Some(bearer))
         .await;
@@ -78,7 +78,7 @@ pub fn multipart_head(boundary: &str, operations: &Value, filename: &str, mime: 
 
 /// A PDF's direct upload from start to end: announced, PUT (which must succeed) and
 /// completed; the direct upload and the attachment it became.
-pub async fn direct_upload(app: &TestApp, bearer: &str, content: &[u8]) -> (Value, Value) {
+pub async fn direct_upload(app: &Api, bearer: &str, content: &[u8]) -> (Value, Value) {
     let declared = declaration(content, "application/pdf");
     let (direct, status) = announce_and_put(app, bearer, declared, content.to_vec()).await;
     assert_eq!(status, 200, "PUT to uploadUrl");
@@ -115,7 +115,7 @@ pub async fn post_multipart(
 
 /// The client's PUT to a direct upload's `uploadUrl`, with its `headers`; as a
 /// browser's, its `Content-Length` is its body's.
-pub async fn put_to(app: &TestApp, direct: &Value, body: Vec<u8>) -> u16 {
+pub async fn put_to(app: &Api, direct: &Value, body: Vec<u8>) -> u16 {
     let mut put = app
         .client
         .put(direct["uploadUrl"].as_str().expect("uploadUrl"))

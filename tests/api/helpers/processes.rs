@@ -37,16 +37,24 @@ struct Launch<'a> {
     /// The storage folder a ramfs (see [`Served::start_on_ramfs`]).
     on_ramfs: bool,
     rust_log: &'static str,
+    /// Environment variables beyond `PATH`, `NO_COLOR` and `RUST_LOG`.
+    env: &'a [(&'a str, &'a str)],
 }
 
 impl Served {
     /// A server with a database and storage of its own and `extra` flags.
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[]).await
+    }
+
+    /// Like [`Served::start`], with environment variables `env` besides.
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         Self::launch(Launch {
             args: &strings(extra),
             own_storage: true,
             on_ramfs: false,
             rust_log: "debug,sqlx=warn",
+            env,
         })
         .await
     }
@@ -74,6 +82,7 @@ impl Served {
                 own_storage: true,
                 on_ramfs: true,
                 rust_log: "debug,sqlx=warn",
+                env: &[],
             })
             .await,
         )
@@ -88,6 +97,7 @@ impl Served {
             own_storage: false,
             on_ramfs: false,
             rust_log: "info,attache::workers=debug",
+            env: &[],
         })
         .await
     }
@@ -145,6 +155,7 @@ impl Served {
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("NO_COLOR", "1")
             .env("RUST_LOG", launch.rust_log)
+            .envs(launch.env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
