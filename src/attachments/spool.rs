@@ -17,6 +17,11 @@ use crate::error::AppError;
 use crate::media::{MediaType, Sniffer};
 use crate::storage::{ChunkPipeline, ChunkSink, NewFile};
 
+/// A file's text that is not base64, whether decoded at once or as it arrived.
+pub fn invalid_base64() -> AppError {
+    AppError::bad_input("the file is not valid base64")
+}
+
 /// Why a spooled file cannot be stored; its resolver reports it in SPEC 4's order.
 #[derive(Debug)]
 pub enum SpoolFailure {
@@ -27,7 +32,7 @@ pub enum SpoolFailure {
 impl SpoolFailure {
     pub fn to_error(&self) -> AppError {
         match self {
-            Self::InvalidBase64 => super::upload::invalid_base64(),
+            Self::InvalidBase64 => invalid_base64(),
             Self::Write(err) => AppError::Internal(anyhow::anyhow!(
                 "cannot keep an upload while it arrives: {err}"
             )),

@@ -332,17 +332,12 @@ pub fn parse_sha256(value: &str) -> AppResult<String> {
     }
 }
 
-/// A file's text that is not base64, whether decoded at once or as it arrived.
-pub fn invalid_base64() -> AppError {
-    AppError::bad_input("the file is not valid base64")
-}
-
 /// Decodes a base64 file with SIMD into a buffer of its own that starts at
 /// [`FILE_ALIGNMENT`]. Accepts the standard and URL-safe alphabets, optional padding,
 /// whitespace and a `data:*;base64,` prefix. The text is read in place: only a text
 /// with whitespace is copied once, without it.
 pub fn decode_base64(text: &str) -> AppResult<Bytes> {
-    let invalid = invalid_base64;
+    let invalid = super::spool::invalid_base64;
     let mut encoded = text.as_bytes();
     if encoded.starts_with(b"data:") {
         let comma = memchr::memchr(b',', encoded).ok_or_else(invalid)?;
