@@ -585,7 +585,28 @@ impl Config {
         if let Some(url) = &self.urls.s3_public_base_url {
             base_url("S3_PUBLIC_BASE_URL", url)?;
         }
-        Ok(())
+        self.fits_in_parts()
+    }
+
+    /// On S3 a file goes up in at most 10,000 parts: the largest file must fit, or
+    /// its upload would fail at the 10,001st part, after all those bytes.
+    fn fits_in_parts(&self) -> Result<(), ConfigError> {
+        const MOST_PARTS: u64 = 10_000;
+        let part = self.storage.s3_part_size_bytes;
+        let largest = self.limits.max_upload_bytes;
+        if self.storage.storage_backend != StorageBackend::S3
+            || largest <= part.saturating_mul(MOST_PARTS)
+        {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "MAX_UPLOAD_BYTES",
+            format!(
+                "{largest} bytes need more than S3's {MOST_PARTS} parts of S3_PART_SIZE_BYTES \
+                 ({part}): set S3_PART_SIZE_BYTES to at least {}",
+                largest.div_ceil(MOST_PARTS)
+            ),
+        ))
     }
 
     pub fn url_ttl(&self) -> Duration {
@@ -675,6 +696,48 @@ mod tests {
         for refused in ["0", "5242879", "5368709121"] {
             assert!(parse(refused).is_err(), "{refused}");
         }
+    }
+
+    /// The largest upload fits in S3's 10,000 parts, or the start says which
+    /// part size it needs.
+    #[test]
+    fn the_largest_upload_fits_in_ten_thousand_parts() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: super::Config,
+        }
+        let config = |args: &[&str]| {
+            let s3 = [
+                "attache",
+                "--storage-backend",
+                "s3",
+                "--s3-bucket-name",
+                "b",
+            ];
+            Cli::try_parse_from(s3.iter().chain(args))
+                .expect("parsed")
+                .config
+        };
+        let fits = config(&["--max-upload-bytes", "83886080000"]);
+        assert!(fits.validate().is_ok(), "8 MiB x 10,000");
+        let refused = config(&["--max-upload-bytes", "83886080001"])
+            .validate()
+            .expect_err("one byte more");
+        assert_eq!(refused.variable, "MAX_UPLOAD_BYTES");
+        assert!(
+            refused.message.contains("at least 8388609"),
+            "{}",
+            refused.message
+        );
+        let larger_parts = [
+            "--max-upload-bytes",
+            "83886080001",
+            "--s3-part-size-bytes",
+            "16777216",
+        ];
+        assert!(config(&larger_parts).validate().is_ok());
     }
 
     /// Unset, `MAX_CONCURRENT_UPLOADS` grows with the cores (two each, 8 to 64); set,
