@@ -615,12 +615,20 @@ impl Config {
 }
 
 impl StorageConfig {
-    /// S3_REGION, or the provider's region.
+    /// S3_REGION, or the provider's region: Scaleway's and Backblaze's endpoints
+    /// name theirs (`s3.fr-par.scw.cloud`, `s3.us-west-004.backblazeb2.com`).
     pub fn region(&self) -> &str {
+        let named_by_endpoint = |domain: &str| {
+            let endpoint = self.s3_endpoint_url.as_deref()?;
+            let host = endpoint.split("://").last()?.split(['/', ':']).next()?;
+            host.strip_prefix("s3.")?.strip_suffix(domain)
+        };
         match (&self.s3_region, self.s3_provider) {
             (Some(region), _) => region,
             (None, S3Provider::R2) => "auto",
             (None, S3Provider::Garage) => "garage",
+            (None, S3Provider::Scaleway) => named_by_endpoint(".scw.cloud").unwrap_or("fr-par"),
+            (None, S3Provider::B2) => named_by_endpoint(".backblazeb2.com").unwrap_or("us-east-1"),
             (None, _) => "us-east-1",
         }
     }
@@ -696,6 +704,40 @@ mod tests {
         for refused in ["0", "5242879", "5368709121"] {
             assert!(parse(refused).is_err(), "{refused}");
         }
+    }
+
+    /// Scaleway's and Backblaze's presets take the region their endpoint names.
+    #[test]
+    fn a_region_comes_from_the_provider_s_endpoint() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            storage: super::StorageConfig,
+        }
+        let region = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("attache").chain(args.iter().copied()))
+                .expect("parsed");
+            cli.storage.region().to_owned()
+        };
+        let scaleway = [
+            "--s3-provider",
+            "scaleway",
+            "--s3-endpoint-url",
+            "https://s3.nl-ams.scw.cloud",
+        ];
+        assert_eq!(region(&scaleway), "nl-ams");
+        let b2 = [
+            "--s3-provider",
+            "b2",
+            "--s3-endpoint-url",
+            "https://s3.us-west-004.backblazeb2.com/",
+        ];
+        assert_eq!(region(&b2), "us-west-004");
+        let mut set = b2.to_vec();
+        set.extend(["--s3-region", "eu-central-003"]);
+        assert_eq!(region(&set), "eu-central-003", "S3_REGION wins");
+        assert_eq!(region(&["--s3-provider", "r2"]), "auto");
     }
 
     /// The largest upload fits in S3's 10,000 parts, or the start says which
