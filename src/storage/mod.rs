@@ -215,7 +215,14 @@ impl Storage {
                 .disable_config_load()
                 .disable_ec2_metadata();
         }
-        Operator::new(builder).map_err(|err| ConfigError::new("S3_BUCKET_NAME", err.to_string()))
+        // No call to the bucket waits for ever: a stalled connection would hold an
+        // upload's slot (its work runs to the end whatever the client does).
+        let bounded = opendal::layers::TimeoutLayer::new()
+            .with_timeout(s3_api::REQUEST_TIMEOUT)
+            .with_io_timeout(s3_api::REQUEST_TIMEOUT);
+        Operator::new(builder)
+            .map(|operator| operator.layer(bounded))
+            .map_err(|err| ConfigError::new("S3_BUCKET_NAME", err.to_string()))
     }
 
     pub fn backend(&self) -> StorageBackend {

@@ -21,8 +21,9 @@ use serde::Deserialize;
 
 use crate::config::{AddressingStyle, StorageConfig};
 
-/// How long one request to the store may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one request to the store may wait for its answer, or (OpenDAL's calls)
+/// a read or write for its next bytes.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// SHA-256 of an empty body: GET and DELETE send none.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -435,7 +435,52 @@ async fn a_role_signs_and_no_url_outlives_its_credentials(_setup: Setup) {
     }
 }
 
-crate::matrix!(once: a_role_signs_and_no_url_outlives_its_credentials);
+/// A store whose network stalls after the start: a download and an upload that
+/// need it answer `STORAGE_UNAVAILABLE` (503) once `REQUEST_TIMEOUT` (30 s) has
+/// passed, rather than waiting for ever and holding an upload slot.
+async fn a_stalled_store_answers_unavailable_in_time(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(dir.path()).await;
+    let (endpoint, stalled) = crate::helpers::stalling_forwarder(s3.addr).await;
+    let flags = s3_flags(&endpoint);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let served = crate::helpers::Served::start(&flags).await;
+    let Uploaded { bearer, att, .. } = served.upload_contract_pdf("a.pdf").await;
+    stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .expect("client");
+    let started = std::time::Instant::now();
+    let download = client
+        .get(att["downloadUrl"].as_str().expect("downloadUrl"))
+        .bearer_auth(&bearer)
+        .send();
+    let input = json!({ "input": { "ownerType": "contract", "ownerId": "c-2",
+        "filename": "b.pdf", "base64": STANDARD.encode(pdf()) } });
+    let upload = served.gql(crate::helpers::UPLOAD, input, Some(&bearer));
+    let both = async { tokio::join!(download, upload) };
+    let (download, upload) = tokio::time::timeout(std::time::Duration::from_secs(150), both)
+        .await
+        .expect("answers, not a hang");
+    let download = download.expect("an answer, not a hang");
+    assert_eq!(download.status(), 503, "{}", served.log());
+    assert_eq!(
+        crate::helpers::codes(&upload),
+        ["STORAGE_UNAVAILABLE"],
+        "{upload}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(100),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+crate::matrix!(once:
+    a_role_signs_and_no_url_outlives_its_credentials,
+    a_stalled_store_answers_unavailable_in_time,
+);
 crate::matrix!(
     a_replayed_upload_url_never_changes_a_stored_file,
     an_upload_url_takes_only_the_declared_length,

@@ -33,6 +33,56 @@ pub async fn forwarder(target: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// Like [`forwarder`], until `stalled` is set: from then on nothing more goes
+/// through, either way, on new connections or open ones, which stay open: a store
+/// whose network stalls.
+pub async fn stalling_forwarder(
+    target: SocketAddr,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stalled = std::sync::Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the forwarder");
+    let addr = listener.local_addr().expect("forwarder addr");
+    let flag = stalled.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (from_client, to_client) = inbound.into_split();
+            let (from_store, to_store) = outbound.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(from_client) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(to_store) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(from_store), Box::new(to_client)),
+            ] {
+                let stalled = flag.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(read) = from.read(&mut buffer).await {
+                        if read == 0 {
+                            break;
+                        }
+                        if stalled.load(Ordering::Relaxed) {
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown().await;
+                });
+            }
+        }
+    });
+    (format!("http://{addr}"), stalled)
+}
+
 /// A real S3 endpoint in the test process (s3s-fs), checking SigV4 signatures and
 /// presigned URLs with [`S3_ACCESS_KEY`] / [`S3_SECRET_KEY`]. A bucket is a folder.
 pub struct S3Server {
