@@ -686,18 +686,20 @@ mod tests {
         }
     }
 
+    /// One group of settings as `attache` parses it from `args`.
+    fn parsed<A: clap::Args + clap::FromArgMatches>(args: &[&str]) -> Result<A, clap::Error> {
+        let command = A::augment_args(clap::Command::new("attache"));
+        let matches =
+            command.try_get_matches_from(std::iter::once("attache").chain(args.iter().copied()))?;
+        A::from_arg_matches(&matches)
+    }
+
     /// S3 takes parts of 5 MiB to 5 GiB (but the last): other sizes fail at start.
     #[test]
     fn an_s3_part_size_is_one_s3_takes() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            storage: super::StorageConfig,
-        }
         let parse = |size: &str| {
-            Cli::try_parse_from(["attache", "--s3-part-size-bytes", size])
-                .map(|cli| cli.storage.s3_part_size_bytes)
+            parsed::<super::StorageConfig>(&["--s3-part-size-bytes", size])
+                .map(|storage| storage.s3_part_size_bytes)
         };
         assert_eq!(parse("5242880").ok(), Some(5 << 20));
         assert_eq!(parse("5368709120").ok(), Some(5 << 30));
@@ -709,16 +711,9 @@ mod tests {
     /// Scaleway's and Backblaze's presets take the region their endpoint names.
     #[test]
     fn a_region_comes_from_the_provider_s_endpoint() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            storage: super::StorageConfig,
-        }
         let region = |args: &[&str]| {
-            let cli = Cli::try_parse_from(std::iter::once("attache").chain(args.iter().copied()))
-                .expect("parsed");
-            cli.storage.region().to_owned()
+            let storage: super::StorageConfig = parsed(args).expect("parsed");
+            storage.region().to_owned()
         };
         let scaleway = [
             "--s3-provider",
@@ -744,23 +739,9 @@ mod tests {
     /// part size it needs.
     #[test]
     fn the_largest_upload_fits_in_ten_thousand_parts() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            config: super::Config,
-        }
         let config = |args: &[&str]| {
-            let s3 = [
-                "attache",
-                "--storage-backend",
-                "s3",
-                "--s3-bucket-name",
-                "b",
-            ];
-            Cli::try_parse_from(s3.iter().chain(args))
-                .expect("parsed")
-                .config
+            let s3 = ["--storage-backend", "s3", "--s3-bucket-name", "b"];
+            parsed::<super::Config>(&[&s3[..], args].concat()).expect("parsed")
         };
         let fits = config(&["--max-upload-bytes", "83886080000"]);
         assert!(fits.validate().is_ok(), "8 MiB x 10,000");
@@ -786,15 +767,9 @@ mod tests {
     /// it is taken as it is.
     #[test]
     fn upload_slots_follow_the_cores_unless_set() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            limits: super::LimitsConfig,
-        }
         let slots = |args: &[&str]| {
-            Cli::try_parse_from(std::iter::once("attache").chain(args.iter().copied()))
-                .map(|cli| cli.limits.concurrent_uploads())
+            parsed::<super::LimitsConfig>(args)
+                .map(|limits| limits.concurrent_uploads())
                 .expect("parsed")
         };
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());

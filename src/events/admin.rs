@@ -47,16 +47,15 @@ pub async fn list<C: ConnectionTrait>(
     limit: u64,
 ) -> Result<Vec<DeliveryView>, DbErr> {
     use webhook_delivery::Column;
-    let deliveries = webhook_delivery::Entity::find()
-        .apply_if(
-            (which == Listed::Failed).then_some(DeliveryStatus::Failed),
-            |query, status| query.filter(Column::Status.eq(status)),
-        )
-        .apply_if((which == Listed::Stuck).then_some(0), |query, none| {
-            query
-                .filter(Column::Status.eq(DeliveryStatus::Pending))
-                .filter(Column::Attempts.gt(none))
-        })
+    let all = webhook_delivery::Entity::find();
+    let listed = match which {
+        Listed::All => all,
+        Listed::Failed => all.filter(Column::Status.eq(DeliveryStatus::Failed)),
+        Listed::Stuck => all
+            .filter(Column::Status.eq(DeliveryStatus::Pending))
+            .filter(Column::Attempts.gt(0)),
+    };
+    let deliveries = listed
         .order_by_desc(Column::Id)
         .limit(limit)
         .all(db)

@@ -17,25 +17,12 @@ pub const FORWARD_TO_S3: &str = "forward-to-s3";
 /// Forwards every connection on a new port to `target`, byte for byte: the public
 /// side of a proxy in front of the store. Its origin.
 pub async fn forwarder(target: SocketAddr) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the forwarder");
-    let addr = listener.local_addr().expect("forwarder addr");
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
+    stalling_forwarder(target).await.0
 }
 
-/// Like [`forwarder`], until `stalled` is set: from then on nothing more goes
-/// through, either way, on new connections or open ones, which stay open: a store
-/// whose network stalls.
+/// Forwards every connection on a new port to `target` until `stalled` is set:
+/// from then on nothing more goes through, either way, on new connections or open
+/// ones, which stay open: a store whose network stalls. Its origin and the switch.
 pub async fn stalling_forwarder(
     target: SocketAddr,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
