@@ -83,6 +83,21 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A key of `variable` too short to resist guessing is refused, by `serve` and by
+    /// `attache token` alike (which would mint tokens `serve` then refuses to check).
+    pub fn long_enough(&self, variable: &'static str) -> Result<(), ConfigError> {
+        if self.0.len() >= MIN_KEY_BYTES {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            variable,
+            format!(
+                "has {} bytes; at least {MIN_KEY_BYTES} are needed (`openssl rand -hex 32` makes one)",
+                self.0.len()
+            ),
+        ))
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -542,6 +557,35 @@ fn base_url(variable: &'static str, value: &str) -> Result<String, ConfigError> 
     Ok(value.trim_end_matches('/').to_owned())
 }
 
+/// One origin of `CORS_ALLOWED_ORIGINS` as browsers send it in `Origin`
+/// (`https://app.example.com`, no path, lower case); `*` is refused, since a
+/// browser app's origin is always known.
+pub fn cors_origin(value: &str) -> Result<String, ConfigError> {
+    const VARIABLE: &str = "CORS_ALLOWED_ORIGINS";
+    let value = value.trim();
+    if value == "*" {
+        return Err(ConfigError::new(
+            VARIABLE,
+            "`*` is not accepted: list your apps' origins, comma-separated, for example \
+             https://app.example.com,https://staging.example.com",
+        ));
+    }
+    let parsed = url::Url::parse(value).map_err(|err| {
+        ConfigError::new(
+            VARIABLE,
+            format!("`{value}` is not an origin ({err}): write it as https://app.example.com"),
+        )
+    })?;
+    let origin = parsed.origin().ascii_serialization();
+    if !matches!(parsed.scheme(), "http" | "https") || origin != value.trim_end_matches('/') {
+        return Err(ConfigError::new(
+            VARIABLE,
+            format!("`{value}` is not an origin: write scheme, host and port only, as {origin}"),
+        ));
+    }
+    Ok(origin)
+}
+
 impl Config {
     /// The origin of absolute URLs: PUBLIC_BASE_URL, else the address actually bound.
     pub fn public_base_url(&self, bound: SocketAddr) -> Result<String, ConfigError> {
@@ -560,17 +604,8 @@ impl Config {
             ("SIGNING_KEY", self.urls.signing_key.as_ref()),
         ];
         for (variable, key) in keys {
-            if let Some(key) = key
-                && key.expose().len() < MIN_KEY_BYTES
-            {
-                return Err(ConfigError::new(
-                    variable,
-                    format!(
-                        "has {} bytes; at least {MIN_KEY_BYTES} are needed (`openssl rand -hex 32` \
-                         makes one)",
-                        key.expose().len()
-                    ),
-                ));
+            if let Some(key) = key {
+                key.long_enough(variable)?;
             }
         }
         if self.storage.storage_backend == StorageBackend::S3
@@ -584,6 +619,10 @@ impl Config {
         }
         if let Some(url) = &self.urls.s3_public_base_url {
             base_url("S3_PUBLIC_BASE_URL", url)?;
+        }
+        let origins = self.cors_allowed_origins.iter();
+        for origin in origins.filter(|origin| !origin.trim().is_empty()) {
+            cors_origin(origin)?;
         }
         self.fits_in_parts()
     }

@@ -66,6 +66,10 @@ pub fn printable(text: &str) -> String {
 /// its clients read): no [`AppError`] ever ran for it.
 pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
 
+/// The code of input the client must fix: also given to a field's argument that
+/// did not parse, which reaches no resolver.
+pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+
 impl AppError {
     pub fn not_found() -> Self {
         Self::NotFound("attachment not found".into())
@@ -81,7 +85,7 @@ impl AppError {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::Forbidden(_) => "FORBIDDEN",
             Self::NotFound(_) | Self::ObjectMissing(_) => "NOT_FOUND",
-            Self::BadUserInput(_) => "BAD_USER_INPUT",
+            Self::BadUserInput(_) => BAD_USER_INPUT,
             Self::GraphqlParse(_) => "GRAPHQL_PARSE_FAILED",
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",

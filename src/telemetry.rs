@@ -114,7 +114,12 @@ fn describe() {
         "attache_tenants_near_quota",
         "Tenants past 80 % of their bytes or files quota"
     );
+    describe_counter!(
+        "attache_storage_retries_total",
+        "Requests to the S3 store sent again after a passing failure (503, SlowDown, a 5xx)"
+    );
     counter!("attache_upload_bytes_total").absolute(0);
+    counter!("attache_storage_retries_total").absolute(0);
     for gauge in [
         "attache_storage_migration_files_done",
         "attache_storage_migration_files_left",
@@ -210,6 +215,11 @@ pub fn storage_operation(
         counter!("attache_storage_errors_total", "backend" => backend, "operation" => operation)
             .increment(1);
     }
+}
+
+/// One request to the store sent again after a passing failure.
+pub fn storage_retry() {
+    counter!("attache_storage_retries_total").increment(1);
 }
 
 /// One webhook delivery attempt and how it ended (`delivered`, `retry`, `failed`).

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::app::{App, SharedApp};
 use crate::attachments::upload::{self, Draft, StreamCheck, Streamed, Target, sanitize_filename};
 use crate::attachments::urls;
-use crate::auth::Principal;
+use crate::auth::{Access, Principal};
 use crate::db::Writes;
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
@@ -160,7 +160,8 @@ impl Receiving {
         }
     }
 
-    /// Streams the body into storage, refusing more bytes than were declared.
+    /// Streams the body into storage, refusing more or fewer bytes than were
+    /// declared; a completion sees the file only once it is whole.
     pub async fn store<S, E>(self, app: &App, body: S) -> AppResult<()>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -168,7 +169,7 @@ impl Receiving {
     {
         let stored = app
             .storage
-            .put_stream(&self.key, body, self.declared, &self.content_type)
+            .put_whole(&self.key, body, self.declared, &self.content_type)
             .await;
         match stored {
             Ok(_) => Ok(()),
@@ -310,10 +311,12 @@ async fn pending(
 
 /// The answer to a completion of a direct upload that has gone: its attachment when
 /// an earlier completion made one, so that a client may retry one whose answer it
-/// lost.
+/// lost. Only to the one who made it or may read it anyway: a write-only token must
+/// not read any attachment whose id it knows by "completing" it.
 async fn completed(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
     super::find(app, &principal.tenant, id)
         .await?
+        .filter(|row| row.created_by == principal.subject || principal.may(Access::Read))
         .ok_or_else(gone)
 }
 

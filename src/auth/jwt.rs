@@ -115,13 +115,22 @@ impl JwtVerifier {
                 "the token's `sub` claim is longer than {MAX_SUBJECT_BYTES} bytes"
             )));
         }
-        let tenant = claims
-            .other
-            .get(&self.tenant_claim)
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                AppError::Unauthenticated(format!("the token has no `{}` claim", self.tenant_claim))
-            })?;
+        // `sub` is read above, out of `other`: a tenant per subject is a tenant too.
+        let tenant = match self.tenant_claim.as_str() {
+            "sub" => Some(subject.as_str()),
+            claim => match claims.other.get(claim) {
+                Some(Value::String(tenant)) => Some(tenant.as_str()),
+                Some(_) => {
+                    return Err(AppError::Unauthenticated(format!(
+                        "the token's `{claim}` claim is not a string"
+                    )));
+                }
+                None => None,
+            },
+        };
+        let tenant = tenant.ok_or_else(|| {
+            AppError::Unauthenticated(format!("the token has no `{}` claim", self.tenant_claim))
+        })?;
         let tenant = SafeId::parse(tenant).ok_or_else(|| {
             AppError::Unauthenticated(format!(
                 "the token's `{}` claim is not a valid tenant id",
@@ -223,7 +232,14 @@ impl TokenMinter {
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = jsonwebtoken::get_current_timestamp();
         let mut tenant_claim = Map::new();
-        tenant_claim.insert(self.tenant_claim.clone(), Value::String(tenant.to_string()));
+        // With `TENANT_CLAIM=sub` the subject is the tenant: one `sub` claim.
+        let subject = match self.tenant_claim.as_str() {
+            "sub" => tenant.as_str(),
+            claim => {
+                tenant_claim.insert(claim.to_owned(), Value::String(tenant.to_string()));
+                subject
+            }
+        };
         let claims = MintedClaims {
             sub: subject,
             iat: now,

@@ -57,12 +57,19 @@ impl Principal {
 
     /// FORBIDDEN unless the token's scopes (when it has any) grant `access`.
     pub fn require(&self, access: Access) -> Result<(), AppError> {
-        match &self.scopes {
-            Some(scopes) if !scopes.contains(access.scope()) => Err(AppError::Forbidden(format!(
-                "this token lacks the scope {}",
-                access.scope()
-            ))),
-            _ => Ok(()),
+        if self.may(access) {
+            return Ok(());
         }
+        Err(AppError::Forbidden(format!(
+            "this token lacks the scope {}",
+            access.scope()
+        )))
+    }
+
+    /// Whether the token's scopes (when it has any) grant `access`.
+    pub fn may(&self, access: Access) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|scopes| scopes.contains(access.scope()))
     }
 }

@@ -34,6 +34,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         .jwt_secret
         .as_ref()
         .context("JWT_SECRET: required to mint tokens (tokens of a JWT_PUBLIC_KEY_FILE come from your identity provider)")?;
+    secret.long_enough("JWT_SECRET")?;
     let tenant = SafeId::parse(&args.tenant).context("--tenant must match [A-Za-z0-9_-]{1,64}")?;
     anyhow::ensure!(
         (1..=MAX_SUBJECT_BYTES).contains(&args.sub.len()),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_graphql::BatchRequest;
 use async_graphql::parser::types::ExecutableDocument;
 
+use crate::auth::Access;
 use crate::config::QueryLimits;
 use crate::error::AppError;
 use crate::graphql::attachments::{FILE_FIELDS, LISTING};
@@ -65,6 +66,19 @@ struct Parsed {
 pub struct Prepared {
     /// A request of the batch runs a mutation.
     pub mutates: bool,
+    /// A request of the batch runs a query.
+    pub reads: bool,
+}
+
+impl Prepared {
+    /// What the batch's operations need from a token's scopes (SPEC 5), checked
+    /// before they run: a resolver checks its own field too, but `__schema` and
+    /// `__typename` reach none.
+    pub fn needs(&self) -> impl Iterator<Item = Access> {
+        [(self.reads, Access::Read), (self.mutates, Access::Write)]
+            .into_iter()
+            .filter_map(|(needed, access)| needed.then_some(access))
+    }
 }
 
 #[derive(Default)]
@@ -121,7 +135,10 @@ impl ParsedQueries {
             "MAX_REQUEST_BYTES",
             "read a large variable in one place, not in many",
         );
-        let mut prepared = Prepared { mutates: false };
+        let mut prepared = Prepared {
+            mutates: false,
+            reads: false,
+        };
         for request in batch.iter_mut() {
             let parsed = self.parsed(&request.query, limits)?;
             expanded.spend(parsed.shape.expanded)?;
@@ -132,6 +149,7 @@ impl ParsedQueries {
             rows.spend(running.rows(&LISTING))?;
             argument_bytes.spend(running.argument_bytes())?;
             prepared.mutates |= running.is_mutation();
+            prepared.reads |= !running.is_mutation();
             request.set_parsed_query(parsed.document.clone());
         }
         Ok(prepared)

@@ -125,6 +125,8 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
     };
     let (start, end) = (start.trim(), end.trim());
     match (start.parse::<u64>(), end.parse::<u64>()) {
+        // An invalid range (`5-3`) is ignored, however large the file (RFC 9110 §14.1.1).
+        (Ok(start), Ok(end)) if end < start => RangeRequest::Full,
         (Ok(start), _) if start >= size => RangeRequest::Unsatisfiable,
         (Ok(start), Ok(end)) if end >= start => {
             RangeRequest::Partial(start..end.saturating_add(1).min(size))
@@ -222,7 +224,9 @@ async fn respond(
         inline && MediaType::from_mime(&row.content_type).is_some_and(MediaType::is_inline_safe);
     let mut response = Response::builder()
         .header(header::ETAG, &etag)
-        .header(header::CACHE_CONTROL, "private")
+        // `no-cache`: a browser asks again each time (a 304 while the ETag holds),
+        // so a deleted file or a revoked token is not served from its cache.
+        .header(header::CACHE_CONTROL, "private, no-cache")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(header::CONTENT_SECURITY_POLICY, FILE_CSP)
         .header(header::ACCEPT_RANGES, "bytes")
@@ -310,6 +314,7 @@ mod tests {
         assert_eq!(check("bytes=0-1,5-6"), "full");
         assert_eq!(check("items=0-1"), "full");
         assert_eq!(check("bytes=9-3"), "full");
+        assert_eq!(check("bytes=500-300"), "full", "invalid beyond the end too");
         // An empty file has no range to send, a suffix included.
         for value in ["bytes=-10", "bytes=0-", "bytes=0-0"] {
             assert_eq!(sized(value, 0), "416", "{value}");

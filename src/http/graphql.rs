@@ -31,7 +31,15 @@ const SMALL_REQUEST_BYTES: u64 = 64 * 1024;
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers();
     if request.method() == Method::GET && wants_html(headers) && request.uri().query().is_none() {
-        return crate::http::playground::page_with(state.app.dev_minter.as_ref());
+        // HTTP/1.1 names the host in `Host`, HTTP/2 in the URI's authority.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok());
+        let host = host.or(request
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str()));
+        return crate::http::playground::page_with(state.app.dev_minter.as_ref(), host);
     }
     let answer = Answer::from_headers(headers);
     if needs_preflight_header(request.method(), headers) {
@@ -105,6 +113,12 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             "Mutations cannot be sent over GET: use POST.\n",
         );
         return refused.into_response();
+    }
+    if let Err(err) = prepared
+        .needs()
+        .try_for_each(|access| principal.require(access))
+    {
+        return unread(rest, answer.refusal(&err)).await;
     }
     let names: Vec<Option<String>> = batch
         .iter_mut()

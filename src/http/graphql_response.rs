@@ -69,7 +69,11 @@ impl Answer {
     }
 
     /// What the executor answered; a request error loses its `data` and gains a code.
-    pub fn executed(self, response: BatchResponse) -> Response {
+    pub fn executed(self, mut response: BatchResponse) -> Response {
+        match &mut response {
+            BatchResponse::Single(response) => code_field_errors(response),
+            BatchResponse::Batch(responses) => responses.iter_mut().for_each(code_field_errors),
+        }
         let failed = match &response {
             BatchResponse::Single(response) => is_request_error(response),
             BatchResponse::Batch(responses) => responses.iter().any(is_request_error),
@@ -113,6 +117,21 @@ fn is_request_error(response: &async_graphql::Response) -> bool {
     response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|error| code(error).is_none())
+}
+
+/// Gives BAD_USER_INPUT to the errors of fields whose arguments did not parse (an
+/// `Upload` that names no file part): they have a path but no code, as no resolver
+/// ran. Without it the response would pass for a request error, as if nothing had
+/// run, though the mutations before that field have.
+fn code_field_errors(response: &mut async_graphql::Response) {
+    for error in &mut response.errors {
+        if !error.path.is_empty() && code(error).is_none() {
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", crate::error::BAD_USER_INPUT);
+        }
+    }
 }
 
 fn code(error: &ServerError) -> Option<&async_graphql::Value> {

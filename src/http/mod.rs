@@ -102,11 +102,11 @@ fn metrics_router(app: SharedApp) -> Router {
 
 /// CORS for the configured origins only; none configured, no CORS headers at all.
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    // Checked at startup (`config::cors_origin`): nothing is dropped here.
     let origins: Vec<HeaderValue> = origins
         .iter()
-        .map(|origin| origin.trim())
-        .filter(|origin| !origin.is_empty())
-        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .filter_map(|origin| crate::config::cors_origin(origin).ok())
+        .filter_map(|origin| HeaderValue::from_str(&origin).ok())
         .collect();
     if origins.is_empty() {
         return None;
@@ -125,10 +125,15 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::RANGE,
                 header::IF_NONE_MATCH,
+                header::IF_MATCH,
+                header::IF_RANGE,
+                header::IF_MODIFIED_SINCE,
+                header::IF_UNMODIFIED_SINCE,
                 header::HeaderName::from_static("apollo-require-preflight"),
                 header::HeaderName::from_static("x-apollo-operation-name"),
             ])
             .expose_headers([
+                header::ACCEPT_RANGES,
                 header::CONTENT_DISPOSITION,
                 header::CONTENT_RANGE,
                 header::ETAG,

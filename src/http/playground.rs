@@ -57,16 +57,19 @@ const ASSETS: [(&str, &str, &[u8]); 5] = [
 ];
 
 /// The page; in development mode (`dev_minter`: `App::dev_minter`) it carries a fresh
-/// 24 h token for tenant `dev`, so the Docs panel and a first query work at once.
-/// Without one, the Headers tab shows where to paste a token.
-pub fn page_with(dev_minter: Option<&TokenMinter>) -> Response {
-    let token = dev_minter.and_then(|minter| {
-        let tenant = SafeId::parse("dev")?;
-        minter
-            .mint(&tenant, "dev", DEV_TOKEN_TTL, None)
-            .inspect_err(|err| tracing::warn!(error = %err, "cannot mint a playground token"))
-            .ok()
-    });
+/// 24 h token for tenant `dev`, so the Docs panel and a first query work at once,
+/// when it was asked for by a loopback name. Without one, the Headers tab shows
+/// where to paste a token.
+pub fn page_with(dev_minter: Option<&TokenMinter>, host: Option<&str>) -> Response {
+    let token = dev_minter
+        .filter(|_| is_loopback_name(host))
+        .and_then(|minter| {
+            let tenant = SafeId::parse("dev")?;
+            minter
+                .mint(&tenant, "dev", DEV_TOKEN_TTL, None)
+                .inspect_err(|err| tracing::warn!(error = %err, "cannot mint a playground token"))
+                .ok()
+        });
     let html = match token {
         Some(token) => INDEX.replacen(
             DEV_TOKEN_SLOT,
@@ -88,6 +91,28 @@ pub fn page_with(dev_minter: Option<&TokenMinter>) -> Response {
         Html(html),
     )
         .into_response()
+}
+
+/// Whether `Host` names this machine's loopback (`localhost`, `127.x.x.x`, `[::1]`).
+/// A page that another site's name reaches (DNS rebinding: `evil.example` made to
+/// resolve to 127.0.0.1) gets no token, so that site cannot read one from it.
+fn is_loopback_name(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let address = name.trim_start_matches('[').trim_end_matches(']');
+    address
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|address| address.is_loopback())
 }
 
 /// Text safe inside an HTML attribute value or element.
@@ -144,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_page_runs_no_inline_script_and_carries_its_policy() {
-        let response = page_with(None);
+        let response = page_with(None, None);
         let headers = response.headers().clone();
         assert_eq!(headers[header::CONTENT_SECURITY_POLICY], PAGE_CSP);
         assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
@@ -177,13 +202,38 @@ mod tests {
         };
         let secret: Secret = "playground-test-secret".parse().expect("secret");
         let minter = TokenMinter::new(&secret, &config);
-        let html = body(page_with(Some(&minter))).await;
+        let html = body(page_with(Some(&minter), Some("localhost:8080"))).await;
         let token = dev_token(&html).expect("a token in the page");
         let principal = JwtVerifier::hmac(secret.expose().as_bytes(), &config)
             .verify(token)
             .expect("the token verifies");
         assert_eq!(principal.tenant.as_str(), "dev");
         assert!(!html.contains(DEV_TOKEN_SLOT));
+    }
+
+    #[test]
+    fn only_loopback_names_are_trusted_with_a_token() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(is_loopback_name(Some(host)), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:8080",
+            "[::2]:8080",
+            "",
+        ] {
+            assert!(!is_loopback_name(Some(host)), "{host}");
+        }
+        assert!(!is_loopback_name(None));
     }
 
     #[test]

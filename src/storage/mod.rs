@@ -263,13 +263,15 @@ impl Storage {
                 .write_blocking(move || write_new_file(&path, &bytes, sync))
                 .await;
         }
-        let write = self
-            .operator
-            .write_with(key.as_str(), bytes)
-            .content_type(content_type)
-            .if_not_exists(true);
-        self.observed("write", async { write.await.map(drop) })
-            .await
+        let Some(api) = &self.s3_api else {
+            return Err(no_store().into_storage());
+        };
+        // attache's own client, which sends a throttled PUT again (OpenDAL does not).
+        let write = api.put_bytes(key.as_str(), bytes, content_type);
+        self.observed("write", async {
+            write.await.map_err(StreamWriteError::into_storage)
+        })
+        .await
     }
 
     /// Where an upload that arrives as base64 is spooled (the attachments' `spool`):
@@ -309,13 +311,20 @@ impl Storage {
         written.map(drop).map_err(StreamWriteError::into_storage)
     }
 
-    /// Stores the local file at `path` as the new object `key`, streamed from it.
+    /// Stores the local file at `path` as the new object `key`, streamed from it
+    /// (on S3 read again for a request the store failed passingly).
     async fn put_file(
         &self,
         key: &StorageKey,
         path: &std::path::Path,
         content_type: &str,
     ) -> Result<u64, StreamWriteError> {
+        if let (None, Some(api)) = (&self.fs_root, &self.s3_api) {
+            let part_size = self.s3_part_size();
+            return api
+                .put_local(key.as_str(), path, part_size, content_type)
+                .await;
+        }
         let (size, body) = read_file(path).map_err(read_failed)?;
         self.put_exact(key, body, size, content_type).await
     }
@@ -363,8 +372,7 @@ impl Storage {
     /// so memory stays flat however large it is; a broken stream (its producer
     /// reports an error) leaves no object behind. No reader ever sees it half-made,
     /// even after a kill: an S3 object appears when its upload completes, and on fs
-    /// the file is written as `.partial-<name>` beside it and linked into place once
-    /// whole and synced.
+    /// the file is linked into place once whole and synced ([`Storage::land_whole`]).
     pub async fn put_large<S, E>(
         &self,
         key: &StorageKey,
@@ -375,23 +383,31 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let Some(root) = &self.fs_root else {
-            return self.put_stream(key, body, u64::MAX, content_type).await;
-        };
-        let path = root.join(key.as_str());
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let partial = path.with_file_name(format!(".partial-{name}"));
-        let (_, written) = write_file(partial.clone(), body, u64::MAX, true).await?;
-        let linked = tokio::task::spawn_blocking(move || {
-            let linked = link_new(&partial, &path)
-                .and_then(|()| std::fs::File::open(path.parent().unwrap_or(&path))?.sync_all());
-            let _ = std::fs::remove_file(&partial);
-            linked
-        })
-        .await
-        .unwrap_or_else(|err| Err(std::io::Error::other(err)));
-        linked.map_err(|err| StreamWriteError::Storage(fs_write::io_error(err)))?;
-        Ok(written)
+        match &self.fs_root {
+            Some(root) => land_whole(root, key, body, None).await,
+            None => self.put_stream(key, body, u64::MAX, content_type).await,
+        }
+    }
+
+    /// Writes the new object `key` from exactly `size` bytes of `body`, for a key
+    /// that others look for while it is written (a direct upload's staging key, which
+    /// a completion reads): none sees it before it is whole, and a body that ends
+    /// short leaves nothing, so the writer may try again.
+    pub async fn put_whole<S, E>(
+        &self,
+        key: &StorageKey,
+        body: S,
+        size: u64,
+        content_type: &str,
+    ) -> Result<u64, StreamWriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        match &self.fs_root {
+            Some(root) => land_whole(root, key, body, Some(size)).await,
+            None => self.put_exact(key, body, size, content_type).await,
+        }
     }
 
     /// Writes the new object `key` (never overwriting) from `body`; a stream that
@@ -467,9 +483,7 @@ impl Storage {
             if let Err(err) = self.delete(key).await {
                 tracing::warn!(key = %key, error = %err, "cannot remove a short write");
             }
-            return Err(StreamWriteError::Body(format!(
-                "the stream ended after {written} of its {size} bytes"
-            )));
+            return Err(ended_short(written, size));
         }
         let Some(api) = &self.s3_api else {
             return Err(no_store());
@@ -486,7 +500,8 @@ impl Storage {
 
     /// The multipart uploads a crash left unfinished under the prefix, begun before
     /// `cutoff`, with their keys as attache names objects; none on fs, and none
-    /// (with a warning) from a store that cannot list them.
+    /// (with a warning) from a store that cannot list them or credentials that may
+    /// not (`s3:ListBucketMultipartUploads`): the sweep's other work stands.
     pub async fn unfinished_uploads(
         &self,
         cutoff: std::time::SystemTime,
@@ -501,6 +516,15 @@ impl Storage {
                     error = %err,
                     "the store cannot list unfinished multipart uploads; a lifecycle rule \
                      (AbortIncompleteMultipartUpload) removes them instead"
+                );
+                return Ok(Vec::new());
+            }
+            Err(err) if err.denied() => {
+                tracing::warn!(
+                    error = %err,
+                    "the credentials may not list unfinished multipart uploads: grant \
+                     s3:ListBucketMultipartUploads, or let a lifecycle rule \
+                     (AbortIncompleteMultipartUpload) remove them"
                 );
                 return Ok(Vec::new());
             }
@@ -707,6 +731,50 @@ fn link_new(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
         }
         linked => linked,
     }
+}
+
+/// Streams `body` into a file of its own beside `key`'s under `root`, synced, then
+/// links it into place (never over an existing file): a reader, or a kill, never
+/// sees it half-made. `exact`: the length the body must have, or nothing lands.
+async fn land_whole<S, E>(
+    root: &std::path::Path,
+    key: &StorageKey,
+    body: S,
+    exact: Option<u64>,
+) -> Result<u64, StreamWriteError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let path = root.join(key.as_str());
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // A name of its own: a writer killed midway leaves no file that blocks the next.
+    let partial = path.with_file_name(format!(".partial-{}-{name}", uuid::Uuid::new_v4()));
+    let (_, written) = write_file(partial.clone(), body, exact.unwrap_or(u64::MAX), true).await?;
+    let whole = exact.is_none_or(|size| size == written);
+    let linked = tokio::task::spawn_blocking(move || {
+        let linked = match whole {
+            true => link_new(&partial, &path)
+                .and_then(|()| std::fs::File::open(path.parent().unwrap_or(&path))?.sync_all()),
+            false => Ok(()),
+        };
+        let _ = std::fs::remove_file(&partial);
+        linked
+    })
+    .await
+    .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+    linked.map_err(|err| StreamWriteError::Storage(fs_write::io_error(err)))?;
+    match exact {
+        Some(size) if size != written => Err(ended_short(written, size)),
+        _ => Ok(written),
+    }
+}
+
+/// A body that ended before the length it was written for.
+fn ended_short(written: u64, size: u64) -> StreamWriteError {
+    StreamWriteError::Body(format!(
+        "the body ended after {written} of its {size} bytes"
+    ))
 }
 
 /// A streamed write on a backend that has no way to take it (never configured).

@@ -67,6 +67,41 @@ impl S3ApiError {
     pub fn unsupported(&self) -> bool {
         matches!(self, Self::Refused { status, .. } if *status == reqwest::StatusCode::NOT_IMPLEMENTED)
     }
+
+    /// The credentials may not make this call (403): a policy without it.
+    pub fn denied(&self) -> bool {
+        matches!(self, Self::Refused { status, .. } if *status == reqwest::StatusCode::FORBIDDEN)
+    }
+
+    /// Whether the store surely did not act on the request: it was throttled (503,
+    /// 429, `SlowDown`) or never reached. Safe to send again, a conditional write too.
+    pub(super) fn not_applied(&self) -> bool {
+        match self {
+            Self::Refused { status, body } => {
+                matches!(status.as_u16(), 429 | 503) || body.contains("<Code>SlowDown</Code>")
+            }
+            Self::Unreachable(err) => err.is_connect(),
+            _ => false,
+        }
+    }
+
+    /// Whether another try may succeed: the store failed (a 5xx but 501,
+    /// `InternalError`, `RequestTimeout`) or the connection broke. The first try may
+    /// have acted. A request that got no answer in its time is not tried again: a
+    /// stalled store fails the request in bounded time.
+    pub(super) fn transient(&self) -> bool {
+        match self {
+            Self::Refused { status, body } => {
+                (status.is_server_error() && *status != reqwest::StatusCode::NOT_IMPLEMENTED)
+                    || self.not_applied()
+                    || ["RequestTimeout", "InternalError"]
+                        .iter()
+                        .any(|code| body.contains(&format!("<Code>{code}</Code>")))
+            }
+            Self::Unreachable(err) => !err.is_timeout(),
+            _ => false,
+        }
+    }
 }
 
 /// attache's own signed requests to the bucket: streamed multipart uploads, the
@@ -250,21 +285,55 @@ impl S3Api {
         format!("{}{key}", self.prefix)
     }
 
-    /// Sends a signed request without a body; the answer's body when it succeeds.
+    /// Sends a signed request without a body, which may be repeated (a listing, an
+    /// abort); the answer's body when it succeeds.
     async fn send(&self, method: http::Method, url: &str) -> Result<String, S3ApiError> {
         let response = self
-            .execute(method, url, Vec::new(), Payload::Empty, REQUEST_TIMEOUT)
+            .execute(
+                method,
+                url,
+                Vec::new(),
+                Payload::Empty,
+                REQUEST_TIMEOUT,
+                Retry::IfTransient,
+            )
             .await?;
         Ok(response.text().await?)
     }
 
     /// Sends a signed request with `headers` and `payload`, waiting at most
-    /// `timeout` for the answer; the answer when it succeeds.
+    /// `timeout` for each answer, and again as `retry` allows ([`Tries`]) unless
+    /// the payload streams (its caller sends a new stream); the answer when it
+    /// succeeds.
     pub(super) async fn execute(
         &self,
         method: http::Method,
         url: &str,
         headers: Vec<(http::HeaderName, String)>,
+        payload: Payload,
+        timeout: Duration,
+        retry: Retry,
+    ) -> Result<reqwest::Response, S3ApiError> {
+        let mut tries = Tries::default();
+        let mut next = payload;
+        loop {
+            let again = next.copy();
+            let sent = self
+                .attempt(method.clone(), url, &headers, next, timeout)
+                .await;
+            match (sent, again) {
+                (Err(err), Some(again)) if tries.again(&err, retry).await => next = again,
+                (done, _) => return done,
+            }
+        }
+    }
+
+    /// One try of [`S3Api::execute`].
+    async fn attempt(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(http::HeaderName, String)],
         payload: Payload,
         timeout: Duration,
     ) -> Result<reqwest::Response, S3ApiError> {
@@ -311,9 +380,62 @@ impl S3Api {
 pub(super) enum Payload {
     Empty,
     /// A small body, signed with its sha256.
-    Bytes(Vec<u8>),
+    Bytes(bytes::Bytes),
     /// A body that streams in, of a length given in the headers.
     Streamed(reqwest::Body),
+}
+
+impl Payload {
+    /// The same payload for another try; none for a stream, which is read once.
+    fn copy(&self) -> Option<Self> {
+        match self {
+            Self::Empty => Some(Self::Empty),
+            Self::Bytes(bytes) => Some(Self::Bytes(bytes.clone())),
+            Self::Streamed(_) => None,
+        }
+    }
+}
+
+/// Which failures of a request another try may mend.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Retry {
+    /// Only those the store surely did not act on: for a conditional write, whose
+    /// second try would find the first one's object and fail.
+    IfNotApplied,
+    /// Any passing failure: for a request that may be repeated.
+    IfTransient,
+}
+
+/// The tries of one request to the store: three at most, about 0.2 s and then
+/// 0.8 s apart (half of each pause random, so that clients throttled together
+/// spread out). A throttled or briefly failing store (B2 answers 503 as a matter
+/// of course, AWS `SlowDown`) costs a second; one that stays down fails soon.
+#[derive(Default)]
+pub(super) struct Tries {
+    failed: u32,
+}
+
+impl Tries {
+    const MOST: u32 = 3;
+    const FIRST_PAUSE: Duration = Duration::from_millis(200);
+
+    /// After a failed try: whether to try again, having paused, as `retry` allows.
+    pub(super) async fn again(&mut self, err: &S3ApiError, retry: Retry) -> bool {
+        self.failed += 1;
+        let mendable = match retry {
+            Retry::IfNotApplied => err.not_applied(),
+            Retry::IfTransient => err.transient(),
+        };
+        if !mendable || self.failed >= Self::MOST {
+            return false;
+        }
+        let full = Self::FIRST_PAUSE * 4u32.pow(self.failed - 1);
+        let pause = full.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        tracing::warn!(error = %err, failed = self.failed, "the store failed a request; trying again");
+        crate::telemetry::storage_retry();
+        tokio::time::sleep(pause).await;
+        true
+    }
 }
 
 impl std::fmt::Debug for S3Api {

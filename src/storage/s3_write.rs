@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::StreamWriteError;
 use super::chunked::write_file;
 use super::fs_write::io_error;
-use super::s3_api::{Payload, S3Api, S3ApiError, encode};
+use super::s3_api::{Payload, Retry, S3Api, S3ApiError, Tries, encode};
 
 /// A request with a body may take this long, plus a second per MiB it carries.
 const BASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -141,6 +141,29 @@ fn store_error(operation: &'static str, err: S3ApiError) -> StreamWriteError {
         _ => opendal::ErrorKind::Unexpected,
     };
     StreamWriteError::Storage(opendal::Error::new(kind, operation).set_source(err))
+}
+
+/// `range` of `file` as a stream, from a handle of its own (reads name their
+/// offsets, so handles never disturb each other).
+fn read_again(
+    file: &std::fs::File,
+    range: std::ops::Range<u64>,
+) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Unpin + use<>, StreamWriteError> {
+    let file = file.try_clone().map_err(super::read_failed)?;
+    Ok(super::file_read::read_range(file, range))
+}
+
+/// After a failed write: whether to try it again ([`Tries::again`]), when the
+/// store's failure is one that `retry` allows; never when the source failed.
+async fn again(tries: &mut Tries, err: &StreamWriteError, retry: Retry) -> bool {
+    let StreamWriteError::Storage(err) = err else {
+        return false;
+    };
+    let failure = std::error::Error::source(err).and_then(|source| source.downcast_ref());
+    match failure {
+        Some(failure) => tries.again(failure, retry).await,
+        None => false,
+    }
 }
 
 /// A multipart upload under way: where its parts go, and what its completion
@@ -271,20 +294,19 @@ impl S3Api {
     {
         let mut source = Source::new(body);
         let first = source.spool_part(spool(), part_size, max).await?;
+        let url = self.object_url(&self.bucket_key(key));
         if !first.more {
-            let (_, body) = super::read_file(&first.path).map_err(super::read_failed)?;
-            self.put_sized(key, body, first.length, part_size, content_type)
+            let file = std::fs::File::open(&first.path).map_err(super::read_failed)?;
+            self.put_once_from(&url, &file, first.length, content_type)
                 .await?;
             return Ok(first.length);
         }
-        let url = self.object_url(&self.bucket_key(key));
         let mut written = 0;
         self.multipart(key, &url, content_type, async |upload| {
             let mut part = first;
             loop {
-                let (_, body) = super::read_file(&part.path).map_err(super::read_failed)?;
-                let mut from_file = Source::new(body);
-                let send = self.send_part(upload, &mut from_file, part.length);
+                let file = std::fs::File::open(&part.path).map_err(super::read_failed)?;
+                let send = self.send_file_part(upload, &file, 0..part.length);
                 if !part.more {
                     send.await?;
                     written += part.length;
@@ -331,6 +353,8 @@ impl S3Api {
                 &format!("{url}?uploads"),
                 headers,
                 Payload::Empty,
+                // A first try that landed leaves an upload that `storage sweep` aborts.
+                Retry::IfTransient,
                 "begin a multipart upload",
             )
             .await?;
@@ -345,6 +369,114 @@ impl S3Api {
             completion: String::from("<CompleteMultipartUpload>"),
             parts: 0,
         })
+    }
+
+    /// Writes the new object `key` from the local file at `path` (opened now, so it
+    /// outlives a removal of its name). A file can be read again: a request that
+    /// fails passingly is sent again from it ([`Tries`]). Its length.
+    pub async fn put_local(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        part_size: u64,
+        content_type: &str,
+    ) -> Result<u64, StreamWriteError> {
+        let file = std::fs::File::open(path).map_err(super::read_failed)?;
+        let size = file.metadata().map_err(super::read_failed)?.len();
+        let url = self.object_url(&self.bucket_key(key));
+        if size <= part_size {
+            self.put_once_from(&url, &file, size, content_type).await?;
+            return Ok(size);
+        }
+        self.multipart(key, &url, content_type, async |upload| {
+            let mut offset = 0;
+            while offset < size {
+                let length = part_size.min(size - offset);
+                self.send_file_part(upload, &file, offset..offset + length)
+                    .await?;
+                offset += length;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(size)
+    }
+
+    /// Writes the new object `key` from `bytes` in one PUT, unless it exists; tried
+    /// again only when the store surely did not act.
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<(), StreamWriteError> {
+        let url = self.object_url(&self.bucket_key(key));
+        let headers = vec![
+            (http::header::CONTENT_TYPE, content_type.to_owned()),
+            (http::header::IF_NONE_MATCH, "*".to_owned()),
+        ];
+        let payload = Payload::Bytes(bytes);
+        let answer = self
+            .execute(
+                http::Method::PUT,
+                &url,
+                headers,
+                payload,
+                BASE_TIMEOUT,
+                Retry::IfNotApplied,
+            )
+            .await
+            .map_err(|err| store_error("write an object", err))?;
+        // Read to its end, the connection goes back to the pool.
+        let _ = answer.bytes().await;
+        Ok(())
+    }
+
+    /// One PUT of the object at `url` from the first `size` bytes of `file`, unless
+    /// it exists; tried again only when the store surely did not act, as a second
+    /// try after a first that landed would find the object.
+    async fn put_once_from(
+        &self,
+        url: &str,
+        file: &std::fs::File,
+        size: u64,
+        content_type: &str,
+    ) -> Result<(), StreamWriteError> {
+        let mut tries = Tries::default();
+        loop {
+            let headers = vec![
+                (http::header::CONTENT_TYPE, content_type.to_owned()),
+                (http::header::IF_NONE_MATCH, "*".to_owned()),
+            ];
+            let mut source = Source::new(read_again(file, 0..size)?);
+            let sent = self
+                .send_body(url, headers, &mut source, size)
+                .await
+                .map_err(|err| err.unwrap_or_else(|err| store_error("write an object", err)));
+            match sent {
+                Err(err) if again(&mut tries, &err, Retry::IfNotApplied).await => continue,
+                sent => return sent.map(drop),
+            }
+        }
+    }
+
+    /// Sends `range` of `file` as the upload's next part, read again for each try:
+    /// a part sent twice under one number replaces the first.
+    async fn send_file_part(
+        &self,
+        upload: &mut Multipart,
+        file: &std::fs::File,
+        range: std::ops::Range<u64>,
+    ) -> Result<(), StreamWriteError> {
+        let mut tries = Tries::default();
+        loop {
+            let length = range.end - range.start;
+            let mut source = Source::new(read_again(file, range.clone())?);
+            match self.send_part(upload, &mut source, length).await {
+                Err(err) if again(&mut tries, &err, Retry::IfTransient).await => continue,
+                sent => return sent,
+            }
+        }
     }
 
     /// Sends the next `length` bytes of `source` as the upload's next part.
@@ -389,9 +521,16 @@ impl S3Api {
             (http::header::IF_NONE_MATCH, "*".to_owned()),
         ];
         let completion = format!("{}</CompleteMultipartUpload>", upload.completion);
-        let payload = Payload::Bytes(completion.into_bytes());
+        let payload = Payload::Bytes(completion.into());
+        // Conditional: a second try after a first that landed would find the object.
         let answer = self
-            .ask(&upload.url, headers, payload, "complete a multipart upload")
+            .ask(
+                &upload.url,
+                headers,
+                payload,
+                Retry::IfNotApplied,
+                "complete a multipart upload",
+            )
             .await?;
         // S3 may answer 200 and still fail, with an error in the body.
         if answer.contains("<Error>") {
@@ -411,6 +550,7 @@ impl S3Api {
                 Vec::new(),
                 Payload::Empty,
                 BASE_TIMEOUT,
+                Retry::IfTransient,
             )
             .await;
         if let Err(err) = aborted {
@@ -418,17 +558,25 @@ impl S3Api {
         }
     }
 
-    /// A POST of `payload` to `url`; the answer's text. `operation` names it in
-    /// errors.
+    /// A POST of `payload` to `url`, tried again as `retry` allows; the answer's
+    /// text. `operation` names it in errors.
     async fn ask(
         &self,
         url: &str,
         headers: Vec<(http::HeaderName, String)>,
         payload: Payload,
+        retry: Retry,
         operation: &'static str,
     ) -> Result<String, StreamWriteError> {
         let answer = self
-            .execute(http::Method::POST, url, headers, payload, BASE_TIMEOUT)
+            .execute(
+                http::Method::POST,
+                url,
+                headers,
+                payload,
+                BASE_TIMEOUT,
+                retry,
+            )
             .await
             .map_err(|err| store_error(operation, err))?;
         answer
@@ -457,12 +605,14 @@ impl S3Api {
         });
         headers.push((http::header::CONTENT_LENGTH, length.to_string()));
         let timeout = BASE_TIMEOUT + Duration::from_secs(length / (1024 * 1024));
+        // A stream is sent once: a caller that can read it again tries again.
         let request = self.execute(
             http::Method::PUT,
             url,
             headers,
             Payload::Streamed(body),
             timeout,
+            Retry::IfNotApplied,
         );
         let (answer, fed) = tokio::join!(request, source.feed(length, pieces));
         fed.map_err(Ok)?;

@@ -235,6 +235,23 @@ async fn scopes_guard_reads_and_writes(setup: Setup) {
         vec!["FORBIDDEN"],
         "an empty scope grants nothing"
     );
+    // Even fields no resolver answers: a query needs read, a mutation write.
+    for (token, query) in [
+        (&nothing, "{ __schema { types { name } } }"),
+        (&nothing, "{ __typename }"),
+        (&reader, "mutation { __typename }"),
+    ] {
+        let body = app.gql(query, json!({}), Some(token)).await;
+        assert_eq!(codes(&body), vec!["FORBIDDEN"], "{query}: {body}");
+        assert!(body.get("data").is_none(), "{query}: {body}");
+    }
+    assert_eq!(
+        data(
+            &app.gql("{ __typename }", json!({}), Some(&reader)).await,
+            "__typename"
+        ),
+        "Query"
+    );
     let download = app
         .client
         .get(att["downloadUrl"].as_str().expect("url"))
@@ -251,6 +268,22 @@ async fn scopes_guard_reads_and_writes(setup: Setup) {
         ),
         vec!["FORBIDDEN"]
     );
+
+    // "Completing" a file that is no direct upload answers its maker's retry (it
+    // saw the file already), but reads nothing for another write-only caller.
+    const COMPLETE: &str = "mutation($id: ID!) { completeDirectUpload(id: $id) { id url } }";
+    let maker = app
+        .gql(COMPLETE, json!({ "id": att["id"] }), Some(&write_only))
+        .await;
+    assert_eq!(data(&maker, "completeDirectUpload")["id"], att["id"]);
+    let other_writer = hs256(
+        json!({ "sub": "w", "tenant_id": acme, "exp": now() + 600, "scope": "attachments:write" }),
+    );
+    let refused = app
+        .gql(COMPLETE, json!({ "id": att["id"] }), Some(&other_writer))
+        .await;
+    assert_eq!(codes(&refused), vec!["NOT_FOUND"], "{refused}");
+    assert!(!refused.to_string().contains("a.pdf"), "{refused}");
 }
 
 /// A `scope` of null restricts like an empty one, scopes split on U+0020 only, and a

@@ -47,6 +47,17 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "cdn.example.com",
             "S3_PUBLIC_BASE_URL",
         ),
+        ("--cors-allowed-origins", "*", "CORS_ALLOWED_ORIGINS"),
+        (
+            "--cors-allowed-origins",
+            "https://app.example.com,app.example.com",
+            "CORS_ALLOWED_ORIGINS",
+        ),
+        (
+            "--cors-allowed-origins",
+            "https://app.example.com/login",
+            "CORS_ALLOWED_ORIGINS",
+        ),
     ] {
         let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
         if flag != "--listen-addr" {
@@ -154,8 +165,72 @@ async fn the_token_command_mints_what_the_server_accepts(setup: Setup) {
         "a token the server would refuse"
     );
     assert!(String::from_utf8_lossy(&long_sub.stderr).contains("--sub must be 1 to 255 bytes"));
-    let without_secret = run_attache(vec!["token".into(), "--tenant".into(), acme]).await;
+    let without_secret = run_attache(vec!["token".into(), "--tenant".into(), acme.clone()]).await;
     assert!(String::from_utf8_lossy(&without_secret.stderr).contains("JWT_SECRET"));
+    // A secret `serve` would refuse mints nothing.
+    let short_secret = run_attache(vec![
+        "token".into(),
+        "--tenant".into(),
+        acme.clone(),
+        "--jwt-secret".into(),
+        "too-short-a-secret".into(),
+    ])
+    .await;
+    assert!(!short_secret.status.success());
+    let stderr = String::from_utf8_lossy(&short_secret.stderr);
+    assert!(stderr.contains("JWT_SECRET: has 18 bytes"), "{stderr}");
+
+    // A claim that is not text is named as such.
+    let numbered = crate::helpers::hs256(serde_json::json!({
+        "sub": "u", "tenant_id": 42, "exp": crate::helpers::now() + 600
+    }));
+    let body = app.gql(list, serde_json::json!({}), Some(&numbered)).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`tenant_id` claim is not a string"),
+        "{body}"
+    );
+}
+
+/// `TENANT_CLAIM=sub`: each subject is a tenant of its own. The server read the
+/// tenant among the other claims, where `sub` never is, and refused every token.
+async fn the_subject_may_be_the_tenant(setup: Setup) {
+    let app = TestApp::spawn_with(setup, &["--tenant-claim", "sub"]).await;
+    let acme = tenant();
+    let output = run_attache(vec![
+        "token".into(),
+        "--tenant".into(),
+        acme.clone(),
+        "--tenant-claim".into(),
+        "sub".into(),
+        "--jwt-secret".into(),
+        SECRET.into(),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let att = app
+        .upload(
+            &token,
+            &crate::helpers::pdf(),
+            "contract",
+            Some("c-1"),
+            "a.pdf",
+        )
+        .await;
+    assert_eq!(att["createdBy"], acme.as_str());
+    let other = crate::helpers::hs256(serde_json::json!({
+        "sub": tenant(), "exp": crate::helpers::now() + 600
+    }));
+    let list = "query { attachments(ownerType: \"contract\") { totalCount } }";
+    for (bearer, files) in [(&token, 1), (&other, 0)] {
+        let body = app.gql(list, serde_json::json!({}), Some(bearer)).await;
+        assert_eq!(data(&body, "attachments")["totalCount"], files, "{body}");
+    }
 }
 
 async fn a_collections_file_replaces_the_built_in_ones(setup: Setup) {
@@ -321,5 +396,6 @@ crate::matrix!(
 );
 crate::matrix!(
     the_token_command_mints_what_the_server_accepts,
+    the_subject_may_be_the_tenant,
     a_collections_file_replaces_the_built_in_ones,
 );

@@ -128,7 +128,7 @@ async fn the_bearer_route_follows_every_header_rule(setup: Setup) {
         content.len().to_string().as_str()
     );
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert_eq!(headers["cache-control"], "private");
+    assert_eq!(headers["cache-control"], "private, no-cache");
     assert_eq!(headers["accept-ranges"], "bytes");
     let disposition = headers["content-disposition"].to_str().expect("ascii");
     assert!(disposition.starts_with("attachment;"), "{disposition}");

@@ -628,13 +628,16 @@ async fn listed_rows_are_counted_before_anything_runs(_: Setup) {
 /// An `Upload` names a part of a multipart body by a placeholder that the `map`
 /// writes. A client that wrote one itself, with no number after it, panicked the
 /// request before its scope was even checked (async-graphql unwraps the number): the
-/// connection dropped without an answer. Now it is a clear error, for a read-only
-/// token too, however often it is sent.
+/// connection dropped without an answer. Now it is a clear error however often it is
+/// sent: FORBIDDEN for a read-only token, before any argument is read, and
+/// BAD_USER_INPUT for a writer (a field's error: the mutations before it have run,
+/// so it is no request error, which GraphQL over HTTP answers 400 without data).
 async fn a_forged_file_placeholder_is_an_error(_: Setup) {
     let mut served = Served::start(&[]).await;
     let reader = hs256(
         json!({ "sub": "attacker", "tenant_id": "forged", "exp": now() + 600, "scope": "attachments:read" }),
     );
+    let writer = token("forged");
     let mutation = "mutation($f: Upload!) { uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $f}) { id } }";
     let literal = "mutation { uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: \"#__graphql_file__:x\"}) { id } }";
     let preset = "mutation($f: Upload! = \"#__graphql_file__:\") { uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $f}) { id } }";
@@ -649,6 +652,10 @@ async fn a_forged_file_placeholder_is_an_error(_: Setup) {
         for body in &forged {
             let (status, answer) = post(&served, Some(&reader), body).await;
             assert_eq!(status, 200, "round {round}, {body}: {answer}");
+            assert_eq!(codes(&answer), vec!["FORBIDDEN"], "{body}: {answer}");
+            let (status, answer) = post(&served, Some(&writer), body).await;
+            assert_eq!(status, 200, "round {round}, {body}: {answer}");
+            assert_eq!(codes(&answer), vec!["BAD_USER_INPUT"], "{body}: {answer}");
             let message = answer["errors"][0]["message"].as_str().unwrap_or_default();
             assert!(
                 message.contains("Upload") || message.contains("multipart"),
@@ -656,6 +663,18 @@ async fn a_forged_file_placeholder_is_an_error(_: Setup) {
             );
         }
     }
+    let ran_first = json!({ "query": "mutation { a: __typename b: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: \"x\"}) { id } }" });
+    let answer = http_client()
+        .post(format!("{}/graphql", served.base_url))
+        .bearer_auth(&writer)
+        .header("accept", "application/graphql-response+json")
+        .json(&ran_first)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), 200, "a field's error, not a request's");
+    let answer: Value = answer.json().await.expect("JSON");
+    assert_eq!(codes(&answer), vec!["BAD_USER_INPUT"], "{answer}");
     // A placeholder with a number names no part of a JSON request: the same answer
     // as a missing part.
     let (status, answer) = post(

@@ -233,6 +233,42 @@ async fn cors_answers_only_the_configured_origins(setup: Setup) {
             .get("access-control-allow-origin")
             .is_none()
     );
+    // A resumable download from the app: its preflight allows the conditional
+    // headers, and the answer shows the app that ranges work.
+    let resume = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url("/api/attachments/x/download"),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header(
+            "access-control-request-headers",
+            "authorization,range,if-range,if-match,if-modified-since",
+        )
+        .send()
+        .await
+        .expect("OPTIONS");
+    let allowed = resume.headers()["access-control-allow-headers"]
+        .to_str()
+        .expect("text")
+        .to_ascii_lowercase();
+    for header in ["range", "if-range", "if-match", "if-modified-since"] {
+        assert!(allowed.contains(header), "{header}: {allowed}");
+    }
+    let answer = app
+        .client
+        .get(app.url("/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("GET");
+    let exposed = answer.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("text")
+        .to_ascii_lowercase();
+    assert!(exposed.contains("accept-ranges"), "{exposed}");
 
     let plain = TestApp::spawn(setup).await;
     let response = plain

@@ -96,6 +96,17 @@ async fn in_development_mode_the_page_carries_a_working_token(_setup: Setup) {
     let client = http_client();
     let (headers, html) = get_page(&client, &playground).await;
     let token = dev_token(&html);
+    // Another site's name resolved to this machine (DNS rebinding) reads no token.
+    let rebound = client
+        .get(&playground)
+        .header("accept", "text/html")
+        .header("host", "evil.example:8080")
+        .send()
+        .await
+        .expect("GET /graphql")
+        .text()
+        .await
+        .expect("html");
     let list = json!({ "query": "{ attachments(ownerType: \"contract\") { totalCount } }" });
     let body: Option<serde_json::Value> = match &token {
         Some(token) => Some(
@@ -117,6 +128,12 @@ async fn in_development_mode_the_page_carries_a_working_token(_setup: Setup) {
     assert!(headers.contains_key("content-security-policy"));
     assert_no_inline_script(&html);
     assert!(token.is_some(), "a token in the page: {html}");
+    assert!(rebound.contains("GraphiQL"), "{rebound}");
+    assert_eq!(
+        dev_token(&rebound),
+        None,
+        "a token for another name: {rebound}"
+    );
     assert_eq!(
         data(&body.expect("an answer"), "attachments")["totalCount"],
         0

@@ -13,7 +13,7 @@ use crate::helpers::{
     announce, announce_and_put, codes, complete_direct, data, declaration, direct_upload, fetch,
     multipart_head, pdf, post_multipart, put_to, s3_flags, sha256_hex, tenant, upload_file_form,
 };
-use crate::helpers::{SECRET, private_database_url, run_attache};
+use crate::helpers::{Fault, SECRET, private_database_url, run_attache};
 
 async fn objects_are_never_overwritten(setup: Setup) {
     let app = TestApp::spawn(setup).await;
@@ -227,6 +227,49 @@ async fn concurrent_completions_make_one_attachment(setup: Setup) {
     assert_eq!(keys.len(), 4, "one object per attachment: {keys:?}");
 }
 
+/// On fs attache's upload route takes the PUT: a completion sent while the body is
+/// still coming says the file is not there yet, and the upload completes once the
+/// body has come whole. Before, the completion saw the half-written file, refused
+/// the upload and removed it, while the PUT still answered 200.
+async fn a_direct_upload_is_seen_only_whole(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let content = padded_pdf(1024 * 1024);
+    let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
+    let (first, rest) = content.split_at(600 * 1024);
+    let (mut sender, body) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    futures::SinkExt::send(&mut sender, Ok(first.to_vec()))
+        .await
+        .expect("queue the first bytes");
+    let put = app
+        .client
+        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let put = tokio::spawn(put);
+    let started = std::time::Instant::now();
+    while app.stored_keys().is_empty() {
+        assert!(started.elapsed().as_secs() < 20, "the PUT never began");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let early = complete_direct(&app, &bearer, &direct).await;
+    assert_eq!(codes(&early), vec!["BAD_USER_INPUT"], "{early}");
+    let message = early["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("yet"), "{early}");
+
+    futures::SinkExt::send(&mut sender, Ok(rest.to_vec()))
+        .await
+        .expect("queue the rest");
+    drop(sender);
+    let put = put.await.expect("the PUT's task").expect("PUT");
+    assert_eq!(put.status(), 200);
+    let done = complete_direct(&app, &bearer, &direct).await;
+    assert_eq!(
+        fetch(&data(&done, "completeDirectUpload")["url"]).await,
+        content
+    );
+}
+
 /// A completion that storage fails keeps the direct upload: once storage is back, a
 /// retry completes it. Before, the failure removed the upload and the retry got
 /// NOT_FOUND. (An empty folder where the attachment's file goes makes the disk refuse
@@ -270,8 +313,12 @@ async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
     ] {
         let (direct, status) = announce_and_put(&app, &bearer, declared, content.clone()).await;
         // On S3 the declared length is signed into the URL: the store refuses the PUT.
-        let refused_by_the_store = case == "size" && app.on_s3();
-        let expected = if refused_by_the_store { 403 } else { 200 };
+        // On fs attache's route refuses a body shorter than declared.
+        let expected = match (case, app.on_s3()) {
+            ("size", true) => 403,
+            ("size", false) => 400,
+            _ => 200,
+        };
         assert_eq!(status, expected, "{case}: PUT");
         let done = complete_direct(&app, &bearer, &direct).await;
         assert_eq!(codes(&done), vec![code], "{case}: {done}");
@@ -834,13 +881,96 @@ async fn the_prefix_is_joined_inside_the_bucket(setup: Setup) {
     assert_eq!(fetch(&att["url"]).await, content);
 }
 
+/// A throttled or briefly failing store costs a retry, not the upload: each request
+/// of a multipart upload fails once or twice (503 `SlowDown`, 500
+/// `InternalError`, as B2 and AWS answer under load), and the file is stored whole;
+/// so is a small file whose PUT was throttled. A part the store keeps failing
+/// fails its upload after three tries, leaving no object and no row. Before, one
+/// failed request failed the upload.
+async fn a_throttled_store_costs_a_retry_not_the_upload(setup: Setup) {
+    const SIZE: usize = 11 * 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collections = dir.path().join("collections.toml");
+    std::fs::write(
+        &collections,
+        format!(
+            "[contract]\nkey = \"{{tenant}}/contracts/{{owner}}/{{id}}{{ext}}\"\nmax_bytes = {}\naccept = [\"pdf\"]\n",
+            2 * SIZE
+        ),
+    )
+    .expect("write collections");
+    let max = (4 * SIZE).to_string();
+    let flags = [
+        "--collections-file",
+        collections.to_str().expect("utf-8"),
+        "--max-upload-bytes",
+        &max,
+        "--max-request-bytes",
+        &max,
+        "--s3-part-size-bytes",
+        "5242880",
+    ];
+    let app = TestApp::spawn_with(setup, &flags).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let faults = app.s3.as_ref().expect("an s3s cell").faults.clone();
+    let fail = |method: http::Method, query: &'static str, times: usize, status: u16| Fault {
+        method,
+        query,
+        times,
+        status,
+        code: if status == 503 {
+            "SlowDown"
+        } else {
+            "InternalError"
+        },
+    };
+    faults.add(fail(http::Method::POST, "uploads", 1, 500));
+    faults.add(fail(http::Method::PUT, "partNumber", 2, 503));
+    faults.add(fail(http::Method::POST, "uploadId", 1, 503));
+    faults.add(fail(http::Method::PUT, "", 1, 503));
+    let mut content = b"%PDF-1.7\n".to_vec();
+    let mut state: u32 = 11;
+    content.extend((0..SIZE).map(|_| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 24) as u8
+    }));
+    let upload = |content: &[u8], owner: &str| {
+        json!({ "input": {
+            "ownerType": "contract", "ownerId": owner, "filename": "big.pdf",
+            "base64": STANDARD.encode(content),
+        }})
+    };
+    for (content, owner) in [(&content, "large"), (&pdf(), "small")] {
+        let stored = app.gql(UPLOAD, upload(content, owner), Some(&bearer)).await;
+        let att = data(&stored, "uploadAttachment");
+        assert_eq!(att["sha256"], sha256_hex(content), "{owner}");
+        assert_eq!(&fetch(&att["url"]).await, content, "{owner}");
+    }
+    assert_eq!(faults.answered(), 5, "every fault was met and outlived");
+
+    let before = app.stored_keys();
+    faults.add(fail(http::Method::PUT, "partNumber", 3, 500));
+    let failed = app
+        .gql(UPLOAD, upload(&content, "failed"), Some(&bearer))
+        .await;
+    assert_eq!(codes(&failed), vec!["STORAGE_UNAVAILABLE"], "{failed:.300}");
+    assert_eq!(faults.answered(), 8, "three tries of the part");
+    assert_eq!(app.stored_keys(), before, "no object of the failed upload");
+    assert_eq!(app.row_count(&acme).await, 2);
+}
+
 crate::matrix!(
     s3: a_storage_outage_is_storage_unavailable,
+    a_throttled_store_costs_a_retry_not_the_upload,
     the_prefix_is_joined_inside_the_bucket,
     a_crash_mid_upload_leaves_parts_the_sweep_aborts,
 );
 
-crate::matrix!(db: a_storage_failure_in_completion_keeps_the_upload);
+crate::matrix!(
+    db: a_storage_failure_in_completion_keeps_the_upload,
+    a_direct_upload_is_seen_only_whole,
+);
 
 crate::matrix!(once: bad_bucket_settings_fail_fast_in_one_line, storage_check_says_what_works);
 /// `storage check` on Garage, which ignores `If-None-Match`: every step passes and
@@ -916,6 +1046,21 @@ async fn a_crash_mid_upload_leaves_parts_the_sweep_aborts(setup: Setup) {
             .await
             .expect("sweep");
         assert!(swept.is_empty(), "{swept:?}");
+        // Nor do credentials that may not list them (no s3:ListBucketMultipartUploads)
+        // stop it: the orphans it removed before are said, not lost in an error.
+        let faults = &app.s3.as_ref().expect("an s3s cell").faults;
+        faults.add(Fault {
+            method: http::Method::GET,
+            query: "uploads",
+            times: 1,
+            status: 403,
+            code: "AccessDenied",
+        });
+        let swept = sweep::run(&app.app, Duration::ZERO, false)
+            .await
+            .expect("a sweep without the permission");
+        assert!(swept.is_empty(), "{swept:?}");
+        assert_eq!(faults.answered(), 1);
         return;
     }
     let listed = unfinished().await.expect("list");

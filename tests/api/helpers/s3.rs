@@ -76,7 +76,62 @@ pub struct S3Server {
     pub endpoint: String,
     pub root: PathBuf,
     pub addr: SocketAddr,
+    /// Failures it answers in place of the store, as a test sets them.
+    pub faults: std::sync::Arc<Faults>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Requests of one kind that the server fails instead of serving, having read
+/// their body: a throttled or failing store.
+pub struct Fault {
+    pub method: http::Method,
+    /// A query parameter the requests carry (`partNumber`, `uploads`, `uploadId`),
+    /// or "" for requests with no query.
+    pub query: &'static str,
+    /// How many of them fail.
+    pub times: usize,
+    pub status: u16,
+    /// The S3 error code of the answer (`SlowDown`, `InternalError`).
+    pub code: &'static str,
+}
+
+/// The faults an [`S3Server`] is to answer, and how many it has.
+#[derive(Default)]
+pub struct Faults {
+    pending: std::sync::Mutex<Vec<Fault>>,
+    answered: std::sync::atomic::AtomicUsize,
+}
+
+impl Faults {
+    pub fn add(&self, fault: Fault) {
+        self.pending.lock().expect("faults").push(fault);
+    }
+
+    /// Faults answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The status and code to fail a request with, if one of its kind is due.
+    fn take(&self, method: &http::Method, query: Option<&str>) -> Option<(u16, &'static str)> {
+        let mut pending = self.pending.lock().expect("faults");
+        let carries = |name: &str| match query {
+            None => name.is_empty(),
+            Some(query) => {
+                !name.is_empty()
+                    && query
+                        .split('&')
+                        .any(|pair| pair.split('=').next() == Some(name))
+            }
+        };
+        let fault = pending
+            .iter_mut()
+            .find(|fault| fault.times > 0 && fault.method == method && carries(fault.query))?;
+        fault.times -= 1;
+        self.answered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some((fault.status, fault.code))
+    }
 }
 
 impl S3Server {
@@ -89,6 +144,14 @@ impl S3Server {
     }
 
     fn serve(root: &Path, listener: tokio::net::TcpListener) -> Self {
+        Self::serve_with(root, listener, Default::default())
+    }
+
+    fn serve_with(
+        root: &Path,
+        listener: tokio::net::TcpListener,
+        faults: std::sync::Arc<Faults>,
+    ) -> Self {
         let addr = listener.local_addr().expect("S3 addr");
         let filesystem = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
         let mut builder = s3s::service::S3ServiceBuilder::new(filesystem);
@@ -96,7 +159,28 @@ impl S3Server {
             S3_ACCESS_KEY,
             S3_SECRET_KEY,
         ));
-        let service = builder.build();
+        let store = builder.build();
+        let injected = faults.clone();
+        let service = hyper::service::service_fn(
+            move |request: http::Request<hyper::body::Incoming>| {
+                let store = store.clone();
+                let faults = injected.clone();
+                async move {
+                    let due = faults.take(request.method(), request.uri().query());
+                    let Some((status, code)) = due else {
+                        return hyper::service::Service::call(&store, request).await;
+                    };
+                    // The whole body is read first: the client must send it again.
+                    let _ = http_body_util::BodyExt::collect(request.into_body()).await;
+                    let body = format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected</Message></Error>"
+                    );
+                    let mut answer = http::Response::new(s3s::Body::from(body));
+                    *answer.status_mut() = http::StatusCode::from_u16(status).expect("a status");
+                    Ok(answer)
+                }
+            },
+        );
         let task = tokio::spawn(async move {
             // Dropping the set (on abort) closes every open connection too.
             let mut connections = tokio::task::JoinSet::new();
@@ -116,6 +200,7 @@ impl S3Server {
             endpoint: format!("http://{addr}"),
             root: root.to_owned(),
             addr,
+            faults,
             task,
         }
     }
@@ -129,7 +214,7 @@ impl S3Server {
     pub async fn restart(&mut self) {
         self.task.abort();
         let listener = bind_patiently(self.addr, "the S3 server", 50).await;
-        *self = Self::serve(&self.root.clone(), listener);
+        *self = Self::serve_with(&self.root.clone(), listener, self.faults.clone());
     }
 }
 
