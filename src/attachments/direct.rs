@@ -169,7 +169,7 @@ impl Receiving {
     {
         let stored = app
             .storage
-            .put_whole(&self.key, body, self.declared, &self.content_type)
+            .put_exact(&self.key, body, self.declared, &self.content_type)
             .await;
         match stored {
             Ok(_) => Ok(()),

@@ -384,29 +384,8 @@ impl Storage {
         E: std::fmt::Display,
     {
         match &self.fs_root {
-            Some(root) => land_whole(root, key, body, None).await,
+            Some(root) => land_whole(root, key, body, None, true).await,
             None => self.put_stream(key, body, u64::MAX, content_type).await,
-        }
-    }
-
-    /// Writes the new object `key` from exactly `size` bytes of `body`, for a key
-    /// that others look for while it is written (a direct upload's staging key, which
-    /// a completion reads): none sees it before it is whole, and a body that ends
-    /// short leaves nothing, so the writer may try again.
-    pub async fn put_whole<S, E>(
-        &self,
-        key: &StorageKey,
-        body: S,
-        size: u64,
-        content_type: &str,
-    ) -> Result<u64, StreamWriteError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        match &self.fs_root {
-            Some(root) => land_whole(root, key, body, Some(size)).await,
-            None => self.put_exact(key, body, size, content_type).await,
         }
     }
 
@@ -476,6 +455,12 @@ impl Storage {
         E: std::fmt::Display,
     {
         if let Some(root) = &self.fs_root {
+            // A staging key is looked for while it is written (a completion reads a
+            // direct upload's file): it lands whole. Any other key is known only to
+            // its intent, which removes what a kill leaves.
+            if StorageKey::is_staging(key.as_str()) {
+                return land_whole(root, key, body, Some(size), self.fsync_files).await;
+            }
             let written = self.write_local(root, key, body, size).await?;
             if written == size {
                 return Ok(written);
@@ -733,30 +718,39 @@ fn link_new(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
     }
 }
 
-/// Streams `body` into a file of its own beside `key`'s under `root`, synced, then
-/// links it into place (never over an existing file): a reader, or a kill, never
-/// sees it half-made. `exact`: the length the body must have, or nothing lands.
+/// Streams `body` into a file of its own beside `key`'s under `root`, synced when
+/// `sync`, then links it into place (never over an existing file): a reader (a
+/// completion looking for a direct upload's file), or a kill, never sees it
+/// half-made. `exact`: the length the body must have, or nothing lands.
 async fn land_whole<S, E>(
     root: &std::path::Path,
     key: &StorageKey,
     body: S,
     exact: Option<u64>,
+    sync: bool,
 ) -> Result<u64, StreamWriteError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     let path = root.join(key.as_str());
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
     // A name of its own: a writer killed midway leaves no file that blocks the next.
-    let partial = path.with_file_name(format!(".partial-{}-{name}", uuid::Uuid::new_v4()));
-    let (_, written) = write_file(partial.clone(), body, exact.unwrap_or(u64::MAX), true).await?;
+    // Beside a staging key, another staging key, which `storage sweep` removes.
+    let partial = match StorageKey::is_staging(key.as_str()) {
+        true => root.join(StorageKey::staging(uuid::Uuid::now_v7()).as_str()),
+        false => {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            path.with_file_name(format!(".partial-{}-{name}", uuid::Uuid::new_v4()))
+        }
+    };
+    let (_, written) = write_file(partial.clone(), body, exact.unwrap_or(u64::MAX), sync).await?;
     let whole = exact.is_none_or(|size| size == written);
     let linked = tokio::task::spawn_blocking(move || {
-        let linked = match whole {
-            true => link_new(&partial, &path)
+        let linked = match (whole, sync) {
+            (true, true) => link_new(&partial, &path)
                 .and_then(|()| std::fs::File::open(path.parent().unwrap_or(&path))?.sync_all()),
-            false => Ok(()),
+            (true, false) => link_new(&partial, &path),
+            (false, _) => Ok(()),
         };
         let _ = std::fs::remove_file(&partial);
         linked

@@ -121,25 +121,26 @@ async fn a_mistyped_variable_is_named_with_the_closest_setting(_setup: Setup) {
     assert!(!stderr.contains("never echoed"), "{stderr}");
 }
 
-async fn the_token_command_mints_what_the_server_accepts(setup: Setup) {
-    let app = TestApp::spawn(setup).await;
-    let acme = tenant();
-    let output = run_attache(vec![
-        "token".into(),
-        "--tenant".into(),
-        acme.clone(),
-        "--scope".into(),
-        "attachments:read".into(),
-        "--jwt-secret".into(),
-        SECRET.into(),
-    ])
-    .await;
+/// A token of `tenant` from `attache token` with the tests' secret and `flags`.
+async fn minted(tenant: &str, flags: &[&str]) -> String {
+    let args = ["token", "--tenant", tenant, "--jwt-secret", SECRET]
+        .iter()
+        .chain(flags)
+        .map(ToString::to_string)
+        .collect();
+    let output = run_attache(args).await;
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+async fn the_token_command_mints_what_the_server_accepts(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let token = minted(&acme, &["--scope", "attachments:read"]).await;
     let list = "query { attachments(ownerType: \"contract\") { totalCount } }";
     let body = app.gql(list, serde_json::json!({}), Some(&token)).await;
     assert_eq!(data(&body, "attachments")["totalCount"], 0);
@@ -197,22 +198,7 @@ async fn the_token_command_mints_what_the_server_accepts(setup: Setup) {
 async fn the_subject_may_be_the_tenant(setup: Setup) {
     let app = TestApp::spawn_with(setup, &["--tenant-claim", "sub"]).await;
     let acme = tenant();
-    let output = run_attache(vec![
-        "token".into(),
-        "--tenant".into(),
-        acme.clone(),
-        "--tenant-claim".into(),
-        "sub".into(),
-        "--jwt-secret".into(),
-        SECRET.into(),
-    ])
-    .await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let token = minted(&acme, &["--tenant-claim", "sub"]).await;
     let att = app
         .upload(
             &token,

@@ -570,20 +570,22 @@ fn files_under(dir: &std::path::Path) -> usize {
 /// the 8 MiB parts of an S3 multipart upload) are checked and stored as they
 /// stream; a corrupted one and one that is not text throughout are refused, with
 /// nothing left in storage.
-async fn large_files_stream_through(setup: Setup) {
-    const SIZE: usize = 24 * 1024 * 1024;
+/// The app with contracts (PDF or text) of up to `2 * size` bytes, and requests as
+/// large, with `flags`.
+async fn spawn_for_large_files(setup: Setup, size: usize, flags: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let collections = dir.path().join("collections.toml");
     std::fs::write(
         &collections,
         format!(
             "[contract]\nkey = \"{{tenant}}/contracts/{{owner}}/{{id}}{{ext}}\"\nmax_bytes = {}\naccept = [\"pdf\", \"txt\"]\n",
-            2 * SIZE
+            2 * size
         ),
     )
     .expect("write collections");
-    let max = (2 * SIZE).to_string();
-    let flags = [
+    // Base64 takes a third more: the request may be twice the file.
+    let max = (4 * size).to_string();
+    let mut all = vec![
         "--collections-file",
         collections.to_str().expect("utf-8"),
         "--max-upload-bytes",
@@ -591,15 +593,28 @@ async fn large_files_stream_through(setup: Setup) {
         "--max-request-bytes",
         &max,
     ];
-    let app = TestApp::spawn_with(setup, &flags).await;
-    let acme = tenant();
-    let bearer = app.token(&acme);
+    all.extend(flags);
+    // The collections are read at the start: the folder may go after it.
+    TestApp::spawn_with(setup, &all).await
+}
+
+/// A PDF of `size` bytes after its header, which compress to nothing.
+fn large_pdf(size: usize, seed: u32) -> Vec<u8> {
     let mut content = b"%PDF-1.7\n".to_vec();
-    let mut state: u32 = 7;
-    content.extend((0..SIZE).map(|_| {
+    let mut state = seed;
+    content.extend((0..size).map(|_| {
         state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         (state >> 24) as u8
     }));
+    content
+}
+
+async fn large_files_stream_through(setup: Setup) {
+    const SIZE: usize = 24 * 1024 * 1024;
+    let app = spawn_for_large_files(setup, SIZE, &[]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = large_pdf(SIZE, 7);
 
     let (direct, att) = direct_upload(&app, &bearer, &content).await;
     assert_eq!(att["sha256"], sha256_hex(&content));
@@ -889,28 +904,7 @@ async fn the_prefix_is_joined_inside_the_bucket(setup: Setup) {
 /// failed request failed the upload.
 async fn a_throttled_store_costs_a_retry_not_the_upload(setup: Setup) {
     const SIZE: usize = 11 * 1024 * 1024;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let collections = dir.path().join("collections.toml");
-    std::fs::write(
-        &collections,
-        format!(
-            "[contract]\nkey = \"{{tenant}}/contracts/{{owner}}/{{id}}{{ext}}\"\nmax_bytes = {}\naccept = [\"pdf\"]\n",
-            2 * SIZE
-        ),
-    )
-    .expect("write collections");
-    let max = (4 * SIZE).to_string();
-    let flags = [
-        "--collections-file",
-        collections.to_str().expect("utf-8"),
-        "--max-upload-bytes",
-        &max,
-        "--max-request-bytes",
-        &max,
-        "--s3-part-size-bytes",
-        "5242880",
-    ];
-    let app = TestApp::spawn_with(setup, &flags).await;
+    let app = spawn_for_large_files(setup, SIZE, &["--s3-part-size-bytes", "5242880"]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     let faults = app.s3.as_ref().expect("an s3s cell").faults.clone();
@@ -929,12 +923,7 @@ async fn a_throttled_store_costs_a_retry_not_the_upload(setup: Setup) {
     faults.add(fail(http::Method::PUT, "partNumber", 2, 503));
     faults.add(fail(http::Method::POST, "uploadId", 1, 503));
     faults.add(fail(http::Method::PUT, "", 1, 503));
-    let mut content = b"%PDF-1.7\n".to_vec();
-    let mut state: u32 = 11;
-    content.extend((0..SIZE).map(|_| {
-        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (state >> 24) as u8
-    }));
+    let content = large_pdf(SIZE, 11);
     let upload = |content: &[u8], owner: &str| {
         json!({ "input": {
             "ownerType": "contract", "ownerId": owner, "filename": "big.pdf",
