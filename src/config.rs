@@ -245,6 +245,10 @@ pub struct UrlConfig {
     /// Lifetime of a signed URL, in seconds.
     #[arg(long, env = "URL_TTL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub url_ttl_seconds: u64,
+    /// Longest lifetime `url(ttlSeconds:)` may ask for, in seconds: a link opens
+    /// without a token, so it may outlive the token that made it by this much.
+    #[arg(long, env = "MAX_URL_TTL_SECONDS", default_value_t = 604_800, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub max_url_ttl_seconds: u64,
     /// HMAC key for signed links; random at startup when unset (links then die at restart).
     #[arg(long, env = "SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<Secret>,
@@ -260,7 +264,17 @@ pub struct AuthConfig {
         conflicts_with = "jwt_public_key_file"
     )]
     pub jwt_secret: Option<Secret>,
-    /// PEM public key for RS256 / ES256 / EdDSA tokens (instead of JWT_SECRET).
+    /// The secret before JWT_SECRET, still accepted (never used to mint) while
+    /// tokens signed with it expire: a rotation without a cutover.
+    #[arg(
+        long,
+        env = "JWT_PREVIOUS_SECRET",
+        hide_env_values = true,
+        requires = "jwt_secret"
+    )]
+    pub jwt_previous_secret: Option<Secret>,
+    /// PEM public key for RS256 / ES256 / EdDSA tokens (instead of JWT_SECRET); the
+    /// file may hold several keys (during a rotation), each accepted.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
     /// Required `iss` claim, checked when set.
@@ -601,6 +615,10 @@ impl Config {
         self.storage.validate()?;
         let keys = [
             ("JWT_SECRET", self.auth.jwt_secret.as_ref()),
+            (
+                "JWT_PREVIOUS_SECRET",
+                self.auth.jwt_previous_secret.as_ref(),
+            ),
             ("SIGNING_KEY", self.urls.signing_key.as_ref()),
         ];
         for (variable, key) in keys {
@@ -619,6 +637,15 @@ impl Config {
         }
         if let Some(url) = &self.urls.s3_public_base_url {
             base_url("S3_PUBLIC_BASE_URL", url)?;
+        }
+        if self.urls.url_ttl_seconds > self.urls.max_url_ttl_seconds {
+            return Err(ConfigError::new(
+                "URL_TTL_SECONDS",
+                format!(
+                    "is {}, above MAX_URL_TTL_SECONDS ({}): lower it, or raise the cap",
+                    self.urls.url_ttl_seconds, self.urls.max_url_ttl_seconds
+                ),
+            ));
         }
         let origins = self.cors_allowed_origins.iter();
         for origin in origins.filter(|origin| !origin.trim().is_empty()) {

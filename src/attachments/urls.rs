@@ -15,13 +15,12 @@ use crate::disposition::{content_disposition, download_filename};
 use crate::error::AppResult;
 use crate::storage::StorageKey;
 
-/// Longest lifetime a client may ask of a signed URL (and S3's own limit).
-pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The requested lifetime, or the configured default, kept within 1 s and 7 days.
+/// The requested lifetime, or the configured default, kept within 1 s and
+/// `MAX_URL_TTL_SECONDS` (at most 7 days, S3's own limit).
 pub fn clamp_ttl(app: &App, requested_seconds: Option<i64>) -> Duration {
-    let max = i64::try_from(MAX_TTL.as_secs()).unwrap_or(i64::MAX);
-    let seconds = requested_seconds.map_or(app.config.urls.url_ttl_seconds, |seconds| {
+    let urls = &app.config.urls;
+    let max = i64::try_from(urls.max_url_ttl_seconds).unwrap_or(i64::MAX);
+    let seconds = requested_seconds.map_or(urls.url_ttl_seconds, |seconds| {
         u64::try_from(seconds.clamp(1, max)).unwrap_or(1)
     });
     Duration::from_secs(seconds)

@@ -27,85 +27,94 @@ struct Claims {
 
 /// Verifies bearer tokens and turns them into a [`Principal`].
 pub struct JwtVerifier {
-    key: DecodingKey,
-    validation: Validation,
+    /// Every key a token may be signed with, tried in turn: the current one, and
+    /// during a rotation the other (`JWT_PREVIOUS_SECRET`, or another key in
+    /// `JWT_PUBLIC_KEY_FILE`), so that no client is cut off when keys change.
+    keys: Vec<VerifyingKey>,
     tenant_claim: String,
 }
 
+/// A key and what a token signed with it must meet: the algorithms of the key's
+/// family (so `alg: none` and HS/RS confusion cannot pass), the claims required.
+struct VerifyingKey {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+const RSA_FAMILY: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
 impl JwtVerifier {
-    /// The verifier of the configured key; `None` when neither `JWT_SECRET` nor
+    /// The verifier of the configured keys; `None` when neither `JWT_SECRET` nor
     /// `JWT_PUBLIC_KEY_FILE` is set (development mode).
     pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, ConfigError> {
         if let Some(secret) = &config.jwt_secret {
-            return Ok(Some(Self::hmac(secret.expose().as_bytes(), config)));
+            let secrets = std::iter::once(secret).chain(&config.jwt_previous_secret);
+            let keys = secrets.map(|secret| DecodingKey::from_secret(secret.expose().as_bytes()));
+            return Ok(Some(Self::new(
+                keys.map(|key| (key, HMAC_FAMILY.as_slice())),
+                config,
+            )));
         }
         let Some(path) = &config.jwt_public_key_file else {
             return Ok(None);
         };
         let fail = |message: String| ConfigError::new("JWT_PUBLIC_KEY_FILE", message);
-        let pem = std::fs::read(path)
+        let text = std::fs::read_to_string(path)
             .map_err(|err| fail(format!("cannot read {}: {err}", path.display())))?;
-        let (key, family): (DecodingKey, &[Algorithm]) =
-            if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-                let rsa = &[
-                    Algorithm::RS256,
-                    Algorithm::RS384,
-                    Algorithm::RS512,
-                    Algorithm::PS256,
-                    Algorithm::PS384,
-                    Algorithm::PS512,
-                ];
-                (key, rsa)
-            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-                (key, &[Algorithm::ES256, Algorithm::ES384])
-            } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
-                (key, &[Algorithm::EdDSA])
-            } else {
-                return Err(fail(format!(
-                    "{} is not a PEM RSA, EC or Ed25519 public key",
+        let blocks = pem_blocks(&text);
+        if blocks.is_empty() {
+            return Err(fail(format!("{} holds no PEM key", path.display())));
+        }
+        let mut keys = Vec::with_capacity(blocks.len());
+        for (number, block) in blocks.iter().enumerate() {
+            let key = public_key(block.as_bytes()).ok_or_else(|| {
+                fail(format!(
+                    "key {} of {} is not a PEM RSA, EC or Ed25519 public key",
+                    number + 1,
                     path.display()
-                )));
-            };
-        Ok(Some(Self::new(key, family, config)))
+                ))
+            })?;
+            keys.push(key);
+        }
+        Ok(Some(Self::new(keys, config)))
     }
 
     /// A verifier of HS256/384/512 tokens signed with `secret`.
     pub fn hmac(secret: &[u8], config: &AuthConfig) -> Self {
-        Self::new(DecodingKey::from_secret(secret), &HMAC_FAMILY, config)
+        let key = DecodingKey::from_secret(secret);
+        Self::new([(key, HMAC_FAMILY.as_slice())], config)
     }
 
-    fn new(key: DecodingKey, algorithms: &[Algorithm], config: &AuthConfig) -> Self {
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms.to_vec();
-        validation.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
-        if let Some(issuer) = &config.jwt_issuer {
-            validation.set_issuer(&[issuer]);
-            required.push("iss");
-        }
-        match &config.jwt_audience {
-            Some(audience) => {
-                validation.set_audience(&[audience]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
+    fn new<'a>(
+        keys: impl IntoIterator<Item = (DecodingKey, &'a [Algorithm])>,
+        config: &AuthConfig,
+    ) -> Self {
+        let keys = keys
+            .into_iter()
+            .map(|(key, algorithms)| VerifyingKey {
+                key,
+                validation: validation(algorithms, config),
+            })
+            .collect();
         Self {
-            key,
-            validation,
+            keys,
             tenant_claim: config.tenant_claim.clone(),
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AppError> {
         check_header(token)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|err| {
-                tracing::debug!(error = %err, "token refused");
-                AppError::Unauthenticated(format!("invalid token: {}", describe(err.kind())))
-            })?;
-        let claims = data.claims;
+        let claims = self.verified_claims(token).map_err(|err| {
+            tracing::debug!(error = %err, "token refused");
+            AppError::Unauthenticated(format!("invalid token: {}", describe(err.kind())))
+        })?;
         let subject = claims
             .sub
             .filter(|sub| !sub.is_empty())
@@ -140,6 +149,83 @@ impl JwtVerifier {
         let scope = scope_claim(claims.other.get("scope"));
         Ok(Principal::new(tenant, subject, scope))
     }
+}
+
+impl JwtVerifier {
+    /// The claims of `token` under the first key whose signature it bears; the
+    /// first key's refusal when none fits. A refusal other than the signature or
+    /// the family (an expired token) is final: its signature was checked first.
+    fn verified_claims(&self, token: &str) -> jsonwebtoken::errors::Result<Claims> {
+        use jsonwebtoken::errors::ErrorKind;
+        let mut refused = None;
+        for key in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm
+                    ) =>
+                {
+                    refused.get_or_insert(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(refused.unwrap_or_else(|| ErrorKind::InvalidSignature.into()))
+    }
+}
+
+/// What a token signed with a key of `algorithms` must meet.
+fn validation(algorithms: &[Algorithm], config: &AuthConfig) -> Validation {
+    let mut validation = Validation::new(algorithms[0]);
+    validation.algorithms = algorithms.to_vec();
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    if let Some(issuer) = &config.jwt_issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    match &config.jwt_audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+/// The PEM blocks of `text`, each from its `-----BEGIN` line to its `-----END` line.
+fn pem_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(begin) = rest.find("-----BEGIN") {
+        let from_begin = &rest[begin..];
+        let Some(end) = from_begin.find("-----END") else {
+            break;
+        };
+        let after_end = &from_begin[end + "-----END".len()..];
+        let line_end = after_end.find('\n').map_or(after_end.len(), |at| at + 1);
+        let length = end + "-----END".len() + line_end;
+        blocks.push(&from_begin[..length]);
+        rest = &from_begin[length..];
+    }
+    blocks
+}
+
+/// A PEM public key and the algorithms of its family.
+fn public_key(pem: &[u8]) -> Option<(DecodingKey, &'static [Algorithm])> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Some((key, &RSA_FAMILY));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Some((key, &[Algorithm::ES256, Algorithm::ES384]));
+    }
+    DecodingKey::from_ed_pem(pem)
+        .ok()
+        .map(|key| (key, [Algorithm::EdDSA].as_slice()))
 }
 
 /// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` header names
@@ -263,6 +349,7 @@ mod tests {
     fn verifier() -> JwtVerifier {
         let config = AuthConfig {
             jwt_secret: None,
+            jwt_previous_secret: None,
             jwt_public_key_file: None,
             jwt_issuer: None,
             jwt_audience: None,
@@ -295,6 +382,20 @@ mod tests {
             principal.require(Access::Read).is_ok(),
             principal.require(Access::Write).is_ok(),
         )
+    }
+
+    #[test]
+    fn a_key_file_is_read_block_by_block() {
+        let text = "comment\n-----BEGIN PUBLIC KEY-----\nAAA\n-----END PUBLIC KEY-----\n\
+                    -----BEGIN PUBLIC KEY-----\nBBB\n-----END PUBLIC KEY-----";
+        assert_eq!(
+            pem_blocks(text),
+            vec![
+                "-----BEGIN PUBLIC KEY-----\nAAA\n-----END PUBLIC KEY-----\n",
+                "-----BEGIN PUBLIC KEY-----\nBBB\n-----END PUBLIC KEY-----",
+            ]
+        );
+        assert!(pem_blocks("-----BEGIN PUBLIC KEY-----\nno end").is_empty());
     }
 
     #[test]

@@ -195,6 +195,7 @@ mod tests {
     async fn in_development_mode_the_page_carries_a_working_token() {
         let config = AuthConfig {
             jwt_secret: None,
+            jwt_previous_secret: None,
             jwt_public_key_file: None,
             jwt_issuer: None,
             jwt_audience: None,

@@ -215,13 +215,27 @@ impl Storage {
                 .disable_config_load()
                 .disable_ec2_metadata();
         }
+        // A throttled or briefly failing store (503 `SlowDown`, a 5xx, a broken
+        // connection) costs a retry, as in attache's own client (`s3_api::Tries`):
+        // twice more, 0.2 s then up to 2 s apart.
+        let retried = opendal::layers::RetryLayer::new()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(2)
+            .with_notify(|event: opendal::layers::RetryEvent<'_>| {
+                tracing::warn!(error = %event.err, operation = ?event.op, "the store failed a request; trying again");
+                crate::telemetry::storage_retry();
+            });
         // No call to the bucket waits for ever: a stalled connection would hold an
-        // upload's slot (its work runs to the end whatever the client does).
+        // upload's slot (its work runs to the end whatever the client does). Outside
+        // the retries: a stalled store fails a call in 30 s, all tries included
+        // (the call's reader or writer is then done with, as after any failure).
         let bounded = opendal::layers::TimeoutLayer::new()
             .with_timeout(s3_api::REQUEST_TIMEOUT)
             .with_io_timeout(s3_api::REQUEST_TIMEOUT);
         Operator::new(builder)
-            .map(|operator| operator.layer(bounded))
+            .map(|operator| operator.layer(retried).layer(bounded))
             .map_err(|err| ConfigError::new("S3_BUCKET_NAME", err.to_string()))
     }
 

@@ -20,6 +20,15 @@ fn unsigned(claims: &Value) -> String {
     )
 }
 
+async fn assert_accepted(app: &TestApp, token: &str, case: &str) {
+    let body = app.gql(LIST, json!({}), Some(token)).await;
+    assert_eq!(
+        data(&body, "attachments")["totalCount"],
+        0,
+        "{case}: {body}"
+    );
+}
+
 async fn assert_unauthenticated(app: &TestApp, token: Option<&str>, case: &str) {
     let body = app.gql(LIST, json!({}), token).await;
     assert_eq!(codes(&body), vec!["UNAUTHENTICATED"], "{case}: {body}");
@@ -145,6 +154,51 @@ async fn issuer_and_audience_are_required_when_configured(setup: Setup) {
         data(&app.gql(LIST, json!({}), Some(&good)).await, "attachments")["totalCount"],
         0
     );
+}
+
+/// Keys rotate without a cutover: a token signed with `JWT_PREVIOUS_SECRET`, or with
+/// any key of a `JWT_PUBLIC_KEY_FILE` that holds several, is accepted; a token of
+/// any other key is not. Before, one key only: a change refused every token in use.
+async fn keys_rotate_without_a_cutover(setup: Setup) {
+    let acme = tenant();
+    let claims = json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 });
+    let previous = "the-previous-secret-0123456789abcdef0123";
+    let app = TestApp::spawn_with(setup, &["--jwt-previous-secret", previous]).await;
+    let signed_with = |secret: &str| {
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(secret.as_bytes()),
+            claims.clone(),
+        )
+    };
+    assert_accepted(&app, &hs256(claims.clone()), "JWT_SECRET").await;
+    assert_accepted(&app, &signed_with(previous), "JWT_PREVIOUS_SECRET").await;
+    let other = signed_with("some-other-secret-0123456789abcdef012345");
+    assert_unauthenticated(&app, Some(&other), "another secret").await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let both = dir.path().join("keys.pem");
+    let mut pem = std::fs::read(fixture("rsa_public.pem")).expect("RSA key");
+    pem.extend(std::fs::read(fixture("ec_public.pem")).expect("EC key"));
+    std::fs::write(&both, &pem).expect("write keys");
+    let path = both.to_str().expect("utf-8");
+    let app = TestApp::spawn_with(setup, &["--jwt-public-key-file", path]).await;
+    let private = |name: &str| std::fs::read(fixture(name)).expect("private key");
+    let rsa = EncodingKey::from_rsa_pem(&private("rsa_private.pem")).expect("RSA");
+    let ec = EncodingKey::from_ec_pem(&private("ec_private.pem")).expect("EC");
+    let ed = EncodingKey::from_ed_pem(&private("ed_private.pem")).expect("Ed25519");
+    let by_rsa = sign(Algorithm::RS256, &rsa, claims.clone());
+    assert_accepted(&app, &by_rsa, "the RSA key").await;
+    let by_ec = sign(Algorithm::ES256, &ec, claims.clone());
+    assert_accepted(&app, &by_ec, "the EC key").await;
+    let outside = sign(Algorithm::EdDSA, &ed, claims.clone());
+    assert_unauthenticated(&app, Some(&outside), "a key not in the file").await;
+    let confused = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&pem),
+        claims.clone(),
+    );
+    assert_unauthenticated(&app, Some(&confused), "HS256 keyed with the file").await;
 }
 
 async fn public_key_files_pin_their_family(setup: Setup) {
@@ -399,6 +453,7 @@ crate::matrix!(
     every_token_fault_is_unauthenticated,
     issuer_and_audience_are_required_when_configured,
     public_key_files_pin_their_family,
+    keys_rotate_without_a_cutover,
     scopes_guard_reads_and_writes,
     tenants_cannot_see_link_download_or_delete_each_other,
 );

@@ -48,6 +48,7 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "S3_PUBLIC_BASE_URL",
         ),
         ("--cors-allowed-origins", "*", "CORS_ALLOWED_ORIGINS"),
+        ("--max-url-ttl-seconds", "60", "URL_TTL_SECONDS"),
         (
             "--cors-allowed-origins",
             "https://app.example.com,app.example.com",

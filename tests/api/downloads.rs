@@ -84,6 +84,23 @@ async fn the_url_opens_without_headers(setup: Setup) {
             Some(seven_days.to_string())
         ),
     }
+
+    // An operator's cap: a link outlives its token by at most MAX_URL_TTL_SECONDS.
+    let short = TestApp::spawn_with(
+        setup,
+        &["--max-url-ttl-seconds", "600", "--url-ttl-seconds", "300"],
+    )
+    .await;
+    let Uploaded { bearer, att, .. } = short.upload_contract_pdf("a.pdf").await;
+    let capped = url_with_ttl(&short, &bearer, &att["id"], 100_000_000).await;
+    let lifetime = match &short.s3 {
+        None => param(&capped, "expires")
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|expires| expires - i64::try_from(now()).expect("i64")),
+        Some(_) => param(&capped, "X-Amz-Expires").and_then(|v| v.parse().ok()),
+    };
+    let lifetime = lifetime.expect("a lifetime");
+    assert!((590..=600).contains(&lifetime), "{lifetime}: {capped}");
 }
 
 /// Content-Type and Content-Disposition of the bearer route with `?inline=1`.

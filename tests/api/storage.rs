@@ -899,7 +899,8 @@ async fn the_prefix_is_joined_inside_the_bucket(setup: Setup) {
 /// A throttled or briefly failing store costs a retry, not the upload: each request
 /// of a multipart upload fails once or twice (503 `SlowDown`, 500
 /// `InternalError`, as B2 and AWS answer under load), and the file is stored whole;
-/// so is a small file whose PUT was throttled. A part the store keeps failing
+/// so is a small file whose PUT was throttled, and a download whose stat and read
+/// were (OpenDAL's calls, retried by its layer). A part the store keeps failing
 /// fails its upload after three tries, leaving no object and no row. Before, one
 /// failed request failed the upload.
 async fn a_throttled_store_costs_a_retry_not_the_upload(setup: Setup) {
@@ -930,13 +931,29 @@ async fn a_throttled_store_costs_a_retry_not_the_upload(setup: Setup) {
             "base64": STANDARD.encode(content),
         }})
     };
-    for (content, owner) in [(&content, "large"), (&pdf(), "small")] {
-        let stored = app.gql(UPLOAD, upload(content, owner), Some(&bearer)).await;
-        let att = data(&stored, "uploadAttachment");
+    let small = pdf();
+    let mut stored = Vec::new();
+    for (content, owner) in [(&content, "large"), (&small, "small")] {
+        let answer = app.gql(UPLOAD, upload(content, owner), Some(&bearer)).await;
+        let att = data(&answer, "uploadAttachment");
         assert_eq!(att["sha256"], sha256_hex(content), "{owner}");
         assert_eq!(&fetch(&att["url"]).await, content, "{owner}");
+        stored.push(att);
     }
     assert_eq!(faults.answered(), 5, "every fault was met and outlived");
+    // Through attache's route, the object's stat and its read are throttled once.
+    faults.add(fail(http::Method::HEAD, "", 1, 503));
+    faults.add(fail(http::Method::GET, "", 1, 503));
+    let download = app
+        .client
+        .get(stored[1]["downloadUrl"].as_str().expect("downloadUrl"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(download.status(), 200);
+    assert_eq!(download.bytes().await.expect("body"), small);
+    assert_eq!(faults.answered(), 7);
 
     let before = app.stored_keys();
     faults.add(fail(http::Method::PUT, "partNumber", 3, 500));
@@ -944,7 +961,7 @@ async fn a_throttled_store_costs_a_retry_not_the_upload(setup: Setup) {
         .gql(UPLOAD, upload(&content, "failed"), Some(&bearer))
         .await;
     assert_eq!(codes(&failed), vec!["STORAGE_UNAVAILABLE"], "{failed:.300}");
-    assert_eq!(faults.answered(), 8, "three tries of the part");
+    assert_eq!(faults.answered(), 10, "three tries of the part");
     assert_eq!(app.stored_keys(), before, "no object of the failed upload");
     assert_eq!(app.row_count(&acme).await, 2);
 }
