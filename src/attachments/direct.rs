@@ -17,6 +17,7 @@ use crate::app::{App, SharedApp};
 use crate::attachments::upload::{self, Draft, StreamCheck, Streamed, Target, sanitize_filename};
 use crate::attachments::urls;
 use crate::auth::{Access, Principal};
+use crate::config::StorageBackend;
 use crate::db::Writes;
 use crate::error::{AppError, AppResult};
 use crate::ids::SafeId;
@@ -129,6 +130,8 @@ pub async fn announce(
 
 /// A pending direct upload that attache's signed upload route on fs may fill.
 pub struct Receiving {
+    id: Uuid,
+    tenant: SafeId,
     key: StorageKey,
     declared: u64,
     content_type: String,
@@ -150,6 +153,8 @@ impl Receiving {
             .await?
             .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
         let receiving = Self {
+            id,
+            tenant: tenant.clone(),
             key: StorageKey::from_stored(pending.storage_key),
             declared: u64::try_from(pending.byte_size).unwrap_or_default(),
             content_type: pending.content_type,
@@ -167,12 +172,27 @@ impl Receiving {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        // On fs the body goes to a key of its own first, linked into place once
+        // whole; the intent of that key lets maintenance remove what a kill leaves.
+        let partial = StorageKey::staging(Uuid::now_v7());
+        let intents = match app.storage.backend() {
+            StorageBackend::Fs => vec![partial.as_str().to_owned()],
+            StorageBackend::S3 => Vec::new(),
+        };
+        if !intents.is_empty() {
+            super::record_intents(app, &intents).await?;
+        }
         let stored = app
             .storage
-            .put_exact(&self.key, body, self.declared, &self.content_type)
+            .put_whole(&self.key, &partial, body, self.declared, &self.content_type)
             .await;
+        if !intents.is_empty()
+            && let Err(err) = super::forget_intents(app, &intents).await
+        {
+            tracing::warn!(key = %partial, error = %err, "cannot forget an upload's intent; maintenance will");
+        }
         match stored {
-            Ok(_) => Ok(()),
+            Ok(_) => self.kept(app).await,
             Err(StreamWriteError::TooLarge) => Err(self.too_large()),
             Err(StreamWriteError::Body(reason)) => Err(AppError::bad_input(reason)),
             Err(StreamWriteError::Storage(err))
@@ -184,6 +204,23 @@ impl Receiving {
             }
             Err(StreamWriteError::Storage(err)) => Err(err.into()),
         }
+    }
+
+    /// After the file landed: its upload must still be there, or a completion have
+    /// made its attachment since. A body that outlived its upload (expired or
+    /// refused meanwhile) leaves a file that no row names: it goes again.
+    async fn kept(&self, app: &App) -> AppResult<()> {
+        let pending = direct_upload::Entity::find_by_id(self.id)
+            .filter(direct_upload::Column::TenantId.eq(self.tenant.as_str()))
+            .one(app.db.read())
+            .await?;
+        if pending.is_some() || super::find(app, &self.tenant, self.id).await?.is_some() {
+            return Ok(());
+        }
+        super::remove_object(app, self.key.as_str()).await;
+        Err(AppError::NotFound(
+            "the direct upload expired or was refused while its body arrived".into(),
+        ))
     }
 
     fn too_large(&self) -> AppError {
@@ -282,8 +319,8 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         if restaged {
             super::discard(app, &new_keys).await;
         }
-        return match super::find(app, &principal.tenant, id).await {
-            Ok(Some(landed)) => Ok(landed),
+        return match completed(app, principal, id).await {
+            Ok(landed) => Ok(landed),
             _ => Err(err),
         };
     }
@@ -296,7 +333,8 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
 }
 
 /// The caller's direct upload `id`, unless it has gone (completed, refused or
-/// expired).
+/// expired). The caller's: its announcer's, or any of a token that may read (a
+/// completion answers the file, so a write-only token completes its own alone).
 async fn pending(
     app: &App,
     principal: &Principal,
@@ -306,7 +344,13 @@ async fn pending(
         .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
         .one(app.db.read())
         .await?
-        .filter(|pending| pending.expires_at > Utc::now()))
+        .filter(|pending| pending.expires_at > Utc::now())
+        .filter(|pending| seen_by(principal, &pending.created_by)))
+}
+
+/// Whether `principal` may see what `created_by` made: its maker, or a reader.
+fn seen_by(principal: &Principal, created_by: &str) -> bool {
+    created_by == principal.subject || principal.may(Access::Read)
 }
 
 /// The answer to a completion of a direct upload that has gone: its attachment when
@@ -316,7 +360,7 @@ async fn pending(
 async fn completed(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
     super::find(app, &principal.tenant, id)
         .await?
-        .filter(|row| row.created_by == principal.subject || principal.may(Access::Read))
+        .filter(|row| seen_by(principal, &row.created_by))
         .ok_or_else(gone)
 }
 

@@ -153,8 +153,10 @@ impl JwtVerifier {
 
 impl JwtVerifier {
     /// The claims of `token` under the first key whose signature it bears; the
-    /// first key's refusal when none fits. A refusal other than the signature or
-    /// the family (an expired token) is final: its signature was checked first.
+    /// first key's refusal when none fits. A key that does not fit the token (its
+    /// signature, its family, or its curve: an ES256 token against a P-384 key)
+    /// leaves it to the next; any other refusal (an expired token) is final, as
+    /// its signature was checked first.
     fn verified_claims(&self, token: &str) -> jsonwebtoken::errors::Result<Claims> {
         use jsonwebtoken::errors::ErrorKind;
         let mut refused = None;
@@ -164,7 +166,11 @@ impl JwtVerifier {
                 Err(err)
                     if matches!(
                         err.kind(),
-                        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm
+                        ErrorKind::InvalidSignature
+                            | ErrorKind::InvalidAlgorithm
+                            | ErrorKind::InvalidEcdsaKey
+                            | ErrorKind::InvalidRsaKey(_)
+                            | ErrorKind::InvalidKeyFormat
                     ) =>
                 {
                     refused.get_or_insert(err);

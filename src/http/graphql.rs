@@ -19,7 +19,7 @@ use crate::graphql::large_strings::{self, LargeStrings};
 use crate::http::AppState;
 use crate::http::batch_json;
 use crate::http::drain::{after_draining, closing, drain_limit, refused_early};
-use crate::http::graphql_response::Answer;
+use crate::http::graphql_response::{Answer, coded};
 use crate::http::json_body::JsonBody;
 use crate::http::multipart_body::{self, Read, Rest};
 use crate::http::slow_body::{is_too_slow, paced};
@@ -126,7 +126,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         .collect();
     let batch = batch.data(principal);
     let Some(mut rest) = rest else {
-        let response = state.schema.execute_batch(batch).await;
+        let response = coded(state.schema.execute_batch(batch).await);
         count_operations(&names, &response);
         return answer.executed(response);
     };
@@ -140,6 +140,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         response
     };
     let (response, read) = tokio::join!(execute, rest.run());
+    let response = coded(response);
     count_operations(&names, &response);
     match read {
         Read::Whole => answer.executed(response),

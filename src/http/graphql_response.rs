@@ -68,12 +68,9 @@ impl Answer {
         self.json(err.status(), &err.graphql_body())
     }
 
-    /// What the executor answered; a request error loses its `data` and gains a code.
-    pub fn executed(self, mut response: BatchResponse) -> Response {
-        match &mut response {
-            BatchResponse::Single(response) => code_field_errors(response),
-            BatchResponse::Batch(responses) => responses.iter_mut().for_each(code_field_errors),
-        }
+    /// What the executor answered (its field errors [`coded`]); a request error
+    /// loses its `data` and gains a code.
+    pub fn executed(self, response: BatchResponse) -> Response {
         let failed = match &response {
             BatchResponse::Single(response) => is_request_error(response),
             BatchResponse::Batch(responses) => responses.iter().any(is_request_error),
@@ -119,10 +116,19 @@ fn is_request_error(response: &async_graphql::Response) -> bool {
         && response.errors.iter().all(|error| code(error).is_none())
 }
 
-/// Gives BAD_USER_INPUT to the errors of fields whose arguments did not parse (an
-/// `Upload` that names no file part): they have a path but no code, as no resolver
-/// ran. Without it the response would pass for a request error, as if nothing had
-/// run, though the mutations before that field have.
+/// What the executor answered, each error with a code: the errors of fields whose
+/// arguments did not parse (an `Upload` that names no file part) have a path but no
+/// code, as no resolver ran, and get BAD_USER_INPUT. Without it the response would
+/// pass for a request error, as if nothing had run, though the mutations before
+/// that field have.
+pub fn coded(mut response: BatchResponse) -> BatchResponse {
+    match &mut response {
+        BatchResponse::Single(response) => code_field_errors(response),
+        BatchResponse::Batch(responses) => responses.iter_mut().for_each(code_field_errors),
+    }
+    response
+}
+
 fn code_field_errors(response: &mut async_graphql::Response) {
     for error in &mut response.errors {
         if !error.path.is_empty() && code(error).is_none() {

@@ -386,7 +386,7 @@ impl Storage {
     /// so memory stays flat however large it is; a broken stream (its producer
     /// reports an error) leaves no object behind. No reader ever sees it half-made,
     /// even after a kill: an S3 object appears when its upload completes, and on fs
-    /// the file is linked into place once whole and synced ([`Storage::land_whole`]).
+    /// the file is linked into place once whole and synced ([`land_whole`]).
     pub async fn put_large<S, E>(
         &self,
         key: &StorageKey,
@@ -397,10 +397,40 @@ impl Storage {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        match &self.fs_root {
-            Some(root) => land_whole(root, key, body, None, true).await,
-            None => self.put_stream(key, body, u64::MAX, content_type).await,
-        }
+        let Some(root) = &self.fs_root else {
+            return self.put_stream(key, body, u64::MAX, content_type).await;
+        };
+        let path = root.join(key.as_str());
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        // A name of its own: a writer killed midway leaves no file that blocks the next.
+        let partial = path.with_file_name(format!(".partial-{}-{name}", uuid::Uuid::new_v4()));
+        land_whole(&path, partial, body, None, true).await
+    }
+
+    /// Writes the new object `key` from exactly `size` bytes of `body`, for a key
+    /// that others look for while it is written (a direct upload's staging key,
+    /// which a completion reads): none sees it before it is whole, and a body that
+    /// ends short leaves nothing, so the writer may try again. On fs it is written
+    /// as the new key `partial` and linked into place once whole (the caller's
+    /// intent for `partial` removes what a kill leaves); an S3 object appears whole.
+    pub async fn put_whole<S, E>(
+        &self,
+        key: &StorageKey,
+        partial: &StorageKey,
+        body: S,
+        size: u64,
+        content_type: &str,
+    ) -> Result<u64, StreamWriteError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let Some(root) = &self.fs_root else {
+            return self.put_exact(key, body, size, content_type).await;
+        };
+        let path = root.join(key.as_str());
+        let partial = root.join(partial.as_str());
+        land_whole(&path, partial, body, Some(size), self.fsync_files).await
     }
 
     /// Writes the new object `key` (never overwriting) from `body`; a stream that
@@ -469,12 +499,6 @@ impl Storage {
         E: std::fmt::Display,
     {
         if let Some(root) = &self.fs_root {
-            // A staging key is looked for while it is written (a completion reads a
-            // direct upload's file): it lands whole. Any other key is known only to
-            // its intent, which removes what a kill leaves.
-            if StorageKey::is_staging(key.as_str()) {
-                return land_whole(root, key, body, Some(size), self.fsync_files).await;
-            }
             let written = self.write_local(root, key, body, size).await?;
             if written == size {
                 return Ok(written);
@@ -732,13 +756,12 @@ fn link_new(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
     }
 }
 
-/// Streams `body` into a file of its own beside `key`'s under `root`, synced when
-/// `sync`, then links it into place (never over an existing file): a reader (a
-/// completion looking for a direct upload's file), or a kill, never sees it
+/// Streams `body` into the new file `partial`, synced when `sync`, then links it to
+/// `path` (never over an existing file): a reader, or a kill, never sees it
 /// half-made. `exact`: the length the body must have, or nothing lands.
 async fn land_whole<S, E>(
-    root: &std::path::Path,
-    key: &StorageKey,
+    path: &std::path::Path,
+    partial: std::path::PathBuf,
     body: S,
     exact: Option<u64>,
     sync: bool,
@@ -747,18 +770,14 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let path = root.join(key.as_str());
-    // A name of its own: a writer killed midway leaves no file that blocks the next.
-    // Beside a staging key, another staging key, which `storage sweep` removes.
-    let partial = match StorageKey::is_staging(key.as_str()) {
-        true => root.join(StorageKey::staging(uuid::Uuid::now_v7()).as_str()),
-        false => {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            path.with_file_name(format!(".partial-{}-{name}", uuid::Uuid::new_v4()))
-        }
-    };
+    // Refused before the body is read, not once it has come whole.
+    if std::fs::exists(path).unwrap_or(false) {
+        let err = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+        return Err(StreamWriteError::Storage(fs_write::io_error(err)));
+    }
     let (_, written) = write_file(partial.clone(), body, exact.unwrap_or(u64::MAX), sync).await?;
     let whole = exact.is_none_or(|size| size == written);
+    let path = path.to_owned();
     let linked = tokio::task::spawn_blocking(move || {
         let linked = match (whole, sync) {
             (true, true) => link_new(&partial, &path)

@@ -415,6 +415,7 @@ impl S3Api {
             (http::header::CONTENT_TYPE, content_type.to_owned()),
             (http::header::IF_NONE_MATCH, "*".to_owned()),
         ];
+        let timeout = BASE_TIMEOUT + Duration::from_secs(bytes.len() as u64 / (1024 * 1024));
         let payload = Payload::Bytes(bytes);
         let answer = self
             .execute(
@@ -422,7 +423,7 @@ impl S3Api {
                 &url,
                 headers,
                 payload,
-                BASE_TIMEOUT,
+                timeout,
                 Retry::IfNotApplied,
             )
             .await
@@ -614,8 +615,27 @@ impl S3Api {
             timeout,
             Retry::IfNotApplied,
         );
-        let (answer, fed) = tokio::join!(request, source.feed(length, pieces));
-        fed.map_err(Ok)?;
-        answer.map_err(Err)
+        // The request ends the feed: a store that answered early (503) and then
+        // stalled without reading holds the body, and a feed that waited for it
+        // would wait for ever, past the request's own timeout.
+        let feed = source.feed(length, pieces);
+        tokio::pin!(request, feed);
+        let mut fed = None;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut request => break answer,
+                done = &mut feed, if fed.is_none() => fed = Some(done),
+            }
+        };
+        match (fed, answer) {
+            (Some(Err(err)), _) => Err(Ok(err)),
+            (_, Err(err)) => Err(Err(err)),
+            (Some(Ok(())), Ok(answer)) => Ok(answer),
+            // An answer before the whole body: the source is not where the next
+            // body begins, so nothing more may be sent from it.
+            (None, Ok(_)) => Err(Ok(StreamWriteError::Body(
+                "the store answered before the body was sent".into(),
+            ))),
+        }
     }
 }

@@ -268,6 +268,43 @@ async fn a_direct_upload_is_seen_only_whole(setup: Setup) {
         fetch(&data(&done, "completeDirectUpload")["url"]).await,
         content
     );
+    let keys = app.stored_keys();
+    assert_eq!(keys.len(), 1, "the attachment's file alone: {keys:?}");
+}
+
+/// A body that outlives its direct upload (expired while it came) leaves no file:
+/// the PUT answers 404 and removes what it linked, which no row names.
+async fn a_body_that_outlives_its_upload_leaves_nothing(setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uploads = dir.path().join("uploads");
+    let url = private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &["--url-ttl-seconds", "2"]).await;
+    let bearer = app.token(&tenant());
+    let content = padded_pdf(1024 * 1024);
+    let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
+    let (first, rest) = content.split_at(600 * 1024);
+    let (mut sender, body) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    futures::SinkExt::send(&mut sender, Ok(first.to_vec()))
+        .await
+        .expect("queue the first bytes");
+    let put = app
+        .client
+        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let put = tokio::spawn(put);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    attache::attachments::direct::expire(&app.app)
+        .await
+        .expect("expire");
+    futures::SinkExt::send(&mut sender, Ok(rest.to_vec()))
+        .await
+        .expect("queue the rest");
+    drop(sender);
+    let put = put.await.expect("the PUT's task").expect("PUT");
+    assert_eq!(put.status(), 404);
+    let keys = app.stored_keys();
+    assert!(keys.is_empty(), "nothing left: {keys:?}");
 }
 
 /// A completion that storage fails keeps the direct upload: once storage is back, a
@@ -976,6 +1013,7 @@ crate::matrix!(
 crate::matrix!(
     db: a_storage_failure_in_completion_keeps_the_upload,
     a_direct_upload_is_seen_only_whole,
+    a_body_that_outlives_its_upload_leaves_nothing,
 );
 
 crate::matrix!(once: bad_bucket_settings_fail_fast_in_one_line, storage_check_says_what_works);
