@@ -227,6 +227,42 @@ async fn concurrent_completions_make_one_attachment(setup: Setup) {
     assert_eq!(keys.len(), 4, "one object per attachment: {keys:?}");
 }
 
+/// A direct upload's PUT that sent the first 600 KiB of its body and waits.
+struct PausedPut {
+    sender: futures::channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    rest: Vec<u8>,
+    put: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+}
+
+impl PausedPut {
+    async fn start(app: &TestApp, direct: &serde_json::Value, content: &[u8]) -> Self {
+        let (first, rest) = content.split_at(600 * 1024);
+        let (mut sender, body) = futures::channel::mpsc::channel(4);
+        futures::SinkExt::send(&mut sender, Ok(first.to_vec()))
+            .await
+            .expect("queue the first bytes");
+        let put = app
+            .client
+            .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
+            .body(reqwest::Body::wrap_stream(body))
+            .send();
+        Self {
+            sender,
+            rest: rest.to_vec(),
+            put: tokio::spawn(put),
+        }
+    }
+
+    /// Sends the rest of the body; the PUT's answer.
+    async fn finish(mut self) -> reqwest::Response {
+        futures::SinkExt::send(&mut self.sender, Ok(self.rest))
+            .await
+            .expect("queue the rest");
+        drop(self.sender);
+        self.put.await.expect("the PUT's task").expect("PUT")
+    }
+}
+
 /// On fs attache's upload route takes the PUT: a completion sent while the body is
 /// still coming says the file is not there yet, and the upload completes once the
 /// body has come whole. Before, the completion saw the half-written file, refused
@@ -236,17 +272,7 @@ async fn a_direct_upload_is_seen_only_whole(setup: Setup) {
     let bearer = app.token(&tenant());
     let content = padded_pdf(1024 * 1024);
     let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
-    let (first, rest) = content.split_at(600 * 1024);
-    let (mut sender, body) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    futures::SinkExt::send(&mut sender, Ok(first.to_vec()))
-        .await
-        .expect("queue the first bytes");
-    let put = app
-        .client
-        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
-        .body(reqwest::Body::wrap_stream(body))
-        .send();
-    let put = tokio::spawn(put);
+    let paused = PausedPut::start(&app, &direct, &content).await;
     let started = std::time::Instant::now();
     while app.stored_keys().is_empty() {
         assert!(started.elapsed().as_secs() < 20, "the PUT never began");
@@ -257,11 +283,7 @@ async fn a_direct_upload_is_seen_only_whole(setup: Setup) {
     let message = early["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("yet"), "{early}");
 
-    futures::SinkExt::send(&mut sender, Ok(rest.to_vec()))
-        .await
-        .expect("queue the rest");
-    drop(sender);
-    let put = put.await.expect("the PUT's task").expect("PUT");
+    let put = paused.finish().await;
     assert_eq!(put.status(), 200);
     let done = complete_direct(&app, &bearer, &direct).await;
     assert_eq!(
@@ -282,26 +304,12 @@ async fn a_body_that_outlives_its_upload_leaves_nothing(setup: Setup) {
     let bearer = app.token(&tenant());
     let content = padded_pdf(1024 * 1024);
     let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
-    let (first, rest) = content.split_at(600 * 1024);
-    let (mut sender, body) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    futures::SinkExt::send(&mut sender, Ok(first.to_vec()))
-        .await
-        .expect("queue the first bytes");
-    let put = app
-        .client
-        .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
-        .body(reqwest::Body::wrap_stream(body))
-        .send();
-    let put = tokio::spawn(put);
+    let paused = PausedPut::start(&app, &direct, &content).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     attache::attachments::direct::expire(&app.app)
         .await
         .expect("expire");
-    futures::SinkExt::send(&mut sender, Ok(rest.to_vec()))
-        .await
-        .expect("queue the rest");
-    drop(sender);
-    let put = put.await.expect("the PUT's task").expect("PUT");
+    let put = paused.finish().await;
     assert_eq!(put.status(), 404);
     let keys = app.stored_keys();
     assert!(keys.is_empty(), "nothing left: {keys:?}");
