@@ -509,15 +509,21 @@ pub async fn locate<'a>(
             Err(err) => return Err(AppError::StorageUnavailable(err)),
         }
     }
+    Err(missing(app, row).await)
+}
+
+/// The error of an object found missing: lost data while its row remains, a plain
+/// not-found when the row went with it (a delete that committed meanwhile).
+pub async fn missing(app: &App, row: &attachment::Model) -> AppError {
     let row_remains = app
         .db
         .read()
         .model(attachment::Entity::find_by_id(row.id))
-        .await?
-        .is_some();
+        .await;
     match row_remains {
-        true => Err(AppError::ObjectMissing(row.id)),
-        false => Err(AppError::not_found()),
+        Ok(Some(_)) => AppError::ObjectMissing(row.id),
+        Ok(None) => AppError::not_found(),
+        Err(err) => err.into(),
     }
 }
 

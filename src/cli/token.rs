@@ -15,9 +15,9 @@ pub struct TokenArgs {
     /// Tenant the token is for.
     #[arg(long)]
     tenant: String,
-    /// Subject (`sub`): who acts.
-    #[arg(long, default_value = "attache-cli")]
-    sub: String,
+    /// Subject (`sub`): who acts; `attache-cli` when unset.
+    #[arg(long)]
+    sub: Option<String>,
     /// Lifetime, such as 1h, 30m or 7d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
@@ -36,16 +36,19 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         .context("JWT_SECRET: required to mint tokens (tokens of a JWT_PUBLIC_KEY_FILE come from your identity provider)")?;
     secret.long_enough("JWT_SECRET")?;
     let tenant = SafeId::parse(&args.tenant).context("--tenant must match [A-Za-z0-9_-]{1,64}")?;
+    // With TENANT_CLAIM=sub the subject is the tenant: another --sub would be lost.
     anyhow::ensure!(
-        (1..=MAX_SUBJECT_BYTES).contains(&args.sub.len()),
+        args.auth.tenant_claim != "sub"
+            || args.sub.as_deref().is_none_or(|sub| sub == tenant.as_str()),
+        "--sub: with TENANT_CLAIM=sub the subject is the tenant; leave --sub out"
+    );
+    let sub = args.sub.as_deref().unwrap_or("attache-cli");
+    anyhow::ensure!(
+        (1..=MAX_SUBJECT_BYTES).contains(&sub.len()),
         "--sub must be 1 to {MAX_SUBJECT_BYTES} bytes: a longer one is refused by the server"
     );
-    let token = TokenMinter::new(secret, &args.auth).mint(
-        &tenant,
-        &args.sub,
-        args.ttl,
-        args.scope.as_deref(),
-    )?;
+    let token =
+        TokenMinter::new(secret, &args.auth).mint(&tenant, sub, args.ttl, args.scope.as_deref())?;
     println!("{token}");
     Ok(())
 }

@@ -282,7 +282,13 @@ async fn respond(
     if method == Method::HEAD {
         return build(response, Body::empty());
     }
-    let stream = store.read(object, range).await?;
+    let stream = match store.read(object, range).await {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == opendal::ErrorKind::NotFound => {
+            return Err(attachments::missing(app, &row).await);
+        }
+        Err(err) => return Err(err.into()),
+    };
     build(response, Body::from_stream(stream))
 }
 

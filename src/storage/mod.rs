@@ -673,7 +673,17 @@ impl Storage {
                 let reads = self.observed("read", async { Ok(file_read::read_range(file, range)) });
                 Ok(reads.await?.left_stream())
             }
-            None => Ok(self.stream(&object.key, range.into()).await?.right_stream()),
+            None => {
+                let mut stream = self.stream(&object.key, range.into()).await?;
+                // The GET goes out with the first read: made here, before the
+                // answer's headers, so an object removed since it was opened is an
+                // error to answer, never a 200 cut short.
+                let first = stream.next().await;
+                if let Some(Err(err)) = first {
+                    return Err(fs_write::io_error(err));
+                }
+                Ok(futures::stream::iter(first).chain(stream).right_stream())
+            }
         }
     }
 

@@ -200,6 +200,21 @@ async fn the_subject_may_be_the_tenant(setup: Setup) {
     let app = TestApp::spawn_with(setup, &["--tenant-claim", "sub"]).await;
     let acme = tenant();
     let token = minted(&acme, &["--tenant-claim", "sub"]).await;
+    let args = [
+        "token",
+        "--tenant",
+        &acme,
+        "--tenant-claim",
+        "sub",
+        "--sub",
+        "u",
+        "--jwt-secret",
+        SECRET,
+    ];
+    let lost_sub = run_attache(args.iter().map(ToString::to_string).collect()).await;
+    assert!(!lost_sub.status.success(), "a --sub that would be lost");
+    let stderr = String::from_utf8_lossy(&lost_sub.stderr);
+    assert!(stderr.contains("leave --sub out"), "{stderr}");
     let att = app
         .upload(
             &token,

@@ -6,7 +6,7 @@ use attache::auth::link::LinkPurpose;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    DELETE, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, Uploaded, announce, codes, data,
+    DELETE, Fault, GET, S3_BUCKET, SIGNING_KEY, Setup, TestApp, Uploaded, announce, codes, data,
     declaration, now, pdf, png, put_to, tenant,
 };
 
@@ -716,6 +716,32 @@ async fn a_file_cut_short_on_disk_is_a_clear_404_not_a_truncated_200(setup: Setu
     file.set_len(100 * 1024).expect("cut it short");
     app.assert_download_lost(&att, &bearer).await;
 }
+
+/// An object that goes between its check and its read (a delete racing the
+/// download; here the store's 404 to the GET after the HEAD found it) is a clear
+/// 404 before any header. Before, the 200 and its headers went out first, and the
+/// body broke off.
+async fn an_object_gone_before_its_read_is_a_clear_404(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let Uploaded { bearer, att, .. } = app.upload_contract_pdf("a.pdf").await;
+    let faults = &app.s3.as_ref().expect("an s3s cell").faults;
+    faults.add(Fault {
+        method: http::Method::GET,
+        query: "",
+        times: 1,
+        status: 404,
+        code: "NoSuchKey",
+    });
+    let route = att["downloadUrl"].as_str().expect("downloadUrl");
+    let response = app.client.get(route).bearer_auth(&bearer).send().await;
+    let response = response.expect("GET");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["errors"][0]["extensions"]["attachmentId"], att["id"]);
+    assert_eq!(faults.answered(), 1);
+}
+
+crate::matrix!(s3: an_object_gone_before_its_read_is_a_clear_404);
 
 crate::matrix!(
     db: only_the_canonical_link_opens,
