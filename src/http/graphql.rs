@@ -22,7 +22,7 @@ use crate::http::drain::{after_draining, closing, drain_limit, refused_early};
 use crate::http::graphql_response::{Answer, coded};
 use crate::http::json_body::JsonBody;
 use crate::http::multipart_body::{self, Read, Rest};
-use crate::http::slow_body::{is_too_slow, paced};
+use crate::http::slow_body::{body_too_slow, is_too_slow, paced};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
 /// never wait behind large uploads.
@@ -204,18 +204,6 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, AppE
         AppError::Unauthenticated("an `Authorization: Bearer <token>` header is required".into())
     })?;
     state.app.verifier.verify(token)
-}
-
-/// A body that came too slowly: 408, and the connection closes.
-fn body_too_slow(message: &str) -> Response {
-    let error = AppError::bad_input(message);
-    closing(
-        (
-            StatusCode::REQUEST_TIMEOUT,
-            axum::Json(error.graphql_body()),
-        )
-            .into_response(),
-    )
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {

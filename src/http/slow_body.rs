@@ -8,11 +8,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::ConnectionLimits;
+use crate::error::AppError;
+use crate::http::drain::closing;
 
 /// Why a body was cut off; found in an error's source chain by [`is_too_slow`].
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,19 @@ pub fn is_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
         source = current.source();
     }
     false
+}
+
+/// The answer to a body that came too slowly, whichever route it came to: 408 with
+/// the message naming the setting, and the connection closes.
+pub fn body_too_slow(message: &str) -> Response {
+    let error = AppError::bad_input(message);
+    closing(
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(error.graphql_body()),
+        )
+            .into_response(),
+    )
 }
 
 /// `body`, held to the pace of `limits`, which must also have come whole after

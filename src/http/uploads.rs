@@ -15,7 +15,7 @@ use crate::attachments::direct::Receiving;
 use crate::auth::link::{LinkPurpose, LinkQuery};
 use crate::http::AppState;
 use crate::http::drain::{closing, refused_early};
-use crate::http::slow_body::paced;
+use crate::http::slow_body::{body_too_slow, is_too_slow, paced};
 
 pub async fn put(
     State(state): State<AppState>,
@@ -40,12 +40,22 @@ pub async fn put(
         Ok(permit) => permit,
         Err(err) => return closing(err.into_response()),
     };
+    // A body cut off for its pace is 408, as on /graphql: the storage error it
+    // becomes keeps only its text, so the cut is noted on its way.
+    let cut_off = std::sync::Arc::new(std::sync::OnceLock::new());
+    let noted = std::sync::Arc::clone(&cut_off);
     let body = paced(
         request.into_body().into_data_stream(),
         &app.config.connections,
     );
+    let body = futures::TryStreamExt::inspect_err(body, move |err: &axum::Error| {
+        if is_too_slow(err) {
+            let _ = noted.set(err.to_string());
+        }
+    });
     match receiving.store(app, body).await {
         Ok(()) => StatusCode::OK.into_response(),
+        Err(_) if let Some(message) = cut_off.get() => body_too_slow(message),
         Err(err) => err.into_response(),
     }
 }
