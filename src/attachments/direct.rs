@@ -146,11 +146,9 @@ impl Receiving {
         tenant: &SafeId,
         announced: Option<u64>,
     ) -> AppResult<Self> {
-        let pending = direct_upload::Entity::find_by_id(id)
-            .filter(direct_upload::Column::TenantId.eq(tenant.as_str()))
-            .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
-            .one(app.db.read())
+        let pending = announced_upload(app, tenant, id)
             .await?
+            .filter(|pending| pending.expires_at > Utc::now())
             .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
         let receiving = Self {
             id,
@@ -175,20 +173,16 @@ impl Receiving {
         // On fs the body goes to a key of its own first, linked into place once
         // whole; the intent of that key lets maintenance remove what a kill leaves.
         let partial = StorageKey::staging(Uuid::now_v7());
-        let intents = match app.storage.backend() {
-            StorageBackend::Fs => vec![partial.as_str().to_owned()],
-            StorageBackend::S3 => Vec::new(),
-        };
-        if !intents.is_empty() {
-            super::record_intents(app, &intents).await?;
+        let intent = [partial.as_str().to_owned()];
+        let on_fs = app.storage.backend() == StorageBackend::Fs;
+        if on_fs {
+            super::record_intents(app, &intent).await?;
         }
         let stored = app
             .storage
             .put_whole(&self.key, &partial, body, self.declared, &self.content_type)
             .await;
-        if !intents.is_empty()
-            && let Err(err) = super::forget_intents(app, &intents).await
-        {
+        if on_fs && let Err(err) = super::forget_intents(app, &intent).await {
             tracing::warn!(key = %partial, error = %err, "cannot forget an upload's intent; maintenance will");
         }
         match stored {
@@ -210,10 +204,7 @@ impl Receiving {
     /// made its attachment since. A body that outlived its upload (expired or
     /// refused meanwhile) leaves a file that no row names: it goes again.
     async fn kept(&self, app: &App) -> AppResult<()> {
-        let pending = direct_upload::Entity::find_by_id(self.id)
-            .filter(direct_upload::Column::TenantId.eq(self.tenant.as_str()))
-            .one(app.db.read())
-            .await?;
+        let pending = announced_upload(app, &self.tenant, self.id).await?;
         if pending.is_some() || super::find(app, &self.tenant, self.id).await?.is_some() {
             return Ok(());
         }
@@ -340,12 +331,23 @@ async fn pending(
     principal: &Principal,
     id: Uuid,
 ) -> AppResult<Option<direct_upload::Model>> {
-    Ok(direct_upload::Entity::find_by_id(id)
-        .filter(direct_upload::Column::TenantId.eq(principal.tenant.as_str()))
-        .one(app.db.read())
+    Ok(announced_upload(app, &principal.tenant, id)
         .await?
         .filter(|pending| pending.expires_at > Utc::now())
         .filter(|pending| seen_by(principal, &pending.created_by)))
+}
+
+/// The row of `tenant`'s direct upload `id`, expired or not (the maintenance
+/// removes expired ones).
+async fn announced_upload(
+    app: &App,
+    tenant: &SafeId,
+    id: Uuid,
+) -> AppResult<Option<direct_upload::Model>> {
+    Ok(direct_upload::Entity::find_by_id(id)
+        .filter(direct_upload::Column::TenantId.eq(tenant.as_str()))
+        .one(app.db.read())
+        .await?)
 }
 
 /// Whether `principal` may see what `created_by` made: its maker, or a reader.

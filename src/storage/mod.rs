@@ -217,12 +217,12 @@ impl Storage {
         }
         // A throttled or briefly failing store (503 `SlowDown`, a 5xx, a broken
         // connection) costs a retry, as in attache's own client (`s3_api::Tries`):
-        // twice more, 0.2 s then up to 2 s apart.
+        // as many tries, from the same first pause, up to 2 s apart.
         let retried = opendal::layers::RetryLayer::new()
             .with_jitter()
-            .with_min_delay(Duration::from_millis(200))
+            .with_min_delay(s3_api::Tries::FIRST_PAUSE)
             .with_max_delay(Duration::from_secs(2))
-            .with_max_times(2)
+            .with_max_times(s3_api::Tries::MOST as usize - 1)
             .with_notify(|event: opendal::layers::RetryEvent<'_>| {
                 tracing::warn!(error = %event.err, operation = ?event.op, "the store failed a request; trying again");
                 crate::telemetry::storage_retry();

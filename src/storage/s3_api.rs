@@ -301,10 +301,10 @@ impl S3Api {
         Ok(response.text().await?)
     }
 
-    /// Sends a signed request with `headers` and `payload`, waiting at most
-    /// `timeout` for each answer, and again as `retry` allows ([`Tries`]) unless
-    /// the payload streams (its caller sends a new stream); the answer when it
-    /// succeeds.
+    /// Sends a signed request with `headers` and a payload that can be sent again,
+    /// waiting at most `timeout` for each answer, and again as `retry` allows
+    /// ([`Tries`]); the answer when it succeeds. A streamed body goes through
+    /// [`S3Api::attempt`] once: its caller sends a new stream.
     pub(super) async fn execute(
         &self,
         method: http::Method,
@@ -328,8 +328,8 @@ impl S3Api {
         }
     }
 
-    /// One try of [`S3Api::execute`].
-    async fn attempt(
+    /// One try of a signed request.
+    pub(super) async fn attempt(
         &self,
         method: http::Method,
         url: &str,
@@ -416,8 +416,9 @@ pub(super) struct Tries {
 }
 
 impl Tries {
-    const MOST: u32 = 3;
-    const FIRST_PAUSE: Duration = Duration::from_millis(200);
+    /// Shared with OpenDAL's `RetryLayer`, so both clients try alike.
+    pub(super) const MOST: u32 = 3;
+    pub(super) const FIRST_PAUSE: Duration = Duration::from_millis(200);
 
     /// After a failed try: whether to try again, having paused, as `retry` allows.
     pub(super) async fn again(&mut self, err: &S3ApiError, retry: Retry) -> bool {

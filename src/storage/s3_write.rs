@@ -143,6 +143,15 @@ fn store_error(operation: &'static str, err: S3ApiError) -> StreamWriteError {
     StreamWriteError::Storage(opendal::Error::new(kind, operation).set_source(err))
 }
 
+/// The headers of a request that makes a new object of `content_type`, or nothing
+/// when one exists (`If-None-Match: *`): a single PUT, a multipart completion.
+fn new_object(content_type: &str) -> Vec<(http::HeaderName, String)> {
+    vec![
+        (http::header::CONTENT_TYPE, content_type.to_owned()),
+        (http::header::IF_NONE_MATCH, "*".to_owned()),
+    ]
+}
+
 /// `range` of `file` as a stream, from a handle of its own (reads name their
 /// offsets, so handles never disturb each other).
 fn read_again(
@@ -254,10 +263,7 @@ impl S3Api {
         let url = self.object_url(&self.bucket_key(key));
         let mut source = Source::new(body);
         if size <= part_size {
-            let headers = vec![
-                (http::header::CONTENT_TYPE, content_type.to_owned()),
-                (http::header::IF_NONE_MATCH, "*".to_owned()),
-            ];
+            let headers = new_object(content_type);
             self.send_body(&url, headers, &mut source, size)
                 .await
                 .map_err(|err| err.unwrap_or_else(|err| store_error("write an object", err)))?;
@@ -411,10 +417,7 @@ impl S3Api {
         content_type: &str,
     ) -> Result<(), StreamWriteError> {
         let url = self.object_url(&self.bucket_key(key));
-        let headers = vec![
-            (http::header::CONTENT_TYPE, content_type.to_owned()),
-            (http::header::IF_NONE_MATCH, "*".to_owned()),
-        ];
+        let headers = new_object(content_type);
         let timeout = BASE_TIMEOUT + Duration::from_secs(bytes.len() as u64 / (1024 * 1024));
         let payload = Payload::Bytes(bytes);
         let answer = self
@@ -445,10 +448,7 @@ impl S3Api {
     ) -> Result<(), StreamWriteError> {
         let mut tries = Tries::default();
         loop {
-            let headers = vec![
-                (http::header::CONTENT_TYPE, content_type.to_owned()),
-                (http::header::IF_NONE_MATCH, "*".to_owned()),
-            ];
+            let headers = new_object(content_type);
             let mut source = Source::new(read_again(file, 0..size)?);
             let sent = self
                 .send_body(url, headers, &mut source, size)
@@ -517,10 +517,7 @@ impl S3Api {
 
     /// Completes the upload: its parts become the object, unless it exists.
     async fn complete(&self, upload: &Multipart) -> Result<(), StreamWriteError> {
-        let headers = vec![
-            (http::header::CONTENT_TYPE, "application/xml".to_owned()),
-            (http::header::IF_NONE_MATCH, "*".to_owned()),
-        ];
+        let headers = new_object("application/xml");
         let completion = format!("{}</CompleteMultipartUpload>", upload.completion);
         let payload = Payload::Bytes(completion.into());
         // Conditional: a second try after a first that landed would find the object.
@@ -607,13 +604,12 @@ impl S3Api {
         headers.push((http::header::CONTENT_LENGTH, length.to_string()));
         let timeout = BASE_TIMEOUT + Duration::from_secs(length / (1024 * 1024));
         // A stream is sent once: a caller that can read it again tries again.
-        let request = self.execute(
+        let request = self.attempt(
             http::Method::PUT,
             url,
-            headers,
+            &headers,
             Payload::Streamed(body),
             timeout,
-            Retry::IfNotApplied,
         );
         // The request ends the feed: a store that answered early (503) and then
         // stalled without reading holds the body, and a feed that waited for it
