@@ -55,6 +55,27 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
+/// `S3_PREFIX`, checked: public URLs name it unescaped, so it keeps to the
+/// alphabet of storage keys.
+fn parse_s3_prefix(text: &str) -> Result<String, String> {
+    let prefix = text.trim_matches('/');
+    let segment_ok = |segment: &str| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+    };
+    if prefix.is_empty() || prefix.split('/').all(segment_ok) {
+        return Ok(text.to_owned());
+    }
+    Err(format!(
+        "`{text}` is not a key prefix: use letters, digits, `.`, `_` and `-` between \
+         slashes, for example attache/production"
+    ))
+}
+
 /// The shortest HMAC key accepted for client tokens and signed links: 256 bits.
 const MIN_KEY_BYTES: usize = 32;
 
@@ -195,8 +216,9 @@ pub struct StorageConfig {
     /// Secret access key.
     #[arg(long, env = "S3_SECRET_KEY", hide_env_values = true)]
     pub s3_secret_key: Option<Secret>,
-    /// Key prefix inside the bucket, joined with `/`.
-    #[arg(long, env = "S3_PREFIX", default_value = "")]
+    /// Key prefix inside the bucket, joined with `/`: letters, digits, `.`, `_`, `-`
+    /// in each segment, so that every URL names it as it is.
+    #[arg(long, env = "S3_PREFIX", default_value = "", value_parser = parse_s3_prefix)]
     pub s3_prefix: String,
     /// Size of the parts of a large object's S3 multipart upload, each streamed from
     /// its source, none held in memory; 5 MiB to 5 GiB (S3's limits); at most 10,000 parts.

@@ -25,12 +25,10 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     ChecksumMismatch(String),
-    /// The tenant's quota has no room for the upload; the usage goes in `extensions`.
-    #[error(
-        "the tenant's storage quota is full: delete files or ask for a larger quota ({})",
-        quota_text(.0)
-    )]
-    QuotaExceeded(Box<QuotaUsage>),
+    /// The tenant's quota has no room for the upload; the usage and the upload's
+    /// size go in `extensions`.
+    #[error("{}", quota_text(.0))]
+    QuotaExceeded(Box<QuotaRefusal>),
     /// The row exists but its object is on no store: lost data, logged as such.
     #[error("the file of attachment {0} is missing from storage")]
     ObjectMissing(uuid::Uuid),
@@ -142,8 +140,9 @@ impl AppError {
         if let Self::ObjectMissing(id) = self {
             extensions["attachmentId"] = serde_json::json!(id);
         }
-        if let Self::QuotaExceeded(usage) = self {
-            extensions["usage"] = usage_json(usage);
+        if let Self::QuotaExceeded(refusal) = self {
+            extensions["usage"] = usage_json(&refusal.usage);
+            extensions["requested"] = requested_json(refusal);
         }
         serde_json::json!({
             "errors": [{ "message": self.to_string(), "extensions": extensions }]
@@ -171,19 +170,46 @@ fn usage_json(usage: &QuotaUsage) -> serde_json::Value {
     })
 }
 
-/// The limits a quota refusal met, in words.
-fn quota_text(usage: &QuotaUsage) -> String {
+/// A quota refusal: the tenant's usage as it stands, and what the upload asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRefusal {
+    pub usage: QuotaUsage,
+    pub requested_bytes: i64,
+    pub requested_files: i64,
+}
+
+/// A quota refusal's `extensions.requested`: the size of the upload refused.
+fn requested_json(refusal: &QuotaRefusal) -> serde_json::Value {
+    serde_json::json!({ "bytes": refusal.requested_bytes, "files": refusal.requested_files })
+}
+
+/// A quota refusal in words: the upload's size, the limits it met, and what helps
+/// (deleting files, unless the upload alone is over a whole limit).
+fn quota_text(refusal: &QuotaRefusal) -> String {
+    let usage = &refusal.usage;
     let limit = |used: i64, limit: Option<i64>, unit: &str| {
         limit.map(|limit| format!("{used} of {limit} {unit}"))
     };
-    [
+    let used = [
         limit(usage.bytes, usage.quota_bytes, "bytes"),
         limit(usage.files, usage.quota_files, "files"),
     ]
     .into_iter()
     .flatten()
     .collect::<Vec<_>>()
-    .join(", ")
+    .join(", ");
+    let over = |requested: i64, limit: Option<i64>| limit.is_some_and(|limit| requested > limit);
+    let never_fits = over(refusal.requested_bytes, usage.quota_bytes)
+        || over(refusal.requested_files, usage.quota_files);
+    let remedy = match never_fits {
+        true => "it is larger than the whole quota: ask for a larger quota",
+        false => "delete files or ask for a larger quota",
+    };
+    format!(
+        "the tenant's storage quota has no room for this upload of {} bytes in {} file(s): \
+         {remedy} ({used} used)",
+        refusal.requested_bytes, refusal.requested_files
+    )
 }
 
 /// Seconds a client is told to wait when the server is busy.
@@ -220,10 +246,12 @@ impl ErrorExtensions for AppError {
         self.log();
         async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
             ext.set("code", self.code());
-            if let Self::QuotaExceeded(usage) = self
-                && let Ok(usage) = async_graphql::Value::from_json(usage_json(usage))
+            if let Self::QuotaExceeded(refusal) = self
+                && let Ok(usage) = async_graphql::Value::from_json(usage_json(&refusal.usage))
+                && let Ok(requested) = async_graphql::Value::from_json(requested_json(refusal))
             {
                 ext.set("usage", usage);
+                ext.set("requested", requested);
             }
         })
     }

@@ -18,6 +18,16 @@ impl SafeId {
         valid.then(|| Self(value.to_owned()))
     }
 
+    /// A tenant id: a safe id other than the folder of database backups
+    /// (`backups`), which a tenant's files would otherwise share, lifecycle rules and
+    /// access policies on that prefix included.
+    pub fn tenant(value: &str) -> Option<Self> {
+        Self::parse(value).filter(|id| id.0 != Self::RESERVED_TENANT)
+    }
+
+    /// The one safe id that names no tenant.
+    pub const RESERVED_TENANT: &str = "backups";
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

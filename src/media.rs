@@ -108,6 +108,14 @@ impl MediaType {
         let canonical = match essence.as_str() {
             "image/jpg" | "image/pjpeg" => "image/jpeg",
             "application/x-pdf" => "application/pdf",
+            // What browsers and systems declare for a .csv: Chrome and Edge on Windows
+            // with Office installed send Excel's type, in a file part and `File.type`.
+            "application/vnd.ms-excel"
+            | "application/csv"
+            | "application/x-csv"
+            | "text/x-csv"
+            | "text/comma-separated-values"
+            | "text/x-comma-separated-values" => "text/csv",
             other => other,
         };
         Self::ALL.into_iter().find(|kind| kind.mime() == canonical)
@@ -125,16 +133,36 @@ impl MediaType {
     /// Detects the type from the bytes. Text has no magic number: valid UTF-8 without
     /// NUL is text, and csv when the declared type or the filename says so.
     pub fn detect(bytes: &[u8], declared: Option<&str>, filename: &str) -> Option<Self> {
-        if let Some(found) = infer::get(bytes) {
-            return Self::from_mime(found.mime_type()).filter(|kind| !kind.is_text());
+        match Signature::of(bytes) {
+            Signature::Binary(kind) => Some(kind),
+            Signature::Markup => None,
+            Signature::None => {
+                let text = std::str::from_utf8(bytes).is_ok_and(|text| !text.contains('\0'));
+                text.then(|| Self::text_type(declared, filename))
+            }
         }
-        let text = std::str::from_utf8(bytes).is_ok_and(|text| !text.contains('\0'));
-        if !text {
-            return None;
-        }
+    }
+
+    /// Which text type: csv when the declared type or the filename says so.
+    fn text_type(declared: Option<&str>, filename: &str) -> Self {
         let says_csv = declared.and_then(Self::from_mime) == Some(Self::Csv)
             || filename.to_ascii_lowercase().ends_with(".csv");
-        Some(if says_csv { Self::Csv } else { Self::Txt })
+        if says_csv { Self::Csv } else { Self::Txt }
+    }
+
+    /// Whether `head` carries this binary type's whole magic number. `infer` matches
+    /// some on a few letters (`GIF`, `WEBP` at byte 8, `%PDF` anywhere in the first
+    /// KiB), which text may hold: a CSV whose first cell is "GIFT" is no image.
+    fn whole_signature(self, head: &[u8]) -> bool {
+        match self {
+            Self::Gif => head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a"),
+            Self::Webp => head.starts_with(b"RIFF") && head.get(8..12) == Some(b"WEBP"),
+            // `%PDF-` and its version, where readers look for it: in the first KiB.
+            Self::Pdf => head[..head.len().min(1024)]
+                .windows(6)
+                .any(|window| window.starts_with(b"%PDF-") && window[5].is_ascii_digit()),
+            _ => true,
+        }
     }
 
     /// Whether a client's declared `contentType` contradicts the detected type.
@@ -147,6 +175,32 @@ impl MediaType {
         match Self::from_mime(essence) {
             Some(kind) => kind != self && !(kind.is_text() && self.is_text()),
             None => true,
+        }
+    }
+}
+
+/// What a file's first bytes say before its text is looked at.
+enum Signature {
+    /// A binary type attache takes, its whole magic number there.
+    Binary(MediaType),
+    /// Markup or a script (`<html`, `<?xml`, `#!`): text, but refused.
+    Markup,
+    /// No whole signature of a type attache takes: the file is text or nothing. A
+    /// foreign binary (an executable, a BMP) fails the text test on its bytes.
+    None,
+}
+
+impl Signature {
+    fn of(head: &[u8]) -> Self {
+        let Some(found) = infer::get(head) else {
+            return Self::None;
+        };
+        if found.matcher_type() == infer::MatcherType::Text {
+            return Self::Markup;
+        }
+        match MediaType::from_mime(found.mime_type()) {
+            Some(kind) if !kind.is_text() && kind.whole_signature(head) => Self::Binary(kind),
+            _ => Self::None,
         }
     }
 }
@@ -218,10 +272,13 @@ impl Sniffer {
     /// The type as far as the bytes seen so far tell: final for a binary type, for a
     /// text type only once [`Sniffer::finish`] agrees.
     pub fn guess(&self, declared: Option<&str>, filename: &str) -> Option<MediaType> {
-        if let Some(found) = infer::get(&self.head) {
-            return MediaType::from_mime(found.mime_type()).filter(|kind| !kind.is_text());
+        match Signature::of(&self.head) {
+            Signature::Binary(kind) => Some(kind),
+            Signature::Markup => None,
+            Signature::None => {
+                (self.text && self.started).then(|| MediaType::text_type(declared, filename))
+            }
         }
-        self.text_type(declared, filename)
     }
 
     /// The type of the whole file, once every chunk was fed.
@@ -230,19 +287,6 @@ impl Sniffer {
             Some(kind) if kind.is_text() && !self.pending.is_empty() => None,
             other => other,
         }
-    }
-
-    fn text_type(&self, declared: Option<&str>, filename: &str) -> Option<MediaType> {
-        if !self.text || !self.started {
-            return None;
-        }
-        let says_csv = declared.and_then(MediaType::from_mime) == Some(MediaType::Csv)
-            || filename.to_ascii_lowercase().ends_with(".csv");
-        Some(if says_csv {
-            MediaType::Csv
-        } else {
-            MediaType::Txt
-        })
     }
 }
 
@@ -307,6 +351,51 @@ mod tests {
             MediaType::detect(b"MZ\x90\x00\x03\x00\x00\x00", None, "x.txt"),
             None
         );
+    }
+
+    /// A weak signature at the start of text leaves it text; the whole one decides;
+    /// markup stays refused.
+    #[test]
+    fn text_is_told_from_weak_signatures() {
+        let text = [
+            (&b"GIFT,amount\n"[..], MediaType::Csv),
+            (b"BMW,320i\n", MediaType::Csv),
+            (b"12345678WEBP and more", MediaType::Txt),
+            (b"MZ is a prefix\n", MediaType::Txt),
+            (b"see %PDF in the manual", MediaType::Txt),
+        ];
+        for (bytes, kind) in text {
+            let name = if kind == MediaType::Csv {
+                "a.csv"
+            } else {
+                "a.txt"
+            };
+            assert_eq!(
+                MediaType::detect(bytes, None, name),
+                Some(kind),
+                "{bytes:?}"
+            );
+        }
+        assert_eq!(
+            MediaType::detect(b"GIF89a\x01\x00\x01\x00\x80\x00\x00", None, "a.txt"),
+            Some(MediaType::Gif)
+        );
+        assert_eq!(
+            MediaType::detect(b"junk\n%PDF-1.7\n", None, "a.txt"),
+            Some(MediaType::Pdf),
+            "a PDF's header may follow a few bytes"
+        );
+        for markup in [
+            &b"<html ><body>"[..],
+            b"<?xml version=\"1.0\"?>",
+            b"#!/bin/sh\n",
+        ] {
+            assert_eq!(MediaType::detect(markup, None, "a.txt"), None, "{markup:?}");
+        }
+        for declared in ["application/vnd.ms-excel", "text/x-csv", "application/csv"] {
+            assert_eq!(MediaType::from_mime(declared), Some(MediaType::Csv));
+            assert!(!MediaType::Csv.contradicts(declared), "{declared}");
+        }
     }
 
     #[test]

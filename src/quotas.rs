@@ -25,7 +25,7 @@ use std::time::Instant;
 use crate::app::App;
 use crate::config::QuotaConfig;
 use crate::db::{Database, Transaction, Writes};
-use crate::error::{AppError, AppResult, QuotaUsage};
+use crate::error::{AppError, AppResult, QuotaRefusal, QuotaUsage};
 
 /// Past this share of a limit, a tenant is warned (`tenant.quota_warning`) and counted
 /// by the `attache_tenants_near_quota` gauge.
@@ -82,13 +82,17 @@ impl Usage {
         }
     }
 
-    /// `QUOTA_EXCEEDED`, with this usage.
-    fn refusal(&self) -> AppError {
-        AppError::QuotaExceeded(Box::new(QuotaUsage {
-            bytes: self.bytes,
-            files: self.files,
-            quota_bytes: self.quota_bytes,
-            quota_files: self.quota_files,
+    /// `QUOTA_EXCEEDED` of an upload of `bytes` in `files` files, with this usage.
+    fn refusal(&self, bytes: i64, files: i64) -> AppError {
+        AppError::QuotaExceeded(Box::new(QuotaRefusal {
+            usage: QuotaUsage {
+                bytes: self.bytes,
+                files: self.files,
+                quota_bytes: self.quota_bytes,
+                quota_files: self.quota_files,
+            },
+            requested_bytes: bytes,
+            requested_files: files,
         }))
     }
 
@@ -136,7 +140,7 @@ pub async fn check(app: &App, tenant: &str, bytes: i64, files: i64) -> AppResult
         // the database says now refuses.
         usage = read_estimate(app, tenant).await?;
         if usage.would_pass(bytes, files) {
-            return Err(usage.refusal());
+            return Err(usage.refusal(bytes, files));
         }
     }
     let after = Usage {
@@ -327,7 +331,9 @@ fn near_limit_sql(defaults: &QuotaConfig, bytes: &str, files: &str) -> String {
         None => own.to_owned(),
     };
     let near = |used: &str, limit: String| {
-        format!("({limit} IS NOT NULL AND ({used}) * 100 >= {limit} * {WARN_PERCENT})")
+        // Decimal (PostgreSQL) or real (SQLite) arithmetic: in BIGINT a limit near
+        // the 8 EiB a quota may be would overflow, failing every delete of its tenant.
+        format!("({limit} IS NOT NULL AND ({used}) * 100.0 >= {limit} * {WARN_PERCENT}.0)")
     };
     format!(
         "({} OR {})",
@@ -342,14 +348,14 @@ pub fn is_refusal(err: &DbErr) -> bool {
     text.contains("quota_bytes_exceeded") || text.contains("quota_files_exceeded")
 }
 
-/// The refusal of an upload whose commit the CHECKs refused, with the usage as it
-/// stands now; any other error as it is.
-pub async fn refusal_or(app: &App, tenant: &str, err: DbErr) -> AppError {
+/// The refusal of an upload of `bytes` in `files` files whose commit the CHECKs
+/// refused, with the usage as it stands now; any other error as it is.
+pub async fn refusal_or(app: &App, tenant: &str, err: DbErr, bytes: i64, files: i64) -> AppError {
     if !is_refusal(&err) {
         return err.into();
     }
     match usage(&app.db, &app.config.quotas, tenant).await {
-        Ok(usage) => usage.refusal(),
+        Ok(usage) => usage.refusal(bytes, files),
         Err(read) => read.into(),
     }
 }

@@ -31,14 +31,23 @@ impl MigrationTrait for Migration {
             )",
         )
         .await?;
-        // What is stored already counts from the start.
+        // What is stored already counts from the start. The table may be there
+        // already with rows of a later state (a PostgreSQL restore of a backup older
+        // than this table drops only what the backup holds): they are counted anew,
+        // keeping their quotas. `WHERE true` lets SQLite parse the upsert.
+        db.execute_unprepared(
+            "UPDATE tenant_usage SET bytes = 0, files = 0, limit_bytes = NULL, limit_files = NULL",
+        )
+        .await?;
         db.execute_unprepared(
             "INSERT INTO tenant_usage (tenant_id, bytes, files)
              SELECT tenant_id, SUM(byte_size), COUNT(*) FROM (
                  SELECT tenant_id, byte_size FROM attachments
                  UNION ALL SELECT tenant_id, byte_size FROM direct_uploads
              ) AS stored
-             GROUP BY tenant_id",
+             WHERE true
+             GROUP BY tenant_id
+             ON CONFLICT (tenant_id) DO UPDATE SET bytes = excluded.bytes, files = excluded.files",
         )
         .await
         .map(drop)

@@ -118,7 +118,7 @@ pub async fn announce(
         1,
     );
     if let Err(err) = app.db.commit_shared(tenant, writes).await {
-        return Err(quotas::refusal_or(app, tenant, err).await);
+        return Err(quotas::refusal_or(app, tenant, err, declared.byte_size, 1).await);
     }
     Ok(Announced {
         id,
@@ -572,14 +572,24 @@ pub async fn expired(
 }
 
 /// Removes direct uploads whose link expired without completion; returns their keys.
+/// One that cannot be removed does not hold back the others (they are read oldest
+/// first, so it would come first on every pass): its error is returned once the rest
+/// are done.
 pub async fn expire(app: &App) -> AppResult<Vec<String>> {
     let now = Utc::now();
-    let expired = expired(app, now).await?;
-    for pending in &expired {
-        discard(app, pending, Some(now)).await?;
+    let mut first_error = None;
+    let mut removed = Vec::new();
+    for pending in expired(app, now).await? {
+        match discard(app, &pending, Some(now)).await {
+            Ok(()) => removed.push(pending.storage_key),
+            Err(err) => {
+                tracing::warn!(id = %pending.id, error = %err, "cannot expire a direct upload yet");
+                first_error.get_or_insert(err);
+            }
+        }
     }
-    Ok(expired
-        .into_iter()
-        .map(|pending| pending.storage_key)
-        .collect())
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok(removed),
+    }
 }

@@ -235,7 +235,8 @@ async fn finish_store(
             .first()
             .map(|row| row.tenant_id.as_str())
             .unwrap_or_default();
-        return Err(quotas::refusal_or(app, tenant, err).await);
+        let (bytes, files) = totals(rows.iter());
+        return Err(quotas::refusal_or(app, tenant, err, bytes, files).await);
     }
     if let Some(first) = rows.first() {
         let (bytes, files) = totals(rows.iter());

@@ -161,20 +161,26 @@ async fn orphans(app: &App, cutoff: SystemTime) -> AppResult<Vec<String>> {
 }
 
 /// Which of `keys` a row still names: an attachment, a direct upload in progress,
-/// or a pending deletion (removed by its own step).
+/// or a pending deletion or upload intent (removed by its own step).
+///
+/// Each read sees the latest commit, and a commit moves a key from one table to
+/// another (an intent or a direct upload becomes an attachment, an attachment or a
+/// direct upload a deletion), so the tables are read in the order keys move through
+/// them, deletions last again: a key that moves between two reads is found by the
+/// later one, never missed by both.
 async fn referenced(app: &App, keys: &[String]) -> AppResult<HashSet<String>> {
     let mut known = HashSet::new();
     if keys.is_empty() {
         return Ok(known);
     }
-    known.extend(keys_in::<attachment::Entity>(app, attachment::Column::StorageKey, keys).await?);
+    let deletions =
+        || keys_in::<storage_deletion::Entity>(app, storage_deletion::Column::StorageKey, keys);
+    known.extend(deletions().await?);
     known.extend(
         keys_in::<direct_upload::Entity>(app, direct_upload::Column::StorageKey, keys).await?,
     );
-    known.extend(
-        keys_in::<storage_deletion::Entity>(app, storage_deletion::Column::StorageKey, keys)
-            .await?,
-    );
+    known.extend(keys_in::<attachment::Entity>(app, attachment::Column::StorageKey, keys).await?);
+    known.extend(deletions().await?);
     Ok(known)
 }
 

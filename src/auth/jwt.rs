@@ -140,10 +140,12 @@ impl JwtVerifier {
         let tenant = tenant.ok_or_else(|| {
             AppError::Unauthenticated(format!("the token has no `{}` claim", self.tenant_claim))
         })?;
-        let tenant = SafeId::parse(tenant).ok_or_else(|| {
+        let tenant = SafeId::tenant(tenant).ok_or_else(|| {
             AppError::Unauthenticated(format!(
-                "the token's `{}` claim is not a valid tenant id",
-                self.tenant_claim
+                "the token's `{}` claim is not a valid tenant id: letters, digits, `-` and \
+                 `_`, at most 64, not `{}`",
+                self.tenant_claim,
+                SafeId::RESERVED_TENANT
             ))
         })?;
         let scope = scope_claim(claims.other.get("scope"));

@@ -116,7 +116,7 @@ impl LinkSigner {
             return Err(refused("invalid link signature"));
         }
         let id = canonical_id(id).ok_or_else(|| refused("invalid link signature"))?;
-        let tenant = SafeId::parse(tenant).ok_or_else(|| refused("invalid link signature"))?;
+        let tenant = SafeId::tenant(tenant).ok_or_else(|| refused("invalid link signature"))?;
         let now = chrono::Utc::now().timestamp();
         match self.verify(purpose, id, tenant.as_str(), expires, signature, now) {
             Ok(()) => Ok((id, tenant)),

@@ -143,8 +143,11 @@ async fn open(database: &DatabaseConfig) -> anyhow::Result<Database> {
 }
 
 fn tenant_id(tenant: &str) -> anyhow::Result<SafeId> {
-    SafeId::parse(tenant).with_context(|| {
-        format!("`{tenant}` is not a tenant id: letters, digits, `-` and `_`, at most 64")
+    SafeId::tenant(tenant).with_context(|| {
+        format!(
+            "`{tenant}` is not a tenant id: letters, digits, `-` and `_`, at most 64, not `{}`",
+            SafeId::RESERVED_TENANT
+        )
     })
 }
 

@@ -35,7 +35,12 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         .as_ref()
         .context("JWT_SECRET: required to mint tokens (tokens of a JWT_PUBLIC_KEY_FILE come from your identity provider)")?;
     secret.long_enough("JWT_SECRET")?;
-    let tenant = SafeId::parse(&args.tenant).context("--tenant must match [A-Za-z0-9_-]{1,64}")?;
+    let tenant = SafeId::tenant(&args.tenant).with_context(|| {
+        format!(
+            "--tenant must match [A-Za-z0-9_-]{{1,64}} and not be `{}`",
+            SafeId::RESERVED_TENANT
+        )
+    })?;
     // With TENANT_CLAIM=sub the subject is the tenant: another --sub would be lost.
     anyhow::ensure!(
         args.auth.tenant_claim != "sub"

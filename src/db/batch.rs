@@ -83,7 +83,11 @@ pub fn restart(connection: &Connection, patience: Duration) -> rusqlite::Result<
 pub enum Refused {
     /// Another process holds SQLite's write lock and the batch may not wait for it.
     Busy,
-    /// A statement failed (or BEGIN or COMMIT did); nothing of the batch was kept.
+    /// The batch could not begin (another process held the lock past the patience,
+    /// or the connection failed): nothing ran, and a batch on its own would fare no
+    /// better.
+    NotBegun(rusqlite::Error),
+    /// A statement failed (or COMMIT did); nothing of the batch was kept.
     Failed(rusqlite::Error),
 }
 
@@ -95,13 +99,15 @@ pub fn commit<'a>(
     statements: impl IntoIterator<Item = &'a Statement>,
     patience: Duration,
 ) -> Result<(), Refused> {
-    connection.busy_timeout(patience).map_err(Refused::Failed)?;
+    connection
+        .busy_timeout(patience)
+        .map_err(Refused::NotBegun)?;
     if let Err(err) = connection.execute_batch("BEGIN IMMEDIATE") {
         let busy = err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
         return Err(if busy && patience.is_zero() {
             Refused::Busy
         } else {
-            Refused::Failed(err)
+            Refused::NotBegun(err)
         });
     }
     let committed = statements

@@ -306,14 +306,16 @@ pub async fn require_existing(config: &DatabaseConfig) -> Result<(), ConfigError
 /// Arbitrary, fixed: the advisory lock that serializes migrations on PostgreSQL.
 const MIGRATION_LOCK: i64 = 0x0061_7474_6163_6865;
 
-/// Applies every pending migration. On PostgreSQL under a transaction-scoped advisory
-/// lock, so replicas starting together on a new database migrate one after another.
+/// Applies every pending migration, all in one transaction (SQLite's DDL is
+/// transactional too), so that a kill midway leaves none half-applied: a migration's
+/// table made but not recorded would fail every later start. On PostgreSQL under a
+/// transaction-scoped advisory lock, so replicas starting together on a new database
+/// migrate one after another.
 async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Migrator::up(db, None).await;
-    }
     let txn = db.begin().await?;
-    advisory_lock(&txn, MIGRATION_LOCK).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        advisory_lock(&txn, MIGRATION_LOCK).await?;
+    }
     Migrator::up(&txn, None).await?;
     txn.commit().await
 }

@@ -183,12 +183,7 @@ impl SqliteWriter {
             Some(connection) => connection,
             None => match batch::open(&self.options, self.sync) {
                 Ok(connection) => connection,
-                Err(err) => {
-                    for txn in group {
-                        let _ = txn.outcome.send(Err(refused(&err)));
-                    }
-                    return None;
-                }
+                Err(err) => return fail_all(group, &err),
             },
         };
         let left = self.commit_group(&connection, group, patience);
@@ -216,6 +211,7 @@ impl SqliteWriter {
                     return None;
                 }
                 Err(Refused::Busy) => return Some(group),
+                Err(Refused::NotBegun(err)) => return fail_all(group, &err),
                 Err(Refused::Failed(_)) => {}
             }
         }
@@ -227,6 +223,10 @@ impl SqliteWriter {
                     Ok(())
                 }
                 Err(Refused::Busy) => return Some(std::iter::once(txn).chain(alone).collect()),
+                // Each alone would wait as long again, the writer's turn held.
+                Err(Refused::NotBegun(err)) => {
+                    return fail_all(std::iter::once(txn).chain(alone), &err);
+                }
                 Err(Refused::Failed(err)) => Err(refused(&err)),
             };
             let _ = txn.outcome.send(outcome);
@@ -290,6 +290,17 @@ fn checkpoint(
         tracing::debug!("a reader holds the SQLite log; the next checkpoint tries again");
     }
     Ok(())
+}
+
+/// Answers every transaction of `group` with `err`, none of them run.
+fn fail_all(
+    group: impl IntoIterator<Item = Transaction>,
+    err: &rusqlite::Error,
+) -> Option<Vec<Transaction>> {
+    for txn in group {
+        let _ = txn.outcome.send(Err(refused(err)));
+    }
+    None
 }
 
 /// A batch's failure as sea-orm reports a statement's (its text names the

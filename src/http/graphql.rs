@@ -21,7 +21,7 @@ use crate::http::batch_json;
 use crate::http::drain::{after_draining, closing, drain_limit, refused_early};
 use crate::http::graphql_response::{Answer, coded};
 use crate::http::json_body::JsonBody;
-use crate::http::multipart_body::{self, Read, Rest};
+use crate::http::multipart_body::{self, PartHeadTooLong, Read, Rest};
 use crate::http::slow_body::{body_too_slow, is_too_slow, paced};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
@@ -393,6 +393,10 @@ fn parse_failure(
     let mut over_limit = false;
     let mut too_slow = None;
     while let Some(current) = source {
+        // Under multer's "failed to read stream": say what is wrong with the body.
+        if current.is::<PartHeadTooLong>() {
+            return bad_request(format!("invalid GraphQL request: {current}"));
+        }
         over_limit |= current.is::<LengthLimitError>()
             || current.to_string().contains("length limit exceeded");
         if current.is::<crate::http::slow_body::TooSlow>() {

@@ -443,9 +443,13 @@ impl Spooling {
                             );
                             self.escape = Escape::None;
                         }
+                        // Not an escape: the string is broken there (`!` is never
+                        // base64), and the byte is read again as the string's, so a
+                        // quote ends it where any JSON parser ends it.
                         None => {
                             self.unescaped.push(b'!');
                             self.escape = Escape::None;
+                            at -= 1;
                         }
                     }
                 }
@@ -613,6 +617,30 @@ mod tests {
             json.feed(rest.as_bytes()).await.expect("one file");
             drop(json);
             assert!(until(&spooled, false).await, "the spool file is removed");
+        }
+    }
+
+    /// A `\u` escape cut short by a quote ends the string at that quote, as any JSON
+    /// parser reads it: what follows is not swallowed into the file, so a body that is
+    /// not JSON stays one that is not.
+    #[tokio::test]
+    async fn a_cut_unicode_escape_ends_the_string_at_its_quote() {
+        let text = "QUJD".repeat(600_000);
+        let body = format!(r#"{{"variables":{{"i":{{"base64":"{text}\u00"}}}}}}hidden"}}}}}}"#);
+        assert!(serde_json::from_str::<serde_json::Value>(&body).is_err());
+        for size in [3, 4096, body.len()] {
+            let folder = tempfile::tempdir().expect("temp dir");
+            let path = folder.path().join("spooled");
+            let mut json = JsonBody::new(None, 20, move || path.clone());
+            for chunk in body.as_bytes().chunks(size) {
+                json.feed(chunk).await.expect("one file");
+            }
+            let (kept, _large) = json.finish();
+            let kept = String::from_utf8_lossy(&kept);
+            assert!(
+                kept.ends_with(r#"}}}hidden"}}}"#),
+                "in chunks of {size}: {kept}"
+            );
         }
     }
 }

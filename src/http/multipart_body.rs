@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_graphql::{BatchRequest, Value};
 use bytes::Bytes;
@@ -31,6 +32,7 @@ pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
 /// The rest of a multipart body, after `operations` and `map`.
 pub struct Rest {
     fields: multer::Multipart<'static>,
+    heads: HeadBudget,
     /// Each file field's part index.
     indexes: HashMap<String, usize>,
     parts: Arc<Parts>,
@@ -57,27 +59,91 @@ pub async fn start<S>(
 where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
+    let heads = HeadBudget::default();
     let body = ChunkByChunk {
         body: Box::pin(body),
         rest: Bytes::new(),
         handed: false,
+        heads: heads.clone(),
     };
     let mut fields = multer::Multipart::new(body, boundary.to_owned());
-    match read_head(&mut fields, max_files, max_values).await {
+    match read_head(&mut fields, &heads, max_files, max_values).await {
         Ok((batch, indexes, uses)) => {
             let rest = Rest {
                 fields,
+                heads,
                 indexes,
                 parts: Parts::new(&uses),
             };
             Ok((batch, rest))
         }
         Err(err) => {
-            drain(&mut fields, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+            drain(
+                &mut fields,
+                &heads,
+                REFUSED_DRAIN_BYTES,
+                REFUSED_DRAIN_TIMEOUT,
+            )
+            .await;
             Err(err)
         }
     }
 }
+
+/// The most bytes multer may read while it looks for a part: the text before the
+/// first boundary, a boundary line and the part's headers. It searches all it holds
+/// again for each piece it is given, so an endless header block would cost time
+/// quadratic in its length (seconds of a core for a body of the size allowed).
+const MAX_PART_HEAD_BYTES: usize = 64 * 1024;
+
+/// What is left of [`MAX_PART_HEAD_BYTES`] while multer looks for a part; no bound
+/// (`usize::MAX`) while it reads a part's data, whose search resumes where it was.
+#[derive(Clone)]
+struct HeadBudget(Arc<AtomicUsize>);
+
+impl Default for HeadBudget {
+    fn default() -> Self {
+        Self(Arc::new(AtomicUsize::new(usize::MAX)))
+    }
+}
+
+impl HeadBudget {
+    /// The next part of `fields`, its head read within the budget.
+    async fn next_field(
+        &self,
+        fields: &mut multer::Multipart<'static>,
+    ) -> multer::Result<Option<multer::Field<'static>>> {
+        /// Lifts the bound however the search ends, a dropped future included.
+        struct Unbound<'a>(&'a AtomicUsize);
+        impl Drop for Unbound<'_> {
+            fn drop(&mut self) {
+                self.0.store(usize::MAX, Ordering::Relaxed);
+            }
+        }
+        self.0.store(MAX_PART_HEAD_BYTES, Ordering::Relaxed);
+        let _unbound = Unbound(&self.0);
+        fields.next_field().await
+    }
+
+    /// Takes `bytes` from what is left; false when they do not fit.
+    fn spend(&self, bytes: usize) -> bool {
+        let left = self.0.load(Ordering::Relaxed);
+        if left == usize::MAX {
+            return true;
+        }
+        self.0.store(left.saturating_sub(bytes), Ordering::Relaxed);
+        bytes <= left
+    }
+}
+
+/// A part whose head does not fit [`MAX_PART_HEAD_BYTES`]: a malformed body.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a multipart part's headers (with any text before the first boundary) exceed {} KiB; \
+     send Content-Disposition and Content-Type only",
+    MAX_PART_HEAD_BYTES / 1024
+)]
+pub struct PartHeadTooLong;
 
 /// The operations with their file variables set, each file field's part index, and
 /// how many variables each part is mapped to.
@@ -85,6 +151,7 @@ type Head = (BatchRequest, HashMap<String, usize>, Vec<usize>);
 
 async fn read_head(
     fields: &mut multer::Multipart<'static>,
+    heads: &HeadBudget,
     max_files: u64,
     max_values: u64,
 ) -> Result<Head, ReadError> {
@@ -95,8 +162,8 @@ async fn read_head(
             (Some(batch), Some(map)) => break (batch, map),
             pending => pending,
         };
-        let field = fields
-            .next_field()
+        let field = heads
+            .next_field(fields)
             .await?
             .ok_or("the body ended before its `operations` and `map` fields")?;
         match field.name() {
@@ -130,10 +197,15 @@ async fn read_head(
 /// Reads and drops what is left of a multipart body, at most `max` bytes within
 /// `within`: a client still sending a short body then sees the answer instead of a
 /// reset connection, while a long one is not read to its end.
-async fn drain(fields: &mut multer::Multipart<'static>, max: u64, within: std::time::Duration) {
+async fn drain(
+    fields: &mut multer::Multipart<'static>,
+    heads: &HeadBudget,
+    max: u64,
+    within: std::time::Duration,
+) {
     let drained = async {
         let mut read: u64 = 0;
-        while let Ok(Some(mut field)) = fields.next_field().await {
+        while let Ok(Some(mut field)) = heads.next_field(fields).await {
             while let Ok(Some(chunk)) = field.chunk().await {
                 read += chunk.len() as u64;
                 if read > max {
@@ -201,7 +273,13 @@ impl Rest {
     /// Reads and drops a little more of the body ([`drain`]), once the operations
     /// ran without reading it all.
     pub async fn drain(mut self) {
-        drain(&mut self.fields, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+        drain(
+            &mut self.fields,
+            &self.heads,
+            REFUSED_DRAIN_BYTES,
+            REFUSED_DRAIN_TIMEOUT,
+        )
+        .await;
     }
 
     async fn read(&mut self) -> Read {
@@ -209,7 +287,7 @@ impl Rest {
             let field = tokio::select! {
                 biased;
                 () = self.parts.until_executed() => return Read::Unfinished,
-                field = self.fields.next_field() => field,
+                field = self.heads.next_field(&mut self.fields) => field,
             };
             let mut field = match field {
                 Ok(Some(field)) => field,
@@ -326,18 +404,19 @@ struct ChunkByChunk<S> {
     rest: Bytes,
     /// A piece went out on the last poll: this one yields.
     handed: bool,
+    heads: HeadBudget,
 }
 
 /// The most bytes multer is given at a time.
 const PIECE: usize = 16 * 1024;
 
-impl<S: Stream<Item = Result<Bytes, E>>, E> Stream for ChunkByChunk<S> {
-    type Item = S::Item;
+impl<S: Stream<Item = Result<Bytes, std::io::Error>>> Stream for ChunkByChunk<S> {
+    type Item = Result<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<S::Item>> {
+    ) -> std::task::Poll<Option<Self::Item>> {
         if std::mem::take(&mut self.handed) {
             cx.waker().wake_by_ref();
             return std::task::Poll::Pending;
@@ -345,10 +424,14 @@ impl<S: Stream<Item = Result<Bytes, E>>, E> Stream for ChunkByChunk<S> {
         if self.rest.is_empty() {
             match std::task::ready!(self.body.as_mut().poll_next(cx)) {
                 Some(Ok(chunk)) => self.rest = chunk,
-                other => return std::task::Poll::Ready(other),
+                Some(Err(err)) => return std::task::Poll::Ready(Some(Err(Box::new(err)))),
+                None => return std::task::Poll::Ready(None),
             }
         }
         let length = self.rest.len().min(PIECE);
+        if !self.heads.spend(length) {
+            return std::task::Poll::Ready(Some(Err(Box::new(PartHeadTooLong))));
+        }
         self.handed = true;
         std::task::Poll::Ready(Some(Ok(self.rest.split_to(length))))
     }

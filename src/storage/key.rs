@@ -134,7 +134,8 @@ impl StorageKey {
     }
 
     /// The folder of database backups; no collection layout reaches into it (each
-    /// starts with a tenant and holds a UUID), so `storage sweep` never touches it.
+    /// starts with a tenant, never [`SafeId::RESERVED_TENANT`], and holds a UUID), so
+    /// `storage sweep` never touches it.
     pub const BACKUPS: &str = "backups/";
 
     /// The key of a database backup: `backups/<name>`.
@@ -180,6 +181,14 @@ impl fmt::Display for StorageKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No tenant's files share the folder of database backups.
+    #[test]
+    fn no_tenant_is_named_as_the_backups() {
+        assert_eq!(StorageKey::BACKUPS, format!("{}/", SafeId::RESERVED_TENANT));
+        assert!(SafeId::tenant(SafeId::RESERVED_TENANT).is_none());
+        assert!(SafeId::tenant("acme").is_some());
+    }
 
     #[test]
     fn renders_the_collection_layout() {

@@ -97,6 +97,12 @@ async fn every_token_fault_is_unauthenticated(setup: Setup) {
                 json!({ "sub": "u", "tenant_id": "../other", "exp": now() + 600 }),
             )),
         ),
+        (
+            "the folder of database backups for a tenant",
+            Some(hs256(
+                json!({ "sub": "u", "tenant_id": "backups", "exp": now() + 600 }),
+            )),
+        ),
     ];
     for (case, token) in cases {
         assert_unauthenticated(&app, token.as_deref(), case).await;

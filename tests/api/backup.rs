@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use entity::attachment;
-use sea_orm::{Database, EntityTrait, QueryOrder};
+use sea_orm::{ConnectionTrait, Database, EntityTrait, QueryOrder};
 use serde_json::json;
 
 use crate::helpers::{
@@ -528,7 +528,55 @@ async fn a_backup_larger_than_a_part_streams_in_parts_and_restores(setup: Setup)
     assert!(back == ballast, "every byte is back");
 }
 
+/// A PostgreSQL backup taken before quotas restores and serves: `pg_restore
+/// --clean` drops only what the backup holds, so `tenant_usage` stays with a later
+/// state while the migration that made it runs again. It once failed there on a
+/// duplicate key, and no server could start; now the usage is counted anew.
+async fn a_backup_from_before_quotas_restores_and_serves(setup: Setup) {
+    let scene = Scene::new(setup).await;
+    let acme = tenant();
+    let token = scene.app.token(&acme);
+    scene
+        .app
+        .upload(&token, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    let db = Database::connect(&scene.database_url)
+        .await
+        .expect("connect");
+    db.execute_unprepared(
+        "DROP TABLE tenant_usage; \
+         DELETE FROM seaql_migrations WHERE version LIKE '%_create_tenant_usage'",
+    )
+    .await
+    .expect("the database as it was before quotas");
+    let name = scene.create(&[]).await;
+    let migrate = |why: &'static str| {
+        let scene = &scene;
+        async move {
+            let args = ["db", "migrate", "--database-url", &scene.database_url];
+            let ran = run_attache(args.map(str::to_owned).to_vec()).await;
+            assert!(ran.status.success(), "{why}: {ran:?}");
+        }
+    };
+    migrate("quotas come").await;
+    scene
+        .app
+        .upload(&token, &pdf(), "contract", Some("c-2"), "b.pdf")
+        .await;
+
+    let restored = scene.backup(&["restore", &name]).await;
+    assert!(restored.ok, "{}{}", restored.out, restored.err);
+    migrate("quotas come again over the rows left").await;
+    let usage = scene
+        .app
+        .gql("{ usage { files } }", json!({}), Some(&token))
+        .await;
+    assert_eq!(data(&usage, "usage")["files"], 1, "{usage}");
+    db.close().await.expect("close");
+}
+
 crate::matrix!(s3: a_backup_larger_than_a_part_streams_in_parts_and_restores);
+crate::matrix!(postgres: a_backup_from_before_quotas_restores_and_serves);
 crate::matrix!(
     deleted_files_stay_for_the_retention,
     a_restore_within_the_retention_brings_files_back_whole,

@@ -48,6 +48,8 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "S3_PUBLIC_BASE_URL",
         ),
         ("--cors-allowed-origins", "*", "CORS_ALLOWED_ORIGINS"),
+        ("--s3-prefix", "team files/2026", "S3_PREFIX"),
+        ("--s3-prefix", "a/../b", "S3_PREFIX"),
         ("--max-url-ttl-seconds", "60", "URL_TTL_SECONDS"),
         (
             "--cors-allowed-origins",
@@ -390,11 +392,58 @@ async fn development_mode_stays_on_loopback(_setup: Setup) {
     );
 }
 
+/// A migration cut before its record (here a trigger refuses the record, as a kill
+/// between the two would) leaves nothing of itself: the pending migrations land in
+/// one transaction (SQLite's DDL is transactional too), so the next run applies
+/// them whole. Made but unrecorded, a migration failed every later start ("index
+/// ... already exists").
+async fn a_migration_cut_before_its_record_is_applied_again_whole(_setup: Setup) {
+    use sea_orm::sqlx::{self, Connection};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "CREATE TABLE seaql_migrations (version VARCHAR NOT NULL PRIMARY KEY, \
+             applied_at BIGINT NOT NULL); \
+         CREATE TRIGGER cut BEFORE INSERT ON seaql_migrations \
+             WHEN NEW.version LIKE '%_000015_%' \
+             BEGIN SELECT RAISE(ABORT, 'cut before its record'); END;",
+    )
+    .execute(&mut db)
+    .await
+    .expect("the cut");
+    let migrate = || {
+        ["db", "migrate", "--database-url", &url]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let cut = run_attache(migrate()).await;
+    let said = String::from_utf8_lossy(&cut.stderr);
+    assert!(
+        !cut.status.success() && said.contains("cut before its record"),
+        "{said}"
+    );
+    sqlx::raw_sql("DROP TRIGGER cut")
+        .execute(&mut db)
+        .await
+        .expect("the cut mended");
+    db.close().await.expect("close");
+    let again = run_attache(migrate()).await;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
 crate::matrix!(
     once: a_bad_value_is_one_line_naming_its_variable,
     development_mode_prints_a_working_token,
     development_mode_stays_on_loopback,
     a_mistyped_variable_is_named_with_the_closest_setting,
+    a_migration_cut_before_its_record_is_applied_again_whole,
 );
 crate::matrix!(
     the_token_command_mints_what_the_server_accepts,

@@ -57,6 +57,12 @@ fn assert_refused(body: &Value, files: i64) {
         "{body}"
     );
     assert_eq!(error["extensions"]["usage"]["files"], files, "{body}");
+    assert_eq!(error["extensions"]["requested"]["files"], 1, "{body}");
+    assert_eq!(
+        error["extensions"]["requested"]["bytes"],
+        pdf().len(),
+        "{body}"
+    );
 }
 
 async fn every_path_is_refused_at_the_limit_with_nothing_stored(setup: Setup) {
@@ -70,7 +76,21 @@ async fn every_path_is_refused_at_the_limit_with_nothing_stored(setup: Setup) {
 
     // A batch that does not fit is refused whole.
     let three = json!({ "input": [input("a.pdf", &content), input("b.pdf", &content), input("c.pdf", &content)] });
-    assert_refused(&app.gql(UPLOAD_MANY, three, Some(&bearer)).await, 0);
+    let refused = app.gql(UPLOAD_MANY, three, Some(&bearer)).await;
+    assert_eq!(codes(&refused), vec!["QUOTA_EXCEEDED"], "{refused}");
+    let error = &refused["errors"][0];
+    assert_eq!(
+        error["extensions"]["requested"],
+        json!({ "bytes": 3 * size, "files": 3 }),
+        "{refused}"
+    );
+    // Deleting files would not make room: the message does not suggest it.
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("this upload of {} bytes in 3 file(s)", 3 * size))
+            && message.contains("larger than the whole quota: ask for a larger quota"),
+        "{message}"
+    );
     assert_eq!(app.row_count(&acme).await, 0);
     assert!(app.stored_keys().is_empty());
 
@@ -195,6 +215,56 @@ async fn an_expired_direct_upload_releases_its_reservation(setup: Setup) {
     assert_eq!(usage(&app, &bearer).await["files"], 0, "released");
     app.upload(&bearer, &content, "contract", Some("c-1"), "a.pdf")
         .await;
+}
+
+/// A tenant exempted with the largest quota a command takes still deletes, its
+/// expired direct uploads and every other tenant's are still released, and the gauge
+/// still reads: the 80 % test once overflowed PostgreSQL's BIGINT there, failing
+/// each of them, and one such row held back every tenant's expiry.
+async fn the_largest_quota_still_deletes_and_expires(setup: Setup) {
+    let (app, url) = alone(setup, &["--url-ttl-seconds", "2"]).await;
+    let (acme, globex) = (tenant(), tenant());
+    let exempt = run_attache(
+        [
+            "tenant",
+            "quota",
+            "set",
+            &acme,
+            "--bytes",
+            "8000000TiB",
+            "--files",
+            "9000000000000000000",
+            "--database-url",
+            &url,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    )
+    .await;
+    assert!(exempt.status.success(), "{exempt:?}");
+    let bearer = app.token(&acme);
+    let stored = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    let deleted = app
+        .gql(DELETE, json!({ "id": stored["id"] }), Some(&bearer))
+        .await;
+    assert!(deleted.get("errors").is_none(), "{deleted}");
+
+    let other = app.token(&globex);
+    for bearer in [&bearer, &other] {
+        let content = pdf();
+        let declared = declaration(&content, "application/pdf");
+        let (_, status) = announce_and_put(&app, bearer, declared, content).await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    attache::attachments::direct::expire(&app.app)
+        .await
+        .expect("expiry");
+    assert_eq!(usage(&app, &bearer).await["files"], 0, "acme released");
+    assert_eq!(usage(&app, &other).await["files"], 0, "globex released");
+    assert_eq!(gauge(&app).await, 0.0);
 }
 
 async fn usage_is_the_callers_tenant_and_needs_read_scope(setup: Setup) {
@@ -449,6 +519,7 @@ crate::matrix!(db:
     a_delete_frees_its_space_at_once,
     concurrent_uploads_never_overshoot,
     an_expired_direct_upload_releases_its_reservation,
+    the_largest_quota_still_deletes_and_expires,
     usage_is_the_callers_tenant_and_needs_read_scope,
     passing_80_percent_warns_once_per_crossing,
     the_recount_repairs_usage_and_quotas_are_set_by_command,

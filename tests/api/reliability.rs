@@ -297,6 +297,53 @@ async fn connections_the_database_dropped_are_replaced(setup: Setup) {
     assert_files_equal_rows(&app, &acme).await;
 }
 
+/// Another process holding SQLite's write lock past the busy timeout (a recount, a
+/// command's write) fails the uploads waiting meanwhile together, in one more wait
+/// of the timeout (10 s), not in one more for each of them (the writer's turn held
+/// all along); once the lock is free, uploads are stored again.
+async fn a_held_sqlite_lock_fails_the_waiting_uploads_together(setup: Setup) {
+    use sea_orm::sqlx::{self, Connection};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = private_database_url(setup.db, dir.path()).await;
+    let uploads = dir.path().join("uploads");
+    let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
+    let acme = tenant();
+    let token = app.token(&acme);
+    let mut holder = sqlx::SqliteConnection::connect(&database_url)
+        .await
+        .expect("a connection of another process");
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .expect("the write lock");
+
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all((0..4).map(|n| {
+        let input = json!({ "input": {
+            "ownerType": "contract", "ownerId": "c-1", "filename": format!("{n}.pdf"),
+            "base64": STANDARD.encode(pdf()) }});
+        let token = &token;
+        let app = &app;
+        async move { app.gql(UPLOAD, input, Some(token)).await }
+    }))
+    .await;
+    let waited = started.elapsed();
+    for answer in &answers {
+        assert!(answer.get("errors").is_some(), "{answer}");
+    }
+    // The first upload's turn and the others' together: 20 s; alone, each of the
+    // other three would have waited 10 s more.
+    assert!(waited < Duration::from_secs(30), "answered in {waited:?}");
+
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("the lock given up");
+    app.upload(&token, &pdf(), "contract", Some("c-1"), "after.pdf")
+        .await;
+    assert_files_equal_rows(&app, &acme).await;
+}
+
 /// A pool of two PostgreSQL connections (`DATABASE_MAX_CONNECTIONS=2`) serves a
 /// burst of uploads and listings from several tenants: queries wait for a
 /// connection instead of failing, and PostgreSQL never sees more than two of the
@@ -386,7 +433,10 @@ crate::matrix!(
     clients_that_disconnect_leave_no_orphan,
     a_busy_server_answers_503_with_retry_after,
 );
-crate::matrix!(once: a_server_killed_during_uploads_leaves_rows_with_objects);
+crate::matrix!(
+    once: a_server_killed_during_uploads_leaves_rows_with_objects,
+    a_held_sqlite_lock_fails_the_waiting_uploads_together,
+);
 
 /// A filesystem that refuses `O_DIRECT` (ramfs) gets large files written the
 /// ordinary way, every byte kept: attache runs with its storage folder on a ramfs

@@ -303,6 +303,64 @@ async fn multipart_uploads_follow_the_same_rules(setup: Setup) {
     );
 }
 
+/// Text whose first letters are a weak image signature (`GIF`, `BM`, `WEBP` at byte
+/// 8) is text, not a GIF stored as `gifts.csv.gif` nor a BMP refused; a "logo" of
+/// twelve letters is no WebP; and the types browsers declare for a CSV (Excel's on
+/// Windows) declare a CSV, by base64 and by multipart.
+async fn text_is_told_from_images_by_whole_signatures(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let upload = |content: &'static [u8], owner_type: &'static str, filename: &'static str| {
+        let bearer = bearer.clone();
+        let app = &app;
+        async move {
+            app.gql(
+                UPLOAD,
+                json!({ "input": { "ownerType": owner_type, "ownerId": "c-1",
+                    "filename": filename, "contentType": "text/csv",
+                    "base64": STANDARD.encode(content) }}),
+                Some(&bearer),
+            )
+            .await
+        }
+    };
+    for (content, filename) in [
+        (&b"GIFT,amount\nA,1\n"[..], "gifts.csv"),
+        (b"BMW,320i\nAudi,A4\n", "cars.csv"),
+    ] {
+        let stored = upload(content, "contract", filename).await;
+        let att = data(&stored, "uploadAttachment");
+        assert_eq!(att["contentType"], "text/csv", "{filename}: {stored}");
+        assert_eq!(att["filename"], filename);
+        let key = format!(
+            "{acme}/contracts/c-1/{}.csv",
+            att["id"].as_str().expect("id")
+        );
+        assert!(app.stored_keys().contains(&key), "{key}");
+    }
+    let logo = upload(b"abcdefghWEBPnot an image", "invoice_logo", "logo.webp").await;
+    assert_eq!(codes(&logo), vec!["UNSUPPORTED_MEDIA_TYPE"], "{logo}");
+
+    let (_, body) = post_multipart(
+        &app.base_url,
+        &bearer,
+        upload_file_form(
+            "contract",
+            "c-1",
+            b"a,b\n1,2\n",
+            "data.csv",
+            "application/vnd.ms-excel",
+        ),
+    )
+    .await;
+    assert_eq!(
+        data(&body, "uploadAttachmentFile")["contentType"],
+        "text/csv",
+        "{body}"
+    );
+}
+
 /// Multipart parts stream to the resolver waiting for them, in any order: a part
 /// sent before the one the running resolver needs waits in a temporary file. A part
 /// whose first bytes are refused is answered at once, without reading the rest of
@@ -596,6 +654,7 @@ crate::matrix!(
     hostile_filenames_lose_paths_and_control_characters,
     a_batch_is_all_or_nothing,
     multipart_uploads_follow_the_same_rules,
+    text_is_told_from_images_by_whole_signatures,
     multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further,
     too_many_large_files_in_one_body_are_refused_as_they_arrive,
     a_failing_row_removes_its_object,
