@@ -184,6 +184,28 @@ def main():
                 s.close()
             return f"{answer} after {waited:.2f} s"
         measure(pid, "8 the 9th slow upload with 8 slots (queue timeout 1 s)", busy)
+
+        def endless_head():
+            filler = b"\r\n\ra" * 3_500_000
+            body = (b"--b\r\nContent-Disposition: form-data; name=\"operations\"\r\nX: "
+                    + filler)
+            s = socket.create_connection(("127.0.0.1", port))
+            s.settimeout(60)
+            s.sendall(f"POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n"
+                      "Apollo-Require-Preflight: 1\r\n"
+                      "Content-Type: multipart/form-data; boundary=b\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode())
+            try:
+                s.sendall(body)
+            except OSError:
+                pass  # refused before the end: the rest is not read
+            try:
+                answer = s.recv(200).split(b"\r\n")[0].decode()
+            except OSError as err:
+                answer = f"closed ({err})"
+            s.close()
+            return answer
+        measure(pid, "9 a multipart part head of 14 MB that never ends", endless_head)
     finally:
         server.terminate()
         server.wait(timeout=30)

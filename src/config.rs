@@ -63,16 +63,16 @@ fn parse_s3_prefix(text: &str) -> Result<String, String> {
         !segment.is_empty()
             && segment != "."
             && segment != ".."
-            && segment
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+            && segment.bytes().all(|byte| {
+                byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-' | b'~' | b'=')
+            })
     };
     if prefix.is_empty() || prefix.split('/').all(segment_ok) {
         return Ok(text.to_owned());
     }
     Err(format!(
-        "`{text}` is not a key prefix: use letters, digits, `.`, `_` and `-` between \
-         slashes, for example attache/production"
+        "`{text}` is not a key prefix: use letters, digits, `.`, `_`, `-`, `~` and `=` \
+         between slashes, for example attache/production"
     ))
 }
 
@@ -216,8 +216,8 @@ pub struct StorageConfig {
     /// Secret access key.
     #[arg(long, env = "S3_SECRET_KEY", hide_env_values = true)]
     pub s3_secret_key: Option<Secret>,
-    /// Key prefix inside the bucket, joined with `/`: letters, digits, `.`, `_`, `-`
-    /// in each segment, so that every URL names it as it is.
+    /// Key prefix inside the bucket, joined with `/`: letters, digits, `.`, `_`, `-`,
+    /// `~`, `=` in each segment, so that every URL names it as it is.
     #[arg(long, env = "S3_PREFIX", default_value = "", value_parser = parse_s3_prefix)]
     pub s3_prefix: String,
     /// Size of the parts of a large object's S3 multipart upload, each streamed from

@@ -22,7 +22,8 @@ impl SafeId {
     /// (`backups`), which a tenant's files would otherwise share, lifecycle rules and
     /// access policies on that prefix included.
     pub fn tenant(value: &str) -> Option<Self> {
-        Self::parse(value).filter(|id| id.0 != Self::RESERVED_TENANT)
+        // In any case: on a case-insensitive disk `Backups` is the same folder.
+        Self::parse(value).filter(|id| !id.0.eq_ignore_ascii_case(Self::RESERVED_TENANT))
     }
 
     /// The one safe id that names no tenant.

@@ -108,10 +108,8 @@ impl MediaType {
         let canonical = match essence.as_str() {
             "image/jpg" | "image/pjpeg" => "image/jpeg",
             "application/x-pdf" => "application/pdf",
-            // What browsers and systems declare for a .csv: Chrome and Edge on Windows
-            // with Office installed send Excel's type, in a file part and `File.type`.
-            "application/vnd.ms-excel"
-            | "application/csv"
+            // What systems declare for a .csv (Excel's type: see [`EXCEL`]).
+            "application/csv"
             | "application/x-csv"
             | "text/x-csv"
             | "text/comma-separated-values"
@@ -124,8 +122,12 @@ impl MediaType {
     /// The type a client declares before sending the bytes (direct uploads), with the
     /// csv rule of [`MediaType::detect`].
     pub fn declared(content_type: &str, filename: &str) -> Option<Self> {
+        let csv_name = filename.to_ascii_lowercase().ends_with(".csv");
+        if is_excel(content_type) && csv_name {
+            return Some(Self::Csv);
+        }
         match Self::from_mime(content_type)? {
-            Self::Txt if filename.to_ascii_lowercase().ends_with(".csv") => Some(Self::Csv),
+            Self::Txt if csv_name => Some(Self::Csv),
             kind => Some(kind),
         }
     }
@@ -135,7 +137,7 @@ impl MediaType {
     pub fn detect(bytes: &[u8], declared: Option<&str>, filename: &str) -> Option<Self> {
         match Signature::of(bytes) {
             Signature::Binary(kind) => Some(kind),
-            Signature::Markup => None,
+            Signature::Foreign => None,
             Signature::None => {
                 let text = std::str::from_utf8(bytes).is_ok_and(|text| !text.contains('\0'));
                 text.then(|| Self::text_type(declared, filename))
@@ -172,6 +174,9 @@ impl MediaType {
         if essence.is_empty() || essence.eq_ignore_ascii_case("application/octet-stream") {
             return false;
         }
+        if is_excel(essence) {
+            return self != Self::Csv;
+        }
         match Self::from_mime(essence) {
             Some(kind) => kind != self && !(kind.is_text() && self.is_text()),
             None => true,
@@ -179,14 +184,28 @@ impl MediaType {
     }
 }
 
+/// Excel's type, which Chrome and Edge on Windows with Office installed also declare
+/// for a `.csv` (in a file part and in `File.type`): it declares a CSV when the
+/// bytes are text and the name says `.csv`, never an `.xls`.
+const EXCEL: &str = "application/vnd.ms-excel";
+
+fn is_excel(declared: &str) -> bool {
+    let essence = declared.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case(EXCEL)
+}
+
+/// Foreign types whose signature is a few letters that text may begin with ("BM",
+/// "MZ", "ID3", "FWS"): such a file is text when its bytes are (a real one is not).
+const WEAK_FOREIGN: [&str; 4] = ["bmp", "exe", "mp3", "swf"];
+
 /// What a file's first bytes say before its text is looked at.
 enum Signature {
     /// A binary type attache takes, its whole magic number there.
     Binary(MediaType),
-    /// Markup or a script (`<html`, `<?xml`, `#!`): text, but refused.
-    Markup,
-    /// No whole signature of a type attache takes: the file is text or nothing. A
-    /// foreign binary (an executable, a BMP) fails the text test on its bytes.
+    /// A type attache does not take: an archive, RTF, markup or a script (`<html`,
+    /// `<?xml`, `#!`), text or not.
+    Foreign,
+    /// No whole signature of a type attache takes: the file is text or nothing.
     None,
 }
 
@@ -195,12 +214,15 @@ impl Signature {
         let Some(found) = infer::get(head) else {
             return Self::None;
         };
-        if found.matcher_type() == infer::MatcherType::Text {
-            return Self::Markup;
-        }
         match MediaType::from_mime(found.mime_type()) {
             Some(kind) if !kind.is_text() && kind.whole_signature(head) => Self::Binary(kind),
-            _ => Self::None,
+            Some(_) => Self::None,
+            None if found.matcher_type() != infer::MatcherType::Text
+                && WEAK_FOREIGN.contains(&found.extension()) =>
+            {
+                Self::None
+            }
+            None => Self::Foreign,
         }
     }
 }
@@ -274,7 +296,7 @@ impl Sniffer {
     pub fn guess(&self, declared: Option<&str>, filename: &str) -> Option<MediaType> {
         match Signature::of(&self.head) {
             Signature::Binary(kind) => Some(kind),
-            Signature::Markup => None,
+            Signature::Foreign => None,
             Signature::None => {
                 (self.text && self.started).then(|| MediaType::text_type(declared, filename))
             }
@@ -385,17 +407,25 @@ mod tests {
             Some(MediaType::Pdf),
             "a PDF's header may follow a few bytes"
         );
-        for markup in [
+        let foreign = [
             &b"<html ><body>"[..],
             b"<?xml version=\"1.0\"?>",
             b"#!/bin/sh\n",
-        ] {
-            assert_eq!(MediaType::detect(markup, None, "a.txt"), None, "{markup:?}");
+            b"{\\rtf1\\ansi hello}",
+        ];
+        for bytes in foreign {
+            assert_eq!(MediaType::detect(bytes, None, "a.txt"), None, "{bytes:?}");
         }
-        for declared in ["application/vnd.ms-excel", "text/x-csv", "application/csv"] {
+        for declared in ["text/x-csv", "application/csv"] {
             assert_eq!(MediaType::from_mime(declared), Some(MediaType::Csv));
             assert!(!MediaType::Csv.contradicts(declared), "{declared}");
         }
+        // Excel's type declares a CSV by a CSV's name only, never an Excel file.
+        let excel = "application/vnd.ms-excel";
+        assert!(!MediaType::Csv.contradicts(excel));
+        assert!(MediaType::Xlsx.contradicts(excel));
+        assert_eq!(MediaType::declared(excel, "data.csv"), Some(MediaType::Csv));
+        assert_eq!(MediaType::declared(excel, "data.xls"), None);
     }
 
     #[test]

@@ -36,7 +36,8 @@ impl MigrationTrait for Migration {
         // than this table drops only what the backup holds): they are counted anew,
         // keeping their quotas. `WHERE true` lets SQLite parse the upsert.
         db.execute_unprepared(
-            "UPDATE tenant_usage SET bytes = 0, files = 0, limit_bytes = NULL, limit_files = NULL",
+            "UPDATE tenant_usage
+             SET bytes = 0, files = 0, limit_bytes = NULL, limit_files = NULL, warned = FALSE",
         )
         .await?;
         db.execute_unprepared(

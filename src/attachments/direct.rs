@@ -9,7 +9,7 @@ use entity::{attachment, direct_upload};
 use futures::Stream;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect,
+    QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -566,6 +566,7 @@ pub async fn expired(
 ) -> AppResult<Vec<direct_upload::Model>> {
     Ok(direct_upload::Entity::find()
         .filter(direct_upload::Column::ExpiresAt.lt(now))
+        .order_by_asc(direct_upload::Column::ExpiresAt)
         .limit(500)
         .all(app.db.read())
         .await?)

@@ -312,7 +312,14 @@ const MIGRATION_LOCK: i64 = 0x0061_7474_6163_6865;
 /// transaction-scoped advisory lock, so replicas starting together on a new database
 /// migrate one after another.
 async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
-    let txn = db.begin().await?;
+    // SQLite: the write lock from BEGIN on, waited for as any write is; a deferred
+    // transaction that read first could not wait for it, and would fail at once
+    // beside a running server.
+    let options = sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    };
+    let txn = db.begin_with_options(options).await?;
     if db.get_database_backend() == DbBackend::Postgres {
         advisory_lock(&txn, MIGRATION_LOCK).await?;
     }

@@ -98,6 +98,8 @@ const MAX_PART_HEAD_BYTES: usize = 64 * 1024;
 
 /// What is left of [`MAX_PART_HEAD_BYTES`] while multer looks for a part; no bound
 /// (`usize::MAX`) while it reads a part's data, whose search resumes where it was.
+/// (Looking for a part, multer also reads past what is left of a part dropped
+/// unfinished: only [`drain`] does that, and it allows for it.)
 #[derive(Clone)]
 struct HeadBudget(Arc<AtomicUsize>);
 
@@ -108,10 +110,19 @@ impl Default for HeadBudget {
 }
 
 impl HeadBudget {
-    /// The next part of `fields`, its head read within the budget.
+    /// The next part of `fields`, its head read within [`MAX_PART_HEAD_BYTES`].
     async fn next_field(
         &self,
         fields: &mut multer::Multipart<'static>,
+    ) -> multer::Result<Option<multer::Field<'static>>> {
+        self.next_field_within(fields, MAX_PART_HEAD_BYTES).await
+    }
+
+    /// The next part of `fields`, found within `bytes`.
+    async fn next_field_within(
+        &self,
+        fields: &mut multer::Multipart<'static>,
+        bytes: usize,
     ) -> multer::Result<Option<multer::Field<'static>>> {
         /// Lifts the bound however the search ends, a dropped future included.
         struct Unbound<'a>(&'a AtomicUsize);
@@ -120,7 +131,7 @@ impl HeadBudget {
                 self.0.store(usize::MAX, Ordering::Relaxed);
             }
         }
-        self.0.store(MAX_PART_HEAD_BYTES, Ordering::Relaxed);
+        self.0.store(bytes, Ordering::Relaxed);
         let _unbound = Unbound(&self.0);
         fields.next_field().await
     }
@@ -203,9 +214,14 @@ async fn drain(
     max: u64,
     within: std::time::Duration,
 ) {
+    // A part dropped unfinished is read past before the next is found: the drain's
+    // own bound, with room for a head.
+    let found_within = usize::try_from(max)
+        .unwrap_or(usize::MAX)
+        .saturating_add(MAX_PART_HEAD_BYTES);
     let drained = async {
         let mut read: u64 = 0;
-        while let Ok(Some(mut field)) = heads.next_field(fields).await {
+        while let Ok(Some(mut field)) = heads.next_field_within(fields, found_within).await {
             while let Ok(Some(chunk)) = field.chunk().await {
                 read += chunk.len() as u64;
                 if read > max {

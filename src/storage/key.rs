@@ -77,8 +77,12 @@ impl KeyTemplate {
                     .strip_prefix(text.as_str())
                     .is_some_and(|key| rest(tail, key)),
                 Part::Tenant | Part::Owner => (1..=SafeId::MAX_LEN.min(key.len())).any(|len| {
+                    let parse = match part {
+                        Part::Tenant => SafeId::tenant,
+                        _ => SafeId::parse,
+                    };
                     key.is_char_boundary(len)
-                        && SafeId::parse(&key[..len]).is_some()
+                        && parse(&key[..len]).is_some()
                         && rest(tail, &key[len..])
                 }),
                 Part::Id => {
