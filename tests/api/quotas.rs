@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use crate::helpers::{
     Api, CREATE_DIRECT, DELETE, SECRET, SIGNING_KEY, Served, Setup, TestApp, UPLOAD,
     announce_and_put, codes, complete_direct, data, database_url, declaration, has, hs256,
-    keys_under, now, pdf, post_multipart, private_database_url, run_attache, scrape, tenant,
-    token_for, total, upload_file_form,
+    keys_under, now, pdf, post_multipart, run_attache, scrape, tenant, token_for, total,
+    upload_file_form,
 };
 
 const USAGE: &str = "{ usage { bytes files quotaBytes quotaFiles } }";
@@ -179,20 +179,8 @@ async fn concurrent_uploads_never_overshoot(setup: Setup) {
     assert!(attache::quotas::is_refusal(&refused), "{refused}");
 }
 
-/// A server on a database of its own (a recount or a gauge sees every tenant of its
-/// database), started with `extra`; and the database's URL, for commands.
-async fn alone(setup: Setup, extra: &[&str]) -> (TestApp, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
-    let url = private_database_url(setup.db, dir.path()).await;
-    (
-        TestApp::spawn_at(setup, dir, &url, &uploads, extra).await,
-        url,
-    )
-}
-
 async fn an_expired_direct_upload_releases_its_reservation(setup: Setup) {
-    let (app, _) = alone(
+    let (app, _) = TestApp::spawn_alone(
         setup,
         &["--url-ttl-seconds", "2", "--tenant-quota-files", "1"],
     )
@@ -222,7 +210,7 @@ async fn an_expired_direct_upload_releases_its_reservation(setup: Setup) {
 /// still reads: the 80 % test once overflowed PostgreSQL's BIGINT there, failing
 /// each of them, and one such row held back every tenant's expiry.
 async fn the_largest_quota_still_deletes_and_expires(setup: Setup) {
-    let (app, url) = alone(setup, &["--url-ttl-seconds", "2"]).await;
+    let (app, url) = TestApp::spawn_alone(setup, &["--url-ttl-seconds", "2"]).await;
     let (acme, globex) = (tenant(), tenant());
     let exempt = run_attache(
         [
@@ -288,7 +276,7 @@ async fn usage_is_the_callers_tenant_and_needs_read_scope(setup: Setup) {
 /// counts the tenant while it is past.
 async fn passing_80_percent_warns_once_per_crossing(setup: Setup) {
     // A database of its own: the gauge counts every tenant of the database.
-    let (app, _) = alone(setup, &["--tenant-quota-files", "5"]).await;
+    let (app, _) = TestApp::spawn_alone(setup, &["--tenant-quota-files", "5"]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     let mut ids = Vec::new();
@@ -352,7 +340,7 @@ async fn gauge(app: &TestApp) -> f64 {
 /// `attache tenant usage --recompute` corrects a usage row altered by hand, and the
 /// quota commands set and unset a tenant's own limits.
 async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
-    let (app, url) = alone(setup, &[]).await;
+    let (app, url) = TestApp::spawn_alone(setup, &[]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     app.upload(&bearer, &pdf(), "contract", Some("c-1"), "a.pdf")
@@ -419,7 +407,7 @@ async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
 /// the usage was "corrected" away, leaving the usage too low.
 async fn a_recount_under_load_finds_and_leaves_nothing_wrong(setup: Setup) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let (app, _) = alone(setup, &[]).await;
+    let (app, _) = TestApp::spawn_alone(setup, &[]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     let done = AtomicBool::new(false);

@@ -259,10 +259,7 @@ async fn fsync_files_stores_uploads_durably(setup: Setup) {
 /// the next upload and listing succeed and nothing of the first upload is lost.
 async fn connections_the_database_dropped_are_replaced(setup: Setup) {
     use sea_orm::ConnectionTrait;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = private_database_url(setup.db, dir.path()).await;
-    let uploads = dir.path().join("uploads");
-    let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
+    let (app, database_url) = TestApp::spawn_alone(setup, &[]).await;
     let acme = tenant();
     let token = app.token(&acme);
     app.upload(&token, &pdf(), "contract", Some("c-1"), "before.pdf")
@@ -303,10 +300,7 @@ async fn connections_the_database_dropped_are_replaced(setup: Setup) {
 /// all along); once the lock is free, uploads are stored again.
 async fn a_held_sqlite_lock_fails_the_waiting_uploads_together(setup: Setup) {
     use sea_orm::sqlx::{self, Connection};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = private_database_url(setup.db, dir.path()).await;
-    let uploads = dir.path().join("uploads");
-    let app = TestApp::spawn_at(setup, dir, &database_url, &uploads, &[]).await;
+    let (app, database_url) = TestApp::spawn_alone(setup, &[]).await;
     let acme = tenant();
     let token = app.token(&acme);
     let mut holder = sqlx::SqliteConnection::connect(&database_url)

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 
 use super::{
     FORWARD_TO_S3, GarageServer, S3_BUCKET, S3Server, SECRET, SIGNING_KEY, Setup, Store, UPLOAD,
-    data, database_url, forwarder, keys_under, pdf, s3_flags, token_for,
+    data, database_url, forwarder, keys_under, pdf, private_database_url, s3_flags, token_for,
 };
 
 /// A running attache as its clients see it: an origin and an HTTP client.
@@ -71,6 +71,16 @@ impl TestApp {
         let uploads = dir.path().join("uploads");
         let url = database_url(setup.db, dir.path()).await;
         Self::spawn_at(setup, dir, &url, &uploads, extra).await
+    }
+
+    /// Starts the app, with `extra` flags, on a database of its own (a recount or a
+    /// gauge sees every tenant of its database; a test may lock it); returns the
+    /// database's URL too, for commands and connections of the test's own.
+    pub async fn spawn_alone(setup: Setup, extra: &[&str]) -> (Self, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uploads = dir.path().join("uploads");
+        let url = private_database_url(setup.db, dir.path()).await;
+        (Self::spawn_at(setup, dir, &url, &uploads, extra).await, url)
     }
 
     /// Starts the app on `database_url` (unless `extra` names one) with `STORAGE_ROOT`
