@@ -198,7 +198,8 @@ impl JsonBody {
                 let end = string_end(bytes, &mut escaped);
                 let span = &bytes[..end.unwrap_or(bytes.len())];
                 plain &= memchr::memchr(b'\\', span).is_none();
-                let room = KEY_BYTES.saturating_sub(text.len());
+                // One byte past the bound tells a longer key.
+                let room = (KEY_BYTES + 1).saturating_sub(text.len());
                 text.extend_from_slice(&span[..room.min(span.len())]);
                 let taken = end.map_or(bytes.len(), |end| end + 1);
                 self.keep(&bytes[..taken]);
@@ -210,9 +211,9 @@ impl JsonBody {
                     };
                     (mode, taken)
                 } else {
-                    let key = match (plain, text.as_slice()) {
-                        (true, b"variables") => Key::Variables,
-                        (true, b"base64") => Key::Base64,
+                    let key = match key_name(&text, plain).as_deref() {
+                        Some("variables") => Key::Variables,
+                        Some("base64") => Key::Base64,
                         _ => Key::Other,
                     };
                     if let Some(frame) = self.frames.last_mut() {
@@ -340,8 +341,27 @@ impl JsonBody {
     }
 }
 
-/// How many bytes of a key are kept: enough for the keys looked for.
-const KEY_BYTES: usize = 16;
+/// How many bytes of a key are kept: enough for the keys looked for, each letter
+/// escaped (`\u0076` is six bytes).
+const KEY_BYTES: usize = 64;
+
+/// A key's name as JSON means it, from the first bytes of its raw text: escapes
+/// decoded (`"bas\u0065\u0036\u0034"` is `base64`, as the parser will read it), so
+/// that no spelling of a file field escapes the spool. `None` past [`KEY_BYTES`].
+fn key_name(text: &[u8], plain: bool) -> Option<std::borrow::Cow<'_, str>> {
+    if text.len() > KEY_BYTES {
+        return None;
+    }
+    if plain {
+        return std::str::from_utf8(text)
+            .ok()
+            .map(std::borrow::Cow::Borrowed);
+    }
+    let quoted = [&b"\""[..], text, b"\""].concat();
+    serde_json::from_slice::<String>(&quoted)
+        .ok()
+        .map(std::borrow::Cow::Owned)
+}
 
 /// Where the string that `bytes` continues ends (the index of its closing quote),
 /// if it does in them; `escaped` carries a backslash that ended the last chunk.
@@ -618,6 +638,26 @@ mod tests {
             drop(json);
             assert!(until(&spooled, false).await, "the spool file is removed");
         }
+    }
+
+    /// A file field whose key is written with escapes is the same field, spooled.
+    #[tokio::test]
+    async fn escaped_keys_name_the_same_fields() {
+        let text = "QUJD".repeat(600_000);
+        let body = format!(
+            r#"{{"query":"m","variabl\u0065s":{{"i":{{"bas\u0065\u0036\u0034":"{text}"}}}}}}"#
+        );
+        let folder = tempfile::tempdir().expect("temp dir");
+        let (value, large) = read(body.as_bytes(), 4096, folder.path()).await;
+        let placeholder = value["variables"]["i"]["base64"]
+            .as_str()
+            .expect("the field, its key decoded");
+        assert!(
+            placeholder.len() < 100,
+            "spooled, not kept: {} bytes",
+            placeholder.len()
+        );
+        drop(large);
     }
 
     /// A `\u` escape cut short by a quote ends the string at that quote, as any JSON
