@@ -205,9 +205,13 @@ fn quota_text(refusal: &QuotaRefusal) -> String {
         true => "it is larger than the whole quota: ask for a larger quota",
         false => "delete files or ask for a larger quota",
     };
+    let used = match used.is_empty() {
+        true => String::new(),
+        false => format!(" ({used} used)"),
+    };
     format!(
         "the tenant's storage quota has no room for this upload of {} bytes in {} file(s): \
-         {remedy} ({used} used)",
+         {remedy}{used}",
         refusal.requested_bytes, refusal.requested_files
     )
 }
