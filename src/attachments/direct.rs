@@ -298,7 +298,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         sha256: streamed.sha256,
         storage_key: key.into_string(),
         created_by: principal.subject.clone(),
-        created_at: Utc::now(),
+        created_at: super::stored_now(),
     };
     let staging = restaged.then_some(pending.storage_key.as_str());
     if let Err(err) = commit_completion(app, pending.id, &row, staging).await {

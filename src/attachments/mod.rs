@@ -267,6 +267,13 @@ async fn landed(app: &App, rows: &[attachment::Model], err: &sea_orm::DbErr) -> 
     landed
 }
 
+/// Now, to the microsecond, as PostgreSQL's `timestamptz` keeps it: the `createdAt`
+/// a mutation answers is then the one every later read gives (Apollo's cache
+/// compares them).
+pub(crate) fn stored_now() -> DateTime<Utc> {
+    chrono::SubsecRound::trunc_subsecs(Utc::now(), 6)
+}
+
 /// The bytes and files that `rows` add to their tenant's usage.
 fn totals<'a>(rows: impl Iterator<Item = &'a attachment::Model>) -> (i64, i64) {
     rows.fold((0, 0), |(bytes, files), row| {
@@ -310,7 +317,7 @@ fn new_row(
         sha256: String::new(),
         storage_key: key.into_string(),
         created_by: principal.subject.clone(),
-        created_at: Utc::now(),
+        created_at: stored_now(),
     }
 }
 

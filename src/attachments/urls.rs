@@ -40,7 +40,7 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
         }
         // Not yet copied into the bucket: neither a public nor a presigned URL finds
         // it, the download route's fallback to the local copy does.
-        _ if !in_bucket(app, row).await? => Ok(signed_link(
+        _ if !in_bucket(app, row).await => Ok(signed_link(
             app,
             LinkPurpose::Download,
             row.id,
@@ -89,13 +89,20 @@ pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> A
 }
 
 /// Whether a presigned URL would find the object: always, unless files are still
-/// moving to the bucket and this one is not yet recorded as copied.
-async fn in_bucket(app: &App, row: &attachment::Model) -> AppResult<bool> {
+/// moving to the bucket and this one is not yet recorded as copied. When that cannot
+/// be read, no: the route a signed link opens reads either place, and one row's
+/// failed lookup does not fail a whole listing's page.
+async fn in_bucket(app: &App, row: &attachment::Model) -> bool {
     if app.local_fallback.is_none() || app.migration_done.load(Ordering::Relaxed) {
-        return Ok(true);
+        return true;
     }
     let bucket = app.storage.location();
-    Ok(super::migrate::is_migrated(&app.db, &row.storage_key, bucket).await?)
+    super::migrate::is_migrated(&app.db, &row.storage_key, bucket)
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!(error = %err, key = %row.storage_key, "cannot tell whether a file is in the bucket yet; a signed link to the route instead");
+            false
+        })
 }
 
 /// attache's own signed upload route, for direct uploads on fs.

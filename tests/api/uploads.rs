@@ -31,6 +31,25 @@ async fn upload_stores_the_file_under_its_collection_key(setup: Setup) {
         uuid::Uuid::parse_str(id).expect("uuid").get_version_num(),
         7
     );
+    // The createdAt the mutation answers is the one every later read gives (on
+    // PostgreSQL it once had nanoseconds that the column does not keep).
+    let read = app
+        .gql(
+            r#"query($id: ID!) { attachment(id: $id) { createdAt }
+                 attachments(ownerType: "contract", ownerId: "c-1") { nodes { createdAt } } }"#,
+            json!({ "id": id }),
+            Some(&bearer),
+        )
+        .await;
+    assert_eq!(
+        data(&read, "attachment")["createdAt"],
+        att["createdAt"],
+        "{read}"
+    );
+    assert_eq!(
+        data(&read, "attachments")["nodes"][0]["createdAt"],
+        att["createdAt"]
+    );
     let key = format!("{acme}/contracts/c-1/{id}.pdf");
     assert_eq!(app.stored_keys(), vec![key.clone()]);
     assert_eq!(
