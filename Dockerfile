@@ -25,7 +25,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 attache \
  && useradd --system --uid 10001 --gid attache --home-dir /data attache \
- && mkdir -p /data/uploads && chown -R attache:attache /data
+ && mkdir -p /data/uploads && chown -R attache:0 /data && chmod -R g=u /data
 COPY --from=build /src/target/release/attache /usr/local/bin/attache
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER 10001:10001

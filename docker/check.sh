@@ -5,9 +5,9 @@
 #  2. the Dockerfile keeps its promises: multi-stage, a non-root USER, a HEALTHCHECK
 #     on /healthz, the entrypoint script copied executable and used as ENTRYPOINT;
 #  3. the entrypoint on a real binary: other commands pass through without
-#     migrating; `serve` (the image's CMD) and bare flags migrate a fresh SQLite
-#     database, then `exec` attache serve in the same process, which holds the
-#     database, answers /healthz and /readyz, and exits 0 on SIGTERM.
+#     migrating; `serve` (the image's CMD) and bare flags `exec` attache serve in
+#     the same process, which holds and migrates a fresh SQLite database (the one
+#     a flag names, if any), answers /healthz and /readyz, and exits 0 on SIGTERM.
 # Usage, from anywhere: bash docker/check.sh [ATTACHE_BINARY]
 #   (default: ${CARGO_TARGET_DIR:-target}/debug/attache; build it first).
 set -euo pipefail
@@ -90,8 +90,9 @@ passes_through() {
 }
 check "entrypoint: \`schema\` passes through, no migration" passes_through
 
-# serves ARGS...: the entrypoint with ARGS migrates first, becomes the server
-# (same pid, holding the database), answers, and stops with 0 on SIGTERM.
+# serves ARGS...: the entrypoint with ARGS becomes the server (same pid), which
+# migrates the database it holds ($db, the image's unless a flag names another),
+# answers, and stops with 0 on SIGTERM.
 serves() {
   # A process group of its own: a script that failed to exec leaves no server behind.
   setsid docker/entrypoint.sh "$@" >"$tmp/log" 2>&1 &
@@ -127,7 +128,7 @@ answers() {
     { echo "no migration before serve:" >&2; cat "$tmp/log" >&2; return 1; }
   [ "$(readlink "/proc/$server/exe")" = "$bin" ] ||
     { echo "pid $server is not attache: the script did not exec it" >&2; return 1; }
-  [ "$(cat "$tmp/data/attache.db.lock")" = "$server" ] ||
+  [ "$(cat "${db:-$tmp/data/attache.db}.lock")" = "$server" ] ||
     { echo "serve does not hold the database" >&2; return 1; }
   curl -fsS "$origin/healthz" >/dev/null || { echo "/healthz failed" >&2; return 1; }
   curl -fsS "$origin/readyz" >/dev/null || { echo "/readyz failed" >&2; return 1; }
@@ -135,8 +136,15 @@ answers() {
 serves_cmd() { fresh_data && serves serve; }
 # A LISTEN_ADDR that cannot be parsed: only the flag can make this server start.
 serves_flags() { fresh_data && LISTEN_ADDR=nowhere && serves --listen-addr 127.0.0.1:0; }
+# A database named by a flag: serve migrates that one, and the image's is not made.
+serves_elsewhere() {
+  fresh_data && db="$tmp/other.db" &&
+    serves --database-url "sqlite://$tmp/other.db?mode=rwc" &&
+    [ ! -e "$tmp/data/attache.db" ] && db=
+}
 check "entrypoint serve: migrates, execs serve, /healthz, exit 0 on SIGTERM" serves_cmd
 check "entrypoint --listen-addr ...: migrates, the flags go to serve" serves_flags
+check "entrypoint --database-url ...: that database is migrated, not the image's" serves_elsewhere
 
 echo "docker: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The image's entrypoint. `docker run IMAGE`, `docker run IMAGE serve [FLAGS]` and
-# `docker run IMAGE --some-flag value` apply the database migrations, then replace
-# this shell with `attache serve`, which so runs as PID 1 and gets the SIGTERM of
-# `docker stop`. Any other command runs as it is, without migrating:
+# `docker run IMAGE --some-flag value` replace this shell with `attache serve`,
+# which so runs as PID 1 and gets the SIGTERM of `docker stop`; `serve` applies the
+# database migrations itself, once it holds the database (a SQLite file is one
+# server's) and on the database its flags name. Any other command runs as it is:
 # `docker run IMAGE backup create`, `docker run IMAGE token --tenant acme`.
 # ATTACHE_BIN names another binary (docker/check.sh runs this script on a build).
 set -eu
@@ -18,5 +19,4 @@ case "$1" in
   *) exec "$attache" "$@" ;;
 esac
 
-"$attache" db migrate
 exec "$attache" serve "$@"

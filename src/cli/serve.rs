@@ -43,6 +43,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .migrate()
         .await
         .context("DATABASE_URL: applying database migrations failed")?;
+    let database = crate::db::describe(&app.config.database.database_url);
+    tracing::info!(%database, "database migrations applied");
     app.storage.startup_check(&app.config.storage).await?;
     warn_unavailable(&app.config);
     if let Some(minter) = &app.dev_minter {
