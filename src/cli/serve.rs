@@ -22,6 +22,7 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config;
     config.validate()?;
+    check_temp_folder()?;
     // A SQLite file belongs to one server; `backup restore` waits for it to stop.
     let _claim =
         crate::db::SqliteClaim::for_url(&config.database.database_url).context("DATABASE_URL")?;
@@ -76,6 +77,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("attache stopped");
     Ok(())
+}
+
+/// Spooled uploads and multipart parts that wait for their turn go to the system's
+/// temporary folder: one that cannot be written (a read-only root filesystem) would
+/// fail them one by one after a healthy start, so it stops the start instead.
+fn check_temp_folder() -> anyhow::Result<()> {
+    let folder = std::env::temp_dir();
+    tempfile::tempfile_in(&folder).map(drop).with_context(|| {
+        format!(
+            "TMPDIR: cannot write a temporary file in {}: uploads are spooled there; set \
+             TMPDIR to a writable folder (a volume, on a read-only root filesystem)",
+            folder.display()
+        )
+    })
 }
 
 /// Settings that do nothing in this configuration, said out loud.

@@ -438,12 +438,49 @@ async fn a_migration_cut_before_its_record_is_applied_again_whole(_setup: Setup)
     );
 }
 
+/// A temporary folder that cannot be written stops the start in one line naming
+/// `TMPDIR`: spooled uploads would otherwise fail one by one after a healthy start.
+async fn an_unwritable_temporary_folder_stops_the_start(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(["serve", "--listen-addr", "127.0.0.1:0", "--database-url"])
+        .arg(format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("a.db").display()
+        ))
+        .arg("--storage-root")
+        .arg(dir.path().join("up"))
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("TMPDIR", dir.path().join("no-such-folder"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attache serve");
+    let started = std::time::Instant::now();
+    while serve.try_wait().expect("wait").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = serve.kill();
+            panic!("the server started with a TMPDIR it cannot write");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = serve.wait_with_output().expect("output");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        said.contains("error: TMPDIR: cannot write a temporary file in"),
+        "{said}"
+    );
+}
+
 crate::matrix!(
     once: a_bad_value_is_one_line_naming_its_variable,
     development_mode_prints_a_working_token,
     development_mode_stays_on_loopback,
     a_mistyped_variable_is_named_with_the_closest_setting,
     a_migration_cut_before_its_record_is_applied_again_whole,
+    an_unwritable_temporary_folder_stops_the_start,
 );
 crate::matrix!(
     the_token_command_mints_what_the_server_accepts,
