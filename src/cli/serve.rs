@@ -39,6 +39,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
              JWT_PUBLIC_KEY_FILE, or listen on 127.0.0.1"
         );
     }
+    if config.public_base_url.is_none() && address.ip().is_unspecified() {
+        tracing::warn!(
+            "PUBLIC_BASE_URL is unset: the URLs handed out start with {base_url}, which \
+             other machines cannot open; set it to the origin clients use \
+             (https://files.example.com)"
+        );
+    }
     let app = Arc::new(App::build(config, base_url).await?);
     app.db
         .migrate()

@@ -474,6 +474,44 @@ async fn an_unwritable_temporary_folder_stops_the_start(_setup: Setup) {
     );
 }
 
+/// A server on every interface without `PUBLIC_BASE_URL` says at start that the
+/// URLs it hands out name `localhost`, which other machines cannot open.
+async fn an_open_address_without_a_public_base_url_is_warned_of(_setup: Setup) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(["serve", "--listen-addr", "0.0.0.0:0", "--database-url"])
+        .arg(format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("a.db").display()
+        ))
+        .arg("--storage-root")
+        .arg(dir.path().join("up"))
+        .args(["--jwt-secret", SECRET, "--signing-key", SECRET])
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attache serve");
+    let stderr = serve.stderr.take().expect("stderr");
+    let mut said = String::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.expect("a line");
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("attache is listening") {
+            break;
+        }
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        said.contains("PUBLIC_BASE_URL is unset: the URLs handed out start with http://localhost:"),
+        "{said}"
+    );
+}
+
 crate::matrix!(
     once: a_bad_value_is_one_line_naming_its_variable,
     development_mode_prints_a_working_token,
@@ -481,6 +519,7 @@ crate::matrix!(
     a_mistyped_variable_is_named_with_the_closest_setting,
     a_migration_cut_before_its_record_is_applied_again_whole,
     an_unwritable_temporary_folder_stops_the_start,
+    an_open_address_without_a_public_base_url_is_warned_of,
 );
 crate::matrix!(
     the_token_command_mints_what_the_server_accepts,
