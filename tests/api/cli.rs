@@ -438,23 +438,28 @@ async fn a_migration_cut_before_its_record_is_applied_again_whole(_setup: Setup)
     );
 }
 
+/// `attache serve` on `listen`, its database and files in `dir`, its environment
+/// empty but for `NO_COLOR`, its stderr piped.
+fn serve_in(dir: &std::path::Path, listen: &str) -> std::process::Command {
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_attache"));
+    serve
+        .args(["serve", "--listen-addr", listen, "--database-url"])
+        .arg(format!("sqlite://{}?mode=rwc", dir.join("a.db").display()))
+        .arg("--storage-root")
+        .arg(dir.join("up"))
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    serve
+}
+
 /// A temporary folder that cannot be written stops the start in one line naming
 /// `TMPDIR`: spooled uploads would otherwise fail one by one after a healthy start.
 async fn an_unwritable_temporary_folder_stops_the_start(_setup: Setup) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
-        .args(["serve", "--listen-addr", "127.0.0.1:0", "--database-url"])
-        .arg(format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("a.db").display()
-        ))
-        .arg("--storage-root")
-        .arg(dir.path().join("up"))
-        .env_clear()
-        .env("NO_COLOR", "1")
+    let mut serve = serve_in(dir.path(), "127.0.0.1:0")
         .env("TMPDIR", dir.path().join("no-such-folder"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("attache serve");
     let started = std::time::Instant::now();
@@ -479,19 +484,8 @@ async fn an_unwritable_temporary_folder_stops_the_start(_setup: Setup) {
 async fn an_open_address_without_a_public_base_url_is_warned_of(_setup: Setup) {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
-        .args(["serve", "--listen-addr", "0.0.0.0:0", "--database-url"])
-        .arg(format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("a.db").display()
-        ))
-        .arg("--storage-root")
-        .arg(dir.path().join("up"))
+    let mut serve = serve_in(dir.path(), "0.0.0.0:0")
         .args(["--jwt-secret", SECRET, "--signing-key", SECRET])
-        .env_clear()
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("attache serve");
     let stderr = serve.stderr.take().expect("stderr");
