@@ -24,6 +24,11 @@ use super::s3_api::{Payload, Retry, S3Api, S3ApiError, Tries, encode};
 /// A request with a body may take this long, plus a second per MiB it carries.
 const BASE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a request carrying `length` bytes may take ([`BASE_TIMEOUT`]).
+fn body_timeout(length: u64) -> Duration {
+    BASE_TIMEOUT + Duration::from_secs(length / (1024 * 1024))
+}
+
 /// Pieces of a body in flight between the source and the HTTP client.
 const PIECES_IN_FLIGHT: usize = 2;
 
@@ -418,7 +423,7 @@ impl S3Api {
     ) -> Result<(), StreamWriteError> {
         let url = self.object_url(&self.bucket_key(key));
         let headers = new_object(content_type);
-        let timeout = BASE_TIMEOUT + Duration::from_secs(bytes.len() as u64 / (1024 * 1024));
+        let timeout = body_timeout(bytes.len() as u64);
         let payload = Payload::Bytes(bytes);
         let answer = self
             .execute(
@@ -602,7 +607,7 @@ impl S3Api {
             length,
         });
         headers.push((http::header::CONTENT_LENGTH, length.to_string()));
-        let timeout = BASE_TIMEOUT + Duration::from_secs(length / (1024 * 1024));
+        let timeout = body_timeout(length);
         // A stream is sent once: a caller that can read it again tries again.
         let request = self.attempt(
             http::Method::PUT,

@@ -13,7 +13,7 @@ use crate::helpers::{
     announce, announce_and_put, codes, complete_direct, data, declaration, direct_upload, fetch,
     multipart_head, pdf, post_multipart, put_to, s3_flags, sha256_hex, tenant, upload_file_form,
 };
-use crate::helpers::{Fault, SECRET, private_database_url, run_attache};
+use crate::helpers::{Fault, SECRET, run_attache};
 
 async fn objects_are_never_overwritten(setup: Setup) {
     let app = TestApp::spawn(setup).await;
@@ -297,10 +297,7 @@ async fn a_direct_upload_is_seen_only_whole(setup: Setup) {
 /// A body that outlives its direct upload (expired while it came) leaves no file:
 /// the PUT answers 404 and removes what it linked, which no row names.
 async fn a_body_that_outlives_its_upload_leaves_nothing(setup: Setup) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
-    let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &["--url-ttl-seconds", "2"]).await;
+    let (app, _) = TestApp::spawn_alone(setup, &["--url-ttl-seconds", "2"]).await;
     let bearer = app.token(&tenant());
     let content = padded_pdf(1024 * 1024);
     let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
@@ -401,10 +398,7 @@ async fn lying_direct_uploads_are_refused_and_removed(setup: Setup) {
 
 async fn expired_direct_uploads_are_swept(setup: Setup) {
     // A database of its own: the expiry sweeps every tenant's expired uploads.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
-    let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &["--url-ttl-seconds", "3"]).await;
+    let (app, _) = TestApp::spawn_alone(setup, &["--url-ttl-seconds", "3"]).await;
     let bearer = app.token(&tenant());
     let content = pdf();
     let (direct, status) = announce_and_put(
@@ -833,10 +827,7 @@ async fn streams_store_all_or_nothing(setup: Setup) {
     use futures::StreamExt;
     use futures::stream::iter;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
-    let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
+    let (app, _) = TestApp::spawn_alone(setup, &[]).await;
     let storage = &app.app.storage;
     let mut state: u32 = 11;
     let content: Vec<u8> = (0..21 * 1024 * 1024 + 5)
@@ -1061,10 +1052,7 @@ async fn a_crash_mid_upload_leaves_parts_the_sweep_aborts(setup: Setup) {
     use std::time::{Duration, SystemTime};
 
     // A database of its own: the sweep goes through every tenant's rows.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uploads = dir.path().join("uploads");
-    let url = private_database_url(setup.db, dir.path()).await;
-    let app = TestApp::spawn_at(setup, dir, &url, &uploads, &[]).await;
+    let (app, _) = TestApp::spawn_alone(setup, &[]).await;
     let key = format!("{}/contracts/c-1/{}.pdf", tenant(), uuid::Uuid::now_v7());
     // 20 MiB announced, 18 sent: two 8 MiB parts go up, the third waits for more.
     let part = Bytes::from(vec![7u8; 9 * 1024 * 1024]);
