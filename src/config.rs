@@ -364,8 +364,9 @@ pub struct QueryLimits {
     /// parsing.
     #[arg(long, env = "MAX_QUERY_TOKENS", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(100..=10_000_000))]
     pub max_query_tokens: u32,
-    /// Most fields after expanding every fragment spread, with multiplicity, summed
-    /// over every operation and fragment of a request. Checked before validation.
+    /// Most fields (with their directives and argument values, a list's every item)
+    /// after expanding every fragment spread, with multiplicity, summed over every
+    /// operation and fragment of a request. Checked before validation.
     #[arg(long, env = "MAX_EXPANDED_FIELDS", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
     pub max_expanded_fields: u32,
     /// Most rows a request may list, batch arrays included: each `attachments` counts
@@ -422,6 +423,11 @@ pub struct ConnectionLimits {
     /// closed: a stalled download holds no buffer for longer.
     #[arg(long, env = "SEND_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub send_timeout_seconds: u64,
+    /// Slowest a client may read a response, in bytes per second of waiting for it,
+    /// once the response's writes have waited SEND_TIMEOUT_SECONDS in all (0: no
+    /// floor): a client that reads a byte now and then holds its connection no longer.
+    #[arg(long, env = "MIN_SEND_BYTES_PER_SECOND", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub min_send_bytes_per_second: u64,
 }
 
 impl ConnectionLimits {

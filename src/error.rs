@@ -55,6 +55,19 @@ pub enum AppError {
 
 pub type AppResult<T> = Result<T, AppError>;
 
+/// Most characters of a message a client is sent: some quote what the client sent
+/// (serde's "invalid type: string ...", a query line that does not parse), which may
+/// be megabytes long.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// Cuts a message for a client at [`MAX_MESSAGE_CHARS`], ending it in `…`.
+pub fn clip(message: &mut String) {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        message.truncate(cut);
+        message.push('…');
+    }
+}
+
 /// Client text as a message may echo it: no control characters, at most 64 of them.
 pub fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(64).collect()
@@ -115,6 +128,13 @@ impl AppError {
         }
     }
 
+    /// The message a client is sent, [`clip`]ped.
+    pub fn message(&self) -> String {
+        let mut message = self.to_string();
+        clip(&mut message);
+        message
+    }
+
     /// Logs what the client will not see: the cause of server-side failures.
     fn log(&self) {
         match self {
@@ -145,7 +165,7 @@ impl AppError {
             extensions["requested"] = requested_json(refusal);
         }
         serde_json::json!({
-            "errors": [{ "message": self.to_string(), "extensions": extensions }]
+            "errors": [{ "message": self.message(), "extensions": extensions }]
         })
     }
 }
@@ -248,7 +268,7 @@ impl From<opendal::Error> for AppError {
 impl ErrorExtensions for AppError {
     fn extend(&self) -> async_graphql::Error {
         self.log();
-        async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
+        async_graphql::Error::new(self.message()).extend_with(|_, ext| {
             ext.set("code", self.code());
             if let Self::QuotaExceeded(refusal) = self
                 && let Ok(usage) = async_graphql::Value::from_json(usage_json(&refusal.usage))

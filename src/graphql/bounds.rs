@@ -24,7 +24,14 @@ pub enum FileCount {
     EachOf(&'static str),
 }
 
-/// Refuses a query text nested deeper than `max_nesting` brackets or longer than
+/// Longest name (of a field, argument, alias, variable, fragment or operation) or
+/// number in a query text. The validator measures an unknown name's distance to
+/// every known one, in time its length times theirs, and echoes it in its error:
+/// a 14 MB field name would hold a worker thread for seconds.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Refuses a query text nested deeper than `max_nesting` brackets, with a name or
+/// number longer than [`MAX_NAME_BYTES`], or longer than
 /// `max_tokens` tokens, in one pass that never recurses. Strings, block strings and
 /// comments are skipped; malformed text is left to the parser, which reports it.
 pub fn scan(query: &str, limits: &QueryLimits) -> Result<(), AppError> {
@@ -55,10 +62,17 @@ pub fn scan(query: &str, limits: &QueryLimits) -> Result<(), AppError> {
             b'}' | b']' | b')' => depth = depth.saturating_sub(1),
             b'.' if bytes[at..].starts_with(b"..") => at += 2,
             byte if byte == b'_' || byte == b'-' || byte.is_ascii_alphanumeric() => {
+                let start = at - 1;
                 while at < bytes.len()
                     && matches!(bytes[at], b'_' | b'.' | b'+' | b'-' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
                 {
                     at += 1;
+                }
+                if at - start > MAX_NAME_BYTES {
+                    return Err(AppError::bad_input(format!(
+                        "the query has a name or number longer than {MAX_NAME_BYTES} bytes: \
+                         shorten it"
+                    )));
                 }
             }
             _ => {}
@@ -103,7 +117,7 @@ fn block_string_end(bytes: &[u8], mut at: usize) -> usize {
 /// What a parsed document would cost, fragments expanded with multiplicity.
 #[derive(Clone, Debug)]
 pub struct Shape {
-    /// Selections (fields, spreads, inline fragments) of every operation and every
+    /// Nodes (selections, directives, argument values) of every operation and every
     /// fragment definition, each expanded.
     pub expanded: u64,
     /// Each operation's name and its complexity: 1, plus 1 per field expanded.
@@ -130,7 +144,9 @@ impl Shape {
 #[derive(Clone, Copy, Default)]
 struct Size {
     fields: u64,
-    selections: u64,
+    /// What the validator visits: selections, directives and argument values
+    /// (every item of a list, every variable read), each one node.
+    nodes: u64,
     /// Deepest field nesting below the set.
     depth: u32,
     /// Deepest nesting of fragment spreads below the set.
@@ -140,7 +156,7 @@ struct Size {
 impl Size {
     fn add(&mut self, other: Size) {
         self.fields = self.fields.saturating_add(other.fields);
-        self.selections = self.selections.saturating_add(other.selections);
+        self.nodes = self.nodes.saturating_add(other.nodes);
         self.depth = self.depth.max(other.depth);
         self.spreads = self.spreads.max(other.spreads);
     }
@@ -149,7 +165,11 @@ impl Size {
 /// Measures `document` in time linear in its size: each fragment is expanded once
 /// and remembered. Refuses fragment cycles, spreads nested deeper than
 /// MAX_QUERY_NESTING, selections deeper than MAX_QUERY_DEPTH and more expanded
-/// selections than MAX_EXPANDED_FIELDS.
+/// nodes than MAX_EXPANDED_FIELDS. The validator walks every operation of the
+/// document, whichever runs, and reports an error per variable a fragment reads for
+/// every operation that spreads it: directives and argument values count too, or
+/// a 64 KiB document of a thousand operations spreading one fragment that reads
+/// thousands of undefined variables made millions of errors.
 pub fn measure(document: &ExecutableDocument, limits: &QueryLimits) -> Result<Shape, AppError> {
     let mut sizes = Sizes {
         document,
@@ -159,20 +179,24 @@ pub fn measure(document: &ExecutableDocument, limits: &QueryLimits) -> Result<Sh
     };
     let mut expanded: u64 = 0;
     for name in document.fragments.keys() {
-        expanded = expanded.saturating_add(sizes.fragment(name)?.selections);
+        expanded = expanded.saturating_add(sizes.fragment(name)?.nodes);
     }
     let mut operations = Vec::new();
     for (name, operation) in document.operations.iter() {
-        let size = sizes.selection_set(&operation.node.selection_set.node)?;
-        expanded = expanded.saturating_add(size.selections);
+        let operation = &operation.node;
+        let size = sizes.selection_set(&operation.selection_set.node)?;
+        let variables = operation.variable_definitions.iter().map(|definition| {
+            let default = definition.node.default_value.as_ref();
+            directive_nodes(&definition.node.directives).saturating_add(
+                default.map_or(1, |value| const_value_nodes(&value.node).saturating_add(1)),
+            )
+        });
+        let own = variables.fold(directive_nodes(&operation.directives), u64::saturating_add);
+        expanded = expanded.saturating_add(size.nodes).saturating_add(own);
         operations.push((name.cloned(), size.fields.saturating_add(1)));
     }
-    let most = u64::from(limits.max_expanded_fields);
-    if expanded > most {
-        return Err(AppError::bad_input(format!(
-            "the query expands to more than {most} fields once its fragments are spread \
-             (MAX_EXPANDED_FIELDS): spread fewer fragments or send fewer fields"
-        )));
+    if expanded > u64::from(limits.max_expanded_fields) {
+        return Err(too_many_nodes(limits));
     }
     Ok(Shape {
         expanded,
@@ -216,6 +240,9 @@ impl<'a> Sizes<'a> {
         self.open.pop();
         let mut size = size?;
         size.spreads += 1;
+        size.nodes = size
+            .nodes
+            .saturating_add(directive_nodes(&fragment.node.directives));
         self.check(size)?;
         self.known.insert(name, size);
         Ok(size)
@@ -224,25 +251,30 @@ impl<'a> Sizes<'a> {
     fn selection_set(&mut self, set: &'a SelectionSet) -> Result<Size, AppError> {
         let mut total = Size::default();
         for selection in &set.items {
-            let size = match &selection.node {
+            let (size, directives) = match &selection.node {
                 Selection::Field(field) => {
-                    let inner = self.selection_set(&field.node.selection_set.node)?;
-                    Size {
+                    let field = &field.node;
+                    let inner = self.selection_set(&field.selection_set.node)?;
+                    let size = Size {
                         fields: inner.fields.saturating_add(1),
-                        selections: inner.selections,
+                        nodes: inner.nodes.saturating_add(argument_nodes(&field.arguments)),
                         depth: inner.depth + 1,
                         spreads: inner.spreads,
-                    }
+                    };
+                    (size, &field.directives)
                 }
-                Selection::FragmentSpread(spread) => {
-                    self.fragment(&spread.node.fragment_name.node)?
-                }
-                Selection::InlineFragment(inline) => {
-                    self.selection_set(&inline.node.selection_set.node)?
-                }
+                Selection::FragmentSpread(spread) => (
+                    self.fragment(&spread.node.fragment_name.node)?,
+                    &spread.node.directives,
+                ),
+                Selection::InlineFragment(inline) => (
+                    self.selection_set(&inline.node.selection_set.node)?,
+                    &inline.node.directives,
+                ),
             };
+            let own = directive_nodes(directives).saturating_add(1);
             total.add(Size {
-                selections: size.selections.saturating_add(1),
+                nodes: size.nodes.saturating_add(own),
                 ..size
             });
             self.check(total)?;
@@ -258,12 +290,8 @@ impl<'a> Sizes<'a> {
                 "fragments spread inside fragments more than {most} deep (MAX_QUERY_NESTING)"
             )));
         }
-        let most = u64::from(self.limits.max_expanded_fields);
-        if size.selections > most {
-            return Err(AppError::bad_input(format!(
-                "the query expands to more than {most} fields once its fragments are spread \
-                 (MAX_EXPANDED_FIELDS): spread fewer fragments or send fewer fields"
-            )));
+        if size.nodes > u64::from(self.limits.max_expanded_fields) {
+            return Err(too_many_nodes(self.limits));
         }
         let deepest = self.limits.max_query_depth;
         if size.depth > deepest {
@@ -273,6 +301,57 @@ impl<'a> Sizes<'a> {
             )));
         }
         Ok(())
+    }
+}
+
+/// The refusal of a document that expands past MAX_EXPANDED_FIELDS.
+fn too_many_nodes(limits: &QueryLimits) -> AppError {
+    let most = limits.max_expanded_fields;
+    AppError::bad_input(format!(
+        "the query expands to more than {most} fields, directives and argument values once \
+         its fragments are spread (MAX_EXPANDED_FIELDS): spread fewer fragments, send fewer \
+         fields or pass long lists as variables"
+    ))
+}
+
+/// The nodes of directives: each one, and its arguments' values.
+fn directive_nodes(directives: &[Positioned<Directive>]) -> u64 {
+    directives
+        .iter()
+        .map(|directive| argument_nodes(&directive.node.arguments).saturating_add(1))
+        .fold(0, u64::saturating_add)
+}
+
+/// The nodes of arguments' values: every value, list item and object field.
+fn argument_nodes(arguments: &[(Positioned<Name>, Positioned<Value>)]) -> u64 {
+    arguments
+        .iter()
+        .map(|(_, value)| value_nodes(&value.node))
+        .fold(0, u64::saturating_add)
+}
+
+fn value_nodes(value: &Value) -> u64 {
+    match value {
+        Value::List(items) => items.iter().map(value_nodes).fold(1, u64::saturating_add),
+        Value::Object(fields) => fields
+            .values()
+            .map(value_nodes)
+            .fold(1, u64::saturating_add),
+        _ => 1,
+    }
+}
+
+fn const_value_nodes(value: &ConstValue) -> u64 {
+    match value {
+        ConstValue::List(items) => items
+            .iter()
+            .map(const_value_nodes)
+            .fold(1, u64::saturating_add),
+        ConstValue::Object(fields) => fields
+            .values()
+            .map(const_value_nodes)
+            .fold(1, u64::saturating_add),
+        _ => 1,
     }
 }
 

@@ -106,7 +106,7 @@ impl ParsedQueries {
         );
         operations.spend(batch.iter_mut().count() as u64)?;
         let mut expanded = Budget::new(
-            "fields once its fragments are expanded",
+            "fields, directives and argument values once its fragments are expanded",
             limits.max_expanded_fields.into(),
             "MAX_EXPANDED_FIELDS",
             "send fewer fields or spread fewer fragments",
@@ -164,7 +164,7 @@ impl ParsedQueries {
         bounds::scan(query, limits)?;
         // Parsed outside the lock, which other requests need meanwhile.
         let document = async_graphql::parser::parse_query(query)
-            .map_err(|err| AppError::GraphqlParse(format!("the query is not GraphQL: {err}")))?;
+            .map_err(|err| AppError::GraphqlParse(parse_failure(&err)))?;
         let shape = bounds::measure(&document, limits)?;
         let parsed = Arc::new(Parsed { document, shape });
         if keep && let Some(mut kept) = self.kept() {
@@ -185,6 +185,24 @@ impl ParsedQueries {
 /// Generated documents, deep and fragment-heavy, through the real schema's parse
 /// and validation: nothing panics, and every document that passes the bounds
 /// expands, counted naively, to no more than the bound allows.
+/// Why a query text is not GraphQL, by line and column: the parser's own message
+/// quotes the whole line, which may be the whole 14 MB text.
+fn parse_failure(err: &async_graphql::parser::Error) -> String {
+    let async_graphql::parser::Error::Syntax { message, start, .. } = err else {
+        return format!("the query is not GraphQL: {err}");
+    };
+    // pest ends its message with "= expected ...".
+    let expected = message
+        .lines()
+        .rev()
+        .find_map(|line| line.trim_start().strip_prefix("= "))
+        .unwrap_or("unexpected text");
+    format!(
+        "the query is not GraphQL at line {}, column {}: {expected}",
+        start.line, start.column
+    )
+}
+
 #[cfg(test)]
 mod generated {
     use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};

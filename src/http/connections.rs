@@ -2,8 +2,9 @@
 //! `MAX_CONNECTIONS` open connections (fitted under the open-file limit, which is
 //! raised to its hard limit first; the oldest are asked to close when all are taken),
 //! `HEADER_READ_TIMEOUT_SECONDS` to send a request's
-//! headers (also the keep-alive idle timeout), and `SEND_TIMEOUT_SECONDS` for a
-//! client that stops reading a response. HTTP/1.1 only.
+//! headers (also the keep-alive idle timeout), and `SEND_TIMEOUT_SECONDS` and
+//! `MIN_SEND_BYTES_PER_SECOND` for a client that stops reading a response or reads
+//! it a trickle at a time. HTTP/1.1 only.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -15,13 +16,14 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +41,9 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Serves `router` on `listener` until `shutdown` is cancelled; then stops
 /// accepting, closes idle connections and waits for the rest to finish. When every
 /// slot is taken, the oldest connections are asked to close: an idle one (or one
-/// still sending its headers) closes at once, a busy one after its response, so a
-/// flood of idle connections cannot keep a new client out.
+/// still sending its headers) closes at once, a busy one after its response, within
+/// `SEND_TIMEOUT_SECONDS`, so neither a flood of idle connections nor one of
+/// downloads read slowly can keep a new client out.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -54,7 +57,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout())
         .max_buf_size(MAX_HEAD_BYTES);
-    let send_timeout = limits.send_timeout();
+    let pace = Pace {
+        timeout: limits.send_timeout(),
+        min_rate: limits.min_send_bytes_per_second,
+    };
     let open = Arc::new(Mutex::new(Open::default()));
     loop {
         let slot = match slots.clone().try_acquire_owned() {
@@ -88,20 +94,23 @@ pub async fn serve(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
-        let io = TokioIo::new(SendTimeout::new(tcp, send_timeout));
-        let busy = Arc::new(AtomicBool::new(false));
-        let connection = builder.serve_connection(io, tracked(router.clone(), busy.clone()));
+        let activity = Arc::new(Activity::default());
+        let io = TokioIo::new(SendTimeout::new(tcp, pace, activity.clone()));
+        let connection = builder.serve_connection(io, tracked(router.clone(), activity.clone()));
         let close = shutdown.child_token();
         let registered = Registered::add(&open, close.clone());
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
-                // Idle or still sending its head: closed now. Busy: after its response.
-                () = close.cancelled() => match busy.load(Ordering::Relaxed) {
+                // Idle or still sending its head: closed now. Busy: after its response,
+                // if the client reads it within SEND_TIMEOUT_SECONDS.
+                () = close.cancelled() => match activity.busy.load(Ordering::Relaxed) {
                     true => {
                         connection.as_mut().graceful_shutdown();
-                        connection.await
+                        tokio::time::timeout(pace.timeout, connection)
+                            .await
+                            .unwrap_or(Ok(()))
                     }
                     false => Ok(()),
                 },
@@ -118,11 +127,21 @@ pub async fn serve(
     let _ = slots.acquire_many(all).await;
 }
 
-/// `router` as a connection's service that marks the connection `busy` from the
+/// What a connection's service tells the rest of its connection.
+#[derive(Default)]
+struct Activity {
+    /// From the moment a request's head is in until its response body is sent or
+    /// dropped.
+    busy: AtomicBool,
+    /// Requests begun: a new one starts a new measure of how fast the client reads.
+    requests: AtomicU64,
+}
+
+/// `router` as a connection's service that marks the connection busy from the
 /// moment a request's head is in until its response body is sent or dropped.
 fn tracked(
     router: Router,
-    busy: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<TrackedBody>,
@@ -130,12 +149,13 @@ fn tracked(
     Future = impl Future<Output = Result<Response<TrackedBody>, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |request: Request<Incoming>| {
-        busy.store(true, Ordering::Relaxed);
-        let busy = busy.clone();
+        activity.busy.store(true, Ordering::Relaxed);
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        let activity = activity.clone();
         let response = router.clone().oneshot(request.map(Body::new));
         async move {
             let response = response.await?;
-            Ok(response.map(|body| TrackedBody { body, busy }))
+            Ok(response.map(|body| TrackedBody { body, activity }))
         }
     })
 }
@@ -143,12 +163,12 @@ fn tracked(
 /// A response body that marks its connection idle again once sent or dropped.
 struct TrackedBody {
     body: Body,
-    busy: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 }
 
 impl Drop for TrackedBody {
     fn drop(&mut self) {
-        self.busy.store(false, Ordering::Relaxed);
+        self.activity.busy.store(false, Ordering::Relaxed);
     }
 }
 
@@ -242,65 +262,128 @@ fn connection_cap(configured: u32) -> usize {
     configured as usize
 }
 
-/// A connection whose writes fail once the client has read nothing for `timeout`,
-/// so a stalled download frees its buffers and its slot.
-struct SendTimeout {
-    tcp: TcpStream,
+/// How slowly a client may read a response: a write may wait `timeout` at most,
+/// and once a response's writes have waited `timeout` in all, the client must have
+/// taken `min_rate` bytes a second of waiting since the first wait (what the socket
+/// buffers took before that, several MiB, does not count).
+#[derive(Clone, Copy)]
+struct Pace {
     timeout: Duration,
-    /// Armed when a write first waits; disarmed by any write that goes through.
-    stalled: Option<Pin<Box<Sleep>>>,
+    min_rate: u64,
 }
 
-impl SendTimeout {
-    fn new(tcp: TcpStream, timeout: Duration) -> Self {
+impl Pace {
+    /// How long writes that have sent `sent` bytes since their first wait may wait in
+    /// all.
+    fn allowed_wait(&self, sent: u64) -> Duration {
+        match self.min_rate {
+            0 => Duration::MAX,
+            rate => self.timeout.max(Duration::from_secs(sent / rate)),
+        }
+    }
+}
+
+/// A response's writes once one of them first waited for the client.
+struct Waits {
+    /// The request the response answers ([`Activity::requests`]).
+    request: u64,
+    /// Time its writes waited, the current wait excluded.
+    waited: Duration,
+    /// Bytes written since its first wait.
+    sent: u64,
+    /// When the current wait began, and when it fails.
+    current: Option<(Instant, Pin<Box<Sleep>>)>,
+}
+
+/// A connection whose writes fail once the client reads nothing for
+/// `SEND_TIMEOUT_SECONDS`, or reads slower than `MIN_SEND_BYTES_PER_SECOND`, so a
+/// stalled or trickled download frees its buffers and its slot: a slot once stayed
+/// taken as long as the client read a byte a minute.
+struct SendTimeout<T> {
+    io: T,
+    pace: Pace,
+    activity: Arc<Activity>,
+    waits: Option<Waits>,
+}
+
+impl<T> SendTimeout<T> {
+    fn new(io: T, pace: Pace, activity: Arc<Activity>) -> Self {
         Self {
-            tcp,
-            timeout,
-            stalled: None,
+            io,
+            pace,
+            activity,
+            waits: None,
         }
     }
 
-    fn wrote<T>(
+    /// Counts a write's outcome against the pace; `sent` is how many bytes it wrote.
+    fn wrote<R>(
         &mut self,
         cx: &mut Context<'_>,
-        written: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        if written.is_ready() {
-            self.stalled = None;
-            return written;
+        written: Poll<io::Result<R>>,
+        sent: impl FnOnce(&R) -> usize,
+    ) -> Poll<io::Result<R>> {
+        let request = self.activity.requests.load(Ordering::Relaxed);
+        if self
+            .waits
+            .as_ref()
+            .is_some_and(|waits| waits.request != request)
+        {
+            self.waits = None;
         }
-        let timeout = self.timeout;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
+        if let Poll::Ready(result) = written {
+            if let Some(waits) = &mut self.waits {
+                if let Some((since, _)) = waits.current.take() {
+                    waits.waited += since.elapsed();
+                }
+                if let Ok(written) = &result {
+                    waits.sent = waits.sent.saturating_add(sent(written) as u64);
+                }
+            }
+            return Poll::Ready(result);
+        }
+        let pace = self.pace;
+        let waits = self.waits.get_or_insert_with(|| Waits {
+            request,
+            waited: Duration::ZERO,
+            sent: 0,
+            current: None,
+        });
+        let left = pace.allowed_wait(waits.sent).saturating_sub(waits.waited);
+        let (_, fails) = waits.current.get_or_insert_with(|| {
+            let now = Instant::now();
+            let wait = pace.timeout.min(left);
+            (now, Box::pin(tokio::time::sleep(wait)))
+        });
+        match fails.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "the client read nothing for SEND_TIMEOUT_SECONDS",
+                "the client read nothing for SEND_TIMEOUT_SECONDS, or slower than \
+                 MIN_SEND_BYTES_PER_SECOND",
             ))),
             Poll::Pending => Poll::Pending,
         }
     }
 }
 
-impl AsyncRead for SendTimeout {
+impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for SendTimeout {
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.tcp).poll_write(cx, buf);
-        self.wrote(cx, written)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(cx, written, |sent| *sent)
     }
 
     fn poll_write_vectored(
@@ -308,21 +391,21 @@ impl AsyncWrite for SendTimeout {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
-        self.wrote(cx, written)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(cx, written, |sent| *sent)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let flushed = Pin::new(&mut self.tcp).poll_flush(cx);
-        self.wrote(cx, flushed)
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        self.wrote(cx, flushed, |()| 0)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -120,7 +120,7 @@ fn is_request_error(response: &async_graphql::Response) -> bool {
 /// arguments did not parse (an `Upload` that names no file part) have a path but no
 /// code, as no resolver ran, and get BAD_USER_INPUT. Without it the response would
 /// pass for a request error, as if nothing had run, though the mutations before
-/// that field have.
+/// that field have. Every message is clipped.
 pub fn coded(mut response: BatchResponse) -> BatchResponse {
     match &mut response {
         BatchResponse::Single(response) => code_field_errors(response),
@@ -131,6 +131,8 @@ pub fn coded(mut response: BatchResponse) -> BatchResponse {
 
 fn code_field_errors(response: &mut async_graphql::Response) {
     for error in &mut response.errors {
+        // The validator's messages quote names and values the client sent.
+        crate::error::clip(&mut error.message);
         if !error.path.is_empty() && code(error).is_none() {
             error
                 .extensions

@@ -219,6 +219,7 @@ mod tests {
             min_body_bytes_per_second: 0,
             body_timeout_seconds: whole,
             send_timeout_seconds: 60,
+            min_send_bytes_per_second: 0,
         };
         let (sender, body) = mpsc::unbounded();
         (sender, paced(body, &limits))

@@ -112,6 +112,91 @@ fn assert_refused(status: u16, body: &Value, code: &str, what: &str) {
     );
 }
 
+/// POSTs `body` as it is to `/graphql`; the status, the answer's text and how long
+/// it took.
+async fn post_raw(served: &Served, bearer: &str, body: String) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let response = http_client()
+        .post(format!("{}/graphql", served.base_url))
+        .bearer_auth(bearer)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("a body");
+    (status, text, started.elapsed())
+}
+
+/// The validator walks every operation of a document, whichever runs, and reports
+/// each variable a fragment reads once per operation that spreads it: 999
+/// operations spreading a fragment that reads 500 undefined variables made half a
+/// million errors (tens of MB) from 17 KB. Directives and argument values now count
+/// toward MAX_EXPANDED_FIELDS. An unknown name is measured against every known one
+/// and echoed: a name is at most 256 bytes. Messages that quote the client's input
+/// (a line that does not parse, serde's "invalid type") are cut at 1,000 characters.
+async fn answers_to_hostile_documents_stay_small(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let bearer = token("hostile");
+    let before = rss_mib(&served);
+    let variables: Vec<String> = (0..500).map(|i| format!("$a{i}")).collect();
+    let operations: String = (0..999)
+        .map(|i| format!("query Q{i} {{ ...F }} "))
+        .collect();
+    let query = format!(
+        "{operations} fragment F on Query @skip(if: [{}]) {{ __typename }}",
+        variables.join(",")
+    );
+    let fanned = json!({ "query": query, "operationName": "Q0" });
+    let long_name = "A".repeat(100_000);
+    let cases = [
+        (
+            "undefined variables in 999 operations",
+            fanned.to_string(),
+            "MAX_EXPANDED_FIELDS",
+        ),
+        (
+            "a 100 KB field name",
+            json!({ "query": format!("{{ attachment(id: \"x\") {{ {long_name} }} }}") })
+                .to_string(),
+            "longer than 256 bytes",
+        ),
+        (
+            "a 100 KB argument name",
+            json!({ "query": format!("{{ attachment({long_name}: \"x\") {{ id }} }}") })
+                .to_string(),
+            "longer than 256 bytes",
+        ),
+        (
+            "a 1 MB line that does not parse",
+            json!({ "query": format!("{{ attachment(id: \"{}\") ", "x".repeat(1 << 20)) })
+                .to_string(),
+            "line 1, column",
+        ),
+        (
+            "a 1 MB string where variables go",
+            json!({ "query": "{ __typename }", "variables": "v".repeat(1 << 20) }).to_string(),
+            "invalid",
+        ),
+    ];
+    for (what, body, says) in cases {
+        let (status, text, took) = post_raw(&served, &bearer, body).await;
+        assert!(took < Duration::from_secs(2), "{what}: {took:?}");
+        assert!(
+            text.len() < 4096,
+            "{what}: a {} byte answer ({status})",
+            text.len()
+        );
+        assert!(text.contains(says), "{what}: {text}");
+        assert!(
+            text.contains("BAD_USER_INPUT") || text.contains("GRAPHQL_PARSE_FAILED"),
+            "{what}: {text}"
+        );
+    }
+    assert_unharmed(&mut served, before, "hostile documents").await;
+}
+
 async fn nesting_through_every_construct_is_refused(_: Setup) {
     let mut served = Served::start(&[]).await;
     let bearer = token("hostile");
@@ -1207,14 +1292,7 @@ async fn idle_and_slow_connections_are_closed(_: Setup) {
 async fn stalled_downloads_hold_bounded_memory(_: Setup) {
     let mut served = Served::start(&["--send-timeout-seconds", "2"]).await;
     let bearer = token("downloads");
-    let mut content = pdf();
-    content.resize(10 * 1024 * 1024, b' ');
-    let (_, body) = post(&served, Some(&bearer), &json!({ "query": UPLOAD, "variables": { "input": {
-        "ownerType": "contract", "ownerId": "c", "filename": "big.pdf", "base64": STANDARD.encode(&content) }}})).await;
-    let id = data(&body, "uploadAttachment")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = big_download(&served, &bearer).await;
     let before = rss_mib(&served);
     let address = served.base_url.trim_start_matches("http://").to_owned();
     let mut stalled = Vec::new();
@@ -1239,6 +1317,109 @@ async fn stalled_downloads_hold_bounded_memory(_: Setup) {
     }
     drop(stalled);
     assert_unharmed(&mut served, before, "downloads").await;
+}
+
+/// Stores a 10 MiB PDF for `bearer`'s tenant; its id.
+async fn big_download(served: &Served, bearer: &str) -> String {
+    let mut content = pdf();
+    content.resize(10 * 1024 * 1024, b' ');
+    let (_, body) = post(served, Some(bearer), &json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "c", "filename": "big.pdf", "base64": STANDARD.encode(&content) }}})).await;
+    data(&body, "uploadAttachment")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+/// Asks for `id`'s download and reads 64 KiB of it every 200 ms (about 320 KiB/s)
+/// until the server ends it or `within` passes; the bytes read, and whether it ended.
+async fn trickled_download(
+    address: &str,
+    bearer: &str,
+    id: &str,
+    within: Duration,
+) -> (usize, bool) {
+    let mut tcp = TcpStream::connect(address).await.expect("connect");
+    let head = format!(
+        "GET /api/attachments/{id}/download HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let started = Instant::now();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut read = 0;
+    while started.elapsed() < within {
+        match tcp.read(&mut buffer).await {
+            Ok(0) | Err(_) => return (read, true),
+            Ok(n) => read += n,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (read, false)
+}
+
+/// A client that reads a download a trickle at a time is cut once it reads slower
+/// than MIN_SEND_BYTES_PER_SECOND (any progress used to keep it open for the whole
+/// download), and downloads read slowly in every connection slot cannot keep a new
+/// client out: a busy connection asked to close gets SEND_TIMEOUT_SECONDS to finish
+/// (it was waited for until its response ended).
+async fn trickled_downloads_are_cut_and_cannot_keep_clients_out(_: Setup) {
+    let bearer = token("trickles");
+    let mut served = Served::start(&[
+        "--send-timeout-seconds",
+        "1",
+        "--min-send-bytes-per-second",
+        "1000000",
+    ])
+    .await;
+    let id = big_download(&served, &bearer).await;
+    let before = rss_mib(&served);
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let (read, ended) = trickled_download(&address, &bearer, &id, Duration::from_secs(20)).await;
+    assert!(ended, "a download read at 320 KiB/s is cut");
+    assert!(
+        read < 10 * 1024 * 1024,
+        "cut before its end: {read} bytes read"
+    );
+    assert_unharmed(&mut served, before, "trickled download").await;
+    drop(served);
+
+    // No floor, eight slots: eight slow downloads hold them all.
+    let mut served = Served::start(&[
+        "--send-timeout-seconds",
+        "1",
+        "--min-send-bytes-per-second",
+        "0",
+        "--max-connections",
+        "8",
+    ])
+    .await;
+    let id = big_download(&served, &bearer).await;
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let (address, bearer, id) = (address.clone(), bearer.clone(), id.clone());
+        readers.push(tokio::spawn(async move {
+            trickled_download(&address, &bearer, &id, Duration::from_secs(30)).await
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let health = http_client()
+        .get(format!("{}/healthz", served.base_url))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("/healthz answers while eight slow downloads hold every slot");
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    readers.iter().for_each(tokio::task::JoinHandle::abort);
+    let before = rss_mib(&served);
+    assert_unharmed(&mut served, before, "slow downloads in every slot").await;
 }
 
 async fn metrics_can_have_a_listener_of_their_own(_: Setup) {
@@ -1270,6 +1451,7 @@ async fn metrics_can_have_a_listener_of_their_own(_: Setup) {
 
 crate::matrix!(
     once: nesting_through_every_construct_is_refused,
+    answers_to_hostile_documents_stay_small,
     fragment_expansion_is_refused_early,
     batches_are_bounded,
     files_are_counted_across_the_request,
@@ -1285,5 +1467,6 @@ crate::matrix!(
     direct_upload_puts_take_an_upload_slot,
     idle_and_slow_connections_are_closed,
     stalled_downloads_hold_bounded_memory,
+    trickled_downloads_are_cut_and_cannot_keep_clients_out,
     metrics_can_have_a_listener_of_their_own,
 );
