@@ -236,6 +236,16 @@ fn quota_text(refusal: &QuotaRefusal) -> String {
     )
 }
 
+/// Names the scheme a 401 asks for (RFC 9110), on every route that answers one.
+pub fn challenge(response: &mut Response) {
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+}
+
 /// Seconds a client is told to wait when the server is busy.
 pub const RETRY_AFTER_SECONDS: u64 = 2;
 
@@ -286,12 +296,7 @@ impl IntoResponse for AppError {
         self.log();
         let status = self.status();
         let mut response = (status, axum::Json(self.graphql_body())).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-        }
+        challenge(&mut response);
         if let Self::Overloaded(seconds) = self {
             response
                 .headers_mut()

@@ -33,8 +33,11 @@ impl SpoolFailure {
     pub fn to_error(&self) -> AppError {
         match self {
             Self::InvalidBase64 => invalid_base64(),
-            Self::Write(err) => AppError::Internal(anyhow::anyhow!(
-                "cannot keep an upload while it arrives: {err}"
+            // Its file is a staging object on fs, a temporary file beside S3: either
+            // way the server's disk failed (full, read-only), not the client.
+            Self::Write(err) => AppError::StorageUnavailable(opendal::Error::new(
+                opendal::ErrorKind::Unexpected,
+                format!("cannot keep an upload while it arrives: {err}"),
             )),
         }
     }

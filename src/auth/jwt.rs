@@ -270,18 +270,22 @@ fn scope_claim(value: Option<&Value>) -> Option<&str> {
 }
 
 /// A short reason a client can act on, without echoing the token.
-fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> std::borrow::Cow<'static, str> {
     use jsonwebtoken::errors::ErrorKind as Kind;
-    match kind {
+    // The claims required are the server's (exp, and iss and aud when configured).
+    if let Kind::MissingRequiredClaim(claim) = kind {
+        return format!("the required claim `{claim}` is missing").into();
+    }
+    let reason = match kind {
         Kind::ExpiredSignature => "expired",
         Kind::ImmatureSignature => "not valid yet (nbf)",
         Kind::InvalidIssuer => "wrong issuer",
         Kind::InvalidAudience => "wrong audience",
         Kind::InvalidAlgorithm | Kind::InvalidAlgorithmName => "algorithm not accepted",
         Kind::InvalidSignature => "bad signature",
-        Kind::MissingRequiredClaim(_) => "a required claim is missing",
         _ => "malformed",
-    }
+    };
+    reason.into()
 }
 
 #[derive(Serialize)]

@@ -101,6 +101,8 @@ enum Slot {
     Kept(Arc<Kept>),
     /// The body ended or broke without it.
     Missing(String),
+    /// The server could not keep it (its temporary folder failed).
+    Lost(String),
 }
 
 /// What the body's reader sends of a streaming part.
@@ -199,6 +201,12 @@ impl Parts {
                         taken = Some(Err(missing(why)));
                         false
                     }
+                    Some(Slot::Lost(why)) => {
+                        let lost =
+                            opendal::Error::new(opendal::ErrorKind::Unexpected, why.as_str());
+                        taken = Some(Err(AppError::StorageUnavailable(lost)));
+                        false
+                    }
                     Some(Slot::Kept(kept)) => {
                         taken = Some(kept_part(kept));
                         false
@@ -278,10 +286,20 @@ impl Parts {
 
     /// The body ended (`why` says how): the parts that did not come are missing.
     pub fn end(&self, why: &str) {
+        self.settle(|| Slot::Missing(why.to_owned()));
+    }
+
+    /// The server could not keep a part (`why`): those that did not come are lost.
+    pub fn fail(&self, why: String) {
+        self.settle(|| Slot::Lost(why.clone()));
+    }
+
+    /// Every part still expected becomes `slot`.
+    fn settle(&self, slot: impl Fn() -> Slot) {
         self.state.send_modify(|state| {
-            for slot in &mut state.slots {
-                if matches!(slot, Slot::Expected { .. }) {
-                    *slot = Slot::Missing(why.to_owned());
+            for place in &mut state.slots {
+                if matches!(place, Slot::Expected { .. }) {
+                    *place = slot();
                 }
             }
         });

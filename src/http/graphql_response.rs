@@ -101,6 +101,7 @@ impl Answer {
     fn json(self, status: StatusCode, body: &serde_json::Value) -> Response {
         let codes = body_codes(body);
         let mut answer = (status, axum::Json(body)).into_response();
+        crate::error::challenge(&mut answer);
         answer
             .headers_mut()
             .insert(header::CONTENT_TYPE, self.content_type());

@@ -131,13 +131,21 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::IF_UNMODIFIED_SINCE,
                 header::HeaderName::from_static("apollo-require-preflight"),
                 header::HeaderName::from_static("x-apollo-operation-name"),
+                header::HeaderName::from_static(observe::REQUEST_ID),
             ])
+            // What a browser app reads: the busy server's wait, the id to report,
+            // the scheme a 401 asks for.
             .expose_headers([
                 header::ACCEPT_RANGES,
                 header::CONTENT_DISPOSITION,
                 header::CONTENT_RANGE,
                 header::ETAG,
-            ]),
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                header::HeaderName::from_static(observe::REQUEST_ID),
+            ])
+            // Browsers keep a preflight's answer this long (Chromium caps it at 2 h).
+            .max_age(std::time::Duration::from_secs(7200)),
     )
 }
 

@@ -316,7 +316,7 @@ impl Rest {
                 .copied();
             let filename = field.file_name().unwrap_or_default().to_owned();
             let content_type = field.content_type().map(ToString::to_string);
-            let read = match index {
+            let passed = match index {
                 // A field no variable names: read past it.
                 None => self.pass(&mut field, None).await,
                 Some(index) => match self.parts.demand(index).await {
@@ -330,8 +330,8 @@ impl Rest {
                         Ok(named) => {
                             let (file, path) = named.into_parts();
                             let file = tokio::fs::File::from_std(file);
-                            let read = self.pass(&mut field, Some(Sink::File(file))).await;
-                            if read.is_ok() {
+                            let passed = self.pass(&mut field, Some(Sink::File(file))).await;
+                            if passed.is_ok() {
                                 let kept = Kept {
                                     file: path,
                                     filename,
@@ -339,14 +339,22 @@ impl Rest {
                                 };
                                 self.parts.keep(index, kept);
                             }
-                            read
+                            passed
                         }
-                        Err(_) => Err(()),
+                        Err(err) => Err(Stopped::Disk(err)),
                     },
                 },
             };
-            if read.is_err() {
-                return Read::Unfinished;
+            match passed {
+                Ok(()) => {}
+                Err(Stopped::Body) => return Read::Unfinished,
+                Err(Stopped::Disk(err)) => {
+                    // The server's fault, not the client's body: said and logged as such.
+                    self.parts.fail(format!(
+                        "cannot keep a file part in the temporary folder (TMPDIR): {err}"
+                    ));
+                    return Read::Unfinished;
+                }
             }
         }
     }
@@ -357,11 +365,11 @@ impl Rest {
         &self,
         field: &mut multer::Field<'static>,
         mut sink: Option<Sink>,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Stopped> {
         loop {
             let chunk = tokio::select! {
                 biased;
-                () = self.parts.until_executed() => return Err(()),
+                () = self.parts.until_executed() => return Err(Stopped::Body),
                 chunk = field.chunk() => chunk,
             };
             let chunk = match chunk {
@@ -371,20 +379,20 @@ impl Rest {
                     if let Some(Sink::Live(pieces)) = &sink {
                         let _ = pieces.send(Piece::Broken(root_cause(&err))).await;
                     }
-                    return Err(());
+                    return Err(Stopped::Body);
                 }
             };
             match &mut sink {
                 // A resolver that stopped reading refused the file: the rest of the
                 // part is read past until the operations end.
                 Some(Sink::Live(pieces)) => drop(pieces.send(Piece::Data(chunk)).await),
-                Some(Sink::File(file)) => file.write_all(&chunk).await.map_err(drop)?,
+                Some(Sink::File(file)) => file.write_all(&chunk).await.map_err(Stopped::Disk)?,
                 None => {}
             }
         }
         match &mut sink {
             Some(Sink::Live(pieces)) => drop(pieces.send(Piece::End).await),
-            Some(Sink::File(file)) => file.flush().await.map_err(drop)?,
+            Some(Sink::File(file)) => file.flush().await.map_err(Stopped::Disk)?,
             None => {}
         }
         Ok(())
@@ -405,6 +413,14 @@ fn root_cause(err: &multer::Error) -> String {
 enum Sink {
     Live(mpsc::Sender<Piece>),
     File(tokio::fs::File),
+}
+
+/// Why a part was not read to its end.
+enum Stopped {
+    /// The operations ran, or the body broke.
+    Body,
+    /// Its temporary file could not be made or written.
+    Disk(std::io::Error),
 }
 
 /// The body as multer should read it: multer copies every chunk the body has ready

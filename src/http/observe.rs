@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// The GraphQL error codes of a response, set by `/graphql` for the summary line.
 #[derive(Clone)]

@@ -119,14 +119,15 @@ impl NewFile {
     /// The finished file stays; synced to disk first (data and folder) when `sync`,
     /// which blocks. An empty stream still makes its (empty) file.
     pub fn keep(mut self, sync: bool) -> std::io::Result<PathBuf> {
-        let file = match self.file.take() {
-            Some(file) => file,
-            None => create_new(&self.path)?,
-        };
-        if sync {
+        if self.file.is_none() {
+            self.file = Some(create_new(&self.path)?);
+        }
+        if sync && let Some(file) = &self.file {
+            // A failed sync drops `self` unkept: the file goes.
             file.sync_data()?;
             std::fs::File::open(self.path.parent().unwrap_or(&self.path))?.sync_all()?;
         }
+        self.file = None;
         self.kept = true;
         Ok(std::mem::take(&mut self.path))
     }

@@ -36,7 +36,8 @@ pub(super) fn write_new_file(
 
 /// A second name at `to` for the finished file `from` (never replacing a file):
 /// a spooled upload becomes its object without a copy. Synced like
-/// [`write_new_file`]; another filesystem is `Unsupported` (the caller copies).
+/// [`write_new_file`]; another filesystem, or one without hard links (vfat, SMB
+/// shares, some FUSE mounts: EPERM), is `Unsupported` (the caller copies).
 pub(super) fn link_new_file(
     from: &std::path::Path,
     to: &std::path::Path,
@@ -45,8 +46,10 @@ pub(super) fn link_new_file(
     let folder = to.parent().unwrap_or(to);
     std::fs::create_dir_all(folder).map_err(io_error)?;
     std::fs::hard_link(from, to).map_err(|err| match err.kind() {
-        std::io::ErrorKind::CrossesDevices => {
-            opendal::Error::new(opendal::ErrorKind::Unsupported, "another filesystem")
+        std::io::ErrorKind::CrossesDevices
+        | std::io::ErrorKind::Unsupported
+        | std::io::ErrorKind::PermissionDenied => {
+            opendal::Error::new(opendal::ErrorKind::Unsupported, "no hard link here")
         }
         _ => io_error(err),
     })?;

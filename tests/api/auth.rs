@@ -155,6 +155,18 @@ async fn issuer_and_audience_are_required_when_configured(setup: Setup) {
     ] {
         assert_unauthenticated(&app, Some(&token), case).await;
     }
+    // A missing claim is named, so the identity provider's setup can be fixed.
+    for (claim, token) in [
+        ("iss", claims(json!({ "aud": "attache" }))),
+        ("aud", claims(json!({ "iss": "https://idp.example" }))),
+    ] {
+        let body = app.gql(LIST, json!({}), Some(&token)).await;
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("`{claim}`")),
+            "{claim}: {message}"
+        );
+    }
     let good = claims(json!({ "iss": "https://idp.example", "aud": "attache" }));
     assert_eq!(
         data(&app.gql(LIST, json!({}), Some(&good)).await, "attachments")["totalCount"],

@@ -218,7 +218,7 @@ async fn cors_answers_only_the_configured_origins(setup: Setup) {
             .header("access-control-request-method", "POST")
             .header(
                 "access-control-request-headers",
-                "authorization,content-type",
+                "authorization,content-type,x-request-id",
             )
             .send()
     };
@@ -227,6 +227,14 @@ async fn cors_answers_only_the_configured_origins(setup: Setup) {
         allowed.headers()["access-control-allow-origin"],
         "https://admin.example"
     );
+    // An app that sends its own request id passes the preflight, and browsers keep
+    // the answer instead of asking before every request.
+    let headers = allowed.headers()["access-control-allow-headers"]
+        .to_str()
+        .expect("text")
+        .to_ascii_lowercase();
+    assert!(headers.contains("x-request-id"), "{headers}");
+    assert_eq!(allowed.headers()["access-control-max-age"], "7200");
     let refused = preflight("https://evil.example").await.expect("OPTIONS");
     assert!(
         refused
@@ -269,7 +277,15 @@ async fn cors_answers_only_the_configured_origins(setup: Setup) {
         .to_str()
         .expect("text")
         .to_ascii_lowercase();
-    assert!(exposed.contains("accept-ranges"), "{exposed}");
+    // The app can read a busy server's wait, the id to report and a 401's scheme.
+    for header in [
+        "accept-ranges",
+        "retry-after",
+        "x-request-id",
+        "www-authenticate",
+    ] {
+        assert!(exposed.contains(header), "{header}: {exposed}");
+    }
 
     let plain = TestApp::spawn(setup).await;
     let response = plain
@@ -369,6 +385,18 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
         json,
         "q=0 refuses the media type"
     );
+    // A request without a token is a 401 that names the scheme, as on every route.
+    let anonymous = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", json)
+        .header("accept", graphql_response)
+        .body(json!({ "query": "{ __typename }" }).to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
 }
 
 crate::matrix!(

@@ -432,6 +432,80 @@ crate::matrix!(
     a_held_sqlite_lock_fails_the_waiting_uploads_together,
 );
 
+/// The server's own disk failing while an upload arrives is the server's error, said
+/// and logged as a storage failure, and nothing is stored: a multipart part kept in
+/// a temporary folder that is gone (it was "the file part is missing: the request
+/// body broke", BAD_USER_INPUT, logged nowhere), and a large base64 file whose staging
+/// folder on fs cannot be made (it was INTERNAL_SERVER_ERROR).
+#[tokio::test]
+async fn a_failing_server_disk_is_not_the_clients_fault() {
+    let temporary = tempfile::tempdir().expect("dir");
+    let temp_path = temporary.path().to_str().expect("utf-8").to_owned();
+    let served = Served::start_with_env(&[], &[("TMPDIR", &temp_path)]).await;
+    drop(temporary);
+    let staging = served.storage_root().join(".attache-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::write(&staging, b"not a folder").expect("a file where the folder goes");
+    let bearer = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
+
+    // One part for two variables is kept in a temporary file for both.
+    let query = "mutation($a: Upload!, $b: Upload!) { a: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $a}) { id } b: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $b}) { id } }";
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "operations",
+            json!({ "query": query, "variables": { "a": null, "b": null } }).to_string(),
+        )
+        .text(
+            "map",
+            json!({ "0": ["variables.a", "variables.b"] }).to_string(),
+        )
+        .part(
+            "0",
+            reqwest::multipart::Part::bytes(pdf())
+                .file_name("c.pdf")
+                .mime_str("application/pdf")
+                .expect("mime"),
+        );
+    let (_, body) = crate::helpers::post_multipart(&served.base_url, &bearer, form).await;
+    assert_eq!(
+        crate::helpers::codes(&body),
+        ["STORAGE_UNAVAILABLE", "STORAGE_UNAVAILABLE"],
+        "{body}"
+    );
+
+    let api = Api {
+        base_url: served.base_url.clone(),
+        client: http_client(),
+    };
+    let content = large_pdf(3 * 1024 * 1024);
+    let input = json!({ "input": { "ownerType": "contract", "ownerId": "c",
+        "filename": "big.pdf", "base64": STANDARD.encode(&content) }});
+    let body = api.gql(UPLOAD, input, Some(&bearer)).await;
+    assert_eq!(
+        crate::helpers::codes(&body),
+        ["STORAGE_UNAVAILABLE"],
+        "{body}"
+    );
+
+    let log = served.log();
+    assert!(
+        log.contains("TMPDIR"),
+        "the temporary folder is named in the log"
+    );
+    assert!(
+        log.contains("cannot keep an upload while it arrives"),
+        "{log}"
+    );
+    let listed = api
+        .gql(
+            "{ attachments(ownerType: \"contract\", ownerId: \"c\") { totalCount } }",
+            json!({}),
+            Some(&bearer),
+        )
+        .await;
+    assert_eq!(data(&listed, "attachments")["totalCount"], 0, "{listed}");
+}
+
 /// A filesystem that refuses `O_DIRECT` (ramfs) gets large files written the
 /// ordinary way, every byte kept: attache runs with its storage folder on a ramfs
 /// in a mount namespace of its own.
