@@ -225,10 +225,11 @@ pub struct StorageConfig {
     #[arg(long, env = "S3_PART_SIZE_BYTES", default_value_t = 8 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(5 * 1024 * 1024..=5 * 1024 * 1024 * 1024))]
     pub s3_part_size_bytes: u64,
-    /// fs only: sync each new file (and its folder) to disk before its row commits, so
-    /// a stored upload also survives a power loss; pair with SQLITE_SYNCHRONOUS=full.
-    #[arg(long, env = "FSYNC_FILES", default_value_t = false, action = clap::ArgAction::Set)]
-    pub fsync_files: bool,
+    /// fs only: sync each new file (and its folders) to disk before its row commits,
+    /// so a stored upload also survives a power loss. Unset: as durable as the rows,
+    /// synced on PostgreSQL and with SQLITE_SYNCHRONOUS=full ([`Self::files_synced`]).
+    #[arg(long, env = "FSYNC_FILES", action = clap::ArgAction::Set)]
+    pub fsync_files: Option<bool>,
 }
 
 /// An S3-compatible service whose needs attache knows.
@@ -709,6 +710,17 @@ impl Config {
 }
 
 impl StorageConfig {
+    /// Whether new files are synced to disk: FSYNC_FILES, or when unset, whether the
+    /// database's commits survive a power loss. A row that outlives its file (a
+    /// commit PostgreSQL synced, a file the kernel had not yet written) names a file
+    /// that is gone.
+    pub fn files_synced(&self, database: &DatabaseConfig) -> bool {
+        self.fsync_files.unwrap_or_else(|| {
+            !database.database_url.starts_with("sqlite:")
+                || database.sqlite_synchronous == SqliteSync::Full
+        })
+    }
+
     /// S3_REGION, or the provider's region: Scaleway's and Backblaze's endpoints
     /// name theirs (`s3.fr-par.scw.cloud`, `s3.us-west-004.backblazeb2.com`).
     pub fn region(&self) -> &str {
@@ -800,6 +812,25 @@ mod tests {
         for refused in ["0", "5242879", "5368709121"] {
             assert!(parse(refused).is_err(), "{refused}");
         }
+    }
+
+    /// Unset, FSYNC_FILES follows the database: files are synced where commits
+    /// survive a power loss (PostgreSQL, SQLITE_SYNCHRONOUS=full); set, it is taken as
+    /// it is.
+    #[test]
+    fn files_are_synced_as_the_rows_are_unless_set() {
+        let synced = |args: &[&str]| {
+            let config: super::Config = parsed(args).expect("parsed");
+            config.storage.files_synced(&config.database)
+        };
+        let postgres = ["--database-url", "postgres://postgres@127.0.0.1/attache"];
+        assert!(synced(&postgres));
+        assert!(!synced(&[]), "SQLite's normal commits survive a crash only");
+        assert!(synced(&["--sqlite-synchronous", "full"]));
+        assert!(!synced(
+            &[&postgres[..], &["--fsync-files", "false"]].concat()
+        ));
+        assert!(synced(&["--fsync-files", "true"]));
     }
 
     /// Scaleway's and Backblaze's presets take the region their endpoint names.

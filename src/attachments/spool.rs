@@ -137,7 +137,8 @@ impl Base64Spool {
         Self {
             decoder: Base64Stream::default(),
             pipeline: ChunkPipeline::checked(
-                NewFile::new(path),
+                // Synced, when files are, as storage links it.
+                NewFile::new(path, false),
                 Checks::default(),
                 in_memory_up_to,
             ),
@@ -175,7 +176,7 @@ impl Base64Spool {
         let (file, checks) = pipeline.finish().await.map_err(SpoolFailure::Write)?;
         let size = file.written();
         let spooled = Spooled {
-            path: file.keep(false).map_err(SpoolFailure::Write)?,
+            path: file.keep().map_err(SpoolFailure::Write)?,
             size,
             sha256: hex::encode(checks.hasher.finalize()),
             sniffer: checks.sniffer,

@@ -59,7 +59,8 @@ impl Target {
     fn open(&self) -> anyhow::Result<(Database, Storage)> {
         self.storage.validate()?;
         let database = Database::from_config(&self.database)?;
-        Ok((database, Storage::from_config(&self.storage)?))
+        let fsync_files = self.storage.files_synced(&self.database);
+        Ok((database, Storage::from_config(&self.storage, fsync_files)?))
     }
 }
 
@@ -97,7 +98,8 @@ async fn create(target: &Target, keep: Option<u16>) -> anyhow::Result<()> {
 
 async fn list(config: &StorageConfig) -> anyhow::Result<()> {
     config.validate()?;
-    let storage = Storage::from_config(config)?;
+    // It lists, and stores nothing.
+    let storage = Storage::from_config(config, false)?;
     let backups = backup::list(&storage).await?;
     if backups.is_empty() {
         eprintln!(

@@ -54,6 +54,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let database = crate::db::describe(&app.config.database.database_url);
     tracing::info!(%database, "database migrations applied");
     app.storage.startup_check(&app.config.storage).await?;
+    if app.storage.backend() == crate::config::StorageBackend::Fs {
+        let fsync_files = app.config.storage.files_synced(&app.config.database);
+        tracing::info!(root = %app.storage.location(), fsync_files, "files are stored on the local disk");
+    }
     warn_unavailable(&app.config);
     if let Some(minter) = &app.dev_minter {
         let tenant = SafeId::parse("dev").context("the dev tenant id")?;

@@ -74,7 +74,8 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
 }
 
 async fn check(config: &StorageConfig) -> anyhow::Result<()> {
-    let storage = Storage::from_config(config)?;
+    // Its probe object is removed at once.
+    let storage = Storage::from_config(config, false)?;
     let target = match &config.s3_bucket_name {
         Some(bucket) if storage.backend() == StorageBackend::S3 => format!("s3 bucket {bucket}"),
         _ => format!("folder {}", config.storage_root.display()),
@@ -111,7 +112,8 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     // anything is copied; each failure names its variable.
     let db = crate::db::Database::open_existing(&args.database).await?;
     let source = Storage::local_source(&args.storage.storage_root)?;
-    let destination = Storage::from_config(&args.storage)?;
+    // The bucket: syncing files is fs's.
+    let destination = Storage::from_config(&args.storage, false)?;
     destination.probe(&args.storage, !args.dry_run).await?;
     db.migrate()
         .await

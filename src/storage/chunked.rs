@@ -88,6 +88,8 @@ pub trait ChunkSink: Send + 'static {
 /// refused or broken stream leaves nothing.
 pub struct NewFile {
     path: PathBuf,
+    /// Synced to disk (data, folder, new folders) before it counts as kept.
+    sync: bool,
     file: Option<std::fs::File>,
     /// A second handle without the page cache, for whole aligned chunks.
     direct: Option<std::fs::File>,
@@ -97,9 +99,10 @@ pub struct NewFile {
 }
 
 impl NewFile {
-    pub fn new(path: PathBuf) -> Self {
+    pub fn new(path: PathBuf, sync: bool) -> Self {
         Self {
             path,
+            sync,
             file: None,
             direct: None,
             try_direct: true,
@@ -116,13 +119,15 @@ impl NewFile {
         self.written
     }
 
-    /// The finished file stays; synced to disk first (data and folder) when `sync`,
-    /// which blocks. An empty stream still makes its (empty) file.
-    pub fn keep(mut self, sync: bool) -> std::io::Result<PathBuf> {
+    /// The finished file stays; synced to disk first (data and folder) when it
+    /// syncs, which blocks. An empty stream still makes its (empty) file.
+    pub fn keep(mut self) -> std::io::Result<PathBuf> {
         if self.file.is_none() {
-            self.file = Some(create_new(&self.path)?);
+            self.file = Some(create_new(&self.path, self.sync)?);
         }
-        if sync && let Some(file) = &self.file {
+        if self.sync
+            && let Some(file) = &self.file
+        {
             // A failed sync drops `self` unkept: the file goes.
             file.sync_data()?;
             std::fs::File::open(self.path.parent().unwrap_or(&self.path))?.sync_all()?;
@@ -137,7 +142,7 @@ impl ChunkSink for NewFile {
     fn take(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         if self.file.is_none() {
-            self.file = Some(create_new(&self.path)?);
+            self.file = Some(create_new(&self.path, self.sync)?);
         }
         let whole = bytes.len().is_multiple_of(FILE_ALIGNMENT)
             && bytes.as_ptr().align_offset(FILE_ALIGNMENT) == 0;
@@ -181,8 +186,9 @@ fn open_direct(_path: &Path) -> Option<std::fs::File> {
     None
 }
 
-/// A new file, its folder made on first use; never an existing one.
-fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
+/// A new file, its folder made on first use (synced into its parent when `sync`);
+/// never an existing one.
+fn create_new(path: &Path, sync: bool) -> std::io::Result<std::fs::File> {
     let open = || {
         std::fs::File::options()
             .write(true)
@@ -191,7 +197,7 @@ fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
     };
     match open() {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path.parent().unwrap_or(path))?;
+            super::fs_write::make_folder(path.parent().unwrap_or(path), sync)?;
             open()
         }
         other => other,
@@ -536,7 +542,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let mut pipeline = ChunkPipeline::new(NewFile::new(path));
+    let mut pipeline = ChunkPipeline::new(NewFile::new(path, sync));
     let mut total: u64 = 0;
     let failure = loop {
         let piece = match body.next().await {
@@ -561,11 +567,11 @@ where
         .await
         .map_err(|err| StreamWriteError::Storage(io_error(err)))?;
     let kept = match sync {
-        true => tokio::task::spawn_blocking(move || file.keep(true))
+        true => tokio::task::spawn_blocking(move || file.keep())
             .await
             .map_err(std::io::Error::other)
             .and_then(|kept| kept),
-        false => file.keep(false),
+        false => file.keep(),
     };
     let path = kept.map_err(|err| StreamWriteError::Storage(io_error(err)))?;
     Ok((path, total))

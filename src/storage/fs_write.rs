@@ -12,7 +12,7 @@ pub(super) fn write_new_file(
 ) -> opendal::Result<()> {
     use std::os::unix::fs::FileExt;
     let folder = path.parent().unwrap_or(path);
-    std::fs::create_dir_all(folder).map_err(io_error)?;
+    make_folder(folder, sync).map_err(io_error)?;
     let file = std::fs::File::options()
         .write(true)
         .create_new(true)
@@ -44,7 +44,7 @@ pub(super) fn link_new_file(
     sync: bool,
 ) -> opendal::Result<()> {
     let folder = to.parent().unwrap_or(to);
-    std::fs::create_dir_all(folder).map_err(io_error)?;
+    make_folder(folder, sync).map_err(io_error)?;
     std::fs::hard_link(from, to).map_err(|err| match err.kind() {
         std::io::ErrorKind::CrossesDevices
         | std::io::ErrorKind::Unsupported
@@ -60,6 +60,28 @@ pub(super) fn link_new_file(
         if let Err(err) = synced {
             let _ = std::fs::remove_file(to);
             return Err(io_error(err));
+        }
+    }
+    Ok(())
+}
+
+/// Makes `folder` and the folders above it that are missing. With `sync`, each one
+/// made is synced into its parent: a file synced into a new folder whose own entry
+/// was not could vanish with the folder in a power loss (the first upload of every
+/// owner makes its folder).
+pub(super) fn make_folder(folder: &std::path::Path, sync: bool) -> std::io::Result<()> {
+    if !sync {
+        return std::fs::create_dir_all(folder);
+    }
+    let missing: Vec<_> = folder.ancestors().take_while(|at| !at.is_dir()).collect();
+    for made in missing.into_iter().rev() {
+        match std::fs::create_dir(made) {
+            // Another upload made it first: syncing its parent again does no harm.
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => return Err(err),
+            _ => {}
+        }
+        if let Some(parent) = made.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
         }
     }
     Ok(())

@@ -113,7 +113,9 @@ const COPY_CHUNK: usize = 8 * 1024 * 1024;
 
 impl Storage {
     /// Builds the operator from configuration; [`Storage::check`] then proves it works.
-    pub fn from_config(config: &StorageConfig) -> Result<Self, ConfigError> {
+    /// `fsync_files`: new files on fs are synced to disk before they count as written
+    /// ([`StorageConfig::files_synced`]).
+    pub fn from_config(config: &StorageConfig, fsync_files: bool) -> Result<Self, ConfigError> {
         // Outgoing HTTPS uses rustls with ring; later calls find both installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         opendal_http_transport_reqwest::install_default();
@@ -126,7 +128,7 @@ impl Storage {
                     )
                 })?;
                 Ok(Self {
-                    fsync_files: config.fsync_files,
+                    fsync_files,
                     ..Self::fs(&config.storage_root)?
                 })
             }

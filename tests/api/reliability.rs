@@ -432,6 +432,84 @@ crate::matrix!(
     a_held_sqlite_lock_fails_the_waiting_uploads_together,
 );
 
+/// Files are as durable as the rows that name them: with SQLite's synced commits
+/// (as on PostgreSQL) a new file is synced without FSYNC_FILES, and so are the new
+/// folders of a tenant's first upload, each into its parent (only the file and its
+/// own folder were: a power loss could take a new folder, and the synced file in it).
+/// Seen with strace attached to the server.
+#[tokio::test]
+async fn new_files_and_their_new_folders_are_synced() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but strace is missing"
+        );
+        crate::helpers::say("SKIPPED: the file sync test, because strace is not installed");
+        return;
+    }
+    let served = Served::start(&["--sqlite-synchronous", "full"]).await;
+    let trace = served.storage_root().with_extension("strace");
+    let mut strace = tokio::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .args(["-p", &served.child.id().to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("strace starts");
+    // Attached once it writes what the server's threads do.
+    let api = Api {
+        base_url: served.base_url.clone(),
+        client: http_client(),
+    };
+    for _ in 0..50 {
+        let _ = api.client.get(api.url("/readyz")).send().await;
+        if std::fs::metadata(&trace).is_ok_and(|meta| meta.len() > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let acme = tenant();
+    let token = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
+    let input = json!({ "input": { "ownerType": "contract", "ownerId": "new-owner",
+        "filename": "c.pdf", "base64": STANDARD.encode(pdf()) }});
+    let stored = data(
+        &api.gql(UPLOAD, input, Some(&token)).await,
+        "uploadAttachment",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = strace.start_kill();
+    let _ = strace.wait().await;
+    let trace = std::fs::read_to_string(&trace).expect("the trace");
+    let root = served.storage_root().canonicalize().expect("root");
+    let root = root.display();
+    let id = stored["id"].as_str().expect("id");
+    for (what, synced) in [
+        (
+            "the file",
+            format!("{root}/{acme}/contracts/new-owner/{id}.pdf>"),
+        ),
+        ("its folder", format!("{root}/{acme}/contracts/new-owner>")),
+        (
+            "the owner's new folder in its parent",
+            format!("{root}/{acme}/contracts>"),
+        ),
+        (
+            "the tenant's new folder in its parent",
+            format!("{root}/{acme}>"),
+        ),
+        ("the tenant's folder in the root", format!("{root}>")),
+    ] {
+        assert!(
+            trace.contains(&synced),
+            "{what} ({synced}) is synced:\n{trace}"
+        );
+    }
+}
+
 /// The server's own disk failing while an upload arrives is the server's error, said
 /// and logged as a storage failure, and nothing is stored: a multipart part kept in
 /// a temporary folder that is gone (it was "the file part is missing: the request
