@@ -62,13 +62,20 @@ pub fn scan(query: &str, limits: &QueryLimits) -> Result<(), AppError> {
             b'}' | b']' | b')' => depth = depth.saturating_sub(1),
             b'.' if bytes[at..].starts_with(b"..") => at += 2,
             byte if byte == b'_' || byte == b'-' || byte.is_ascii_alphanumeric() => {
-                let start = at - 1;
+                // The longest run of name characters: `...` after a name, and a
+                // number's `.`, `+` and `-`, end one.
+                let (mut run, mut longest) = (1, 1);
                 while at < bytes.len()
                     && matches!(bytes[at], b'_' | b'.' | b'+' | b'-' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
                 {
+                    run = match bytes[at] {
+                        b'.' | b'+' | b'-' => 0,
+                        _ => run + 1,
+                    };
+                    longest = longest.max(run);
                     at += 1;
                 }
-                if at - start > MAX_NAME_BYTES {
+                if longest > MAX_NAME_BYTES {
                     return Err(AppError::bad_input(format!(
                         "the query has a name or number longer than {MAX_NAME_BYTES} bytes: \
                          shorten it"
@@ -713,6 +720,21 @@ mod tests {
         assert!(scan(&hidden, &QueryLimits::default()).is_ok(), "{hidden}");
         let tokens = format!("{{ {} }}", "a ".repeat(60_000));
         assert!(scan(&tokens, &QueryLimits::default()).is_err());
+    }
+
+    /// A name or number is at most MAX_NAME_BYTES; spreads written without spaces
+    /// (`{...A...B}`) are names each, not one long one.
+    #[test]
+    fn scan_bounds_each_name_and_number() {
+        let limits = QueryLimits::default();
+        let name = |length: usize| format!("N{}", "a".repeat(length - 1));
+        assert!(scan(&format!("{{ {} }}", name(MAX_NAME_BYTES)), &limits).is_ok());
+        assert!(scan(&format!("{{ {} }}", name(MAX_NAME_BYTES + 1)), &limits).is_err());
+        let number = format!("{{ a(x: {}) }}", "9".repeat(MAX_NAME_BYTES + 1));
+        assert!(scan(&number, &limits).is_err());
+        let minified = format!("{{...{}}}", vec![name(200); 10].join("..."));
+        assert!(scan(&minified, &limits).is_ok(), "{minified}");
+        assert!(scan("{ a(x: -1.5e+300) }", &limits).is_ok());
     }
 
     fn fragments(levels: usize, spreads: usize) -> ExecutableDocument {

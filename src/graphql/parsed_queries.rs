@@ -182,9 +182,6 @@ impl ParsedQueries {
     }
 }
 
-/// Generated documents, deep and fragment-heavy, through the real schema's parse
-/// and validation: nothing panics, and every document that passes the bounds
-/// expands, counted naively, to no more than the bound allows.
 /// Why a query text is not GraphQL, by line and column: the parser's own message
 /// quotes the whole line, which may be the whole 14 MB text.
 fn parse_failure(err: &async_graphql::parser::Error) -> String {
@@ -203,6 +200,9 @@ fn parse_failure(err: &async_graphql::parser::Error) -> String {
     )
 }
 
+/// Generated documents, deep and fragment-heavy, through the real schema's parse
+/// and validation: nothing panics, and every document that passes the bounds
+/// expands, counted naively, to no more than the bound allows.
 #[cfg(test)]
 mod generated {
     use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};

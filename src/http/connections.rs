@@ -17,7 +17,6 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{Request, Response};
@@ -25,7 +24,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -41,9 +40,10 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Serves `router` on `listener` until `shutdown` is cancelled; then stops
 /// accepting, closes idle connections and waits for the rest to finish. When every
 /// slot is taken, the oldest connections are asked to close: an idle one (or one
-/// still sending its headers) closes at once, a busy one after its response, within
-/// `SEND_TIMEOUT_SECONDS`, so neither a flood of idle connections nor one of
-/// downloads read slowly can keep a new client out.
+/// still sending its headers) closes at once, a busy one after its response, which
+/// may then wait for its client `SEND_TIMEOUT_SECONDS` more in all, so neither a
+/// flood of idle connections nor one of downloads read slowly (but faster than
+/// `MIN_SEND_BYTES_PER_SECOND`) can keep a new client out.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -104,19 +104,20 @@ pub async fn serve(
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
                 // Idle or still sending its head: closed now. Busy: after its response,
-                // if the client reads it within SEND_TIMEOUT_SECONDS.
+                // whose writes may wait SEND_TIMEOUT_SECONDS more in all.
                 () = close.cancelled() => match activity.busy.load(Ordering::Relaxed) {
                     true => {
+                        activity.closing.store(true, Ordering::Relaxed);
                         connection.as_mut().graceful_shutdown();
-                        tokio::time::timeout(pace.timeout, connection)
-                            .await
-                            .unwrap_or(Ok(()))
+                        connection.await
                     }
                     false => Ok(()),
                 },
             };
             if let Err(err) = ended {
-                tracing::debug!(error = %err, "connection ended with an error");
+                // hyper's words name the step; its source, why (a client cut off).
+                let cause = std::error::Error::source(&err).map(ToString::to_string);
+                tracing::debug!(error = %err, cause, "connection ended with an error");
             }
             drop((registered, slot));
         });
@@ -135,6 +136,9 @@ struct Activity {
     busy: AtomicBool,
     /// Requests begun: a new one starts a new measure of how fast the client reads.
     requests: AtomicU64,
+    /// Asked to close while busy: its response's writes may wait SEND_TIMEOUT_SECONDS
+    /// more in all, however fast the client reads.
+    closing: AtomicBool,
 }
 
 /// `router` as a connection's service that marks the connection busy from the
@@ -291,8 +295,32 @@ struct Waits {
     waited: Duration,
     /// Bytes written since its first wait.
     sent: u64,
-    /// When the current wait began, and when it fails.
-    current: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// `waited` when the connection was asked to close.
+    closing_at: Option<Duration>,
+    /// The current wait: when it began, when it fails and why.
+    current: Option<(Instant, Pin<Box<Sleep>>, Cut)>,
+}
+
+/// Why a response's writes failed.
+#[derive(Clone, Copy)]
+enum Cut {
+    Stalled,
+    Slow,
+    Closing,
+}
+
+impl Cut {
+    fn error(self) -> io::Error {
+        let why = match self {
+            Self::Stalled => "the client read nothing for SEND_TIMEOUT_SECONDS",
+            Self::Slow => "the client read slower than MIN_SEND_BYTES_PER_SECOND",
+            Self::Closing => {
+                "the connection was asked to close (every slot taken, or shutdown) and its \
+                 client read too slowly to finish within SEND_TIMEOUT_SECONDS"
+            }
+        };
+        io::Error::new(io::ErrorKind::TimedOut, why)
+    }
 }
 
 /// A connection whose writes fail once the client reads nothing for
@@ -333,7 +361,7 @@ impl<T> SendTimeout<T> {
         }
         if let Poll::Ready(result) = written {
             if let Some(waits) = &mut self.waits {
-                if let Some((since, _)) = waits.current.take() {
+                if let Some((since, _, _)) = waits.current.take() {
                     waits.waited += since.elapsed();
                 }
                 if let Ok(written) = &result {
@@ -347,20 +375,30 @@ impl<T> SendTimeout<T> {
             request,
             waited: Duration::ZERO,
             sent: 0,
+            closing_at: None,
             current: None,
         });
-        let left = pace.allowed_wait(waits.sent).saturating_sub(waits.waited);
-        let (_, fails) = waits.current.get_or_insert_with(|| {
-            let now = Instant::now();
-            let wait = pace.timeout.min(left);
-            (now, Box::pin(tokio::time::sleep(wait)))
+        if waits.closing_at.is_none() && self.activity.closing.load(Ordering::Relaxed) {
+            waits.closing_at = Some(waits.waited);
+        }
+        let (_, fails, cut) = waits.current.get_or_insert_with(|| {
+            let left = |allowed: Duration| allowed.saturating_sub(waits.waited);
+            let limits = [
+                (pace.timeout, Cut::Stalled),
+                (left(pace.allowed_wait(waits.sent)), Cut::Slow),
+                match waits.closing_at {
+                    Some(at) => (left(at.saturating_add(pace.timeout)), Cut::Closing),
+                    None => (Duration::MAX, Cut::Closing),
+                },
+            ];
+            let (wait, cut) = limits
+                .into_iter()
+                .min_by_key(|(wait, _)| *wait)
+                .unwrap_or((pace.timeout, Cut::Stalled));
+            (Instant::now(), Box::pin(tokio::time::sleep(wait)), cut)
         });
         match fails.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing for SEND_TIMEOUT_SECONDS, or slower than \
-                 MIN_SEND_BYTES_PER_SECOND",
-            ))),
+            Poll::Ready(()) => Poll::Ready(Err(cut.error())),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -412,6 +450,86 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `total` bytes through a [`SendTimeout`] (SEND_TIMEOUT 5 s, `min_rate`)
+    /// to a client that reads `per_second` bytes a second, in tenths; `closing`: the
+    /// connection is asked to close after a second. How it ended, and when.
+    async fn send(
+        total: usize,
+        per_second: usize,
+        min_rate: u64,
+        closing: bool,
+    ) -> (io::Result<()>, Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::default());
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        let pace = Pace {
+            timeout: Duration::from_secs(5),
+            min_rate,
+        };
+        let mut connection = SendTimeout::new(near, pace, activity.clone());
+        // Reads nothing at all when `per_second` is 0, yet keeps the far end open.
+        tokio::spawn(async move {
+            let mut buffer = vec![0; per_second / 10];
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if far.read_exact(&mut buffer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        if closing {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                activity.closing.store(true, Ordering::Relaxed);
+            });
+        }
+        let started = Instant::now();
+        let written = connection.write_all(&vec![0; total]).await;
+        (written, started.elapsed())
+    }
+
+    fn cut_because(ended: &io::Result<()>, setting: &str) -> bool {
+        ended
+            .as_ref()
+            .is_err_and(|err| err.to_string().contains(setting))
+    }
+
+    /// A client that reads nothing is cut after SEND_TIMEOUT; one that trickles, once
+    /// its writes have waited that long, when it read slower than the floor (any
+    /// progress used to keep it for the whole response); a steady one never; and a
+    /// busy connection asked to close has SEND_TIMEOUT more of waiting to finish.
+    #[tokio::test(start_paused = true)]
+    async fn slow_readers_are_cut_and_steady_ones_are_not() {
+        let (ended, after) = send(100_000, 0, 1000, false).await;
+        assert!(
+            cut_because(&ended, "read nothing for SEND_TIMEOUT_SECONDS"),
+            "{ended:?}"
+        );
+        assert!(after <= Duration::from_secs(6), "{after:?}");
+
+        let (ended, after) = send(100_000, 200, 1000, false).await;
+        assert!(
+            cut_because(&ended, "slower than MIN_SEND_BYTES_PER_SECOND"),
+            "{ended:?}"
+        );
+        assert!(after <= Duration::from_secs(6), "{after:?}");
+
+        let (ended, after) = send(100_000, 20_000, 1000, false).await;
+        assert!(ended.is_ok(), "{ended:?}");
+        assert!(
+            after >= Duration::from_secs(4),
+            "the client set the pace: {after:?}"
+        );
+
+        let (ended, _) = send(100_000, 200, 0, false).await;
+        assert!(ended.is_ok(), "no floor: {ended:?}");
+
+        let (ended, after) = send(400_000, 20_000, 1000, true).await;
+        assert!(cut_because(&ended, "asked to close"), "{ended:?}");
+        assert!(after <= Duration::from_secs(7), "{after:?}");
+    }
 
     /// A connection task that panics still gives up its entry.
     #[tokio::test]

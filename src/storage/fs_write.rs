@@ -45,13 +45,15 @@ pub(super) fn link_new_file(
 ) -> opendal::Result<()> {
     let folder = to.parent().unwrap_or(to);
     make_folder(folder, sync).map_err(io_error)?;
-    std::fs::hard_link(from, to).map_err(|err| match err.kind() {
-        std::io::ErrorKind::CrossesDevices
-        | std::io::ErrorKind::Unsupported
-        | std::io::ErrorKind::PermissionDenied => {
-            opendal::Error::new(opendal::ErrorKind::Unsupported, "no hard link here")
+    std::fs::hard_link(from, to).map_err(|err| {
+        let no_link = matches!(
+            err.kind(),
+            std::io::ErrorKind::CrossesDevices | std::io::ErrorKind::Unsupported
+        ) || err.raw_os_error() == Some(libc::EPERM);
+        match no_link {
+            true => opendal::Error::new(opendal::ErrorKind::Unsupported, "no hard link here"),
+            false => io_error(err),
         }
-        _ => io_error(err),
     })?;
     if sync {
         let synced = std::fs::File::open(to)

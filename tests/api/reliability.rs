@@ -5,9 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use attache::storage::StorageKey;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use entity::attachment;
+use bytes::Bytes;
+use entity::{attachment, storage_deletion};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -241,6 +243,90 @@ async fn a_server_killed_during_uploads_leaves_rows_with_objects(_setup: Setup) 
     assert_eq!(keys, row_keys, "after the sweep, files = rows");
 }
 
+/// The every-minute maintenance finishes what a crash left: the object of an
+/// upload whose intent is older than the grace is removed; one in flight (a young
+/// intent) stays; and an object a row names stays whatever entry asks for its
+/// removal, which goes ("no removal takes an object that a row names").
+async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup: Setup) {
+    use sea_orm::{ActiveValue::Set, QueryTrait};
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let token = app.token(&acme);
+    let stored = app
+        .upload(&token, &pdf(), "contract", Some("c-1"), "kept.pdf")
+        .await;
+    let named = TestApp::contract_key(&acme, "c-1", &stored);
+    let [crashed, in_flight] =
+        [0, 1].map(|_| format!("{acme}/contracts/c-1/{}.pdf", uuid::Uuid::now_v7()));
+    for key in [&crashed, &in_flight] {
+        app.app
+            .storage
+            .put_new(
+                &StorageKey::from_stored(key.clone()),
+                Bytes::from(pdf()),
+                "application/pdf",
+            )
+            .await
+            .expect("an object written before its row");
+    }
+    let old = chrono::Utc::now() - chrono::Duration::hours(2);
+    let intents = [
+        (&crashed, old),
+        (&named, old),
+        (&in_flight, chrono::Utc::now()),
+    ]
+    .map(|(key, created_at)| {
+        storage_deletion::Entity::insert(storage_deletion::ActiveModel {
+            storage_key: Set(key.clone()),
+            attempts: Set(0),
+            created_at: Set(created_at),
+            intent: Set(true),
+            remove_after: Set(None),
+        })
+        .build(app.app.db.backend())
+    });
+    app.app
+        .db
+        .commit(intents.to_vec())
+        .await
+        .expect("the intents");
+
+    attache::workers::maintenance::pass(&app.app).await;
+    let keys = app.stored_keys();
+    assert!(
+        !keys.contains(&crashed),
+        "the crash's object is removed: {keys:?}"
+    );
+    assert!(
+        keys.contains(&in_flight),
+        "an upload in flight keeps its object"
+    );
+    assert!(keys.contains(&named), "the row's object stays");
+    let download = app
+        .client
+        .get(app.url(&format!(
+            "/api/attachments/{}/download",
+            stored["id"].as_str().expect("id")
+        )))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(download.status(), 200);
+    let left: Vec<String> = storage_deletion::Entity::find()
+        .all(app.app.db.read())
+        .await
+        .expect("entries")
+        .into_iter()
+        .map(|entry| entry.storage_key)
+        .collect();
+    assert!(
+        !left.contains(&crashed) && !left.contains(&named),
+        "{left:?}"
+    );
+    assert!(left.contains(&in_flight), "{left:?}");
+}
+
 async fn fsync_files_stores_uploads_durably(setup: Setup) {
     let app = TestApp::spawn_with(
         setup,
@@ -424,6 +510,7 @@ crate::matrix!(postgres: connections_the_database_dropped_are_replaced, a_small_
 
 crate::matrix!(
     fsync_files_stores_uploads_durably,
+    the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names,
     clients_that_disconnect_leave_no_orphan,
     a_busy_server_answers_503_with_retry_after,
 );

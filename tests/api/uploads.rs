@@ -602,7 +602,9 @@ async fn large_files_keep_every_byte(setup: Setup) {
         )
         .await;
     let stored = data(&body, "uploadAttachments");
-    for file in stored.as_array().expect("list") {
+    let stored = stored.as_array().expect("list");
+    assert_eq!(stored.len(), 2, "one file per item: {body}");
+    for file in stored {
         assert_eq!(file["sha256"], sha256_hex(&content));
     }
     let before = app.stored_keys();
