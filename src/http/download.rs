@@ -3,7 +3,7 @@
 //! Content-Disposition and a sandboxing CSP; never holds a file in memory.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use entity::attachment;
@@ -18,11 +18,12 @@ use crate::auth::link::{LinkPurpose, LinkQuery};
 use crate::config::UrlMode;
 use crate::disposition::{content_disposition, download_filename};
 use crate::error::{AppError, AppResult};
+use crate::http::extract::{PathOf, QueryOf};
 use crate::http::{AppState, bearer_token};
 use crate::media::MediaType;
 
-/// Whatever a stored file is, opened from our origin (an inline PDF or image, or a
-/// file a browser renders anyway) it runs no script and reaches no storage of ours.
+/// Whatever a stored file is, opened from our origin (an inline image, or a file a
+/// browser renders anyway) it runs no script and reaches no storage of ours.
 const FILE_CSP: &str = "sandbox";
 
 #[derive(Deserialize)]
@@ -40,8 +41,8 @@ impl DownloadParams {
 
 pub async fn by_id(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(params): Query<DownloadParams>,
+    PathOf(id): PathOf,
+    QueryOf(params): QueryOf<DownloadParams>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
@@ -87,8 +88,8 @@ async fn authorize(
 /// Public URLs on fs (`URL_MODE=public`): no authentication, by storage key.
 pub async fn by_key(
     State(state): State<AppState>,
-    Path(key): Path<String>,
-    Query(params): Query<DownloadParams>,
+    PathOf(key): PathOf,
+    QueryOf(params): QueryOf<DownloadParams>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
@@ -220,20 +221,29 @@ async fn respond(
 ) -> AppResult<Response> {
     let size = u64::try_from(row.byte_size).unwrap_or_default();
     let etag = format!("\"{}\"", row.sha256);
-    let inline =
-        inline && MediaType::from_mime(&row.content_type).is_some_and(MediaType::is_inline_safe);
+    let media = MediaType::from_mime(&row.content_type);
+    let inline = inline && media.is_some_and(MediaType::is_inline_safe);
+    // Chromium will not run its PDF viewer in a sandboxed document ("This page has
+    // been blocked"): a PDF shown inline goes without the sandbox. The viewer runs
+    // the file's scripts apart from our origin, and `nosniff` keeps the bytes a PDF.
+    let csp = match (inline, media) {
+        (true, Some(MediaType::Pdf)) => None,
+        _ => Some(FILE_CSP),
+    };
     let mut response = Response::builder()
         .header(header::ETAG, &etag)
         // `no-cache`: a browser asks again each time (a 304 while the ETag holds),
         // so a deleted file or a revoked token is not served from its cache.
         .header(header::CACHE_CONTROL, "private, no-cache")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .header(header::CONTENT_SECURITY_POLICY, FILE_CSP)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(
             header::LAST_MODIFIED,
             row.created_at.format(HTTP_DATE).to_string(),
         );
+    if let Some(csp) = csp {
+        response = response.header(header::CONTENT_SECURITY_POLICY, csp);
+    }
     match preconditions(request, method, &etag, row.created_at) {
         Precondition::Proceed => {}
         Precondition::NotModified => {

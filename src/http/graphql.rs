@@ -107,12 +107,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             Err(err) => return unread(rest, answer.refusal(&err)).await,
         };
     if is_get && prepared.mutates {
-        let refused = (
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "POST")],
-            "Mutations cannot be sent over GET: use POST.\n",
-        );
-        return refused.into_response();
+        return answer.mutation_over_get();
     }
     if let Err(err) = prepared
         .needs()

@@ -62,6 +62,17 @@ impl Answer {
         self.json(status, &err.graphql_body())
     }
 
+    /// A mutation sent over GET: 405 with `Allow: POST` (GraphQL over HTTP), its
+    /// body GraphQL-shaped like every other refusal.
+    pub fn mutation_over_get(self) -> Response {
+        let err = AppError::bad_input("mutations cannot be sent over GET: use POST");
+        let mut answer = self.json(StatusCode::METHOD_NOT_ALLOWED, &err.graphql_body());
+        answer
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        answer
+    }
+
     /// A request that is not GraphQL over HTTP at all (no `query`): its 4xx status
     /// whatever the media type.
     pub fn malformed(self, err: &AppError) -> Response {

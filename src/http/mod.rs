@@ -6,6 +6,7 @@ mod batch_json;
 mod connections;
 mod download;
 mod drain;
+mod extract;
 mod graphql;
 mod graphql_response;
 mod health;

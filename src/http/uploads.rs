@@ -6,7 +6,7 @@
 //! takes one of the `MAX_CONCURRENT_UPLOADS` slots, and a body announced larger
 //! than the upload's declared size is refused before a byte is written.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http_body::Body as _;
@@ -15,12 +15,13 @@ use crate::attachments::direct::Receiving;
 use crate::auth::link::{LinkPurpose, LinkQuery};
 use crate::http::AppState;
 use crate::http::drain::{closing, refused_early};
+use crate::http::extract::{PathOf, QueryOf};
 use crate::http::slow_body::{body_too_slow, is_too_slow, paced};
 
 pub async fn put(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(link): Query<LinkQuery>,
+    PathOf(id): PathOf,
+    QueryOf(link): QueryOf<LinkQuery>,
     request: Request,
 ) -> Response {
     let app = &state.app;

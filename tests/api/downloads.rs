@@ -246,6 +246,35 @@ async fn refused_links_and_tokens_answer_401_403_404(setup: Setup) {
         |url: String| async move { reqwest::get(url).await.expect("GET").status().as_u16() };
 
     assert_eq!(status(route.clone()).await, 401, "no token");
+    // What the route cannot read is said in a GraphQL-shaped body, as every error
+    // here: a parameter given twice (400), a path that is not UTF-8 (404).
+    for (case, url, code) in [
+        (
+            "a parameter twice",
+            format!("{route}?inline=1&inline=1"),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "not UTF-8",
+            app.url("/api/attachments/%FF/download"),
+            "NOT_FOUND",
+        ),
+    ] {
+        let answer = app
+            .client
+            .get(url)
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(
+            answer.headers()["content-type"],
+            "application/json",
+            "{case}"
+        );
+        let body: Value = answer.json().await.expect("JSON");
+        assert_eq!(codes(&body), vec![code], "{case}: {body}");
+    }
     let forged = app
         .client
         .get(&route)
@@ -681,6 +710,44 @@ async fn downloads_are_sandboxed_and_named_after_their_type(setup: Setup) {
         disposition.contains("filename*=UTF-8''logo.png"),
         "no extension gets one: {disposition}"
     );
+
+    // Shown inline, an image keeps the sandbox; a PDF goes without it, since
+    // Chromium refuses to run its PDF viewer in a sandboxed document.
+    let contract = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), "signed.pdf")
+        .await;
+    for (att, inline, sandboxed) in [
+        (&logo, true, true),
+        (&contract, false, true),
+        (&contract, true, false),
+    ] {
+        let route = att["downloadUrl"].as_str().expect("downloadUrl");
+        let url = match inline {
+            true => format!("{route}?inline=1"),
+            false => route.to_owned(),
+        };
+        let response = app
+            .client
+            .get(url)
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .expect("GET");
+        let headers = response.headers();
+        let case = format!("{} inline={inline}", att["contentType"]);
+        assert_eq!(
+            headers.contains_key("content-security-policy"),
+            sandboxed,
+            "{case}"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{case}");
+        let disposition = headers["content-disposition"].to_str().expect("ascii");
+        assert_eq!(
+            disposition.starts_with("inline"),
+            inline,
+            "{case}: {disposition}"
+        );
+    }
 }
 
 /// A stored file cut short on disk (a failing disk, a hand edit) is a clear 404

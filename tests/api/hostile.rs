@@ -861,23 +861,11 @@ async fn one_part_for_two_variables_stores_both(_: Setup) {
     let served = Served::start(&[]).await;
     let bearer = token("twice");
     let content = pdf();
-    let query = "mutation($a: Upload!, $b: Upload!) { a: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $a}) { byteSize sha256 } b: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $b}) { byteSize sha256 } }";
-    let form = reqwest::multipart::Form::new()
-        .text(
-            "operations",
-            json!({ "query": query, "variables": { "a": null, "b": null } }).to_string(),
-        )
-        .text(
-            "map",
-            json!({ "0": ["variables.a", "variables.b"] }).to_string(),
-        )
-        .part(
-            "0",
-            reqwest::multipart::Part::bytes(content.clone())
-                .file_name("c.pdf")
-                .mime_str("application/pdf")
-                .expect("mime"),
-        );
+    let map = json!({ "0": ["variables.a", "variables.b"] });
+    let form = crate::helpers::two_files_form("byteSize sha256", map).part(
+        "0",
+        crate::helpers::file_part(&content, "c.pdf", "application/pdf"),
+    );
     let (_, body) = post_multipart(&served.base_url, &bearer, form).await;
     assert!(body.get("errors").is_none(), "{body}");
     for alias in ["a", "b"] {

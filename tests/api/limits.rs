@@ -145,6 +145,9 @@ async fn simple_requests_need_a_preflight_header(setup: Setup) {
         .await
         .expect("GET");
     assert_eq!(mutation.status(), 405, "GET may only query");
+    assert_eq!(mutation.headers()["allow"], "POST");
+    let body: Value = mutation.json().await.expect("a GraphQL-shaped body");
+    assert_eq!(codes(&body), vec!["BAD_USER_INPUT"], "{body}");
 }
 
 async fn browsers_get_the_playground_and_probes_answer(setup: Setup) {

@@ -614,22 +614,10 @@ async fn a_failing_server_disk_is_not_the_clients_fault() {
     let bearer = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
 
     // One part for two variables is kept in a temporary file for both.
-    let query = "mutation($a: Upload!, $b: Upload!) { a: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $a}) { id } b: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $b}) { id } }";
-    let form = reqwest::multipart::Form::new()
-        .text(
-            "operations",
-            json!({ "query": query, "variables": { "a": null, "b": null } }).to_string(),
-        )
-        .text(
-            "map",
-            json!({ "0": ["variables.a", "variables.b"] }).to_string(),
-        )
+    let form = crate::helpers::two_files_form("id", json!({ "0": ["variables.a", "variables.b"] }))
         .part(
             "0",
-            reqwest::multipart::Part::bytes(pdf())
-                .file_name("c.pdf")
-                .mime_str("application/pdf")
-                .expect("mime"),
+            crate::helpers::file_part(&pdf(), "c.pdf", "application/pdf"),
         );
     let (_, body) = crate::helpers::post_multipart(&served.base_url, &bearer, form).await;
     assert_eq!(

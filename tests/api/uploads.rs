@@ -6,8 +6,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Refusal, Setup, TestApp, UPLOAD, Uploaded, codes, data, fetch, multipart_head, pdf, png,
-    post_multipart, sha256_hex, tenant, upload_file_form,
+    Refusal, Setup, TestApp, UPLOAD, Uploaded, codes, data, fetch, file_part, multipart_head, pdf,
+    png, post_multipart, sha256_hex, tenant, two_files_form, upload_file_form,
 };
 
 async fn upload_stores_the_file_under_its_collection_key(setup: Setup) {
@@ -389,25 +389,13 @@ async fn multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further(setu
     let acme = tenant();
     let bearer = app.token(&acme);
     let (first, second) = (pdf(), b"Vertrag, Seite 2\n".repeat(5000));
-    let query = "mutation($a: Upload!, $b: Upload!) { a: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $a}) { sha256 } b: uploadAttachmentFile(input: {ownerType: \"contract\", ownerId: \"c\", file: $b}) { sha256 } }";
-    let part = |content: &[u8], name: &str, mime: &str| {
-        reqwest::multipart::Part::bytes(content.to_vec())
-            .file_name(name.to_owned())
-            .mime_str(mime)
-            .expect("mime")
-    };
     // $b's part comes first, while `a` runs first and waits for its own.
-    let form = reqwest::multipart::Form::new()
-        .text(
-            "operations",
-            json!({ "query": query, "variables": { "a": null, "b": null } }).to_string(),
-        )
-        .text(
-            "map",
-            json!({ "0": ["variables.b"], "1": ["variables.a"] }).to_string(),
-        )
-        .part("0", part(&second, "zwei.txt", "text/plain"))
-        .part("1", part(&first, "eins.pdf", "application/pdf"));
+    let form = two_files_form(
+        "sha256",
+        json!({ "0": ["variables.b"], "1": ["variables.a"] }),
+    )
+    .part("0", file_part(&second, "zwei.txt", "text/plain"))
+    .part("1", file_part(&first, "eins.pdf", "application/pdf"));
     let (_, body) = post_multipart(&app.base_url, &bearer, form).await;
     assert_eq!(data(&body, "a")["sha256"], sha256_hex(&first), "{body}");
     assert_eq!(data(&body, "b")["sha256"], sha256_hex(&second), "{body}");
@@ -424,7 +412,7 @@ async fn multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further(setu
     let form = reqwest::multipart::Form::new()
         .text("operations", operations.to_string())
         .text("map", json!({ "0": ["variables.input.file"] }).to_string())
-        .part("0", part(&logo, "logo.png", "image/png"));
+        .part("0", file_part(&logo, "logo.png", "image/png"));
     let (_, refused) = post_multipart(&app.base_url, &bearer, form).await;
     assert_eq!(codes(&refused), vec!["PAYLOAD_TOO_LARGE"], "{refused}");
     assert_eq!(app.stored_keys().len(), 2);

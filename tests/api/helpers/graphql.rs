@@ -136,6 +136,36 @@ pub async fn fetch(url: &Value) -> Vec<u8> {
     response.bytes().await.expect("body").to_vec()
 }
 
+/// A multipart file part.
+pub fn file_part(content: &[u8], filename: &str, mime: &str) -> reqwest::multipart::Part {
+    reqwest::multipart::Part::bytes(content.to_vec())
+        .file_name(filename.to_owned())
+        .mime_str(mime)
+        .expect("mime")
+}
+
+/// The `operations` and `map` of a multipart request storing the files `$a` and
+/// `$b` in the `contract` collection (owner `c`), aliased `a` and `b`, each
+/// answering `fields`; `map` says which part each reads. The parts go after.
+pub fn two_files_form(fields: &str, map: Value) -> reqwest::multipart::Form {
+    let store = |variable: &str| {
+        format!(
+            "{variable}: uploadAttachmentFile(input: {{ownerType: \"contract\", ownerId: \"c\", file: ${variable}}}) {{ {fields} }}"
+        )
+    };
+    let query = format!(
+        "mutation($a: Upload!, $b: Upload!) {{ {} {} }}",
+        store("a"),
+        store("b")
+    );
+    reqwest::multipart::Form::new()
+        .text(
+            "operations",
+            json!({ "query": query, "variables": { "a": null, "b": null } }).to_string(),
+        )
+        .text("map", map.to_string())
+}
+
 /// A GraphQL multipart request of `uploadAttachmentFile` carrying `content`.
 pub fn upload_file_form(
     owner_type: &str,
@@ -151,11 +181,5 @@ pub fn upload_file_form(
     reqwest::multipart::Form::new()
         .text("operations", operations.to_string())
         .text("map", json!({ "0": ["variables.input.file"] }).to_string())
-        .part(
-            "0",
-            reqwest::multipart::Part::bytes(content.to_vec())
-                .file_name(filename.to_owned())
-                .mime_str(mime)
-                .expect("mime"),
-        )
+        .part("0", file_part(content, filename, mime))
 }
