@@ -6,7 +6,9 @@
 #
 # Which blocks run: the info string of a fenced code block says it.
 #
-#   ```sh run                    a shell snippet, run by bash with `set -euo pipefail`
+#   ```sh run                    a shell snippet, run by bash with `set -euo pipefail`;
+#                                a curl that prints `%{http_code}` and ends in a comment
+#                                `# NNN` must answer NNN
 #   ```sh run errors-ok          the same, but the GraphQL errors it shows are on purpose
 #   ```graphql run               a GraphQL document, POSTed to /graphql with the token:
 #                                its answer must carry `data` and no `errors`
@@ -75,12 +77,18 @@ examples_names_graphql() {
   return 1
 }
 
-# curl as the blocks call it; an answer of /graphql carrying `errors` fails.
+# curl as the blocks call it; an answer of /graphql carrying `errors` fails, and so
+# does a status other than EXAMPLES_EXPECT_STATUS (set for a line ending in `# NNN`).
 curl() {
   local answer status=0
   answer=$(mktemp "$EXAMPLES_STATE/answer.XXXXXX")
   command curl "$@" >"$answer" || status=$?
   cat "$answer"
+  if [ "$status" -eq 0 ] && [ -n "${EXAMPLES_EXPECT_STATUS:-}" ] &&
+    [ "$(tr -d '\n' <"$answer")" != "$EXAMPLES_EXPECT_STATUS" ]; then
+    printf 'run-examples: expected HTTP %s, as the comment says\n' "$EXAMPLES_EXPECT_STATUS" >&2
+    status=1
+  fi
   if [ "$status" -eq 0 ] && [ -z "${EXAMPLES_ERRORS_OK:-}" ] && examples_names_graphql "$@" &&
     jq -e 'type == "object" and ((.errors // []) | length > 0)' "$answer" >/dev/null 2>&1; then
     printf '\nrun-examples: that answer carries GraphQL errors (tag the block errors-ok if they are on purpose)\n' >&2
@@ -152,6 +160,7 @@ extract() { # extract INDEX DOC
       words = split(info, w, /[ \t]+/)
       open = 1
       out = ""
+      shell = 0
       if (w[2] == "run") {
         if (w[1] == "sh") {
           extra = ""
@@ -160,6 +169,7 @@ extract() { # extract INDEX DOC
             else { emit("bad", "unknown option " w[i]); out = ""; next }
           }
           emit("sh", extra)
+          shell = 1
         } else if (w[1] == "graphql") {
           code = ""
           for (i = 3; i <= words; i++) {
@@ -183,6 +193,9 @@ extract() { # extract INDEX DOC
     open && out != "" {
       line = $0
       for (i = 0; i < indent && substr(line, 1, 1) == " "; i++) line = substr(line, 2)
+      # A status the comment promises is checked.
+      if (shell && line ~ /^curl .*%\{http_code\}/ && match(line, /# [0-9][0-9][0-9]([^0-9]|$)/))
+        line = "EXAMPLES_EXPECT_STATUS=" substr(line, RSTART + 2, 3) " " line
       print line > out
     }
     END { if (open) printf "%s\t%d\tbad\t-\ta code block is not closed\n", doc, FNR }

@@ -1,6 +1,7 @@
 //! The REST routes' extractors: what axum's own refuse with plain text becomes the
 //! GraphQL-shaped error every other answer of these routes carries.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -25,7 +26,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryOf<T> {
     }
 }
 
-/// The route's one path parameter; one that is not UTF-8 names nothing stored: 404.
+/// The route's one path parameter; one that does not decode (not UTF-8) names
+/// nothing stored: 404. Any other refusal is a route of ours that is wrong: 500.
 pub struct PathOf(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathOf {
@@ -34,7 +36,11 @@ impl<S: Send + Sync> FromRequestParts<S> for PathOf {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(Self(value)),
-            Err(_) => Err(AppError::not_found()),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(AppError::not_found()),
+            Err(other) => Err(AppError::Internal(anyhow::anyhow!(
+                "a route's path parameter: {}",
+                other.body_text()
+            ))),
         }
     }
 }

@@ -130,7 +130,7 @@ impl NewFile {
         {
             // A failed sync drops `self` unkept: the file goes.
             file.sync_data()?;
-            std::fs::File::open(self.path.parent().unwrap_or(&self.path))?.sync_all()?;
+            super::fs_write::sync_folder(self.path.parent().unwrap_or(&self.path))?;
         }
         self.file = None;
         self.kept = true;

@@ -22,9 +22,7 @@ pub(super) fn write_new_file(
     let written = file
         .write_all_at(&bytes[direct..], direct as u64)
         .and_then(|()| match sync {
-            true => file
-                .sync_data()
-                .and_then(|()| std::fs::File::open(folder)?.sync_all()),
+            true => file.sync_data().and_then(|()| sync_folder(folder)),
             false => Ok(()),
         });
     if let Err(err) = written {
@@ -58,7 +56,7 @@ pub(super) fn link_new_file(
     if sync {
         let synced = std::fs::File::open(to)
             .and_then(|file| file.sync_data())
-            .and_then(|()| std::fs::File::open(folder)?.sync_all());
+            .and_then(|()| sync_folder(folder));
         if let Err(err) = synced {
             let _ = std::fs::remove_file(to);
             return Err(io_error(err));
@@ -75,18 +73,32 @@ pub(super) fn make_folder(folder: &std::path::Path, sync: bool) -> std::io::Resu
     if !sync {
         return std::fs::create_dir_all(folder);
     }
-    let missing: Vec<_> = folder.ancestors().take_while(|at| !at.is_dir()).collect();
+    let missing: Vec<_> = folder
+        .ancestors()
+        .take_while(|at| !at.as_os_str().is_empty() && !at.is_dir())
+        .collect();
     for made in missing.into_iter().rev() {
         match std::fs::create_dir(made) {
             // Another upload made it first: syncing its parent again does no harm.
             Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => return Err(err),
             _ => {}
         }
-        if let Some(parent) = made.parent() {
-            std::fs::File::open(parent)?.sync_all()?;
+        match made.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_folder(parent)?,
+            _ => sync_folder(std::path::Path::new("."))?,
         }
     }
     Ok(())
+}
+
+/// Syncs a folder's entries to disk. Some filesystems cannot sync a folder (EINVAL,
+/// EBADF: some network and FUSE mounts) and keep their entries otherwise; as
+/// PostgreSQL does, that counts as done, or no upload could be stored there.
+pub(super) fn sync_folder(folder: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::File::open(folder)?.sync_all() {
+        Err(err) if matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EBADF)) => Ok(()),
+        synced => synced,
+    }
 }
 
 /// Up to this size an unsynced file is written where the request runs: a few

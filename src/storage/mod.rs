@@ -793,7 +793,7 @@ where
     let linked = tokio::task::spawn_blocking(move || {
         let linked = match (whole, sync) {
             (true, true) => link_new(&partial, &path)
-                .and_then(|()| std::fs::File::open(path.parent().unwrap_or(&path))?.sync_all()),
+                .and_then(|()| fs_write::sync_folder(path.parent().unwrap_or(&path))),
             (true, false) => link_new(&partial, &path),
             (false, _) => Ok(()),
         };

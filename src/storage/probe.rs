@@ -94,6 +94,10 @@ impl Storage {
             ),
         };
         let (variable, reason) = match (self.backend, failure.kind()) {
+            (StorageBackend::Fs, _) if self.fsync_files => (
+                "STORAGE_ROOT",
+                "the folder cannot be written, synced to disk (FSYNC_FILES) and read",
+            ),
             (StorageBackend::Fs, _) => ("STORAGE_ROOT", "the folder cannot be written and read"),
             (StorageBackend::S3, opendal::ErrorKind::PermissionDenied) => (
                 "S3_ACCESS_KEY / S3_SECRET_KEY",

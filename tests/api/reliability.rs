@@ -547,18 +547,31 @@ async fn new_files_and_their_new_folders_are_synced() {
         .kill_on_drop(true)
         .spawn()
         .expect("strace starts");
-    // Attached once it writes what the server's threads do.
+    // Attached once every thread of the server names a tracer.
+    let pid = served.child.id();
+    let traced = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+        tasks.flatten().all(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status.lines().any(|line| {
+                line.starts_with("TracerPid:") && line.split_whitespace().nth(1) != Some("0")
+            })
+        })
+    };
+    for _ in 0..100 {
+        if traced() {
+            break;
+        }
+        if let Ok(Some(status)) = strace.try_wait() {
+            panic!("strace could not attach to the server ({status}): ptrace is refused here");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(traced(), "strace attached to every thread of the server");
     let api = Api {
         base_url: served.base_url.clone(),
         client: http_client(),
     };
-    for _ in 0..50 {
-        let _ = api.client.get(api.url("/readyz")).send().await;
-        if std::fs::metadata(&trace).is_ok_and(|meta| meta.len() > 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let acme = tenant();
     let token = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
     let input = json!({ "input": { "ownerType": "contract", "ownerId": "new-owner",
