@@ -44,8 +44,9 @@ fn upload_request(host: &str, token: &str, content: &[u8]) -> (Vec<u8>, Vec<u8>)
     (head.into_bytes(), body)
 }
 
-/// Every row of `tenant` names a stored object with its bytes, and every object
-/// under the tenant's folder has a row.
+/// Every row of `tenant` names a stored object with its bytes, every object under
+/// the tenant's folder has a row, and no upload of the tenant left its intent
+/// behind (half-made: an object the maintenance would remove).
 async fn assert_files_equal_rows(app: &TestApp, tenant: &str) {
     let mut stable = 0;
     for _ in 0..100 {
@@ -74,6 +75,19 @@ async fn assert_files_equal_rows(app: &TestApp, tenant: &str) {
     let mut row_keys: Vec<String> = rows.into_iter().map(|row| row.storage_key).collect();
     row_keys.sort();
     assert_eq!(keys, row_keys, "files = rows");
+    let mut intents = Vec::new();
+    for _ in 0..100 {
+        intents = storage_deletion::Entity::find()
+            .filter(storage_deletion::Column::StorageKey.starts_with(format!("{tenant}/")))
+            .all(app.app.db.read())
+            .await
+            .expect("entries");
+        if intents.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(intents.is_empty(), "entries left: {intents:?}");
 }
 
 /// The stored keys under `root/tenant/`.
