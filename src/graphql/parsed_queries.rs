@@ -18,8 +18,12 @@ use crate::graphql::bounds::{self, Shape};
 
 /// Longer query texts are parsed every time: a file inlined as a literal, say.
 const LONGEST_KEPT: usize = 8 * 1024;
-/// Past this many distinct texts the store starts over, so no client can grow it.
+/// Past this many distinct texts, or this many nodes in all, the store starts over,
+/// so no client can grow it. A syntax tree takes some 120 bytes a node: 600
+/// documents of 2,000 nodes (4 KB of text each) once held 124 MiB; 20,000 nodes hold
+/// a few MiB, room for hundreds of the operations an app sends.
 const MOST_KEPT: usize = 512;
+const MOST_KEPT_NODES: u64 = 20_000;
 
 /// A request-wide count, held to its setting as it grows.
 struct Budget {
@@ -82,7 +86,14 @@ impl Prepared {
 }
 
 #[derive(Default)]
-pub struct ParsedQueries(Mutex<HashMap<String, Arc<Parsed>>>);
+pub struct ParsedQueries(Mutex<Kept>);
+
+/// The documents kept, by text, and their nodes in all.
+#[derive(Default)]
+struct Kept {
+    documents: HashMap<String, Arc<Parsed>>,
+    nodes: u64,
+}
 
 impl ParsedQueries {
     /// Bounds the whole batch, then gives every request its parsed query: the batch
@@ -158,7 +169,11 @@ impl ParsedQueries {
     /// The bounded, parsed and measured document of `query`, kept or made now.
     fn parsed(&self, query: &str, limits: &QueryLimits) -> Result<Arc<Parsed>, AppError> {
         let keep = query.len() <= LONGEST_KEPT;
-        if keep && let Some(parsed) = self.kept().and_then(|kept| kept.get(query).cloned()) {
+        if keep
+            && let Some(parsed) = self
+                .kept()
+                .and_then(|kept| kept.documents.get(query).cloned())
+        {
             return Ok(parsed);
         }
         bounds::scan(query, limits)?;
@@ -168,16 +183,18 @@ impl ParsedQueries {
         let shape = bounds::measure(&document, limits)?;
         let parsed = Arc::new(Parsed { document, shape });
         if keep && let Some(mut kept) = self.kept() {
-            if kept.len() >= MOST_KEPT {
-                kept.clear();
+            let nodes = parsed.shape.expanded;
+            if kept.documents.len() >= MOST_KEPT || kept.nodes + nodes > MOST_KEPT_NODES {
+                *kept = Kept::default();
             }
-            kept.insert(query.to_owned(), parsed.clone());
+            kept.nodes += nodes;
+            kept.documents.insert(query.to_owned(), parsed.clone());
         }
         Ok(parsed)
     }
 
     /// The kept documents; `None` (parse again) if a panic poisoned the lock.
-    fn kept(&self) -> Option<std::sync::MutexGuard<'_, HashMap<String, Arc<Parsed>>>> {
+    fn kept(&self) -> Option<std::sync::MutexGuard<'_, Kept>> {
         self.0.lock().ok()
     }
 }

@@ -197,6 +197,22 @@ async fn answers_to_hostile_documents_stay_small(_: Setup) {
     assert_unharmed(&mut served, before, "hostile documents").await;
 }
 
+/// Parsed documents are kept for the next request that sends the same text, within
+/// a budget of nodes: 600 distinct documents of 2,000 fields each (4 KB of text,
+/// refused by complexity once parsed) once held 250 MB of syntax trees.
+async fn kept_documents_hold_bounded_memory(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let bearer = token("hostile");
+    let before = rss_mib(&served);
+    let fields = "a ".repeat(1999);
+    for i in 0..600 {
+        let query = format!("{{{fields}}} # {i}");
+        let (status, body) = post(&served, Some(&bearer), &json!({ "query": query })).await;
+        assert_refused(status, &body, "BAD_USER_INPUT", "2,000 fields");
+    }
+    assert_unharmed(&mut served, before, "kept documents").await;
+}
+
 async fn nesting_through_every_construct_is_refused(_: Setup) {
     let mut served = Served::start(&[]).await;
     let bearer = token("hostile");
@@ -1485,6 +1501,7 @@ async fn metrics_can_have_a_listener_of_their_own(_: Setup) {
 crate::matrix!(
     once: nesting_through_every_construct_is_refused,
     answers_to_hostile_documents_stay_small,
+    kept_documents_hold_bounded_memory,
     fragment_expansion_is_refused_early,
     batches_are_bounded,
     files_are_counted_across_the_request,
