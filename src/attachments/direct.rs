@@ -301,7 +301,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         created_at: super::stored_now(),
     };
     let staging = restaged.then_some(pending.storage_key.as_str());
-    if let Err(err) = commit_completion(app, pending.id, &row, staging).await {
+    if let Err(err) = commit_completion(app, &pending, &row, staging).await {
         // A commit whose answer was lost may have landed: its row then keeps the
         // object (removal spares what a row names) and is the answer. (On
         // PostgreSQL a commit that lands only after this check still loses its
@@ -316,7 +316,7 @@ async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<a
         };
     }
     if restaged {
-        super::remove_object(app, &pending.storage_key).await;
+        super::remove_now(app, &pending.storage_key).await;
     }
     crate::telemetry::upload(u64::try_from(row.byte_size).unwrap_or_default());
     super::warn_if_near(app, &row).await;
@@ -500,18 +500,34 @@ async fn refuse(app: &App, pending: &direct_upload::Model, err: AppError) -> App
     err
 }
 
+/// How long after its link expires a direct upload's staging key is removed once
+/// more: a presigned PUT stays valid after completion or refusal removed what it
+/// wrote, and one sent again (or begun just before the expiry) would leave an object
+/// that no row, quota or pass knows of.
+const STAGING_REPLAY_MARGIN: chrono::Duration = chrono::Duration::hours(1);
+
+/// The removal, once `pending`'s link can write no more, of its staging object.
+fn staging_removal(
+    backend: sea_orm::DbBackend,
+    pending: &direct_upload::Model,
+) -> sea_orm::Statement {
+    let replayable_until = pending.expires_at + STAGING_REPLAY_MARGIN;
+    super::removal_after_statement(backend, &pending.storage_key, Some(replayable_until))
+}
+
 /// One transaction: the direct upload claimed (it must not have expired), the
 /// attachment row and its event, the end of the stored key's intent, and the
-/// staging object recorded for removal.
+/// staging object recorded for removal once its link is dead (the caller removes it
+/// at once as well).
 async fn commit_completion(
     app: &App,
-    id: Uuid,
+    pending: &direct_upload::Model,
     row: &attachment::Model,
     staging: Option<&str>,
 ) -> AppResult<()> {
     let txn = app.db.begin().await?;
     let claimed = direct_upload::Entity::delete_many()
-        .filter(direct_upload::Column::Id.eq(id))
+        .filter(direct_upload::Column::Id.eq(pending.id))
         .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
         .exec(&txn)
         .await?;
@@ -521,9 +537,9 @@ async fn commit_completion(
     let backend = txn.get_database_backend();
     let mut writes = Writes::new(backend);
     super::stored_writes(app, &mut writes, row)?;
-    if let Some(staging) = staging {
+    if staging.is_some() {
         super::intents_done(&mut writes, std::slice::from_ref(&row.storage_key));
-        writes.statement(super::removal_statement(backend, staging));
+        writes.statement(staging_removal(backend, pending));
     }
     crate::db::execute_all(&txn, writes.statements()).await?;
     txn.commit().await?;
@@ -533,7 +549,7 @@ async fn commit_completion(
 /// Removes a refused or expired direct upload: the row is claimed first (for expiry,
 /// only while `expires_at < expired_before`, so a completion that won the race keeps
 /// its object), and its object is recorded for removal in the same transaction, so
-/// it is never forgotten.
+/// it is never forgotten: removed at once, and again once its link is dead.
 async fn discard(
     app: &App,
     pending: &direct_upload::Model,
@@ -550,12 +566,12 @@ async fn discard(
         return Ok(());
     }
     let backend = txn.get_database_backend();
-    let removal = super::removal_statement(backend, &pending.storage_key);
+    let removal = staging_removal(backend, pending);
     let quotas = &app.config.quotas;
     let release = quotas::shrink(backend, quotas, &pending.tenant_id, pending.byte_size, 1);
     crate::db::execute_all(&txn, vec![removal, release]).await?;
     txn.commit().await?;
-    super::remove_object(app, &pending.storage_key).await;
+    super::remove_now(app, &pending.storage_key).await;
     Ok(())
 }
 

@@ -588,13 +588,8 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
 }
 
 /// The statement that records, inside the caller's transaction, an object that must
-/// be removed once the transaction commits; [`remove_object`] or [`retry_deletions`]
-/// removes it.
-fn removal_statement(backend: DbBackend, key: &str) -> Statement {
-    removal_after_statement(backend, key, None)
-}
-
-/// Like [`removal_statement`], for an object kept until `remove_after` when given.
+/// be removed once the transaction commits (or once `remove_after` has passed, when
+/// given); [`remove_object`] or [`retry_deletions`] removes it.
 fn removal_after_statement(
     backend: DbBackend,
     key: &str,
@@ -662,6 +657,14 @@ async fn remove_object(app: &App, key: &str) -> bool {
 /// are tried whatever the other answers: a bucket that fails for now (or races the
 /// migration removing a copy of a deleted row) must not keep the local file until
 /// the retry; the first error is the answer, and the removal is retried.
+/// Removes an object whose removal is also recorded for later (`remove_after`): its
+/// entry stays until then, whatever happens now.
+async fn remove_now(app: &App, key: &str) {
+    if let Err(err) = delete_everywhere(app, &StorageKey::from_stored(key.to_owned())).await {
+        tracing::warn!(key, error = %err, "cannot remove object yet; its recorded removal will");
+    }
+}
+
 async fn delete_everywhere(app: &App, key: &StorageKey) -> opendal::Result<()> {
     let in_storage = app.storage.delete(key).await;
     let in_local_folder = match &app.local_fallback {

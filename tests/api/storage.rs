@@ -907,7 +907,55 @@ async fn streams_store_all_or_nothing(setup: Setup) {
     }
 }
 
+/// A direct upload's link stays valid after completion removed what it wrote (S3's
+/// presigned PUT): a client that sends it again leaves an object that no row or
+/// quota knows, which the completion recorded for removal once the link is dead (it
+/// stayed for good). Through attache's own route (fs) the link takes nothing more.
+async fn a_replayed_direct_upload_leaves_nothing_for_good(setup: Setup) {
+    use entity::storage_deletion;
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryTrait};
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let content = pdf();
+    let (direct, _) = direct_upload(&app, &bearer, &content).await;
+    let replayed = put_to(&app, &direct, content.clone()).await;
+    let staging = format!(".attache-staging/{}", direct["id"].as_str().expect("id"));
+    let entry = storage_deletion::Entity::find_by_id(staging.clone())
+        .one(app.app.db.read())
+        .await
+        .expect("read")
+        .expect("the staging key's removal is recorded");
+    let later = entry.remove_after.expect("a time to remove it");
+    assert!(
+        later > chrono::Utc::now() + chrono::Duration::minutes(30),
+        "{later}"
+    );
+    match app.on_s3() {
+        true => {
+            assert_eq!(replayed, 200, "S3 takes the presigned PUT again");
+            assert!(app.stored_keys().contains(&staging));
+        }
+        false => assert_ne!(replayed, 200, "attache's route takes nothing more"),
+    }
+    // The link is dead: the maintenance removes what the replay left, and its entry.
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let aged = storage_deletion::Entity::update_many()
+        .col_expr(storage_deletion::Column::RemoveAfter, Expr::value(past))
+        .filter(storage_deletion::Column::StorageKey.eq(staging.clone()))
+        .build(app.app.db.backend());
+    app.app.db.commit(vec![aged]).await.expect("aged");
+    attache::workers::maintenance::pass(&app.app).await;
+    assert!(!app.stored_keys().contains(&staging));
+    let left = storage_deletion::Entity::find_by_id(staging)
+        .one(app.app.db.read())
+        .await
+        .expect("read");
+    assert!(left.is_none(), "{left:?}");
+}
+
 crate::matrix!(
+    a_replayed_direct_upload_leaves_nothing_for_good,
     large_files_stream_through,
     streams_store_all_or_nothing,
     objects_are_never_overwritten,
