@@ -583,7 +583,7 @@ pub async fn expired(
     Ok(direct_upload::Entity::find()
         .filter(direct_upload::Column::ExpiresAt.lt(now))
         .order_by_asc(direct_upload::Column::ExpiresAt)
-        .limit(500)
+        .limit(super::BATCH)
         .all(app.db.read())
         .await?)
 }

@@ -674,6 +674,10 @@ async fn delete_everywhere(app: &App, key: &StorageKey) -> opendal::Result<()> {
     in_storage.and(in_local_folder)
 }
 
+/// Most rows one step of the housekeeping reads at a time (pending removals, expired
+/// direct uploads); the maintenance runs batches until a short one.
+pub const BATCH: u64 = 500;
+
 /// Objects whose removal is pending, oldest first: those of deleted rows, and those
 /// of uploads that recorded their intent before `intents_before` and never
 /// committed (younger ones may still be in flight).
@@ -696,7 +700,7 @@ pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppR
                 ),
         )
         .order_by_asc(storage_deletion::Column::CreatedAt)
-        .limit(500)
+        .limit(BATCH)
         .all(app.db.read())
         .await?
         .into_iter()
