@@ -146,19 +146,24 @@ pub fn storage_backend(backend: &'static str) {
     }
 }
 
-/// One HTTP request, by route template, method and status. Methods outside the
-/// standard ones count as `other`: a client chooses the method.
-pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+/// A request's method as metrics and logs name it: methods outside the standard
+/// ones are `other`, since a client chooses the method (hyper takes one as long as
+/// the request's head).
+pub fn method_name(method: &str) -> &'static str {
     const KNOWN: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
     ];
-    let method = KNOWN
-        .iter()
-        .find(|known| **known == method)
-        .unwrap_or(&"other");
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
+/// One HTTP request, by route template, method ([`method_name`]) and status.
+pub fn http_request(route: &str, method: &'static str, status: u16, elapsed: Duration) {
     let labels = [
         ("route", route.to_owned()),
-        ("method", (*method).to_owned()),
+        ("method", method.to_owned()),
         ("status", status.to_string()),
     ];
     counter!("attache_http_requests_total", &labels).increment(1);

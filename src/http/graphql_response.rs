@@ -207,6 +207,8 @@ fn body_codes(body: &serde_json::Value) -> Vec<String> {
 
 fn with_codes(mut response: Response, mut codes: Vec<String>) -> Response {
     if !codes.is_empty() {
+        // Each code once, whatever the order: a thousand aliases make a short line.
+        codes.sort_unstable();
         codes.dedup();
         response
             .extensions_mut()

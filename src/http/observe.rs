@@ -29,8 +29,8 @@ pub async fn request(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let method = request.method().clone();
-    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    let method = crate::telemetry::method_name(request.method().as_str());
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -48,7 +48,7 @@ pub async fn request(request: Request, next: Next) -> Response {
         ),
         None => tracing::info!(status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request"),
     });
-    crate::telemetry::http_request(&route, method.as_str(), status, elapsed);
+    crate::telemetry::http_request(&route, method, status, elapsed);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

@@ -213,6 +213,31 @@ async fn kept_documents_hold_bounded_memory(_: Setup) {
     assert_unharmed(&mut served, before, "kept documents").await;
 }
 
+/// A request's method is the client's to choose, as long as the request's head:
+/// the log names one outside the standard ones `other`, as the metrics do (a 10 KB
+/// method made a 10 KB log line).
+async fn log_lines_stay_short_whatever_the_method(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let before = rss_mib(&served);
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let mut tcp = TcpStream::connect(&address).await.expect("connect");
+    let method = "X".repeat(10_000);
+    tcp.write_all(
+        format!("{method} /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("send");
+    let answered = answer(&mut tcp, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert!(answered.starts_with("HTTP/1.1 "), "{answered}");
+    assert_unharmed(&mut served, before, "a long method").await;
+    let log = served.log();
+    let longest = log.lines().map(str::len).max().unwrap_or_default();
+    assert!(longest < 2048, "a {longest} byte log line");
+    assert!(log.contains("method=other"), "named `other`");
+}
+
 async fn nesting_through_every_construct_is_refused(_: Setup) {
     let mut served = Served::start(&[]).await;
     let bearer = token("hostile");
@@ -1502,6 +1527,7 @@ crate::matrix!(
     once: nesting_through_every_construct_is_refused,
     answers_to_hostile_documents_stay_small,
     kept_documents_hold_bounded_memory,
+    log_lines_stay_short_whatever_the_method,
     fragment_expansion_is_refused_early,
     batches_are_bounded,
     files_are_counted_across_the_request,
