@@ -7,8 +7,8 @@
 # Which blocks run: the info string of a fenced code block says it.
 #
 #   ```sh run                    a shell snippet, run by bash with `set -euo pipefail`;
-#                                a curl that prints `%{http_code}` and ends in a comment
-#                                `# NNN` must answer NNN
+#                                a line that starts with a curl printing `%{http_code}`
+#                                and has a comment `# NNN` must answer NNN
 #   ```sh run errors-ok          the same, but the GraphQL errors it shows are on purpose
 #   ```graphql run               a GraphQL document, POSTed to /graphql with the token:
 #                                its answer must carry `data` and no `errors`
@@ -78,7 +78,8 @@ examples_names_graphql() {
 }
 
 # curl as the blocks call it; an answer of /graphql carrying `errors` fails, and so
-# does a status other than EXAMPLES_EXPECT_STATUS (set for a line ending in `# NNN`).
+# does a status other than EXAMPLES_EXPECT_STATUS (set for a line that starts with
+# such a curl and has a comment `# NNN`).
 curl() {
   local answer status=0
   answer=$(mktemp "$EXAMPLES_STATE/answer.XXXXXX")

@@ -77,7 +77,7 @@ impl App {
         };
         let webhooks = Webhooks::from_config(&config.events)?;
         crate::telemetry::prometheus();
-        let fsync_files = config.storage.files_synced(&config.database);
+        let fsync_files = config.storage.files_synced(Some(&config.database));
         let storage = Storage::from_config(&config.storage, fsync_files)?;
         crate::telemetry::storage_backend(storage.backend_label());
         let local_fallback = match (config.auto_migrate_storage, storage.backend()) {

@@ -711,13 +711,15 @@ impl Config {
 
 impl StorageConfig {
     /// Whether new files are synced to disk: FSYNC_FILES, or when unset, whether the
-    /// database's commits survive a power loss. A row that outlives its file (a
+    /// `database`'s commits survive a power loss. A row that outlives its file (a
     /// commit PostgreSQL synced, a file the kernel had not yet written) names a file
-    /// that is gone.
-    pub fn files_synced(&self, database: &DatabaseConfig) -> bool {
+    /// that is gone. Knowing no database (`storage check`), the stricter: synced.
+    pub fn files_synced(&self, database: Option<&DatabaseConfig>) -> bool {
         self.fsync_files.unwrap_or_else(|| {
-            !database.database_url.starts_with("sqlite:")
-                || database.sqlite_synchronous == SqliteSync::Full
+            database.is_none_or(|database| {
+                !database.database_url.starts_with("sqlite:")
+                    || database.sqlite_synchronous == SqliteSync::Full
+            })
         })
     }
 
@@ -821,7 +823,7 @@ mod tests {
     fn files_are_synced_as_the_rows_are_unless_set() {
         let synced = |args: &[&str]| {
             let config: super::Config = parsed(args).expect("parsed");
-            config.storage.files_synced(&config.database)
+            config.storage.files_synced(Some(&config.database))
         };
         let postgres = ["--database-url", "postgres://postgres@127.0.0.1/attache"];
         assert!(synced(&postgres));
@@ -831,6 +833,8 @@ mod tests {
             &[&postgres[..], &["--fsync-files", "false"]].concat()
         ));
         assert!(synced(&["--fsync-files", "true"]));
+        let alone: super::StorageConfig = parsed(&[]).expect("parsed");
+        assert!(alone.files_synced(None), "no database known: the stricter");
     }
 
     /// Scaleway's and Backblaze's presets take the region their endpoint names.

@@ -15,7 +15,9 @@ pub struct Model {
     /// An upload's intent: removed only once it is older than any upload can last.
     pub intent: bool,
     /// A deleted attachment's object is kept until then (`DELETED_FILES_RETENTION`),
-    /// so that a restored backup finds it; `None`: removed as soon as possible.
+    /// so that a restored backup finds it; a direct upload's staging object, removed
+    /// at once, is removed again then, once its upload URL is dead. `None`: removed
+    /// as soon as possible.
     pub remove_after: Option<DateTimeUtc>,
 }
 

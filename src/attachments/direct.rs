@@ -500,18 +500,18 @@ async fn refuse(app: &App, pending: &direct_upload::Model, err: AppError) -> App
     err
 }
 
-/// How long after its link expires a direct upload's staging key is removed once
-/// more: a presigned PUT stays valid after completion or refusal removed what it
-/// wrote, and one sent again (or begun just before the expiry) would leave an object
-/// that no row, quota or pass knows of.
-const STAGING_REPLAY_MARGIN: chrono::Duration = chrono::Duration::hours(1);
-
-/// The removal, once `pending`'s link can write no more, of its staging object.
+/// The removal, once `pending`'s link can write no more, of its staging object: a
+/// presigned PUT stays valid after completion or refusal removed what it wrote, and
+/// one sent again (or begun just before the expiry) would leave an object that no
+/// row, quota or pass knows of. An upload begun at the expiry may last as long as
+/// any upload ([`super::intent_grace`]), and an hour at least (a large PUT to S3).
 fn staging_removal(
+    app: &App,
     backend: sea_orm::DbBackend,
     pending: &direct_upload::Model,
 ) -> sea_orm::Statement {
-    let replayable_until = pending.expires_at + STAGING_REPLAY_MARGIN;
+    let longest = super::intent_grace(app.config.connections.body_timeout());
+    let replayable_until = pending.expires_at + longest.max(chrono::Duration::hours(1));
     super::removal_after_statement(backend, &pending.storage_key, Some(replayable_until))
 }
 
@@ -539,7 +539,7 @@ async fn commit_completion(
     super::stored_writes(app, &mut writes, row)?;
     if staging.is_some() {
         super::intents_done(&mut writes, std::slice::from_ref(&row.storage_key));
-        writes.statement(staging_removal(backend, pending));
+        writes.statement(staging_removal(app, backend, pending));
     }
     crate::db::execute_all(&txn, writes.statements()).await?;
     txn.commit().await?;
@@ -566,7 +566,7 @@ async fn discard(
         return Ok(());
     }
     let backend = txn.get_database_backend();
-    let removal = staging_removal(backend, pending);
+    let removal = staging_removal(app, backend, pending);
     let quotas = &app.config.quotas;
     let release = quotas::shrink(backend, quotas, &pending.tenant_id, pending.byte_size, 1);
     crate::db::execute_all(&txn, vec![removal, release]).await?;
@@ -588,15 +588,17 @@ pub async fn expired(
         .await?)
 }
 
-/// Removes direct uploads whose link expired without completion; returns their keys.
-/// One that cannot be removed does not hold back the others (they are read oldest
-/// first, so it would come first on every pass): its error is returned once the rest
-/// are done.
-pub async fn expire(app: &App) -> AppResult<Vec<String>> {
+/// Removes a batch of direct uploads whose link expired without completion; the keys
+/// removed. One that cannot be removed does not hold back the others (they are read
+/// oldest first, so it would come first on every pass): its error is returned once
+/// the rest are done.
+pub async fn expire(app: &App) -> AppResult<super::Batch> {
     let now = Utc::now();
     let mut first_error = None;
     let mut removed = Vec::new();
-    for pending in expired(app, now).await? {
+    let batch = expired(app, now).await?;
+    let read = batch.len();
+    for pending in batch {
         match discard(app, &pending, Some(now)).await {
             Ok(()) => removed.push(pending.storage_key),
             Err(err) => {
@@ -607,6 +609,6 @@ pub async fn expire(app: &App) -> AppResult<Vec<String>> {
     }
     match first_error {
         Some(err) => Err(err),
-        None => Ok(removed),
+        None => Ok(super::Batch { read, removed }),
     }
 }

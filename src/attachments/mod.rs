@@ -651,12 +651,6 @@ async fn remove_object(app: &App, key: &str) -> bool {
     }
 }
 
-/// Deletes `key` from storage and, while files move to the bucket
-/// (`AUTO_MIGRATE_STORAGE`), from the local folder too: a file deleted before its
-/// copy would otherwise stay on the disk, which an erasure request forbids. Both
-/// are tried whatever the other answers: a bucket that fails for now (or races the
-/// migration removing a copy of a deleted row) must not keep the local file until
-/// the retry; the first error is the answer, and the removal is retried.
 /// Removes an object whose removal is also recorded for later (`remove_after`): its
 /// entry stays until then, whatever happens now.
 async fn remove_now(app: &App, key: &str) {
@@ -665,6 +659,12 @@ async fn remove_now(app: &App, key: &str) {
     }
 }
 
+/// Deletes `key` from storage and, while files move to the bucket
+/// (`AUTO_MIGRATE_STORAGE`), from the local folder too: a file deleted before its
+/// copy would otherwise stay on the disk, which an erasure request forbids. Both
+/// are tried whatever the other answers: a bucket that fails for now (or races the
+/// migration removing a copy of a deleted row) must not keep the local file until
+/// the retry; the first error is the answer, and the removal is retried.
 async fn delete_everywhere(app: &App, key: &StorageKey) -> opendal::Result<()> {
     let in_storage = app.storage.delete(key).await;
     let in_local_folder = match &app.local_fallback {
@@ -675,10 +675,39 @@ async fn delete_everywhere(app: &App, key: &StorageKey) -> opendal::Result<()> {
 }
 
 /// Most rows one step of the housekeeping reads at a time (pending removals, expired
-/// direct uploads); the maintenance runs batches until a short one.
+/// direct uploads); [`in_batches`] runs batches until a short one.
 pub const BATCH: u64 = 500;
 
-/// Objects whose removal is pending, oldest first: those of deleted rows, and those
+/// One batch of a housekeeping step: how many rows it read, and the keys it removed.
+pub struct Batch {
+    pub read: usize,
+    pub removed: Vec<String>,
+}
+
+/// Runs `step`, one batch of housekeeping, again while it read a whole batch and
+/// removed something, until `until` when given; every key removed. One batch a
+/// minute fell behind a flood of abandoned direct uploads.
+pub async fn in_batches<F, Done>(
+    until: Option<tokio::time::Instant>,
+    mut step: F,
+) -> AppResult<Vec<String>>
+where
+    F: FnMut() -> Done,
+    Done: Future<Output = AppResult<Batch>>,
+{
+    let mut removed = Vec::new();
+    loop {
+        let batch = step().await?;
+        let whole = batch.read as u64 >= BATCH && !batch.removed.is_empty();
+        removed.extend(batch.removed);
+        if !whole || until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+            return Ok(removed);
+        }
+    }
+}
+
+/// Objects whose removal is pending, those tried fewest times first (one that keeps
+/// failing does not hold back the others), then oldest: those of deleted rows, and those
 /// of uploads that recorded their intent before `intents_before` and never
 /// committed (younger ones may still be in flight).
 pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppResult<Vec<String>> {
@@ -699,6 +728,7 @@ pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppR
                         .add(storage_deletion::Column::CreatedAt.lt(intents_before)),
                 ),
         )
+        .order_by_asc(storage_deletion::Column::Attempts)
         .order_by_asc(storage_deletion::Column::CreatedAt)
         .limit(BATCH)
         .all(app.db.read())
@@ -708,16 +738,18 @@ pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppR
         .collect())
 }
 
-/// Retries the removal of objects still recorded in `storage_deletions` (see
-/// [`pending_deletions`]); returns the keys now gone.
-pub async fn retry_deletions(app: &App, intents_before: DateTime<Utc>) -> AppResult<Vec<String>> {
+/// Retries the removal of a batch of objects still recorded in `storage_deletions`
+/// (see [`pending_deletions`]); the keys now gone among them.
+pub async fn retry_deletions(app: &App, intents_before: DateTime<Utc>) -> AppResult<Batch> {
+    let pending = pending_deletions(app, intents_before).await?;
+    let read = pending.len();
     let mut removed = Vec::new();
-    for key in pending_deletions(app, intents_before).await? {
+    for key in pending {
         if remove_object(app, &key).await {
             removed.push(key);
         }
     }
-    Ok(removed)
+    Ok(Batch { read, removed })
 }
 
 /// How old an upload's intent must be before its object counts as abandoned: longer

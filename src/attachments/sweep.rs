@@ -75,7 +75,7 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
             .into_iter()
             .map(|pending| pending.storage_key)
             .collect(),
-        false => super::direct::expire(app).await?,
+        false => super::in_batches(None, || super::direct::expire(app)).await?,
     };
     swept.extend(expired.into_iter().map(|key| Swept {
         key,
@@ -86,7 +86,7 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
     let deleted = match dry_run {
         true => super::pending_deletions(app, intents_before).await?,
-        false => super::retry_deletions(app, intents_before).await?,
+        false => super::in_batches(None, || super::retry_deletions(app, intents_before)).await?,
     };
     swept.extend(deleted.into_iter().map(|key| Swept {
         key,

@@ -59,7 +59,7 @@ impl Target {
     fn open(&self) -> anyhow::Result<(Database, Storage)> {
         self.storage.validate()?;
         let database = Database::from_config(&self.database)?;
-        let fsync_files = self.storage.files_synced(&self.database);
+        let fsync_files = self.storage.files_synced(Some(&self.database));
         Ok((database, Storage::from_config(&self.storage, fsync_files)?))
     }
 }

@@ -55,7 +55,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%database, "database migrations applied");
     app.storage.startup_check(&app.config.storage).await?;
     if app.storage.backend() == crate::config::StorageBackend::Fs {
-        let fsync_files = app.config.storage.files_synced(&app.config.database);
+        let fsync_files = app.storage.fsync_files();
         tracing::info!(root = %app.storage.location(), fsync_files, "files are stored on the local disk");
     }
     warn_unavailable(&app.config);

@@ -76,7 +76,7 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
 async fn check(config: &StorageConfig) -> anyhow::Result<()> {
     // Knowing no database, it checks the stricter path: files synced to disk, as
     // `serve` syncs them on PostgreSQL, unless FSYNC_FILES says otherwise.
-    let storage = Storage::from_config(config, config.fsync_files.unwrap_or(true))?;
+    let storage = Storage::from_config(config, config.files_synced(None))?;
     let target = match &config.s3_bucket_name {
         Some(bucket) if storage.backend() == StorageBackend::S3 => format!("s3 bucket {bucket}"),
         _ => format!("folder {}", config.storage_root.display()),

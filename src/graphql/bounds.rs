@@ -32,9 +32,10 @@ pub const MAX_NAME_BYTES: usize = 256;
 
 /// Refuses a query text nested deeper than `max_nesting` brackets, with a name or
 /// number longer than [`MAX_NAME_BYTES`], or longer than
-/// `max_tokens` tokens, in one pass that never recurses. Strings, block strings and
-/// comments are skipped; malformed text is left to the parser, which reports it.
-pub fn scan(query: &str, limits: &QueryLimits) -> Result<(), AppError> {
+/// `max_tokens` tokens, in one pass that never recurses; its tokens. Strings, block
+/// strings and comments are skipped; malformed text is left to the parser, which
+/// reports it.
+pub fn scan(query: &str, limits: &QueryLimits) -> Result<u32, AppError> {
     let bytes = query.as_bytes();
     let (max_nesting, max_tokens) = (limits.max_query_nesting, limits.max_query_tokens);
     let (mut at, mut depth, mut tokens) = (0usize, 0u32, 0u32);
@@ -92,7 +93,7 @@ pub fn scan(query: &str, limits: &QueryLimits) -> Result<(), AppError> {
             )));
         }
     }
-    Ok(())
+    Ok(tokens)
 }
 
 /// The index just past the closing quote of the string that starts before `at`.

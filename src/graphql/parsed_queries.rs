@@ -18,12 +18,12 @@ use crate::graphql::bounds::{self, Shape};
 
 /// Longer query texts are parsed every time: a file inlined as a literal, say.
 const LONGEST_KEPT: usize = 8 * 1024;
-/// Past this many distinct texts, or this many nodes in all, the store starts over,
-/// so no client can grow it. A syntax tree takes some 120 bytes a node: 600
-/// documents of 2,000 nodes (4 KB of text each) once held 124 MiB; 20,000 nodes hold
-/// a few MiB, room for hundreds of the operations an app sends.
+/// Past this many distinct texts, or this many tokens in all, the store starts over,
+/// so no client can grow it. A syntax tree takes some 120 bytes a token of its text:
+/// 600 documents of 2,000 fields (4 KB of text each) once held 124 MiB; 200,000
+/// tokens hold at most some 25 MiB, room for hundreds of the operations an app sends.
 const MOST_KEPT: usize = 512;
-const MOST_KEPT_NODES: u64 = 20_000;
+const MOST_KEPT_TOKENS: u64 = 200_000;
 
 /// A request-wide count, held to its setting as it grows.
 struct Budget {
@@ -64,6 +64,8 @@ impl Budget {
 struct Parsed {
     document: ExecutableDocument,
     shape: Shape,
+    /// Tokens of its text, which its syntax tree's size follows.
+    tokens: u64,
 }
 
 /// What [`ParsedQueries::prepare`] found out about a batch that passed.
@@ -88,11 +90,11 @@ impl Prepared {
 #[derive(Default)]
 pub struct ParsedQueries(Mutex<Kept>);
 
-/// The documents kept, by text, and their nodes in all.
+/// The documents kept, by text, and their tokens in all.
 #[derive(Default)]
 struct Kept {
     documents: HashMap<String, Arc<Parsed>>,
-    nodes: u64,
+    tokens: u64,
 }
 
 impl ParsedQueries {
@@ -176,19 +178,25 @@ impl ParsedQueries {
         {
             return Ok(parsed);
         }
-        bounds::scan(query, limits)?;
+        let tokens = bounds::scan(query, limits)?.into();
         // Parsed outside the lock, which other requests need meanwhile.
         let document = async_graphql::parser::parse_query(query)
             .map_err(|err| AppError::GraphqlParse(parse_failure(&err)))?;
         let shape = bounds::measure(&document, limits)?;
-        let parsed = Arc::new(Parsed { document, shape });
+        let parsed = Arc::new(Parsed {
+            document,
+            shape,
+            tokens,
+        });
         if keep && let Some(mut kept) = self.kept() {
-            let nodes = parsed.shape.expanded;
-            if kept.documents.len() >= MOST_KEPT || kept.nodes + nodes > MOST_KEPT_NODES {
+            if kept.documents.len() >= MOST_KEPT || kept.tokens + tokens > MOST_KEPT_TOKENS {
                 *kept = Kept::default();
             }
-            kept.nodes += nodes;
-            kept.documents.insert(query.to_owned(), parsed.clone());
+            kept.tokens += tokens;
+            // Two requests that missed on one text both parse it: one counts.
+            if let Some(twin) = kept.documents.insert(query.to_owned(), parsed.clone()) {
+                kept.tokens -= twin.tokens;
+            }
         }
         Ok(parsed)
     }

@@ -1,6 +1,7 @@
 //! `GET`/`HEAD /api/attachments/{id}/download` (bearer token or signed link) and
 //! `/media/{key}` (public URLs on fs). Streams from storage with Range, ETag, a safe
-//! Content-Disposition and a sandboxing CSP; never holds a file in memory.
+//! Content-Disposition and a sandboxing CSP (but on a PDF shown inline); never holds
+//! a file in memory.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -23,7 +24,8 @@ use crate::http::{AppState, bearer_token};
 use crate::media::MediaType;
 
 /// Whatever a stored file is, opened from our origin (an inline image, or a file a
-/// browser renders anyway) it runs no script and reaches no storage of ours.
+/// browser renders anyway) it runs no script and reaches no storage of ours; all
+/// but a PDF shown inline, whose viewer refuses a sandbox (see [`respond`]).
 const FILE_CSP: &str = "sandbox";
 
 #[derive(Deserialize)]

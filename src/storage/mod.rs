@@ -253,6 +253,11 @@ impl Storage {
         }
     }
 
+    /// Whether new files on fs are synced to disk before they count as written.
+    pub fn fsync_files(&self) -> bool {
+        self.fsync_files
+    }
+
     /// Where the objects live, for people and audit rows; never carries credentials.
     pub fn location(&self) -> &str {
         &self.location

@@ -43,19 +43,26 @@ pub async fn run(app: SharedApp, shutdown: CancellationToken) {
     }
 }
 
-/// How long one pass may go on with batches of removals: within the lease, so that
-/// the passes of two replicas rarely overlap; what is left waits for the next pass.
-const PASS_BUDGET: Duration = Duration::from_secs(30);
+/// How long each step of a pass may go on with batches of removals: both within the
+/// lease, so that the passes of two replicas rarely overlap; what is left waits for
+/// the next pass.
+const STEP_BUDGET: Duration = Duration::from_secs(20);
 
 /// One pass of every step; a failing step is logged and the others still run.
 pub async fn pass(app: &App) {
-    let started = tokio::time::Instant::now();
     let intents_before =
         chrono::Utc::now() - attachments::intent_grace(app.config.connections.body_timeout());
-    let retried = || attachments::retry_deletions(app, intents_before);
-    until_done(started, "retrying pending object deletions", retried).await;
-    let expired = || attachments::direct::expire(app);
-    until_done(started, "removing expired direct uploads", expired).await;
+    let until = || Some(tokio::time::Instant::now() + STEP_BUDGET);
+    let retried = attachments::in_batches(until(), || {
+        attachments::retry_deletions(app, intents_before)
+    });
+    if let Err(err) = retried.await {
+        tracing::warn!(error = %err, "retrying pending object deletions failed");
+    }
+    let expired = attachments::in_batches(until(), || attachments::direct::expire(app));
+    if let Err(err) = expired.await {
+        tracing::warn!(error = %err, "removing expired direct uploads failed");
+    }
     let cutoff = chrono::TimeDelta::from_std(app.webhooks.retention)
         .ok()
         .and_then(|retention| Utc::now().checked_sub_signed(retention))
@@ -64,26 +71,6 @@ pub async fn pass(app: &App) {
         Ok(0) => {}
         Ok(pruned) => tracing::info!(pruned, "pruned delivered events past their retention"),
         Err(err) => tracing::warn!(error = %err, "pruning delivered events failed"),
-    }
-}
-
-/// Runs `step`, a batch of removals, again while it did a whole batch and the pass
-/// has time: one batch a minute fell behind a flood of abandoned direct uploads.
-async fn until_done<F, Done>(started: tokio::time::Instant, what: &str, mut step: F)
-where
-    F: FnMut() -> Done,
-    Done: Future<Output = crate::error::AppResult<Vec<String>>>,
-{
-    loop {
-        match step().await {
-            Ok(done)
-                if done.len() as u64 >= attachments::BATCH && started.elapsed() < PASS_BUDGET => {}
-            Ok(_) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "{what} failed");
-                return;
-            }
-        }
     }
 }
 
