@@ -260,13 +260,7 @@ async fn refused_links_and_tokens_answer_401_403_404(setup: Setup) {
             "NOT_FOUND",
         ),
     ] {
-        let answer = app
-            .client
-            .get(url)
-            .bearer_auth(&bearer)
-            .send()
-            .await
-            .expect("GET");
+        let answer = app.get_with(&url, &bearer).await;
         assert_eq!(
             answer.headers()["content-type"],
             "application/json",
@@ -726,13 +720,7 @@ async fn downloads_are_sandboxed_and_named_after_their_type(setup: Setup) {
             true => format!("{route}?inline=1"),
             false => route.to_owned(),
         };
-        let response = app
-            .client
-            .get(url)
-            .bearer_auth(&bearer)
-            .send()
-            .await
-            .expect("GET");
+        let response = app.get_with(&url, &bearer).await;
         let headers = response.headers();
         let case = format!("{} inline={inline}", att["contentType"]);
         assert_eq!(

@@ -284,6 +284,16 @@ impl Api {
 }
 
 impl Api {
+    /// A GET of `url` with `bearer`'s token.
+    pub async fn get_with(&self, url: &str, bearer: &str) -> reqwest::Response {
+        self.client
+            .get(url)
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .expect("GET")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }
