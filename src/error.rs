@@ -246,6 +246,12 @@ pub fn challenge(response: &mut Response) {
     }
 }
 
+/// The error codes of a response, for the request's summary log line
+/// (`graphql_errors`): set by `/graphql` from its answer, and by every answer of an
+/// [`AppError`].
+#[derive(Clone)]
+pub struct GraphqlCodes(pub String);
+
 /// Seconds a client is told to wait when the server is busy.
 pub const RETRY_AFTER_SECONDS: u64 = 2;
 
@@ -296,6 +302,9 @@ impl IntoResponse for AppError {
         self.log();
         let status = self.status();
         let mut response = (status, axum::Json(self.graphql_body())).into_response();
+        response
+            .extensions_mut()
+            .insert(GraphqlCodes(self.code().to_owned()));
         challenge(&mut response);
         if let Self::Overloaded(seconds) = self {
             response

@@ -7,7 +7,7 @@ use async_graphql::BatchRequest;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -248,12 +248,11 @@ fn too_large(limit: u64) -> Response {
         "the request body exceeds {limit} bytes (MAX_REQUEST_BYTES)"
     ));
     // The rest of the body stays unread: the client must not reuse this connection.
-    (
-        StatusCode::PAYLOAD_TOO_LARGE,
-        [(header::CONNECTION, "close")],
-        axum::Json(error.graphql_body()),
-    )
-        .into_response()
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn bad_request(message: String) -> Box<Response> {

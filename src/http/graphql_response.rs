@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::AppError;
-use crate::http::observe::GraphqlCodes;
+use crate::error::GraphqlCodes;
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 

@@ -11,11 +11,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-pub const REQUEST_ID: &str = "x-request-id";
+use crate::error::GraphqlCodes;
 
-/// The GraphQL error codes of a response, set by `/graphql` for the summary line.
-#[derive(Clone)]
-pub struct GraphqlCodes(pub String);
+pub const REQUEST_ID: &str = "x-request-id";
 
 pub async fn request(request: Request, next: Next) -> Response {
     let id = crate::telemetry::request_id(

@@ -38,14 +38,9 @@ pub fn is_too_slow(error: &(dyn std::error::Error + 'static)) -> bool {
 /// The answer to a body that came too slowly, whichever route it came to: 408 with
 /// the message naming the setting, and the connection closes.
 pub fn body_too_slow(message: &str) -> Response {
-    let error = AppError::bad_input(message);
-    closing(
-        (
-            StatusCode::REQUEST_TIMEOUT,
-            axum::Json(error.graphql_body()),
-        )
-            .into_response(),
-    )
+    let mut response = AppError::bad_input(message).into_response();
+    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    closing(response)
 }
 
 /// `body`, held to the pace of `limits`, which must also have come whole after

@@ -238,6 +238,45 @@ async fn log_lines_stay_short_whatever_the_method(_: Setup) {
     assert!(log.contains("method=other"), "named `other`");
 }
 
+/// Every refusal's code is in its request's summary log line, those answered before
+/// `/graphql` ran (a 413) and the REST routes' (a 401) too: they were missing.
+async fn every_refusal_names_its_code_in_the_log(_: Setup) {
+    let served = Served::start(&["--max-request-bytes", "65536"]).await;
+    let bearer = token("logged");
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let mut tcp = TcpStream::connect(&address).await.expect("connect");
+    // Past what a refusal drains (64 MiB): answered at once.
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let mut status = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut status))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(&status, b"HTTP/1.1 413");
+    let missing = format!(
+        "{}/api/attachments/{}/download",
+        served.base_url,
+        uuid::Uuid::nil()
+    );
+    let refused = http_client().get(missing).send().await.expect("GET");
+    assert_eq!(refused.status(), 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = served.log();
+    for (status, code) in [
+        ("status=413", "PAYLOAD_TOO_LARGE"),
+        ("status=401", "UNAUTHENTICATED"),
+    ] {
+        let line = log
+            .lines()
+            .find(|line| line.contains(status))
+            .unwrap_or_else(|| panic!("no {status} line:\n{log}"));
+        assert!(line.contains(code), "{line}");
+    }
+}
+
 async fn nesting_through_every_construct_is_refused(_: Setup) {
     let mut served = Served::start(&[]).await;
     let bearer = token("hostile");
@@ -1528,6 +1567,7 @@ crate::matrix!(
     answers_to_hostile_documents_stay_small,
     kept_documents_hold_bounded_memory,
     log_lines_stay_short_whatever_the_method,
+    every_refusal_names_its_code_in_the_log,
     fragment_expansion_is_refused_early,
     batches_are_bounded,
     files_are_counted_across_the_request,
