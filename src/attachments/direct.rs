@@ -505,14 +505,11 @@ async fn refuse(app: &App, pending: &direct_upload::Model, err: AppError) -> App
 /// one sent again (or begun just before the expiry) would leave an object that no
 /// row, quota or pass knows of. An upload begun at the expiry may last as long as
 /// any upload ([`super::intent_grace`]), and an hour at least (a large PUT to S3).
-fn staging_removal(
-    app: &App,
-    backend: sea_orm::DbBackend,
-    pending: &direct_upload::Model,
-) -> sea_orm::Statement {
+fn staging_removal(app: &App, pending: &direct_upload::Model) -> sea_orm::Statement {
     let longest = super::intent_grace(app.config.connections.body_timeout());
     let replayable_until = pending.expires_at + longest.max(chrono::Duration::hours(1));
-    super::removal_after_statement(backend, &pending.storage_key, Some(replayable_until))
+    let key = &pending.storage_key;
+    super::removal_after_statement(app.db.backend(), key, Some(replayable_until))
 }
 
 /// One transaction: the direct upload claimed (it must not have expired), the
@@ -539,7 +536,7 @@ async fn commit_completion(
     super::stored_writes(app, &mut writes, row)?;
     if staging.is_some() {
         super::intents_done(&mut writes, std::slice::from_ref(&row.storage_key));
-        writes.statement(staging_removal(app, backend, pending));
+        writes.statement(staging_removal(app, pending));
     }
     crate::db::execute_all(&txn, writes.statements()).await?;
     txn.commit().await?;
@@ -566,7 +563,7 @@ async fn discard(
         return Ok(());
     }
     let backend = txn.get_database_backend();
-    let removal = staging_removal(app, backend, pending);
+    let removal = staging_removal(app, pending);
     let quotas = &app.config.quotas;
     let release = quotas::shrink(backend, quotas, &pending.tenant_id, pending.byte_size, 1);
     crate::db::execute_all(&txn, vec![removal, release]).await?;

@@ -73,19 +73,16 @@ pub(super) fn make_folder(folder: &std::path::Path, sync: bool) -> std::io::Resu
     if !sync {
         return std::fs::create_dir_all(folder);
     }
-    let missing: Vec<_> = folder
-        .ancestors()
-        .take_while(|at| !at.as_os_str().is_empty() && !at.is_dir())
-        .collect();
+    // Storage's root is absolute (`Storage::fs`): the walk up ends at a folder.
+    let missing: Vec<_> = folder.ancestors().take_while(|at| !at.is_dir()).collect();
     for made in missing.into_iter().rev() {
         match std::fs::create_dir(made) {
             // Another upload made it first: syncing its parent again does no harm.
             Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => return Err(err),
             _ => {}
         }
-        match made.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_folder(parent)?,
-            _ => sync_folder(std::path::Path::new("."))?,
+        if let Some(parent) = made.parent() {
+            sync_folder(parent)?;
         }
     }
     Ok(())

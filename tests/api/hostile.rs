@@ -112,6 +112,23 @@ fn assert_refused(status: u16, body: &Value, code: &str, what: &str) {
     );
 }
 
+/// `/healthz` answers 200 within `within` while `what` goes on.
+async fn assert_healthy_within(served: &Served, within: Duration, what: &str) {
+    let started = Instant::now();
+    let health = http_client()
+        .get(format!("{}/healthz", served.base_url))
+        .timeout(within + Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("/healthz answers while {what}: {err}"));
+    assert_eq!(health.status(), 200, "{what}");
+    assert!(
+        started.elapsed() < within,
+        "{what}: {:?}",
+        started.elapsed()
+    );
+}
+
 /// POSTs `body` as it is to `/graphql`; the status, the answer's text and how long
 /// it took.
 async fn post_raw(served: &Served, bearer: &str, body: String) -> (u16, String, Duration) {
@@ -1304,19 +1321,7 @@ async fn idle_and_slow_connections_are_closed(_: Setup) {
         }
         idle.push(tcp);
     }
-    let started = Instant::now();
-    let health = http_client()
-        .get(format!("{}/healthz", served.base_url))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("/healthz answers while 120 idle connections wait");
-    assert_eq!(health.status(), 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_healthy_within(&served, Duration::from_secs(3), "120 idle connections wait").await;
     for tcp in idle.iter_mut().take(20) {
         assert!(
             answer(tcp, Duration::from_secs(8)).await.is_some(),
@@ -1513,19 +1518,8 @@ async fn trickled_downloads_are_cut_and_cannot_keep_clients_out(_: Setup) {
         readers.iter().all(|reader| !reader.is_finished()),
         "every slot is held when the new client comes"
     );
-    let started = Instant::now();
-    let health = http_client()
-        .get(format!("{}/healthz", served.base_url))
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .expect("/healthz answers while eight steady downloads hold every slot");
-    assert_eq!(health.status(), 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        started.elapsed()
-    );
+    let held = "eight steady downloads hold every slot";
+    assert_healthy_within(&served, Duration::from_secs(15), held).await;
     assert!(
         served.log().contains("asked to close"),
         "the oldest download was cut"

@@ -316,16 +316,8 @@ async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup
         "an upload in flight keeps its object"
     );
     assert!(keys.contains(&named), "the row's object stays");
-    let download = app
-        .client
-        .get(app.url(&format!(
-            "/api/attachments/{}/download",
-            stored["id"].as_str().expect("id")
-        )))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET");
+    let route = stored["downloadUrl"].as_str().expect("downloadUrl");
+    let download = app.get_with(route, &token).await;
     assert_eq!(download.status(), 200);
     let left: Vec<String> = storage_deletion::Entity::find()
         .all(app.app.db.read())
