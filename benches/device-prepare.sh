@@ -3,7 +3,7 @@
 # fetched, PostgreSQL is not installed and commands run as root, for the whole
 # scaling curve (issue 26) on SQLite and on PostgreSQL in one command:
 #   bash benches/device-prepare.sh [target/release/attache] [target/scale-carry]
-#   device tool: carry ["target/scale-carry"], timeout_s 570,
+#   device tool: carry ["target/scale-carry"], kind nvidia-h100-x1, timeout_s 480,
 #     command: bash target/scale-carry/device-scale.sh
 # The folder (about 35 MiB; the device takes 64 with the working tree): attache
 # stripped and compressed, wrk and its libraries, PostgreSQL's server, initdb,
@@ -19,7 +19,7 @@ mkdir -p "$dir/lib"
 strip -o "$dir/attache" "$bin"
 xz -T0 -6 "$dir/attache"
 
-wrk="$(command -v wrk)"
+wrk="$(command -v wrk)" || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
 cp "$wrk" "$dir/wrk"
 ldd "$wrk" | awk '/=>/ { print $3 }' | grep -E 'luajit|libssl|libcrypto' | xargs -I{} cp -L {} "$dir/lib/"
 
@@ -48,3 +48,5 @@ tar -C "$root" -cJf "$dir/postgres.tar.xz" .
 
 cp "$benches/scale.sh" "$benches/serve-lib.sh" "$benches/device-scale.sh" "$dir/"
 du -sh "$dir"
+# The device takes 64 MiB with the working tree.
+[ "$(du -sm "$dir" | cut -f1)" -le 56 ] || { echo "the folder is over 56 MiB" >&2; exit 1; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole scaling curve on the 16-core device machine, from the folder that
-# benches/device-prepare.sh makes, as one command (about 6 minutes):
+# benches/device-prepare.sh makes, as one command (about 5 minutes):
 #   1. SQLite and the local disk: the server on 1, 2, 4, 8 and 12 cores, wrk on 12-15;
 #   2. PostgreSQL, pinned to cores 8-11: the server on 1, 2, 4 and 8 cores, uploads
 #      and the listing.
@@ -13,10 +13,28 @@ carry="$(dirname "$(readlink -f "$0")")"
 out="${OUT:-$carry/results}"
 mkdir -p "$out"
 work=/tmp/attache-device
+# A PostgreSQL left by an earlier run on this machine (cut at its time limit) holds
+# the port and the data folder: stop it first.
+if [ -f "$work/pgdata/postmaster.pid" ]; then
+  kill "$(head -1 "$work/pgdata/postmaster.pid")" 2>/dev/null
+  sleep 2
+fi
 rm -rf "$work"
 mkdir -p "$work/bin" "$work/pg"
 exec > >(tee -a "$out/device.log") 2>&1
-{ nproc; grep -m1 'model name' /proc/cpuinfo; uname -r; df -h /tmp | tail -1; } | tee "$out/machine.txt"
+{
+  nproc; grep -m1 'model name' /proc/cpuinfo; cat /proc/version; df -h /tmp | tail -1
+  ldd --version 2>&1 | head -1
+  # Which cores share a physical one: the server's 0..N-1 and wrk's cores.
+  for cpu in /sys/devices/system/cpu/cpu[0-9]*; do
+    printf '%s siblings %s\n' "${cpu##*/}" "$(cat "$cpu/topology/thread_siblings_list" 2>/dev/null)"
+  done
+  grep '^cpu ' /proc/stat
+} | tee "$out/machine.txt"
+# gVisor (kernel "4.4.0") only records an affinity: `taskset` would not pin anything.
+if [ "$(uname -r)" = 4.4.0 ]; then
+  echo "WARNING: this kernel looks like gVisor's: taskset may not pin cores, the curve is not one"
+fi
 
 python3 - "$carry" "$work" <<'PY'
 import lzma, shutil, sys, tarfile
@@ -45,7 +63,7 @@ export TZ=UTC MAX_CONCURRENT_UPLOADS="${MAX_CONCURRENT_UPLOADS:-64}" SECONDS_PER
 export WRK_CPUS="${WRK_CPUS:-12-15}"
 
 echo "== SQLite"
-CORES="${CORES_SQLITE:-1 2 4 8 12}" OUT="$out" bash "$carry/scale.sh" "$work/bin/attache"
+LABEL=sqlite CORES="${CORES_SQLITE:-1 2 4 8 12}" OUT="$out" bash "$carry/scale.sh" "$work/bin/attache"
 
 echo "== PostgreSQL"
 # PostgreSQL refuses to run as root: its data folder and processes are nobody's.
@@ -60,15 +78,20 @@ as_nobody() {
   fi
 }
 pg_cpus="${POSTGRES_CPUS:-8-11}"
+# Its log in $OUT as it is written, so a run cut at the time limit keeps it.
+touch "$out/postgres.log"
+chown nobody "$out/postgres.log"
 if as_nobody initdb -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$out/initdb.log" 2>&1 &&
-  as_nobody taskset -c "$pg_cpus" pg_ctl -D "$data" -l "$work/postgres.log" -w -o \
+  as_nobody taskset -c "$pg_cpus" timeout 60 pg_ctl -D "$data" -l "$out/postgres.log" -w -o \
     "-c listen_addresses=127.0.0.1 -p 5499 -c max_connections=300 -c shared_buffers=2GB -c unix_socket_directories=$work" \
     start; then
-  POSTGRES=postgres://postgres@127.0.0.1:5499/postgres DB_CPUS="$pg_cpus" \
+  # 32 pooled connections, logged: the default 10 could bound 8 cores by itself.
+  export DATABASE_MAX_CONNECTIONS="${DATABASE_MAX_CONNECTIONS:-32}"
+  echo "DATABASE_MAX_CONNECTIONS=$DATABASE_MAX_CONNECTIONS"
+  LABEL=postgres POSTGRES=postgres://postgres@127.0.0.1:5499/postgres DB_CPUS="$pg_cpus" \
     CORES="${CORES_POSTGRES:-1 2 4 8}" CELLS='upload|list' OUT="$out" bash "$carry/scale.sh" "$work/bin/attache"
   as_nobody pg_ctl -D "$data" -m fast stop
 else
-  echo "PostgreSQL did not start: $(tail -5 "$out/initdb.log" "$work/postgres.log" 2>/dev/null)"
+  echo "PostgreSQL did not start: $(tail -5 "$out/initdb.log" "$out/postgres.log" 2>/dev/null)"
 fi
-cp "$work/postgres.log" "$out/" 2>/dev/null
 ls "$out"
