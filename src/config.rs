@@ -8,11 +8,24 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+/// The longest age a setting or flag may name: a date that far ahead is still one
+/// the database keeps (SQLite's text of a year past 9999 would sort before today's).
+pub const MAX_AGE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A duration such as `7d` or `12h`; a bare `0` is none.
 fn parse_retention(text: &str) -> Result<Duration, String> {
     match text.trim() {
         "0" => Ok(Duration::ZERO),
-        text => humantime::parse_duration(text).map_err(|err| err.to_string()),
+        text => parse_age(text),
+    }
+}
+
+/// A duration such as `24h` or `7d`, at most [`MAX_AGE`] (100 years).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let age = humantime::parse_duration(text.trim()).map_err(|err| err.to_string())?;
+    match age <= MAX_AGE {
+        true => Ok(age),
+        false => Err(format!("{text} is longer than 100 years, the most allowed")),
     }
 }
 
@@ -198,7 +211,9 @@ pub struct StorageConfig {
     /// (each overridable): `aws`, `r2`, `scaleway`, `b2`, `minio`, `garage`, `other`.
     #[arg(long, env = "S3_PROVIDER", value_enum, default_value = "other")]
     pub s3_provider: S3Provider,
-    /// Region [default: `auto` with S3_PROVIDER=r2, `garage` with garage, else us-east-1].
+    /// Region [default: `auto` with S3_PROVIDER=r2, `garage` with garage, the region
+    /// S3_ENDPOINT_URL names with scaleway or b2 (else `fr-par` for scaleway), else
+    /// us-east-1].
     #[arg(long, env = "S3_REGION")]
     pub s3_region: Option<String>,
     /// `path` (endpoint/bucket/key) or `virtual` (bucket.endpoint/key) [default:
@@ -545,7 +560,7 @@ pub struct Config {
     pub query_limits: QueryLimits,
     #[command(flatten)]
     pub connections: ConnectionLimits,
-    /// A second listen address for `/metrics` alone; when set, the main listener no
+    /// A second listen address for `/metrics` (and `/healthz`); when set, the main listener no
     /// longer serves it (keep it off the public network).
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,

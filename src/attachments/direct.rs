@@ -200,11 +200,14 @@ impl Receiving {
         }
     }
 
-    /// After the file landed: its upload must still be there, or a completion have
-    /// made its attachment since. A body that outlived its upload (expired or
-    /// refused meanwhile) leaves a file that no row names: it goes again.
+    /// After the file landed: its upload must still be there and unexpired (a
+    /// completion would refuse it), or a completion have made its attachment since.
+    /// A body that outlived its upload (expired or refused meanwhile, whether or not
+    /// the maintenance removed it yet) leaves a file that no row names: it goes again.
     async fn kept(&self, app: &App) -> AppResult<()> {
-        let pending = announced_upload(app, &self.tenant, self.id).await?;
+        let pending = announced_upload(app, &self.tenant, self.id)
+            .await?
+            .filter(|pending| pending.expires_at > Utc::now());
         if pending.is_some() || super::find(app, &self.tenant, self.id).await?.is_some() {
             return Ok(());
         }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use entity::outbox_event::EventType;
 use entity::{attachment, storage_deletion, storage_migration};
 use futures::Stream;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
@@ -589,7 +589,9 @@ async fn delete_row(app: &App, tenant: &SafeId, id: Uuid) -> AppResult<Uuid> {
 
 /// The statement that records, inside the caller's transaction, an object that must
 /// be removed once the transaction commits (or once `remove_after` has passed, when
-/// given); [`remove_object`] or [`retry_deletions`] removes it.
+/// given); [`remove_object`] or [`retry_deletions`] removes it. An entry already there
+/// becomes this one: a completion retried after its upload landed records its intent
+/// again until it sees that, and a delete in between must not fail on it.
 fn removal_after_statement(
     backend: DbBackend,
     key: &str,
@@ -602,7 +604,19 @@ fn removal_after_statement(
         intent: sea_orm::Set(false),
         remove_after: sea_orm::Set(remove_after),
     };
-    backend.build(&storage_deletion::Entity::insert(entry).into_query())
+    let replace = OnConflict::column(storage_deletion::Column::StorageKey)
+        .update_columns([
+            storage_deletion::Column::Attempts,
+            storage_deletion::Column::CreatedAt,
+            storage_deletion::Column::Intent,
+            storage_deletion::Column::RemoveAfter,
+        ])
+        .to_owned();
+    backend.build(
+        &storage_deletion::Entity::insert(entry)
+            .on_conflict(replace)
+            .into_query(),
+    )
 }
 
 /// Removes one object and its `storage_deletions` entry; on failure, counts the

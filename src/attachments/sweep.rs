@@ -4,7 +4,9 @@
 //! expired direct uploads, objects whose deletion is still pending, and S3
 //! multipart uploads a crash left unfinished. Only objects and uploads older than
 //! a threshold are touched, so an upload in flight (object written, row not yet
-//! committed; parts still arriving) is never swept.
+//! committed; parts still arriving) is never swept: an upload's intent and its
+//! unfinished S3 upload count from the upload's start, so below the intent grace
+//! only `--older-than 0s` (a stopped server) takes them.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -81,9 +83,19 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         key,
         reason: Reason::ExpiredUpload,
     }));
-    // Intents of uploads are as old as their objects: the same threshold applies.
-    let intents_before = chrono::Utc::now()
-        - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    // An upload's intent and its unfinished S3 upload are as old as the upload, not
+    // as its last bytes: one younger than the intent grace may still be receiving
+    // them (an orphan's age is its last write's, so `older_than` is enough there).
+    let in_flight_for = match older_than.is_zero() {
+        true => Duration::ZERO,
+        false => super::intent_grace(app.config.connections.body_timeout())
+            .to_std()
+            .map_or(older_than, |grace| grace.max(older_than)),
+    };
+    let uploads_before = SystemTime::now()
+        .checked_sub(in_flight_for)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let intents_before = chrono::DateTime::<chrono::Utc>::from(uploads_before);
     let deleted = match dry_run {
         true => super::pending_deletions(app, intents_before).await?,
         false => super::in_batches(None, || super::retry_deletions(app, intents_before)).await?,
@@ -92,7 +104,7 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         key,
         reason: Reason::PendingDeletion,
     }));
-    swept.extend(abort_unfinished(app, cutoff, dry_run).await?);
+    swept.extend(abort_unfinished(app, uploads_before, dry_run).await?);
     Ok(swept)
 }
 

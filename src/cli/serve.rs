@@ -1,6 +1,7 @@
 //! `attache serve`: bind, build the app, migrate, probe storage, then serve until
 //! SIGTERM or Ctrl-C, with the background workers (`workers`) beside the HTTP server.
-//! Without a JWT key it prints a development token.
+//! Without a JWT key it prints a development token. Signals are handled from the
+//! first moment: one stops the start or drains the server, a second ends it at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,14 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    stop_on_signals(
+        shutdown.clone(),
+        "stopping: requests in flight may finish within SHUTDOWN_GRACE_SECONDS; stop \
+         again to end at once",
+        "stopped at once: requests in flight were cut short (the maintenance removes \
+         what they left)",
+    )?;
     let config = args.config;
     config.validate()?;
     check_temp_folder()?;
@@ -29,6 +38,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.listen_addr))?;
+    // Both listeners before anything is migrated or claimed: a port in use stops the
+    // start before it changed anything.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("METRICS_ADDR: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let base_url = config.public_base_url(listener.local_addr()?)?;
     let address = listener.local_addr()?;
     if config.auth.is_development() && !address.ip().is_loopback() {
@@ -46,6 +65,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
              (https://files.example.com)"
         );
     }
+    let app = tokio::select! {
+        app = start(config, base_url) => app?,
+        () = shutdown.cancelled() => {
+            tracing::info!("attache stopped before it served");
+            return Ok(());
+        }
+    };
+    let workers = crate::workers::spawn(&app, &shutdown).context("WEBHOOK_URLS")?;
+    tracing::info!(url = %format!("{}/graphql", app.public_base_url), "attache is listening");
+    let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
+    crate::http::serve(listener, metrics_listener, app, shutdown.cancelled_owned()).await?;
+    let stopped = futures::future::join_all(workers);
+    if tokio::time::timeout(grace, stopped).await.is_err() {
+        tracing::warn!("background work did not stop in time; the next start goes on");
+    }
+    tracing::info!("attache stopped");
+    Ok(())
+}
+
+/// The app, built on a migrated database and a storage that answered, and what the
+/// operator should know before it serves.
+async fn start(config: Config, base_url: String) -> anyhow::Result<Arc<App>> {
     let app = Arc::new(App::build(config, base_url).await?);
     app.db
         .migrate()
@@ -70,24 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             app.public_base_url
         );
     }
-    let shutdown = CancellationToken::new();
-    let workers = crate::workers::spawn(&app, &shutdown).context("WEBHOOK_URLS")?;
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown_signal().await;
-            shutdown.cancel();
-        }
-    });
-    tracing::info!(url = %format!("{}/graphql", app.public_base_url), "attache is listening");
-    let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
-    crate::http::serve(listener, app, shutdown.cancelled_owned()).await?;
-    let stopped = futures::future::join_all(workers);
-    if tokio::time::timeout(grace, stopped).await.is_err() {
-        tracing::warn!("background work did not stop in time; the next start goes on");
-    }
-    tracing::info!("attache stopped");
-    Ok(())
+    Ok(app)
 }
 
 /// Spooled uploads and multipart parts that wait for their turn go to the system's
@@ -111,26 +135,63 @@ fn warn_unavailable(config: &Config) {
     }
 }
 
-/// SIGTERM or Ctrl-C.
-pub(crate) async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
+/// Ctrl-C or SIGTERM cancels `stop` and logs `first`; a second one logs `second` and
+/// ends the process at once (exit 130), as a second Ctrl-C does elsewhere. The
+/// handlers are in place when this returns: a signal that comes while the process
+/// starts is not lost (as PID 1 in a container, a SIGTERM nothing handles is dropped).
+pub(crate) fn stop_on_signals(
+    stop: CancellationToken,
+    first: &'static str,
+    second: &'static str,
+) -> anyhow::Result<()> {
+    let mut signals = Signals::new().context("cannot handle SIGTERM and Ctrl-C")?;
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::warn!("{first}");
+        stop.cancel();
+        signals.next().await;
+        tracing::warn!("{second}");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+/// SIGTERM and Ctrl-C (SIGINT), registered when made.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
         tokio::select! {
-            _ = interrupt => {},
-            () = terminate => {},
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+}
+
+/// Ctrl-C, where there is no SIGTERM.
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

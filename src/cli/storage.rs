@@ -61,7 +61,7 @@ struct SweepArgs {
     #[arg(long)]
     dry_run: bool,
     /// Orphans younger than this are kept (an upload may be about to commit its row).
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = crate::config::parse_age)]
     older_than: Duration,
 }
 
@@ -139,17 +139,11 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     // Ctrl-C or SIGTERM: copies under way finish, nothing new starts. A second one
     // stops at once (what was cut short is copied again by the next run).
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            crate::cli::serve::shutdown_signal().await;
-            stop.cancel();
-            eprintln!("stopping once the copies under way end; stop again to cut them short");
-            crate::cli::serve::shutdown_signal().await;
-            eprintln!("stopped: the copies under way were cut short; the next run makes them");
-            std::process::exit(130);
-        }
-    });
+    crate::cli::serve::stop_on_signals(
+        stop.clone(),
+        "stopping once the copies under way end; stop again to cut them short",
+        "stopped: the copies under way were cut short; the next run makes them",
+    )?;
     let summary = migrate::run(&db, &source, &destination, plan, &progress, &stop).await?;
     progress.bar.finish_and_clear();
     println!("{summary}");

@@ -19,7 +19,7 @@ pub struct TokenArgs {
     #[arg(long)]
     sub: Option<String>,
     /// Lifetime, such as 1h, 30m or 7d.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::config::parse_age)]
     ttl: Duration,
     /// Space-separated scopes, such as "attachments:read"; none: every scope.
     #[arg(long)]

@@ -157,24 +157,16 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
-/// Serves `app` on `listener` (and `/metrics` on `METRICS_ADDR` when set) until
-/// `shutdown` resolves: then no new connection is accepted, `/readyz` answers 503,
-/// and in-flight requests have `SHUTDOWN_GRACE_SECONDS` to finish before the rest
-/// are cut.
+/// Serves `app` on `listener` (and `/metrics` on `metrics_listener`, bound to
+/// `METRICS_ADDR` when set) until `shutdown` resolves: then no new connection is
+/// accepted, busy keep-alive connections close after their response, and in-flight
+/// requests have `SHUTDOWN_GRACE_SECONDS` to finish before the rest are cut.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     app: SharedApp,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let metrics_listener = match app.config.metrics_addr {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|err| {
-            std::io::Error::new(
-                err.kind(),
-                format!("METRICS_ADDR: cannot listen on {addr}: {err}"),
-            )
-        })?),
-        None => None,
-    };
     let grace = std::time::Duration::from_secs(app.config.shutdown_grace_seconds);
     let draining = tokio_util::sync::CancellationToken::new();
     tokio::spawn({

@@ -51,6 +51,12 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
         ("--s3-prefix", "team files/2026", "S3_PREFIX"),
         ("--s3-prefix", "a/../b", "S3_PREFIX"),
         ("--max-url-ttl-seconds", "60", "URL_TTL_SECONDS"),
+        // A date past 9999 sorts before today's on SQLite: the file would go at once.
+        (
+            "--deleted-files-retention",
+            "10000y",
+            "DELETED_FILES_RETENTION",
+        ),
         (
             "--cors-allowed-origins",
             "https://app.example.com,app.example.com",
@@ -506,8 +512,125 @@ async fn an_open_address_without_a_public_base_url_is_warned_of(_setup: Setup) {
     );
 }
 
+/// An age past a century is refused by every flag that takes one, in one line: it
+/// made `storage sweep` panic on a date it could not hold.
+async fn ages_past_a_century_are_refused(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let root = dir.path().join("files").display().to_string();
+    for args in [
+        vec![
+            "storage",
+            "sweep",
+            "--older-than",
+            "300000y",
+            "--database-url",
+            &database,
+            "--storage-root",
+            &root,
+        ],
+        vec!["token", "--tenant", "acme", "--ttl", "300000y"],
+    ] {
+        let output = run_attache(args.iter().map(|arg| arg.to_string()).collect()).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: a usage error: {stderr}"
+        );
+        assert!(
+            stderr.contains("300000y is longer than 100 years, the most allowed"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// Waits for `serve` to exit (at most 10 s); its status and stderr.
+fn exited(serve: std::process::Child) -> (std::process::ExitStatus, String) {
+    let mut serve = serve;
+    let started = std::time::Instant::now();
+    while serve.try_wait().expect("wait").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = serve.kill();
+            let output = serve.wait_with_output().expect("output");
+            panic!(
+                "still running after 10 s: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = serve.wait_with_output().expect("output");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A `METRICS_ADDR` that cannot be bound stops the start before anything was
+/// migrated or claimed, as `LISTEN_ADDR` does (it failed only after migrations and
+/// the workers had started).
+async fn a_busy_metrics_address_stops_the_start_before_the_database(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = taken.local_addr().expect("address").to_string();
+    let serve = serve_in(dir.path(), "127.0.0.1:0")
+        .args(["--jwt-secret", SECRET, "--signing-key", SECRET])
+        .args(["--metrics-addr", &address])
+        .spawn()
+        .expect("attache serve");
+    let (status, said) = exited(serve);
+    assert!(!status.success());
+    assert!(
+        said.contains(&format!("error: METRICS_ADDR: cannot listen on {address}")),
+        "{said}"
+    );
+    assert!(!said.contains("database migrations applied"), "{said}");
+    assert!(!dir.path().join("a.db").exists(), "no database was made");
+}
+
+/// SIGTERM while the server starts (here: its database does not answer) stops it
+/// cleanly: the handler is in place from the first moment. Without one the signal
+/// killed it outright, and as PID 1 in a container it was dropped: the start went
+/// on, and the container's stop waited for its timeout.
+async fn sigterm_during_the_start_stops_it(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = silent.local_addr().expect("address");
+    let held = std::thread::spawn(move || silent.accept().map(|(socket, _)| socket));
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(["serve", "--listen-addr", "127.0.0.1:0"])
+        .args(["--jwt-secret", SECRET, "--signing-key", SECRET])
+        .args([
+            "--database-url",
+            &format!("postgres://attache@{address}/attache"),
+        ])
+        .arg("--storage-root")
+        .arg(dir.path().join("up"))
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attache serve");
+    let _database = held.join().expect("join").expect("the server connects");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(sent.success());
+    let (status, said) = exited(serve);
+    assert!(status.success(), "a clean exit: {status:?} {said}");
+    assert!(said.contains("attache stopped before it served"), "{said}");
+}
+
 crate::matrix!(
     once: a_bad_value_is_one_line_naming_its_variable,
+    ages_past_a_century_are_refused,
+    a_busy_metrics_address_stops_the_start_before_the_database,
+    sigterm_during_the_start_stops_it,
     development_mode_prints_a_working_token,
     development_mode_stays_on_loopback,
     a_mistyped_variable_is_named_with_the_closest_setting,

@@ -386,9 +386,50 @@ async fn every_family_is_described_and_present_from_the_start(_: Setup) {
     assert!(Scrape::parse(&text).is_ok());
 }
 
+/// A second SIGTERM ends a draining server at once (exit 130), as a second Ctrl-C
+/// does: it was ignored, and the server waited for its slowest client up to
+/// `SHUTDOWN_GRACE_SECONDS`.
+async fn a_second_sigterm_ends_the_server_at_once(_setup: Setup) {
+    let mut served = Served::start(&["--shutdown-grace-seconds", "120"]).await;
+    let token = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
+    let host = served.base_url.trim_start_matches("http://").to_owned();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: 1000000\r\n\r\n{{\"query\":\""
+    );
+    let mut socket = std::net::TcpStream::connect(&host).expect("connect");
+    socket
+        .write_all(head.as_bytes())
+        .expect("a body that stops");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served.terminate();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        served.child.try_wait().expect("wait").is_none(),
+        "the first SIGTERM drains: {}",
+        served.log()
+    );
+    served.terminate();
+    let started = std::time::Instant::now();
+    while served.child.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still running 5 s after the second SIGTERM: {}",
+            served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.exit_status().await.code(), Some(130));
+    let log = served.log();
+    assert!(log.contains("stop again to end at once"), "{log}");
+    assert!(log.contains("stopped at once"), "{log}");
+    drop(socket);
+}
+
 crate::matrix!(
     once: a_full_run_logs_request_ids_and_no_secret,
     sigterm_lets_a_large_upload_finish,
+    a_second_sigterm_ends_the_server_at_once,
     every_family_is_described_and_present_from_the_start,
     a_database_failure_names_its_step_in_the_log,
 );

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
-    Api, Served, Setup, TestApp, UPLOAD, data, hs256, http_client, keys_under, now, pdf,
+    Api, DELETE, Served, Setup, TestApp, UPLOAD, data, hs256, http_client, keys_under, now, pdf,
     postgres_admin, private_database_url, run_attache, sha256_hex, tenant,
 };
 
@@ -333,6 +333,44 @@ async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup
     assert!(left.contains(&in_flight), "{left:?}");
 }
 
+/// A completion retried after its upload landed records its intent for the file
+/// again until it sees the row; a delete meanwhile goes through (it answered
+/// INTERNAL_SERVER_ERROR on the intent's primary key) and its file goes with it.
+async fn a_delete_goes_through_a_late_intent_of_its_file(setup: Setup) {
+    use sea_orm::{ActiveValue::Set, QueryTrait};
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let token = app.token(&acme);
+    let stored = app
+        .upload(&token, &pdf(), "contract", Some("c-1"), "a.pdf")
+        .await;
+    let key = TestApp::contract_key(&acme, "c-1", &stored);
+    let intent = storage_deletion::Entity::insert(storage_deletion::ActiveModel {
+        storage_key: Set(key.clone()),
+        attempts: Set(0),
+        created_at: Set(chrono::Utc::now()),
+        intent: Set(true),
+        remove_after: Set(None),
+    })
+    .build(app.app.db.backend());
+    app.app.db.commit(vec![intent]).await.expect("the intent");
+
+    let deleted = app
+        .gql(DELETE, json!({ "id": stored["id"] }), Some(&token))
+        .await;
+    assert!(deleted.get("errors").is_none(), "{deleted}");
+    assert_eq!(data(&deleted, "deleteAttachment"), stored["id"]);
+    assert!(
+        !app.stored_keys().contains(&key),
+        "the file goes with its row"
+    );
+    let left = storage_deletion::Entity::find_by_id(key)
+        .one(app.app.db.read())
+        .await
+        .expect("entries");
+    assert!(left.is_none(), "no entry is left: {left:?}");
+}
+
 async fn fsync_files_stores_uploads_durably(setup: Setup) {
     let app = TestApp::spawn_with(
         setup,
@@ -517,6 +555,7 @@ crate::matrix!(postgres: connections_the_database_dropped_are_replaced, a_small_
 crate::matrix!(
     fsync_files_stores_uploads_durably,
     the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names,
+    a_delete_goes_through_a_late_intent_of_its_file,
     clients_that_disconnect_leave_no_orphan,
     a_busy_server_answers_503_with_retry_after,
 );

@@ -228,38 +228,42 @@ async fn concurrent_completions_make_one_attachment(setup: Setup) {
 }
 
 /// A direct upload's PUT that sent the first 600 KiB of its body and waits.
-struct PausedPut {
+/// A request whose body stops after its first bytes until `finish` sends the rest.
+struct PausedBody {
     sender: futures::channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     rest: Vec<u8>,
-    put: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    sent: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
 }
 
-impl PausedPut {
-    async fn start(app: &TestApp, direct: &serde_json::Value, content: &[u8]) -> Self {
-        let (first, rest) = content.split_at(600 * 1024);
-        let (mut sender, body) = futures::channel::mpsc::channel(4);
+impl PausedBody {
+    /// Sends `request` with the first `first` bytes of `body`.
+    async fn start(request: reqwest::RequestBuilder, body: &[u8], first: usize) -> Self {
+        let (first, rest) = body.split_at(first);
+        let (mut sender, stream) = futures::channel::mpsc::channel(4);
         futures::SinkExt::send(&mut sender, Ok(first.to_vec()))
             .await
             .expect("queue the first bytes");
-        let put = app
-            .client
-            .put(direct["uploadUrl"].as_str().expect("uploadUrl"))
-            .body(reqwest::Body::wrap_stream(body))
-            .send();
+        let sent = request.body(reqwest::Body::wrap_stream(stream)).send();
         Self {
             sender,
             rest: rest.to_vec(),
-            put: tokio::spawn(put),
+            sent: tokio::spawn(sent),
         }
     }
 
-    /// Sends the rest of the body; the PUT's answer.
+    /// A direct upload's PUT of `content`, paused after 600 KiB.
+    async fn put(app: &TestApp, direct: &serde_json::Value, content: &[u8]) -> Self {
+        let url = direct["uploadUrl"].as_str().expect("uploadUrl");
+        Self::start(app.client.put(url), content, 600 * 1024).await
+    }
+
+    /// Sends the rest of the body; the answer.
     async fn finish(mut self) -> reqwest::Response {
         futures::SinkExt::send(&mut self.sender, Ok(self.rest))
             .await
             .expect("queue the rest");
         drop(self.sender);
-        self.put.await.expect("the PUT's task").expect("PUT")
+        self.sent.await.expect("the request's task").expect("sent")
     }
 }
 
@@ -272,7 +276,7 @@ async fn a_direct_upload_is_seen_only_whole(setup: Setup) {
     let bearer = app.token(&tenant());
     let content = padded_pdf(1024 * 1024);
     let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
-    let paused = PausedPut::start(&app, &direct, &content).await;
+    let paused = PausedBody::put(&app, &direct, &content).await;
     let started = std::time::Instant::now();
     while app.stored_keys().is_empty() {
         assert!(started.elapsed().as_secs() < 20, "the PUT never began");
@@ -295,21 +299,67 @@ async fn a_direct_upload_is_seen_only_whole(setup: Setup) {
 }
 
 /// A body that outlives its direct upload (expired while it came) leaves no file:
-/// the PUT answers 404 and removes what it linked, which no row names.
+/// the PUT answers 404 and removes what it linked, which no row names, whether the
+/// maintenance removed the expired upload meanwhile or not yet (the PUT answered 200,
+/// and the completion then refused the expired upload).
 async fn a_body_that_outlives_its_upload_leaves_nothing(setup: Setup) {
     let (app, _) = TestApp::spawn_alone(setup, &["--url-ttl-seconds", "2"]).await;
     let bearer = app.token(&tenant());
-    let content = padded_pdf(1024 * 1024);
-    let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
-    let paused = PausedPut::start(&app, &direct, &content).await;
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    attache::attachments::direct::expire(&app.app)
-        .await
-        .expect("expire");
-    let put = paused.finish().await;
-    assert_eq!(put.status(), 404);
-    let keys = app.stored_keys();
-    assert!(keys.is_empty(), "nothing left: {keys:?}");
+    for maintenance_ran in [true, false] {
+        let content = padded_pdf(1024 * 1024);
+        let direct = announce(&app, &bearer, declaration(&content, "application/pdf")).await;
+        let paused = PausedBody::put(&app, &direct, &content).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        if maintenance_ran {
+            attache::attachments::direct::expire(&app.app)
+                .await
+                .expect("expire");
+        }
+        let put = paused.finish().await;
+        assert_eq!(put.status(), 404, "maintenance ran: {maintenance_ran}");
+        let keys = app.stored_keys();
+        assert!(keys.is_empty(), "nothing left: {keys:?}");
+    }
+}
+
+/// A sweep beside a running server leaves an upload that is still receiving its file
+/// alone, whatever `--older-than` says: its intent (and its unfinished S3 upload)
+/// count from the upload's start, and an intent older than `--older-than` took the
+/// file it was writing, so the row committed naming a missing file.
+async fn a_sweep_leaves_an_upload_in_flight_alone(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    // Past one 8 MiB part before the pause: on S3 its multipart upload has begun.
+    let content = padded_pdf(19 * 512 * 1024);
+    let boundary = "attache-sweep-boundary";
+    let operations = json!({
+        "query": "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id url } }",
+        "variables": { "input": { "ownerType": "contract", "ownerId": "c-1", "file": null } },
+    });
+    let mut body = multipart_head(boundary, &operations, "big.pdf", "application/pdf");
+    let first = body.len() + 17 * 512 * 1024;
+    body.extend_from_slice(&content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let request = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&bearer)
+        .header("apollo-require-preflight", "1")
+        .header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        );
+    let paused = PausedBody::start(request, &body, first).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let swept =
+        attache::attachments::sweep::run(&app.app, std::time::Duration::from_secs(1), false)
+            .await
+            .expect("sweep");
+    assert!(swept.is_empty(), "nothing to sweep: {swept:?}");
+    let answer: serde_json::Value = paused.finish().await.json().await.expect("JSON");
+    let stored = data(&answer, "uploadAttachmentFile");
+    assert_eq!(fetch(&stored["url"]).await, content, "the file is whole");
 }
 
 /// A completion that storage fails keeps the direct upload: once storage is back, a
@@ -992,6 +1042,7 @@ async fn one_pass_clears_a_backlog_of_expired_direct_uploads(setup: Setup) {
 
 crate::matrix!(
     a_replayed_direct_upload_leaves_nothing_for_good,
+    a_sweep_leaves_an_upload_in_flight_alone,
     large_files_stream_through,
     streams_store_all_or_nothing,
     objects_are_never_overwritten,

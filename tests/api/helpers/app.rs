@@ -173,7 +173,7 @@ impl TestApp {
         let served = app.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let _ = attache::http::serve(listener, served, stop.cancelled_owned()).await;
+            let _ = attache::http::serve(listener, None, served, stop.cancelled_owned()).await;
         });
         Self {
             public_s3_endpoint: None,
