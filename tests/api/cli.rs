@@ -518,6 +518,13 @@ async fn ages_past_a_century_are_refused(_setup: Setup) {
     let dir = tempfile::tempdir().expect("tempdir");
     let database = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
     let root = dir.path().join("files").display().to_string();
+    let migrated = run_attache(
+        ["db", "migrate", "--database-url", &database]
+            .map(str::to_owned)
+            .to_vec(),
+    )
+    .await;
+    assert!(migrated.status.success(), "{migrated:?}");
     for args in [
         vec![
             "storage",
