@@ -147,7 +147,7 @@ pub(crate) fn stop_on_signals(
     let mut signals = Signals::new().context("cannot handle SIGTERM and Ctrl-C")?;
     tokio::spawn(async move {
         signals.next().await;
-        tracing::warn!("{first}");
+        tracing::info!("{first}");
         stop.cancel();
         signals.next().await;
         tracing::warn!("{second}");
