@@ -1,7 +1,7 @@
 //! The command line as an operator meets it: a bad setting is one line naming its
 //! variable, and `token` mints what the server accepts.
 
-use crate::helpers::{SECRET, Setup, TestApp, data, run_attache, tenant};
+use crate::helpers::{SECRET, Setup, TestApp, data, output_within, run_attache, tenant};
 
 async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
     for (flag, value, variable) in [
@@ -555,20 +555,7 @@ async fn ages_past_a_century_are_refused(_setup: Setup) {
 
 /// Waits for `serve` to exit (at most 10 s); its status and stderr.
 fn exited(serve: std::process::Child) -> (std::process::ExitStatus, String) {
-    let mut serve = serve;
-    let started = std::time::Instant::now();
-    while serve.try_wait().expect("wait").is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(10) {
-            let _ = serve.kill();
-            let output = serve.wait_with_output().expect("output");
-            panic!(
-                "still running after 10 s: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let output = serve.wait_with_output().expect("output");
+    let output = output_within(serve, std::time::Duration::from_secs(10), "attache serve");
     (
         output.status,
         String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -261,25 +261,39 @@ fn strings(args: &[&str]) -> Vec<String> {
 /// a command still running after 30 s is killed and fails the test.
 pub async fn run_attache(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        let mut child = attache_command(&args, std::process::Stdio::piped)
+        let child = attache_command(&args, std::process::Stdio::piped)
             .spawn()
             .expect("run attache");
-        let started = std::time::Instant::now();
-        while child.try_wait().expect("wait").is_none() {
-            if started.elapsed().as_secs() > 30 {
-                let _ = child.kill();
-                let output = child.wait_with_output().expect("output");
-                panic!(
-                    "`attache {args:?}` still ran after 30 s: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        child.wait_with_output().expect("output")
+        output_within(
+            child,
+            Duration::from_secs(30),
+            &format!("`attache {args:?}`"),
+        )
     })
     .await
     .expect("join")
+}
+
+/// The output of `child` once it exits; one still running after `limit` is killed
+/// and fails the test, its stderr shown.
+pub fn output_within(
+    mut child: std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "{what} still ran after {limit:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
 }
 
 /// Starts `attache ARGS` without waiting for it.
