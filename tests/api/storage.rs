@@ -227,7 +227,6 @@ async fn concurrent_completions_make_one_attachment(setup: Setup) {
     assert_eq!(keys.len(), 4, "one object per attachment: {keys:?}");
 }
 
-/// A direct upload's PUT that sent the first 600 KiB of its body and waits.
 /// A request whose body stops after its first bytes until `finish` sends the rest.
 struct PausedBody {
     sender: futures::channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
@@ -327,7 +326,8 @@ async fn a_body_that_outlives_its_upload_leaves_nothing(setup: Setup) {
 /// count from the upload's start, and an intent older than `--older-than` took the
 /// file it was writing, so the row committed naming a missing file.
 async fn a_sweep_leaves_an_upload_in_flight_alone(setup: Setup) {
-    let app = TestApp::spawn(setup).await;
+    // A database of its own: the sweep reads (and expires) every tenant's rows.
+    let (app, _) = TestApp::spawn_alone(setup, &[]).await;
     let acme = tenant();
     let bearer = app.token(&acme);
     // Past one 8 MiB part before the pause: on S3 its multipart upload has begun.
