@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use entity::{attachment, storage_migration};
+use entity::{attachment, storage_deletion, storage_migration};
 use futures::StreamExt;
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     QueryTrait,
@@ -53,7 +53,8 @@ pub enum Outcome {
     WouldCopy,
     /// No local file and no verified object in the bucket.
     Missing,
-    /// Its row was deleted while the file was copied: the copy is removed again.
+    /// Its row was deleted while the file was copied, or since: the copy is removed
+    /// again.
     Deleted,
     /// Not tried: the run was asked to stop.
     Interrupted,
@@ -70,7 +71,8 @@ pub struct Summary {
     pub would_copy: u64,
     pub missing: u64,
     pub failed: u64,
-    /// Files whose rows were deleted while they were copied.
+    /// Files whose rows were deleted while they were copied, or since: their copies
+    /// removed.
     pub deleted: u64,
     /// Files not tried because the run was stopped.
     pub interrupted: u64,
@@ -123,7 +125,7 @@ impl std::fmt::Display for Summary {
             self.copied, self.already_there, self.skipped, self.missing, self.failed, self.bytes
         )?;
         if self.deleted > 0 {
-            write!(f, " ({} deleted while copied)", self.deleted)?;
+            write!(f, " (copies of deleted files removed: {})", self.deleted)?;
         }
         if self.interrupted > 0 {
             write!(f, " (stopped: {} files not tried)", self.interrupted)?;
@@ -214,8 +216,40 @@ pub async fn run(
             summary.add(&outcome, size);
         }
     }
+    if !plan.dry_run && !stop.is_cancelled() {
+        copier.forget_deleted(plan.batch_size, &mut summary).await?;
+    }
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Up to `limit` keys recorded as copied into `destination` whose attachment row is
+/// gone and whose removal nothing records (a deletion kept for
+/// `DELETED_FILES_RETENTION` keeps its copy until it is due).
+async fn copies_of_deleted_files(
+    db: &Database,
+    destination: &str,
+    limit: u64,
+) -> Result<Vec<String>, sea_orm::DbErr> {
+    let named = Query::select()
+        .column(attachment::Column::StorageKey)
+        .from(attachment::Entity)
+        .to_owned();
+    let pending = Query::select()
+        .column(storage_deletion::Column::StorageKey)
+        .from(storage_deletion::Entity)
+        .to_owned();
+    storage_migration::Entity::find()
+        .select_only()
+        .column(storage_migration::Column::FilePath)
+        .filter(storage_migration::Column::Destination.eq(destination))
+        .filter(storage_migration::Column::FilePath.not_in_subquery(named))
+        .filter(storage_migration::Column::FilePath.not_in_subquery(pending))
+        .order_by_asc(storage_migration::Column::FilePath)
+        .limit(limit)
+        .into_tuple::<String>()
+        .all(db.read())
+        .await
 }
 
 /// Whether `key` has been copied into `destination` (a [`Storage::location`]) and
@@ -317,6 +351,34 @@ impl Copier<'_> {
             Ok(None) => self.forget(&row.storage_key).await,
             // Still there, or unknown: the outcome stands (a next pass looks again).
             Ok(Some(_)) | Err(_) => outcome,
+        }
+    }
+
+    /// Removes the copies of files deleted since they were copied: a server on the
+    /// local disk (the migration beside it, before the switch) deletes its own file
+    /// alone, and nothing else would remove the bucket's. One batch after another,
+    /// until one removes nothing.
+    async fn forget_deleted(
+        &self,
+        batch_size: u64,
+        summary: &mut Summary,
+    ) -> Result<(), MigrateError> {
+        loop {
+            let keys =
+                copies_of_deleted_files(self.db, self.destination.location(), batch_size.max(1))
+                    .await?;
+            let mut removed = false;
+            for key in keys {
+                let outcome = self.forget(&key).await;
+                if let Outcome::Failed(reason) = &outcome {
+                    tracing::warn!(key, reason, "cannot remove the copy of a deleted file");
+                }
+                removed |= outcome == Outcome::Deleted;
+                summary.add(&outcome, 0);
+            }
+            if !removed {
+                return Ok(());
+            }
         }
     }
 

@@ -114,18 +114,13 @@ async fn start(config: Config, base_url: String) -> anyhow::Result<Arc<App>> {
     Ok(app)
 }
 
-/// Spooled uploads and multipart parts that wait for their turn go to the system's
-/// temporary folder: one that cannot be written (a read-only root filesystem) would
+/// Spooled uploads and multipart parts that wait for their turn go to the process's
+/// folder in `TMPDIR` (`storage::temp`), made now, after what ended processes left
+/// there is removed: one that cannot be made (a read-only root filesystem) would
 /// fail them one by one after a healthy start, so it stops the start instead.
 fn check_temp_folder() -> anyhow::Result<()> {
-    let folder = std::env::temp_dir();
-    tempfile::tempfile_in(&folder).map(drop).with_context(|| {
-        format!(
-            "TMPDIR: cannot write a temporary file in {}: uploads are spooled there; set \
-             TMPDIR to a writable folder (a volume, on a read-only root filesystem)",
-            folder.display()
-        )
-    })
+    crate::storage::temp::folder()?;
+    Ok(())
 }
 
 /// Settings that do nothing in this configuration, said out loud.

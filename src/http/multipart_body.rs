@@ -326,7 +326,9 @@ impl Rest {
                         self.parts.stream(index, filename, content_type, receiver);
                         self.pass(&mut field, Some(Sink::Live(pieces))).await
                     }
-                    Demand::Keep => match tempfile::NamedTempFile::new() {
+                    Demand::Keep => match crate::storage::temp::folder()
+                        .and_then(tempfile::NamedTempFile::new_in)
+                    {
                         Ok(named) => {
                             let (file, path) = named.into_parts();
                             let file = tokio::fs::File::from_std(file);

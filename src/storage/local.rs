@@ -40,7 +40,7 @@ impl Storage {
             tokio::fs::metadata(&path).await?;
             return Ok(LocalFile { path, _copy: None });
         }
-        let copy = tempfile::NamedTempFile::new()?.into_temp_path();
+        let copy = tempfile::NamedTempFile::new_in(super::temp::folder()?)?.into_temp_path();
         let mut file = tokio::fs::File::create(&copy).await?;
         self.download_to(key, &mut file).await?;
         Ok(LocalFile {

@@ -11,6 +11,7 @@ mod local;
 mod probe;
 mod s3_api;
 mod s3_write;
+pub mod temp;
 
 use std::time::Duration;
 
@@ -297,12 +298,13 @@ impl Storage {
 
     /// Where an upload that arrives as base64 is spooled (the attachments' `spool`):
     /// on fs a new staging key, so that [`Storage::put_spooled`] only links it and
-    /// `storage sweep` removes what a crash left; beside S3 a temporary file.
+    /// `storage sweep` removes what a crash left; beside S3 a file of the process's
+    /// temporary folder ([`temp`]), which the next start removes after a crash.
     pub fn spool_path(&self) -> std::path::PathBuf {
         let id = uuid::Uuid::now_v7();
         match &self.fs_root {
             Some(root) => root.join(StorageKey::staging(id).as_str()),
-            None => std::env::temp_dir().join(format!("attache-spool-{id}")),
+            None => temp::path_for(&format!("spool-{id}")),
         }
     }
 

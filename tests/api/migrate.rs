@@ -503,6 +503,72 @@ async fn deletes_during_an_automatic_migration_leave_no_file(setup: Setup) {
     }
 }
 
+/// The documented way without downtime runs `storage migrate` beside the server on
+/// the local disk, whose deletes remove its own file alone: the next run removes
+/// the bucket's copy and its record (they stayed for good), and leaves the copy of a
+/// deletion that `DELETED_FILES_RETENTION` still keeps.
+async fn a_run_removes_the_copies_of_files_deleted_since(setup: Setup) {
+    let scene = Scene::new(setup.db, 1).await;
+    let (ok, out) = scene.migrate(&[]).await;
+    assert!(ok, "{out}");
+    assert_eq!(count(&out, "copied"), 8, "{out}");
+    let rows = scene.rows().await;
+    let (gone, kept) = (&rows[0], &rows[1]);
+    let token = scene.local.token(&gone.tenant_id);
+    let deleted = scene
+        .local
+        .gql(DELETE, json!({ "id": gone.id }), Some(&token))
+        .await;
+    assert_eq!(data(&deleted, "deleteAttachment"), json!(gone.id));
+    // A deletion kept for a restore: its entry names the key until it is due.
+    let retained = entity::storage_deletion::ActiveModel {
+        storage_key: sea_orm::Set(kept.storage_key.clone()),
+        attempts: sea_orm::Set(0),
+        created_at: sea_orm::Set(chrono::Utc::now()),
+        intent: sea_orm::Set(false),
+        remove_after: sea_orm::Set(Some(chrono::Utc::now() + chrono::Duration::days(7))),
+    };
+    let remove_row = attachment::Entity::delete_by_id(kept.id);
+    let backend = scene.local.app.db.backend();
+    scene
+        .local
+        .app
+        .db
+        .commit(vec![
+            sea_orm::QueryTrait::build(
+                &entity::storage_deletion::Entity::insert(retained),
+                backend,
+            ),
+            sea_orm::QueryTrait::build(&remove_row, backend),
+        ])
+        .await
+        .expect("a retained deletion");
+    assert!(
+        scene.bucket().join(&gone.storage_key).exists(),
+        "copied before the delete"
+    );
+
+    let (ok, out) = scene.migrate(&[]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("(copies of deleted files removed: 1)"),
+        "{out}"
+    );
+    assert!(
+        !scene.bucket().join(&gone.storage_key).exists(),
+        "the deleted file's copy is gone"
+    );
+    assert!(
+        scene.bucket().join(&kept.storage_key).exists(),
+        "a retained deletion keeps its copy"
+    );
+    assert_eq!(scene.tracked().await, 7);
+    let (ok, out) = scene.migrate(&[]).await;
+    assert!(ok, "{out}");
+    assert!(!out.contains("deleted files removed"), "once: {out}");
+    assert_eq!(count(&out, "skipped"), 6, "{out}");
+}
+
 async fn serve_runs_the_automatic_migration(setup: Setup) {
     let scene = Scene::new(setup.db, 2).await;
     let mut args: Vec<String> = vec![
@@ -715,6 +781,7 @@ crate::matrix!(
     automatic_migration_serves_every_file_before_during_and_after,
     public_urls_wait_for_the_copy,
     deletes_during_an_automatic_migration_leave_no_file,
+    a_run_removes_the_copies_of_files_deleted_since,
 );
 crate::matrix!(once: serve_runs_the_automatic_migration);
 // SQLite: one process owns the database (docs/operations.md), so only PostgreSQL runs two.

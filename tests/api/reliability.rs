@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
-    Api, DELETE, Served, Setup, TestApp, UPLOAD, data, hs256, http_client, keys_under, now, pdf,
-    postgres_admin, private_database_url, run_attache, sha256_hex, tenant,
+    Api, DELETE, S3Server, Served, Setup, TestApp, UPLOAD, data, hs256, http_client, keys_under,
+    now, pdf, postgres_admin, private_database_url, run_attache, s3_flags, sha256_hex, tenant,
 };
 
 /// A PDF of about `size` bytes, different at every call.
@@ -371,6 +371,87 @@ async fn a_delete_goes_through_a_late_intent_of_its_file(setup: Setup) {
     assert!(left.is_none(), "no entry is left: {left:?}");
 }
 
+/// The folders of this process's temporary files in `tmp`, and the files in them.
+fn temporary_files(tmp: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+    let folders: Vec<_> = std::fs::read_dir(tmp)
+        .expect("TMPDIR")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .collect();
+    let files = folders
+        .iter()
+        .flat_map(|folder| std::fs::read_dir(folder).expect("a folder").flatten())
+        .map(|entry| entry.path())
+        .filter(|path| path.file_name().is_some_and(|name| name != "lock"))
+        .collect();
+    (folders, files)
+}
+
+/// What an upload keeps in `TMPDIR` while it arrives (a base64 spool beside S3)
+/// outlives a kill; the next start removes it. It stayed for good, each up to
+/// `MAX_UPLOAD_BYTES`, on the volume a read-only root filesystem asks for.
+async fn a_killed_servers_temporary_files_go_at_the_next_start(_setup: Setup) {
+    let s3_dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(s3_dir.path()).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmpdir = tmp.path().display().to_string();
+    let flags = s3_flags(&s3.endpoint);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env = [("TMPDIR", tmpdir.as_str())];
+    let served = Served::start_with_env(&flags, &env).await;
+    let token = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
+    let host = served.base_url.trim_start_matches("http://").to_owned();
+    let (head, body) = upload_request(&host, &token, &large_pdf(4 * 1024 * 1024));
+    let mut socket = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    socket.write_all(&head).await.expect("head");
+    socket
+        .write_all(&body[..body.len() / 2])
+        .await
+        .expect("half the body");
+    let started = std::time::Instant::now();
+    let spooled = loop {
+        let (_, files) = temporary_files(tmp.path());
+        if let Some(file) = files
+            .into_iter()
+            .find(|file| std::fs::metadata(file).is_ok_and(|meta| meta.len() > 1024 * 1024))
+        {
+            break file;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no spool in TMPDIR: {:?}",
+            temporary_files(tmp.path())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    served.kill().await;
+    drop(socket);
+    assert!(spooled.exists(), "a kill leaves the spool");
+
+    let next = Served::start_with_env(&flags, &env).await;
+    assert!(
+        !spooled.exists(),
+        "the next start removed it: {}",
+        next.log()
+    );
+    let (folders, files) = temporary_files(tmp.path());
+    assert_eq!(
+        folders.len(),
+        1,
+        "the new server's folder alone: {folders:?}"
+    );
+    assert!(files.is_empty(), "{files:?}");
+    assert!(
+        next.log()
+            .contains("removed the temporary files of an ended attache process"),
+        "{}",
+        next.log()
+    );
+}
+
 async fn fsync_files_stores_uploads_durably(setup: Setup) {
     let app = TestApp::spawn_with(
         setup,
@@ -561,6 +642,7 @@ crate::matrix!(
 );
 crate::matrix!(
     once: a_server_killed_during_uploads_leaves_rows_with_objects,
+    a_killed_servers_temporary_files_go_at_the_next_start,
     a_held_sqlite_lock_fails_the_waiting_uploads_together,
 );
 

@@ -1,0 +1,145 @@
+//! The process's own folder under `TMPDIR` for upload bytes that wait: base64
+//! spools beside S3, multipart parts kept for their turn, local copies of objects.
+//! Their files go when they are dropped, but a kill (OOM, SIGKILL, power) left them
+//! in `TMPDIR` for good, each up to `MAX_UPLOAD_BYTES`, on a volume the image's
+//! read-only root asks for. So each process writes into `attache-tmp-*/`, locked
+//! (`flock` on its `lock` file) while it lives, and the first use in a process
+//! removes every such folder whose lock nobody holds: the kernel released it when
+//! its owner ended, however it ended.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// What every such folder's name starts with.
+const PREFIX: &str = "attache-tmp-";
+
+/// A folder without its lock file yet is one being made, unless it is older than
+/// this (a kill between the two steps).
+const UNLOCKED_GRACE: Duration = Duration::from_secs(3600);
+
+/// The folder, and the held lock that marks it as this process's.
+struct Own {
+    path: PathBuf,
+    _lock: File,
+}
+
+static OWN: OnceLock<Own> = OnceLock::new();
+
+/// A path for a new file `name` in this process's folder; in `TMPDIR` itself when
+/// the folder cannot be made (then the file's own creation says why).
+pub fn path_for(name: &str) -> PathBuf {
+    match folder() {
+        Ok(folder) => folder.join(name),
+        Err(_) => std::env::temp_dir().join(name),
+    }
+}
+
+/// This process's temporary folder, made on first use (after the leftovers of
+/// ended processes are removed); an error names `TMPDIR` and what to do.
+pub fn folder() -> std::io::Result<&'static Path> {
+    if let Some(own) = OWN.get() {
+        return Ok(&own.path);
+    }
+    let made = make(&std::env::temp_dir()).map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!(
+                "TMPDIR: cannot write a temporary file in {}: {err}; uploads are spooled \
+                 there: set TMPDIR to a writable folder (a volume, on a read-only root \
+                 filesystem)",
+                std::env::temp_dir().display()
+            ),
+        )
+    })?;
+    // Two first uses at once: the loser's folder goes, its lock with it.
+    let own = OWN.get_or_init(|| made);
+    Ok(&own.path)
+}
+
+/// Removes what ended processes left in `parent`, then makes and locks a folder.
+fn make(parent: &Path) -> std::io::Result<Own> {
+    remove_leftovers(parent);
+    let folder = tempfile::Builder::new()
+        .prefix(PREFIX)
+        .tempdir_in(parent)?
+        .keep();
+    let lock = File::create(folder.join("lock"))?;
+    lock.try_lock().map_err(std::io::Error::from)?;
+    // A probe: a folder that takes no file fails the start, not the first upload.
+    tempfile::tempfile_in(&folder)?;
+    Ok(Own {
+        path: folder,
+        _lock: lock,
+    })
+}
+
+/// Every `attache-tmp-*` folder in `parent` whose lock is free (its process ended),
+/// or that never got one within [`UNLOCKED_GRACE`], is removed; what cannot be
+/// read or removed is left for the next start.
+fn remove_leftovers(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(PREFIX) {
+            continue;
+        }
+        let folder = entry.path();
+        let ended = match File::open(folder.join("lock")) {
+            Ok(lock) => match lock.try_lock() {
+                Ok(()) => true,
+                Err(TryLockError::WouldBlock) => false,
+                Err(TryLockError::Error(_)) => false,
+            },
+            Err(_) => entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| {
+                    SystemTime::now()
+                        .duration_since(modified)
+                        .is_ok_and(|age| age > UNLOCKED_GRACE)
+                }),
+        };
+        if ended {
+            match std::fs::remove_dir_all(&folder) {
+                Ok(()) => {
+                    tracing::info!(folder = %folder.display(), "removed the temporary files of an ended attache process")
+                }
+                Err(err) => {
+                    tracing::warn!(folder = %folder.display(), error = %err, "cannot remove the temporary files of an ended attache process")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ended process's folder goes, a live one's stays, and one being made (no
+    /// lock file yet, young) stays too.
+    #[test]
+    fn only_the_folders_of_ended_processes_are_removed() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let live = make(parent.path()).expect("a live folder");
+        let ended = make(parent.path()).expect("an ended folder");
+        let ended_path = ended.path.clone();
+        std::fs::write(ended_path.join("spool"), b"left by a kill").expect("a leftover");
+        drop(ended);
+        let young = parent.path().join(format!("{PREFIX}young"));
+        std::fs::create_dir(&young).expect("a folder being made");
+        let other = parent.path().join("someone-else");
+        std::fs::create_dir(&other).expect("not ours");
+
+        let next = make(parent.path()).expect("the next start");
+        assert!(!ended_path.exists(), "the ended process's folder goes");
+        assert!(live.path.exists(), "a live process's folder stays");
+        assert!(young.exists(), "a folder being made stays");
+        assert!(other.exists(), "what is not ours stays");
+        assert!(next.path.exists());
+    }
+}
