@@ -371,20 +371,20 @@ async fn a_delete_goes_through_a_late_intent_of_its_file(setup: Setup) {
     assert!(left.is_none(), "no entry is left: {left:?}");
 }
 
-/// The folders of this process's temporary files in `tmp`, and the files in them.
+/// The folders in `tmp`, and the files in it and in them (but the folders' locks).
 fn temporary_files(tmp: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
-    let folders: Vec<_> = std::fs::read_dir(tmp)
+    let (folders, mut files): (Vec<_>, Vec<_>) = std::fs::read_dir(tmp)
         .expect("TMPDIR")
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.is_dir())
-        .collect();
-    let files = folders
-        .iter()
-        .flat_map(|folder| std::fs::read_dir(folder).expect("a folder").flatten())
-        .map(|entry| entry.path())
-        .filter(|path| path.file_name().is_some_and(|name| name != "lock"))
-        .collect();
+        .partition(|path| path.is_dir());
+    files.extend(
+        folders
+            .iter()
+            .flat_map(|folder| std::fs::read_dir(folder).expect("a folder").flatten())
+            .map(|entry| entry.path())
+            .filter(|path| path.file_name().is_some_and(|name| name != "lock")),
+    );
     (folders, files)
 }
 
