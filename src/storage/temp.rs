@@ -25,7 +25,9 @@ struct Own {
     _lock: File,
 }
 
-static OWN: OnceLock<Own> = OnceLock::new();
+/// Made once per process (other first users wait for it); a failure is kept, with
+/// what to do, and said again to every later use.
+static OWN: OnceLock<Result<Own, (std::io::ErrorKind, String)>> = OnceLock::new();
 
 /// A path for a new file `name` in this process's folder; in `TMPDIR` itself when
 /// the folder cannot be made (then the file's own creation says why).
@@ -39,23 +41,22 @@ pub fn path_for(name: &str) -> PathBuf {
 /// This process's temporary folder, made on first use (after the leftovers of
 /// ended processes are removed); an error names `TMPDIR` and what to do.
 pub fn folder() -> std::io::Result<&'static Path> {
-    if let Some(own) = OWN.get() {
-        return Ok(&own.path);
-    }
-    let made = make(&std::env::temp_dir()).map_err(|err| {
-        std::io::Error::new(
-            err.kind(),
-            format!(
+    let own = OWN.get_or_init(|| {
+        let parent = std::env::temp_dir();
+        make(&parent).map_err(|err| {
+            let said = format!(
                 "TMPDIR: cannot write a temporary file in {}: {err}; uploads are spooled \
                  there: set TMPDIR to a writable folder (a volume, on a read-only root \
                  filesystem)",
-                std::env::temp_dir().display()
-            ),
-        )
-    })?;
-    // Two first uses at once: the loser's folder goes, its lock with it.
-    let own = OWN.get_or_init(|| made);
-    Ok(&own.path)
+                parent.display()
+            );
+            (err.kind(), said)
+        })
+    });
+    match own {
+        Ok(own) => Ok(&own.path),
+        Err((kind, said)) => Err(std::io::Error::new(*kind, said.clone())),
+    }
 }
 
 /// Removes what ended processes left in `parent`, then makes and locks a folder.
