@@ -373,13 +373,16 @@ struct Warning<'a> {
 /// After an upload of `row`'s tenant committed: when the tenant is now past
 /// [`WARN_PERCENT`] of a limit and was not yet told, marks it warned and records
 /// `tenant.quota_warning`, in one transaction, so one crossing makes one event
-/// whatever the concurrency.
+/// whatever the concurrency. The mark checks the usage again under its row lock,
+/// and the event carries what it saw: a delete since the first read (back under
+/// the threshold) makes no warning, and leaves the next crossing its own.
 pub async fn warn_if_near(app: &App, row: &attachment::Model) -> Result<(), DbErr> {
-    let usage = usage(&app.db, &app.config.quotas, &row.tenant_id).await?;
-    let Some(percent) = usage.percent() else {
-        return Ok(());
-    };
-    if percent < WARN_PERCENT as f64 {
+    let defaults = &app.config.quotas;
+    let early = usage(&app.db, defaults, &row.tenant_id).await?;
+    if early
+        .percent()
+        .is_none_or(|percent| percent < WARN_PERCENT as f64)
+    {
         return Ok(());
     }
     let txn = app.db.begin().await?;
@@ -389,10 +392,16 @@ pub async fn warn_if_near(app: &App, row: &attachment::Model) -> Result<(), DbEr
         .value(Column::Warned, true)
         .and_where(Column::TenantId.eq(row.tenant_id.as_str()))
         .and_where(Column::Warned.eq(false))
+        .and_where(Expr::cust(near_limit_sql(defaults, "bytes", "files")))
         .to_owned();
     if txn.execute(&mark).await?.rows_affected() == 0 {
         return Ok(());
     }
+    let marked = Entity::find_by_id(row.tenant_id.clone()).one(&txn).await?;
+    let usage = Usage::of(marked, &row.tenant_id, defaults);
+    let Some(percent) = usage.percent() else {
+        return Ok(());
+    };
     let data = Warning {
         usage: &usage,
         percent,

@@ -6,7 +6,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use entity::outbox_event::{self, EventType};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -327,6 +327,63 @@ async fn passing_80_percent_warns_once_per_crossing(setup: Setup) {
     );
 }
 
+/// A warning is decided under the tenant's row lock: a delete that brought the tenant
+/// back under 80 % after its usage was read, before it was marked warned, made a
+/// warning at a level already left, and the next real crossing then went
+/// unannounced. The test holds the row lock and lowers the usage as that delete does.
+async fn a_warning_is_decided_under_the_row_lock(setup: Setup) {
+    use sea_orm::TransactionTrait;
+    let (app, url) = TestApp::spawn_alone(setup, &["--tenant-quota-files", "5"]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let mut last = Value::Null;
+    for i in 0..4 {
+        let name = format!("{i}.pdf");
+        last = app
+            .upload(&bearer, &pdf(), "contract", Some("c-1"), &name)
+            .await;
+    }
+    let id = uuid::Uuid::parse_str(last["id"].as_str().expect("id")).expect("uuid");
+    let row = entity::attachment::Entity::find_by_id(id)
+        .one(app.app.db.read())
+        .await
+        .expect("read")
+        .expect("the fourth upload");
+    let other = sea_orm::Database::connect(&url).await.expect("connect");
+    other
+        .execute_unprepared(&format!(
+            "UPDATE tenant_usage SET warned = false WHERE tenant_id = '{acme}'"
+        ))
+        .await
+        .expect("as before the fourth upload's warning");
+    let held = other.begin().await.expect("begin");
+    held.execute_unprepared(&format!(
+        "SELECT 1 FROM tenant_usage WHERE tenant_id = '{acme}' FOR UPDATE"
+    ))
+    .await
+    .expect("the row lock");
+    let warning = tokio::spawn({
+        let app = app.app.clone();
+        async move { attache::quotas::warn_if_near(&app, &row).await }
+    });
+    // It read 80 %, and now waits for the row.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    held.execute_unprepared(&format!(
+        "UPDATE tenant_usage SET files = 3 WHERE tenant_id = '{acme}'"
+    ))
+    .await
+    .expect("a delete's usage");
+    held.commit().await.expect("commit");
+    warning.await.expect("join").expect("warn_if_near");
+    let warnings = outbox_event::Entity::find()
+        .filter(outbox_event::Column::TenantId.eq(acme.as_str()))
+        .filter(outbox_event::Column::EventType.eq(EventType::QuotaWarning))
+        .count(app.app.db.read())
+        .await
+        .expect("events");
+    assert_eq!(warnings, 1, "the fourth upload's own warning alone");
+}
+
 /// `attache_tenants_near_quota` as `/metrics` shows it (it must be there), a second
 /// after the last scrape: the figures it reads from the database are read at most
 /// once a second.
@@ -500,7 +557,10 @@ async fn two_replicas_never_overshoot(setup: Setup) {
     assert_eq!(usage(&replicas[0], &bearer).await["files"], 5);
 }
 
-crate::matrix!(postgres: two_replicas_never_overshoot);
+crate::matrix!(
+    postgres: two_replicas_never_overshoot,
+    a_warning_is_decided_under_the_row_lock,
+);
 
 crate::matrix!(db:
     every_path_is_refused_at_the_limit_with_nothing_stored,
