@@ -10,7 +10,8 @@ use clap::{Args, ValueEnum};
 
 /// The longest age a setting or flag may name: a date that far ahead is still one
 /// the database keeps (SQLite's text of a year past 9999 would sort before today's).
-pub const MAX_AGE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// A year as `humantime` counts it: 365.25 days.
+pub const MAX_AGE: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A duration such as `7d` or `12h`; a bare `0` is none.
 fn parse_retention(text: &str) -> Result<Duration, String> {
@@ -795,7 +796,16 @@ impl StorageConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_byte_size;
+    use super::{parse_age, parse_byte_size};
+
+    /// A century is allowed as people write it (`humantime`'s years are 365.25
+    /// days), a day more is not.
+    #[test]
+    fn ages_go_up_to_a_century() {
+        assert!(parse_age("100y").is_ok());
+        assert!(parse_age("36525d").is_ok());
+        assert!(parse_age("36526d").is_err());
+    }
 
     #[test]
     fn sizes_read_as_people_write_them() {

@@ -399,23 +399,23 @@ pub async fn warn_if_near(app: &App, row: &attachment::Model) -> Result<(), DbEr
     }
     let marked = Entity::find_by_id(row.tenant_id.clone()).one(&txn).await?;
     let usage = Usage::of(marked, &row.tenant_id, defaults);
-    let Some(percent) = usage.percent() else {
-        return Ok(());
-    };
-    let data = Warning {
-        usage: &usage,
-        percent,
-        file_id: row.id,
-    };
-    let mut writes = Writes::new(backend);
-    crate::events::record_with(
-        &mut writes,
-        &app.webhooks,
-        EventType::QuotaWarning,
-        row,
-        &data,
-    )?;
-    crate::db::execute_all(&txn, writes.statements()).await?;
+    // The mark matched a limit, so there is a share; the mark commits either way.
+    if let Some(percent) = usage.percent() {
+        let data = Warning {
+            usage: &usage,
+            percent,
+            file_id: row.id,
+        };
+        let mut writes = Writes::new(backend);
+        crate::events::record_with(
+            &mut writes,
+            &app.webhooks,
+            EventType::QuotaWarning,
+            row,
+            &data,
+        )?;
+        crate::db::execute_all(&txn, writes.statements()).await?;
+    }
     txn.commit().await
 }
 

@@ -146,9 +146,8 @@ impl Receiving {
         tenant: &SafeId,
         announced: Option<u64>,
     ) -> AppResult<Self> {
-        let pending = announced_upload(app, tenant, id)
+        let pending = unexpired_upload(app, tenant, id)
             .await?
-            .filter(|pending| pending.expires_at > Utc::now())
             .ok_or_else(|| AppError::NotFound("no such direct upload".into()))?;
         let receiving = Self {
             id,
@@ -205,9 +204,7 @@ impl Receiving {
     /// A body that outlived its upload (expired or refused meanwhile, whether or not
     /// the maintenance removed it yet) leaves a file that no row names: it goes again.
     async fn kept(&self, app: &App) -> AppResult<()> {
-        let pending = announced_upload(app, &self.tenant, self.id)
-            .await?
-            .filter(|pending| pending.expires_at > Utc::now());
+        let pending = unexpired_upload(app, &self.tenant, self.id).await?;
         if pending.is_some() || super::find(app, &self.tenant, self.id).await?.is_some() {
             return Ok(());
         }
@@ -334,21 +331,22 @@ async fn pending(
     principal: &Principal,
     id: Uuid,
 ) -> AppResult<Option<direct_upload::Model>> {
-    Ok(announced_upload(app, &principal.tenant, id)
+    Ok(unexpired_upload(app, &principal.tenant, id)
         .await?
-        .filter(|pending| pending.expires_at > Utc::now())
         .filter(|pending| seen_by(principal, &pending.created_by)))
 }
 
-/// The row of `tenant`'s direct upload `id`, expired or not (the maintenance
-/// removes expired ones).
-async fn announced_upload(
+/// The row of `tenant`'s direct upload `id` while it has not expired: an expired
+/// one, which the maintenance removes in its time, can be neither filled nor
+/// completed.
+async fn unexpired_upload(
     app: &App,
     tenant: &SafeId,
     id: Uuid,
 ) -> AppResult<Option<direct_upload::Model>> {
     Ok(direct_upload::Entity::find_by_id(id)
         .filter(direct_upload::Column::TenantId.eq(tenant.as_str()))
+        .filter(direct_upload::Column::ExpiresAt.gt(Utc::now()))
         .one(app.db.read())
         .await?)
 }

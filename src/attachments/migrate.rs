@@ -74,6 +74,9 @@ pub struct Summary {
     /// Files whose rows were deleted while they were copied, or since: their copies
     /// removed.
     pub deleted: u64,
+    /// Copies of files deleted since that could not be removed (tried again by the
+    /// next run; they leave no file uncopied, so the run stays complete).
+    pub deleted_left: u64,
     /// Files not tried because the run was stopped.
     pub interrupted: u64,
     /// Bytes copied (or, on a dry run, that would be).
@@ -126,6 +129,13 @@ impl std::fmt::Display for Summary {
         )?;
         if self.deleted > 0 {
             write!(f, " (copies of deleted files removed: {})", self.deleted)?;
+        }
+        if self.deleted_left > 0 {
+            write!(
+                f,
+                " (copies of deleted files that could not be removed: {}, tried again next run)",
+                self.deleted_left
+            )?;
         }
         if self.interrupted > 0 {
             write!(f, " (stopped: {} files not tried)", self.interrupted)?;
@@ -216,40 +226,64 @@ pub async fn run(
             summary.add(&outcome, size);
         }
     }
-    if !plan.dry_run && !stop.is_cancelled() {
-        copier.forget_deleted(plan.batch_size, &mut summary).await?;
+    if !plan.dry_run {
+        copier
+            .forget_deleted(plan.batch_size, stop, &mut summary)
+            .await?;
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
-/// Up to `limit` keys recorded as copied into `destination` whose attachment row is
-/// gone and whose removal nothing records (a deletion kept for
-/// `DELETED_FILES_RETENTION` keeps its copy until it is due).
+/// Up to `limit` keys after `after` recorded as copied into `destination` whose
+/// attachment row is gone and whose removal nothing records (a deletion kept for
+/// `DELETED_FILES_RETENTION` keeps its copy until it is due). `NOT EXISTS` on the
+/// keys' unique indexes: an anti-join on both databases, whatever the tables' size.
 async fn copies_of_deleted_files(
     db: &Database,
     destination: &str,
+    after: Option<&str>,
     limit: u64,
 ) -> Result<Vec<String>, sea_orm::DbErr> {
-    let named = Query::select()
-        .column(attachment::Column::StorageKey)
-        .from(attachment::Entity)
-        .to_owned();
-    let pending = Query::select()
-        .column(storage_deletion::Column::StorageKey)
-        .from(storage_deletion::Entity)
-        .to_owned();
-    storage_migration::Entity::find()
+    use storage_migration::{Column, Entity};
+    let mut query = Entity::find()
         .select_only()
-        .column(storage_migration::Column::FilePath)
-        .filter(storage_migration::Column::Destination.eq(destination))
-        .filter(storage_migration::Column::FilePath.not_in_subquery(named))
-        .filter(storage_migration::Column::FilePath.not_in_subquery(pending))
-        .order_by_asc(storage_migration::Column::FilePath)
+        .column(Column::FilePath)
+        .filter(Column::Destination.eq(destination))
+        .filter(Expr::not_exists(naming_the_copy(
+            attachment::Entity,
+            attachment::Column::StorageKey,
+        )))
+        .filter(Expr::not_exists(naming_the_copy(
+            storage_deletion::Entity,
+            storage_deletion::Column::StorageKey,
+        )));
+    if let Some(after) = after {
+        query = query.filter(Column::FilePath.gt(after));
+    }
+    query
+        .order_by_asc(Column::FilePath)
         .limit(limit)
         .into_tuple::<String>()
         .all(db.read())
         .await
+}
+
+/// The rows of `table` whose `key` is the tracked copy's.
+fn naming_the_copy<E, C>(table: E, key: C) -> sea_orm::sea_query::SelectStatement
+where
+    E: EntityTrait,
+    C: ColumnTrait,
+{
+    use sea_orm::sea_query::ExprTrait;
+    Query::select()
+        .expr(Expr::val(1))
+        .from(table)
+        .and_where(Expr::col((table, key)).equals((
+            storage_migration::Entity,
+            storage_migration::Column::FilePath,
+        )))
+        .to_owned()
 }
 
 /// Whether `key` has been copied into `destination` (a [`Storage::location`]) and
@@ -356,30 +390,39 @@ impl Copier<'_> {
 
     /// Removes the copies of files deleted since they were copied: a server on the
     /// local disk (the migration beside it, before the switch) deletes its own file
-    /// alone, and nothing else would remove the bucket's. One batch after another,
-    /// until one removes nothing.
+    /// alone, and nothing else would remove the bucket's. Page after page, until
+    /// the last or a stop; one that cannot be removed is counted and tried again by
+    /// the next run.
     async fn forget_deleted(
         &self,
         batch_size: u64,
+        stop: &CancellationToken,
         summary: &mut Summary,
     ) -> Result<(), MigrateError> {
-        loop {
-            let keys =
-                copies_of_deleted_files(self.db, self.destination.location(), batch_size.max(1))
-                    .await?;
-            let mut removed = false;
-            for key in keys {
-                let outcome = self.forget(&key).await;
-                if let Outcome::Failed(reason) = &outcome {
-                    tracing::warn!(key, reason, "cannot remove the copy of a deleted file");
-                }
-                removed |= outcome == Outcome::Deleted;
-                summary.add(&outcome, 0);
-            }
-            if !removed {
+        let mut after: Option<String> = None;
+        while !stop.is_cancelled() {
+            let keys = copies_of_deleted_files(
+                self.db,
+                self.destination.location(),
+                after.as_deref(),
+                batch_size.max(1),
+            )
+            .await?;
+            let Some(last) = keys.last().cloned() else {
                 return Ok(());
+            };
+            for key in keys {
+                match self.forget(&key).await {
+                    Outcome::Failed(reason) => {
+                        tracing::warn!(key, reason, "cannot remove the copy of a deleted file");
+                        summary.deleted_left += 1;
+                    }
+                    _ => summary.deleted += 1,
+                }
             }
+            after = Some(last);
         }
+        Ok(())
     }
 
     /// Removes the copy (if one landed) and the tracking row of a file whose row

@@ -38,8 +38,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.listen_addr))?;
-    // Both listeners before anything is migrated or claimed: a port in use stops the
-    // start before it changed anything.
+    // Both listeners before anything is migrated: a port in use stops the start
+    // before it changed the database.
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -131,9 +131,11 @@ fn warn_unavailable(config: &Config) {
 }
 
 /// Ctrl-C or SIGTERM cancels `stop` and logs `first`; a second one logs `second` and
-/// ends the process at once (exit 130), as a second Ctrl-C does elsewhere. The
-/// handlers are in place when this returns: a signal that comes while the process
-/// starts is not lost (as PID 1 in a container, a SIGTERM nothing handles is dropped).
+/// ends the process at once, as a second Ctrl-C does elsewhere, with the status a
+/// shell gives a process that signal ended (130 after Ctrl-C, 143 after SIGTERM).
+/// On unix the handlers are in place when this returns: a signal that comes while
+/// the process starts is not lost (as PID 1 in a container, a SIGTERM nothing
+/// handles is dropped).
 pub(crate) fn stop_on_signals(
     stop: CancellationToken,
     first: &'static str,
@@ -144,9 +146,9 @@ pub(crate) fn stop_on_signals(
         signals.next().await;
         tracing::info!("{first}");
         stop.cancel();
-        signals.next().await;
+        let status = signals.next().await;
         tracing::warn!("{second}");
-        std::process::exit(130);
+        std::process::exit(status);
     });
     Ok(())
 }
@@ -168,10 +170,11 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) {
+    /// The next signal, as the exit status of a process it ends (128 + its number).
+    async fn next(&mut self) -> i32 {
         tokio::select! {
-            _ = self.interrupt.recv() => {},
-            _ = self.terminate.recv() => {},
+            _ = self.interrupt.recv() => 130,
+            _ = self.terminate.recv() => 143,
         }
     }
 }
@@ -186,7 +189,8 @@ impl Signals {
         Ok(Self)
     }
 
-    async fn next(&mut self) {
+    async fn next(&mut self) -> i32 {
         let _ = tokio::signal::ctrl_c().await;
+        130
     }
 }

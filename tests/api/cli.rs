@@ -592,7 +592,6 @@ async fn sigterm_during_the_start_stops_it(_setup: Setup) {
     let dir = tempfile::tempdir().expect("tempdir");
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let address = silent.local_addr().expect("address");
-    let held = std::thread::spawn(move || silent.accept().map(|(socket, _)| socket));
     let serve = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
         .args(["serve", "--listen-addr", "127.0.0.1:0"])
         .args(["--jwt-secret", SECRET, "--signing-key", SECRET])
@@ -608,7 +607,21 @@ async fn sigterm_during_the_start_stops_it(_setup: Setup) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("attache serve");
-    let _database = held.join().expect("join").expect("the server connects");
+    silent.set_nonblocking(true).expect("nonblocking");
+    let started = std::time::Instant::now();
+    let _database = loop {
+        match silent.accept() {
+            Ok((socket, _)) => break socket,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "the server never connected to its database"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(err) => panic!("accept: {err}"),
+        }
+    };
     std::thread::sleep(std::time::Duration::from_millis(300));
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])

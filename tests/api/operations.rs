@@ -386,8 +386,8 @@ async fn every_family_is_described_and_present_from_the_start(_: Setup) {
     assert!(Scrape::parse(&text).is_ok());
 }
 
-/// A second SIGTERM ends a draining server at once (exit 130), as a second Ctrl-C
-/// does: it was ignored, and the server waited for its slowest client up to
+/// A second SIGTERM ends a draining server at once (exit 143, as a shell says of a
+/// process SIGTERM ended), as a second Ctrl-C does: it was ignored, and the server waited for its slowest client up to
 /// `SHUTDOWN_GRACE_SECONDS`.
 async fn a_second_sigterm_ends_the_server_at_once(_setup: Setup) {
     let mut served = Served::start(&["--shutdown-grace-seconds", "120"]).await;
@@ -419,7 +419,7 @@ async fn a_second_sigterm_ends_the_server_at_once(_setup: Setup) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(served.exit_status().await.code(), Some(130));
+    assert_eq!(served.exit_status().await.code(), Some(143));
     let log = served.log();
     assert!(log.contains("stop again to end at once"), "{log}");
     assert!(log.contains("stopped at once"), "{log}");

@@ -371,7 +371,7 @@ async fn a_delete_goes_through_a_late_intent_of_its_file(setup: Setup) {
     assert!(left.is_none(), "no entry is left: {left:?}");
 }
 
-/// The folders in `tmp`, and the files in it and in them (but the folders' locks).
+/// The folders in `tmp`, and the files in it and in them.
 fn temporary_files(tmp: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
     let (folders, mut files): (Vec<_>, Vec<_>) = std::fs::read_dir(tmp)
         .expect("TMPDIR")
@@ -382,8 +382,7 @@ fn temporary_files(tmp: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathB
         folders
             .iter()
             .flat_map(|folder| std::fs::read_dir(folder).expect("a folder").flatten())
-            .map(|entry| entry.path())
-            .filter(|path| path.file_name().is_some_and(|name| name != "lock")),
+            .map(|entry| entry.path()),
     );
     (folders, files)
 }
