@@ -38,8 +38,9 @@ pub struct App {
     pub collections: Collections,
     /// Origin of every absolute URL attache hands out, without a trailing `/`.
     pub public_base_url: String,
-    /// Bounds the upload requests read into memory at once.
-    pub upload_permits: Semaphore,
+    /// Bounds the upload requests read into memory at once, and the stores they
+    /// start (see [`UploadSlot`]).
+    pub upload_permits: Arc<Semaphore>,
     /// Where events go and how they are delivered.
     pub webhooks: Webhooks,
     /// Whether some tenant has a quota of its own, as last counted (every minute):
@@ -99,7 +100,7 @@ impl App {
             links,
             collections,
             public_base_url,
-            upload_permits: Semaphore::new(permits),
+            upload_permits: Arc::new(Semaphore::new(permits)),
             webhooks,
             own_quotas_exist: std::sync::atomic::AtomicBool::new(true),
             usage_estimates: UsageEstimates::default(),
@@ -115,13 +116,25 @@ fn random_secret() -> Secret {
         .unwrap_or_else(|_| unreachable!("a hex string is never empty"))
 }
 
+/// One of the `MAX_CONCURRENT_UPLOADS` slots, free once every holder is gone: the
+/// request that took it, and each store it started, which runs on when its client
+/// disconnects (a slot freed with the request let a client that hangs up after
+/// each body start stores without bound).
+#[derive(Clone)]
+pub struct UploadSlot {
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
 impl App {
     /// A slot among the `MAX_CONCURRENT_UPLOADS` uploads held in memory at once; after
     /// `UPLOAD_QUEUE_TIMEOUT_SECONDS` of waiting, a clear "busy" instead of a longer queue.
-    pub async fn upload_permit(&self) -> AppResult<tokio::sync::SemaphorePermit<'_>> {
+    pub async fn upload_permit(&self) -> AppResult<UploadSlot> {
         let wait = Duration::from_secs(self.config.limits.upload_queue_timeout_seconds);
-        match tokio::time::timeout(wait, self.upload_permits.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
+        let permits = Arc::clone(&self.upload_permits);
+        match tokio::time::timeout(wait, permits.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(UploadSlot {
+                _permit: Arc::new(permit),
+            }),
             Ok(Err(closed)) => Err(AppError::Internal(anyhow::Error::new(closed))),
             Err(_) => Err(AppError::Overloaded(RETRY_AFTER_SECONDS)),
         }

@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::app::{App, SharedApp};
+use crate::app::{App, SharedApp, UploadSlot};
 use crate::attachments::upload::{self, Draft, StreamCheck, Streamed, Target, sanitize_filename};
 use crate::attachments::urls;
 use crate::auth::{Access, Principal};
@@ -228,16 +228,25 @@ impl Receiving {
 pub async fn complete(
     app: &SharedApp,
     principal: &Principal,
+    slot: Option<UploadSlot>,
     id: Uuid,
 ) -> AppResult<attachment::Model> {
     let app = SharedApp::clone(app);
     let principal = principal.clone();
-    super::uncancellable(async move { complete_now(&app, &principal, id).await }).await
+    super::uncancellable(async move {
+        // The copy holds a part of the object in memory: counted like any upload,
+        // in the slot the request took for its body, else one of its own (a
+        // second one for the same request could wait for ever with one slot).
+        let _slot = match slot {
+            Some(slot) => slot,
+            None => app.upload_permit().await?,
+        };
+        complete_now(&app, &principal, id).await
+    })
+    .await
 }
 
 async fn complete_now(app: &App, principal: &Principal, id: Uuid) -> AppResult<attachment::Model> {
-    // The copy holds a part of the object in memory: counted like any upload.
-    let _permit = app.upload_permit().await?;
     let Some(pending) = pending(app, principal, id).await? else {
         return completed(app, principal, id).await;
     };

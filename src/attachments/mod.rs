@@ -25,7 +25,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::app::{App, SharedApp};
+use crate::app::{App, SharedApp, UploadSlot};
 use crate::auth::Principal;
 use crate::db::{self, Writes};
 use crate::error::{AppError, AppResult};
@@ -60,11 +60,16 @@ where
 pub async fn create(
     app: &SharedApp,
     principal: &Principal,
+    slot: Option<UploadSlot>,
     uploads: Vec<ValidUpload>,
 ) -> AppResult<Vec<attachment::Model>> {
     let app = SharedApp::clone(app);
     let principal = principal.clone();
-    uncancellable(async move { store(&app, &principal, uploads).await }).await
+    uncancellable(async move {
+        let _slot = slot;
+        store(&app, &principal, uploads).await
+    })
+    .await
 }
 
 async fn store(
@@ -128,6 +133,7 @@ async fn store(
 pub async fn create_streamed<S>(
     app: &SharedApp,
     principal: &Principal,
+    slot: Option<UploadSlot>,
     check: StreamCheck,
     size: Option<u64>,
     body: S,
@@ -137,7 +143,11 @@ where
 {
     let app = SharedApp::clone(app);
     let principal = principal.clone();
-    uncancellable(async move { store_streamed(&app, &principal, check, size, body).await }).await
+    uncancellable(async move {
+        let _slot = slot;
+        store_streamed(&app, &principal, check, size, body).await
+    })
+    .await
 }
 
 async fn store_streamed<S>(

@@ -11,13 +11,13 @@ use entity::attachment;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::app::{App, SharedApp};
+use crate::app::{App, SharedApp, UploadSlot};
 use crate::attachments::urls;
 use crate::attachments::{self, Draft, StreamCheck, Target, ValidUpload, direct, upload};
 use crate::auth::{Access, Principal};
 use crate::error::{AppError, AppResult};
 use crate::graphql::bounds::{FileCount, ListField};
-use crate::graphql::context::{app, principal};
+use crate::graphql::context::{app, principal, upload_slot};
 use crate::graphql::file_parts::{self, FileArgument, Part, Parts};
 use crate::graphql::large_strings;
 use crate::ids::SafeId;
@@ -290,7 +290,7 @@ impl AttachmentMutation {
         let principal = principal(ctx, Access::Write)?;
         let app = app(ctx)?;
         let upload = input.validate(ctx, app).await.extend()?;
-        store_one(app, principal, upload).await
+        store_one(app, principal, upload_slot(ctx), upload).await
     }
 
     /// All or nothing: either every file is stored or none is.
@@ -310,7 +310,7 @@ impl AttachmentMutation {
             })?;
             uploads.push(upload);
         }
-        let rows = attachments::create(app, principal, uploads)
+        let rows = attachments::create(app, principal, upload_slot(ctx), uploads)
             .await
             .extend()?;
         Ok(rows.into_iter().map(Attachment).collect())
@@ -343,7 +343,7 @@ impl AttachmentMutation {
         };
         let (head, body) = file_parts::head(body).await.extend()?;
         let check = StreamCheck::start(&app.collections, draft, None, &head, max).extend()?;
-        let row = attachments::create_streamed(app, principal, check, None, body)
+        let row = attachments::create_streamed(app, principal, upload_slot(ctx), check, None, body)
             .await
             .extend()?;
         Ok(Attachment(row))
@@ -393,7 +393,9 @@ impl AttachmentMutation {
         let principal = principal(ctx, Access::Write)?;
         let id = Uuid::parse_str(&id)
             .map_err(|_| AppError::NotFound("no such direct upload".into()).extend())?;
-        let row = direct::complete(app(ctx)?, principal, id).await.extend()?;
+        let row = direct::complete(app(ctx)?, principal, upload_slot(ctx), id)
+            .await
+            .extend()?;
         Ok(Attachment(row))
     }
 
@@ -411,9 +413,10 @@ impl AttachmentMutation {
 async fn store_one(
     app: &SharedApp,
     principal: &Principal,
+    slot: Option<UploadSlot>,
     upload: ValidUpload,
 ) -> async_graphql::Result<Attachment> {
-    let mut rows = attachments::create(app, principal, vec![upload])
+    let mut rows = attachments::create(app, principal, slot, vec![upload])
         .await
         .extend()?;
     rows.pop()

@@ -4,7 +4,7 @@
 
 use async_graphql::{Context, ErrorExtensions};
 
-use crate::app::SharedApp;
+use crate::app::{SharedApp, UploadSlot};
 use crate::auth::{Access, Principal};
 use crate::error::AppError;
 
@@ -22,4 +22,11 @@ pub fn principal<'a>(ctx: &Context<'a>, access: Access) -> async_graphql::Result
     })?;
     principal.require(access).map_err(|err| err.extend())?;
     Ok(principal)
+}
+
+/// The upload slot the request holds, if it took one (a body past 64 KiB): each
+/// store the request starts holds it too, so a client that hangs up frees it only
+/// once they end.
+pub fn upload_slot(ctx: &Context<'_>) -> Option<UploadSlot> {
+    ctx.data_opt::<UploadSlot>().cloned()
 }

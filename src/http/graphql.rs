@@ -69,7 +69,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             false => refused,
         };
     }
-    let _permit = if request.method() == Method::POST
+    let slot = if request.method() == Method::POST
         && length.is_none_or(|length| length > SMALL_REQUEST_BYTES)
     {
         match state.app.upload_permit().await {
@@ -119,7 +119,12 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         .iter_mut()
         .map(|request| request.operation_name.clone())
         .collect();
-    let batch = batch.data(principal);
+    // The slot stays held here until the answer (the rest of a multipart body is
+    // read meanwhile), and by every store the request starts until it ends.
+    let batch = match &slot {
+        Some(slot) => batch.data(principal).data(slot.clone()),
+        None => batch.data(principal),
+    };
     let Some(mut rest) = rest else {
         let response = coded(state.schema.execute_batch(batch).await);
         count_operations(&names, &response);

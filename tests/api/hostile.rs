@@ -1556,8 +1556,111 @@ async fn metrics_can_have_a_listener_of_their_own(_: Setup) {
     assert!(metrics.text().await.expect("text").contains("attache_"));
 }
 
+/// A client that hangs up once its upload's body is sent does not free the upload
+/// slot while the store it started runs on: it did, so a client that sent bodies
+/// and hung up, over and over, had stores (and their spools) running without
+/// bound. Here the store is stuck on a stalled bucket and the only slot stays
+/// taken: the next upload is told "busy".
+async fn a_client_that_hangs_up_keeps_its_store_in_a_slot(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = crate::helpers::S3Server::start(dir.path()).await;
+    let (endpoint, stalled) = crate::helpers::stalling_forwarder(s3.addr).await;
+    let mut flags = crate::helpers::s3_flags(&endpoint);
+    flags.extend(
+        [
+            "--max-concurrent-uploads",
+            "1",
+            "--upload-queue-timeout-seconds",
+            "1",
+        ]
+        .map(str::to_owned),
+    );
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let served = Served::start(&flags).await;
+    let bearer =
+        hs256(json!({ "sub": "u", "tenant_id": crate::helpers::tenant(), "exp": now() + 600 }));
+    let upload = |name: &str| {
+        let mut content = pdf();
+        content.resize(300 * 1024, b'%');
+        json!({ "query": UPLOAD, "variables": { "input": { "ownerType": "contract",
+            "ownerId": "c-1", "filename": name, "base64": STANDARD.encode(&content) } } })
+        .to_string()
+    };
+    stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+    let host = served.base_url.trim_start_matches("http://").to_owned();
+    let body = upload("hung-up.pdf");
+    let mut socket = TcpStream::connect(&host).await.expect("connect");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {bearer}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.expect("head");
+    socket
+        .write_all(body.as_bytes())
+        .await
+        .expect("the whole body");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let next = http_client()
+        .post(format!("{}/graphql", served.base_url))
+        .bearer_auth(&bearer)
+        .header("Content-Type", "application/json")
+        .body(upload("next.pdf"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    let next = next.expect("an answer within 10 s, not a wait on the stalled bucket");
+    assert_eq!(next.status(), 503, "{}", served.log());
+    assert!(next.headers().contains_key("retry-after"));
+    stalled.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A completion in a request that took a slot for its body (past 64 KiB, here
+/// padded) uses that slot: it waited for a second one, so with one slot it was
+/// always "busy", and N such requests held every slot until their queue timeout.
+async fn a_completion_uses_its_requests_upload_slot(_setup: Setup) {
+    let served = Served::start(&[
+        "--max-concurrent-uploads",
+        "1",
+        "--upload-queue-timeout-seconds",
+        "1",
+    ])
+    .await;
+    let bearer =
+        hs256(json!({ "sub": "u", "tenant_id": crate::helpers::tenant(), "exp": now() + 600 }));
+    let content = pdf();
+    let declared = crate::helpers::declaration(&content, "application/pdf");
+    let (direct, status) =
+        crate::helpers::announce_and_put(&served, &bearer, declared, content).await;
+    assert_eq!(status, 200, "PUT to uploadUrl");
+    let padded = format!(
+        "{{\"query\": {}, \"variables\": {{\"id\": {}}}}}{}",
+        json!(crate::helpers::COMPLETE_DIRECT),
+        direct["id"],
+        " ".repeat(70 * 1024)
+    );
+    let completed: Value = http_client()
+        .post(format!("{}/graphql", served.base_url))
+        .bearer_auth(&bearer)
+        .header("Content-Type", "application/json")
+        .body(padded)
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    let attachment = data(&completed, "completeDirectUpload");
+    assert_eq!(attachment["id"], direct["id"]);
+}
+
 crate::matrix!(
     once: nesting_through_every_construct_is_refused,
+    a_client_that_hangs_up_keeps_its_store_in_a_slot,
+    a_completion_uses_its_requests_upload_slot,
     answers_to_hostile_documents_stay_small,
     kept_documents_hold_bounded_memory,
     log_lines_stay_short_whatever_the_method,
