@@ -212,11 +212,13 @@ impl Parts {
                         false
                     }
                     Some(Slot::Live(part)) => {
-                        taken = Some(
-                            part.take()
-                                .map(Live::into_part)
-                                .ok_or_else(|| missing("the part was used already")),
-                        );
+                        taken = Some(part.take().map(Live::into_part).ok_or_else(|| {
+                            missing(
+                                "the part streamed to an earlier field; to store one \
+                                         file twice, map its part to a variable for each field \
+                                         (`map`: {\"0\": [\"variables.a\", \"variables.b\"]})",
+                            )
+                        }));
                         false
                     }
                     Some(Slot::Expected { .. }) => true,

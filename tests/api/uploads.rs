@@ -380,6 +380,34 @@ async fn text_is_told_from_images_by_whole_signatures(setup: Setup) {
     );
 }
 
+/// A part mapped to one variable that two fields read streams to the first; the
+/// second is told how to map it (it said only "the part was used already").
+async fn a_part_read_by_two_fields_says_how_to_map_it(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let store = |alias: &str| {
+        format!(
+            "{alias}: uploadAttachmentFile(input: {{ownerType: \"contract\", ownerId: \"c\", file: $f}}) {{ id }}"
+        )
+    };
+    let query = format!("mutation($f: Upload!) {{ {} {} }}", store("a"), store("b"));
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "operations",
+            json!({ "query": query, "variables": { "f": null } }).to_string(),
+        )
+        .text("map", json!({ "0": ["variables.f"] }).to_string())
+        .part("0", file_part(&pdf(), "a.pdf", "application/pdf"));
+    let (_, body) = post_multipart(&app.base_url, &bearer, form).await;
+    assert!(body["data"]["a"]["id"].is_string(), "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("map its part to a variable for each field"),
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["path"], json!(["b"]), "{body}");
+}
+
 /// Multipart parts stream to the resolver waiting for them, in any order: a part
 /// sent before the one the running resolver needs waits in a temporary file. A part
 /// whose first bytes are refused is answered at once, without reading the rest of
@@ -656,6 +684,7 @@ async fn a_refused_upload_among_concurrent_ones_fails_alone(setup: Setup) {
 
 crate::matrix!(
     upload_stores_the_file_under_its_collection_key,
+    a_part_read_by_two_fields_says_how_to_map_it,
     a_refused_upload_among_concurrent_ones_fails_alone,
     large_files_keep_every_byte,
     every_tolerated_base64_form_is_accepted,
