@@ -56,9 +56,7 @@ pub struct Swept {
 /// Sweeps storage; `older_than` is the youngest age of an orphan it may remove.
 pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Vec<Swept>> {
     let mut swept = Vec::new();
-    let cutoff = SystemTime::now()
-        .checked_sub(older_than)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let cutoff = ago(older_than);
     for key in orphans(app, cutoff).await? {
         if !dry_run {
             app.storage
@@ -92,9 +90,7 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
             .to_std()
             .map_or(older_than, |grace| grace.max(older_than)),
     };
-    let uploads_before = SystemTime::now()
-        .checked_sub(in_flight_for)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let uploads_before = ago(in_flight_for);
     let intents_before = chrono::DateTime::<chrono::Utc>::from(uploads_before);
     let deleted = match dry_run {
         true => super::pending_deletions(app, intents_before).await?,
@@ -111,6 +107,13 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
 /// Aborts the multipart uploads begun before `cutoff` under the collections' layouts
 /// and the staging keys (never a backup's), which no upload in flight can still be
 /// sending: their parts are stored, and billed, under no object.
+/// The time `age` ago (the epoch, for an age past it).
+fn ago(age: Duration) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 async fn abort_unfinished(app: &App, cutoff: SystemTime, dry_run: bool) -> AppResult<Vec<Swept>> {
     let unfinished = app
         .storage

@@ -464,21 +464,12 @@ fn serve_in(dir: &std::path::Path, listen: &str) -> std::process::Command {
 /// `TMPDIR`: spooled uploads would otherwise fail one by one after a healthy start.
 async fn an_unwritable_temporary_folder_stops_the_start(_setup: Setup) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut serve = serve_in(dir.path(), "127.0.0.1:0")
+    let serve = serve_in(dir.path(), "127.0.0.1:0")
         .env("TMPDIR", dir.path().join("no-such-folder"))
         .spawn()
         .expect("attache serve");
-    let started = std::time::Instant::now();
-    while serve.try_wait().expect("wait").is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(20) {
-            let _ = serve.kill();
-            panic!("the server started with a TMPDIR it cannot write");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let output = serve.wait_with_output().expect("output");
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (status, said) = exited(serve);
+    assert!(!status.success());
     assert!(
         said.contains("error: TMPDIR: cannot write a temporary file in"),
         "{said}"

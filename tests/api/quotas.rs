@@ -366,8 +366,28 @@ async fn a_warning_is_decided_under_the_row_lock(setup: Setup) {
         let app = app.app.clone();
         async move { attache::quotas::warn_if_near(&app, &row).await }
     });
-    // It read 80 %, and now waits for the row.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // It read 80 %, and now waits for the row (seen in pg_locks, so the test cannot
+    // pass by lowering the usage before the warning read it).
+    let started = std::time::Instant::now();
+    loop {
+        let waiting = other
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_locks WHERE NOT granted",
+            ))
+            .await
+            .expect("pg_locks")
+            .and_then(|row| row.try_get::<i64>("", "n").ok())
+            .unwrap_or_default();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the warning never waited for the row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     held.execute_unprepared(&format!(
         "UPDATE tenant_usage SET files = 3 WHERE tenant_id = '{acme}'"
     ))
