@@ -80,6 +80,8 @@ fresh_data() {
     DATABASE_URL="sqlite://$tmp/data/attache.db?mode=rwc" STORAGE_ROOT="$tmp/data/uploads" \
     LISTEN_ADDR=127.0.0.1:0 JWT_SECRET=docker-check-secret-0123456789abcdef \
     SIGNING_KEY=docker-check-signing-key-0123456789
+  # The checks read the server's info lines, whatever the machine's logging setup.
+  export RUST_LOG=info LOG_FORMAT=text
 }
 
 passes_through() {

@@ -123,10 +123,9 @@ async fn reads_see_every_commit_and_survive_abandoned_clients(setup: Setup) {
         newest = att["id"].clone();
     }
 
-    let impatient = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_micros(300))
-        .build()
-        .expect("client");
+    let impatient = crate::helpers::http_client_with(
+        reqwest::Client::builder().timeout(std::time::Duration::from_micros(300)),
+    );
     let abandoned = (0..60).map(|_| {
         impatient
             .post(app.url("/graphql"))

@@ -447,10 +447,9 @@ async fn a_stalled_store_answers_unavailable_in_time(_setup: Setup) {
     let served = crate::helpers::Served::start(&flags).await;
     let Uploaded { bearer, att, .. } = served.upload_contract_pdf("a.pdf").await;
     stalled.store(true, std::sync::atomic::Ordering::Relaxed);
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(120))
-        .build()
-        .expect("client");
+    let client = crate::helpers::http_client_with(
+        reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)),
+    );
     let started = std::time::Instant::now();
     let download = client
         .get(att["downloadUrl"].as_str().expect("downloadUrl"))

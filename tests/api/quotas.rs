@@ -366,14 +366,17 @@ async fn a_warning_is_decided_under_the_row_lock(setup: Setup) {
         let app = app.app.clone();
         async move { attache::quotas::warn_if_near(&app, &row).await }
     });
-    // It read 80 %, and now waits for the row (seen in pg_locks, so the test cannot
-    // pass by lowering the usage before the warning read it).
+    // It read 80 %, and now waits for the row (seen as a lock wait in this test's own
+    // database, so the test cannot pass by lowering the usage before the warning read
+    // it; pg_locks would also count other tests' waits, and a row-lock wait has no
+    // database there).
     let started = std::time::Instant::now();
     loop {
         let waiting = other
             .query_one_raw(sea_orm::Statement::from_string(
                 sea_orm::DbBackend::Postgres,
-                "SELECT count(*) AS n FROM pg_locks WHERE NOT granted",
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
             ))
             .await
             .expect("pg_locks")

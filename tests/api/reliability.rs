@@ -149,7 +149,14 @@ async fn a_busy_server_answers_503_with_retry_after(setup: Setup) {
         .expect("connect");
     slow.write_all(&head).await.expect("head");
     slow.write_all(&body[..1024]).await.expect("a little body");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waited = std::time::Instant::now();
+    while app.app.upload_permits.available_permits() > 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the slow client never took the slot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let started = std::time::Instant::now();
     let content = large_pdf(100 * 1024);

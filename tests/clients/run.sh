@@ -108,7 +108,7 @@ start_server() {
     -u MAX_UPLOAD_BYTES -u MAX_REQUEST_BYTES -u MAX_BATCH_FILES \
     DATABASE_URL="sqlite://$tmp/attache.db?mode=rwc" STORAGE_BACKEND=fs STORAGE_ROOT="$tmp/uploads" \
     WEBHOOK_URLS="http://127.0.0.1:$webhook_port/hooks" WEBHOOK_SECRET="$webhook_secret" \
-    LISTEN_ADDR=127.0.0.1:0 JWT_SECRET="$secret" SIGNING_KEY="$(node -p 'require("crypto").randomBytes(32).toString("hex")')" \
+    RUST_LOG=info LOG_FORMAT=text LISTEN_ADDR=127.0.0.1:0 JWT_SECRET="$secret" SIGNING_KEY="$(node -p 'require("crypto").randomBytes(32).toString("hex")')" \
     "$bin" serve >"$tmp/server.log" 2>&1 &
   server_pid=$!
   # Port 0: the server says which port it got ("attache is listening url=http://127.0.0.1:PORT/graphql").

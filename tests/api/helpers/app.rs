@@ -388,7 +388,13 @@ pub fn parse_config(args: &[String]) -> Result<Config, clap::Error> {
 }
 
 /// A client for tests; TLS (unused on loopback) needs the process's ring provider.
+/// Everything it talks to is on loopback, so a proxy the machine sets is ignored.
 pub fn http_client() -> reqwest::Client {
+    http_client_with(reqwest::Client::builder())
+}
+
+/// A client built from `builder` (a timeout, say), with [`http_client`]'s setup.
+pub fn http_client_with(builder: reqwest::ClientBuilder) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    builder.no_proxy().build().expect("an HTTP client")
 }
