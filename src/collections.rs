@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, MOST_FILE_BYTES};
 use crate::media::MediaType;
 use crate::storage::KeyTemplate;
 
@@ -105,6 +105,12 @@ impl Collections {
             if table.max_bytes == 0 || table.accept.is_empty() {
                 return Err(fail(format!(
                     "[{name}] needs max_bytes > 0 and at least one accepted type"
+                )));
+            }
+            if table.max_bytes > MOST_FILE_BYTES {
+                return Err(fail(format!(
+                    "[{name}] max_bytes is at most {MOST_FILE_BYTES} (2 GiB - 1): `byteSize` \
+                     is a GraphQL Int"
                 )));
             }
             by_owner_type.insert(

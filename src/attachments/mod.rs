@@ -63,6 +63,10 @@ pub async fn create(
     slot: Option<UploadSlot>,
     uploads: Vec<ValidUpload>,
 ) -> AppResult<Vec<attachment::Model>> {
+    // A batch of no files stores nothing (and an INSERT of no rows is no SQL).
+    if uploads.is_empty() {
+        return Ok(Vec::new());
+    }
     let app = SharedApp::clone(app);
     let principal = principal.clone();
     uncancellable(async move {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rsa::pkcs1::DecodeRsaPublicKey;
+use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -74,13 +76,8 @@ impl JwtVerifier {
         }
         let mut keys = Vec::with_capacity(blocks.len());
         for (number, block) in blocks.iter().enumerate() {
-            let key = public_key(block.as_bytes()).ok_or_else(|| {
-                fail(format!(
-                    "key {} of {} is not a PEM RSA, EC or Ed25519 public key",
-                    number + 1,
-                    path.display()
-                ))
-            })?;
+            let key = public_key(block)
+                .map_err(|why| fail(format!("key {} of {}: {why}", number + 1, path.display())))?;
             keys.push(key);
         }
         Ok(Some(Self::new(keys, config)))
@@ -123,6 +120,13 @@ impl JwtVerifier {
             return Err(AppError::Unauthenticated(format!(
                 "the token's `sub` claim is longer than {MAX_SUBJECT_BYTES} bytes"
             )));
+        }
+        // It is stored as `createdBy`: PostgreSQL's text refuses NUL, and no log line
+        // or client should receive another control character from it.
+        if subject.chars().any(char::is_control) {
+            return Err(AppError::Unauthenticated(
+                "the token's `sub` claim holds control characters".into(),
+            ));
         }
         // `sub` is read above, out of `other`: a tenant per subject is a tenant too.
         let tenant = match self.tenant_claim.as_str() {
@@ -223,17 +227,52 @@ fn pem_blocks(text: &str) -> Vec<&str> {
     blocks
 }
 
-/// A PEM public key and the algorithms of its family.
-fn public_key(pem: &[u8]) -> Option<(DecodingKey, &'static [Algorithm])> {
+/// A PEM public key and the algorithms it verifies. jsonwebtoken reads a key's
+/// contents only at each token, so a key it could never use is refused here, at the
+/// start, instead of every token failing "bad signature": a private key (its public
+/// half is wanted), an RSA key outside 2048 to 4096 bits (a shorter one can be
+/// factored, a longer one the verifier cannot read), an EC key on a curve other
+/// than P-256 (ES256) or P-384 (ES384).
+fn public_key(pem: &str) -> Result<(DecodingKey, &'static [Algorithm]), String> {
+    let tag = pem.lines().next().unwrap_or_default().trim();
+    let public = [
+        "-----BEGIN PUBLIC KEY-----",
+        "-----BEGIN RSA PUBLIC KEY-----",
+        "-----BEGIN CERTIFICATE-----",
+    ];
+    if !public.contains(&tag) {
+        return Err(format!(
+            "`{}` is not a public key or certificate: give the public half \
+             (`openssl pkey -in KEY -pubout`)",
+            crate::error::printable(tag)
+        ));
+    }
+    let pem = pem.as_bytes();
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-        return Some((key, &RSA_FAMILY));
+        let bits = key
+            .try_get_as_bytes()
+            .ok()
+            .and_then(|der| rsa::RsaPublicKey::from_pkcs1_der(der).ok())
+            .map(|rsa| rsa.size() * 8);
+        return match bits {
+            Some(2048..=4096) => Ok((key, &RSA_FAMILY)),
+            Some(bits) => Err(format!("an RSA key of {bits} bits: use 2048 to 4096")),
+            None => Err("an RSA key the verifier cannot read (over 4096 bits?)".into()),
+        };
     }
     if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-        return Some((key, &[Algorithm::ES256, Algorithm::ES384]));
+        let point = key.try_get_as_bytes().unwrap_or_default();
+        if p256::ecdsa::VerifyingKey::from_sec1_bytes(point).is_ok() {
+            return Ok((key, &[Algorithm::ES256]));
+        }
+        if p384::ecdsa::VerifyingKey::from_sec1_bytes(point).is_ok() {
+            return Ok((key, &[Algorithm::ES384]));
+        }
+        return Err("an EC key on a curve other than P-256 (ES256) or P-384 (ES384)".into());
     }
     DecodingKey::from_ed_pem(pem)
-        .ok()
         .map(|key| (key, [Algorithm::EdDSA].as_slice()))
+        .map_err(|_| "not a PEM RSA, EC or Ed25519 public key".into())
 }
 
 /// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` header names

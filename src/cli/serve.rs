@@ -3,6 +3,7 @@
 //! Without a JWT key it prints a development token. Signals are handled from the
 //! first moment: one stops the start or drains the server, a second ends it at once.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,12 +51,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let base_url = config.public_base_url(listener.local_addr()?)?;
     let address = listener.local_addr()?;
-    if config.auth.is_development() && !address.ip().is_loopback() {
+    if config.auth.is_development()
+        && let Some(shared) = shared_setup(&config, address, &base_url)
+    {
         anyhow::bail!(
-            "neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE is set, and LISTEN_ADDR {address} is \
-             reachable from other machines: development mode would hand a token to anyone \
-             who opens /graphql. Set JWT_SECRET (openssl rand -hex 32) or \
-             JWT_PUBLIC_KEY_FILE, or listen on 127.0.0.1"
+            "neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE is set, and {shared}: development \
+             mode (one machine, SQLite, the local disk) would hand a token to anyone who \
+             opens /graphql. Set JWT_SECRET (openssl rand -hex 32) or JWT_PUBLIC_KEY_FILE"
         );
     }
     if config.public_base_url.is_none() && address.ip().is_unspecified() {
@@ -84,6 +86,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What makes a setup more than one developer's machine, where development mode's
+/// token would reach others: an address other machines reach, a public URL other
+/// than loopback (a proxy in front forwards anyone, with any `Host`), PostgreSQL or
+/// S3 (shared by others, production's).
+fn shared_setup(config: &Config, address: SocketAddr, base_url: &str) -> Option<String> {
+    if !address.ip().is_loopback() {
+        return Some(format!(
+            "LISTEN_ADDR {address} is reachable from other machines (listen on 127.0.0.1)"
+        ));
+    }
+    let loopback = url::Url::parse(base_url).is_ok_and(|url| match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    });
+    if !loopback {
+        return Some(format!("PUBLIC_BASE_URL {base_url} is not this machine"));
+    }
+    if !config.database.database_url.starts_with("sqlite:") {
+        return Some("DATABASE_URL is PostgreSQL".into());
+    }
+    (config.storage.storage_backend == StorageBackend::S3).then(|| "STORAGE_BACKEND is s3".into())
+}
+
 /// The app, built on a migrated database and a storage that answered, and what the
 /// operator should know before it serves.
 async fn start(config: Config, base_url: String) -> anyhow::Result<Arc<App>> {
@@ -103,6 +130,8 @@ async fn start(config: Config, base_url: String) -> anyhow::Result<Arc<App>> {
     if let Some(minter) = &app.dev_minter {
         let tenant = SafeId::parse("dev").context("the dev tenant id")?;
         let token = minter.mint(&tenant, "dev", Duration::from_secs(24 * 3600), None)?;
+        // In the log too, where alerts and JSON pipelines look.
+        tracing::warn!("development mode: neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE is set");
         println!(
             "WARNING: neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE is set: development mode, \
              tokens are signed with a key that dies with this process.\n\

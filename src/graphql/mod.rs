@@ -12,7 +12,7 @@ mod usage;
 use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
 use crate::app::SharedApp;
-pub use parsed_queries::ParsedQueries;
+pub use parsed_queries::{ParsedQueries, Prepared};
 
 #[derive(MergedObject, Default)]
 pub struct Query(attachments::AttachmentQuery, usage::UsageQuery);
@@ -39,7 +39,9 @@ pub(crate) fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
 }
 
-/// The SDL that `attache schema` prints.
+/// The SDL that `attache schema` prints, with the `@specifiedBy` URLs of its
+/// scalars as introspection reports them (codegen reads the file, not the server).
 pub fn sdl() -> String {
-    builder().finish().sdl()
+    let options = async_graphql::SDLExportOptions::new().include_specified_by();
+    builder().finish().sdl_with_options(options)
 }

@@ -127,6 +127,12 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
         return RangeRequest::Full;
     };
     let (start, end) = (start.trim(), end.trim());
+    // Digits only (`u64`'s parser takes `+1`): a range that is not valid is ignored
+    // (RFC 9110 §14.2), not answered 416.
+    let digits = |text: &str| text.bytes().all(|byte| byte.is_ascii_digit());
+    if !digits(start) || !digits(end) {
+        return RangeRequest::Full;
+    }
     match (start.parse::<u64>(), end.parse::<u64>()) {
         // An invalid range (`5-3`) is ignored, however large the file (RFC 9110 §14.1.1).
         (Ok(start), Ok(end)) if end < start => RangeRequest::Full,
@@ -162,11 +168,14 @@ fn etag_matches_strongly(header_value: &str, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag == etag)
 }
 
-/// An HTTP date (IMF-fixdate, the only form attache sends); `None` for any other
-/// text, which RFC 9110 says to ignore.
+/// An HTTP date: IMF-fixdate (the form attache sends), or one of the two obsolete
+/// forms a recipient must still take (RFC 9110 §5.6.7: RFC 850's and asctime's);
+/// `None` for any other text, which RFC 9110 says to ignore.
 fn http_date(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::NaiveDateTime::parse_from_str(text.trim(), HTTP_DATE)
-        .ok()
+    const OBSOLETE: [&str; 2] = ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"];
+    std::iter::once(HTTP_DATE)
+        .chain(OBSOLETE)
+        .find_map(|form| chrono::NaiveDateTime::parse_from_str(text.trim(), form).ok())
         .map(|date| date.and_utc())
 }
 
@@ -314,6 +323,16 @@ fn build(builder: axum::http::response::Builder, body: Body) -> AppResult<Respon
 mod tests {
     use super::*;
 
+    /// RFC 9110 §5.6.7's three forms of one date.
+    #[test]
+    fn reads_the_obsolete_http_date_forms_too() {
+        let imf = http_date("Sun, 06 Nov 1994 08:49:37 GMT");
+        assert!(imf.is_some());
+        assert_eq!(http_date("Sunday, 06-Nov-94 08:49:37 GMT"), imf);
+        assert_eq!(http_date("Sun Nov  6 08:49:37 1994"), imf);
+        assert_eq!(http_date("yesterday"), None);
+    }
+
     #[test]
     fn parses_single_byte_ranges() {
         let sized = |value: &str, size: u64| match parse_range(value, size) {
@@ -333,6 +352,12 @@ mod tests {
         assert_eq!(check("items=0-1"), "full");
         assert_eq!(check("bytes=9-3"), "full");
         assert_eq!(check("bytes=500-300"), "full", "invalid beyond the end too");
+        assert_eq!(
+            check("bytes=200-abc"),
+            "full",
+            "not a range: ignored, not 416"
+        );
+        assert_eq!(check("bytes=+1-2"), "full");
         // An empty file has no range to send, a suffix included.
         for value in ["bytes=-10", "bytes=0-", "bytes=0-0"] {
             assert_eq!(sized(value, 0), "416", "{value}");

@@ -28,15 +28,32 @@ pub(super) const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duratio
 /// [`REFUSED_DRAIN_BYTES`] of its body within [`REFUSED_DRAIN_TIMEOUT`], and the
 /// connection closes.
 pub(super) async fn refused_early(request: Request, response: Response) -> Response {
-    let _ = tokio::time::timeout(REFUSED_DRAIN_TIMEOUT, drain(request, REFUSED_DRAIN_BYTES)).await;
+    if !awaits_continue(&request) {
+        let drained = drain(request, REFUSED_DRAIN_BYTES);
+        let _ = tokio::time::timeout(REFUSED_DRAIN_TIMEOUT, drained).await;
+    }
     closing(response)
 }
 
 /// Reads and drops up to `max` bytes of the body (within [`DRAIN_TIMEOUT`]), then
 /// answers `response`; nothing of the body is kept.
 pub(super) async fn after_draining(request: Request, max: u64, response: Response) -> Response {
+    if awaits_continue(&request) {
+        return closing(response);
+    }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(request, max)).await;
     response
+}
+
+/// A client that sent `Expect: 100-continue` waits for leave before it sends its
+/// body: a refusal is its final answer at once (RFC 9110 §10.1.1), and nothing is
+/// drained, as reading the body would make hyper send `100 Continue` and invite
+/// the bytes that are then thrown away.
+fn awaits_continue(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Reads and drops the body until its end or past `max` bytes.

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::auth::Principal;
 use crate::config::ConnectionLimits;
 use crate::error::AppError;
+use crate::graphql::Prepared;
 use crate::graphql::large_strings::{self, LargeStrings};
 use crate::http::AppState;
 use crate::http::batch_json;
@@ -28,9 +29,21 @@ use crate::http::slow_body::{body_too_slow, is_too_slow, paced};
 /// never wait behind large uploads.
 const SMALL_REQUEST_BYTES: u64 = 64 * 1024;
 
-pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
+pub async fn handle(state: State<AppState>, request: Request) -> Response {
+    let mut response = respond(state, request).await;
+    // An answer is for one bearer at one moment (its URLs are signed), and its form
+    // (JSON, GraphQL's media type or the playground) depends on `Accept`.
+    let headers = response.headers_mut();
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    headers.append(header::VARY, HeaderValue::from_static("accept"));
+    response
+}
+
+async fn respond(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers();
-    if request.method() == Method::GET && wants_html(headers) && request.uri().query().is_none() {
+    if reads_query(request.method()) && wants_html(headers) && request.uri().query().is_none() {
         // HTTP/1.1 names the host in `Host`, HTTP/2 in the URI's authority.
         let host = headers
             .get(header::HOST)
@@ -80,7 +93,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     } else {
         None
     };
-    let is_get = request.method() == Method::GET;
+    let over_query_string = reads_query(request.method());
     // A client that trickles its body (files included) is cut off once it has been
     // waited for BODY_TIMEOUT_SECONDS ([`paced`]): no permit is held for ever.
     let (mut batch, rest) = match read_request(request, length, limit, &state.app, answer).await {
@@ -95,18 +108,11 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             AppError::bad_input("the request has no `query`: send the GraphQL document in it");
         return unread(rest, answer.malformed(&err)).await;
     }
-    let limits = &state.app.config.query_limits;
-    let max_files = state.app.config.limits.max_batch_files;
-    let max_argument_bytes = state.app.config.limits.request_bytes();
-    let prepared =
-        match state
-            .parsed_queries
-            .prepare(&mut batch, limits, max_files, max_argument_bytes)
-        {
-            Ok(prepared) => prepared,
-            Err(err) => return unread(rest, answer.refusal(&err)).await,
-        };
-    if is_get && prepared.mutates {
+    let (mut batch, prepared) = match prepare(&state, batch).await {
+        Ok(prepared) => prepared,
+        Err(err) => return unread(rest, answer.refusal(&err)).await,
+    };
+    if over_query_string && prepared.mutates {
         return answer.mutation_over_get();
     }
     if let Err(err) = prepared
@@ -234,7 +240,7 @@ fn needs_preflight_header(method: &Method, headers: &HeaderMap) -> bool {
             )
         }
     };
-    let is_simple = method == Method::GET || simple_content_type;
+    let is_simple = reads_query(method) || simple_content_type;
     let has_header = ["apollo-require-preflight", "x-apollo-operation-name"]
         .iter()
         .any(|name| headers.get(*name).is_some_and(|value| !value.is_empty()));
@@ -260,8 +266,73 @@ fn too_large(limit: u64) -> Response {
     response
 }
 
+/// Query texts longer than this are scanned, parsed and measured on a blocking
+/// thread: at some 10 MB a second, a text as long as a body may be (14 MB) holds a
+/// core for over a second, and the runtime's workers, one per core, serve every
+/// other client meanwhile, `/healthz` included. Shorter ones take less than the
+/// hand-over would.
+const PREPARED_ASIDE_BYTES: usize = 64 * 1024;
+
+/// The batch with its documents parsed and checked against the bounds
+/// ([`ParsedQueries::prepare`](crate::graphql::ParsedQueries::prepare)).
+async fn prepare(
+    state: &AppState,
+    batch: BatchRequest,
+) -> Result<(BatchRequest, Prepared), AppError> {
+    let queries = Arc::clone(&state.parsed_queries);
+    let app = Arc::clone(&state.app);
+    let run = move |mut batch: BatchRequest| {
+        let (limits, config) = (&app.config.limits, &app.config.query_limits);
+        let max_argument_bytes = limits.request_bytes();
+        queries
+            .prepare(
+                &mut batch,
+                config,
+                limits.max_batch_files,
+                max_argument_bytes,
+            )
+            .map(|prepared| (batch, prepared))
+    };
+    let text: usize = batch.iter().map(|request| request.query.len()).sum();
+    if text <= PREPARED_ASIDE_BYTES {
+        return run(batch);
+    }
+    tokio::task::spawn_blocking(move || run(batch))
+        .await
+        .map_err(|err| AppError::Internal(anyhow::Error::new(err).context("parsing a document")))?
+}
+
+/// GET, and HEAD, which RFC 9110 answers as GET without the body (hyper drops it).
+fn reads_query(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
 fn bad_request(message: String) -> Box<Response> {
     Box::new(AppError::BadUserInput(message).into_response())
+}
+
+/// The request of a GET's query string, under GraphQL over HTTP's parameter names
+/// (async-graphql's own parser reads `operation_name`, so `operationName` was lost
+/// and the first operation ran). `variables` and `extensions` are JSON, counted
+/// before they are parsed, as a body's are; an empty `operationName` names none.
+fn query_string_request(query: &str, max_values: u64) -> Result<async_graphql::Request, String> {
+    let mut request = serde_json::Map::new();
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let value = match name.as_ref() {
+            "query" => serde_json::Value::String(value.into_owned()),
+            "operationName" if value.is_empty() => continue,
+            "operationName" => serde_json::Value::String(value.into_owned()),
+            "variables" | "extensions" => batch_json::count_values(value.as_bytes(), max_values)
+                .map_err(|err| err.to_string())
+                .and_then(|()| serde_json::from_str(&value).map_err(|err| err.to_string()))
+                .map_err(|err| format!("{name}: {err}"))?,
+            _ => continue,
+        };
+        if request.insert(name.into_owned(), value).is_some() {
+            return Err("a parameter is given twice in the query string".into());
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(request)).map_err(|err| err.to_string())
 }
 
 /// Parses the request: the query string of a GET, a JSON body read as it arrives
@@ -276,18 +347,10 @@ async fn read_request(
     app: &crate::app::App,
     answer: Answer,
 ) -> Result<(BatchRequest, Option<Rest>), Box<Response>> {
-    if request.method() == Method::GET {
+    if reads_query(request.method()) {
         let query = request.uri().query().unwrap_or_default();
-        // The JSON of a query string is counted before it is parsed, as a body's is.
         let max_values = app.config.query_limits.max_json_values;
-        for (name, json) in url::form_urlencoded::parse(query.as_bytes()) {
-            if name == "variables" || name == "extensions" {
-                batch_json::count_values(json.as_bytes(), max_values).map_err(|err| {
-                    bad_request(format!("invalid GraphQL request: {name}: {err}"))
-                })?;
-            }
-        }
-        let parsed = async_graphql::http::parse_query_string(query)
+        let parsed = query_string_request(query, max_values)
             .map_err(|err| bad_request(format!("invalid GraphQL request: {err}")))?;
         return Ok((BatchRequest::Single(parsed), None));
     }

@@ -23,24 +23,37 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// GraphQL's own media type when the client ranks it at least as high as JSON
+    /// (RFC 9110 §12.5.1: the most specific range names a type's `q`; `q=0` refuses
+    /// it; media types compare without case). JSON otherwise.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let accepts = headers
+        let mut graphql = None;
+        // application/json, application/*, */*: the first listed that is present rules.
+        let mut json = [None; 3];
+        let items = headers
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|item| {
-                let mut parts = item.split(';').map(str::trim);
-                // `q=0` (or 0.0...) refuses the media type (RFC 9110 §12.4.2).
-                let refused = parts.clone().skip(1).any(|param| {
-                    param
-                        .strip_prefix("q=")
-                        .and_then(|q| q.parse::<f32>().ok())
-                        .is_some_and(|q| q <= 0.0)
-                });
-                parts.next() == Some(GRAPHQL_RESPONSE) && !refused
-            });
-        match accepts {
+            .flat_map(|value| value.split(','));
+        for item in items {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let q = parts
+                .find_map(|param| param.strip_prefix("q=").or(param.strip_prefix("Q=")))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let rank = match media.as_str() {
+                GRAPHQL_RESPONSE => &mut graphql,
+                "application/json" => &mut json[0],
+                "application/*" => &mut json[1],
+                "*/*" => &mut json[2],
+                _ => continue,
+            };
+            *rank = Some(rank.map_or(q, |seen: f32| seen.max(q)));
+        }
+        let graphql = graphql.unwrap_or(0.0);
+        let json = json.into_iter().flatten().next().unwrap_or(0.0);
+        match graphql > 0.0 && graphql >= json {
             true => Self::GraphqlResponse,
             false => Self::Json,
         }

@@ -63,11 +63,26 @@ pub fn router(app: SharedApp) -> Router {
     let router = router
         .with_state(state)
         .layer(catch_panics())
+        .layer(axum::middleware::from_fn(one_host))
         .layer(axum::middleware::from_fn(observe::request));
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without a `Host`, or with several, is
+/// answered 400 (its body unread, so the connection closes).
+async fn one_host(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if request.version() == axum::http::Version::HTTP_11 && hosts != 1 {
+        let err = AppError::bad_input("an HTTP/1.1 request names its host in one `Host` header");
+        return drain::closing(err.into_response());
+    }
+    next.run(request).await
 }
 
 /// Answers a request whose handler panicked as an internal error, logged with the

@@ -197,7 +197,14 @@ async fn read_head(
     for (index, (name, paths)) in map.into_iter().enumerate() {
         let paths: Vec<String> = serde_json::from_value(paths)?;
         for path in &paths {
-            point_at_part(&mut batch, path, index);
+            point_at_part(&mut batch, path, index).ok_or_else(|| {
+                format!(
+                    "the `map` path `{}` names no variable of the operations: write \
+                     `variables.NAME` (`0.variables.NAME` in a batch), then list indexes and \
+                     object fields, for a variable the operations set to null",
+                    crate::error::printable(path)
+                )
+            })?;
         }
         uses.push(paths.len());
         indexes.insert(name, index);
@@ -234,8 +241,10 @@ async fn drain(
 }
 
 /// Sets the variable at `path` (`variables.files.2`, or `0.variables.file` in a
-/// batch) to the value an `Upload` of part `index` parses from.
-fn point_at_part(batch: &mut BatchRequest, path: &str, index: usize) {
+/// batch) to the value an `Upload` of part `index` parses from; `None` when no
+/// variable is there (a typo would otherwise surface as a confusing type error
+/// once the part was read).
+fn point_at_part(batch: &mut BatchRequest, path: &str, index: usize) -> Option<()> {
     let (request, path) = match batch {
         BatchRequest::Single(request) => (Some(request), path),
         BatchRequest::Batch(requests) => {
@@ -247,26 +256,17 @@ fn point_at_part(batch: &mut BatchRequest, path: &str, index: usize) {
             (request, path)
         }
     };
-    let Some(mut steps) = path.strip_prefix("variables.").map(|path| path.split('.')) else {
-        return;
-    };
-    let Some(request) = request else { return };
-    let Some(mut value) = steps
-        .next()
-        .and_then(|name| request.variables.get_mut(name))
-    else {
-        return;
-    };
+    let mut steps = path.strip_prefix("variables.")?.split('.');
+    let mut value = request?.variables.get_mut(steps.next()?)?;
     for step in steps {
-        let next = match value {
-            Value::List(items) => step.parse::<usize>().ok().and_then(|at| items.get_mut(at)),
-            Value::Object(fields) => fields.get_mut(step),
-            _ => None,
+        value = match value {
+            Value::List(items) => items.get_mut(step.parse::<usize>().ok()?)?,
+            Value::Object(fields) => fields.get_mut(step)?,
+            _ => return None,
         };
-        let Some(next) = next else { return };
-        value = next;
     }
     *value = Value::String(file_parts::placeholder(index));
+    Some(())
 }
 
 impl Rest {

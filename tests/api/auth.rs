@@ -82,6 +82,19 @@ async fn every_token_fault_is_unauthenticated(setup: Setup) {
             )),
         ),
         (
+            // Stored as `createdBy`: PostgreSQL refused the NUL with a 500.
+            "NUL in sub",
+            Some(hs256(
+                json!({ "sub": "a\u{0}b", "tenant_id": acme, "exp": now() + 600 }),
+            )),
+        ),
+        (
+            "newline in sub",
+            Some(hs256(
+                json!({ "sub": "a\nb", "tenant_id": acme, "exp": now() + 600 }),
+            )),
+        ),
+        (
             "no tenant",
             Some(hs256(json!({ "sub": "u", "exp": now() + 600 }))),
         ),

@@ -1,11 +1,16 @@
 //! The command line as an operator meets it: a bad setting is one line naming its
 //! variable, and `token` mints what the server accepts.
 
-use crate::helpers::{SECRET, Setup, TestApp, data, output_within, run_attache, tenant};
+use crate::helpers::{SECRET, Setup, TestApp, data, fixture, output_within, run_attache, tenant};
 
 async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
     for (flag, value, variable) in [
         ("--max-upload-bytes", "ten", "MAX_UPLOAD_BYTES"),
+        // A tenant claim that a token holds for another purpose.
+        ("--tenant-claim", "exp", "TENANT_CLAIM"),
+        ("--tenant-claim", "scope", "TENANT_CLAIM"),
+        // `byteSize` is a GraphQL Int: 32 bits.
+        ("--max-upload-bytes", "2147483648", "MAX_UPLOAD_BYTES"),
         ("--storage-backend", "ftp", "STORAGE_BACKEND"),
         ("--url-ttl-seconds", "0", "URL_TTL_SECONDS"),
         ("--listen-addr", "nowhere", "LISTEN_ADDR"),
@@ -279,29 +284,36 @@ async fn a_collections_file_replaces_the_built_in_ones(setup: Setup) {
         "built-ins are replaced"
     );
 
-    std::fs::write(
-        &file,
-        "[bad]\nkey = \"../{id}\"\nmax_bytes = 1\naccept = [\"pdf\"]\n",
-    )
-    .expect("write");
-    // A database and port of its own: the other cells of this test run at once.
-    let database = format!("sqlite://{}?mode=rwc", file.with_extension("db").display());
-    let output = run_attache(vec![
-        "serve".into(),
-        "--collections-file".into(),
-        path.into(),
-        "--database-url".into(),
-        database,
-        "--listen-addr".into(),
-        "127.0.0.1:0".into(),
-    ])
-    .await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(
-        stderr.contains("error: COLLECTIONS_FILE: [bad] key must start with `{tenant}/`"),
-        "{stderr}"
-    );
+    for (toml, refusal) in [
+        (
+            "[bad]\nkey = \"../{id}\"\nmax_bytes = 1\naccept = [\"pdf\"]\n",
+            "[bad] key must start with `{tenant}/`",
+        ),
+        (
+            "[big]\nkey = \"{tenant}/{id}{ext}\"\nmax_bytes = 2147483648\naccept = [\"pdf\"]\n",
+            "[big] max_bytes is at most 2147483647",
+        ),
+    ] {
+        std::fs::write(&file, toml).expect("write");
+        // A database and port of its own: the other cells of this test run at once.
+        let database = format!("sqlite://{}?mode=rwc", file.with_extension("db").display());
+        let output = run_attache(vec![
+            "serve".into(),
+            "--collections-file".into(),
+            path.into(),
+            "--database-url".into(),
+            database,
+            "--listen-addr".into(),
+            "127.0.0.1:0".into(),
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains(&format!("error: COLLECTIONS_FILE: {refusal}")),
+            "{stderr}"
+        );
+    }
 }
 
 /// What `attache serve` prints with no JWT key: the token and the playground URL.
@@ -370,31 +382,96 @@ async fn development_mode_prints_a_working_token(_setup: Setup) {
     );
 }
 
+/// A key that could never verify a token stops the start, naming it: jsonwebtoken
+/// reads a key's contents only at each token, so each of these started, and every
+/// token then failed "bad signature" (or verified against a key of 1024 bits).
+async fn a_key_file_that_cannot_verify_stops_the_start(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    for (file, reason) in [
+        (
+            "rsa_private.pem",
+            "`-----BEGIN PRIVATE KEY-----` is not a public key",
+        ),
+        (
+            "rsa_1024_public.pem",
+            "an RSA key of 1024 bits: use 2048 to 4096",
+        ),
+        ("p521_public.pem", "an EC key on a curve other than P-256"),
+        (
+            "secp256k1_public.pem",
+            "an EC key on a curve other than P-256",
+        ),
+    ] {
+        let output = run_attache(vec![
+            "serve".into(),
+            "--jwt-public-key-file".into(),
+            fixture(file).display().to_string(),
+            "--database-url".into(),
+            database.clone(),
+            "--listen-addr".into(),
+            "127.0.0.1:0".into(),
+        ])
+        .await;
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{file}: {said}");
+        assert!(
+            said.contains("error: JWT_PUBLIC_KEY_FILE: key 1 of ") && said.contains(reason),
+            "{file}: {said}"
+        );
+    }
+}
+
 /// Development mode hands a token to whoever opens the playground: on an address
 /// that other machines reach (a container's `0.0.0.0` with its secrets forgotten),
-/// `serve` refuses to start and says what to set.
+/// behind a proxy (a public `PUBLIC_BASE_URL`; the proxy forwards any `Host`), or
+/// on production's PostgreSQL or S3, `serve` refuses to start and says what to set.
 async fn development_mode_stays_on_loopback(_setup: Setup) {
     let dir = tempfile::tempdir().expect("tempdir");
     let database = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-    let output = run_attache(vec![
-        "serve".into(),
-        "--listen-addr".into(),
-        "0.0.0.0:0".into(),
-        "--database-url".into(),
-        database,
-        "--storage-root".into(),
-        dir.path().join("uploads").display().to_string(),
-    ])
-    .await;
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{said}");
+    for (flags, reason) in [
+        (vec!["--listen-addr", "0.0.0.0:0"], "listen on 127.0.0.1"),
+        (
+            vec!["--public-base-url", "https://files.example.com"],
+            "PUBLIC_BASE_URL https://files.example.com is not this machine",
+        ),
+        (
+            vec!["--database-url", "postgres://postgres@127.0.0.1:1/prod"],
+            "DATABASE_URL is PostgreSQL",
+        ),
+        (
+            vec!["--storage-backend", "s3", "--s3-bucket-name", "prod"],
+            "STORAGE_BACKEND is s3",
+        ),
+    ] {
+        let mut args = vec!["serve".to_owned()];
+        args.extend(flags.iter().map(|flag| (*flag).to_owned()));
+        let uploads = dir.path().join("uploads").display().to_string();
+        let defaults = [
+            ("--listen-addr", "127.0.0.1:0"),
+            ("--database-url", database.as_str()),
+            ("--storage-root", uploads.as_str()),
+        ];
+        for (flag, value) in defaults {
+            if !flags.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        let output = run_attache(args).await;
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{reason}: {said}");
+        assert!(
+            said.contains("JWT_SECRET") && said.contains(reason),
+            "{reason}: {said}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&output.stdout).contains("eyJ"),
+            "no token printed"
+        );
+    }
     assert!(
-        said.contains("JWT_SECRET") && said.contains("127.0.0.1"),
-        "{said}"
-    );
-    assert!(
-        !String::from_utf8_lossy(&output.stdout).contains("eyJ"),
-        "no token printed"
+        !dir.path().join("a.db").exists(),
+        "refused before the database"
     );
 }
 
@@ -631,6 +708,7 @@ crate::matrix!(
     sigterm_during_the_start_stops_it,
     development_mode_prints_a_working_token,
     development_mode_stays_on_loopback,
+    a_key_file_that_cannot_verify_stops_the_start,
     a_mistyped_variable_is_named_with_the_closest_setting,
     a_migration_cut_before_its_record_is_applied_again_whole,
     an_unwritable_temporary_folder_stops_the_start,

@@ -255,6 +255,101 @@ async fn log_lines_stay_short_whatever_the_method(_: Setup) {
     assert!(log.contains("method=other"), "named `other`");
 }
 
+/// Long query texts are parsed beside the runtime's workers: four 3 MB documents
+/// (a comment, which the parser reads at some 10 MB a second in a release build)
+/// held both workers, and `/healthz` waited seconds behind them.
+async fn long_documents_leave_the_workers_free(_: Setup) {
+    let served = Served::start(&[]).await;
+    let bearer = token("long");
+    let body =
+        json!({ "query": format!("{{ __typename }}\n#{}", "x".repeat(3_000_000)) }).to_string();
+    let posts: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, bearer, body) = (served.base_url.clone(), bearer.clone(), body.clone());
+            tokio::spawn(async move {
+                let response = http_client()
+                    .post(format!("{base}/graphql"))
+                    .bearer_auth(bearer)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("an answer");
+                response.text().await.expect("a body")
+            })
+        })
+        .collect();
+    let client = http_client();
+    let mut slowest = Duration::ZERO;
+    while posts.iter().any(|post| !post.is_finished()) {
+        let started = Instant::now();
+        let health = client
+            .get(format!("{}/healthz", served.base_url))
+            .send()
+            .await
+            .expect("/healthz");
+        assert_eq!(health.status(), 200);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for post in posts {
+        let answered = post.await.expect("join");
+        assert!(answered.contains("\"__typename\":\"Query\""), "{answered}");
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/healthz waited {slowest:?} behind the parses"
+    );
+}
+
+/// A client that asks `Expect: 100-continue` and is refused from its headers (no
+/// token, a body over the limit) hears the refusal at once, without `100 Continue`:
+/// it was invited to send, then its bytes were drained and thrown away (up to 1 s
+/// and 1 MiB anonymously, 10 s and tens of MB over the limit). An HTTP/1.1 request
+/// with no `Host`, or two, is refused (RFC 9112 §3.2).
+async fn refusals_from_the_head_are_final_answers(_: Setup) {
+    let served = Served::start(&["--max-request-bytes", "65536"]).await;
+    let bearer = token("expecting");
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let with_token = format!("Authorization: Bearer {bearer}\r\n");
+    for (case, auth, length, status) in [
+        ("no token", "", 100_000_000, "HTTP/1.1 200"),
+        (
+            "over the limit",
+            with_token.as_str(),
+            100_000,
+            "HTTP/1.1 413",
+        ),
+    ] {
+        let mut tcp = TcpStream::connect(&address).await.expect("connect");
+        let head = format!(
+            "POST /graphql HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.expect("send");
+        let started = Instant::now();
+        let said = answer(&mut tcp, Duration::from_secs(5))
+            .await
+            .expect("answered, and the connection closed");
+        assert!(said.starts_with(status), "{case}: {said}");
+        assert!(!said.contains("100 Continue"), "{case}: {said}");
+        assert!(
+            started.elapsed() < Duration::from_millis(800),
+            "{case}: answered at once, not after a drain"
+        );
+    }
+    for (case, hosts) in [("no Host", ""), ("two", "Host: a\r\nHost: b\r\n")] {
+        let mut tcp = TcpStream::connect(&address).await.expect("connect");
+        let head = format!("GET /healthz HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.expect("send");
+        let said = answer(&mut tcp, Duration::from_secs(5))
+            .await
+            .expect("answered");
+        assert!(said.starts_with("HTTP/1.1 400"), "{case}: {said}");
+        assert!(said.contains("one `Host` header"), "{case}: {said}");
+    }
+}
+
 /// Every refusal's code is in its request's summary log line, those answered before
 /// `/graphql` ran (a 413) and the REST routes' (a 401) too: they were missing.
 async fn every_refusal_names_its_code_in_the_log(_: Setup) {
@@ -1665,6 +1760,8 @@ crate::matrix!(
     kept_documents_hold_bounded_memory,
     log_lines_stay_short_whatever_the_method,
     every_refusal_names_its_code_in_the_log,
+    refusals_from_the_head_are_final_answers,
+    long_documents_leave_the_workers_free,
     fragment_expansion_is_refused_early,
     batches_are_bounded,
     files_are_counted_across_the_request,

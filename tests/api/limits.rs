@@ -388,6 +388,34 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
         json,
         "q=0 refuses the media type"
     );
+    // The higher `q` wins, a tie goes to GraphQL's type, and media types have no case.
+    for (accept, answered) in [
+        (
+            "application/json, application/graphql-response+json;q=0.1",
+            json,
+        ),
+        (
+            "application/graphql-response+json, application/json;q=0.9",
+            graphql_response,
+        ),
+        ("Application/GraphQL-Response+JSON", graphql_response),
+        (
+            "application/graphql-response+json;q=0.5, */*;q=0.4",
+            graphql_response,
+        ),
+        ("*/*", json),
+    ] {
+        let answer = post(json!({ "query": "{ nope }" }).to_string(), json, accept)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(answer.headers()["content-type"], answered, "{accept}");
+        let status = if answered == json { 200 } else { 400 };
+        assert_eq!(answer.status(), status, "{accept}");
+        // An answer is for one bearer, and its form depends on `Accept`.
+        assert_eq!(answer.headers()["cache-control"], "no-store", "{accept}");
+        assert_eq!(answer.headers()["vary"], "accept", "{accept}");
+    }
     // A request without a token is a 401 that names the scheme, as on every route.
     let anonymous = app
         .client
@@ -402,7 +430,88 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
     assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
 }
 
+/// GraphQL over HTTP's GET: `operationName` picks the operation of a document with
+/// several (async-graphql's own parser reads `operation_name`, so the first ran).
+async fn a_get_runs_the_operation_it_names(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let get = |params: Vec<(&'static str, &'static str)>| {
+        app.client
+            .get(app.url("/graphql"))
+            .query(&params)
+            .bearer_auth(&bearer)
+            .header("apollo-require-preflight", "true")
+            .send()
+    };
+    let document = "query A { __typename } \
+                    query B { attachments(ownerType: \"contract\") { totalCount } } \
+                    mutation M { deleteAttachment(id: \"x\") }";
+    let answer = get(vec![("query", document), ("operationName", "B")])
+        .await
+        .expect("GET");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("JSON");
+    assert_eq!(data(&body, "attachments")["totalCount"], 0, "{body}");
+    assert!(
+        body["data"].get("__typename").is_none(),
+        "B ran, not A: {body}"
+    );
+
+    let unknown = get(vec![("query", document), ("operationName", "Z")])
+        .await
+        .expect("GET");
+    let body: Value = unknown.json().await.expect("JSON");
+    assert!(body.get("data").is_none(), "no operation Z: {body}");
+    assert!(!codes(&body).is_empty(), "{body}");
+
+    let mutation = get(vec![("query", document), ("operationName", "M")])
+        .await
+        .expect("GET");
+    assert_eq!(mutation.status(), 405, "a mutation picked over GET");
+
+    // An empty name names none: one operation runs as if none were given.
+    let single = get(vec![("query", "{ __typename }"), ("operationName", "")])
+        .await
+        .expect("GET");
+    let body: Value = single.json().await.expect("JSON");
+    assert_eq!(body["data"]["__typename"], "Query", "{body}");
+
+    let twice = get(vec![
+        ("query", document),
+        ("operationName", "A"),
+        ("operationName", "B"),
+    ])
+    .await
+    .expect("GET");
+    assert_eq!(twice.status(), 400);
+    let body: Value = twice.json().await.expect("JSON");
+    let said = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("given twice"), "{said}");
+
+    // HEAD is answered as GET, without the body (it fell through to the POST rules).
+    let head = app
+        .client
+        .head(app.url("/graphql"))
+        .query(&[("query", "{ __typename }")])
+        .bearer_auth(&bearer)
+        .header("apollo-require-preflight", "true")
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 200);
+    let page = app
+        .client
+        .head(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(page.status(), 200, "the playground");
+    assert!(page.text().await.expect("body").is_empty());
+}
+
 crate::matrix!(
+    a_get_runs_the_operation_it_names,
     cors_answers_only_the_configured_origins,
     oversize_bodies_get_413_before_parsing,
     depth_and_complexity_are_limited,

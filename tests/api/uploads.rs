@@ -264,6 +264,11 @@ async fn a_batch_is_all_or_nothing(setup: Setup) {
         "over MAX_BATCH_FILES: {body}"
     );
 
+    // No files: nothing stored, no error (it was an INTERNAL_SERVER_ERROR, an INSERT
+    // of no rows, and a "database failure" in the log).
+    let body = app.gql(batch, json!({ "input": [] }), Some(&bearer)).await;
+    assert_eq!(body["data"]["uploadAttachments"], json!([]), "{body}");
+
     let body = app
         .gql(batch, json!({ "input": [good, good, good] }), Some(&bearer))
         .await;
@@ -406,6 +411,41 @@ async fn a_part_read_by_two_fields_says_how_to_map_it(setup: Setup) {
         "{body}"
     );
     assert_eq!(body["errors"][0]["path"], json!(["b"]), "{body}");
+}
+
+/// A `map` path that names no variable (a typo) is refused with 400 naming it,
+/// before its file is read: it was ignored, the part uploaded and dropped, and the
+/// client was told only that `input.file` was not an Upload.
+async fn a_map_path_to_no_variable_is_named(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let query = "mutation($input: UploadAttachmentFileInput!) { uploadAttachmentFile(input: $input) { id } }";
+    for path in [
+        "variables.input.fil",
+        "variables.nothing",
+        "input.file",
+        "variables.input.file.0",
+    ] {
+        let form = reqwest::multipart::Form::new()
+            .text(
+                "operations",
+                json!({ "query": query, "variables": { "input": {
+                    "ownerType": "contract", "ownerId": "c", "file": null } } })
+                .to_string(),
+            )
+            .text("map", json!({ "0": [path] }).to_string())
+            .part("0", file_part(&pdf(), "a.pdf", "application/pdf"));
+        let (status, body) = post_multipart(&app.base_url, &bearer, form).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("the `map` path `{path}` names no variable")),
+            "{path}: {body}"
+        );
+    }
+    assert_eq!(app.row_count(&acme).await, 0);
+    assert!(app.stored_keys().is_empty());
 }
 
 /// Multipart parts stream to the resolver waiting for them, in any order: a part
@@ -685,6 +725,7 @@ async fn a_refused_upload_among_concurrent_ones_fails_alone(setup: Setup) {
 crate::matrix!(
     upload_stores_the_file_under_its_collection_key,
     a_part_read_by_two_fields_says_how_to_map_it,
+    a_map_path_to_no_variable_is_named,
     a_refused_upload_among_concurrent_ones_fails_alone,
     large_files_keep_every_byte,
     every_tolerated_base64_form_is_accepted,
