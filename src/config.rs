@@ -182,9 +182,10 @@ pub struct DatabaseConfig {
     pub sqlite_synchronous: SqliteSync,
     /// PostgreSQL only: the most connections the pool opens; a query beyond them
     /// waits for one. Every replica opens its own, so their sum must stay below the
-    /// server's `max_connections`.
+    /// server's `max_connections`. At least 2: a storage migration's lock holds one
+    /// for the whole run (or its wait), and the run needs another.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_max_connections: u32,
 }
 

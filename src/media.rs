@@ -211,6 +211,13 @@ enum Signature {
 
 impl Signature {
     fn of(head: &[u8]) -> Self {
+        // `infer`'s markup matchers skip whitespace, not a UTF-8 byte-order mark:
+        // markup is looked for behind one too.
+        if let Some(behind) = head.strip_prefix(b"\xEF\xBB\xBF")
+            && matches!(Self::of(behind), Self::Foreign)
+        {
+            return Self::Foreign;
+        }
         let Some(found) = infer::get(head) else {
             return Self::None;
         };
@@ -385,6 +392,7 @@ mod tests {
             (b"12345678WEBP and more", MediaType::Txt),
             (b"MZ is a prefix\n", MediaType::Txt),
             (b"see %PDF in the manual", MediaType::Txt),
+            (b"\xEF\xBB\xBFname,amount\n", MediaType::Csv),
         ];
         for (bytes, kind) in text {
             let name = if kind == MediaType::Csv {
@@ -409,6 +417,8 @@ mod tests {
         );
         let foreign = [
             &b"<html ><body>"[..],
+            b"\xEF\xBB\xBF<html><body>",
+            b"\xEF\xBB\xBF\n  <!DOCTYPE html>",
             b"<?xml version=\"1.0\"?>",
             b"#!/bin/sh\n",
             b"{\\rtf1\\ansi hello}",

@@ -40,6 +40,12 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "0",
             "DATABASE_MAX_CONNECTIONS",
         ),
+        // A storage migration's lock holds one connection, and its run needs another.
+        (
+            "--database-max-connections",
+            "1",
+            "DATABASE_MAX_CONNECTIONS",
+        ),
         ("--database-url", "sqlite::memory:", "DATABASE_URL"),
         ("--public-base-url", "files.example.com", "PUBLIC_BASE_URL"),
         (

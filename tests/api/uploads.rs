@@ -191,6 +191,17 @@ async fn every_validation_error_has_its_code_and_stores_nothing(setup: Setup) {
             declared_png,
             "UNSUPPORTED_MEDIA_TYPE",
         ),
+        (
+            // Markup behind a UTF-8 byte-order mark was stored as text/plain.
+            "HTML behind a byte-order mark",
+            input(
+                "contract",
+                Some("c-1"),
+                "x.txt",
+                &STANDARD.encode(b"\xEF\xBB\xBF<!DOCTYPE html><script>1</script>"),
+            ),
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
         ("checksum differs", wrong_sha, "CHECKSUM_MISMATCH"),
         ("malformed checksum", malformed_sha, "CHECKSUM_MISMATCH"),
         (
