@@ -36,17 +36,42 @@ impl PgTarget {
             url.set_password(None)
                 .map_err(|()| BackupError::Database("not a PostgreSQL URL".into()))?;
         }
-        // libpq also takes the password as a parameter: `?password=...`.
-        let (secret, kept): (Vec<_>, Vec<_>) = url
-            .query_pairs()
-            .into_owned()
-            .partition(|(name, _)| name == "password");
-        if let Some((_, value)) = secret.into_iter().next_back() {
-            password = Some(value);
-            url.set_query(None);
-            if !kept.is_empty() {
-                url.query_pairs_mut().extend_pairs(kept);
-            }
+        // The parameters in libpq's names: the server's driver (sqlx) also takes
+        // spellings of its own, which the tools refuse ("invalid URI query
+        // parameter"), so a URL the server runs on would fail every backup.
+        let mut kept = Vec::new();
+        let mut options = Vec::new();
+        for (name, value) in url.query_pairs().into_owned() {
+            let libpq = match name.as_str() {
+                // libpq also takes the password as a parameter.
+                "password" => {
+                    password = Some(value);
+                    continue;
+                }
+                "ssl-mode" => "sslmode",
+                "ssl-root-cert" | "ssl-ca" => "sslrootcert",
+                "ssl-cert" => "sslcert",
+                "ssl-key" => "sslkey",
+                "statement-cache-capacity" => continue,
+                "options" => {
+                    options.push(value);
+                    continue;
+                }
+                setting if setting.starts_with("options[") && setting.ends_with(']') => {
+                    let setting = &setting["options[".len()..setting.len() - 1];
+                    options.push(format!("-c {setting}={value}"));
+                    continue;
+                }
+                _ => name.as_str(),
+            };
+            kept.push((libpq.to_owned(), value));
+        }
+        if !options.is_empty() {
+            kept.push(("options".to_owned(), options.join(" ")));
+        }
+        url.set_query(None);
+        if !kept.is_empty() {
+            url.query_pairs_mut().extend_pairs(kept);
         }
         Ok(Self {
             url: url.to_string(),
@@ -215,5 +240,20 @@ mod tests {
         let bare = PgTarget::parse("postgres://app@db/attache").expect("parses");
         assert_eq!(bare.to_string(), "postgres://app@db/attache");
         assert_eq!(bare.password, None);
+    }
+
+    /// sqlx's own spellings, which the server runs on, reach the tools as libpq's.
+    #[test]
+    fn the_drivers_parameters_reach_the_tools_in_libpqs_names() {
+        let target = PgTarget::parse(
+            "postgres://app@db/attache?ssl-mode=require&ssl-ca=/ca.pem&statement-cache-capacity=100\
+             &options[search_path]=files&application_name=attache",
+        )
+        .expect("parses");
+        assert_eq!(
+            target.to_string(),
+            "postgres://app@db/attache?sslmode=require&sslrootcert=%2Fca.pem\
+             &application_name=attache&options=-c+search_path%3Dfiles"
+        );
     }
 }

@@ -12,6 +12,47 @@ use super::BackupError;
 use crate::config::DatabaseConfig;
 use crate::storage::{Storage, StorageKey};
 
+/// The temporary files beside the database: a snapshot being taken, a backup being
+/// downloaded for a restore.
+const SNAPSHOT: &str = ".attache-backup-";
+const DOWNLOAD: &str = ".attache-restore-";
+
+/// Those not written to for this long are a killed run's, not another run's.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes what a killed `backup create` or `restore` left beside the database (its
+/// temporary files go only when dropped, and a snapshot is the database's size):
+/// the files not written to for [`STALE_AFTER`], so one still being written by a
+/// run beside this one stays.
+fn remove_stale(folder: &Path) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(SNAPSHOT) || name.starts_with(DOWNLOAD));
+        let stale = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if ours && stale {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed a killed backup run's file")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %path.display(), error = %err, "cannot remove a killed backup run's file");
+                }
+            }
+        }
+    }
+}
+
 /// A consistent copy of the database at `file` as a stream; the temporary file is
 /// already unlinked, so nothing is left behind whatever happens to the stream.
 pub async fn dump(
@@ -24,8 +65,9 @@ pub async fn dump(
             file.display()
         )));
     }
+    remove_stale(crate::db::sqlite_folder(file));
     let snapshot = tempfile::Builder::new()
-        .prefix(".attache-backup-")
+        .prefix(SNAPSHOT)
         .tempfile_in(crate::db::sqlite_folder(file))
         .map_err(|source| BackupError::io("cannot create the snapshot file", source))?
         .into_temp_path();
@@ -58,8 +100,9 @@ pub async fn dump(
 /// old database or the new one), without the old one's journal files.
 pub async fn restore(file: &Path, storage: &Storage, key: &StorageKey) -> Result<(), BackupError> {
     let folder = crate::db::sqlite_folder(file);
+    remove_stale(folder);
     let copy = tempfile::Builder::new()
-        .prefix(".attache-restore-")
+        .prefix(DOWNLOAD)
         .tempfile_in(folder)
         .map_err(|source| BackupError::io("cannot create the download file", source))?;
     let mut download = copy

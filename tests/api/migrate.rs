@@ -11,7 +11,7 @@ use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    DELETE, Db, GET, S3_BUCKET, S3Server, Setup, Store, TestApp, Uploaded, data, pdf, png,
+    DELETE, Db, GET, S3_BUCKET, S3Server, SECRET, Setup, Store, TestApp, Uploaded, data, pdf, png,
     private_database_url, run_attache, s3_flags, sha256_hex, spawn_attache, tenant,
 };
 
@@ -581,6 +581,8 @@ async fn serve_runs_the_automatic_migration(setup: Setup) {
         scene.local.storage_root.display().to_string(),
         "--auto-migrate-storage".into(),
         "true".into(),
+        "--jwt-secret".into(),
+        SECRET.into(),
     ];
     args.extend(s3_flags(&scene.s3.endpoint));
     let mut server = spawn_attache(args);
