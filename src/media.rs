@@ -212,12 +212,16 @@ enum Signature {
 impl Signature {
     fn of(head: &[u8]) -> Self {
         // `infer`'s markup matchers skip whitespace, not a UTF-8 byte-order mark:
-        // markup is looked for behind one too.
+        // markup is looked for behind one too (one mark; more are text).
         if let Some(behind) = head.strip_prefix(b"\xEF\xBB\xBF")
-            && matches!(Self::of(behind), Self::Foreign)
+            && matches!(Self::of_bytes(behind), Self::Foreign)
         {
             return Self::Foreign;
         }
+        Self::of_bytes(head)
+    }
+
+    fn of_bytes(head: &[u8]) -> Self {
         let Some(found) = infer::get(head) else {
             return Self::None;
         };
@@ -394,6 +398,13 @@ mod tests {
             (b"see %PDF in the manual", MediaType::Txt),
             (b"\xEF\xBB\xBFname,amount\n", MediaType::Csv),
         ];
+        // Byte-order marks one after another are text, looked at once, not once each
+        // (a recursion per mark overflowed the stack on a file of a million of them).
+        let marks = b"\xEF\xBB\xBF".repeat(700_000);
+        assert_eq!(
+            MediaType::detect(&marks, None, "a.txt"),
+            Some(MediaType::Txt)
+        );
         for (bytes, kind) in text {
             let name = if kind == MediaType::Csv {
                 "a.csv"

@@ -59,7 +59,11 @@ impl PgTarget {
                 }
                 setting if setting.starts_with("options[") && setting.ends_with(']') => {
                     let setting = &setting["options[".len()..setting.len() - 1];
-                    options.push(format!("-c {setting}={value}"));
+                    // libpq splits `options` at spaces; a backslash keeps one.
+                    let escaped = format!("{setting}={value}")
+                        .replace('\\', "\\\\")
+                        .replace(' ', "\\ ");
+                    options.push(format!("-c {escaped}"));
                     continue;
                 }
                 _ => name.as_str(),
@@ -71,7 +75,13 @@ impl PgTarget {
         }
         url.set_query(None);
         if !kept.is_empty() {
-            url.query_pairs_mut().extend_pairs(kept);
+            // libpq decodes `%XX` only: a space in form encoding's `+` would reach it
+            // as a plus (a literal plus is written `%2B`).
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(kept)
+                .finish()
+                .replace('+', "%20");
+            url.set_query(Some(&query));
         }
         Ok(Self {
             url: url.to_string(),
@@ -247,13 +257,13 @@ mod tests {
     fn the_drivers_parameters_reach_the_tools_in_libpqs_names() {
         let target = PgTarget::parse(
             "postgres://app@db/attache?ssl-mode=require&ssl-ca=/ca.pem&statement-cache-capacity=100\
-             &options[search_path]=files&application_name=attache",
+             &options[search_path]=a%20b&application_name=attache%20backup",
         )
         .expect("parses");
         assert_eq!(
             target.to_string(),
             "postgres://app@db/attache?sslmode=require&sslrootcert=%2Fca.pem\
-             &application_name=attache&options=-c+search_path%3Dfiles"
+             &application_name=attache%20backup&options=-c%20search_path%3Da%5C%20b"
         );
     }
 }

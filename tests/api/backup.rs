@@ -583,8 +583,9 @@ async fn a_backup_from_before_quotas_restores_and_serves(setup: Setup) {
 
 crate::matrix!(s3: a_backup_larger_than_a_part_streams_in_parts_and_restores);
 /// A `DATABASE_URL` in the server's driver's spellings (`ssl-mode`,
-/// `statement-cache-capacity`), on which `serve` runs, backs up and restores: the
-/// tools refused it ("invalid URI query parameter"), so every backup failed.
+/// `statement-cache-capacity`, `options[...]`), on which `serve` runs, backs up and
+/// restores: the tools refused it ("invalid URI query parameter"), so every backup
+/// failed; a space reaches them as `%20` (libpq reads a `+` as a plus).
 async fn a_url_the_server_takes_backs_up(setup: Setup) {
     let scene = Scene::new(setup).await;
     let separator = if scene.database_url.contains('?') {
@@ -593,7 +594,8 @@ async fn a_url_the_server_takes_backs_up(setup: Setup) {
         '?'
     };
     let url = format!(
-        "{}{separator}ssl-mode=disable&statement-cache-capacity=100",
+        "{}{separator}ssl-mode=disable&statement-cache-capacity=100\
+         &options[search_path]=public&application_name=attache%20tests",
         scene.database_url
     );
     let created = scene.backup_of(&url, &["create"]).await;

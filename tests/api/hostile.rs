@@ -255,6 +255,27 @@ async fn log_lines_stay_short_whatever_the_method(_: Setup) {
     assert!(log.contains("method=other"), "named `other`");
 }
 
+/// A file of byte-order marks and nothing else (valid UTF-8, so it reaches type
+/// detection) is text: markup is looked for behind one mark, not behind each, which
+/// was a recursion per mark, deep enough to overflow a worker's stack and end the
+/// process for every tenant.
+async fn a_file_of_byte_order_marks_is_text(_: Setup) {
+    let mut served = Served::start(&[]).await;
+    let before = rss_mib(&served);
+    let marks = b"\xEF\xBB\xBF".repeat(500_000);
+    let (status, body) = post(
+        &served,
+        Some(&token("marks")),
+        &json!({ "query": UPLOAD, "variables": { "input": {
+            "ownerType": "contract", "ownerId": "c", "filename": "marks.txt",
+            "base64": STANDARD.encode(&marks) }}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(data(&body, "uploadAttachment")["contentType"], "text/plain");
+    assert_unharmed(&mut served, before, "a file of byte-order marks").await;
+}
+
 /// Long query texts are parsed beside the runtime's workers: four 3 MB documents
 /// (a comment, which the parser reads at some 10 MB a second in a release build)
 /// held both workers, and `/healthz` waited seconds behind them.
@@ -1762,6 +1783,7 @@ crate::matrix!(
     every_refusal_names_its_code_in_the_log,
     refusals_from_the_head_are_final_answers,
     long_documents_leave_the_workers_free,
+    a_file_of_byte_order_marks_is_text,
     fragment_expansion_is_refused_early,
     batches_are_bounded,
     files_are_counted_across_the_request,
