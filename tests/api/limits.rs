@@ -435,14 +435,15 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
 async fn a_get_runs_the_operation_it_names(setup: Setup) {
     let app = TestApp::spawn(setup).await;
     let bearer = app.token(&tenant());
-    let get = |params: Vec<(&'static str, &'static str)>| {
+    let ask = |method: reqwest::Method, params: Vec<(&'static str, &'static str)>| {
         app.client
-            .get(app.url("/graphql"))
+            .request(method, app.url("/graphql"))
             .query(&params)
             .bearer_auth(&bearer)
             .header("apollo-require-preflight", "true")
             .send()
     };
+    let get = |params| ask(reqwest::Method::GET, params);
     let document = "query A { __typename } \
                     query B { attachments(ownerType: \"contract\") { totalCount } } \
                     mutation M { deleteAttachment(id: \"x\") }";
@@ -489,13 +490,7 @@ async fn a_get_runs_the_operation_it_names(setup: Setup) {
     assert!(said.contains("given twice"), "{said}");
 
     // HEAD is answered as GET, without the body (it fell through to the POST rules).
-    let head = app
-        .client
-        .head(app.url("/graphql"))
-        .query(&[("query", "{ __typename }")])
-        .bearer_auth(&bearer)
-        .header("apollo-require-preflight", "true")
-        .send()
+    let head = ask(reqwest::Method::HEAD, vec![("query", "{ __typename }")])
         .await
         .expect("HEAD");
     assert_eq!(head.status(), 200);
