@@ -17,8 +17,8 @@ pub enum AppError {
     #[error("{0}")]
     BadUserInput(String),
     /// A query text that is not GraphQL: a request error, like Apollo Server's.
-    #[error("{0}")]
-    GraphqlParse(String),
+    #[error("{}", .0.message)]
+    GraphqlParse(ParseFailure),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -164,10 +164,25 @@ impl AppError {
             extensions["usage"] = usage_json(&refusal.usage);
             extensions["requested"] = requested_json(refusal);
         }
-        serde_json::json!({
-            "errors": [{ "message": self.message(), "extensions": extensions }]
-        })
+        let mut error = serde_json::json!({ "message": self.message(), "extensions": extensions });
+        if let Self::GraphqlParse(failure) = self
+            && !failure.locations.is_empty()
+        {
+            let locations = failure.locations.iter();
+            error["locations"] = locations
+                .map(|(line, column)| serde_json::json!({ "line": line, "column": column }))
+                .collect();
+        }
+        serde_json::json!({ "errors": [error] })
     }
+}
+
+/// Why a query text is not GraphQL, and where: each place a line and a column,
+/// counted from 1, as GraphQL's `locations` give them.
+#[derive(Debug)]
+pub struct ParseFailure {
+    pub message: String,
+    pub locations: Vec<(usize, usize)>,
 }
 
 /// What a tenant stores and may store when its quota refused an upload.

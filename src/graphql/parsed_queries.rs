@@ -12,7 +12,7 @@ use async_graphql::parser::types::ExecutableDocument;
 
 use crate::auth::Access;
 use crate::config::QueryLimits;
-use crate::error::AppError;
+use crate::error::{AppError, ParseFailure};
 use crate::graphql::attachments::{FILE_FIELDS, LISTING};
 use crate::graphql::bounds::{self, Shape};
 
@@ -208,8 +208,25 @@ impl ParsedQueries {
 }
 
 /// Why a query text is not GraphQL, by line and column: the parser's own message
-/// quotes the whole line, which may be the whole 14 MB text.
-fn parse_failure(err: &async_graphql::parser::Error) -> String {
+/// quotes the whole line, which may be the whole 14 MB text. The places go in the
+/// error's `locations` too, where GraphiQL and editors point at them.
+fn parse_failure(err: &async_graphql::parser::Error) -> ParseFailure {
+    let locations = match err {
+        // The start of what did not parse; its end says nothing more.
+        async_graphql::parser::Error::Syntax { start, .. } => vec![*start],
+        other => other.positions().collect(),
+    };
+    let locations = locations
+        .into_iter()
+        .map(|at| (at.line, at.column))
+        .collect();
+    ParseFailure {
+        message: parse_message(err),
+        locations,
+    }
+}
+
+fn parse_message(err: &async_graphql::parser::Error) -> String {
     let async_graphql::parser::Error::Syntax { message, start, .. } = err else {
         return format!("the query is not GraphQL: {err}");
     };

@@ -564,7 +564,9 @@ async fn periodic_work_runs_on_one_replica_at_a_time(setup: Setup) {
     let db = &app.app.db;
     let name = format!("test-{}", tenant());
     let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    let ttl = Duration::from_millis(300);
+    // Long enough that the three calls below land inside it on a loaded machine (a
+    // commit can wait behind another test's checkpoint).
+    let ttl = Duration::from_secs(3);
     let acquire = |holder| attache::workers::maintenance::acquire(db, &name, holder, ttl);
     assert!(acquire(first).await.expect("lease"), "a free lease");
     assert!(!acquire(second).await.expect("lease"), "held by the first");
@@ -572,7 +574,7 @@ async fn periodic_work_runs_on_one_replica_at_a_time(setup: Setup) {
         acquire(first).await.expect("lease"),
         "renewed by its holder"
     );
-    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
     assert!(
         acquire(second).await.expect("lease"),
         "a lapsed lease is taken over"

@@ -338,6 +338,13 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
             "{case}: {said}"
         );
         assert!(value.get("data").is_none(), "{case}: no data: {value}");
+        // Where it went wrong, for GraphiQL and editors to point at.
+        let at = &value["errors"][0]["locations"][0];
+        assert_eq!(at["line"], 1, "{case}: {value}");
+        assert!(
+            at["column"].as_u64().is_some_and(|column| column > 1),
+            "{case}: {value}"
+        );
         let answer = post(body, json, graphql_response)
             .send()
             .await
