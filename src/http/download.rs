@@ -153,7 +153,7 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
 }
 
 /// `If-None-Match`'s weak comparison (RFC 9110 §13.1.2): `W/` is ignored.
-fn etag_matches(header_value: &str, etag: &str) -> bool {
+pub(super) fn etag_matches(header_value: &str, etag: &str) -> bool {
     header_value
         .split(',')
         .map(|tag| tag.trim().trim_start_matches("W/"))

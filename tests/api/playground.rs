@@ -82,8 +82,22 @@ async fn the_page_runs_only_its_own_scripts(setup: Setup) {
         "{content_type}"
     );
     assert_eq!(init.headers()["x-content-type-options"], "nosniff");
+    // Revalidated at each use (the names stay across versions: a day's max-age
+    // paired a new page with an old script), an unchanged one answered 304.
+    assert_eq!(init.headers()["cache-control"], "no-cache");
+    let etag = init.headers()["etag"].clone();
     let script = init.text().await.expect("init.js");
     assert!(script.contains("attache-dev-token") && script.contains("GraphiQL"));
+    let again = app
+        .client
+        .get(app.url("/graphql/assets/init.js"))
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .expect("GET init.js again");
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag);
+    assert!(again.text().await.expect("no body").is_empty());
 }
 
 async fn in_development_mode_the_page_carries_a_working_token(_setup: Setup) {
