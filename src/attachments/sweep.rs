@@ -104,9 +104,6 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
     Ok(swept)
 }
 
-/// Aborts the multipart uploads begun before `cutoff` under the collections' layouts
-/// and the staging keys (never a backup's), which no upload in flight can still be
-/// sending: their parts are stored, and billed, under no object.
 /// The time `age` ago (the epoch, for an age past it).
 fn ago(age: Duration) -> SystemTime {
     SystemTime::now()
@@ -114,6 +111,9 @@ fn ago(age: Duration) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// Aborts the multipart uploads begun before `cutoff` under the collections' layouts
+/// and the staging keys (never a backup's), which no upload in flight can still be
+/// sending: their parts are stored, and billed, under no object.
 async fn abort_unfinished(app: &App, cutoff: SystemTime, dry_run: bool) -> AppResult<Vec<Swept>> {
     let unfinished = app
         .storage

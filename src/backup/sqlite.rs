@@ -33,13 +33,7 @@ fn remove_stale(folder: &Path) {
             .file_name()
             .to_str()
             .is_some_and(|name| name.starts_with(SNAPSHOT) || name.starts_with(DOWNLOAD));
-        let stale = entry
-            .metadata()
-            .and_then(|metadata| metadata.modified())
-            .ok()
-            .and_then(|modified| modified.elapsed().ok())
-            .is_some_and(|age| age > STALE_AFTER);
-        if ours && stale {
+        if ours && crate::storage::temp::unwritten_for(&entry, STALE_AFTER) {
             let path = entry.path();
             match std::fs::remove_file(&path) {
                 Ok(()) => {

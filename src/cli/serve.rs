@@ -96,12 +96,8 @@ fn shared_setup(config: &Config, address: SocketAddr, base_url: &str) -> Option<
             "LISTEN_ADDR {address} is reachable from other machines (listen on 127.0.0.1)"
         ));
     }
-    let loopback = url::Url::parse(base_url).is_ok_and(|url| match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    });
+    let loopback =
+        url::Url::parse(base_url).is_ok_and(|url| crate::http::is_loopback_name(url.host_str()));
     if !loopback {
         return Some(format!("PUBLIC_BASE_URL {base_url} is not this machine"));
     }

@@ -17,6 +17,8 @@ mod playground;
 pub mod slow_body;
 mod uploads;
 
+pub(crate) use playground::is_loopback_name;
+
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::IntoResponse;

@@ -98,7 +98,7 @@ pub fn page_with(dev_minter: Option<&TokenMinter>, host: Option<&str>) -> Respon
 /// Whether `Host` names this machine's loopback (`localhost`, `127.x.x.x`, `[::1]`).
 /// A page that another site's name reaches (DNS rebinding: `evil.example` made to
 /// resolve to 127.0.0.1) gets no token, so that site cannot read one from it.
-fn is_loopback_name(host: Option<&str>) -> bool {
+pub(crate) fn is_loopback_name(host: Option<&str>) -> bool {
     let Some(host) = host else {
         return false;
     };

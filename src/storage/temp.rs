@@ -99,8 +99,8 @@ fn remove_leftovers(parent: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours =
-            name.starts_with(PREFIX) || (name.starts_with(NEW_PREFIX) && older_than_grace(&entry));
+        let ours = name.starts_with(PREFIX)
+            || (name.starts_with(NEW_PREFIX) && unwritten_for(&entry, UNLOCKED_GRACE));
         if !ours {
             continue;
         }
@@ -122,14 +122,16 @@ fn remove_leftovers(parent: &Path) {
     }
 }
 
-fn older_than_grace(entry: &std::fs::DirEntry) -> bool {
+/// Whether nothing has written to `entry` for longer than `age`: what a process
+/// killed between steps left, not what one running beside this one writes.
+pub fn unwritten_for(entry: &std::fs::DirEntry, age: Duration) -> bool {
     entry
         .metadata()
         .and_then(|meta| meta.modified())
         .is_ok_and(|modified| {
             SystemTime::now()
                 .duration_since(modified)
-                .is_ok_and(|age| age > UNLOCKED_GRACE)
+                .is_ok_and(|since| since > age)
         })
 }
 

@@ -1752,17 +1752,8 @@ async fn a_completion_uses_its_requests_upload_slot(_setup: Setup) {
         direct["id"],
         " ".repeat(70 * 1024)
     );
-    let completed: Value = http_client()
-        .post(format!("{}/graphql", served.base_url))
-        .bearer_auth(&bearer)
-        .header("Content-Type", "application/json")
-        .body(padded)
-        .send()
-        .await
-        .expect("an answer")
-        .json()
-        .await
-        .expect("JSON");
+    let (_, completed, _) = post_raw(&served, &bearer, padded).await;
+    let completed: Value = serde_json::from_str(&completed).expect("JSON");
     let attachment = data(&completed, "completeDirectUpload");
     assert_eq!(attachment["id"], direct["id"]);
 }
