@@ -28,6 +28,8 @@ RUN apt-get update \
  && mkdir -p /data/uploads && chown -R attache:0 /data && chmod -R g=u /data
 COPY --from=build /src/target/release/attache /usr/local/bin/attache
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+COPY --chmod=0755 docker/healthcheck.sh /usr/local/bin/docker-healthcheck.sh
+COPY LICENSE assets/playground/LICENSE.graphiql /usr/share/doc/attache/
 USER 10001:10001
 WORKDIR /data
 ENV LISTEN_ADDR=0.0.0.0:8080 \
@@ -36,7 +38,7 @@ ENV LISTEN_ADDR=0.0.0.0:8080 \
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["sh", "-c", "curl -fsS \"http://127.0.0.1:${LISTEN_ADDR##*:}/healthz\" >/dev/null || exit 1"]
+  CMD ["docker-healthcheck.sh"]
 # Migrations, then `exec attache serve` (docker/entrypoint.sh); other commands run as given.
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["serve"]

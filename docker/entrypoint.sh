@@ -19,4 +19,22 @@ case "$1" in
   *) exec "$attache" "$@" ;;
 esac
 
+# The address serve listens on, for docker/healthcheck.sh: LISTEN_ADDR, or the last
+# --listen-addr flag, as serve itself reads them. A read-only /tmp only loses the
+# flag's address (the check then reads LISTEN_ADDR).
+listen=${LISTEN_ADDR:-}
+value_follows=no
+for arg in "$@"; do
+  if [ "$value_follows" = yes ]; then
+    listen=$arg
+    value_follows=no
+    continue
+  fi
+  case "$arg" in
+    --listen-addr) value_follows=yes ;;
+    --listen-addr=*) listen=${arg#--listen-addr=} ;;
+  esac
+done
+printf '%s\n' "$listen" >"${TMPDIR:-/tmp}/attache-listen-addr" 2>/dev/null || true
+
 exec "$attache" serve "$@"
