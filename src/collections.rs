@@ -88,8 +88,16 @@ impl Collections {
         let fail = |message: String| ConfigError::new("COLLECTIONS_FILE", message);
         let text = std::fs::read_to_string(path)
             .map_err(|err| fail(format!("cannot read {}: {err}", path.display())))?;
-        let tables: BTreeMap<String, CollectionFile> = toml::from_str(&text)
-            .map_err(|err| fail(format!("invalid TOML: {}", err.message())))?;
+        let tables: BTreeMap<String, CollectionFile> = toml::from_str(&text).map_err(|err| {
+            // Where, as line:column (the error's own text spans several lines).
+            let at = err.span().map_or(String::new(), |span| {
+                let before = text.get(..span.start).unwrap_or(&text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            fail(format!("invalid TOML{at}: {}", err.message()))
+        })?;
         if tables.is_empty() {
             return Err(fail("defines no collection".into()));
         }
@@ -127,6 +135,11 @@ impl Collections {
 
     pub fn get(&self, owner_type: &str) -> Option<&Collection> {
         self.by_owner_type.get(owner_type)
+    }
+
+    /// The owner types, for an error that says which exist.
+    pub fn owner_types(&self) -> Vec<&str> {
+        self.by_owner_type.keys().map(String::as_str).collect()
     }
 
     /// Whether some collection's layout could have made `key`: what `storage sweep`

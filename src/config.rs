@@ -23,7 +23,8 @@ fn parse_retention(text: &str) -> Result<Duration, String> {
 
 /// A duration such as `24h` or `7d`, at most [`MAX_AGE`] (100 years).
 pub fn parse_age(text: &str) -> Result<Duration, String> {
-    let age = humantime::parse_duration(text.trim()).map_err(|err| err.to_string())?;
+    let age = humantime::parse_duration(text.trim())
+        .map_err(|err| format!("{err} (a duration such as 30m, 12h or 7d)"))?;
     match age <= MAX_AGE {
         true => Ok(age),
         false => Err(format!("{text} is longer than 100 years, the most allowed")),
@@ -41,6 +42,27 @@ fn parse_tenant_claim(text: &str) -> Result<String, String> {
             "`{taken}` has another meaning in a token: name a claim of its own (tenant_id, say)"
         )),
         claim => Ok(claim.to_owned()),
+    }
+}
+
+/// A database URL of a kind attache speaks; the driver's own complaint about
+/// another would quote the text back.
+fn parse_database_url(text: &str) -> Result<String, String> {
+    const SCHEMES: [&str; 3] = ["sqlite:", "postgres://", "postgresql://"];
+    match SCHEMES.iter().any(|scheme| text.starts_with(scheme)) {
+        true => Ok(text.to_owned()),
+        false => Err(
+            "expected sqlite://PATH?mode=rwc or postgres://USER:PASSWORD@HOST:5432/DATABASE".into(),
+        ),
+    }
+}
+
+/// A required claim's value: an empty one would refuse every token that carries a
+/// real one, so it is refused at the start.
+fn parse_claim_value(text: &str) -> Result<String, String> {
+    match text.trim() {
+        "" => Err("is empty: unset it, or name the value tokens carry".into()),
+        _ => Ok(text.to_owned()),
     }
 }
 
@@ -173,7 +195,8 @@ pub struct DatabaseConfig {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://attache.db?mode=rwc",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_database_url
     )]
     pub database_url: String,
     /// SQLite only: `normal` (a commit survives a crash of the process) or `full` (it
@@ -332,10 +355,10 @@ pub struct AuthConfig {
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
     /// Required `iss` claim, checked when set.
-    #[arg(long, env = "JWT_ISSUER")]
+    #[arg(long, env = "JWT_ISSUER", value_parser = parse_claim_value)]
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, checked when set.
-    #[arg(long, env = "JWT_AUDIENCE")]
+    #[arg(long, env = "JWT_AUDIENCE", value_parser = parse_claim_value)]
     pub jwt_audience: Option<String>,
     /// Claim that names the tenant (`sub` for a tenant per subject; not another
     /// registered claim, nor `scope`).

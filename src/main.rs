@@ -25,8 +25,15 @@ async fn main() -> std::process::ExitCode {
 
 /// Logs go to stderr: colored text on a terminal, or one JSON object per line.
 fn init_logs(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    const DEFAULT: &str = "info,sqlx=warn";
+    // A RUST_LOG that does not parse is said once logging runs, not silently replaced.
+    let (filter, unread) = match EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, None),
+        Err(err) if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() => {
+            (EnvFilter::new(DEFAULT), Some(err))
+        }
+        Err(_) => (EnvFilter::new(DEFAULT), None),
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -36,5 +43,8 @@ fn init_logs(format: LogFormat) {
             let colors = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             logs.with_ansi(colors).init();
         }
+    }
+    if let Some(err) = unread {
+        tracing::warn!("RUST_LOG is not a log filter ({err}); logging at {DEFAULT}");
     }
 }

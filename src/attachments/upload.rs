@@ -44,7 +44,11 @@ impl Target {
         owner_id: Option<&str>,
     ) -> AppResult<Self> {
         let collection = collections.get(owner_type).ok_or_else(|| {
-            AppError::bad_input(format!("unknown ownerType `{}`", printable(owner_type)))
+            AppError::bad_input(format!(
+                "unknown ownerType `{}`: expected one of {}",
+                printable(owner_type),
+                collections.owner_types().join(", ")
+            ))
         })?;
         let owner_id = owner_id.map(parse_owner_id).transpose()?;
         Ok(Self {
@@ -66,16 +70,25 @@ impl Target {
         Ok(())
     }
 
-    /// UNSUPPORTED_MEDIA_TYPE unless the type is known and the collection accepts it.
+    /// UNSUPPORTED_MEDIA_TYPE unless the type is known and the collection accepts
+    /// it, saying what the file was found to be and what would be accepted.
     pub fn accept(&self, media: Option<MediaType>) -> AppResult<MediaType> {
-        media
-            .filter(|media| self.collection.accept.contains(media))
-            .ok_or_else(|| {
-                AppError::UnsupportedMediaType(format!(
-                    "the file is not a type that `{}` accepts",
-                    self.owner_type
-                ))
-            })
+        let accepted = &self.collection.accept;
+        match media {
+            Some(media) if accepted.contains(&media) => Ok(media),
+            found => Err(AppError::UnsupportedMediaType(format!(
+                "the file is not a type that `{}` accepts ({}; it accepts {})",
+                self.owner_type,
+                found.map_or("its content is of no type attache knows".into(), |media| {
+                    format!("its content is {}", media.mime())
+                }),
+                accepted
+                    .iter()
+                    .map(|media| media.mime())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 }
 

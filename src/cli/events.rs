@@ -28,8 +28,8 @@ enum EventsCommand {
         /// their attachment's later events for their receiver).
         #[arg(long)]
         stuck: bool,
-        /// Most lines shown.
-        #[arg(long, default_value_t = 100)]
+        /// Most lines shown, 1 to 100000.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         limit: u64,
         #[command(flatten)]
         database: DatabaseConfig,

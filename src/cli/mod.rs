@@ -46,41 +46,61 @@ enum Command {
 
 impl Cli {
     /// Parses the command line; a bad setting ends the process with one line that
-    /// names its variable (clap's own format spans several lines).
+    /// names its variable (clap's own format spans several lines), a bad flag of a
+    /// command with one that names the flag.
     pub fn parse_or_exit() -> Self {
         use clap::error::{ContextKind, ContextValue, ErrorKind};
         let err = match Self::try_parse() {
             Ok(cli) => return cli,
             Err(err) => err,
         };
-        let bad_value = matches!(
-            err.kind(),
-            ErrorKind::InvalidValue | ErrorKind::ValueValidation
-        );
-        let argument = match err.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(argument)) if bad_value => argument.clone(),
+        let settings = Settings::of_every_command();
+        let names = |context: ContextKind| match err.get(context) {
+            Some(ContextValue::String(argument)) => vec![settings.name(argument)],
+            Some(ContextValue::Strings(arguments)) => {
+                arguments.iter().map(|arg| settings.name(arg)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let line = match err.kind() {
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+                let [name] = names(ContextKind::InvalidArg)
+                    .try_into()
+                    .unwrap_or_else(|_| err.exit());
+                let value = match err.get(ContextKind::InvalidValue) {
+                    Some(ContextValue::String(value)) => value.clone(),
+                    _ => String::new(),
+                };
+                let detail = match err.source() {
+                    Some(source) => format!(": {}", explain(source)),
+                    None => match err.get(ContextKind::ValidValue) {
+                        Some(ContextValue::Strings(valid)) if !valid.is_empty() => {
+                            format!(": expected one of {}", valid.join(", "))
+                        }
+                        _ if value.is_empty() => ": is empty".into(),
+                        _ => String::new(),
+                    },
+                };
+                match settings.hides(&name) {
+                    true => format!("error: {name}: invalid value{detail}"),
+                    false => format!("error: {name}: invalid value '{value}'{detail}"),
+                }
+            }
+            ErrorKind::ArgumentConflict => {
+                let mut both = names(ContextKind::InvalidArg);
+                both.extend(names(ContextKind::PriorArg));
+                format!("error: {}: set one, not both", both.join(" and "))
+            }
+            ErrorKind::MissingRequiredArgument => {
+                let missing = names(ContextKind::InvalidArg);
+                format!(
+                    "error: {}: required with the settings given",
+                    missing.join(", ")
+                )
+            }
             _ => err.exit(),
         };
-        // "--max-upload-bytes <MAX_UPLOAD_BYTES>": the variable is the value name.
-        let variable = argument
-            .split_once('<')
-            .and_then(|(_, rest)| rest.strip_suffix('>'))
-            .unwrap_or(&argument);
-        let value = match err.get(ContextKind::InvalidValue) {
-            Some(ContextValue::String(value)) => value.clone(),
-            _ => String::new(),
-        };
-        let detail = err
-            .source()
-            .map(|source| format!(": {source}"))
-            .or_else(|| match err.get(ContextKind::ValidValue) {
-                Some(ContextValue::Strings(valid)) => {
-                    Some(format!(": expected one of {}", valid.join(", ")))
-                }
-                _ => None,
-            })
-            .unwrap_or_default();
-        eprintln!("error: {variable}: invalid value '{value}'{detail}");
+        eprintln!("{line}");
         std::process::exit(2);
     }
 
@@ -100,18 +120,7 @@ impl Cli {
     /// prefixes) but names no setting, with the closest real name: a typo such as
     /// `S3_BUCKET` for `S3_BUCKET_NAME` is said, not silently ignored.
     pub fn warn_unknown_variables() {
-        use clap::CommandFactory;
-        let mut known = std::collections::BTreeSet::new();
-        let mut commands = vec![Self::command()];
-        while let Some(command) = commands.pop() {
-            known.extend(
-                command
-                    .get_arguments()
-                    .filter_map(|arg| arg.get_env())
-                    .filter_map(|env| env.to_str().map(str::to_owned)),
-            );
-            commands.extend(command.get_subcommands().cloned());
-        }
+        let known = Settings::of_every_command().variables;
         for (name, _) in std::env::vars_os() {
             let Some(name) = name.to_str() else { continue };
             if known.contains(name) || !OUR_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
@@ -141,6 +150,66 @@ impl Cli {
             Command::Events(args) => events::run(args).await,
             Command::Tenant(args) => tenant::run(args).await,
         }
+    }
+}
+
+/// The settings of every command: their variables, and those whose values are secret.
+struct Settings {
+    variables: std::collections::BTreeSet<String>,
+    hidden: std::collections::BTreeSet<String>,
+}
+
+impl Settings {
+    fn of_every_command() -> Self {
+        use clap::CommandFactory;
+        let mut settings = Self {
+            variables: Default::default(),
+            hidden: Default::default(),
+        };
+        let mut commands = vec![Cli::command()];
+        while let Some(command) = commands.pop() {
+            for arg in command.get_arguments() {
+                let Some(variable) = arg.get_env().and_then(|env| env.to_str()) else {
+                    continue;
+                };
+                if arg.is_hide_env_values_set() {
+                    settings.hidden.insert(variable.to_owned());
+                }
+                settings.variables.insert(variable.to_owned());
+            }
+            commands.extend(command.get_subcommands().cloned());
+        }
+        settings
+    }
+
+    /// What clap calls "--max-upload-bytes <MAX_UPLOAD_BYTES>", as users know it:
+    /// the variable of a setting, else the flag (`--ttl`) or the argument (`[ID]`).
+    fn name(&self, argument: &str) -> String {
+        let value_name = argument
+            .split_once('<')
+            .and_then(|(_, rest)| rest.strip_suffix('>'));
+        match (value_name, argument.split_once(' ')) {
+            (Some(variable), _) if self.variables.contains(variable) => variable.to_owned(),
+            (_, Some((flag, _))) if flag.starts_with("--") => flag.to_owned(),
+            _ => argument.to_owned(),
+        }
+    }
+
+    /// Whether a value of this setting is never printed (a URL with its password).
+    fn hides(&self, name: &str) -> bool {
+        self.hidden.contains(name)
+    }
+}
+
+/// A value parser's complaint, with what to write where the standard library's
+/// says only what is wrong ("invalid digit found in string").
+fn explain(source: &(dyn std::error::Error + 'static)) -> String {
+    if source.is::<std::num::ParseIntError>() {
+        format!("{source}: write a whole number, in digits")
+    } else if source.is::<std::net::AddrParseError>() {
+        format!("{source}: write IP:PORT, such as 127.0.0.1:8080")
+    } else {
+        source.to_string()
     }
 }
 

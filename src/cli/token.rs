@@ -19,7 +19,7 @@ pub struct TokenArgs {
     #[arg(long)]
     sub: Option<String>,
     /// Lifetime, such as 1h, 30m or 7d.
-    #[arg(long, default_value = "1h", value_parser = crate::config::parse_age)]
+    #[arg(long, default_value = "1h", value_parser = parse_lifetime)]
     ttl: Duration,
     /// Space-separated scopes, such as "attachments:read"; none: every scope.
     #[arg(long)]
@@ -50,10 +50,20 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     let sub = args.sub.as_deref().unwrap_or("attache-cli");
     anyhow::ensure!(
         (1..=MAX_SUBJECT_BYTES).contains(&sub.len()),
-        "--sub must be 1 to {MAX_SUBJECT_BYTES} bytes: a longer one is refused by the server"
+        "--sub must be 1 to {MAX_SUBJECT_BYTES} bytes, not {}: the server refuses others",
+        sub.len()
     );
     let token =
         TokenMinter::new(secret, &args.auth).mint(&tenant, sub, args.ttl, args.scope.as_deref())?;
     println!("{token}");
     Ok(())
+}
+
+/// A token's lifetime: a duration of at least a second (`0s` would mint a token
+/// that has expired when it is made).
+fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    match crate::config::parse_age(text)? {
+        ttl if ttl < Duration::from_secs(1) => Err("must be at least 1s".into()),
+        ttl => Ok(ttl),
+    }
 }

@@ -110,9 +110,37 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conf
     }
     let synchronous = config.sqlite_synchronous;
     options.map_sqlx_sqlite_opts(move |sqlite| tune_sqlite(sqlite, synchronous));
-    sea_orm::Database::connect(options)
-        .await
-        .map_err(|err| cannot_connect(&err.to_string(), url))
+    if let Some(file) = sqlite_file(url)
+        && !file.exists()
+        && !url.contains("mode=rwc")
+    {
+        return Err(ConfigError::new(
+            "DATABASE_URL",
+            format!(
+                "{} does not exist: add ?mode=rwc to the URL to create it",
+                file.display()
+            ),
+        ));
+    }
+    match sea_orm::Database::connect(options).await {
+        Ok(db) => Ok(db),
+        Err(err) => Err(cannot_connect(&why_not(err, url).await, url)),
+    }
+}
+
+/// Why the pool could not connect. It reports an unreachable PostgreSQL only as a
+/// timeout of its own (it retries until then); one connection of our own says why:
+/// refused, no such host, a password or database refused.
+async fn why_not(err: sea_orm::DbErr, url: &str) -> String {
+    use sea_orm::sqlx::Connection;
+    let said = err.to_string();
+    if url.starts_with("sqlite:") || !said.contains("pool timed out") {
+        return said;
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, sea_orm::sqlx::PgConnection::connect(url)).await {
+        Ok(Err(direct)) => direct.to_string(),
+        _ => said,
+    }
 }
 
 /// The one door to the database: reads go through [`Database::read`], writes
@@ -443,11 +471,12 @@ pub enum ClaimError {
         pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
     )]
     InUse { path: PathBuf, pid: Option<u32> },
-    #[error("cannot lock {}: {source}", path.display())]
+    // The cause is in the message, not a `source`: the commands print the chain,
+    // which would say it twice.
+    #[error("cannot lock {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -462,13 +491,13 @@ impl SqliteClaim {
     /// Claims `database` (which need not exist yet), or says who holds it.
     pub fn acquire(database: &Path) -> Result<Self, ClaimError> {
         use std::io::{Read, Seek, Write};
-        let lock = lock_path(database).map_err(|source| ClaimError::Io {
+        let lock = lock_path(database).map_err(|cause| ClaimError::Io {
             path: database.to_owned(),
-            source,
+            cause,
         })?;
-        let io = |source| ClaimError::Io {
+        let io = |cause| ClaimError::Io {
             path: lock.clone(),
-            source,
+            cause,
         };
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -506,7 +535,15 @@ fn lock_path(database: &Path) -> std::io::Result<PathBuf> {
         .ok_or_else(|| std::io::Error::other("the database path names no file"))?
         .to_owned();
     name.push(".lock");
-    Ok(std::fs::canonicalize(sqlite_folder(database))?.join(name))
+    let folder = sqlite_folder(database);
+    let folder = std::fs::canonicalize(folder).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => std::io::Error::new(
+            err.kind(),
+            format!("its folder {} does not exist", folder.display()),
+        ),
+        _ => err,
+    })?;
+    Ok(folder.join(name))
 }
 
 /// The folder of a SQLite database file (`.` for a bare file name): where its

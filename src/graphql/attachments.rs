@@ -185,7 +185,11 @@ fn decode_cursor(cursor: &str) -> AppResult<Uuid> {
         .filter(|cursor| cursor.len() == CURSOR_LENGTH)
         .and_then(|cursor| URL_SAFE_NO_PAD.decode(cursor).ok())
         .and_then(|bytes| Uuid::from_slice(&bytes).ok())
-        .ok_or_else(|| AppError::bad_input("invalid cursor"))
+        .ok_or_else(|| {
+            AppError::bad_input(
+                "invalid cursor: `after` takes a `cursor` or the `pageInfo.endCursor` of a page of this listing",
+            )
+        })
 }
 
 #[derive(InputObject)]

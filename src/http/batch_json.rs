@@ -22,6 +22,16 @@ pub enum BatchJsonError {
     Invalid(String),
 }
 
+impl BatchJsonError {
+    /// The same complaint about a multipart field, which names the field.
+    pub fn in_field(self, field: &str) -> Self {
+        match self {
+            Self::Invalid(message) => Self::Invalid(format!("the `{field}` field: {message}")),
+            bound => bound,
+        }
+    }
+}
+
 /// Parses `text` into one request or a non-empty batch, once it is known to hold
 /// at most `max_values` values (object keys included).
 pub fn parse(text: &[u8], max_values: u64) -> Result<BatchRequest, BatchJsonError> {
@@ -30,6 +40,9 @@ pub fn parse(text: &[u8], max_values: u64) -> Result<BatchRequest, BatchJsonErro
     // Straight to the variant the first byte names: serde's untagged enum would
     // first copy the whole document into a tree of its own.
     match text.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        None => Err(BatchJsonError::Invalid(
+            "the JSON is empty: send an object with `query` (and `variables`)".into(),
+        )),
         Some(b'[') => {
             let batch: Vec<Request> = serde_json::from_slice(text).map_err(invalid)?;
             if batch.is_empty() {

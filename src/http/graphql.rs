@@ -30,7 +30,9 @@ use crate::http::slow_body::{body_too_slow, is_too_slow, paced};
 const SMALL_REQUEST_BYTES: u64 = 64 * 1024;
 
 pub async fn handle(state: State<AppState>, request: Request) -> Response {
-    let mut response = respond(state, request).await;
+    let answer = Answer::from_headers(request.headers());
+    let mut response = respond(state, request, answer).await;
+    answer.retype(&mut response);
     // An answer is for one bearer at one moment (its URLs are signed), and its form
     // (JSON, GraphQL's media type or the playground) depends on `Accept`.
     let headers = response.headers_mut();
@@ -41,7 +43,7 @@ pub async fn handle(state: State<AppState>, request: Request) -> Response {
     response
 }
 
-async fn respond(State(state): State<AppState>, request: Request) -> Response {
+async fn respond(State(state): State<AppState>, request: Request, answer: Answer) -> Response {
     let headers = request.headers();
     if reads_query(request.method()) && wants_html(headers) && request.uri().query().is_none() {
         // HTTP/1.1 names the host in `Host`, HTTP/2 in the URI's authority.
@@ -54,13 +56,21 @@ async fn respond(State(state): State<AppState>, request: Request) -> Response {
             .map(|authority| authority.as_str()));
         return crate::http::playground::page_with(state.app.dev_minter.as_ref(), host);
     }
-    let answer = Answer::from_headers(headers);
     if needs_preflight_header(request.method(), headers) {
-        let err = AppError::bad_input(
-            "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF). \
-             Send a non-empty `apollo-require-preflight` or `x-apollo-operation-name` header, \
-             or use the content type application/json.",
-        );
+        // A GET has no content type to change: only the header lets it through.
+        let fix = match reads_query(request.method()) {
+            true => {
+                "A GET must carry a non-empty `apollo-require-preflight` (or \
+                     `x-apollo-operation-name`) header, such as `Apollo-Require-Preflight: true`."
+            }
+            false => {
+                "Send a non-empty `apollo-require-preflight` or `x-apollo-operation-name` \
+                      header, or use the content type application/json."
+            }
+        };
+        let err = AppError::bad_input(format!(
+            "This operation has been blocked as a potential Cross-Site Request Forgery (CSRF). {fix}"
+        ));
         return refused_early(request, err.into_response()).await;
     }
     let principal = match authenticate(&state, headers) {
@@ -328,9 +338,10 @@ fn query_string_request(query: &str, max_values: u64) -> Result<async_graphql::R
                 .map_err(|err| format!("{name}: {err}"))?,
             _ => continue,
         };
-        if request.insert(name.into_owned(), value).is_some() {
-            return Err("a parameter is given twice in the query string".into());
+        if request.contains_key(name.as_ref()) {
+            return Err(format!("`{name}` is given twice in the query string"));
         }
+        request.insert(name.into_owned(), value);
     }
     serde_json::from_value(serde_json::Value::Object(request)).map_err(|err| err.to_string())
 }

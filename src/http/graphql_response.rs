@@ -66,6 +66,20 @@ impl Answer {
         }
     }
 
+    /// An answer written as `application/json` before or without `Accept` (the
+    /// HTTP refusals: a body too large, too slow or malformed, a content type, the
+    /// CSRF rule, no free slot), in the media type the client asked for: Apollo
+    /// Client 4 reads a 4xx's `extensions.code` only from GraphQL's.
+    pub fn retype(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        if self == Self::GraphqlResponse
+            && headers.get(header::CONTENT_TYPE)
+                == Some(&HeaderValue::from_static("application/json"))
+        {
+            headers.insert(header::CONTENT_TYPE, self.content_type());
+        }
+    }
+
     /// A request refused before it ran, without `data`.
     pub fn refusal(self, err: &AppError) -> Response {
         let status = match (self, err) {

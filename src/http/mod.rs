@@ -63,6 +63,8 @@ pub fn router(app: SharedApp) -> Router {
         router = router.route("/metrics", get(health::metrics));
     }
     let router = router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
         .layer(catch_panics())
         .layer(axum::middleware::from_fn(one_host))
@@ -71,6 +73,30 @@ pub fn router(app: SharedApp) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// A path that no route serves: 404 with a GraphQL-shaped body, like every other
+/// refusal of attache's (axum's own is empty).
+async fn no_route() -> axum::response::Response {
+    AppError::NotFound(
+        "nothing is served at this path: the routes are /graphql, \
+         /api/attachments/{id}/download, /api/uploads/{id}, /media/{key}, /healthz, \
+         /readyz and /metrics"
+            .into(),
+    )
+    .into_response()
+}
+
+/// A route asked with a method it does not take: 405, the methods it takes in
+/// `Allow` (set by the router), and a GraphQL-shaped body.
+async fn wrong_method() -> axum::response::Response {
+    let err =
+        AppError::bad_input("this route does not take this method: `Allow` lists those it takes");
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(err.graphql_body()),
+    )
+        .into_response()
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without a `Host`, or with several, is

@@ -179,12 +179,23 @@ async fn read_head(
             .ok_or("the body ended before its `operations` and `map` fields")?;
         match field.name() {
             Some("operations") => {
-                operations = Some(batch_json::parse(&field.bytes().await?, max_values)?);
+                let text = field.bytes().await?;
+                let parsed = batch_json::parse(&text, max_values);
+                operations = Some(parsed.map_err(|err| err.in_field("operations"))?);
             }
             Some("map") => {
                 let text = field.bytes().await?;
-                batch_json::count_values(&text, max_values)?;
-                map = Some(serde_json::from_slice(&text)?);
+                batch_json::count_values(&text, max_values).map_err(|err| err.in_field("map"))?;
+                let parsed = serde_json::from_slice(&text).map_err(|err| {
+                    batch_json::BatchJsonError::Invalid(err.to_string()).in_field("map")
+                })?;
+                map = Some(parsed);
+            }
+            _ if operations.is_some() => {
+                return Err(
+                    "the `map` field is missing: it comes after `operations`, before the files"
+                        .into(),
+                );
             }
             _ => return Err("the `operations` and `map` fields come before the files".into()),
         }

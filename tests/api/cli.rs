@@ -78,6 +78,25 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "https://app.example.com/login",
             "CORS_ALLOWED_ORIGINS",
         ),
+        // The driver's complaints about these quoted the URL back, or garbled it.
+        ("--database-url", "", "DATABASE_URL"),
+        ("--database-url", "e", "DATABASE_URL"),
+        (
+            "--database-url",
+            "postgress://attache:hunter2@db/attache",
+            "DATABASE_URL",
+        ),
+        // Every token would be refused.
+        ("--jwt-issuer", "", "JWT_ISSUER"),
+        ("--jwt-audience", " ", "JWT_AUDIENCE"),
+        ("--max-upload-bytes", "10MiB", "MAX_UPLOAD_BYTES"),
+        ("--listen-addr", "127.0.0.1:99999", "LISTEN_ADDR"),
+        ("--storage-root", "", "STORAGE_ROOT"),
+        (
+            "--deleted-files-retention",
+            "forever",
+            "DELETED_FILES_RETENTION",
+        ),
     ] {
         let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
         if flag != "--listen-addr" {
@@ -102,18 +121,145 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
                 Some("at least 32 are needed (`openssl rand -hex 32`")
             }
             ("--webhook-secret", "whsec_c2VjcmV0LWtleQ==") => Some("asks for 24 to 64"),
+            ("--database-url", "sqlite::memory:") => None,
+            ("--database-url", _) => Some("expected sqlite://PATH?mode=rwc or postgres://"),
+            ("--jwt-issuer" | "--jwt-audience", _) => Some("is empty: unset it"),
+            ("--max-upload-bytes", "10MiB") => Some("write a whole number"),
+            ("--listen-addr", _) => Some("write IP:PORT"),
+            ("--storage-root", _) => Some("is empty"),
+            ("--deleted-files-retention", "forever") => Some("a duration such as"),
             _ => None,
         };
         if let Some(hint) = hint {
             assert!(errors[0].contains(hint), "{flag}: {}", errors[0]);
         }
-        if matches!(flag, "--webhook-secret" | "--jwt-secret" | "--signing-key") {
+        if matches!(
+            flag,
+            "--webhook-secret" | "--jwt-secret" | "--signing-key" | "--database-url"
+        ) && value.len() > 8
+        {
             assert!(
                 !stderr.contains(value),
                 "the secret is not echoed: {stderr}"
             );
         }
     }
+}
+
+/// Settings that conflict or need another, and commands' own flags, are refused in
+/// one line too, naming the variables or the flag (clap's own text spans five lines
+/// of usage, or panicked on a number the database cannot hold).
+async fn a_bad_combination_or_flag_is_one_line(_setup: Setup) {
+    for (args, starts, says) in [
+        (
+            vec!["serve", "--jwt-previous-secret", SECRET],
+            "error: JWT_SECRET: ",
+            "required",
+        ),
+        (
+            vec![
+                "serve",
+                "--jwt-secret",
+                SECRET,
+                "--jwt-public-key-file",
+                "k.pem",
+            ],
+            "error: ",
+            "set one, not both",
+        ),
+        (
+            vec!["events", "list", "--limit", "9223372036854775808"],
+            "error: --limit: ",
+            "1..=100000",
+        ),
+        (
+            vec![
+                "token",
+                "--tenant",
+                "acme",
+                "--ttl",
+                "0s",
+                "--jwt-secret",
+                SECRET,
+            ],
+            "error: --ttl: ",
+            "at least 1s",
+        ),
+        (
+            vec![
+                "token",
+                "--tenant",
+                "acme",
+                "--ttl",
+                "soon",
+                "--jwt-secret",
+                SECRET,
+            ],
+            "error: --ttl: ",
+            "a duration such as",
+        ),
+    ] {
+        let output = run_attache(args.iter().map(ToString::to_string).collect()).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {stderr}"
+        );
+        assert!(
+            stderr.starts_with(starts) && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// A database that cannot be opened is refused with the reason: PostgreSQL's pool
+/// said only that it timed out (after 10 s) where the server refused the
+/// connection; a SQLite file without `mode=rwc`, or in a folder that does not
+/// exist, said "unable to open database file", or its cause twice.
+async fn a_database_that_cannot_be_opened_says_why(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("none.db");
+    let elsewhere = dir.path().join("no/such/folder/x.db");
+    for (url, says) in [
+        // Nothing listens on port 1.
+        (
+            "postgres://postgres@127.0.0.1:1/attache".to_owned(),
+            "refused",
+        ),
+        (
+            format!("sqlite://{}", missing.display()),
+            "does not exist: add ?mode=rwc",
+        ),
+        (
+            format!("sqlite://{}?mode=rwc", elsewhere.display()),
+            "does not exist",
+        ),
+    ] {
+        let output = run_attache(vec![
+            "serve".into(),
+            "--listen-addr".into(),
+            "127.0.0.1:0".into(),
+            "--jwt-secret".into(),
+            SECRET.into(),
+            "--storage-root".into(),
+            dir.path().join("uploads").display().to_string(),
+            "--database-url".into(),
+            url.clone(),
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let error = stderr
+            .lines()
+            .find(|line| line.starts_with("error: "))
+            .unwrap_or_default();
+        assert!(!output.status.success(), "{url}: {stderr}");
+        assert!(error.contains(says), "{url}: {stderr}");
+        let cause = error.rsplit(": ").next().unwrap_or_default();
+        assert_eq!(error.matches(cause).count(), 1, "{url}: said once: {error}");
+    }
+    assert!(!missing.exists(), "no database is made without mode=rwc");
 }
 
 /// A variable that looks like attache's but names no setting is said, with the
@@ -709,6 +855,8 @@ async fn sigterm_during_the_start_stops_it(_setup: Setup) {
 
 crate::matrix!(
     once: a_bad_value_is_one_line_naming_its_variable,
+    a_bad_combination_or_flag_is_one_line,
+    a_database_that_cannot_be_opened_says_why,
     ages_past_a_century_are_refused,
     a_busy_metrics_address_stops_the_start_before_the_database,
     sigterm_during_the_start_stops_it,

@@ -37,6 +37,25 @@ async fn oversize_bodies_get_413_before_parsing(setup: Setup) {
     );
     let answer: Value = response.json().await.expect("GraphQL-shaped body");
     assert_eq!(codes(&answer), vec!["PAYLOAD_TOO_LARGE"]);
+    // In GraphQL's media type for a client that asks for it (Apollo Client 4 reads
+    // a 4xx's code only from that type).
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&bearer)
+        .header(
+            "accept",
+            "application/graphql-response+json, application/json;q=0.9",
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/graphql-response+json"
+    );
 
     // Without Content-Length (chunked), the limit still holds while reading.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
@@ -105,11 +124,11 @@ async fn simple_requests_need_a_preflight_header(setup: Setup) {
         .await
         .expect("GET");
     assert_eq!(get.status(), 400);
+    let said = get.text().await.expect("body");
+    // A GET has no content type to change: the advice is the header alone.
     assert!(
-        get.text()
-            .await
-            .expect("body")
-            .contains("apollo-require-preflight")
+        said.contains("A GET must carry") && !said.contains("use the content type"),
+        "{said}"
     );
     let text_plain = app
         .client
@@ -372,6 +391,22 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
         said.contains("application/json"),
         "what is accepted: {said}"
     );
+    // Refusals made before the body is read are in the media type asked for too:
+    // Apollo Client 4 reads a 4xx's code only from GraphQL's.
+    for (case, body, content_type, status) in [
+        ("415", "<query/>", "application/xml", 415),
+        ("400 malformed", "{", json, 400),
+        ("400 CSRF", "{}", "text/plain", 400),
+    ] {
+        let answer = post(body.into(), content_type, graphql_response)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(answer.status(), status, "{case}");
+        assert_eq!(answer.headers()["content-type"], graphql_response, "{case}");
+        let value: Value = answer.json().await.expect("JSON");
+        assert!(!codes(&value).is_empty(), "{case}: {value}");
+    }
     let fine = post(
         json!({ "query": "{ __typename }" }).to_string(),
         json,
@@ -511,6 +546,71 @@ async fn a_get_runs_the_operation_it_names(setup: Setup) {
     assert_eq!(page.status(), 200, "the playground");
     assert!(page.text().await.expect("body").is_empty());
 }
+
+/// A path no route serves, or a method a route does not take, is answered like
+/// every other refusal: a GraphQL-shaped JSON body with a code (axum's own answers
+/// are empty), and `Allow` on a 405.
+async fn unknown_routes_and_methods_are_answered_in_json(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    for (case, method, path, status, allow) in [
+        ("no route", "GET", "/nope", 404, None),
+        (
+            "no route under /api",
+            "GET",
+            "/api/attachments/x",
+            404,
+            None,
+        ),
+        (
+            "POST a download",
+            "POST",
+            "/api/attachments/x/download",
+            405,
+            Some("GET,HEAD"),
+        ),
+        (
+            "PUT /graphql",
+            "PUT",
+            "/graphql",
+            405,
+            Some("GET,HEAD,POST"),
+        ),
+        ("POST /healthz", "POST", "/healthz", 405, Some("GET,HEAD")),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let answer = app
+            .client
+            .request(method, app.url(path))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answer.status(), status, "{case}");
+        let allowed = answer
+            .headers()
+            .get("allow")
+            .map(|value| value.to_str().expect("ascii").to_owned());
+        assert_eq!(allowed.as_deref(), allow, "{case}");
+        assert!(
+            answer.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("application/json"),
+            "{case}"
+        );
+        let body: Value = answer.json().await.expect("a JSON body");
+        let said = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            !said.is_empty() && !codes(&body).is_empty(),
+            "{case}: {body}"
+        );
+    }
+}
+
+crate::matrix!(
+    once: unknown_routes_and_methods_are_answered_in_json,
+);
 
 crate::matrix!(
     a_get_runs_the_operation_it_names,
