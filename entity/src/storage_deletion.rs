@@ -16,8 +16,9 @@ pub struct Model {
     pub intent: bool,
     /// A deleted attachment's object is kept until then (`DELETED_FILES_RETENTION`),
     /// so that a restored backup finds it; a direct upload's staging object, removed
-    /// at once, is removed again then, once its upload URL is dead. `None`: removed
-    /// as soon as possible.
+    /// at once, is removed again then, once its upload URL is dead; an upload's
+    /// intent is not abandoned before then (the longest an upload can last on the
+    /// replica that recorded it). `None`: removed as soon as possible.
     pub remove_after: Option<DateTimeUtc>,
 }
 

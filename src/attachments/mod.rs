@@ -338,12 +338,15 @@ fn new_row(
 /// Records the keys about to be written, before any byte reaches storage.
 async fn record_intents(app: &App, keys: &[String]) -> Result<(), sea_orm::DbErr> {
     let now = Utc::now();
+    // This replica's own bound on its uploads: another replica with a shorter
+    // BODY_TIMEOUT_SECONDS must not take the object of an upload still arriving here.
+    let deadline = now + intent_grace(app.config.connections.body_timeout());
     let intents = keys.iter().map(|key| storage_deletion::ActiveModel {
         storage_key: sea_orm::Set(key.clone()),
         attempts: sea_orm::Set(0),
         created_at: sea_orm::Set(now),
         intent: sea_orm::Set(true),
-        ..Default::default()
+        remove_after: sea_orm::Set(Some(deadline)),
     });
     let insert = storage_deletion::Entity::insert_many(intents).into_query();
     app.db.commit(vec![app.db.backend().build(&insert)]).await
@@ -734,27 +737,41 @@ where
     }
 }
 
+/// When an upload's intent counts as abandoned: its upload can no longer be in
+/// flight.
+#[derive(Clone, Copy, Debug)]
+pub enum Abandoned {
+    /// Recorded before this, and past the deadline that the replica which recorded
+    /// it set (the longest its uploads can last, [`record_intents`]); one recorded
+    /// without a deadline, by an earlier version, by the first rule alone.
+    After(DateTime<Utc>),
+    /// Recorded before this, whatever its deadline: a sweep of a stopped server.
+    RecordedBefore(DateTime<Utc>),
+}
+
 /// Objects whose removal is pending, those tried fewest times first (one that keeps
 /// failing does not hold back the others), then oldest: those of deleted rows, and those
-/// of uploads that recorded their intent before `intents_before` and never
-/// committed (younger ones may still be in flight).
-pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppResult<Vec<String>> {
-    let due = Condition::any()
-        .add(storage_deletion::Column::RemoveAfter.is_null())
-        .add(storage_deletion::Column::RemoveAfter.lt(Utc::now()));
+/// of uploads whose intent is [`Abandoned`] and that never committed (younger ones
+/// may still be in flight).
+pub async fn pending_deletions(app: &App, intents: Abandoned) -> AppResult<Vec<String>> {
+    use storage_deletion::Column;
+    let now = Utc::now();
+    let due = || {
+        Condition::any()
+            .add(Column::RemoveAfter.is_null())
+            .add(Column::RemoveAfter.lt(now))
+    };
+    let abandoned = match intents {
+        Abandoned::After(before) => Condition::all()
+            .add(Column::CreatedAt.lt(before))
+            .add(due()),
+        Abandoned::RecordedBefore(before) => Condition::all().add(Column::CreatedAt.lt(before)),
+    };
     Ok(storage_deletion::Entity::find()
         .filter(
             Condition::any()
-                .add(
-                    Condition::all()
-                        .add(storage_deletion::Column::Intent.eq(false))
-                        .add(due),
-                )
-                .add(
-                    Condition::all()
-                        .add(storage_deletion::Column::Intent.eq(true))
-                        .add(storage_deletion::Column::CreatedAt.lt(intents_before)),
-                ),
+                .add(Condition::all().add(Column::Intent.eq(false)).add(due()))
+                .add(Condition::all().add(Column::Intent.eq(true)).add(abandoned)),
         )
         .order_by_asc(storage_deletion::Column::Attempts)
         .order_by_asc(storage_deletion::Column::CreatedAt)
@@ -768,8 +785,8 @@ pub async fn pending_deletions(app: &App, intents_before: DateTime<Utc>) -> AppR
 
 /// Retries the removal of a batch of objects still recorded in `storage_deletions`
 /// (see [`pending_deletions`]); the keys now gone among them.
-pub async fn retry_deletions(app: &App, intents_before: DateTime<Utc>) -> AppResult<Batch> {
-    let pending = pending_deletions(app, intents_before).await?;
+pub async fn retry_deletions(app: &App, intents: Abandoned) -> AppResult<Batch> {
+    let pending = pending_deletions(app, intents).await?;
     let read = pending.len();
     let mut removed = Vec::new();
     for key in pending {

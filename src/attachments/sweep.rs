@@ -91,10 +91,14 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
             .map_or(older_than, |grace| grace.max(older_than)),
     };
     let uploads_before = ago(in_flight_for);
-    let intents_before = chrono::DateTime::<chrono::Utc>::from(uploads_before);
+    let recorded_before = chrono::DateTime::<chrono::Utc>::from(uploads_before);
+    let intents = match older_than.is_zero() {
+        true => super::Abandoned::RecordedBefore(recorded_before),
+        false => super::Abandoned::After(recorded_before),
+    };
     let deleted = match dry_run {
-        true => super::pending_deletions(app, intents_before).await?,
-        false => super::in_batches(None, || super::retry_deletions(app, intents_before)).await?,
+        true => super::pending_deletions(app, intents).await?,
+        false => super::in_batches(None, || super::retry_deletions(app, intents)).await?,
     };
     swept.extend(deleted.into_iter().map(|key| Swept {
         key,
@@ -102,6 +106,33 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
     }));
     swept.extend(abort_unfinished(app, uploads_before, dry_run).await?);
     Ok(swept)
+}
+
+/// The spools of base64 uploads that a killed process left in the staging folder
+/// on fs, removed; their keys. A spool is written before its upload is parsed, so
+/// no intent names it: it counts as abandoned once unwritten for longer than any
+/// upload can last on any replica (`BODY_TIMEOUT_SECONDS` is at most an hour), and
+/// named by no row (a direct upload's object waits for its completion).
+pub async fn abandoned_spools(app: &App) -> AppResult<Vec<String>> {
+    let longest = super::intent_grace(Duration::from_secs(3600))
+        .to_std()
+        .unwrap_or(Duration::from_secs(75 * 60));
+    let unwritten = app
+        .storage
+        .staging_unwritten_for(longest)
+        .await
+        .map_err(AppError::StorageUnavailable)?;
+    let keys: Vec<String> = unwritten.into_iter().map(StorageKey::into_string).collect();
+    let known = referenced(app, &keys).await?;
+    let mut removed = Vec::new();
+    for key in keys.into_iter().filter(|key| !known.contains(key)) {
+        app.storage
+            .delete(&StorageKey::from_stored(key.clone()))
+            .await
+            .map_err(AppError::StorageUnavailable)?;
+        removed.push(key);
+    }
+    Ok(removed)
 }
 
 /// The time `age` ago (the epoch, for an age past it).

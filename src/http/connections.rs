@@ -1,6 +1,7 @@
 //! The accept loop, with the bounds no request handler can set: at most
 //! `MAX_CONNECTIONS` open connections (fitted under the open-file limit, which is
-//! raised to its hard limit first; the oldest are asked to close when all are taken),
+//! raised to its hard limit first; the oldest are asked to close when all are taken
+//! and another client connects),
 //! `HEADER_READ_TIMEOUT_SECONDS` to send a request's
 //! headers (also the keep-alive idle timeout), and `SEND_TIMEOUT_SECONDS` and
 //! `MIN_SEND_BYTES_PER_SECOND` for a client that stops reading a response or reads
@@ -31,7 +32,8 @@ use tower::ServiceExt;
 use crate::config::ConnectionLimits;
 
 /// Open files kept for what is not a client connection: the database, storage,
-/// logs, outgoing webhooks.
+/// logs, outgoing webhooks; a quarter of the limit when that is smaller, so that a
+/// low limit still leaves connections (under 260 files, it left one).
 const RESERVED_FILES: u64 = 256;
 
 /// Most bytes of a request head; hyper refuses a larger one (431).
@@ -39,7 +41,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` is cancelled; then stops
 /// accepting, closes idle connections and waits for the rest to finish. When every
-/// slot is taken, the oldest connections are asked to close: an idle one (or one
+/// slot is taken and a client connects, the oldest connections are asked to close
+/// for it: an idle one (or one
 /// still sending its headers) closes at once, a busy one after its response, which
 /// may then wait for its client `SEND_TIMEOUT_SECONDS` more in all, so neither a
 /// flood of idle connections nor one of downloads read slowly (but faster than
@@ -63,6 +66,21 @@ pub async fn serve(
     };
     let open = Arc::new(Mutex::new(Open::default()));
     loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(err) => {
+                    // Out of files or memory: wait, rather than spin on the error.
+                    tracing::warn!(error = %err, "accept error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        // Only a client that is here makes room: connections at the cap harm no one
+        // until then (asked to close before the accept, they were cut with no one
+        // waiting, and a cap of one cut every client's connection in turn).
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -77,18 +95,6 @@ pub async fn serve(
                     () = shutdown.cancelled() => break,
                 }
             }
-        };
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(err) => {
-                    // Out of files or memory: wait, rather than spin on the error.
-                    tracing::warn!(error = %err, "accept error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
         };
         // No Nagle delay between a response's headers and a small body.
         if let Err(err) = tcp.set_nodelay(true) {
@@ -254,14 +260,14 @@ fn connection_cap(configured: u32) -> usize {
             return configured as usize;
         }
     };
-    let fitting = files.saturating_sub(RESERVED_FILES) / 2;
+    let fitting = (files.saturating_sub(RESERVED_FILES.min(files / 4)) / 2).max(1);
     if fitting < u64::from(configured) {
         tracing::warn!(
             max_connections = fitting,
             open_file_limit = files,
             "MAX_CONNECTIONS lowered to fit the open-file limit (ulimit -n)"
         );
-        return usize::try_from(fitting.max(1)).unwrap_or(1);
+        return usize::try_from(fitting).unwrap_or(1);
     }
     configured as usize
 }

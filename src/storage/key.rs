@@ -154,7 +154,8 @@ impl StorageKey {
         Self(format!("{}{id}", Self::STAGING))
     }
 
-    const STAGING: &str = ".attache-staging/";
+    /// The folder of the staging keys.
+    pub const STAGING: &str = ".attache-staging/";
 
     /// Whether `key` is a direct upload's staging key.
     pub fn is_staging(key: &str) -> bool {

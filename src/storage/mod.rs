@@ -55,6 +55,15 @@ impl StreamWriteError {
     }
 }
 
+/// Whether a failed storage call still answered: a missing object, or a refused
+/// conditional write, is an answer, not a failure of the store.
+fn is_an_answer(err: &opendal::Error) -> bool {
+    matches!(
+        err.kind(),
+        opendal::ErrorKind::NotFound | opendal::ErrorKind::ConditionNotMatch
+    )
+}
+
 /// A presigned PUT: its URL and the headers that are part of its signature.
 #[derive(Clone, Debug)]
 pub struct PresignedPut {
@@ -308,6 +317,36 @@ impl Storage {
         }
     }
 
+    /// On fs, the staging files (spools and direct uploads' objects) unwritten for
+    /// longer than `age`, as staging keys: what a killed process left, for
+    /// [`crate::attachments::sweep::abandoned_spools`]. Beside S3, none.
+    pub async fn staging_unwritten_for(&self, age: Duration) -> opendal::Result<Vec<StorageKey>> {
+        let Some(root) = self.fs_root.clone() else {
+            return Ok(Vec::new());
+        };
+        let listed = tokio::task::spawn_blocking(move || {
+            let entries = match std::fs::read_dir(root.join(StorageKey::STAGING)) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                entries => entries.map_err(fs_write::io_error)?,
+            };
+            Ok(entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
+                .filter(|entry| temp::unwritten_for(entry, age))
+                .filter_map(|entry| {
+                    entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|name| name.parse().ok())
+                })
+                .map(StorageKey::staging)
+                .collect())
+        });
+        listed
+            .await
+            .map_err(|err| fs_write::io_error(std::io::Error::other(err)))?
+    }
+
     /// Stores the finished file at `spooled` as the new object `key`: on fs a second
     /// name for it (no copy, never replacing a file), elsewhere streamed from it.
     pub async fn put_spooled(
@@ -344,9 +383,8 @@ impl Storage {
     ) -> Result<u64, StreamWriteError> {
         if let (None, Some(api)) = (&self.fs_root, &self.s3_api) {
             let part_size = self.s3_part_size();
-            return api
-                .put_local(key.as_str(), path, part_size, content_type)
-                .await;
+            let put = api.put_local(key.as_str(), path, part_size, content_type);
+            return self.observed_stream(put).await;
         }
         let (size, body) = read_file(path).map_err(read_failed)?;
         self.put_exact(key, body, size, content_type).await
@@ -377,16 +415,21 @@ impl Storage {
     ) -> opendal::Result<T> {
         let started = std::time::Instant::now();
         let result = work.await;
-        let ok = result.as_ref().map_or_else(
-            |err| {
-                matches!(
-                    err.kind(),
-                    opendal::ErrorKind::NotFound | opendal::ErrorKind::ConditionNotMatch
-                )
-            },
-            |_| true,
-        );
+        let ok = result.as_ref().map_or_else(is_an_answer, |_| true);
         crate::telemetry::storage_operation(self.backend_label(), operation, started.elapsed(), ok);
+        result
+    }
+
+    /// [`Storage::observed`] for a write streamed from a body: one that the client
+    /// broke or sent too much of failed on the client's side, not the store's.
+    async fn observed_stream(
+        &self,
+        work: impl Future<Output = Result<u64, StreamWriteError>>,
+    ) -> Result<u64, StreamWriteError> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        let ok = !matches!(&result, Err(StreamWriteError::Storage(err)) if !is_an_answer(err));
+        crate::telemetry::storage_operation(self.backend_label(), "write", started.elapsed(), ok);
         result
     }
 
@@ -413,7 +456,8 @@ impl Storage {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         // A name of its own: a writer killed midway leaves no file that blocks the next.
         let partial = path.with_file_name(format!(".partial-{}-{name}", uuid::Uuid::new_v4()));
-        land_whole(&path, partial, body, None, true).await
+        self.observed_stream(land_whole(&path, partial, body, None, true))
+            .await
     }
 
     /// Writes the new object `key` from exactly `size` bytes of `body`, for a key
@@ -439,7 +483,8 @@ impl Storage {
         };
         let path = root.join(key.as_str());
         let partial = root.join(partial.as_str());
-        land_whole(&path, partial, body, Some(size), self.fsync_files).await
+        let landed = land_whole(&path, partial, body, Some(size), self.fsync_files);
+        self.observed_stream(landed).await
     }
 
     /// Writes the new object `key` (never overwriting) from `body`; a stream that
@@ -465,15 +510,15 @@ impl Storage {
         let Some(api) = &self.s3_api else {
             return Err(no_store());
         };
-        api.put_spooling(
+        let put = api.put_spooling(
             key.as_str(),
             body,
             max,
             self.s3_part_size(),
             content_type,
             || self.spool_path(),
-        )
-        .await
+        );
+        self.observed_stream(put).await
     }
 
     /// Streams `body` into the new file of `key` under `root` (at most `max`
@@ -490,8 +535,11 @@ impl Storage {
         E: std::fmt::Display,
     {
         let path = root.join(key.as_str());
-        let (_, written) = write_file(path, body, max, self.fsync_files).await?;
-        Ok(written)
+        let write = async {
+            let (_, written) = write_file(path, body, max, self.fsync_files).await?;
+            Ok(written)
+        };
+        self.observed_stream(write).await
     }
 
     /// Writes the new object `key` from exactly `size` bytes of `body`: on S3 each
@@ -520,9 +568,12 @@ impl Storage {
         let Some(api) = &self.s3_api else {
             return Err(no_store());
         };
-        api.put_sized(key.as_str(), body, size, self.s3_part_size(), content_type)
-            .await?;
-        Ok(size)
+        let put = async {
+            api.put_sized(key.as_str(), body, size, self.s3_part_size(), content_type)
+                .await?;
+            Ok(size)
+        };
+        self.observed_stream(put).await
     }
 
     /// The size of the parts of an S3 multipart upload.

@@ -1,5 +1,5 @@
 //! serve's periodic housekeeping: retries object removals, removes expired direct
-//! uploads and prunes delivered events. Replicas on one database take turns: a pass
+//! uploads and the spools a killed process left, and prunes delivered events. Replicas on one database take turns: a pass
 //! runs on the replica that holds the `maintenance` lease of `worker_leases`, and a
 //! lease whose holder died lapses after one period. Each step is safe to repeat, so
 //! a pass that overruns its lease costs work, never correctness.
@@ -50,18 +50,25 @@ const STEP_BUDGET: Duration = Duration::from_secs(20);
 
 /// One pass of every step; a failing step is logged and the others still run.
 pub async fn pass(app: &App) {
-    let intents_before =
-        chrono::Utc::now() - attachments::intent_grace(app.config.connections.body_timeout());
+    let intents = attachments::Abandoned::After(
+        chrono::Utc::now() - attachments::intent_grace(app.config.connections.body_timeout()),
+    );
     let until = || Some(tokio::time::Instant::now() + STEP_BUDGET);
-    let retried = attachments::in_batches(until(), || {
-        attachments::retry_deletions(app, intents_before)
-    });
+    let retried = attachments::in_batches(until(), || attachments::retry_deletions(app, intents));
     if let Err(err) = retried.await {
         tracing::warn!(error = %err, "retrying pending object deletions failed");
     }
     let expired = attachments::in_batches(until(), || attachments::direct::expire(app));
     if let Err(err) = expired.await {
         tracing::warn!(error = %err, "removing expired direct uploads failed");
+    }
+    match attachments::sweep::abandoned_spools(app).await {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => tracing::info!(
+            removed = removed.len(),
+            "removed the spools of uploads that a killed process left"
+        ),
+        Err(err) => tracing::warn!(error = %err, "removing abandoned upload spools failed"),
     }
     let cutoff = chrono::TimeDelta::from_std(app.webhooks.retention)
         .ok()

@@ -1098,6 +1098,77 @@ async fn half_sent_post(base: &str, path: &str, bearer: Option<&str>) -> TcpStre
     tcp
 }
 
+/// Connections at `MAX_CONNECTIONS` are kept while no other client waits. The cap
+/// asked the oldest to close as soon as the last slot was taken, before the next
+/// client came: the eighth keep-alive client of eight cut the first one off, with
+/// no one waiting (and a cap of one, under a low open-file limit, cut nearly every
+/// connection in turn).
+async fn connections_at_the_cap_stay_open_until_another_client_comes(_: Setup) {
+    let served = Served::start(&["--max-connections", "8"]).await;
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(TcpStream::connect(&address).await.expect("connect"));
+    }
+    for round in 0..4 {
+        for (client, tcp) in clients.iter_mut().enumerate() {
+            let said = kept_alive_get(tcp, "/healthz").await;
+            assert!(
+                said.as_deref()
+                    .is_some_and(|said| said.starts_with("HTTP/1.1 200")),
+                "round {round}, client {client}: {said:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A ninth client still gets in: the oldest connection is asked to close for it.
+    let mut ninth = TcpStream::connect(&address).await.expect("connect");
+    let said = kept_alive_get(&mut ninth, "/healthz").await;
+    assert!(
+        said.as_deref()
+            .is_some_and(|said| said.starts_with("HTTP/1.1 200")),
+        "the ninth client: {said:?}"
+    );
+}
+
+/// One GET on a kept-alive connection: its answer, head and `Content-Length` body,
+/// or `None` if the connection ended first (or nothing came within 5 s).
+async fn kept_alive_get(tcp: &mut TcpStream, path: &str) -> Option<String> {
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let complete = |received: &[u8]| {
+        let text = String::from_utf8_lossy(received);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|n| n.trim().to_owned())
+            })?
+            .parse()
+            .ok()?;
+        (body.len() >= length).then(|| text.into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(answer) = complete(&received) {
+                return Some(answer);
+            }
+            match tcp.read(&mut buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Reads what the server answers on `tcp` within `within`; the text so far when it
 /// closes the connection.
 async fn answer(tcp: &mut TcpStream, within: Duration) -> Option<String> {
@@ -1783,6 +1854,7 @@ crate::matrix!(
     a_trickled_direct_upload_is_cut,
     direct_upload_puts_take_an_upload_slot,
     idle_and_slow_connections_are_closed,
+    connections_at_the_cap_stay_open_until_another_client_comes,
     stalled_downloads_hold_bounded_memory,
     trickled_downloads_are_cut_and_cannot_keep_clients_out,
     metrics_can_have_a_listener_of_their_own,

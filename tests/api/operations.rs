@@ -386,6 +386,47 @@ async fn every_family_is_described_and_present_from_the_start(_: Setup) {
     assert!(Scrape::parse(&text).is_ok());
 }
 
+/// A streamed write that the store fails counts in `attache_storage_errors_total`:
+/// only the writes of small whole files did, so a full disk under large uploads
+/// (multipart files, spooled base64, direct PUTs) showed no storage error at all.
+async fn a_failed_streamed_write_counts_as_a_storage_error(_: Setup) {
+    let served = Served::start(&[]).await;
+    let bearer = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
+    let write_errors = || async {
+        let text = http_client()
+            .get(format!("{}/metrics", served.base_url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(
+                    "attache_storage_errors_total{backend=\"fs\",operation=\"write\"} ",
+                )
+            })
+            .and_then(|count| count.parse::<u64>().ok())
+            .expect("the write errors' series")
+    };
+    let content = pdf();
+    let direct = crate::helpers::announce(
+        &served,
+        &bearer,
+        crate::helpers::declaration(&content, "application/pdf"),
+    )
+    .await;
+    // The staging folder becomes a file: the PUT's streamed write cannot land.
+    let staging = served.storage_root().join(".attache-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::write(&staging, b"in the way").expect("a file in the way");
+    let before = write_errors().await;
+    let status = crate::helpers::put_to(&served, &direct, content).await;
+    assert_eq!(status, 503, "the store failed the PUT");
+    assert_eq!(write_errors().await, before + 1);
+}
+
 /// A second SIGTERM ends a draining server at once (exit 143, as a shell says of a
 /// process SIGTERM ended), as a second Ctrl-C does: it was ignored, and the server waited for its slowest client up to
 /// `SHUTDOWN_GRACE_SECONDS`.
@@ -432,6 +473,7 @@ crate::matrix!(
     a_second_sigterm_ends_the_server_at_once,
     every_family_is_described_and_present_from_the_start,
     a_database_failure_names_its_step_in_the_log,
+    a_failed_streamed_write_counts_as_a_storage_error,
 );
 
 crate::matrix!(db: readyz_fails_when_the_storage_folder_vanishes);

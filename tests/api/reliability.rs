@@ -266,8 +266,11 @@ async fn a_server_killed_during_uploads_leaves_rows_with_objects(_setup: Setup) 
 
 /// The every-minute maintenance finishes what a crash left: the object of an
 /// upload whose intent is older than the grace is removed; one in flight (a young
-/// intent) stays; and an object a row names stays whatever entry asks for its
-/// removal, which goes ("no removal takes an object that a row names").
+/// intent) stays, and so does one recorded by a replica whose uploads last longer
+/// (its intent's deadline is to come: a replica with a shorter
+/// BODY_TIMEOUT_SECONDS took such an upload's object while it arrived); and an
+/// object a row names stays whatever entry asks for its removal, which goes ("no
+/// removal takes an object that a row names").
 async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup: Setup) {
     use sea_orm::{ActiveValue::Set, QueryTrait};
     let app = TestApp::spawn(setup).await;
@@ -277,9 +280,9 @@ async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup
         .upload(&token, &pdf(), "contract", Some("c-1"), "kept.pdf")
         .await;
     let named = TestApp::contract_key(&acme, "c-1", &stored);
-    let [crashed, in_flight] =
-        [0, 1].map(|_| format!("{acme}/contracts/c-1/{}.pdf", uuid::Uuid::now_v7()));
-    for key in [&crashed, &in_flight] {
+    let [crashed, in_flight, slow_elsewhere] =
+        [0, 1, 2].map(|_| format!("{acme}/contracts/c-1/{}.pdf", uuid::Uuid::now_v7()));
+    for key in [&crashed, &in_flight, &slow_elsewhere] {
         app.app
             .storage
             .put_new(
@@ -290,19 +293,21 @@ async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup
             .await
             .expect("an object written before its row");
     }
-    let old = chrono::Utc::now() - chrono::Duration::hours(2);
+    let now = chrono::Utc::now();
+    let old = now - chrono::Duration::hours(2);
     let intents = [
-        (&crashed, old),
-        (&named, old),
-        (&in_flight, chrono::Utc::now()),
+        (&crashed, old, None),
+        (&named, old, None),
+        (&in_flight, now, None),
+        (&slow_elsewhere, old, Some(now + chrono::Duration::hours(1))),
     ]
-    .map(|(key, created_at)| {
+    .map(|(key, created_at, deadline)| {
         storage_deletion::Entity::insert(storage_deletion::ActiveModel {
             storage_key: Set(key.clone()),
             attempts: Set(0),
             created_at: Set(created_at),
             intent: Set(true),
-            remove_after: Set(None),
+            remove_after: Set(deadline),
         })
         .build(app.app.db.backend())
     });
@@ -322,6 +327,10 @@ async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup
         keys.contains(&in_flight),
         "an upload in flight keeps its object"
     );
+    assert!(
+        keys.contains(&slow_elsewhere),
+        "an upload whose replica gives it longer keeps its object"
+    );
     assert!(keys.contains(&named), "the row's object stays");
     let route = stored["downloadUrl"].as_str().expect("downloadUrl");
     let download = app.get_with(route, &token).await;
@@ -337,7 +346,50 @@ async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup
         !left.contains(&crashed) && !left.contains(&named),
         "{left:?}"
     );
-    assert!(left.contains(&in_flight), "{left:?}");
+    assert!(
+        left.contains(&in_flight) && left.contains(&slow_elsewhere),
+        "{left:?}"
+    );
+}
+
+/// The spool of a base64 upload that a killed process left in the staging folder
+/// on fs has no intent (it is written before the upload is parsed): the maintenance
+/// removes it once it has been unwritten for longer than any upload can last, and
+/// leaves a young spool and a direct upload's object, which waits for its
+/// completion, alone. Before, only `storage sweep` found such a spool, and every
+/// kill during a large upload left one for good.
+async fn the_maintenance_removes_a_killed_uploads_spool(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let content = pdf();
+    let declared = crate::helpers::declaration(&content, "application/pdf");
+    let (direct, status) =
+        crate::helpers::announce_and_put(&app, &bearer, declared, content.clone()).await;
+    assert_eq!(status, 200, "PUT to uploadUrl");
+    let staging = app.storage_root.join(StorageKey::STAGING);
+    let direct_object = staging.join(direct["id"].as_str().expect("id"));
+    let [abandoned, young] = [0, 1].map(|_| staging.join(uuid::Uuid::now_v7().to_string()));
+    for spool in [&abandoned, &young] {
+        std::fs::write(spool, b"half of a base64 upload").expect("a spool");
+    }
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    for old in [&abandoned, &direct_object] {
+        std::fs::File::options()
+            .write(true)
+            .open(old)
+            .and_then(|file| file.set_modified(long_ago))
+            .expect("made old");
+    }
+    attache::workers::maintenance::pass(&app.app).await;
+    assert!(!abandoned.exists(), "the killed upload's spool is removed");
+    assert!(young.exists(), "a spool still written stays");
+    assert!(direct_object.exists(), "a direct upload's object stays");
+    let done = crate::helpers::complete_direct(&app, &bearer, &direct).await;
+    assert_eq!(
+        data(&done, "completeDirectUpload")["id"],
+        direct["id"],
+        "{done}"
+    );
 }
 
 /// A completion retried after its upload landed records its intent for the file
@@ -638,6 +690,7 @@ async fn a_small_database_pool_serves_a_burst(setup: Setup) {
 }
 
 crate::matrix!(postgres: connections_the_database_dropped_are_replaced, a_small_database_pool_serves_a_burst);
+crate::matrix!(db: the_maintenance_removes_a_killed_uploads_spool);
 
 crate::matrix!(
     fsync_files_stores_uploads_durably,

@@ -352,6 +352,24 @@ async fn a_sweep_leaves_an_upload_in_flight_alone(setup: Setup) {
         );
     let paused = PausedBody::start(request, &body, first).await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Its intent carries this server's own deadline (15 minutes plus its
+    // BODY_TIMEOUT_SECONDS), which a replica whose uploads are shorter honours.
+    let intents = {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::storage_deletion::Entity::find()
+            .filter(entity::storage_deletion::Column::Intent.eq(true))
+            .all(app.app.db.read())
+            .await
+            .expect("intents")
+    };
+    let soonest = chrono::Utc::now() + chrono::Duration::minutes(15);
+    assert!(
+        !intents.is_empty()
+            && intents.iter().all(|intent| intent
+                .remove_after
+                .is_some_and(|deadline| deadline > soonest)),
+        "{intents:?}"
+    );
     let swept =
         attache::attachments::sweep::run(&app.app, std::time::Duration::from_secs(1), false)
             .await
