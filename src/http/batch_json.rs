@@ -35,14 +35,16 @@ impl BatchJsonError {
 /// Parses `text` into one request or a non-empty batch, once it is known to hold
 /// at most `max_values` values (object keys included).
 pub fn parse(text: &[u8], max_values: u64) -> Result<BatchRequest, BatchJsonError> {
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(BatchJsonError::Invalid(
+            "the JSON is empty: send an object with `query` (and `variables`)".into(),
+        ));
+    }
     count_values(text, max_values)?;
     let invalid = |err: serde_json::Error| BatchJsonError::Invalid(err.to_string());
     // Straight to the variant the first byte names: serde's untagged enum would
     // first copy the whole document into a tree of its own.
     match text.iter().find(|byte| !byte.is_ascii_whitespace()) {
-        None => Err(BatchJsonError::Invalid(
-            "the JSON is empty: send an object with `query` (and `variables`)".into(),
-        )),
         Some(b'[') => {
             let batch: Vec<Request> = serde_json::from_slice(text).map_err(invalid)?;
             if batch.is_empty() {

@@ -445,6 +445,11 @@ async fn a_collections_file_replaces_the_built_in_ones(setup: Setup) {
             "[big]\nkey = \"{tenant}/{id}{ext}\"\nmax_bytes = 2147483648\naccept = [\"pdf\"]\n",
             "[big] max_bytes is at most 2147483647",
         ),
+        // Where: the error's own text spans several lines.
+        (
+            "[broken]\nkey = \"{tenant}/{id}{ext}\"\nmax_bytes = \n",
+            "invalid TOML at line 3, column 13",
+        ),
     ] {
         std::fs::write(&file, toml).expect("write");
         // A database and port of its own: the other cells of this test run at once.
@@ -771,6 +776,29 @@ async fn ages_past_a_century_are_refused(_setup: Setup) {
         );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // A mistyped STORAGE_ROOT is not made, empty, and reported as nothing to sweep.
+    let mistyped = dir.path().join("filez");
+    let output = run_attache(
+        [
+            "storage",
+            "sweep",
+            "--dry-run",
+            "--database-url",
+            &database,
+            "--storage-root",
+            &mistyped.display().to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("STORAGE_ROOT: ") && stderr.contains("is not a folder"),
+        "{stderr}"
+    );
+    assert!(!mistyped.exists(), "no folder is made");
 }
 
 /// Waits for `serve` to exit (at most 10 s); its status and stderr.

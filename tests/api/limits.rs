@@ -397,6 +397,7 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
         ("415", "<query/>", "application/xml", 415),
         ("400 malformed", "{", json, 400),
         ("400 CSRF", "{}", "text/plain", 400),
+        ("400 empty", "", json, 400),
     ] {
         let answer = post(body.into(), content_type, graphql_response)
             .send()
@@ -406,6 +407,13 @@ async fn request_errors_follow_graphql_over_http(setup: Setup) {
         assert_eq!(answer.headers()["content-type"], graphql_response, "{case}");
         let value: Value = answer.json().await.expect("JSON");
         assert!(!codes(&value).is_empty(), "{case}: {value}");
+        let said = message(value);
+        if case == "400 empty" {
+            assert!(
+                said.contains("the JSON is empty: send an object with `query`"),
+                "{case}: {said}"
+            );
+        }
     }
     let fine = post(
         json!({ "query": "{ __typename }" }).to_string(),

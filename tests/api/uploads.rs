@@ -221,6 +221,18 @@ async fn every_validation_error_has_its_code_and_stores_nothing(setup: Setup) {
             !message.contains(root.as_ref()),
             "{case}: message leaks a path: {message}"
         );
+        // What to send instead: the owner types there are, the types accepted.
+        let says = match case {
+            "unknown owner type" => Some("expected one of contract, customer"),
+            "pdf as a logo" => {
+                Some("its content is application/pdf; it accepts image/png, image/jpeg")
+            }
+            "executable" => Some("of no type attache knows; it accepts application/pdf"),
+            _ => None,
+        };
+        if let Some(says) = says {
+            assert!(message.contains(says), "{case}: {message}");
+        }
     }
     assert_eq!(app.row_count(&acme).await, 0);
     assert!(app.stored_keys().is_empty(), "{:?}", app.stored_keys());
