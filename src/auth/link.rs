@@ -120,7 +120,9 @@ impl LinkSigner {
         let now = chrono::Utc::now().timestamp();
         match self.verify(purpose, id, tenant.as_str(), expires, signature, now) {
             Ok(()) => Ok((id, tenant)),
-            Err(LinkFault::Expired) => Err(refused("this link has expired")),
+            Err(LinkFault::Expired) => Err(refused(
+                "this link has expired: ask attache for the attachment's url again",
+            )),
             Err(LinkFault::BadSignature) => Err(refused("invalid link signature")),
         }
     }

@@ -74,6 +74,9 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
 }
 
 async fn check(config: &StorageConfig) -> anyhow::Result<()> {
+    // The settings first, as `serve` checks them: OpenDAL's own words for a missing
+    // bucket name ("ConfigInvalid ... at , context") say nothing of the variable.
+    config.validate()?;
     // Knowing no database, it checks the stricter path: files synced to disk, as
     // `serve` syncs them on PostgreSQL, unless FSYNC_FILES says otherwise.
     let storage = Storage::from_config(config, config.files_synced(None))?;

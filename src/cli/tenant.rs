@@ -123,11 +123,16 @@ pub async fn run(args: TenantArgs) -> anyhow::Result<()> {
                 }
             }
             let all = quotas::list(&db, &quotas).await?;
-            print_usage(
-                &all.into_iter()
-                    .filter(|usage| tenant.is_none_or(|tenant| usage.tenant_id == tenant))
-                    .collect::<Vec<_>>(),
-            );
+            let shown: Vec<_> = all
+                .into_iter()
+                .filter(|usage| tenant.is_none_or(|tenant| usage.tenant_id == tenant))
+                .collect();
+            match tenant {
+                Some(tenant) if shown.is_empty() => {
+                    println!("tenant {tenant} stores nothing and has no quota of its own");
+                }
+                _ => print_usage(&shown),
+            }
         }
     }
     Ok(())

@@ -131,6 +131,12 @@ impl Storage {
         opendal_http_transport_reqwest::install_default();
         match config.storage_backend {
             StorageBackend::Fs => {
+                if config.storage_root.exists() && !config.storage_root.is_dir() {
+                    return Err(ConfigError::new(
+                        "STORAGE_ROOT",
+                        format!("{} is a file, not a folder", config.storage_root.display()),
+                    ));
+                }
                 std::fs::create_dir_all(&config.storage_root).map_err(|err| {
                     ConfigError::new(
                         "STORAGE_ROOT",

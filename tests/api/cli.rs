@@ -262,6 +262,73 @@ async fn a_database_that_cannot_be_opened_says_why(_setup: Setup) {
     assert!(!missing.exists(), "no database is made without mode=rwc");
 }
 
+/// The commands say what is wrong in the user's terms: `storage check` without a
+/// bucket named OpenDAL's "ConfigInvalid (permanent) at , context", a file for
+/// STORAGE_ROOT was "File exists", and `tenant usage` of an unknown tenant said that
+/// no tenant stores anything.
+async fn commands_name_what_is_wrong(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, b"not a folder").expect("a file");
+    let a_file = a_file.display().to_string();
+    let upload = format!("{}/uploads", dir.path().display());
+    let setup = run_attache(
+        ["db", "migrate", "--database-url", &database]
+            .map(str::to_owned)
+            .to_vec(),
+    )
+    .await;
+    assert!(setup.status.success(), "{setup:?}");
+    let quota = run_attache(
+        [
+            "tenant",
+            "quota",
+            "set",
+            "busy",
+            "--files",
+            "5",
+            "--database-url",
+            &database,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    )
+    .await;
+    assert!(quota.status.success(), "{quota:?}");
+    for (args, says, succeeds) in [
+        (
+            vec!["storage", "check", "--storage-backend", "s3"],
+            "S3_BUCKET_NAME",
+            false,
+        ),
+        (
+            vec!["storage", "check", "--storage-root", &a_file],
+            "is a file, not a folder",
+            false,
+        ),
+        (
+            vec!["tenant", "usage", "nosuch", "--database-url", &database],
+            "tenant nosuch stores nothing and has no quota of its own",
+            true,
+        ),
+        (
+            vec!["storage", "check", "--storage-root", &upload],
+            "ok",
+            true,
+        ),
+    ] {
+        let output = run_attache(args.iter().map(ToString::to_string).collect()).await;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.status.success(), succeeds, "{args:?}: {said}");
+        assert!(said.contains(says), "{args:?}: {said}");
+    }
+}
+
 /// A variable that looks like attache's but names no setting is said, with the
 /// closest real name, not silently ignored.
 async fn a_mistyped_variable_is_named_with_the_closest_setting(_setup: Setup) {
@@ -885,6 +952,7 @@ crate::matrix!(
     once: a_bad_value_is_one_line_naming_its_variable,
     a_bad_combination_or_flag_is_one_line,
     a_database_that_cannot_be_opened_says_why,
+    commands_name_what_is_wrong,
     ages_past_a_century_are_refused,
     a_busy_metrics_address_stops_the_start_before_the_database,
     sigterm_during_the_start_stops_it,
