@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     SECRET, SIGNING_KEY, Served, Setup, Store, TestApp, UPLOAD, Uploaded, data, has, hs256,
-    http_client, now, pdf, scrape, tenant, total, total_of,
+    http_client, metrics_text, now, pdf, scrape, tenant, total, total_of,
 };
 
 async fn metrics_parse_and_move_with_uploads_and_downloads(setup: Setup) {
@@ -342,14 +342,7 @@ async fn a_database_failure_names_its_step_in_the_log(_: Setup) {
 /// errors and the webhook outcomes there at zero before anything happened.
 async fn every_family_is_described_and_present_from_the_start(_: Setup) {
     let served = Served::start(&[]).await;
-    let text = http_client()
-        .get(format!("{}/metrics", served.base_url))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics_text(&served.base_url).await;
     let described = |kind: &str, family: &str| {
         text.lines()
             .any(|line| line.starts_with(&format!("# {kind} {family} ")))
@@ -393,22 +386,10 @@ async fn a_failed_streamed_write_counts_as_a_storage_error(_: Setup) {
     let served = Served::start(&[]).await;
     let bearer = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
     let write_errors = || async {
-        let text = http_client()
-            .get(format!("{}/metrics", served.base_url))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(
-                    "attache_storage_errors_total{backend=\"fs\",operation=\"write\"} ",
-                )
-            })
-            .and_then(|count| count.parse::<u64>().ok())
-            .expect("the write errors' series")
+        let text = metrics_text(&served.base_url).await;
+        let scrape = Scrape::parse(&text).expect("Prometheus text");
+        let labels = [("backend", "fs"), ("operation", "write")];
+        total(&scrape, "attache_storage_errors_total", &labels)
     };
     let content = pdf();
     let direct = crate::helpers::announce(
@@ -424,7 +405,7 @@ async fn a_failed_streamed_write_counts_as_a_storage_error(_: Setup) {
     let before = write_errors().await;
     let status = crate::helpers::put_to(&served, &direct, content).await;
     assert_eq!(status, 503, "the store failed the PUT");
-    assert_eq!(write_errors().await, before + 1);
+    assert_eq!(write_errors().await, before + 1.0);
 }
 
 /// A second SIGTERM ends a draining server at once (exit 143, as a shell says of a

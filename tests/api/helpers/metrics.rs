@@ -5,6 +5,18 @@ use prom_text_format_parser::{Scrape, ValueType};
 
 use super::TestApp;
 
+/// The text of `/metrics` of the server process at `base`.
+pub async fn metrics_text(base: &str) -> String {
+    super::http_client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 /// One scrape of `/metrics`, parsed by a parser of the Prometheus text format.
 pub async fn scrape(app: &TestApp) -> Scrape {
     let response = app
