@@ -49,7 +49,11 @@ fn parse_tenant_claim(text: &str) -> Result<String, String> {
 /// another would quote the text back.
 fn parse_database_url(text: &str) -> Result<String, String> {
     const SCHEMES: [&str; 3] = ["sqlite:", "postgres://", "postgresql://"];
-    match SCHEMES.iter().any(|scheme| text.starts_with(scheme)) {
+    let scheme_first = text.trim_start().to_ascii_lowercase();
+    match SCHEMES
+        .iter()
+        .any(|scheme| scheme_first.starts_with(scheme))
+    {
         true => Ok(text.to_owned()),
         false => Err(
             "expected sqlite://PATH?mode=rwc or postgres://USER:PASSWORD@HOST:5432/DATABASE".into(),
@@ -347,7 +351,8 @@ pub struct AuthConfig {
         long,
         env = "JWT_PREVIOUS_SECRET",
         hide_env_values = true,
-        requires = "jwt_secret"
+        requires = "jwt_secret",
+        conflicts_with = "jwt_public_key_file"
     )]
     pub jwt_previous_secret: Option<Secret>,
     /// PEM public key for RS256 / ES256 / EdDSA tokens (instead of JWT_SECRET); the
@@ -667,11 +672,17 @@ fn base_url(variable: &'static str, value: &str) -> Result<String, ConfigError> 
 pub fn cors_origin(value: &str) -> Result<String, ConfigError> {
     const VARIABLE: &str = "CORS_ALLOWED_ORIGINS";
     let value = value.trim();
-    if value == "*" {
+    if value.contains('*') {
         return Err(ConfigError::new(
             VARIABLE,
-            "`*` is not accepted: list your apps' origins, comma-separated, for example \
-             https://app.example.com,https://staging.example.com",
+            "wildcards are not accepted: list your apps' origins, comma-separated, for \
+             example https://app.example.com,https://staging.example.com",
+        ));
+    }
+    if value.contains(char::is_whitespace) {
+        return Err(ConfigError::new(
+            VARIABLE,
+            format!("`{value}` holds a space: separate origins with commas"),
         ));
     }
     let parsed = url::Url::parse(value).map_err(|err| {
@@ -790,6 +801,23 @@ impl StorageConfig {
             (None, S3Provider::Aws) => AddressingStyle::Virtual,
             (None, _) => AddressingStyle::Path,
         }
+    }
+
+    /// For the commands that read what a server stored (`storage sweep`, `backup
+    /// list` and `restore`): on fs its folder, which a mistyped STORAGE_ROOT would
+    /// make empty, to be found holding nothing.
+    pub fn require_existing_root(&self) -> Result<(), ConfigError> {
+        if self.storage_backend == StorageBackend::Fs && !self.storage_root.is_dir() {
+            return Err(ConfigError::new(
+                "STORAGE_ROOT",
+                format!(
+                    "{} is not a folder: point STORAGE_ROOT at the folder the server stores \
+                     its files in",
+                    self.storage_root.display()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The S3 settings that go together.

@@ -135,6 +135,17 @@ impl AppError {
         message
     }
 
+    /// What went wrong, for a log line: the cause behind "internal server error" or
+    /// "storage is unavailable", which a client is not told.
+    pub fn cause(&self) -> String {
+        match self {
+            Self::StorageUnavailable(source) => source.to_string(),
+            Self::Database { source, at } => format!("{source} (at {at})"),
+            Self::Internal(source) => format!("{source:#}"),
+            other => other.to_string(),
+        }
+    }
+
     /// Logs what the client will not see: the cause of server-side failures.
     fn log(&self) {
         match self {

@@ -12,15 +12,38 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = attache::cli::Cli::parse_or_exit();
+    if !cli.is_serve() {
+        // `attache events list | head`: ended by the closed pipe, as `ls` is, not
+        // by a panic. The server keeps SIGPIPE ignored: a closed socket is an error.
+        sigpipe::reset();
+    }
     init_logs(cli.log_format());
     attache::cli::Cli::warn_unknown_variables();
     match cli.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_line(&err));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: a driver's message often
+/// repeats its source's, and a tool's (`pg_dump`) spans several lines.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Logs go to stderr: colored text on a terminal, or one JSON object per line.

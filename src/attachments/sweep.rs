@@ -123,14 +123,18 @@ pub async fn abandoned_spools(app: &App) -> AppResult<Vec<String>> {
         .await
         .map_err(AppError::StorageUnavailable)?;
     let keys: Vec<String> = unwritten.into_iter().map(StorageKey::into_string).collect();
-    let known = referenced(app, &keys).await?;
     let mut removed = Vec::new();
-    for key in keys.into_iter().filter(|key| !known.contains(key)) {
-        app.storage
-            .delete(&StorageKey::from_stored(key.clone()))
-            .await
-            .map_err(AppError::StorageUnavailable)?;
-        removed.push(key);
+    // In batches: a direct upload's object waits days for its completion, so the
+    // folder may hold more old files than one query can name.
+    for batch in keys.chunks(LOOKUP_BATCH) {
+        let known = referenced(app, batch).await?;
+        for key in batch.iter().filter(|key| !known.contains(*key)) {
+            app.storage
+                .delete(&StorageKey::from_stored(key.clone()))
+                .await
+                .map_err(AppError::StorageUnavailable)?;
+            removed.push(key.clone());
+        }
     }
     Ok(removed)
 }

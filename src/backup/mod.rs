@@ -55,6 +55,11 @@ pub enum BackupError {
     Claim(#[source] ClaimError),
     #[error("the backup is not a sound SQLite database ({0}); the database was left as it was")]
     Corrupt(String),
+    #[error(
+        "the backup holds no attache database (no `{0}` table: a copy of another database); \
+         the database was left as it was"
+    )]
+    Foreign(&'static str),
     #[error("the restored database cannot be read")]
     Reopen(#[source] sea_orm::DbErr),
 }

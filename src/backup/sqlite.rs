@@ -160,8 +160,8 @@ async fn checkpoint(file: &Path) {
     }
 }
 
-/// `PRAGMA quick_check` on the downloaded copy: a damaged backup never replaces
-/// a working database.
+/// `PRAGMA quick_check` on the downloaded copy, and attache's tables in it: a
+/// damaged backup, or one of another database, never replaces a working database.
 async fn check(copy: &Path) -> Result<(), BackupError> {
     use sea_orm::sqlx::Connection as _;
     use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -173,9 +173,21 @@ async fn check(copy: &Path) -> Result<(), BackupError> {
     let verdict: Result<String, _> = sea_orm::sqlx::query_scalar("PRAGMA quick_check")
         .fetch_one(&mut connection)
         .await;
+    let mut missing = None;
+    for table in ["seaql_migrations", "attachments"] {
+        let found: Result<i64, _> = sea_orm::sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+        )
+        .bind(table)
+        .fetch_one(&mut connection)
+        .await;
+        if found.is_ok_and(|count| count == 0) {
+            missing.get_or_insert(table);
+        }
+    }
     let _ = connection.close().await;
     match verdict.map_err(unsound)?.as_str() {
-        "ok" => Ok(()),
+        "ok" => missing.map_or(Ok(()), |table| Err(BackupError::Foreign(table))),
         other => Err(BackupError::Corrupt(other.to_owned())),
     }
 }

@@ -73,11 +73,10 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
 }
 
 async fn create(target: &Target, keep: Option<u16>) -> anyhow::Result<()> {
-    if keep.is_some() {
-        // A backup of a database attache never set up (a mistyped `DATABASE_URL`)
-        // would count against `--keep` and prune a real one.
-        crate::db::require_existing(&target.database).await?;
-    }
+    // A backup of a database attache never set up (a mistyped `DATABASE_URL`) would
+    // count against `--keep` and prune a real one, and a restore of it would replace
+    // the server's database with a stranger's.
+    crate::db::require_existing(&target.database).await?;
     let (database, storage) = target.open()?;
     storage.probe(&target.storage, true).await?;
     let backup = backup::create(&database, &storage).await?;
@@ -98,6 +97,7 @@ async fn create(target: &Target, keep: Option<u16>) -> anyhow::Result<()> {
 
 async fn list(config: &StorageConfig) -> anyhow::Result<()> {
     config.validate()?;
+    config.require_existing_root()?;
     // It lists, and stores nothing.
     let storage = Storage::from_config(config, false)?;
     let backups = backup::list(&storage).await?;
@@ -133,6 +133,7 @@ async fn restore(target: &Target, name: &str, yes: bool) -> anyhow::Result<()> {
              `attache backup list` shows them"
         )
     })?;
+    target.storage.require_existing_root()?;
     let (database, storage) = target.open()?;
     let restore = Restore::prepare(&database, &storage, name).await?;
     let backup = restore.backup().clone();

@@ -1,5 +1,6 @@
 //! `attache db migrate`: applies the database migrations.
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::config::DatabaseConfig;
@@ -25,7 +26,8 @@ pub async fn run(args: DbArgs) -> anyhow::Result<()> {
             crate::db::Database::open(&database)
                 .await?
                 .migrate()
-                .await?;
+                .await
+                .context("DATABASE_URL: applying database migrations failed")?;
             println!("database migrations applied");
             Ok(())
         }

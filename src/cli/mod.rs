@@ -89,19 +89,36 @@ impl Cli {
             ErrorKind::ArgumentConflict => {
                 let mut both = names(ContextKind::InvalidArg);
                 both.extend(names(ContextKind::PriorArg));
-                format!("error: {}: set one, not both", both.join(" and "))
+                both.dedup();
+                match both.as_slice() {
+                    [once] => format!("error: {once}: given twice"),
+                    _ => format!("error: {}: set one, not both", both.join(" and ")),
+                }
             }
             ErrorKind::MissingRequiredArgument => {
                 let missing = names(ContextKind::InvalidArg);
-                format!(
-                    "error: {}: required with the settings given",
-                    missing.join(", ")
-                )
+                // A command's own argument (`<NAME>`): clap's usage line shows where.
+                if missing.iter().any(|name| name.starts_with(['<', '['])) {
+                    err.exit();
+                }
+                let settings_only = missing.iter().all(|name| settings.variables.contains(name));
+                match settings_only {
+                    true => format!(
+                        "error: {}: required with the settings given",
+                        missing.join(", ")
+                    ),
+                    false => format!("error: {}: required", missing.join(", ")),
+                }
             }
             _ => err.exit(),
         };
         eprintln!("{line}");
         std::process::exit(2);
+    }
+
+    /// Whether this is `attache serve`, the server, rather than a command.
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
     }
 
     /// `serve`'s `LOG_FORMAT`; other commands read the variable alone.
@@ -204,7 +221,15 @@ impl Settings {
 /// A value parser's complaint, with what to write where the standard library's
 /// says only what is wrong ("invalid digit found in string").
 fn explain(source: &(dyn std::error::Error + 'static)) -> String {
-    if source.is::<std::num::ParseIntError>() {
+    let not_digits = source
+        .downcast_ref::<std::num::ParseIntError>()
+        .is_some_and(|err| {
+            matches!(
+                err.kind(),
+                std::num::IntErrorKind::InvalidDigit | std::num::IntErrorKind::Empty
+            )
+        });
+    if not_digits {
         format!("{source}: write a whole number, in digits")
     } else if source.is::<std::net::AddrParseError>() {
         format!("{source}: write IP:PORT, such as 127.0.0.1:8080")

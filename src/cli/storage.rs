@@ -236,14 +236,7 @@ async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     config.validate()?;
     let base_url = config.public_base_url(config.listen_addr)?;
     crate::db::require_existing(&config.database).await?;
-    // The server's folder, not one made here: a mistyped STORAGE_ROOT would be
-    // created empty and the sweep would report nothing to do.
-    let root = &config.storage.storage_root;
-    anyhow::ensure!(
-        config.storage.storage_backend != StorageBackend::Fs || root.is_dir(),
-        "STORAGE_ROOT: {} is not a folder: point STORAGE_ROOT at the folder the server stores its files in",
-        root.display()
-    );
+    config.storage.require_existing_root()?;
     let app = App::build(config, base_url).await?;
     app.db
         .migrate()

@@ -110,17 +110,19 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conf
     }
     let synchronous = config.sqlite_synchronous;
     options.map_sqlx_sqlite_opts(move |sqlite| tune_sqlite(sqlite, synchronous));
-    if let Some(file) = sqlite_file(url)
-        && !file.exists()
-        && !url.contains("mode=rwc")
-    {
-        return Err(ConfigError::new(
-            "DATABASE_URL",
-            format!(
+    if let Some(file) = sqlite_file(url) {
+        let folder = sqlite_folder(&file);
+        let missing = match (folder.is_dir(), file.exists() || url.contains("mode=rwc")) {
+            (false, _) => Some(format!("its folder {} does not exist", folder.display())),
+            (true, false) => Some(format!(
                 "{} does not exist: add ?mode=rwc to the URL to create it",
                 file.display()
-            ),
-        ));
+            )),
+            (true, true) => None,
+        };
+        if let Some(missing) = missing {
+            return Err(ConfigError::new("DATABASE_URL", missing));
+        }
     }
     match sea_orm::Database::connect(options).await {
         Ok(db) => Ok(db),
@@ -232,8 +234,15 @@ impl Database {
     }
 
     /// Applies every pending migration (see [`migrate`]).
-    pub async fn migrate(&self) -> Result<(), sea_orm::DbErr> {
-        migrate(&self.pool).await
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        migrate(&self.pool).await.map_err(|err| {
+            // sea-orm's words for a migration recorded that this build lacks.
+            let text = err.to_string();
+            match text.contains("has been applied but its file is missing") {
+                true => MigrateError::Newer(text.split('\'').nth(1).unwrap_or("?").to_owned()),
+                false => MigrateError::Database(err),
+            }
+        })
     }
 
     pub async fn ping(&self) -> Result<(), sea_orm::DbErr> {
@@ -382,6 +391,21 @@ pub async fn try_advisory_lock(
         .map(|row| row.try_get::<bool>("", "locked"))
         .transpose()?
         .unwrap_or(false))
+}
+
+/// Why the database's migrations could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// A newer attache migrated this database (a downgrade, or a backup of a newer
+    /// version restored): this one does not know its tables.
+    #[error(
+        "this database was set up by a newer attache (it has migration {0}, which this \
+         version does not know): run that version or a newer one, or restore a backup \
+         taken by this version"
+    )]
+    Newer(String),
+    #[error(transparent)]
+    Database(#[from] sea_orm::DbErr),
 }
 
 /// Removes the URL (and so any password in it) from a driver's message.

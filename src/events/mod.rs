@@ -51,6 +51,16 @@ impl Webhooks {
             if url.is_empty() {
                 continue;
             }
+            // Spaces are not a separator: two URLs would be one receiver.
+            if url.contains(char::is_whitespace) {
+                return Err(ConfigError::new(
+                    "WEBHOOK_URLS",
+                    format!(
+                        "entry {} holds a space: separate receivers with commas",
+                        index + 1
+                    ),
+                ));
+            }
             let parsed = reqwest::Url::parse(url).ok();
             if !parsed.is_some_and(|url| matches!(url.scheme(), "http" | "https")) {
                 return Err(ConfigError::new(

@@ -32,8 +32,8 @@ use tower::ServiceExt;
 use crate::config::ConnectionLimits;
 
 /// Open files kept for what is not a client connection: the database, storage,
-/// logs, outgoing webhooks; a quarter of the limit when that is smaller, so that a
-/// low limit still leaves connections (under 260 files, it left one).
+/// logs, outgoing webhooks; half of the limit when that is smaller, so that a low
+/// limit still leaves connections (under 260 files, it left one).
 const RESERVED_FILES: u64 = 256;
 
 /// Most bytes of a request head; hyper refuses a larger one (431).
@@ -260,7 +260,7 @@ fn connection_cap(configured: u32) -> usize {
             return configured as usize;
         }
     };
-    let fitting = (files.saturating_sub(RESERVED_FILES.min(files / 4)) / 2).max(1);
+    let fitting = (files.saturating_sub(RESERVED_FILES.min(files / 2)) / 2).max(1);
     if fitting < u64::from(configured) {
         tracing::warn!(
             max_connections = fitting,

@@ -324,8 +324,8 @@ impl Storage {
     }
 
     /// On fs, the staging files (spools and direct uploads' objects) unwritten for
-    /// longer than `age`, as staging keys: what a killed process left, for
-    /// [`crate::attachments::sweep::abandoned_spools`]. Beside S3, none.
+    /// longer than `age`, as staging keys: what a killed process left, for the
+    /// maintenance to remove those no row names. Beside S3, none.
     pub async fn staging_unwritten_for(&self, age: Duration) -> opendal::Result<Vec<StorageKey>> {
         let Some(root) = self.fs_root.clone() else {
             return Ok(Vec::new());
@@ -340,10 +340,11 @@ impl Storage {
                 .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
                 .filter(|entry| temp::unwritten_for(entry, age))
                 .filter_map(|entry| {
-                    entry
-                        .file_name()
-                        .to_str()
-                        .and_then(|name| name.parse().ok())
+                    // Only names attache writes: another spelling of a UUID would
+                    // name a key that is not this file.
+                    let name = entry.file_name().into_string().ok()?;
+                    let id: uuid::Uuid = name.parse().ok()?;
+                    (id.hyphenated().to_string() == name).then_some(id)
                 })
                 .map(StorageKey::staging)
                 .collect())

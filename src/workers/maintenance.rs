@@ -56,11 +56,17 @@ pub async fn pass(app: &App) {
     let until = || Some(tokio::time::Instant::now() + STEP_BUDGET);
     let retried = attachments::in_batches(until(), || attachments::retry_deletions(app, intents));
     if let Err(err) = retried.await {
-        tracing::warn!(error = %err, "retrying pending object deletions failed");
+        tracing::warn!(
+            error = err.cause(),
+            "retrying pending object deletions failed"
+        );
     }
     let expired = attachments::in_batches(until(), || attachments::direct::expire(app));
     if let Err(err) = expired.await {
-        tracing::warn!(error = %err, "removing expired direct uploads failed");
+        tracing::warn!(
+            error = err.cause(),
+            "removing expired direct uploads failed"
+        );
     }
     match attachments::sweep::abandoned_spools(app).await {
         Ok(removed) if removed.is_empty() => {}
@@ -68,7 +74,10 @@ pub async fn pass(app: &App) {
             removed = removed.len(),
             "removed the spools of uploads that a killed process left"
         ),
-        Err(err) => tracing::warn!(error = %err, "removing abandoned upload spools failed"),
+        Err(err) => tracing::warn!(
+            error = err.cause(),
+            "removing abandoned upload spools failed"
+        ),
     }
     let cutoff = chrono::TimeDelta::from_std(app.webhooks.retention)
         .ok()

@@ -421,11 +421,8 @@ async fn a_failed_snapshot_leaves_no_backup_and_shows_no_password(setup: Setup) 
     let ran = scene.backup_of(&broken, &["create"]).await;
     assert!(!ran.ok, "{}", ran.out);
     assert!(ran.out.is_empty(), "no name printed: {}", ran.out);
-    let said = match setup.db {
-        Db::Sqlite => "there is no database at",
-        Db::Postgres => "pg_dump failed",
-    };
-    assert!(ran.err.contains(said), "{}", ran.err);
+    // Refused before any snapshot: a backup is of the server's database only.
+    assert!(ran.err.contains("does not exist"), "{}", ran.err);
     assert!(!ran.err.contains(password), "{}", ran.err);
     assert!(scene.stored_backups().is_empty(), "no half-written backup");
     let listed = scene.backup(&["list"]).await;
@@ -649,8 +646,61 @@ async fn a_killed_runs_files_go_with_the_next_run(setup: Setup) {
     assert!(running.exists(), "a run's file still written stays");
 }
 
+/// A backup is of attache's database only: `backup create` of one attache never set
+/// up is refused (without `--keep` it succeeded), and a restore of a backup that
+/// holds another database leaves the server's as it was (it replaced it, then
+/// failed on the missing tables, saying its cause twice).
+async fn a_backup_of_another_database_is_refused_both_ways(setup: Setup) {
+    let scene = Scene::new(setup).await;
+    let token = scene.app.token(&tenant());
+    scene
+        .app
+        .upload(&token, &pdf(), "contract", Some("c-1"), "kept.pdf")
+        .await;
+    let before = scene.rows().await;
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let other = elsewhere.path().join("other.db");
+    let other_url = format!("sqlite://{}?mode=rwc", other.display());
+    let db = Database::connect(&other_url).await.expect("connect");
+    db.execute_unprepared("CREATE TABLE t (x)")
+        .await
+        .expect("another app's table");
+    db.close().await.expect("close");
+    let refused = scene.backup_of(&other_url, &["create"]).await;
+    assert!(
+        !refused.ok && refused.err.contains("holds no attache tables"),
+        "{}",
+        refused.err
+    );
+    assert!(scene.stored_backups().is_empty(), "no backup was made");
+
+    let name = "attache-20261201T000000Z.sqlite";
+    let bytes = std::fs::read(&other).expect("the other database");
+    scene
+        .app
+        .app
+        .storage
+        .put_new(
+            &attache::storage::StorageKey::from_stored(format!("backups/{name}")),
+            bytes::Bytes::from(bytes),
+            "application/vnd.sqlite3",
+        )
+        .await
+        .expect("a stranger's database under a backup's name");
+    let restored = scene.backup(&["restore", name, "--yes"]).await;
+    let line = restored.err.trim();
+    assert!(!restored.ok, "{line}");
+    assert!(
+        line.contains("holds no attache database") && line.contains("left as it was"),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert_eq!(scene.rows().await, before, "the database is as it was");
+}
+
 crate::matrix!(
     once: a_sqlite_restore_refuses_while_a_server_uses_the_file,
+    a_backup_of_another_database_is_refused_both_ways,
     a_killed_runs_files_go_with_the_next_run,
 );
 crate::matrix!(

@@ -97,6 +97,17 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "forever",
             "DELETED_FILES_RETENTION",
         ),
+        // Spaces are not separators: two receivers became one, and one origin never matched.
+        (
+            "--webhook-urls",
+            "http://127.0.0.1:9/a http://127.0.0.1:9/b",
+            "WEBHOOK_URLS",
+        ),
+        (
+            "--cors-allowed-origins",
+            "https://*.example.com",
+            "CORS_ALLOWED_ORIGINS",
+        ),
     ] {
         let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
         if flag != "--listen-addr" {
@@ -128,6 +139,10 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             ("--listen-addr", _) => Some("write IP:PORT"),
             ("--storage-root", _) => Some("is empty"),
             ("--deleted-files-retention", "forever") => Some("a duration such as"),
+            ("--webhook-urls", "http://127.0.0.1:9/a http://127.0.0.1:9/b") => {
+                Some("separate receivers with commas")
+            }
+            ("--cors-allowed-origins", "https://*.example.com") => Some("wildcards"),
             _ => None,
         };
         if let Some(hint) = hint {
@@ -171,6 +186,36 @@ async fn a_bad_combination_or_flag_is_one_line(_setup: Setup) {
             vec!["events", "list", "--limit", "9223372036854775808"],
             "error: --limit: ",
             "1..=100000",
+        ),
+        // The previous secret is HS256's: beside a key file it was silently unused.
+        (
+            vec![
+                "serve",
+                "--jwt-previous-secret",
+                SECRET,
+                "--jwt-public-key-file",
+                "k.pem",
+            ],
+            "error: ",
+            "set one, not both",
+        ),
+        (
+            vec![
+                "token",
+                "--tenant",
+                "a",
+                "--tenant",
+                "b",
+                "--jwt-secret",
+                SECRET,
+            ],
+            "error: --tenant: ",
+            "given twice",
+        ),
+        (
+            vec!["token", "--jwt-secret", SECRET],
+            "error: --tenant: ",
+            "required",
         ),
         (
             vec![
@@ -273,6 +318,28 @@ async fn commands_name_what_is_wrong(_setup: Setup) {
     std::fs::write(&a_file, b"not a folder").expect("a file");
     let a_file = a_file.display().to_string();
     let upload = format!("{}/uploads", dir.path().display());
+    let typo = format!("{}/uplaods", dir.path().display());
+    let newer = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("newer.db").display()
+    );
+    let migrated = run_attache(
+        ["db", "migrate", "--database-url", &newer]
+            .map(str::to_owned)
+            .to_vec(),
+    )
+    .await;
+    assert!(migrated.status.success(), "{migrated:?}");
+    {
+        use sea_orm::ConnectionTrait;
+        let db = sea_orm::Database::connect(&newer).await.expect("connect");
+        db.execute_unprepared(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m20991231_000001_future', 0)",
+        )
+        .await
+        .expect("a migration of a newer version");
+        db.close().await.expect("close");
+    }
     let setup = run_attache(
         ["db", "migrate", "--database-url", &database]
             .map(str::to_owned)
@@ -317,6 +384,19 @@ async fn commands_name_what_is_wrong(_setup: Setup) {
             "ok",
             true,
         ),
+        // A mistyped STORAGE_ROOT is not made, to be found holding no backups.
+        (
+            vec!["backup", "list", "--storage-root", &typo],
+            "is not a folder",
+            false,
+        ),
+        // A database a newer attache migrated: sea-orm said "Custom Error: Migration
+        // file of version ... is missing".
+        (
+            vec!["db", "migrate", "--database-url", &newer],
+            "set up by a newer attache (it has migration m20991231_000001_future",
+            false,
+        ),
     ] {
         let output = run_attache(args.iter().map(ToString::to_string).collect()).await;
         let said = format!(
@@ -327,6 +407,32 @@ async fn commands_name_what_is_wrong(_setup: Setup) {
         assert_eq!(output.status.success(), succeeds, "{args:?}: {said}");
         assert!(said.contains(says), "{args:?}: {said}");
     }
+    assert!(!std::path::Path::new(&typo).exists(), "no folder is made");
+}
+
+/// A command whose output goes to a closed pipe (`attache events list | head`)
+/// ends as other tools do, killed by SIGPIPE: it panicked ("failed printing to
+/// stdout: Broken pipe") with exit status 101.
+async fn a_command_piped_into_a_closed_pipe_ends_quietly(_setup: Setup) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        .arg("schema")
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run attache schema");
+    // Closed before the command writes: `head` that has read enough.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().await.expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}",
+        output.status
+    );
 }
 
 /// A variable that looks like attache's but names no setting is said, with the
@@ -953,6 +1059,7 @@ crate::matrix!(
     a_bad_combination_or_flag_is_one_line,
     a_database_that_cannot_be_opened_says_why,
     commands_name_what_is_wrong,
+    a_command_piped_into_a_closed_pipe_ends_quietly,
     ages_past_a_century_are_refused,
     a_busy_metrics_address_stops_the_start_before_the_database,
     sigterm_during_the_start_stops_it,
