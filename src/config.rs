@@ -842,6 +842,27 @@ impl StorageConfig {
                 ));
             }
         }
+        // Read as URLs only when a request is signed, they failed there with the
+        // store's words ("failed to lookup address", "invalid uri character").
+        let endpoints = [
+            ("S3_ENDPOINT_URL", &storage.s3_endpoint_url),
+            ("S3_PUBLIC_ENDPOINT_URL", &storage.s3_public_endpoint_url),
+        ];
+        for (variable, url) in endpoints {
+            if let Some(url) = url {
+                base_url(variable, url)?;
+            }
+        }
+        if storage
+            .s3_region
+            .as_deref()
+            .is_some_and(|region| region.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                "S3_REGION",
+                "is empty: unset it, or name the bucket's region (us-east-1, say)",
+            ));
+        }
         Ok(())
     }
 }

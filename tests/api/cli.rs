@@ -108,6 +108,15 @@ async fn a_bad_value_is_one_line_naming_its_variable(_setup: Setup) {
             "https://*.example.com",
             "CORS_ALLOWED_ORIGINS",
         ),
+        // Read as URLs only when a request was signed, in the store's words.
+        ("--s3-endpoint-url", "notaurl", "S3_ENDPOINT_URL"),
+        (
+            "--s3-public-endpoint-url",
+            "http://files.example.com/?x=1",
+            "S3_PUBLIC_ENDPOINT_URL",
+        ),
+        // Named S3_BUCKET_NAME, with OpenDAL's advice to call S3::detect_region().
+        ("--s3-region", "", "S3_REGION"),
     ] {
         let mut args = vec!["serve".to_owned(), flag.to_owned(), value.to_owned()];
         if flag != "--listen-addr" {
