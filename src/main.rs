@@ -12,9 +12,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = attache::cli::Cli::parse_or_exit();
-    if !cli.is_serve() {
+    if cli.ends_on_a_closed_pipe() {
         // `attache events list | head`: ended by the closed pipe, as `ls` is, not
-        // by a panic. The server keeps SIGPIPE ignored: a closed socket is an error.
+        // by a panic.
         sigpipe::reset();
     }
     init_logs(cli.log_format());

@@ -17,6 +17,14 @@ pub struct BackupArgs {
     command: BackupCommand,
 }
 
+impl BackupArgs {
+    /// Whether it writes into a pipe of a tool it runs (`pg_restore` reads the
+    /// backup from its stdin), whose early end must be an error, not a SIGPIPE.
+    pub fn feeds_a_tool(&self) -> bool {
+        !matches!(self.command, BackupCommand::List { .. })
+    }
+}
+
 #[derive(Subcommand)]
 enum BackupCommand {
     /// Snapshot the database into storage under backups/ and print the backup's name.

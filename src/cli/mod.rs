@@ -116,9 +116,16 @@ impl Cli {
         std::process::exit(2);
     }
 
-    /// Whether this is `attache serve`, the server, rather than a command.
-    pub fn is_serve(&self) -> bool {
-        matches!(self.command, Command::Serve(_))
+    /// Whether a closed pipe may end it as it ends other tools (`attache events list
+    /// | head`), with SIGPIPE: not the server (a closed socket is an error of one
+    /// client), nor a command that writes into a tool it runs (`pg_restore` ending
+    /// early must be reported with what it said).
+    pub fn ends_on_a_closed_pipe(&self) -> bool {
+        match &self.command {
+            Command::Serve(_) => false,
+            Command::Backup(args) => !args.feeds_a_tool(),
+            _ => true,
+        }
     }
 
     /// `serve`'s `LOG_FORMAT`; other commands read the variable alone.
