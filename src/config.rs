@@ -379,6 +379,10 @@ impl AuthConfig {
     }
 }
 
+/// The longest `BODY_TIMEOUT_SECONDS` may be: what bounds an upload's life on any
+/// replica, whatever its own setting.
+pub const MAX_BODY_TIMEOUT_SECONDS: u64 = 3600;
+
 /// The largest file any setting may allow: GraphQL's `Int` (SPEC's `byteSize: Int!`)
 /// is 32 bits, and a larger size breaks the clients and gateways that check it.
 /// (S3's 10,000 parts of at least 5 MiB hold it many times over.)
@@ -484,7 +488,7 @@ pub struct ConnectionLimits {
     /// Seconds a whole GraphQL request body may be waited for, the files of a
     /// multipart body included (time spent storing an earlier file does not count):
     /// a client that trickles holds an upload slot no longer.
-    #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "BODY_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=MAX_BODY_TIMEOUT_SECONDS))]
     pub body_timeout_seconds: u64,
     /// Seconds a response may wait for the client to read before the connection is
     /// closed: a stalled download holds no buffer for longer.

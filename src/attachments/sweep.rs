@@ -111,12 +111,13 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
 /// The spools of base64 uploads that a killed process left in the staging folder
 /// on fs, removed; their keys. A spool is written before its upload is parsed, so
 /// no intent names it: it counts as abandoned once unwritten for longer than any
-/// upload can last on any replica (`BODY_TIMEOUT_SECONDS` is at most an hour), and
+/// upload can last on any replica ([`crate::config::MAX_BODY_TIMEOUT_SECONDS`]), and
 /// named by no row (a direct upload's object waits for its completion).
 pub async fn abandoned_spools(app: &App) -> AppResult<Vec<String>> {
-    let longest = super::intent_grace(Duration::from_secs(3600))
+    let longest_body = Duration::from_secs(crate::config::MAX_BODY_TIMEOUT_SECONDS);
+    let longest = super::intent_grace(longest_body)
         .to_std()
-        .unwrap_or(Duration::from_secs(75 * 60));
+        .unwrap_or(longest_body);
     let unwritten = app
         .storage
         .staging_unwritten_for(longest)

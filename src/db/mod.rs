@@ -495,12 +495,11 @@ pub enum ClaimError {
         pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
     )]
     InUse { path: PathBuf, pid: Option<u32> },
-    // The cause is in the message, not a `source`: the commands print the chain,
-    // which would say it twice.
-    #[error("cannot lock {}: {cause}", path.display())]
+    #[error("cannot lock {}: {source}", path.display())]
     Io {
         path: PathBuf,
-        cause: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -515,13 +514,13 @@ impl SqliteClaim {
     /// Claims `database` (which need not exist yet), or says who holds it.
     pub fn acquire(database: &Path) -> Result<Self, ClaimError> {
         use std::io::{Read, Seek, Write};
-        let lock = lock_path(database).map_err(|cause| ClaimError::Io {
+        let lock = lock_path(database).map_err(|source| ClaimError::Io {
             path: database.to_owned(),
-            cause,
+            source,
         })?;
-        let io = |cause| ClaimError::Io {
+        let io = |source| ClaimError::Io {
             path: lock.clone(),
-            cause,
+            source,
         };
         let mut file = std::fs::OpenOptions::new()
             .read(true)
