@@ -97,16 +97,24 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
             ));
         }
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size: it must start with a number"))?;
-    let bytes = value * factor as f64;
-    if !(1.0..=i64::MAX as f64).contains(&bytes) {
-        return Err(format!(
+    // Whole numbers exactly (a float rounds past 2^53); a fraction (`1.5GiB`) to the
+    // nearest byte.
+    let bytes = match number.parse::<u64>() {
+        Ok(whole) => whole.checked_mul(factor),
+        Err(_) => {
+            let value: f64 = number
+                .parse()
+                .map_err(|_| format!("`{text}` is not a size: it must start with a number"))?;
+            let bytes = (value * factor as f64).round();
+            (bytes < u64::MAX as f64).then_some(bytes as u64)
+        }
+    };
+    match bytes {
+        Some(bytes) if (1..=i64::MAX as u64).contains(&bytes) => Ok(bytes),
+        _ => Err(format!(
             "`{text}` is out of range: at least 1 byte, at most 8 EiB"
-        ));
+        )),
     }
-    Ok(bytes.round() as u64)
 }
 
 /// `S3_PREFIX`, checked: public URLs name it unescaped, so it keeps to the
@@ -221,6 +229,17 @@ pub struct DatabaseConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl LogFormat {
+    /// `LOG_FORMAT` as the environment says it (text when unset or unreadable), for
+    /// the commands that take no flag for it and for a command line that does not parse.
+    pub fn from_env() -> Self {
+        std::env::var("LOG_FORMAT")
+            .ok()
+            .and_then(|value| Self::from_str(&value, true).ok())
+            .unwrap_or(Self::Text)
+    }
 }
 
 /// SQLite's `synchronous` setting in WAL mode.
@@ -387,6 +406,10 @@ pub const MAX_BODY_TIMEOUT_SECONDS: u64 = 3600;
 /// is 32 bits, and a larger size breaks the clients and gateways that check it.
 /// (S3's 10,000 parts of at least 5 MiB hold it many times over.)
 pub const MOST_FILE_BYTES: u64 = i32::MAX as u64;
+
+/// The most files a quota may allow: `usage.quotaFiles` is a GraphQL `Int` (32
+/// bits), and a limit the API cannot show would be shown as another.
+pub const MOST_QUOTA_FILES: u64 = i32::MAX as u64;
 
 #[derive(Debug, Clone, Args)]
 pub struct LimitsConfig {
@@ -587,7 +610,7 @@ pub struct QuotaConfig {
     #[arg(long, env = "TENANT_QUOTA_BYTES", value_parser = parse_byte_size)]
     pub tenant_quota_bytes: Option<u64>,
     /// Files each tenant may store; unset: unlimited.
-    #[arg(long, env = "TENANT_QUOTA_FILES", value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
+    #[arg(long, env = "TENANT_QUOTA_FILES", value_parser = clap::value_parser!(u64).range(1..=MOST_QUOTA_FILES))]
     pub tenant_quota_files: Option<u64>,
 }
 
@@ -891,7 +914,22 @@ mod tests {
         assert_eq!(parse_byte_size("500MB"), Ok(500_000_000));
         assert_eq!(parse_byte_size("1.5 KiB"), Ok(1536));
         assert_eq!(parse_byte_size("2g"), Ok(2_000_000_000));
-        for bad in ["", "GiB", "5 parsecs", "0", "-1", "99999999999TiB"] {
+        // Whole numbers past 2^53, exactly: a float stored 9007199254740992.
+        assert_eq!(
+            parse_byte_size("9007199254740993"),
+            Ok(9_007_199_254_740_993)
+        );
+        assert_eq!(parse_byte_size("9223372036854775807"), Ok(i64::MAX as u64));
+        for bad in [
+            "",
+            "GiB",
+            "5 parsecs",
+            "0",
+            "-1",
+            "99999999999TiB",
+            "9223372036854775808",
+            "8EiB",
+        ] {
             assert!(parse_byte_size(bad).is_err(), "{bad}");
         }
     }

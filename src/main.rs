@@ -17,12 +17,13 @@ async fn main() -> std::process::ExitCode {
         // by a panic.
         sigpipe::reset();
     }
-    init_logs(cli.log_format());
+    let log_format = cli.log_format();
+    init_logs(log_format);
     attache::cli::Cli::warn_unknown_variables();
     match cli.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", one_line(&err));
+            attache::telemetry::fatal(&one_line(&err), log_format);
             std::process::ExitCode::FAILURE
         }
     }

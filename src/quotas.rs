@@ -15,7 +15,7 @@ use entity::{attachment, direct_upload};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    QueryFilter, QuerySelect, QueryTrait, Statement,
 };
 use serde::Serialize;
 use std::collections::HashMap;
@@ -427,12 +427,13 @@ pub async fn tenants_near_limit(db: &Database, defaults: &QuotaConfig) -> Result
         .await
 }
 
-/// Every tenant with a usage row, by id: `attache tenant list`.
+/// Every tenant with a usage row, by id: `attache tenant list`. Sorted here, byte by
+/// byte: PostgreSQL's order follows the database's collation (`a A b B` under
+/// en-US), SQLite's the bytes (`A B a b`).
 pub async fn list(db: &Database, defaults: &QuotaConfig) -> Result<Vec<Usage>, DbErr> {
-    Ok(Entity::find()
-        .order_by_asc(Column::TenantId)
-        .all(db.read())
-        .await?
+    let mut rows = Entity::find().all(db.read()).await?;
+    rows.sort_unstable_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+    Ok(rows
         .into_iter()
         .map(|row| {
             let tenant = row.tenant_id.clone();

@@ -187,6 +187,32 @@ pub fn graphql_operation(name: Option<&str>, outcome: &str, ran: bool) {
         .increment(1);
 }
 
+/// A command's last word on stderr: `error: ...`, or under `LOG_FORMAT=json` one
+/// object shaped like the log's lines, so a pipeline that reads the logs also reads
+/// why the process stopped.
+pub fn fatal(message: &str, format: crate::config::LogFormat) {
+    match format {
+        crate::config::LogFormat::Text => eprintln!("error: {message}"),
+        crate::config::LogFormat::Json => {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let line = serde_json::json!({
+                "timestamp": now,
+                "level": "ERROR",
+                "fields": { "message": message },
+                "target": "attache",
+            });
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// An operation refused before it ran (no token, a bound, its scope, a body too
+/// large): named `other`, as its name was never checked, by the refusal's code.
+pub fn graphql_refusal(code: &str) {
+    counter!("attache_graphql_operations_total", "operation" => "other", "outcome" => code.to_owned())
+        .increment(1);
+}
+
 /// Whether `name` has, or can still get, a series of its own.
 fn named_series(name: &str) -> bool {
     static NAMES: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();

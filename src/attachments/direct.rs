@@ -582,14 +582,18 @@ async fn discard(
     Ok(())
 }
 
-/// Direct uploads whose link expired without completion.
+/// A batch of direct uploads whose link expired without completion, the oldest
+/// first, after the first `skip` of them (a dry run reads them all this way).
 pub async fn expired(
     app: &App,
     now: chrono::DateTime<Utc>,
+    skip: u64,
 ) -> AppResult<Vec<direct_upload::Model>> {
     Ok(direct_upload::Entity::find()
         .filter(direct_upload::Column::ExpiresAt.lt(now))
         .order_by_asc(direct_upload::Column::ExpiresAt)
+        .order_by_asc(direct_upload::Column::Id)
+        .offset(skip)
         .limit(super::BATCH)
         .all(app.db.read())
         .await?)
@@ -603,7 +607,7 @@ pub async fn expire(app: &App) -> AppResult<super::Batch> {
     let now = Utc::now();
     let mut first_error = None;
     let mut removed = Vec::new();
-    let batch = expired(app, now).await?;
+    let batch = expired(app, now, 0).await?;
     let read = batch.len();
     for pending in batch {
         match discard(app, &pending, Some(now)).await {

@@ -715,6 +715,24 @@ pub struct Batch {
     pub removed: Vec<String>,
 }
 
+/// What a dry run would remove: every batch `read` gives, the first `skip` items
+/// skipped each time, until one is not whole.
+pub async fn every_batch<T, F, Read>(mut read: F) -> AppResult<Vec<T>>
+where
+    F: FnMut(u64) -> Read,
+    Read: Future<Output = AppResult<Vec<T>>>,
+{
+    let mut all = Vec::new();
+    loop {
+        let batch = read(all.len() as u64).await?;
+        let whole = batch.len() as u64 >= BATCH;
+        all.extend(batch);
+        if !whole {
+            return Ok(all);
+        }
+    }
+}
+
 /// Runs `step`, one batch of housekeeping, again while it read a whole batch and
 /// removed something, until `until` when given; every key removed. One batch a
 /// minute fell behind a flood of abandoned direct uploads.
@@ -752,8 +770,9 @@ pub enum Abandoned {
 /// Objects whose removal is pending, those tried fewest times first (one that keeps
 /// failing does not hold back the others), then oldest: those of deleted rows, and those
 /// of uploads whose intent is [`Abandoned`] and that never committed (younger ones
-/// may still be in flight).
-pub async fn pending_deletions(app: &App, intents: Abandoned) -> AppResult<Vec<String>> {
+/// may still be in flight). A batch, after the first `skip` (a dry run reads them
+/// all this way).
+pub async fn pending_deletions(app: &App, intents: Abandoned, skip: u64) -> AppResult<Vec<String>> {
     use storage_deletion::Column;
     let now = Utc::now();
     let due = || {
@@ -775,6 +794,8 @@ pub async fn pending_deletions(app: &App, intents: Abandoned) -> AppResult<Vec<S
         )
         .order_by_asc(storage_deletion::Column::Attempts)
         .order_by_asc(storage_deletion::Column::CreatedAt)
+        .order_by_asc(storage_deletion::Column::StorageKey)
+        .offset(skip)
         .limit(BATCH)
         .all(app.db.read())
         .await?
@@ -786,7 +807,7 @@ pub async fn pending_deletions(app: &App, intents: Abandoned) -> AppResult<Vec<S
 /// Retries the removal of a batch of objects still recorded in `storage_deletions`
 /// (see [`pending_deletions`]); the keys now gone among them.
 pub async fn retry_deletions(app: &App, intents: Abandoned) -> AppResult<Batch> {
-    let pending = pending_deletions(app, intents).await?;
+    let pending = pending_deletions(app, intents, 0).await?;
     let read = pending.len();
     let mut removed = Vec::new();
     for key in pending {

@@ -70,11 +70,14 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         });
     }
     let expired = match dry_run {
-        true => super::direct::expired(app, chrono::Utc::now())
-            .await?
-            .into_iter()
-            .map(|pending| pending.storage_key)
-            .collect(),
+        true => {
+            let now = chrono::Utc::now();
+            super::every_batch(|skip| super::direct::expired(app, now, skip))
+                .await?
+                .into_iter()
+                .map(|pending| pending.storage_key)
+                .collect()
+        }
         false => super::in_batches(None, || super::direct::expire(app)).await?,
     };
     swept.extend(expired.into_iter().map(|key| Swept {
@@ -97,7 +100,7 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         false => super::Abandoned::After(recorded_before),
     };
     let deleted = match dry_run {
-        true => super::pending_deletions(app, intents).await?,
+        true => super::every_batch(|skip| super::pending_deletions(app, intents, skip)).await?,
         false => super::in_batches(None, || super::retry_deletions(app, intents)).await?,
     };
     swept.extend(deleted.into_iter().map(|key| Swept {

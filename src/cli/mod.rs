@@ -82,8 +82,8 @@ impl Cli {
                     },
                 };
                 match settings.hides(&name) {
-                    true => format!("error: {name}: invalid value{detail}"),
-                    false => format!("error: {name}: invalid value '{value}'{detail}"),
+                    true => format!("{name}: invalid value{detail}"),
+                    false => format!("{name}: invalid value '{value}'{detail}"),
                 }
             }
             ErrorKind::ArgumentConflict => {
@@ -91,8 +91,8 @@ impl Cli {
                 both.extend(names(ContextKind::PriorArg));
                 both.dedup();
                 match both.as_slice() {
-                    [once] => format!("error: {once}: given twice"),
-                    _ => format!("error: {}: set one, not both", both.join(" and ")),
+                    [once] => format!("{once}: given twice"),
+                    _ => format!("{}: set one, not both", both.join(" and ")),
                 }
             }
             ErrorKind::MissingRequiredArgument => {
@@ -107,12 +107,12 @@ impl Cli {
                         "error: {}: required with the settings given",
                         missing.join(", ")
                     ),
-                    false => format!("error: {}: required", missing.join(", ")),
+                    false => format!("{}: required", missing.join(", ")),
                 }
             }
             _ => err.exit(),
         };
-        eprintln!("{line}");
+        crate::telemetry::fatal(&line, crate::config::LogFormat::from_env());
         std::process::exit(2);
     }
 
@@ -130,13 +130,9 @@ impl Cli {
 
     /// `serve`'s `LOG_FORMAT`; other commands read the variable alone.
     pub fn log_format(&self) -> crate::config::LogFormat {
-        use clap::ValueEnum;
         match &self.command {
             Command::Serve(args) => args.config.log_format,
-            _ => std::env::var("LOG_FORMAT")
-                .ok()
-                .and_then(|value| crate::config::LogFormat::from_str(&value, true).ok())
-                .unwrap_or(crate::config::LogFormat::Text),
+            _ => crate::config::LogFormat::from_env(),
         }
     }
 

@@ -52,7 +52,7 @@ enum QuotaCommand {
         #[arg(long, value_parser = parse_byte_size)]
         bytes: Option<u64>,
         /// Files the tenant may store.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::config::MOST_QUOTA_FILES))]
         files: Option<u64>,
         #[command(flatten)]
         database: DatabaseConfig,

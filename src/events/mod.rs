@@ -153,18 +153,31 @@ impl From<&attachment::Model> for EventData {
     }
 }
 
-/// The events of `deliveries`, by `seq`.
+/// Most event seqs one lookup binds: SQLite takes 32,766 parameters, PostgreSQL
+/// 65,535, and `attache events list --limit` goes to 100,000.
+const SEQS_PER_LOOKUP: usize = 1_000;
+
+/// The events of `deliveries`, by `seq`: each seq once (every receiver of an event
+/// repeats it), [`SEQS_PER_LOOKUP`] at a time.
 pub(crate) async fn events_by_seq<C: ConnectionTrait>(
     db: &C,
     deliveries: &[webhook_delivery::Model],
 ) -> Result<HashMap<i64, outbox_event::Model>, DbErr> {
-    Ok(outbox_event::Entity::find()
-        .filter(outbox_event::Column::Seq.is_in(deliveries.iter().map(|d| d.event_seq)))
-        .all(db)
-        .await?
+    let seqs: Vec<i64> = deliveries
+        .iter()
+        .map(|delivery| delivery.event_seq)
+        .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
-        .map(|event| (event.seq, event))
-        .collect())
+        .collect();
+    let mut events = HashMap::with_capacity(seqs.len());
+    for seqs in seqs.chunks(SEQS_PER_LOOKUP) {
+        let found = outbox_event::Entity::find()
+            .filter(outbox_event::Column::Seq.is_in(seqs.iter().copied()))
+            .all(db)
+            .await?;
+        events.extend(found.into_iter().map(|event| (event.seq, event)));
+    }
+    Ok(events)
 }
 
 /// Deliveries still to send (pending, due or not): the outbox backlog.

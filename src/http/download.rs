@@ -70,6 +70,7 @@ async fn authorize(
         let (id, tenant) = app
             .links
             .authorize(LinkPurpose::Download, id, &params.link)?;
+        crate::http::observe::acting_for(&tenant);
         return attachments::find(app, &tenant, id)
             .await?
             .ok_or_else(AppError::not_found);
@@ -80,6 +81,7 @@ async fn authorize(
         )
     })?;
     let principal = app.verifier.verify(token)?;
+    crate::http::observe::acting_for(&principal.tenant);
     principal.require(Access::Read)?;
     let id = Uuid::parse_str(id).map_err(|_| AppError::not_found())?;
     attachments::find(app, &principal.tenant, id)

@@ -3,7 +3,7 @@
 //! parsed), the body limit (413 before parsing), a bounded upload slot, the body read
 //! at a minimum pace, the document bounds, then the executor. GraphiQL for browsers.
 
-use async_graphql::BatchRequest;
+use async_graphql::{BatchRequest, BatchResponse};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::auth::Principal;
 use crate::config::ConnectionLimits;
-use crate::error::AppError;
+use crate::error::{AppError, GraphqlCodes};
 use crate::graphql::Prepared;
 use crate::graphql::large_strings::{self, LargeStrings};
 use crate::http::AppState;
@@ -32,6 +32,15 @@ const SMALL_REQUEST_BYTES: u64 = 64 * 1024;
 pub async fn handle(state: State<AppState>, request: Request) -> Response {
     let answer = Answer::from_headers(request.headers());
     let mut response = respond(state, request, answer).await;
+    if response.extensions().get::<OperationsCounted>().is_none()
+        && let Some(codes) = response.extensions().get::<GraphqlCodes>()
+    {
+        // Refused before it ran (no token, a bound, its scope, a body too large):
+        // counted too, or a key rotation that locks every client out shows nowhere
+        // in the metrics (the HTTP status is 200).
+        let first = codes.0.split(',').next().unwrap_or_default();
+        crate::telemetry::graphql_refusal(first);
+    }
     answer.retype(&mut response);
     // An answer is for one bearer at one moment (its URLs are signed), and its form
     // (JSON, GraphQL's media type or the playground) depends on `Accept`.
@@ -77,6 +86,7 @@ async fn respond(State(state): State<AppState>, request: Request, answer: Answer
         Ok(principal) => principal,
         Err(err) => return refused_early(request, answer.refusal(&err)).await,
     };
+    crate::http::observe::acting_for(&principal.tenant);
     if request.method() == Method::POST && !is_graphql_body(headers) {
         let err = AppError::UnsupportedMediaType(
             "a GraphQL request body is application/json (or multipart/form-data for files)".into(),
@@ -143,8 +153,7 @@ async fn respond(State(state): State<AppState>, request: Request, answer: Answer
     };
     let Some(mut rest) = rest else {
         let response = coded(state.schema.execute_batch(batch).await);
-        count_operations(&names, &response);
-        return answer.executed(response);
+        return executed(answer, &names, response);
     };
     let parts = rest.parts();
     let execute = async {
@@ -156,12 +165,24 @@ async fn respond(State(state): State<AppState>, request: Request, answer: Answer
         response
     };
     let (response, read) = tokio::join!(execute, rest.run());
-    let response = coded(response);
-    count_operations(&names, &response);
+    let response = executed(answer, &names, coded(response));
     match read {
-        Read::Whole => answer.executed(response),
-        Read::Unfinished => unread(Some(rest), answer.executed(response)).await,
+        Read::Whole => response,
+        Read::Unfinished => unread(Some(rest), response).await,
     }
+}
+
+/// Marks an answer whose operations [`executed`] counted: [`handle`] counts the
+/// others as refused.
+#[derive(Clone, Copy)]
+struct OperationsCounted;
+
+/// The executor's answer, its operations counted.
+fn executed(answer: Answer, names: &[Option<String>], response: BatchResponse) -> Response {
+    count_operations(names, &response);
+    let mut response = answer.executed(response);
+    response.extensions_mut().insert(OperationsCounted);
+    response
 }
 
 /// A response to a multipart request whose files were not all read: after a
@@ -191,10 +212,10 @@ fn is_graphql_body(headers: &HeaderMap) -> bool {
 }
 
 /// Each operation of the batch, by name and outcome: `OK`, or its first error's code.
-fn count_operations(names: &[Option<String>], response: &async_graphql::BatchResponse) {
+fn count_operations(names: &[Option<String>], response: &BatchResponse) {
     let responses = match response {
-        async_graphql::BatchResponse::Single(response) => std::slice::from_ref(response),
-        async_graphql::BatchResponse::Batch(responses) => responses.as_slice(),
+        BatchResponse::Single(response) => std::slice::from_ref(response),
+        BatchResponse::Batch(responses) => responses.as_slice(),
     };
     for (name, response) in names.iter().zip(responses) {
         let code = response.errors.first().map(|error| {

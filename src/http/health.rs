@@ -23,6 +23,11 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// failed check, kept like any answer, not a read that every caller waits behind.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long `/metrics` waits for the figures it reads from the database, well
+/// within Prometheus' default scrape timeout (10 s): a stalled database must not
+/// cost the scrape, and with it every other series of the incident.
+const FIGURES_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The last value a check read, and when. A caller finds it fresh, or reads it
 /// anew; callers that come meanwhile wait for that read instead of starting theirs.
 pub struct Recent<T> {
@@ -81,30 +86,34 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Both figures, asked at once: a stalled database costs a scrape one
+/// [`FIGURES_TIMEOUT`]. A figure not read keeps its last value, and a warning says so.
 async fn read_figures(state: &AppState) {
-    let backlog = within(crate::events::backlog(state.app.db.read())).await;
+    let (backlog, near) = tokio::join!(
+        within(FIGURES_TIMEOUT, crate::events::backlog(state.app.db.read())),
+        within(
+            FIGURES_TIMEOUT,
+            crate::quotas::tenants_near_limit(&state.app.db, &state.app.config.quotas),
+        ),
+    );
     match backlog {
         Ok(pending) => crate::telemetry::outbox_backlog(pending),
         Err(err) => tracing::warn!(error = %err, "cannot count the outbox backlog"),
     }
-    let near = within(crate::quotas::tenants_near_limit(
-        &state.app.db,
-        &state.app.config.quotas,
-    ))
-    .await;
     match near {
         Ok(tenants) => crate::telemetry::tenants_near_quota(tenants),
         Err(err) => tracing::warn!(error = %err, "cannot count the tenants near their quota"),
     }
 }
 
-/// `read`'s answer within [`READ_TIMEOUT`], its error as text.
+/// `read`'s answer within `limit`, its error as text.
 async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
     read: impl Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(READ_TIMEOUT, read).await {
+    match tokio::time::timeout(limit, read).await {
         Ok(answer) => answer.map_err(|err| err.to_string()),
-        Err(_) => Err(format!("no answer within {} s", READ_TIMEOUT.as_secs())),
+        Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
     }
 }
 
@@ -139,8 +148,8 @@ pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
 /// once per caller.
 async fn read_readiness(state: &AppState) -> (Result<(), String>, Result<(), String>) {
     let (database, storage) = tokio::join!(
-        within(state.app.db.ping()),
-        within(state.app.storage.ping())
+        within(READ_TIMEOUT, state.app.db.ping()),
+        within(READ_TIMEOUT, state.app.storage.ping())
     );
     for (part, result) in [("database", &database), ("storage", &storage)] {
         if let Err(err) = result {

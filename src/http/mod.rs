@@ -67,12 +67,13 @@ pub fn router(app: SharedApp) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
         .layer(catch_panics())
-        .layer(axum::middleware::from_fn(one_host))
-        .layer(axum::middleware::from_fn(observe::request));
-    match cors {
+        .layer(axum::middleware::from_fn(one_host));
+    // Inside the observer: a preflight is logged and counted like any request.
+    let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
-    }
+    };
+    router.layer(axum::middleware::from_fn(observe::request))
 }
 
 /// A path that no route serves: 404 with a GraphQL-shaped body, like every other

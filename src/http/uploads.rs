@@ -27,7 +27,10 @@ pub async fn put(
     let app = &state.app;
     let announced = request.body().size_hint().exact();
     let found = match app.links.authorize(LinkPurpose::Upload, &id, &link) {
-        Ok((id, tenant)) => Receiving::find(app, id, &tenant, announced).await,
+        Ok((id, tenant)) => {
+            crate::http::observe::acting_for(&tenant);
+            Receiving::find(app, id, &tenant, announced).await
+        }
         Err(err) => Err(err),
     };
     // Refused before the body is read: a client still sending sees the answer.

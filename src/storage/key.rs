@@ -62,6 +62,26 @@ impl KeyTemplate {
         if template.ends_with('/') {
             return Err("must not end with `/`".into());
         }
+        let longest: usize = parts
+            .iter()
+            .map(|part| match part {
+                Part::Literal(text) => text.len(),
+                Part::Tenant | Part::Owner => SafeId::MAX_LEN,
+                Part::Id => 36,
+                Part::Ext => MediaType::ALL
+                    .iter()
+                    .map(|media| media.extension().len())
+                    .max()
+                    .unwrap_or_default(),
+            })
+            .sum();
+        if longest > StorageKey::MAX_LEN {
+            return Err(format!(
+                "makes keys of up to {longest} bytes (64 for each `{{tenant}}` and `{{owner}}`), \
+                 past the {} that a key may have: shorten it",
+                StorageKey::MAX_LEN
+            ));
+        }
         Ok(Self { parts })
     }
 
@@ -111,6 +131,10 @@ impl KeyTemplate {
 pub struct StorageKey(String);
 
 impl StorageKey {
+    /// The longest key: the database's key columns take 1,024 characters (all of a
+    /// key's are ASCII), as S3 takes 1,024 bytes.
+    pub const MAX_LEN: usize = 1024;
+
     /// The key of a new attachment. `owner` must be given when the template needs it.
     pub fn for_attachment(
         template: &KeyTemplate,
@@ -230,6 +254,7 @@ mod tests {
             "{tenant}/{nope}/{id}",
             "{tenant}//{id}",
             "{tenant}/a b/{id}",
+            &format!("{{tenant}}/{}{{id}}", "{owner}-".repeat(16)),
         ] {
             assert!(KeyTemplate::parse(bad).is_err(), "{bad}");
         }

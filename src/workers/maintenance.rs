@@ -36,7 +36,7 @@ pub async fn run(app: SharedApp, shutdown: CancellationToken) {
             tracing::warn!(error = %err, "cannot count the tenants with a quota of their own");
         }
         match acquire(&app.db, LEASE, holder, PERIOD).await {
-            Ok(true) => pass(&app).await,
+            Ok(true) => pass(&app, &shutdown).await,
             Ok(false) => tracing::debug!("another replica holds the maintenance lease"),
             Err(err) => tracing::warn!(error = %err, "cannot take the maintenance lease"),
         }
@@ -48,8 +48,10 @@ pub async fn run(app: SharedApp, shutdown: CancellationToken) {
 /// the next pass.
 const STEP_BUDGET: Duration = Duration::from_secs(20);
 
-/// One pass of every step; a failing step is logged and the others still run.
-pub async fn pass(app: &App) {
+/// One pass of every step; a failing step is logged and the others still run. A
+/// shutdown ends it after the step under way (each step within its budget), so a
+/// SIGTERM during a long pass does not take the whole shutdown grace.
+pub async fn pass(app: &App, shutdown: &CancellationToken) {
     let intents = attachments::Abandoned::After(
         chrono::Utc::now() - attachments::intent_grace(app.config.connections.body_timeout()),
     );
@@ -61,12 +63,18 @@ pub async fn pass(app: &App) {
             "retrying pending object deletions failed"
         );
     }
+    if shutdown.is_cancelled() {
+        return;
+    }
     let expired = attachments::in_batches(until(), || attachments::direct::expire(app));
     if let Err(err) = expired.await {
         tracing::warn!(
             error = err.cause(),
             "removing expired direct uploads failed"
         );
+    }
+    if shutdown.is_cancelled() {
+        return;
     }
     match attachments::sweep::abandoned_spools(app).await {
         Ok(removed) if removed.is_empty() => {}
@@ -79,11 +87,14 @@ pub async fn pass(app: &App) {
             "removing abandoned upload spools failed"
         ),
     }
+    if shutdown.is_cancelled() {
+        return;
+    }
     let cutoff = chrono::TimeDelta::from_std(app.webhooks.retention)
         .ok()
         .and_then(|retention| Utc::now().checked_sub_signed(retention))
         .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
-    match crate::events::admin::prune(&app.db, cutoff).await {
+    match crate::events::admin::prune(&app.db, cutoff, until()).await {
         Ok(0) => {}
         Ok(pruned) => tracing::info!(pruned, "pruned delivered events past their retention"),
         Err(err) => tracing::warn!(error = %err, "pruning delivered events failed"),

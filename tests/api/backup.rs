@@ -325,7 +325,7 @@ async fn deleted_files_stay_for_the_retention(setup: Setup) {
                 .expect("sweep");
             assert!(app.stored_keys().contains(&key), "the sweep keeps it");
             tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-            attache::workers::maintenance::pass(&app.app).await;
+            attache::workers::maintenance::pass(&app.app, &Default::default()).await;
             assert!(
                 !app.stored_keys().contains(&key),
                 "the maintenance removes it after"

@@ -469,6 +469,52 @@ async fn a_mistyped_variable_is_named_with_the_closest_setting(_setup: Setup) {
     assert!(!stderr.contains("never echoed"), "{stderr}");
 }
 
+/// Under `LOG_FORMAT=json` the line that says why attache stopped is a JSON object
+/// like every log line (it was plain text, which log pipelines drop), whether the
+/// command line did not parse or the start failed.
+async fn under_json_logs_the_fatal_line_is_json(_setup: Setup) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = format!("sqlite://{}/no/such/folder/a.db", dir.path().display());
+    for (args, said) in [
+        (
+            vec!["serve", "--max-connections", "4"],
+            "MAX_CONNECTIONS: invalid value '4'",
+        ),
+        (
+            vec![
+                "serve",
+                "--listen-addr",
+                "127.0.0.1:0",
+                "--database-url",
+                &missing,
+            ],
+            "DATABASE_URL",
+        ),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+            .args(&args)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env("LOG_FORMAT", "json")
+            .env("JWT_SECRET", SECRET)
+            .output()
+            .await
+            .expect("run attache");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<serde_json::Value> = stderr
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+            .collect();
+        let last = lines
+            .last()
+            .unwrap_or_else(|| panic!("{args:?}: nothing said"));
+        assert_eq!(last["level"], "ERROR", "{last}");
+        let message = last["fields"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(said), "{args:?}: {last}");
+    }
+}
+
 /// A token of `tenant` from `attache token` with the tests' secret and `flags`.
 async fn minted(tenant: &str, flags: &[&str]) -> String {
     let args = ["token", "--tenant", tenant, "--jwt-secret", SECRET]
@@ -626,6 +672,15 @@ async fn a_collections_file_replaces_the_built_in_ones(setup: Setup) {
         (
             "[big]\nkey = \"{tenant}/{id}{ext}\"\nmax_bytes = 2147483648\naccept = [\"pdf\"]\n",
             "[big] max_bytes is at most 2147483647",
+        ),
+        // Keys past the database's 1,024 characters: PostgreSQL refused each upload.
+        (
+            format!(
+                "[deep]\nkey = \"{{tenant}}/{}{{id}}\"\nmax_bytes = 1\naccept = [\"pdf\"]\n",
+                "{owner}-".repeat(16)
+            )
+            .as_str(),
+            "[deep] key makes keys of up to 1141 bytes",
         ),
         // Where: the error's own text spans several lines.
         (
@@ -1079,6 +1134,7 @@ crate::matrix!(
     a_migration_cut_before_its_record_is_applied_again_whole,
     an_unwritable_temporary_folder_stops_the_start,
     an_open_address_without_a_public_base_url_is_warned_of,
+    under_json_logs_the_fatal_line_is_json,
 );
 crate::matrix!(
     the_token_command_mints_what_the_server_accepts,

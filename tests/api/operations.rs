@@ -408,6 +408,147 @@ async fn a_failed_streamed_write_counts_as_a_storage_error(_: Setup) {
     assert_eq!(write_errors().await, before + 1.0);
 }
 
+/// A request whose client leaves while the server still works on it (here, an
+/// upload waiting for SQLite's write lock) is summed up in the log and counted as
+/// 499: it was in neither, so the slow requests of an incident, which clients and
+/// load balancers give up on, vanished from both.
+async fn a_request_whose_client_leaves_is_logged_and_counted(_: Setup) {
+    use sea_orm::sqlx::{self, Connection};
+    let served = Served::start(&[]).await;
+    let acme = tenant();
+    let bearer = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
+    let mut holder = sqlx::SqliteConnection::connect(&served.database_url())
+        .await
+        .expect("a connection of another process");
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .expect("the write lock");
+    let upload = json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "c-1", "filename": "a.pdf",
+        "base64": STANDARD.encode(pdf()) }}});
+    let gave_up = http_client()
+        .post(format!("{}/graphql", served.base_url))
+        .bearer_auth(&bearer)
+        .header("x-request-id", "left-early")
+        .timeout(Duration::from_secs(1))
+        .json(&upload)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up: {gave_up:?}");
+    let summed_up = |log: &str| {
+        log.lines()
+            .find(|line| line.contains("left-early") && line.contains("status=499"))
+            .map(str::to_owned)
+    };
+    let started = std::time::Instant::now();
+    while summed_up(&served.log()).is_none() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = summed_up(&served.log())
+        .unwrap_or_else(|| panic!("no summary of the request: {}", served.log()));
+    assert!(line.contains("the client closed the connection"), "{line}");
+    assert!(line.contains(&format!("tenant={acme}")), "{line}");
+    let scrape = Scrape::parse(&metrics_text(&served.base_url).await).expect("Prometheus text");
+    let labels = [("route", "/graphql"), ("method", "POST"), ("status", "499")];
+    assert_eq!(total(&scrape, "attache_http_requests_total", &labels), 1.0);
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("the lock given up");
+    let stored: Value = http_client()
+        .post(format!("{}/graphql", served.base_url))
+        .bearer_auth(&bearer)
+        .json(&upload)
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(stored["errors"].is_null(), "{stored}");
+}
+
+/// Operations refused before they run (no token here) count in
+/// `attache_graphql_operations_total` as `other`, by code: with HTTP 200 for them,
+/// a key rotation that locked every client out showed in no series. CORS preflights
+/// are logged and counted like every request.
+async fn refusals_and_preflights_are_counted(_: Setup) {
+    let origin = "https://app.example";
+    let served = Served::start(&["--cors-allowed-origins", origin]).await;
+    let refused: Value = http_client()
+        .post(format!("{}/graphql", served.base_url))
+        .json(&json!({ "query": "query Usage { usage { bytes } }", "operationName": "Usage" }))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"],
+        "UNAUTHENTICATED"
+    );
+    let preflight = http_client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/graphql", served.base_url),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("x-request-id", "a-preflight")
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], origin);
+    let scrape = Scrape::parse(&metrics_text(&served.base_url).await).expect("Prometheus text");
+    let refusal = [("operation", "other"), ("outcome", "UNAUTHENTICATED")];
+    assert_eq!(
+        total(&scrape, "attache_graphql_operations_total", &refusal),
+        1.0
+    );
+    let preflights = [
+        ("route", "/graphql"),
+        ("method", "OPTIONS"),
+        ("status", "200"),
+    ];
+    assert_eq!(
+        total(&scrape, "attache_http_requests_total", &preflights),
+        1.0
+    );
+    let log = served.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("a-preflight") && line.contains("status=200")),
+        "{log}"
+    );
+}
+
+/// `/metrics` answers within Prometheus' scrape timeout (10 s) while the tables it
+/// counts from are locked: its two reads waited 5 s each, one after the other, so
+/// the scrape failed and every series of the incident was lost with it.
+async fn metrics_answer_while_the_database_stalls(setup: Setup) {
+    use sea_orm::sqlx::{self, Connection};
+    let (app, database_url) = TestApp::spawn_alone(setup, &[]).await;
+    let mut holder = sqlx::PgConnection::connect(&database_url)
+        .await
+        .expect("a connection of another process");
+    sqlx::raw_sql("BEGIN; LOCK TABLE webhook_deliveries, tenant_usage IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("the locks");
+    let started = std::time::Instant::now();
+    let scrape = scrape(&app).await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "answered in {waited:?}");
+    assert!(has(&scrape, "attache_http_requests_total"));
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("the locks given up");
+}
+
 /// A second SIGTERM ends a draining server at once (exit 143, as a shell says of a
 /// process SIGTERM ended), as a second Ctrl-C does: it was ignored, and the server waited for its slowest client up to
 /// `SHUTDOWN_GRACE_SECONDS`.
@@ -455,6 +596,10 @@ crate::matrix!(
     every_family_is_described_and_present_from_the_start,
     a_database_failure_names_its_step_in_the_log,
     a_failed_streamed_write_counts_as_a_storage_error,
+    a_request_whose_client_leaves_is_logged_and_counted,
+    refusals_and_preflights_are_counted,
 );
+
+crate::matrix!(postgres: metrics_answer_while_the_database_stalls);
 
 crate::matrix!(db: readyz_fails_when_the_storage_folder_vanishes);

@@ -221,7 +221,7 @@ async fn the_largest_quota_still_deletes_and_expires(setup: Setup) {
             "--bytes",
             "8000000TiB",
             "--files",
-            "9000000000000000000",
+            "2147483647",
             "--database-url",
             &url,
         ]
@@ -479,6 +479,36 @@ async fn the_recount_repairs_usage_and_quotas_are_set_by_command(setup: Setup) {
     let bad = run(&["tenant", "quota", "set", &acme]).await;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("say --bytes, --files or both"));
+
+    // Limits as written: a byte count past 2^53 was rounded through a float, and a
+    // file count past GraphQL's 32-bit `Int` was shown as 2147483647.
+    let too_many = run(&["tenant", "quota", "set", &acme, "--files", "2147483648"]).await;
+    let said = String::from_utf8_lossy(&too_many.stderr);
+    assert!(!too_many.status.success());
+    assert!(
+        said.contains("--files: invalid value '2147483648'"),
+        "{said}"
+    );
+    let exact = run(&[
+        "tenant",
+        "quota",
+        "set",
+        &acme,
+        "--bytes",
+        "9007199254740993",
+        "--files",
+        "2147483647",
+    ])
+    .await;
+    assert!(exact.status.success(), "{exact:?}");
+    let listed = run(&["tenant", "list"]).await;
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.lines().any(|line| line.starts_with(acme.as_str())
+            && line.contains("9007199254740993")
+            && line.contains("2147483647")),
+        "{listed}"
+    );
 }
 
 /// `tenant usage --recompute` while uploads, direct uploads and deletes commit finds

@@ -317,7 +317,7 @@ async fn the_maintenance_removes_what_a_crash_left_and_nothing_a_row_names(setup
         .await
         .expect("the intents");
 
-    attache::workers::maintenance::pass(&app.app).await;
+    attache::workers::maintenance::pass(&app.app, &Default::default()).await;
     let keys = app.stored_keys();
     assert!(
         !keys.contains(&crashed),
@@ -380,7 +380,7 @@ async fn the_maintenance_removes_a_killed_uploads_spool(setup: Setup) {
             .and_then(|file| file.set_modified(long_ago))
             .expect("made old");
     }
-    attache::workers::maintenance::pass(&app.app).await;
+    attache::workers::maintenance::pass(&app.app, &Default::default()).await;
     assert!(!abandoned.exists(), "the killed upload's spool is removed");
     assert!(young.exists(), "a spool still written stays");
     assert!(direct_object.exists(), "a direct upload's object stays");

@@ -1013,7 +1013,7 @@ async fn a_replayed_direct_upload_leaves_nothing_for_good(setup: Setup) {
         .filter(storage_deletion::Column::StorageKey.eq(staging.clone()))
         .build(app.app.db.backend());
     app.app.db.commit(vec![aged]).await.expect("aged");
-    attache::workers::maintenance::pass(&app.app).await;
+    attache::workers::maintenance::pass(&app.app, &Default::default()).await;
     assert!(!app.stored_keys().contains(&staging));
     let left = storage_deletion::Entity::find_by_id(staging)
         .one(app.app.db.read())
@@ -1049,13 +1049,51 @@ async fn one_pass_clears_a_backlog_of_expired_direct_uploads(setup: Setup) {
             .count(app.app.db.read())
     };
     assert_eq!(pending().await.expect("count"), 1200);
+    // And 600 objects of deleted rows whose removal is due.
+    let deleted = (0..600).map(|_| {
+        use sea_orm::QueryTrait;
+        entity::storage_deletion::Entity::insert(due_deletion(&acme)).build(app.app.db.backend())
+    });
+    app.app
+        .db
+        .commit(deleted.collect())
+        .await
+        .expect("pending deletions");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    attache::workers::maintenance::pass(&app.app).await;
+    // A dry run says all it would remove: it said the first batch of 500 of each.
+    let would = attache::attachments::sweep::run(&app.app, std::time::Duration::ZERO, true)
+        .await
+        .expect("dry run");
+    let count = |reason| would.iter().filter(|swept| swept.reason == reason).count();
+    use attache::attachments::sweep::Reason;
+    assert_eq!(count(Reason::ExpiredUpload), 1200);
+    assert_eq!(count(Reason::PendingDeletion), 600);
+    assert_eq!(
+        pending().await.expect("count"),
+        1200,
+        "a dry run removes nothing"
+    );
+    attache::workers::maintenance::pass(&app.app, &Default::default()).await;
     assert_eq!(
         pending().await.expect("count"),
         0,
         "one pass clears them all"
     );
+}
+
+/// A due removal of a deleted row's object, as a deletion records it.
+fn due_deletion(tenant: &str) -> entity::storage_deletion::ActiveModel {
+    use sea_orm::Set;
+    entity::storage_deletion::ActiveModel {
+        storage_key: Set(format!(
+            "{tenant}/contracts/c-1/{}.pdf",
+            uuid::Uuid::now_v7()
+        )),
+        attempts: Set(0),
+        created_at: Set(chrono::Utc::now()),
+        intent: Set(false),
+        remove_after: Set(None),
+    }
 }
 
 crate::matrix!(
