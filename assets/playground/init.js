@@ -12,8 +12,10 @@
     : '{"Authorization": "Bearer <token>"}';
   ReactDOM.createRoot(document.getElementById("graphiql")).render(
     React.createElement(GraphiQL, {
+      // The page's own address: behind a proxy under a path prefix
+      // (`https://example.com/files/graphql`) `/graphql` is another service's.
       fetcher: GraphiQL.createFetcher({
-        url: new URL("/graphql", window.location.origin).toString(),
+        url: window.location.origin + window.location.pathname,
       }),
       defaultHeaders: headers,
       defaultEditorToolsVisibility: true,

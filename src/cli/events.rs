@@ -75,8 +75,10 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
+            // TYPE as wide as the longest type (`tenant.quota_warning`): the columns
+            // stay aligned for tools that cut them.
             println!(
-                "{:<36}  {:<12}  {:<36}  {:<9}  {:>8}  {:<20}  RECEIVER / LAST ERROR",
+                "{:<36}  {:<20}  {:<36}  {:<9}  {:>8}  {:<20}  RECEIVER / LAST ERROR",
                 "EVENT", "TYPE", "ATTACHMENT", "STATUS", "ATTEMPTS", "DELIVERED / NEXT"
             );
             for delivery in deliveries {
@@ -90,7 +92,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                     |when| when.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 );
                 println!(
-                    "{:<36}  {:<12}  {:<36}  {:<9}  {:>8}  {:<20}  {}{}",
+                    "{:<36}  {:<20}  {:<36}  {:<9}  {:>8}  {:<20}  {}{}",
                     delivery.event_id,
                     delivery.event_type.to_value(),
                     delivery.attachment_id,

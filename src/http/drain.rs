@@ -7,6 +7,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use futures::StreamExt;
+use http_body::Body as _;
 
 /// Most bytes of a refused body read and dropped, so the client, still sending,
 /// sees the answer instead of a reset connection (what nginx's lingering close does).
@@ -24,13 +25,20 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(super) const REFUSED_DRAIN_BYTES: u64 = 1024 * 1024;
 pub(super) const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Answers a request refused from its headers alone: after at most
-/// [`REFUSED_DRAIN_BYTES`] of its body within [`REFUSED_DRAIN_TIMEOUT`], and the
-/// connection closes.
+/// Answers a request refused from its headers alone (CSRF, no valid token or link),
+/// and the connection closes. A body it announced of at most [`DRAIN_AT_LEAST`] is
+/// read to its end first, within [`DRAIN_TIMEOUT`], and dropped: a proxy such as
+/// nginx writes the whole body before it reads the answer, and a connection closed
+/// under it became its HTML 502 instead of attache's refusal. Any other body: at
+/// most [`REFUSED_DRAIN_BYTES`] within [`REFUSED_DRAIN_TIMEOUT`]. Either way nothing
+/// is parsed or kept, and no upload slot is taken.
 pub(super) async fn refused_early(request: Request, response: Response) -> Response {
     if !awaits_continue(&request) {
-        let drained = drain(request, REFUSED_DRAIN_BYTES);
-        let _ = tokio::time::timeout(REFUSED_DRAIN_TIMEOUT, drained).await;
+        let (most, timeout) = match request.body().size_hint().exact() {
+            Some(announced) if announced <= DRAIN_AT_LEAST => (announced, DRAIN_TIMEOUT),
+            _ => (REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT),
+        };
+        let _ = tokio::time::timeout(timeout, drain(request, most)).await;
     }
     closing(response)
 }

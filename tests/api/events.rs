@@ -921,6 +921,13 @@ async fn a_refused_tenant_event_holds_back_no_file_event(setup: Setup) {
         stuck.len() == 1 && stuck[0].contains("pending") && stuck[0].contains("HTTP 400"),
         "{stdout}"
     );
+    // Columns stay under their heads past the longest type (tools cut by column).
+    let head = stdout.lines().next().unwrap_or_default();
+    assert_eq!(
+        head.find("ATTACHMENT"),
+        stuck[0].find(crossing.as_str()),
+        "{stdout}"
+    );
     let answer = app
         .gql(DELETE, json!({ "id": crossing }), Some(&bearer))
         .await;

@@ -174,13 +174,14 @@ async fn browsers_get_the_playground_and_probes_answer(setup: Setup) {
     );
     let assets: Vec<&str> = html
         .split(['"', '\''])
-        .filter(|part| part.starts_with("/graphql/assets/"))
+        .filter(|part| part.starts_with("graphql/assets/"))
         .collect();
     assert_eq!(assets.len(), 5, "{assets:?}");
     for asset in assets {
+        // Relative to the page, `/graphql`.
         let response = app
             .client
-            .get(app.url(asset))
+            .get(app.url(&format!("/{asset}")))
             .send()
             .await
             .expect("GET asset");
@@ -542,6 +543,39 @@ async fn a_get_runs_the_operation_it_names(setup: Setup) {
     assert!(page.text().await.expect("body").is_empty());
 }
 
+/// A large body refused from its headers (no valid token) is read to its end before
+/// the answer, as a proxy needs: nginx writes the whole body before it reads the
+/// answer, and attache closed the connection after 1 MiB, so the client behind it
+/// got nginx's HTML 502 instead of UNAUTHENTICATED. Here a client that does the
+/// same, all of 16 MiB, then reads.
+async fn a_large_body_refused_from_its_headers_still_gets_the_answer(setup: Setup) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn(setup).await;
+    let host = app.base_url.trim_start_matches("http://").to_owned();
+    let body = vec![b' '; 16 * 1024 * 1024];
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer not.a.token\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream
+        .write_all(&body)
+        .await
+        .expect("the whole body is taken before the answer");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .expect("the answer, then the end");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("UNAUTHENTICATED"), "{answer}");
+}
+
 /// A path no route serves, or a method a route does not take, is answered like
 /// every other refusal: a GraphQL-shaped JSON body with a code (axum's own answers
 /// are empty), and `Allow` on a 405.
@@ -605,6 +639,7 @@ async fn unknown_routes_and_methods_are_answered_in_json(setup: Setup) {
 
 crate::matrix!(
     once: unknown_routes_and_methods_are_answered_in_json,
+    a_large_body_refused_from_its_headers_still_gets_the_answer,
 );
 
 crate::matrix!(
