@@ -120,8 +120,20 @@ impl MediaType {
     }
 
     /// The type a client declares before sending the bytes (direct uploads), with the
-    /// csv rule of [`MediaType::detect`].
+    /// csv rule of [`MediaType::detect`]. A `contentType` that declares nothing (empty,
+    /// `application/octet-stream`: a browser's `File.type` for an extension it does
+    /// not map) leaves it to the filename's extension, as the other upload paths
+    /// accept such a declaration; the bytes are checked against it at completion.
     pub fn declared(content_type: &str, filename: &str) -> Option<Self> {
+        if declares_nothing(content_type) {
+            let name = filename.to_ascii_lowercase();
+            return Self::ALL.iter().copied().find(|media| {
+                media
+                    .extensions()
+                    .iter()
+                    .any(|extension| name.ends_with(extension))
+            });
+        }
         let csv_name = filename.to_ascii_lowercase().ends_with(".csv");
         if is_excel(content_type) && csv_name {
             return Some(Self::Csv);
@@ -170,10 +182,10 @@ impl MediaType {
     /// Whether a client's declared `contentType` contradicts the detected type.
     /// `application/octet-stream` declares nothing; the two text types are compatible.
     pub fn contradicts(self, declared: &str) -> bool {
-        let essence = declared.split(';').next().unwrap_or_default().trim();
-        if essence.is_empty() || essence.eq_ignore_ascii_case("application/octet-stream") {
+        if declares_nothing(declared) {
             return false;
         }
+        let essence = declared.split(';').next().unwrap_or_default().trim();
         if is_excel(essence) {
             return self != Self::Csv;
         }
@@ -182,6 +194,13 @@ impl MediaType {
             None => true,
         }
     }
+}
+
+/// Whether a declared `contentType` says nothing of the file: empty, or
+/// `application/octet-stream` (any bytes at all).
+fn declares_nothing(declared: &str) -> bool {
+    let essence = declared.split(';').next().unwrap_or_default().trim();
+    essence.is_empty() || essence.eq_ignore_ascii_case("application/octet-stream")
 }
 
 /// Excel's type, which Chrome and Edge on Windows with Office installed also declare

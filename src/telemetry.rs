@@ -194,14 +194,12 @@ pub fn fatal(message: &str, format: crate::config::LogFormat) {
     match format {
         crate::config::LogFormat::Text => eprintln!("error: {message}"),
         crate::config::LogFormat::Json => {
+            // The keys in the order of the log's own lines (`json!` sorts them).
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            let line = serde_json::json!({
-                "timestamp": now,
-                "level": "ERROR",
-                "fields": { "message": message },
-                "target": "attache",
-            });
-            eprintln!("{line}");
+            let message = serde_json::Value::from(message);
+            eprintln!(
+                r#"{{"timestamp":"{now}","level":"ERROR","fields":{{"message":{message}}},"target":"attache"}}"#
+            );
         }
     }
 }

@@ -54,10 +54,10 @@ pub async fn announce(
         return Err(AppError::bad_input("byteSize must be positive"));
     }
     target.check_size(byte_size, app.config.limits.max_upload_bytes)?;
-    let media = target.accept(MediaType::declared(
-        declared.content_type,
-        declared.filename,
-    ))?;
+    // The name as it is stored (cut to 255 bytes), so that its extension says the
+    // same here as on the other upload paths.
+    let filename = sanitize_filename(declared.filename);
+    let media = target.accept(MediaType::declared(declared.content_type, &filename))?;
     let sha256 = upload::parse_sha256(declared.sha256)?;
     // The declared size is reserved now, released if the upload never completes.
     let tenant = principal.tenant.as_str();
@@ -97,7 +97,7 @@ pub async fn announce(
         tenant_id: principal.tenant.to_string(),
         owner_type: target.owner_type,
         owner_id: target.owner_id.map(|owner| owner.to_string()),
-        filename: sanitize_filename(declared.filename),
+        filename,
         content_type: media.mime().to_owned(),
         byte_size: declared.byte_size,
         sha256,
@@ -582,19 +582,17 @@ async fn discard(
     Ok(())
 }
 
-/// A batch of direct uploads whose link expired without completion, the oldest
-/// first, after the first `skip` of them (a dry run reads them all this way).
+/// Direct uploads whose link expired without completion, the oldest first: a batch,
+/// or all of them (see [`super::Batches`]).
 pub async fn expired(
     app: &App,
     now: chrono::DateTime<Utc>,
-    skip: u64,
+    batches: super::Batches,
 ) -> AppResult<Vec<direct_upload::Model>> {
     Ok(direct_upload::Entity::find()
         .filter(direct_upload::Column::ExpiresAt.lt(now))
         .order_by_asc(direct_upload::Column::ExpiresAt)
-        .order_by_asc(direct_upload::Column::Id)
-        .offset(skip)
-        .limit(super::BATCH)
+        .limit(batches.limit())
         .all(app.db.read())
         .await?)
 }
@@ -607,7 +605,7 @@ pub async fn expire(app: &App) -> AppResult<super::Batch> {
     let now = Utc::now();
     let mut first_error = None;
     let mut removed = Vec::new();
-    let batch = expired(app, now, 0).await?;
+    let batch = expired(app, now, super::Batches::One).await?;
     let read = batch.len();
     for pending in batch {
         match discard(app, &pending, Some(now)).await {

@@ -213,7 +213,9 @@ where
         byte_size: i64::try_from(written).unwrap_or(i64::MAX),
         ..row
     };
-    let mut rows = finish_store(app, vec![row], &keys, near).await?;
+    // Unannounced, the early check could not tell whether this file takes the
+    // tenant past the warning threshold: the warning is decided on what was written.
+    let mut rows = finish_store(app, vec![row], &keys, near || size.is_none()).await?;
     rows.pop()
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("a stored upload has no row")))
 }
@@ -715,20 +717,20 @@ pub struct Batch {
     pub removed: Vec<String>,
 }
 
-/// What a dry run would remove: every batch `read` gives, the first `skip` items
-/// skipped each time, until one is not whole.
-pub async fn every_batch<T, F, Read>(mut read: F) -> AppResult<Vec<T>>
-where
-    F: FnMut(u64) -> Read,
-    Read: Future<Output = AppResult<Vec<T>>>,
-{
-    let mut all = Vec::new();
-    loop {
-        let batch = read(all.len() as u64).await?;
-        let whole = batch.len() as u64 >= BATCH;
-        all.extend(batch);
-        if !whole {
-            return Ok(all);
+/// How much of the housekeeping's work one read takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Batches {
+    /// One batch of [`BATCH`]: the work done, the next batch is read.
+    One,
+    /// Everything at once: what a dry run would remove.
+    All,
+}
+
+impl Batches {
+    fn limit(self) -> Option<u64> {
+        match self {
+            Self::One => Some(BATCH),
+            Self::All => None,
         }
     }
 }
@@ -770,9 +772,14 @@ pub enum Abandoned {
 /// Objects whose removal is pending, those tried fewest times first (one that keeps
 /// failing does not hold back the others), then oldest: those of deleted rows, and those
 /// of uploads whose intent is [`Abandoned`] and that never committed (younger ones
-/// may still be in flight). A batch, after the first `skip` (a dry run reads them
-/// all this way).
-pub async fn pending_deletions(app: &App, intents: Abandoned, skip: u64) -> AppResult<Vec<String>> {
+/// may still be in flight). A batch, or with `Batches::All` all of them in one read
+/// (a dry run: pages read one after another would skip rows that the maintenance
+/// removes meanwhile).
+pub async fn pending_deletions(
+    app: &App,
+    intents: Abandoned,
+    batches: Batches,
+) -> AppResult<Vec<String>> {
     use storage_deletion::Column;
     let now = Utc::now();
     let due = || {
@@ -794,9 +801,7 @@ pub async fn pending_deletions(app: &App, intents: Abandoned, skip: u64) -> AppR
         )
         .order_by_asc(storage_deletion::Column::Attempts)
         .order_by_asc(storage_deletion::Column::CreatedAt)
-        .order_by_asc(storage_deletion::Column::StorageKey)
-        .offset(skip)
-        .limit(BATCH)
+        .limit(batches.limit())
         .all(app.db.read())
         .await?
         .into_iter()
@@ -807,7 +812,7 @@ pub async fn pending_deletions(app: &App, intents: Abandoned, skip: u64) -> AppR
 /// Retries the removal of a batch of objects still recorded in `storage_deletions`
 /// (see [`pending_deletions`]); the keys now gone among them.
 pub async fn retry_deletions(app: &App, intents: Abandoned) -> AppResult<Batch> {
-    let pending = pending_deletions(app, intents, 0).await?;
+    let pending = pending_deletions(app, intents, Batches::One).await?;
     let read = pending.len();
     let mut removed = Vec::new();
     for key in pending {

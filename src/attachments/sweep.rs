@@ -70,14 +70,11 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         });
     }
     let expired = match dry_run {
-        true => {
-            let now = chrono::Utc::now();
-            super::every_batch(|skip| super::direct::expired(app, now, skip))
-                .await?
-                .into_iter()
-                .map(|pending| pending.storage_key)
-                .collect()
-        }
+        true => super::direct::expired(app, chrono::Utc::now(), super::Batches::All)
+            .await?
+            .into_iter()
+            .map(|pending| pending.storage_key)
+            .collect(),
         false => super::in_batches(None, || super::direct::expire(app)).await?,
     };
     swept.extend(expired.into_iter().map(|key| Swept {
@@ -100,7 +97,7 @@ pub async fn run(app: &App, older_than: Duration, dry_run: bool) -> AppResult<Ve
         false => super::Abandoned::After(recorded_before),
     };
     let deleted = match dry_run {
-        true => super::every_batch(|skip| super::pending_deletions(app, intents, skip)).await?,
+        true => super::pending_deletions(app, intents, super::Batches::All).await?,
         false => super::in_batches(None, || super::retry_deletions(app, intents)).await?,
     };
     swept.extend(deleted.into_iter().map(|key| Swept {

@@ -103,10 +103,7 @@ impl Cli {
                 }
                 let settings_only = missing.iter().all(|name| settings.variables.contains(name));
                 match settings_only {
-                    true => format!(
-                        "error: {}: required with the settings given",
-                        missing.join(", ")
-                    ),
+                    true => format!("{}: required with the settings given", missing.join(", ")),
                     false => format!("{}: required", missing.join(", ")),
                 }
             }

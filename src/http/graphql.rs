@@ -426,9 +426,14 @@ async fn read_request(
     let mut received: u64 = 0;
     let mut chunks = paced(body.into_data_stream(), pace);
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|err| match is_too_slow(&err) {
-            true => Box::new(body_too_slow(&err.to_string())),
-            false => bad_request(format!("cannot read the request body: {err}")),
+        let chunk = chunk.map_err(|err| {
+            if is_too_slow(&err) {
+                return Box::new(body_too_slow(&err.to_string()));
+            }
+            match crate::http::observe::client_left(&err) {
+                Some(left) => Box::new(left),
+                None => bad_request(format!("cannot read the request body: {err}")),
+            }
         })?;
         received += chunk.len() as u64;
         if received > limit {
@@ -482,6 +487,9 @@ fn parse_failure(
 ) -> Box<Response> {
     if let Some(refused) = err.downcast_ref::<AppError>() {
         return Box::new(answer.refusal(refused));
+    }
+    if let Some(left) = crate::http::observe::client_left(err) {
+        return Box::new(left);
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut over_limit = false;

@@ -46,7 +46,7 @@ pub fn router(app: SharedApp) -> Router {
     let cors = cors_layer(&app.config.cors_allowed_origins);
     let metrics_here = app.config.metrics_addr.is_none();
     let state = AppState {
-        app,
+        app: app.clone(),
         schema,
         parsed_queries: Default::default(),
         checks: Default::default(),
@@ -73,7 +73,7 @@ pub fn router(app: SharedApp) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    router.layer(axum::middleware::from_fn(observe::request))
+    router.layer(axum::middleware::from_fn_with_state(app, observe::request))
 }
 
 /// A path that no route serves: 404 with a GraphQL-shaped body, like every other

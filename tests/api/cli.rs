@@ -509,6 +509,11 @@ async fn under_json_logs_the_fatal_line_is_json(_setup: Setup) {
         let last = lines
             .last()
             .unwrap_or_else(|| panic!("{args:?}: nothing said"));
+        let raw = stderr.lines().last().unwrap_or_default();
+        assert!(
+            raw.starts_with(r#"{"timestamp":""#),
+            "keys as the log's: {raw}"
+        );
         assert_eq!(last["level"], "ERROR", "{last}");
         let message = last["fields"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(said), "{args:?}: {last}");

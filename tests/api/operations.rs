@@ -469,6 +469,43 @@ async fn a_request_whose_client_leaves_is_logged_and_counted(_: Setup) {
     assert!(stored["errors"].is_null(), "{stored}");
 }
 
+/// A client that leaves while it still sends its body is summed up as 499 too, not
+/// as a 400 of its own mistake nor as a refused operation.
+async fn a_client_that_leaves_mid_body_is_summed_up_as_gone(_: Setup) {
+    use std::io::Write;
+    let served = Served::start(&[]).await;
+    let bearer = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
+    let host = served.base_url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&host).expect("connect");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {bearer}\r\nx-request-id: gone-mid-body\r\n\
+         Content-Length: 1000\r\n\r\n{{\"query\":\""
+    );
+    stream
+        .write_all(head.as_bytes())
+        .expect("a head and a start");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(stream);
+    let summed_up = |log: &str| {
+        log.lines()
+            .find(|line| line.contains("gone-mid-body") && line.contains("status="))
+            .map(str::to_owned)
+    };
+    let started = std::time::Instant::now();
+    while summed_up(&served.log()).is_none() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = summed_up(&served.log()).unwrap_or_else(|| panic!("{}", served.log()));
+    assert!(line.contains("status=499"), "{line}");
+    let scrape = Scrape::parse(&metrics_text(&served.base_url).await).expect("Prometheus text");
+    let refused = [("operation", "other"), ("outcome", "BAD_USER_INPUT")];
+    assert_eq!(
+        total(&scrape, "attache_graphql_operations_total", &refused),
+        0.0
+    );
+}
+
 /// Operations refused before they run (no token here) count in
 /// `attache_graphql_operations_total` as `other`, by code: with HTTP 200 for them,
 /// a key rotation that locked every client out showed in no series. CORS preflights
@@ -597,6 +634,7 @@ crate::matrix!(
     a_database_failure_names_its_step_in_the_log,
     a_failed_streamed_write_counts_as_a_storage_error,
     a_request_whose_client_leaves_is_logged_and_counted,
+    a_client_that_leaves_mid_body_is_summed_up_as_gone,
     refusals_and_preflights_are_counted,
 );
 

@@ -327,6 +327,26 @@ async fn passing_80_percent_warns_once_per_crossing(setup: Setup) {
     );
 }
 
+/// A multipart upload (its size unknown until its part is read) that takes the
+/// tenant past 80 % warns like the other paths: its early check counted 0 bytes, so
+/// only the tenant's next upload warned, if one came.
+async fn a_multipart_upload_past_80_percent_warns(setup: Setup) {
+    let app = TestApp::spawn_with(setup, &["--tenant-quota-bytes", "1000"]).await;
+    let acme = tenant();
+    let bearer = app.token(&acme);
+    let content = vec![b'a'; 850];
+    let form = upload_file_form("contract", "c-1", &content, "n.txt", "text/plain");
+    let (_, stored) = post_multipart(&app.url(""), &bearer, form).await;
+    assert!(stored.get("errors").is_none(), "{stored}");
+    let warnings = outbox_event::Entity::find()
+        .filter(outbox_event::Column::TenantId.eq(acme.as_str()))
+        .filter(outbox_event::Column::EventType.eq(EventType::QuotaWarning))
+        .all(app.app.db.read())
+        .await
+        .expect("events");
+    assert_eq!(warnings.len(), 1, "the upload that crossed 80 % warned");
+}
+
 /// A warning is decided under the tenant's row lock: a delete that brought the tenant
 /// back under 80 % after its usage was read, before it was marked warned, made a
 /// warning at a level already left, and the next real crossing then went
@@ -623,6 +643,7 @@ crate::matrix!(db:
     the_largest_quota_still_deletes_and_expires,
     usage_is_the_callers_tenant_and_needs_read_scope,
     passing_80_percent_warns_once_per_crossing,
+    a_multipart_upload_past_80_percent_warns,
     the_recount_repairs_usage_and_quotas_are_set_by_command,
     a_recount_under_load_finds_and_leaves_nothing_wrong,
 );

@@ -172,6 +172,24 @@ async fn direct_uploads_end_to_end(setup: Setup) {
     // stays as it was (providers.rs replays it on every store).
     put_to(&app, &direct, pdf()).await;
     assert_eq!(fetch(&att["url"]).await, content);
+
+    // A type that declares nothing (a browser's `File.type` for an extension it does
+    // not map) goes by the name, as on the other paths: it was refused before a byte.
+    for declared in ["application/octet-stream", ""] {
+        let (direct, status) = announce_and_put(
+            &app,
+            &bearer,
+            declaration(&content, declared),
+            content.clone(),
+        )
+        .await;
+        assert_eq!(status, 200, "{declared:?}");
+        let done = complete_direct(&app, &bearer, &direct).await;
+        assert_eq!(
+            data(&done, "completeDirectUpload")["contentType"],
+            "application/pdf"
+        );
+    }
 }
 
 /// `pdf()` with a comment line of `size` bytes inside: a PDF whose copy takes a while.
