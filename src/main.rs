@@ -23,7 +23,7 @@ async fn main() -> std::process::ExitCode {
     match cli.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            attache::telemetry::fatal(&one_line(&err), log_format);
+            attache::telemetry::fatal(&one_line(&err), log_format == LogFormat::Json);
             std::process::ExitCode::FAILURE
         }
     }

@@ -190,10 +190,10 @@ pub fn graphql_operation(name: Option<&str>, outcome: &str, ran: bool) {
 /// A command's last word on stderr: `error: ...`, or under `LOG_FORMAT=json` one
 /// object shaped like the log's lines, so a pipeline that reads the logs also reads
 /// why the process stopped.
-pub fn fatal(message: &str, format: crate::config::LogFormat) {
-    match format {
-        crate::config::LogFormat::Text => eprintln!("error: {message}"),
-        crate::config::LogFormat::Json => {
+pub fn fatal(message: &str, json: bool) {
+    match json {
+        false => eprintln!("error: {message}"),
+        true => {
             // The keys in the order of the log's own lines (`json!` sorts them).
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             let message = serde_json::Value::from(message);

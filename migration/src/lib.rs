@@ -14,6 +14,7 @@ mod m20261204_000013_add_remove_after_to_storage_deletions;
 mod m20261204_000014_create_tenant_usage;
 mod m20261206_000015_index_attachments_by_owner_type;
 mod m20261207_000016_index_webhook_deliveries_by_claim;
+mod m20261207_000017_index_undelivered_webhook_deliveries;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000014_create_tenant_usage::Migration),
             Box::new(m20261206_000015_index_attachments_by_owner_type::Migration),
             Box::new(m20261207_000016_index_webhook_deliveries_by_claim::Migration),
+            Box::new(m20261207_000017_index_undelivered_webhook_deliveries::Migration),
         ]
     }
 }

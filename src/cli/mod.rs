@@ -109,7 +109,8 @@ impl Cli {
             }
             _ => err.exit(),
         };
-        crate::telemetry::fatal(&line, crate::config::LogFormat::from_env());
+        let json = crate::config::LogFormat::from_env() == crate::config::LogFormat::Json;
+        crate::telemetry::fatal(&line, json);
         std::process::exit(2);
     }
 

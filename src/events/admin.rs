@@ -191,9 +191,10 @@ mod tests {
         let query = prunable(Utc::now()).limit(500).build(DbBackend::Sqlite);
         let plans = crate::db::sqlite_plans(vec![query]).await;
         assert!(
-            plans[0]
-                .iter()
-                .any(|step| step.contains("USING INDEX idx_webhook_deliveries_event")),
+            plans[0].iter().any(|step| {
+                step.contains("USING INDEX idx_webhook_deliveries_undelivered")
+                    || step.contains("USING INDEX idx_webhook_deliveries_event")
+            }),
             "{plans:?}"
         );
         assert!(

@@ -21,13 +21,15 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a request refused before its body is read (CSRF, no valid token) may still
 /// send, and for how long, so that a client sending a small body sees the answer
-/// rather than a reset connection: a bounded cost, and no upload slot.
+/// rather than a reset connection: a bounded cost, and no upload slot. A body that
+/// sends nothing for [`REFUSED_DRAIN_TIMEOUT`] is not waited for any longer.
 pub(super) const REFUSED_DRAIN_BYTES: u64 = 1024 * 1024;
 pub(super) const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a request refused from its headers alone (CSRF, no valid token or link),
 /// and the connection closes. A body it announced of at most [`DRAIN_AT_LEAST`] is
-/// read to its end first, within [`DRAIN_TIMEOUT`], and dropped: a proxy such as
+/// read to its end first, within [`DRAIN_TIMEOUT`] and while it keeps coming, and
+/// dropped: a proxy such as
 /// nginx writes the whole body before it reads the answer, and a connection closed
 /// under it became its HTML 502 instead of attache's refusal. Any other body: at
 /// most [`REFUSED_DRAIN_BYTES`] within [`REFUSED_DRAIN_TIMEOUT`]. Either way nothing
@@ -64,11 +66,14 @@ fn awaits_continue(request: &Request) -> bool {
         .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// Reads and drops the body until its end or past `max` bytes.
+/// Reads and drops the body until its end, past `max` bytes, or a pause of
+/// [`REFUSED_DRAIN_TIMEOUT`]: a client that waits for the answer before it sends
+/// more gets it then.
 async fn drain(request: Request, max: u64) {
     let mut chunks = request.into_body().into_data_stream();
     let mut received: u64 = 0;
-    while let Some(Ok(chunk)) = chunks.next().await {
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(REFUSED_DRAIN_TIMEOUT, chunks.next()).await
+    {
         received += chunk.len() as u64;
         if received > max {
             break;

@@ -196,7 +196,7 @@ mod tests {
         let html = body(response).await;
         assert_eq!(html.matches("<script").count(), 4);
         assert_eq!(
-            html.matches("<script src=\"/graphql/assets/").count(),
+            html.matches("<script src=\"graphql/assets/").count(),
             4,
             "every script is an asset: {html}"
         );
@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(dev_token(&html), None);
         for (name, _, _) in ASSETS {
             assert!(
-                html.contains(&format!("/graphql/assets/{name}\"")),
+                html.contains(&format!("\"graphql/assets/{name}\"")),
                 "{name}"
             );
         }

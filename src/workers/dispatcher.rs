@@ -192,6 +192,10 @@ impl Dispatcher {
                     ERROR_PAUSE
                 }
             };
+            // Every delivery that ended, reaped: a turn claims up to 16 per receiver
+            // and the select below reaps one, so during a backlog the ended tasks
+            // piled up (some 4.5 KB each: 1 GB over 200,000 deliveries).
+            while tasks.try_join_next().is_some() {}
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
