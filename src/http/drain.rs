@@ -29,11 +29,11 @@ pub(super) const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duratio
 /// Answers a request refused from its headers alone (CSRF, no valid token or link),
 /// and the connection closes. A body it announced of at most [`DRAIN_AT_LEAST`] is
 /// read to its end first, within [`DRAIN_TIMEOUT`] and while it keeps coming, and
-/// dropped: a proxy such as
-/// nginx writes the whole body before it reads the answer, and a connection closed
-/// under it became its HTML 502 instead of attache's refusal. Any other body: at
-/// most [`REFUSED_DRAIN_BYTES`] within [`REFUSED_DRAIN_TIMEOUT`]. Either way nothing
-/// is parsed or kept, and no upload slot is taken.
+/// dropped: a proxy such as nginx writes the whole body before it reads the answer,
+/// and a connection closed under it became its HTML 502 instead of attache's
+/// refusal. Any other body: at most [`REFUSED_DRAIN_BYTES`] within
+/// [`REFUSED_DRAIN_TIMEOUT`]. Either way nothing is parsed or kept, and no upload
+/// slot is taken.
 pub(super) async fn refused_early(request: Request, response: Response) -> Response {
     if !awaits_continue(&request) {
         let (most, timeout) = match request.body().size_hint().exact() {
