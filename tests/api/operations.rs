@@ -408,6 +408,23 @@ async fn a_failed_streamed_write_counts_as_a_storage_error(_: Setup) {
     assert_eq!(write_errors().await, before + 1.0);
 }
 
+/// The summary line of the request `id` in `served`'s log, once it is there (a
+/// request dropped unanswered is summed up when the server notices).
+async fn summary_of(served: &Served, id: &str) -> String {
+    let summed_up = || {
+        served
+            .log()
+            .lines()
+            .find(|line| line.contains(id) && line.contains("status="))
+            .map(str::to_owned)
+    };
+    let started = std::time::Instant::now();
+    while summed_up().is_none() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    summed_up().unwrap_or_else(|| panic!("no summary of {id}: {}", served.log()))
+}
+
 /// A request whose client leaves while the server still works on it (here, an
 /// upload waiting for SQLite's write lock) is summed up in the log and counted as
 /// 499: it was in neither, so the slow requests of an incident, which clients and
@@ -436,17 +453,8 @@ async fn a_request_whose_client_leaves_is_logged_and_counted(_: Setup) {
         .send()
         .await;
     assert!(gave_up.is_err(), "the client gave up: {gave_up:?}");
-    let summed_up = |log: &str| {
-        log.lines()
-            .find(|line| line.contains("left-early") && line.contains("status=499"))
-            .map(str::to_owned)
-    };
-    let started = std::time::Instant::now();
-    while summed_up(&served.log()).is_none() && started.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let line = summed_up(&served.log())
-        .unwrap_or_else(|| panic!("no summary of the request: {}", served.log()));
+    let line = summary_of(&served, "left-early").await;
+    assert!(line.contains("status=499"), "{line}");
     assert!(line.contains("the client closed the connection"), "{line}");
     assert!(line.contains(&format!("tenant={acme}")), "{line}");
     let scrape = Scrape::parse(&metrics_text(&served.base_url).await).expect("Prometheus text");
@@ -487,16 +495,7 @@ async fn a_client_that_leaves_mid_body_is_summed_up_as_gone(_: Setup) {
         .expect("a head and a start");
     std::thread::sleep(Duration::from_millis(200));
     drop(stream);
-    let summed_up = |log: &str| {
-        log.lines()
-            .find(|line| line.contains("gone-mid-body") && line.contains("status="))
-            .map(str::to_owned)
-    };
-    let started = std::time::Instant::now();
-    while summed_up(&served.log()).is_none() && started.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let line = summed_up(&served.log()).unwrap_or_else(|| panic!("{}", served.log()));
+    let line = summary_of(&served, "gone-mid-body").await;
     assert!(line.contains("status=499"), "{line}");
     let scrape = Scrape::parse(&metrics_text(&served.base_url).await).expect("Prometheus text");
     let refused = [("operation", "other"), ("outcome", "BAD_USER_INPUT")];
