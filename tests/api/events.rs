@@ -253,6 +253,46 @@ async fn a_failing_receiver_is_retried_with_backoff_and_in_order(setup: Setup) {
     }
 }
 
+/// The later events of an attachment wait as long as the earlier one a receiver
+/// keeps refusing: left due, every claim walked them and their held-back check
+/// (50,000 such rows made a claim 102 ms).
+async fn held_back_deliveries_wait_with_the_one_before(setup: Setup) {
+    use entity::webhook_delivery;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer::FailFirst(1000));
+    let app = spawn_delivering(
+        setup,
+        &[receiver.url()],
+        &["--webhook-backoff-base-ms", "300"],
+    )
+    .await;
+    let Uploaded { bearer, id, .. } = app.upload_contract_pdf("a.pdf").await;
+    app.gql(DELETE, json!({ "id": id }), Some(&bearer)).await;
+    let attachment = uuid::Uuid::parse_str(&id).expect("uuid");
+    let deliveries = || {
+        webhook_delivery::Entity::find()
+            .filter(webhook_delivery::Column::AttachmentId.eq(attachment))
+            .order_by_asc(webhook_delivery::Column::EventSeq)
+            .all(app.app.db.read())
+    };
+    let started = Instant::now();
+    loop {
+        let rows = deliveries().await.expect("deliveries");
+        if rows.len() == 2 && rows[0].attempts >= 2 {
+            // One read: both rows as of one moment.
+            assert!(
+                rows[1].next_attempt_at >= rows[0].next_attempt_at,
+                "file.deleted is due no sooner than file.stored is retried: {rows:?}"
+            );
+            assert_eq!(rows[1].attempts, 0, "never sent before file.stored");
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Uploads `count` PDFs, one request each; their ids.
 async fn upload_pdfs(api: &Api, bearer: &str, count: usize) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
@@ -1015,6 +1055,7 @@ crate::matrix!(db:
     periodic_work_runs_on_one_replica_at_a_time,
     sigterm_lets_deliveries_in_flight_finish,
     a_long_list_of_deliveries_is_listed_whole,
+    held_back_deliveries_wait_with_the_one_before,
 );
 crate::matrix!(postgres:
     two_replicas_deliver_each_event_exactly_once,
