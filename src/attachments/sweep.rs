@@ -19,9 +19,6 @@ use crate::app::App;
 use crate::error::{AppError, AppResult};
 use crate::storage::StorageKey;
 
-/// Keys looked up in the database per query.
-const LOOKUP_BATCH: usize = 500;
-
 /// Why an object is (or would be) removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -127,7 +124,7 @@ pub async fn abandoned_spools(app: &App) -> AppResult<Vec<String>> {
     let mut removed = Vec::new();
     // In batches: a direct upload's object waits days for its completion, so the
     // folder may hold more old files than one query can name.
-    for batch in keys.chunks(LOOKUP_BATCH) {
+    for batch in keys.chunks(crate::db::VALUES_PER_LOOKUP) {
         let known = referenced(app, batch).await?;
         for key in batch.iter().filter(|key| !known.contains(*key)) {
             app.storage
@@ -194,7 +191,7 @@ async fn orphans(app: &App, cutoff: SystemTime) -> AppResult<Vec<String>> {
             other => Some(other),
         })
     }))
-    .chunks(LOOKUP_BATCH);
+    .chunks(crate::db::VALUES_PER_LOOKUP);
     let mut orphans = Vec::new();
     while let Some(chunk) = candidates.next().await {
         let mut old = Vec::with_capacity(chunk.len());

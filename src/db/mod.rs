@@ -32,6 +32,10 @@ use writer::Writer;
 pub use writes::Writes;
 
 /// How long startup waits for the database before it gives up.
+/// Most values one lookup binds (`IN (...)`): far below SQLite's 32,766 parameters
+/// and PostgreSQL's 65,535, whatever a list of keys or seqs grows to.
+pub const VALUES_PER_LOOKUP: usize = 500;
+
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a PostgreSQL connection sits idle in the pool before it is pinged when

@@ -153,12 +153,9 @@ impl From<&attachment::Model> for EventData {
     }
 }
 
-/// Most event seqs one lookup binds: SQLite takes 32,766 parameters, PostgreSQL
-/// 65,535, and `attache events list --limit` goes to 100,000.
-const SEQS_PER_LOOKUP: usize = 1_000;
-
 /// The events of `deliveries`, by `seq`: each seq once (every receiver of an event
-/// repeats it), [`SEQS_PER_LOOKUP`] at a time.
+/// repeats it), [`crate::db::VALUES_PER_LOOKUP`] at a time (`attache events list
+/// --limit` goes to 100,000, past what one query may bind).
 pub(crate) async fn events_by_seq<C: ConnectionTrait>(
     db: &C,
     deliveries: &[webhook_delivery::Model],
@@ -170,7 +167,7 @@ pub(crate) async fn events_by_seq<C: ConnectionTrait>(
         .into_iter()
         .collect();
     let mut events = HashMap::with_capacity(seqs.len());
-    for seqs in seqs.chunks(SEQS_PER_LOOKUP) {
+    for seqs in seqs.chunks(crate::db::VALUES_PER_LOOKUP) {
         let found = outbox_event::Entity::find()
             .filter(outbox_event::Column::Seq.is_in(seqs.iter().copied()))
             .all(db)

@@ -402,8 +402,9 @@ impl Dispatcher {
                     tracing::warn!(event = %claimed.event.id, %receiver, attempts, error = %reason,
                         retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                         "webhook delivery failed; retrying");
-                    retry_at = Some(later(now, delay));
-                    update.next_attempt_at = Set(later(now, delay));
+                    let next = later(now, delay);
+                    retry_at = Some(next);
+                    update.next_attempt_at = Set(next);
                 }
                 update.last_error = Set(Some(reason.to_string()));
             }

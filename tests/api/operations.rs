@@ -430,20 +430,15 @@ async fn summary_of(served: &Served, id: &str) -> String {
 /// 499: it was in neither, so the slow requests of an incident, which clients and
 /// load balancers give up on, vanished from both.
 async fn a_request_whose_client_leaves_is_logged_and_counted(_: Setup) {
-    use sea_orm::sqlx::{self, Connection};
+    use sea_orm::sqlx;
     let served = Served::start(&[]).await;
     let acme = tenant();
     let bearer = hs256(json!({ "sub": "u", "tenant_id": acme, "exp": now() + 600 }));
-    let mut holder = sqlx::SqliteConnection::connect(&served.database_url())
-        .await
-        .expect("a connection of another process");
-    sqlx::raw_sql("BEGIN IMMEDIATE")
-        .execute(&mut holder)
-        .await
-        .expect("the write lock");
-    let upload = json!({ "query": UPLOAD, "variables": { "input": {
+    let mut holder = crate::helpers::hold_sqlite_write_lock(&served.database_url()).await;
+    let input = json!({ "input": {
         "ownerType": "contract", "ownerId": "c-1", "filename": "a.pdf",
-        "base64": STANDARD.encode(pdf()) }}});
+        "base64": STANDARD.encode(pdf()) }});
+    let upload = json!({ "query": UPLOAD, "variables": input });
     let gave_up = http_client()
         .post(format!("{}/graphql", served.base_url))
         .bearer_auth(&bearer)
@@ -464,16 +459,7 @@ async fn a_request_whose_client_leaves_is_logged_and_counted(_: Setup) {
         .execute(&mut holder)
         .await
         .expect("the lock given up");
-    let stored: Value = http_client()
-        .post(format!("{}/graphql", served.base_url))
-        .bearer_auth(&bearer)
-        .json(&upload)
-        .send()
-        .await
-        .expect("POST")
-        .json()
-        .await
-        .expect("JSON");
+    let stored = served.gql(UPLOAD, input, Some(&bearer)).await;
     assert!(stored["errors"].is_null(), "{stored}");
 }
 

@@ -568,17 +568,11 @@ async fn connections_the_database_dropped_are_replaced(setup: Setup) {
 /// of the timeout (10 s), not in one more for each of them (the writer's turn held
 /// all along); once the lock is free, uploads are stored again.
 async fn a_held_sqlite_lock_fails_the_waiting_uploads_together(setup: Setup) {
-    use sea_orm::sqlx::{self, Connection};
+    use sea_orm::sqlx;
     let (app, database_url) = TestApp::spawn_alone(setup, &[]).await;
     let acme = tenant();
     let token = app.token(&acme);
-    let mut holder = sqlx::SqliteConnection::connect(&database_url)
-        .await
-        .expect("a connection of another process");
-    sqlx::raw_sql("BEGIN IMMEDIATE")
-        .execute(&mut holder)
-        .await
-        .expect("the write lock");
+    let mut holder = crate::helpers::hold_sqlite_write_lock(&database_url).await;
 
     let started = std::time::Instant::now();
     let answers = futures::future::join_all((0..4).map(|n| {

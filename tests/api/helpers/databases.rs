@@ -184,3 +184,17 @@ impl Refusal {
         txn.commit().await.expect("remove trigger");
     }
 }
+
+/// SQLite's write lock, taken by a connection of its own (another process's, as the
+/// server sees it) and held until that connection rolls back or closes.
+pub async fn hold_sqlite_write_lock(url: &str) -> sea_orm::sqlx::SqliteConnection {
+    use sea_orm::sqlx::{self, Connection};
+    let mut holder = sqlx::SqliteConnection::connect(url)
+        .await
+        .expect("a connection of another process");
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .expect("the write lock");
+    holder
+}
