@@ -111,6 +111,22 @@ fn describe() {
     );
     describe_gauge!("attache_outbox_backlog", "Webhook deliveries still to send");
     describe_gauge!(
+        "attache_http_connections",
+        "Client connections open (at most MAX_CONNECTIONS)"
+    );
+    describe_gauge!(
+        "attache_http_requests_in_flight",
+        "Requests received and not yet answered (a body may stream after its answer)"
+    );
+    describe_counter!(
+        "attache_http_connections_closed_for_room_total",
+        "Connections asked to close because every slot was taken and a client connected"
+    );
+    describe_gauge!(
+        "attache_webhook_receivers_paused",
+        "Webhook receivers found down, whose deliveries this process holds back"
+    );
+    describe_gauge!(
         "attache_tenants_near_quota",
         "Tenants past 80 % of their bytes or files quota"
     );
@@ -120,6 +136,9 @@ fn describe() {
     );
     counter!("attache_upload_bytes_total").absolute(0);
     counter!("attache_storage_retries_total").absolute(0);
+    counter!("attache_http_connections_closed_for_room_total").absolute(0);
+    // Registered, the histogram is rendered empty until the first upload.
+    let _registered = histogram!("attache_upload_size_bytes");
     for gauge in [
         "attache_storage_migration_files_done",
         "attache_storage_migration_files_left",
@@ -128,6 +147,9 @@ fn describe() {
         "attache_db_pool_connections",
         "attache_db_pool_idle_connections",
         "attache_outbox_backlog",
+        "attache_webhook_receivers_paused",
+        "attache_http_connections",
+        "attache_http_requests_in_flight",
         "attache_tenants_near_quota",
     ] {
         gauge!(gauge).set(0.0);
@@ -254,6 +276,35 @@ pub fn storage_retry() {
 /// One webhook delivery attempt and how it ended (`delivered`, `retry`, `failed`).
 pub fn webhook_attempt(outcome: &'static str) {
     counter!("attache_webhook_attempts_total", "outcome" => outcome).increment(1);
+}
+
+/// A client connection opened (`true`) or closed.
+pub fn connection(opened: bool) {
+    step(gauge!("attache_http_connections"), opened);
+}
+
+/// A request received (`true`) or summed up.
+pub fn request_in_flight(received: bool) {
+    step(gauge!("attache_http_requests_in_flight"), received);
+}
+
+/// Connections asked to close to make room for new clients.
+pub fn connections_closed_for_room(asked: usize) {
+    counter!("attache_http_connections_closed_for_room_total").increment(asked as u64);
+}
+
+/// One up (`true`) or one down.
+fn step(gauge: metrics::Gauge, up: bool) {
+    if up {
+        gauge.increment(1.0);
+    } else {
+        gauge.decrement(1.0);
+    }
+}
+
+/// A webhook receiver paused (`true`) or resumed.
+pub fn webhook_receiver_paused(paused: bool) {
+    step(gauge!("attache_webhook_receivers_paused"), paused);
 }
 
 /// Where the storage migration stands.

@@ -249,8 +249,15 @@ impl Database {
         })
     }
 
+    /// Whether the database answers and still holds attache's tables: a `SELECT 1`
+    /// passed for a PostgreSQL database dropped and created again empty under the
+    /// server (or a SQLite file replaced), whose every request then failed.
     pub async fn ping(&self) -> Result<(), sea_orm::DbErr> {
-        self.pool.ping().await
+        let ours = Statement::from_string(
+            self.pool.get_database_backend(),
+            "SELECT 1 FROM seaql_migrations LIMIT 1",
+        );
+        self.pool.query_one_raw(ours).await.map(drop)
     }
 
     /// The pool's size and idle connections, for the metrics.

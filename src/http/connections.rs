@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::Router;
+use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +41,10 @@ const RESERVED_FILES: u64 = 256;
 
 /// Most bytes of a request head; hyper refuses a larger one (431).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How often a full house is logged while it lasts: a flood makes room at every
+/// accept, and one line a minute says it (the counter has every one).
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// Serves `router` on `listener` until `shutdown` is cancelled; then stops
 /// accepting, closes idle connections and waits for the rest to finish. When every
@@ -65,10 +72,11 @@ pub async fn serve(
         min_rate: limits.min_send_bytes_per_second,
     };
     let open = Arc::new(Mutex::new(Open::default()));
+    let mut warned_full: Option<Instant> = None;
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of files or memory: wait, rather than spin on the error.
                     tracing::warn!(error = %err, "accept error");
@@ -84,9 +92,20 @@ pub async fn serve(
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                open.lock()
+                let asked = open
+                    .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .close_oldest((cap / 8).max(1));
+                crate::telemetry::connections_closed_for_room(asked);
+                if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                    warned_full = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = cap,
+                        asked,
+                        "every connection slot is taken: the oldest connections are asked to \
+                         close for new clients (raise MAX_CONNECTIONS if this is not a flood)"
+                    );
+                }
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => match slot {
                         Ok(slot) => slot,
@@ -102,7 +121,8 @@ pub async fn serve(
         }
         let activity = Arc::new(Activity::default());
         let io = TokioIo::new(SendTimeout::new(tcp, pace, activity.clone()));
-        let connection = builder.serve_connection(io, tracked(router.clone(), activity.clone()));
+        let service = tracked(router.clone(), activity.clone(), peer);
+        let connection = builder.serve_connection(io, service);
         let close = shutdown.child_token();
         let registered = Registered::add(&open, close.clone());
         tokio::spawn(async move {
@@ -152,6 +172,7 @@ struct Activity {
 fn tracked(
     router: Router,
     activity: Arc<Activity>,
+    peer: SocketAddr,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<TrackedBody>,
@@ -162,7 +183,9 @@ fn tracked(
         activity.busy.store(true, Ordering::Relaxed);
         activity.requests.fetch_add(1, Ordering::Relaxed);
         let activity = activity.clone();
-        let response = router.clone().oneshot(request.map(Body::new));
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let response = router.clone().oneshot(request);
         async move {
             let response = response.await?;
             Ok(response.map(|body| TrackedBody { body, activity }))
@@ -222,6 +245,7 @@ impl Registered {
         entries.next += 1;
         let id = entries.next;
         entries.closing.insert(id, close);
+        crate::telemetry::connection(true);
         Self {
             open: Arc::clone(open),
             id,
@@ -236,17 +260,19 @@ impl Drop for Registered {
             .unwrap_or_else(PoisonError::into_inner)
             .closing
             .remove(&self.id);
+        crate::telemetry::connection(false);
     }
 }
 
 impl Open {
-    /// Asks the `count` oldest connections not yet asked to close.
-    fn close_oldest(&mut self, count: usize) {
-        self.closing
+    /// Asks the `count` oldest connections not yet asked to close; how many it asked.
+    fn close_oldest(&mut self, count: usize) -> usize {
+        let asked = self
+            .closing
             .values()
             .filter(|close| !close.is_cancelled())
-            .take(count)
-            .for_each(CancellationToken::cancel);
+            .take(count);
+        asked.map(CancellationToken::cancel).count()
     }
 }
 

@@ -3,6 +3,7 @@
 //! parsed), the body limit (413 before parsing), a bounded upload slot, the body read
 //! at a minimum pace, the document bounds, then the executor. GraphiQL for browsers.
 
+use async_graphql::parser::types::DocumentOperations;
 use async_graphql::{BatchRequest, BatchResponse};
 use std::sync::Arc;
 
@@ -141,10 +142,7 @@ async fn respond(State(state): State<AppState>, request: Request, answer: Answer
     {
         return unread(rest, answer.refusal(&err)).await;
     }
-    let names: Vec<Option<String>> = batch
-        .iter_mut()
-        .map(|request| request.operation_name.clone())
-        .collect();
+    let names: Vec<Option<String>> = batch.iter_mut().map(operation_name).collect();
     // The slot stays held here until the answer (the rest of a multipart body is
     // read meanwhile), and by every store the request starts until it ends.
     let batch = match &slot {
@@ -169,6 +167,21 @@ async fn respond(State(state): State<AppState>, request: Request, answer: Answer
     match read {
         Read::Whole => response,
         Read::Unfinished => unread(Some(rest), response).await,
+    }
+}
+
+/// The name of the operation a request runs, for its series: the one it gives, or
+/// the name of its document's only operation (curl and GraphiQL send no
+/// `operationName` for one named operation).
+fn operation_name(request: &mut async_graphql::Request) -> Option<String> {
+    if let Some(name) = &request.operation_name {
+        return Some(name.clone());
+    }
+    match &request.parsed_query().ok()?.operations {
+        DocumentOperations::Multiple(operations) if operations.len() == 1 => {
+            operations.keys().next().map(ToString::to_string)
+        }
+        _ => None,
     }
 }
 

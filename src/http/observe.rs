@@ -6,7 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -34,13 +36,20 @@ pub async fn request(State(app): State<SharedApp>, request: Request, next: Next)
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = crate::telemetry::method_name(request.method().as_str());
+    // The peer's address: behind a proxy, the proxy's (its access log has the client).
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|peer| tracing::field::display(peer.0.ip()));
     let span = tracing::info_span!(
         "request",
         request_id = %id,
         method = %method,
         route = %route,
+        client,
         tenant = tracing::field::Empty,
     );
+    crate::telemetry::request_in_flight(true);
     let mut summary = Summary {
         span: span.clone(),
         route,
@@ -80,6 +89,19 @@ pub struct ClientLeft;
 /// The answer to a body cut short by its client (the connection ended or broke
 /// before the bytes it announced), or `None` for another body error.
 pub fn client_left(error: &(dyn std::error::Error + 'static)) -> Option<Response> {
+    left_mid_body(error).then(answer_to_gone)
+}
+
+/// The answer nobody reads, to a client that left mid-body.
+pub fn answer_to_gone() -> Response {
+    let mut response = (StatusCode::BAD_REQUEST, "the request body ended early").into_response();
+    response.extensions_mut().insert(ClientLeft);
+    response
+}
+
+/// Whether a body error says its client left: the connection ended or broke before
+/// the bytes it announced.
+pub fn left_mid_body(error: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind;
     let mut source = Some(error);
     while let Some(current) = source {
@@ -96,14 +118,11 @@ pub fn client_left(error: &(dyn std::error::Error + 'static)) -> Option<Response
                 )
             });
         if gone {
-            let mut response =
-                (StatusCode::BAD_REQUEST, "the request body ended early").into_response();
-            response.extensions_mut().insert(ClientLeft);
-            return Some(response);
+            return true;
         }
         source = current.source();
     }
-    None
+    false
 }
 
 /// A request's summary line and metrics. Dropped before it is summed up when the
@@ -158,5 +177,6 @@ impl Drop for Summary {
         if !self.summed_up {
             self.left();
         }
+        crate::telemetry::request_in_flight(false);
     }
 }

@@ -16,6 +16,7 @@ use crate::auth::link::{LinkPurpose, LinkQuery};
 use crate::http::AppState;
 use crate::http::drain::{closing, refused_early};
 use crate::http::extract::{PathOf, QueryOf};
+use crate::http::observe::{answer_to_gone, left_mid_body};
 use crate::http::slow_body::{body_too_slow, is_too_slow, paced};
 
 pub async fn put(
@@ -44,22 +45,34 @@ pub async fn put(
         Ok(permit) => permit,
         Err(err) => return closing(err.into_response()),
     };
-    // A body cut off for its pace is 408, as on /graphql: the storage error it
-    // becomes keeps only its text, so the cut is noted on its way.
-    let cut_off = std::sync::Arc::new(std::sync::OnceLock::new());
-    let noted = std::sync::Arc::clone(&cut_off);
+    // A body cut off for its pace is 408, and one its client left is summed up as
+    // gone, as on /graphql: the storage error it becomes keeps only its text, so the
+    // cut is noted on its way.
+    let cut = std::sync::Arc::new(std::sync::OnceLock::new());
+    let noted = std::sync::Arc::clone(&cut);
     let body = paced(
         request.into_body().into_data_stream(),
         &app.config.connections,
     );
     let body = futures::TryStreamExt::inspect_err(body, move |err: &axum::Error| {
         if is_too_slow(err) {
-            let _ = noted.set(err.to_string());
+            let _ = noted.set(BodyCut::TooSlow(err.to_string()));
+        } else if left_mid_body(err) {
+            let _ = noted.set(BodyCut::ClientLeft);
         }
     });
-    match receiving.store(app, body).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(_) if let Some(message) = cut_off.get() => body_too_slow(message),
-        Err(err) => err.into_response(),
+    match (receiving.store(app, body).await, cut.get()) {
+        (Ok(()), _) => StatusCode::OK.into_response(),
+        (Err(_), Some(BodyCut::TooSlow(message))) => body_too_slow(message),
+        (Err(_), Some(BodyCut::ClientLeft)) => answer_to_gone(),
+        (Err(err), None) => err.into_response(),
     }
+}
+
+/// Why a body ended before its end.
+enum BodyCut {
+    /// Too slow for the pace; the message says which bound.
+    TooSlow(String),
+    /// Its client closed the connection.
+    ClientLeft,
 }

@@ -9,10 +9,13 @@
 //! the event again with the same `webhook-id` (at least once). SQLite serves a single
 //! process. A record is not due while an earlier event of the same attachment is
 //! undelivered to the same receiver, so receivers see an attachment's events in order.
+//! A receiver found down is paused and probed ([`pause`]).
+
+mod pause;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::attachment;
@@ -31,6 +34,7 @@ use uuid::Uuid;
 use crate::app::SharedApp;
 use crate::error::AppError;
 use crate::events::{EventData, WebhookSecret, events_by_seq, later, redact_url};
+use pause::{Change, ReceiverPause, Verdict};
 
 /// Deliveries in flight to one receiver at once: enough to keep a fast receiver busy,
 /// few enough that one that hangs cannot tie up the process.
@@ -110,21 +114,48 @@ pub struct Dispatcher {
     client: reqwest::Client,
     secret: WebhookSecret,
     lease: Duration,
-    receivers: Vec<Slot>,
+    receivers: Vec<Arc<Slot>>,
 }
 
-/// One receiver and its deliveries in flight.
+/// One receiver, its deliveries in flight and whether it is paused.
 struct Slot {
     url: String,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: AtomicUsize,
+    pause: ReceiverPause,
 }
 
 /// Counts a delivery in flight until dropped.
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<Slot>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Slot {
+    /// Takes an attempt's verdict into account; logs and counts a change.
+    fn judge(&self, verdict: Verdict) {
+        let Some(change) = self.pause.record(verdict, Instant::now()) else {
+            return;
+        };
+        let receiver = redact_url(&self.url);
+        let ms = |pause: Duration| u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        match change {
+            Change::Paused(pause) => {
+                crate::telemetry::webhook_receiver_paused(true);
+                tracing::warn!(%receiver, pause_ms = ms(pause),
+                    "webhook receiver is down; its deliveries are paused, then one is sent to probe it");
+            }
+            Change::StillDown(pause) => {
+                tracing::warn!(%receiver, pause_ms = ms(pause),
+                    "webhook receiver is still down; its deliveries stay paused");
+            }
+            Change::Resumed => {
+                crate::telemetry::webhook_receiver_paused(false);
+                tracing::info!(%receiver, "webhook receiver answers again; its deliveries resume");
+            }
+        }
     }
 }
 
@@ -163,9 +194,12 @@ impl Dispatcher {
         let receivers = webhooks
             .receivers
             .iter()
-            .map(|url| Slot {
-                url: url.clone(),
-                in_flight: Arc::new(AtomicUsize::new(0)),
+            .map(|url| {
+                Arc::new(Slot {
+                    url: url.clone(),
+                    in_flight: AtomicUsize::new(0),
+                    pause: ReceiverPause::new(webhooks.backoff),
+                })
             })
             .collect();
         Ok(Some(Self {
@@ -218,8 +252,9 @@ impl Dispatcher {
     ) -> Result<bool, DbErr> {
         let mut more = false;
         for slot in &self.receivers {
-            let room =
-                MAX_IN_FLIGHT_PER_RECEIVER.saturating_sub(slot.in_flight.load(Ordering::Acquire));
+            let in_flight = slot.in_flight.load(Ordering::Acquire);
+            let free = MAX_IN_FLIGHT_PER_RECEIVER.saturating_sub(in_flight);
+            let room = slot.pause.room(free, in_flight, Instant::now());
             if room == 0 {
                 continue;
             }
@@ -227,11 +262,11 @@ impl Dispatcher {
             more |= claimed.len() == room;
             for claimed in claimed {
                 slot.in_flight.fetch_add(1, Ordering::AcqRel);
-                let guard = InFlight(slot.in_flight.clone());
+                let guard = InFlight(slot.clone());
                 let this = self.clone();
                 let abandon = abandon.clone();
                 tasks.spawn(async move {
-                    this.deliver(claimed, abandon).await;
+                    this.deliver(claimed, &guard.0, abandon).await;
                     drop(guard);
                 });
             }
@@ -269,7 +304,7 @@ impl Dispatcher {
     }
 
     /// One attempt and its bookkeeping; abandoned at shutdown, the claim is released.
-    async fn deliver(&self, claimed: Claimed, abandon: CancellationToken) {
+    async fn deliver(&self, claimed: Claimed, slot: &Slot, abandon: CancellationToken) {
         let outcome = tokio::select! {
             outcome = self.attempt(&claimed) => outcome,
             () = abandon.cancelled() => {
@@ -279,6 +314,7 @@ impl Dispatcher {
                 return;
             }
         };
+        slot.judge(verdict(&outcome));
         if let Err(err) = self.record_outcome(&claimed, outcome).await {
             tracing::warn!(error = %err, "cannot record a webhook delivery; it will be sent again");
         }
@@ -449,6 +485,32 @@ impl Dispatcher {
             .filter(Column::ClaimedBy.eq(claimed.token))
             .build(self.app.db.backend());
         self.app.db.commit(vec![release]).await
+    }
+}
+
+/// What an attempt's outcome says about its receiver: a refusal of one event (a 4xx,
+/// 410) is an answer; no connection, no answer in time, 408, 429 and 5xx say it is
+/// down or overloaded.
+fn verdict(outcome: &Result<(), AttemptError>) -> Verdict {
+    use reqwest::StatusCode;
+    match outcome {
+        Ok(()) | Err(AttemptError::Gone) => Verdict::Up,
+        Err(AttemptError::Timeout(_) | AttemptError::Transport(_)) => Verdict::Down { asked: None },
+        Err(AttemptError::Status(status, asked)) => {
+            let overloaded = status.is_server_error()
+                || matches!(
+                    *status,
+                    StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+                );
+            if overloaded {
+                Verdict::Down { asked: *asked }
+            } else {
+                Verdict::Up
+            }
+        }
+        Err(AttemptError::Payload(_) | AttemptError::Url(_) | AttemptError::SlowBody) => {
+            Verdict::Unknown
+        }
     }
 }
 

@@ -392,6 +392,53 @@ async fn a_dead_receiver_holds_back_no_other(setup: Setup) {
     );
 }
 
+/// A receiver that is down gets a probe per pause, not an attempt per delivery:
+/// backoff was per delivery, so 150,000 pending to a closed port made 3,500 attempts
+/// and WARN lines a second. Once it answers, everything goes out.
+async fn a_receiver_that_is_down_is_paused_and_probed(_: Setup) {
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer::Refuse);
+    let flags = webhook_flags(&[receiver.url()], &[]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let served = Served::start(&flags).await;
+    let paused = || async {
+        let text = crate::helpers::metrics_text(&served.base_url).await;
+        text.lines()
+            .find_map(|line| line.strip_prefix("attache_webhook_receivers_paused "))
+            .map(ToOwned::to_owned)
+    };
+    let bearer = token_for(&tenant());
+    const FILES: usize = 40;
+    upload_pdfs(&served, &bearer, FILES).await;
+    // Backoff 100 ms doubling to 1 s: each delivery would be tried every second.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let refused = receiver.received().len();
+    // Up to 16 in flight when the fifth failure pauses it, then one probe per pause
+    // (0.1, 0.2, 0.4, 0.8, 1, 1 s).
+    assert!(
+        refused <= 16 + 8,
+        "{refused} attempts in 4 s to a receiver that is down"
+    );
+    assert_eq!(paused().await.as_deref(), Some("1"));
+
+    receiver.answer(Answer::Accept);
+    receiver
+        .wait_for("every event once the receiver answers", |received| {
+            accepted(received).len() == FILES
+        })
+        .await;
+    assert_eq!(paused().await.as_deref(), Some("0"));
+    let log = served.log();
+    let said = |what: &str| log.lines().filter(|line| line.contains(what)).count();
+    assert_eq!(said("its deliveries are paused"), 1, "{log}");
+    assert_eq!(said("answers again; its deliveries resume"), 1, "{log}");
+    assert!(
+        said("webhook delivery failed; retrying") <= refused,
+        "one WARN per attempt at most: {log}"
+    );
+    assert!(!log.contains(URL_TOKEN), "{log}");
+}
+
 async fn refused_or_failed_writes_emit_no_event(setup: Setup) {
     let receiver = Receiver::start().await;
     let app = spawn_delivering(setup, &[receiver.url()], &[]).await;
@@ -1043,6 +1090,7 @@ async fn a_long_list_of_deliveries_is_listed_whole(setup: Setup) {
     }
 }
 
+crate::matrix!(once: a_receiver_that_is_down_is_paused_and_probed);
 crate::matrix!(db:
     a_refused_tenant_event_holds_back_no_file_event,
     gone_ends_a_delivery_and_retry_after_is_honoured,

@@ -160,6 +160,41 @@ async fn readyz_fails_when_the_storage_folder_vanishes(setup: Setup) {
     assert_eq!(body["storage"], "unavailable");
 }
 
+/// Readiness reads a table of attache's: the `SELECT 1` it ran answered for a
+/// PostgreSQL database dropped and created again empty under the server, whose
+/// every request then failed while the load balancer kept sending them.
+async fn readyz_fails_when_the_database_is_replaced_by_an_empty_one(setup: Setup) {
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = crate::helpers::private_database_url(setup.db, dir.path()).await;
+    let app = TestApp::spawn_with(setup, &["--database-url", &url]).await;
+    assert_eq!(app.status_of("/readyz").await, 200);
+    let name = url.rsplit('/').next().expect("a database name");
+    let admin = crate::helpers::postgres_admin().await;
+    for statement in [
+        format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
+        format!("CREATE DATABASE \"{name}\""),
+    ] {
+        admin
+            .execute_unprepared(&statement)
+            .await
+            .expect(&statement);
+    }
+    // Readiness is read at most once a second; the pool reconnects meanwhile.
+    for check in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let response = app
+            .client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(response.status(), 503, "check {check}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["database"], "unavailable", "check {check}: {body}");
+    }
+}
+
 async fn a_full_run_logs_request_ids_and_no_secret(_setup: Setup) {
     let webhook_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let mut served = Served::start(&[
@@ -370,6 +405,9 @@ async fn every_family_is_described_and_present_from_the_start(_: Setup) {
         "attache_storage_migration_files_left 0",
         "attache_storage_errors_total{backend=\"fs\",operation=\"write\"} 0",
         "attache_webhook_attempts_total{outcome=\"failed\"} 0",
+        "attache_webhook_receivers_paused 0",
+        "attache_http_connections_closed_for_room_total 0",
+        "attache_upload_size_bytes_count 0",
     ] {
         assert!(
             text.lines().any(|line| line == series),
@@ -452,9 +490,15 @@ async fn a_request_whose_client_leaves_is_logged_and_counted(_: Setup) {
     assert!(line.contains("status=499"), "{line}");
     assert!(line.contains("the client closed the connection"), "{line}");
     assert!(line.contains(&format!("tenant={acme}")), "{line}");
-    let scrape = Scrape::parse(&metrics_text(&served.base_url).await).expect("Prometheus text");
+    let text = metrics_text(&served.base_url).await;
+    let scrape = Scrape::parse(&text).expect("Prometheus text");
     let labels = [("route", "/graphql"), ("method", "POST"), ("status", "499")];
     assert_eq!(total(&scrape, "attache_http_requests_total", &labels), 1.0);
+    assert!(
+        text.lines()
+            .any(|line| line == "attache_http_requests_in_flight 1"),
+        "only the scrape itself is in flight: {text}"
+    );
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut holder)
         .await
@@ -482,6 +526,29 @@ async fn a_client_that_leaves_mid_body_is_summed_up_as_gone(_: Setup) {
     std::thread::sleep(Duration::from_millis(200));
     drop(stream);
     let line = summary_of(&served, "gone-mid-body").await;
+    assert!(line.contains("status=499"), "{line}");
+
+    // The same on the signed upload route of a direct upload.
+    let content = pdf();
+    let declared = crate::helpers::declaration(&content, "application/pdf");
+    let direct = crate::helpers::announce(&served, &bearer, declared).await;
+    let url = direct["uploadUrl"].as_str().expect("uploadUrl");
+    let target = url
+        .strip_prefix(&served.base_url)
+        .expect("a route of this server");
+    let mut stream = std::net::TcpStream::connect(&host).expect("connect");
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/pdf\r\n\
+         x-request-id: put-gone-mid-body\r\nContent-Length: {}\r\n\r\n",
+        content.len()
+    );
+    stream.write_all(head.as_bytes()).expect("a head");
+    stream
+        .write_all(&content[..content.len() / 2])
+        .expect("half the file");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(stream);
+    let line = summary_of(&served, "put-gone-mid-body").await;
     assert!(line.contains("status=499"), "{line}");
     let scrape = Scrape::parse(&metrics_text(&served.base_url).await).expect("Prometheus text");
     let refused = [("operation", "other"), ("outcome", "BAD_USER_INPUT")];
@@ -524,10 +591,21 @@ async fn refusals_and_preflights_are_counted(_: Setup) {
         .expect("OPTIONS");
     assert_eq!(preflight.status(), 200);
     assert_eq!(preflight.headers()["access-control-allow-origin"], origin);
+    // Named in its document alone (Apollo Client sends `operationName`, curl does not).
+    let bearer = hs256(json!({ "sub": "u", "tenant_id": tenant(), "exp": now() + 600 }));
+    let usage = served
+        .gql("query Usage { usage { bytes } }", json!({}), Some(&bearer))
+        .await;
+    assert!(usage["errors"].is_null(), "{usage}");
     let scrape = Scrape::parse(&metrics_text(&served.base_url).await).expect("Prometheus text");
     let refusal = [("operation", "other"), ("outcome", "UNAUTHENTICATED")];
     assert_eq!(
         total(&scrape, "attache_graphql_operations_total", &refusal),
+        1.0
+    );
+    let named = [("operation", "Usage"), ("outcome", "OK")];
+    assert_eq!(
+        total(&scrape, "attache_graphql_operations_total", &named),
         1.0
     );
     let preflights = [
@@ -539,11 +617,11 @@ async fn refusals_and_preflights_are_counted(_: Setup) {
         total(&scrape, "attache_http_requests_total", &preflights),
         1.0
     );
-    let log = served.log();
+    let line = summary_of(&served, "a-preflight").await;
+    assert!(line.contains("status=200"), "{line}");
     assert!(
-        log.lines()
-            .any(|line| line.contains("a-preflight") && line.contains("status=200")),
-        "{log}"
+        line.contains("client=127.0.0.1"),
+        "the peer's address: {line}"
     );
 }
 
@@ -623,6 +701,9 @@ crate::matrix!(
     refusals_and_preflights_are_counted,
 );
 
-crate::matrix!(postgres: metrics_answer_while_the_database_stalls);
+crate::matrix!(postgres:
+    metrics_answer_while_the_database_stalls,
+    readyz_fails_when_the_database_is_replaced_by_an_empty_one,
+);
 
 crate::matrix!(db: readyz_fails_when_the_storage_folder_vanishes);
