@@ -138,9 +138,11 @@ impl MediaType {
         if is_excel(content_type) && csv_name {
             return Some(Self::Csv);
         }
-        match Self::from_mime(content_type)? {
-            Self::Txt if csv_name => Some(Self::Csv),
-            kind => Some(kind),
+        match Self::from_mime(content_type) {
+            Some(Self::Txt) if csv_name => Some(Self::Csv),
+            Some(kind) => Some(kind),
+            None if declares_text(content_type) => Some(Self::text_type(None, filename)),
+            None => None,
         }
     }
 
@@ -180,7 +182,8 @@ impl MediaType {
     }
 
     /// Whether a client's declared `contentType` contradicts the detected type.
-    /// `application/octet-stream` declares nothing; the two text types are compatible.
+    /// `application/octet-stream` declares nothing; the two text types are compatible,
+    /// and compatible with the text types a browser declares by extension.
     pub fn contradicts(self, declared: &str) -> bool {
         if declares_nothing(declared) {
             return false;
@@ -191,8 +194,41 @@ impl MediaType {
         }
         match Self::from_mime(essence) {
             Some(kind) => kind != self && !(kind.is_text() && self.is_text()),
-            None => true,
+            None => !(self.is_text() && declares_text(essence)),
         }
+    }
+}
+
+/// Text types a browser declares for a file by its extension (`File.type`, a file
+/// part's `Content-Type`): `.md` text/markdown, `.json` application/json, `.ics`
+/// text/calendar, `.sql` application/sql... Such a file is stored as text when its
+/// bytes are (the stored type always comes from them); markup is not among them.
+fn declares_text(declared: &str) -> bool {
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("text", subtype)) => !matches!(subtype, "html" | "xml"),
+        Some(("application", subtype)) => {
+            subtype.ends_with("+json")
+                || matches!(
+                    subtype,
+                    "json"
+                        | "x-ndjson"
+                        | "yaml"
+                        | "x-yaml"
+                        | "toml"
+                        | "sql"
+                        | "x-sql"
+                        | "javascript"
+                        | "x-javascript"
+                        | "x-subrip"
+                )
+        }
+        _ => false,
     }
 }
 
@@ -483,5 +519,40 @@ mod tests {
         assert!(!MediaType::Pdf.contradicts("application/octet-stream"));
         assert!(MediaType::Txt.contradicts("application/pdf"));
         assert!(MediaType::Png.contradicts("image/svg+xml"));
+    }
+
+    /// What Chromium declares for `.md`, `.json`, `.tsv`, `.ics`, `.yaml`, `.sql` and
+    /// `.py` files holds text: multipart refused them, base64 stored them.
+    #[test]
+    fn text_a_browser_names_by_extension_is_text() {
+        for declared in [
+            "text/markdown",
+            "application/json",
+            "text/tab-separated-values",
+            "text/calendar",
+            "application/x-yaml",
+            "application/sql",
+            "text/x-python",
+            "application/ld+json; charset=utf-8",
+        ] {
+            assert!(!MediaType::Txt.contradicts(declared), "{declared}");
+            assert_eq!(
+                MediaType::declared(declared, "notes.md"),
+                Some(MediaType::Txt),
+                "{declared}"
+            );
+        }
+        for markup_or_binary in ["text/html", "text/xml", "image/svg+xml", "video/mp2t"] {
+            assert!(
+                MediaType::Txt.contradicts(markup_or_binary),
+                "{markup_or_binary}"
+            );
+            assert_eq!(MediaType::declared(markup_or_binary, "a.ts"), None);
+        }
+        assert!(MediaType::Pdf.contradicts("text/markdown"));
+        assert_eq!(
+            MediaType::declared("application/json", "rows.csv"),
+            Some(MediaType::Csv)
+        );
     }
 }

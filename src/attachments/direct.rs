@@ -57,7 +57,7 @@ pub async fn announce(
     // The name as it is stored (cut to 255 bytes), so that its extension says the
     // same here as on the other upload paths.
     let filename = sanitize_filename(declared.filename);
-    let media = target.accept(MediaType::declared(declared.content_type, &filename))?;
+    let media = target.accept_declared(MediaType::declared(declared.content_type, &filename))?;
     let sha256 = upload::parse_sha256(declared.sha256)?;
     // The declared size is reserved now, released if the upload never completes.
     let tenant = principal.tenant.as_str();

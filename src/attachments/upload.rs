@@ -73,22 +73,38 @@ impl Target {
     /// UNSUPPORTED_MEDIA_TYPE unless the type is known and the collection accepts
     /// it, saying what the file was found to be and what would be accepted.
     pub fn accept(&self, media: Option<MediaType>) -> AppResult<MediaType> {
-        let accepted = &self.collection.accept;
         match media {
-            Some(media) if accepted.contains(&media) => Ok(media),
+            Some(media) if self.collection.accept.contains(&media) => Ok(media),
             found => Err(AppError::UnsupportedMediaType(format!(
                 "the file is not a type that `{}` accepts ({}; it accepts {})",
                 self.owner_type,
                 found.map_or("its content is of no type attache knows".into(), |media| {
                     format!("its content is {}", media.mime())
                 }),
-                accepted
-                    .iter()
-                    .map(|media| media.mime())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.accepted()
             ))),
         }
+    }
+
+    /// [`Target::accept`] for a type declared before any byte exists (a direct
+    /// upload): a declaration that names no type attache knows is refused as such,
+    /// not as content.
+    pub fn accept_declared(&self, media: Option<MediaType>) -> AppResult<MediaType> {
+        match media {
+            Some(media) => self.accept(Some(media)),
+            None => Err(AppError::UnsupportedMediaType(format!(
+                "neither `contentType` nor the filename's extension names a type attache \
+                 knows: declare the file's type, one that `{}` accepts ({})",
+                self.owner_type,
+                self.accepted()
+            ))),
+        }
+    }
+
+    /// The types the collection accepts, for a refusal.
+    fn accepted(&self) -> String {
+        let accepted = self.collection.accept.iter().map(|media| media.mime());
+        accepted.collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -393,21 +409,18 @@ pub fn decode_base64(text: &str) -> AppResult<Bytes> {
     Ok(Bytes::from(buffer).slice(start..))
 }
 
+/// The longest filename kept, as most filesystems allow.
+const MAX_FILENAME_BYTES: usize = 255;
+
 /// Keeps the Unicode of a filename but drops any path, control and bidirectional
-/// override characters, and anything beyond 255 bytes.
+/// override characters; past 255 bytes its stem is cut and its extension kept.
 pub fn sanitize_filename(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = base
         .chars()
         .filter(|c| !c.is_control() && !matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
         .collect();
-    let mut name = String::new();
-    for c in cleaned.chars() {
-        if name.len() + c.len_utf8() > 255 {
-            break;
-        }
-        name.push(c);
-    }
+    let name = crate::disposition::fit_name(&cleaned, MAX_FILENAME_BYTES).into_owned();
     if matches!(name.trim(), "" | "." | "..") {
         "unnamed".to_owned()
     } else {
@@ -469,5 +482,7 @@ mod tests {
         let long = "ü".repeat(200);
         let cut = sanitize_filename(&long);
         assert!(cut.len() <= 255 && cut.chars().all(|c| c == 'ü'));
+        let cut = sanitize_filename(&format!("{}.pdf", "契".repeat(90)));
+        assert!(cut.len() <= 255 && cut.ends_with("契.pdf"), "{cut}");
     }
 }

@@ -705,6 +705,40 @@ async fn downloads_are_sandboxed_and_named_after_their_type(setup: Setup) {
         "no extension gets one: {disposition}"
     );
 
+    // A long name is stored cut before its extension and offered shorter still:
+    // 259 bytes offered (255 stored, `.pdf` appended) made Chromium cancel the
+    // download and `curl -OJ` fail to write the file.
+    let long = format!("{}.pdf", "契".repeat(90));
+    let contract = app
+        .upload(&bearer, &pdf(), "contract", Some("c-1"), &long)
+        .await;
+    let stored = contract["filename"].as_str().expect("filename");
+    assert!(
+        stored.len() <= 255 && stored.ends_with("契.pdf"),
+        "{stored}"
+    );
+    let response = app
+        .client
+        .get(contract["downloadUrl"].as_str().expect("downloadUrl"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("GET long name");
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .expect("ascii");
+    let offered = disposition
+        .split("filename*=UTF-8''")
+        .nth(1)
+        .expect("filename*");
+    let offered = percent_encoding::percent_decode_str(offered)
+        .decode_utf8()
+        .expect("UTF-8");
+    assert!(
+        offered.len() <= 200 && offered.ends_with("契.pdf"),
+        "{offered}"
+    );
+
     // Shown inline, an image keeps the sandbox; a PDF goes without it, since
     // Chromium refuses to run its PDF viewer in a sandboxed document.
     let contract = app

@@ -351,6 +351,68 @@ async fn multipart_uploads_follow_the_same_rules(setup: Setup) {
 }
 
 /// Text whose first letters are a weak image signature (`GIF`, `BM`, `WEBP` at byte
+/// Text files as a browser declares them by extension (`File.type`: text/markdown
+/// for `.md`, application/json for `.json`) are stored as text on every path: the
+/// multipart and direct paths refused them as declaring a type the bytes
+/// contradict, though base64 stored them. A type attache does not know still
+/// contradicts other bytes, and a direct upload that names no type is told so.
+async fn text_as_browsers_declare_it_is_stored_on_every_path(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let bearer = app.token(&tenant());
+    let markdown = b"# Minutes\n\n- signed\n".to_vec();
+    let form = upload_file_form("contract", "c-1", &markdown, "notes.md", "text/markdown");
+    let (_, body) = post_multipart(&app.base_url, &bearer, form).await;
+    assert_eq!(
+        data(&body, "uploadAttachmentFile")["contentType"],
+        "text/plain"
+    );
+    let json_bytes = br#"{"signed": true}"#;
+    let stored = app
+        .gql(
+            UPLOAD,
+            json!({ "input": { "ownerType": "contract", "ownerId": "c-1", "filename": "meta.json",
+                "contentType": "application/json", "base64": STANDARD.encode(json_bytes) }}),
+            Some(&bearer),
+        )
+        .await;
+    assert_eq!(
+        data(&stored, "uploadAttachment")["contentType"],
+        "text/plain"
+    );
+    let mut declared = crate::helpers::declaration(&markdown, "text/markdown");
+    declared["filename"] = json!("notes.md");
+    let (direct, status) =
+        crate::helpers::announce_and_put(&app, &bearer, declared, markdown.clone()).await;
+    assert_eq!(status, 200);
+    let done = crate::helpers::complete_direct(&app, &bearer, &direct).await;
+    assert_eq!(
+        data(&done, "completeDirectUpload")["contentType"],
+        "text/plain"
+    );
+
+    let form = upload_file_form("contract", "c-1", &markdown, "notes.png", "image/png");
+    let (_, body) = post_multipart(&app.base_url, &bearer, form).await;
+    assert_eq!(codes(&body), ["UNSUPPORTED_MEDIA_TYPE"], "{body}");
+    let form = upload_file_form("contract", "c-1", &pdf(), "notes.md", "text/markdown");
+    let (_, body) = post_multipart(&app.base_url, &bearer, form).await;
+    assert_eq!(codes(&body), ["UNSUPPORTED_MEDIA_TYPE"], "{body}");
+    let mut nothing = crate::helpers::declaration(&markdown, "");
+    nothing["filename"] = json!("notes.md");
+    let refused = app
+        .gql(
+            crate::helpers::CREATE_DIRECT,
+            json!({ "input": nothing }),
+            Some(&bearer),
+        )
+        .await;
+    assert_eq!(codes(&refused), ["UNSUPPORTED_MEDIA_TYPE"], "{refused}");
+    let message = refused["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("neither `contentType` nor the filename's extension"),
+        "{message}"
+    );
+}
+
 /// 8) is text, not a GIF stored as `gifts.csv.gif` nor a BMP refused; a "logo" of
 /// twelve letters is no WebP; and the types browsers declare for a CSV (Excel's on
 /// Windows) declare a CSV, by base64 and by multipart.
@@ -757,6 +819,7 @@ crate::matrix!(
     a_batch_is_all_or_nothing,
     multipart_uploads_follow_the_same_rules,
     text_is_told_from_images_by_whole_signatures,
+    text_as_browsers_declare_it_is_stored_on_every_path,
     multipart_parts_stream_in_any_order_and_a_refusal_reads_no_further,
     too_many_large_files_in_one_body_are_refused_as_they_arrive,
     a_failing_row_removes_its_object,
