@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use crate::auth::{JwtVerifier, LinkSigner, TokenMinter};
 use crate::collections::Collections;
 use crate::config::{Config, ConfigError, Secret, StorageBackend};
@@ -13,6 +11,8 @@ use crate::db::Database;
 use crate::error::{AppError, AppResult, RETRY_AFTER_SECONDS};
 use crate::events::Webhooks;
 use crate::storage::Storage;
+pub use crate::upload_slots::UploadSlot;
+use crate::upload_slots::UploadSlots;
 
 /// Per tenant, a usage estimate and when it was read.
 pub type UsageEstimates = std::sync::Mutex<
@@ -39,8 +39,8 @@ pub struct App {
     /// Origin of every absolute URL attache hands out, without a trailing `/`.
     pub public_base_url: String,
     /// Bounds the upload requests read into memory at once, and the stores they
-    /// start (see [`UploadSlot`]).
-    pub upload_permits: Arc<Semaphore>,
+    /// start (see [`UploadSlot`]), shared fairly among tenants.
+    pub upload_slots: Arc<UploadSlots>,
     /// Where events go and how they are delivered.
     pub webhooks: Webhooks,
     /// Whether some tenant has a quota of its own, as last counted (every minute):
@@ -100,7 +100,7 @@ impl App {
             links,
             collections,
             public_base_url,
-            upload_permits: Arc::new(Semaphore::new(permits)),
+            upload_slots: UploadSlots::new(permits),
             webhooks,
             own_quotas_exist: std::sync::atomic::AtomicBool::new(true),
             usage_estimates: UsageEstimates::default(),
@@ -116,27 +116,15 @@ fn random_secret() -> Secret {
         .unwrap_or_else(|_| unreachable!("a hex string is never empty"))
 }
 
-/// One of the `MAX_CONCURRENT_UPLOADS` slots, free once every holder is gone: the
-/// request that took it, and each store it started, which runs on when its client
-/// disconnects (a slot freed with the request let a client that hangs up after
-/// each body start stores without bound).
-#[derive(Clone)]
-pub struct UploadSlot {
-    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-}
-
 impl App {
-    /// A slot among the `MAX_CONCURRENT_UPLOADS` uploads held in memory at once; after
-    /// `UPLOAD_QUEUE_TIMEOUT_SECONDS` of waiting, a clear "busy" instead of a longer queue.
-    pub async fn upload_permit(&self) -> AppResult<UploadSlot> {
+    /// A slot among the `MAX_CONCURRENT_UPLOADS` uploads held in memory at once, for
+    /// an upload of `tenant`; after `UPLOAD_QUEUE_TIMEOUT_SECONDS` of waiting, a clear
+    /// "busy" instead of a longer queue.
+    pub async fn upload_permit(&self, tenant: &str) -> AppResult<UploadSlot> {
         let wait = Duration::from_secs(self.config.limits.upload_queue_timeout_seconds);
-        let permits = Arc::clone(&self.upload_permits);
-        match tokio::time::timeout(wait, permits.acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(UploadSlot {
-                _permit: Arc::new(permit),
-            }),
-            Ok(Err(closed)) => Err(AppError::Internal(anyhow::Error::new(closed))),
-            Err(_) => Err(AppError::Overloaded(RETRY_AFTER_SECONDS)),
-        }
+        self.upload_slots
+            .take(tenant, wait)
+            .await
+            .ok_or(AppError::Overloaded(RETRY_AFTER_SECONDS))
     }
 }

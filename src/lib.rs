@@ -20,4 +20,5 @@ pub mod media;
 pub mod quotas;
 pub mod storage;
 pub mod telemetry;
+pub mod upload_slots;
 pub mod workers;

@@ -239,7 +239,7 @@ pub async fn complete(
         // second one for the same request could wait for ever with one slot).
         let _slot = match slot {
             Some(slot) => slot,
-            None => app.upload_permit().await?,
+            None => app.upload_permit(principal.tenant.as_str()).await?,
         };
         complete_now(&app, &principal, id).await
     })

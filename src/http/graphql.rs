@@ -106,7 +106,7 @@ async fn respond(State(state): State<AppState>, request: Request, answer: Answer
     let slot = if request.method() == Method::POST
         && length.is_none_or(|length| length > SMALL_REQUEST_BYTES)
     {
-        match state.app.upload_permit().await {
+        match state.app.upload_permit(principal.tenant.as_str()).await {
             Ok(permit) => Some(permit),
             // Answered at once: the body stays unread and the connection closes.
             Err(err) => return closing(err.into_response()),

@@ -30,18 +30,19 @@ pub async fn put(
     let found = match app.links.authorize(LinkPurpose::Upload, &id, &link) {
         Ok((id, tenant)) => {
             crate::http::observe::acting_for(&tenant);
-            Receiving::find(app, id, &tenant, announced).await
+            let receiving = Receiving::find(app, id, &tenant, announced).await;
+            receiving.map(|receiving| (receiving, tenant))
         }
         Err(err) => Err(err),
     };
     // Refused before the body is read: a client still sending sees the answer.
-    let receiving = match found {
-        Ok(receiving) => receiving,
+    let (receiving, tenant) = match found {
+        Ok(found) => found,
         Err(err) => return refused_early(request, err.into_response()).await,
     };
     // The body passes through memory in chunks: it takes an upload slot like a
     // GraphQL upload, or is answered "busy" with its body unread.
-    let _permit = match app.upload_permit().await {
+    let _permit = match app.upload_permit(tenant.as_str()).await {
         Ok(permit) => permit,
         Err(err) => return closing(err.into_response()),
     };

@@ -1258,6 +1258,59 @@ async fn endless_part_heads_are_cut_early(_: Setup) {
     assert_unharmed(&mut served, before, "endless part heads").await;
 }
 
+/// When every upload slot is taken, the next one given back goes to the tenant that
+/// holds the fewest: with one queue for all, first come first served, one tenant's
+/// burst of slow uploads made every other tenant wait behind all of it, then hear
+/// "busy".
+async fn a_tenant_s_burst_of_uploads_waits_for_itself(_: Setup) {
+    let mut served = Served::start(&[
+        "--max-concurrent-uploads",
+        "2",
+        "--upload-queue-timeout-seconds",
+        "30",
+    ])
+    .await;
+    let before = rss_mib(&served);
+    let burst = token("burst");
+    let mut holding = Vec::new();
+    for _ in 0..2 {
+        holding.push(half_sent_post(&served.base_url, "/graphql", Some(&burst)).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The burst's third upload waits for a slot; then another tenant's comes.
+    let queued = half_sent_post(&served.base_url, "/graphql", Some(&burst)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut big = pdf();
+    big.resize(200_000, b' ');
+    let request = json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "fair", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}});
+    let (base, other) = (served.base_url.clone(), token("other"));
+    let other = tokio::spawn(async move {
+        let response = http_client()
+            .post(format!("{base}/graphql"))
+            .bearer_auth(other)
+            .json(&request)
+            .send()
+            .await
+            .expect("POST");
+        response.json::<Value>().await.expect("JSON")
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!other.is_finished(), "every slot is taken");
+    drop(holding.remove(0));
+    let answer = tokio::time::timeout(Duration::from_secs(5), other)
+        .await
+        .expect("the slot given back goes to the tenant holding none")
+        .expect("join");
+    assert_eq!(
+        data(&answer, "uploadAttachment")["byteSize"],
+        200_000,
+        "{answer}"
+    );
+    drop((holding, queued));
+    assert_unharmed(&mut served, before, "a burst of one tenant").await;
+}
+
 async fn anonymous_requests_cost_no_upload_slot(_: Setup) {
     let mut served = Served::start(&[
         "--max-concurrent-uploads",
@@ -1879,6 +1932,7 @@ crate::matrix!(
     endless_part_heads_are_cut_early,
     one_part_for_two_variables_stores_both,
     anonymous_requests_cost_no_upload_slot,
+    a_tenant_s_burst_of_uploads_waits_for_itself,
     a_trickled_file_frees_its_upload_slot,
     a_trickled_direct_upload_is_cut,
     direct_upload_puts_take_an_upload_slot,

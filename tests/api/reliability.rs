@@ -150,7 +150,7 @@ async fn a_busy_server_answers_503_with_retry_after(setup: Setup) {
     slow.write_all(&head).await.expect("head");
     slow.write_all(&body[..1024]).await.expect("a little body");
     let waited = std::time::Instant::now();
-    while app.app.upload_permits.available_permits() > 0 {
+    while app.app.upload_slots.free() > 0 {
         assert!(
             waited.elapsed() < Duration::from_secs(10),
             "the slow client never took the slot"
