@@ -249,6 +249,18 @@ fn is_excel(declared: &str) -> bool {
     essence.eq_ignore_ascii_case(EXCEL)
 }
 
+/// Whether text opens as markup, as an element, a doctype, a comment or a processing
+/// instruction does: `<` and a letter, `!` or `?`, after any whitespace. `infer`
+/// knows a list of HTML tags and `<?xml`: `<svg onload=...>`, `<img onerror=...>`
+/// and prefixed elements were stored as text.
+fn opens_as_markup(head: &[u8]) -> bool {
+    let start = head.iter().position(|byte| !byte.is_ascii_whitespace());
+    match start.map(|start| &head[start..]) {
+        Some([b'<', next, ..]) => next.is_ascii_alphabetic() || matches!(next, b'!' | b'?'),
+        _ => false,
+    }
+}
+
 /// Foreign types whose signature is a few letters that text may begin with ("BM",
 /// "MZ", "ID3", "FWS"): such a file is text when its bytes are (a real one is not).
 const WEAK_FOREIGN: [&str; 4] = ["bmp", "exe", "mp3", "swf"];
@@ -277,6 +289,9 @@ impl Signature {
     }
 
     fn of_bytes(head: &[u8]) -> Self {
+        if opens_as_markup(head) {
+            return Self::Foreign;
+        }
         let Some(found) = infer::get(head) else {
             return Self::None;
         };
@@ -488,9 +503,26 @@ mod tests {
             b"<?xml version=\"1.0\"?>",
             b"#!/bin/sh\n",
             b"{\\rtf1\\ansi hello}",
+            // Markup `infer` has no matcher for.
+            b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>",
+            b"  <!DOCTYPE svg><svg/>",
+            b"<img src=x onerror=alert(1)>",
+            b"<x:script xmlns:x=\"http://www.w3.org/1999/xhtml\">alert(1)</x:script>",
+            b"\xEF\xBB\xBF<svg/>",
         ];
         for bytes in foreign {
             assert_eq!(MediaType::detect(bytes, None, "a.txt"), None, "{bytes:?}");
+        }
+        for text in [
+            &b"<3 from Lisbon"[..],
+            b"a < b and c > d",
+            b"notes\n<b>x</b>",
+        ] {
+            assert_eq!(
+                MediaType::detect(text, None, "a.txt"),
+                Some(MediaType::Txt),
+                "{text:?}"
+            );
         }
         for declared in ["text/x-csv", "application/csv"] {
             assert_eq!(MediaType::from_mime(declared), Some(MediaType::Csv));

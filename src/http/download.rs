@@ -20,7 +20,7 @@ use crate::config::UrlMode;
 use crate::disposition::{content_disposition, download_filename};
 use crate::error::{AppError, AppResult};
 use crate::http::extract::{PathOf, QueryOf};
-use crate::http::{AppState, bearer_token};
+use crate::http::{AppState, bearer_token, wants_html};
 use crate::media::MediaType;
 
 /// Whatever a stored file is, opened from our origin (an inline image, or a file a
@@ -51,11 +51,63 @@ pub async fn by_id(
     let app = &state.app;
     let found = match authorize(app, &id, &params, &headers).await {
         Ok(row) => row,
-        Err(err) => return err.into_response(),
+        Err(err) => return refusal(&headers, err),
     };
     respond(app, found, &method, &headers, params.inline())
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(|err| refusal(&headers, err))
+}
+
+/// An error as its reader can read it: scripts (`fetch`, Apollo Client) and other
+/// clients get the JSON; a browser tab that opened the link (from a bookmark, an
+/// email, a tab left open) gets a short page that says what happened and what to
+/// do, in words for the app's users: it showed them raw JSON that named attache.
+fn refusal(headers: &HeaderMap, err: AppError) -> Response {
+    if !wants_html(headers) {
+        return err.into_response();
+    }
+    let (what, next) = match err.status() {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => (
+            "This download link has expired or is not valid.",
+            "Go back to the page you came from and open the file again.",
+        ),
+        StatusCode::NOT_FOUND => (
+            "This file is not available.",
+            "It may have been deleted. Go back to the page you came from.",
+        ),
+        status if status.is_server_error() => (
+            "The file cannot be downloaded right now.",
+            "Try again in a moment.",
+        ),
+        _ => (
+            "This download link is not valid.",
+            "Go back to the page you came from and open the file again.",
+        ),
+    };
+    let page = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{what}</title></head>\
+         <body style=\"font-family: sans-serif; margin: 3em auto; max-width: 36em\">\
+         <h1 style=\"font-size: 1.3em\">{what}</h1><p>{next}</p></body></html>\n"
+    );
+    // The JSON answer's status, code and headers (`WWW-Authenticate`, `Retry-After`),
+    // with the page for its body.
+    let mut response = err.into_response();
+    *response.body_mut() = Body::from(page);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// A signed link when the query carries one (checked before any lookup), else the

@@ -18,13 +18,13 @@ use crate::config::ConnectionLimits;
 use crate::error::{AppError, GraphqlCodes};
 use crate::graphql::Prepared;
 use crate::graphql::large_strings::{self, LargeStrings};
-use crate::http::AppState;
 use crate::http::batch_json;
 use crate::http::drain::{after_draining, closing, drain_limit, refused_early};
 use crate::http::graphql_response::{Answer, coded};
 use crate::http::json_body::JsonBody;
 use crate::http::multipart_body::{self, PartHeadTooLong, Read, Rest};
 use crate::http::slow_body::{body_too_slow, is_too_slow, paced};
+use crate::http::{AppState, wants_html};
 
 /// Requests up to this size skip the upload queue: queries and small mutations
 /// never wait behind large uploads.
@@ -254,13 +254,6 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, AppE
         AppError::Unauthenticated("an `Authorization: Bearer <token>` header is required".into())
     })?;
     state.app.verifier.verify(token)
-}
-
-fn wants_html(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|accept| accept.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"))
 }
 
 /// Apollo Server's CSRF prevention: requests a browser may send without a preflight

@@ -302,6 +302,29 @@ async fn refused_links_and_tokens_answer_401_403_404(setup: Setup) {
                 403,
                 "expired link"
             );
+            // Opened in a browser tab (a bookmark, an email): a page for the app's
+            // users, not raw JSON naming a server they never heard of.
+            let navigation = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+            let tab = app
+                .client
+                .get(link(LinkPurpose::Download, id, &acme, past))
+                .header("accept", navigation)
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(tab.status(), 403);
+            let headers = tab.headers().clone();
+            assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+            assert_eq!(
+                headers["content-security-policy"],
+                "default-src 'none'; style-src 'unsafe-inline'"
+            );
+            let page = tab.text().await.expect("a page");
+            assert!(
+                page.contains("has expired") && page.contains("open the file again"),
+                "{page}"
+            );
+            assert!(!page.to_lowercase().contains("attache"), "{page}");
             assert_eq!(
                 status(link(LinkPurpose::Upload, id, &acme, future)).await,
                 403,

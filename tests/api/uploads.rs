@@ -202,6 +202,18 @@ async fn every_validation_error_has_its_code_and_stores_nothing(setup: Setup) {
             ),
             "UNSUPPORTED_MEDIA_TYPE",
         ),
+        (
+            // Markup `infer` has no matcher for was stored as text/plain.
+            "SVG with a script",
+            input(
+                "contract",
+                Some("c-1"),
+                "x.svg",
+                &STANDARD
+                    .encode(b"<svg xmlns=\"http://www.w3.org/2000/svg\" onload=\"alert(1)\"/>"),
+            ),
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
         ("checksum differs", wrong_sha, "CHECKSUM_MISMATCH"),
         ("malformed checksum", malformed_sha, "CHECKSUM_MISMATCH"),
         (
