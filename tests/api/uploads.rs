@@ -362,7 +362,6 @@ async fn multipart_uploads_follow_the_same_rules(setup: Setup) {
     );
 }
 
-/// Text whose first letters are a weak image signature (`GIF`, `BM`, `WEBP` at byte
 /// Text files as a browser declares them by extension (`File.type`: text/markdown
 /// for `.md`, application/json for `.json`) are stored as text on every path: the
 /// multipart and direct paths refused them as declaring a type the bytes
@@ -425,6 +424,7 @@ async fn text_as_browsers_declare_it_is_stored_on_every_path(setup: Setup) {
     );
 }
 
+/// Text whose first letters are a weak image signature (`GIF`, `BM`, `WEBP` at byte
 /// 8) is text, not a GIF stored as `gifts.csv.gif` nor a BMP refused; a "logo" of
 /// twelve letters is no WebP; and the types browsers declare for a CSV (Excel's on
 /// Windows) declare a CSV, by base64 and by multipart.
