@@ -172,6 +172,17 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_secs(5);
 
+    /// A take of `tenant` waiting on its own task, queued before this returns.
+    async fn waiting(
+        slots: &Arc<UploadSlots>,
+        tenant: &'static str,
+    ) -> tokio::task::JoinHandle<Option<UploadSlot>> {
+        let slots = Arc::clone(slots);
+        let waiting = tokio::spawn(async move { slots.take(tenant, PATIENCE).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting
+    }
+
     #[tokio::test]
     async fn one_tenant_alone_takes_every_slot() {
         let slots = UploadSlots::new(3);
@@ -195,16 +206,8 @@ mod tests {
         let slots = UploadSlots::new(2);
         let first = slots.take("burst", PATIENCE).await.expect("slot");
         let _second = slots.take("burst", PATIENCE).await.expect("slot");
-        let burst = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.take("burst", PATIENCE).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let other = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.take("other", PATIENCE).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let burst = waiting(&slots, "burst").await;
+        let other = waiting(&slots, "other").await;
         drop(first);
         let other = other.await.expect("join").expect("the other tenant first");
         assert!(!burst.is_finished(), "the burst waits for its own slots");
@@ -216,13 +219,9 @@ mod tests {
     async fn a_waiter_that_gives_up_leaves_no_trace() {
         let slots = UploadSlots::new(1);
         let held = slots.take("acme", PATIENCE).await.expect("slot");
-        let waiting = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.take("other", PATIENCE).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waiting.abort();
-        let _ = waiting.await;
+        let gave_up = waiting(&slots, "other").await;
+        gave_up.abort();
+        let _ = gave_up.await;
         assert!(slots.lock().waiting.is_empty());
         assert!(
             slots
