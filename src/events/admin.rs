@@ -89,20 +89,26 @@ pub enum RetryTarget {
     AllFailed,
 }
 
-/// Makes failed deliveries pending again, due now, with a fresh count of attempts;
-/// returns how many.
+/// Makes failed deliveries pending again, due now, with a fresh count of attempts,
+/// and the later deliveries parked behind them due too (they go once these are
+/// delivered: the held-back rule keeps the order); returns how many failed ones.
 pub async fn retry<C: ConnectionTrait>(db: &C, target: RetryTarget) -> Result<u64, DbErr> {
-    use webhook_delivery::Column;
-    let mut update = webhook_delivery::Entity::update_many()
+    use webhook_delivery::{Column, Entity};
+    let now = Utc::now();
+    let mut update = Entity::update_many()
         .set(webhook_delivery::ActiveModel {
             status: Set(DeliveryStatus::Pending),
             attempts: Set(0),
-            next_attempt_at: Set(Utc::now()),
+            next_attempt_at: Set(now),
             claimed_by: Set(None),
             claimed_until: Set(None),
             ..Default::default()
         })
         .filter(Column::Status.eq(DeliveryStatus::Failed));
+    let mut unpark = Entity::update_many()
+        .col_expr(Column::NextAttemptAt, Expr::value(now))
+        .filter(Column::Status.eq(DeliveryStatus::Pending))
+        .filter(Column::NextAttemptAt.gte(crate::events::parked()));
     if let RetryTarget::Event(id) = target {
         let Some(event) = outbox_event::Entity::find()
             .filter(outbox_event::Column::Id.eq(id))
@@ -112,8 +118,25 @@ pub async fn retry<C: ConnectionTrait>(db: &C, target: RetryTarget) -> Result<u6
             return Ok(0);
         };
         update = update.filter(Column::EventSeq.eq(event.seq));
+        // Parked behind one of this event's deliveries: of its attachment, to the
+        // same receiver.
+        let retried = "retried";
+        let behind = Query::select()
+            .expr(Expr::val(1))
+            .from_as(Entity, retried)
+            .and_where(Expr::col((retried, Column::EventSeq)).eq(event.seq))
+            .and_where(
+                Expr::col((retried, Column::AttachmentId)).equals((Entity, Column::AttachmentId)),
+            )
+            .and_where(Expr::col((retried, Column::Receiver)).equals((Entity, Column::Receiver)))
+            .to_owned();
+        unpark = unpark
+            .filter(Column::EventSeq.gt(event.seq))
+            .filter(Expr::exists(behind));
     }
-    Ok(update.exec(db).await?.rows_affected)
+    let retried = update.exec(db).await?.rows_affected;
+    unpark.exec(db).await?;
+    Ok(retried)
 }
 
 /// The seqs of the events written before `cutoff` that no delivery waits for, the

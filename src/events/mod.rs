@@ -98,6 +98,13 @@ impl Webhooks {
     }
 }
 
+/// The next attempt of a delivery parked behind an earlier one of its attachment
+/// that failed for good: never due until `attache events retry` sends that one again.
+/// Left due, every claim walked such deliveries and their held-back check.
+pub fn parked() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// `by` after `at`; saturating, though settings keep every such duration small.
 pub fn later(at: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
     chrono::TimeDelta::from_std(by)

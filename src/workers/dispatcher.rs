@@ -412,7 +412,9 @@ impl Dispatcher {
             claimed_until: Set(None),
             ..Default::default()
         };
-        let mut retry_at = None;
+        // When the attachment's later deliveries to this receiver may go at the
+        // earliest: after this one's retry, or once it is sent again by hand.
+        let mut later_wait = None;
         match outcome {
             Ok(()) => {
                 tracing::debug!(event = %claimed.event.id, %receiver, "webhook delivered");
@@ -429,6 +431,7 @@ impl Dispatcher {
                     tracing::error!(event = %claimed.event.id, %receiver, attempts, error = %reason,
                         "webhook delivery failed for good; `attache events retry` sends it again");
                     update.status = Set(DeliveryStatus::Failed);
+                    later_wait = Some(crate::events::parked());
                 } else {
                     crate::telemetry::webhook_attempt("retry");
                     let delay = match reason {
@@ -439,7 +442,7 @@ impl Dispatcher {
                         retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                         "webhook delivery failed; retrying");
                     let next = later(now, delay);
-                    retry_at = Some(next);
+                    later_wait = Some(next);
                     update.next_attempt_at = Set(next);
                 }
                 update.last_error = Set(Some(reason.to_string()));
@@ -452,7 +455,7 @@ impl Dispatcher {
             .filter(Column::ClaimedBy.eq(claimed.token))
             .exec(&txn)
             .await?;
-        if let Some(next) = retry_at.filter(|_| updated.rows_affected > 0) {
+        if let Some(next) = later_wait.filter(|_| updated.rows_affected > 0) {
             // The later deliveries of the attachment to this receiver wait as long:
             // held back but due, every claim walked them (50,000 made a claim 102 ms).
             webhook_delivery::Entity::update_many()

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use attache::events::admin;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use chrono::Datelike;
+use entity::outbox_event::EventType;
 use entity::webhook_delivery::DeliveryStatus::{self, Delivered, Failed};
 use futures::StreamExt;
 use serde_json::json;
@@ -594,6 +596,67 @@ async fn failed_deliveries_are_listed_and_retried(setup: Setup) {
     assert!(receiver.received().iter().all(|r| r.verified));
 }
 
+/// The later events of an attachment whose delivery failed for good are parked (never
+/// due) until that one is sent again, then go out in order: left due, every claim
+/// walked them and their held-back check, for ever.
+async fn deliveries_behind_one_failed_for_good_wait_parked(setup: Setup) {
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer::Gone);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = private_database_url(setup.db, dir.path()).await;
+    let app = spawn_delivering(setup, &[receiver.url()], &["--database-url", &database]).await;
+    let Uploaded {
+        tenant: acme,
+        bearer,
+        id,
+        ..
+    } = app.upload_contract_pdf("gone.pdf").await;
+    app.gql(DELETE, json!({ "id": id }), Some(&bearer)).await;
+    let parked = wait_for_deliveries(app.app.db.read(), &acme, "file.stored failed", |rows| {
+        rows.iter()
+            .any(|row| row.event_type == EventType::Stored && row.status == Failed)
+    })
+    .await;
+    let deleted = parked
+        .iter()
+        .find(|row| row.event_type == EventType::Deleted)
+        .expect("the file.deleted delivery");
+    assert_eq!(deleted.status, DeliveryStatus::Pending);
+    assert_eq!(deleted.attempts, 0, "never sent before file.stored");
+    assert!(
+        deleted.next_attempt_at.year() >= 9999,
+        "parked, not due: {deleted:?}"
+    );
+
+    receiver.answer(Answer::Accept);
+    let stored = parked
+        .iter()
+        .find(|row| row.event_type == EventType::Stored)
+        .expect("file.stored")
+        .event_id
+        .to_string();
+    let mut args = vec!["events".to_owned(), "retry".to_owned(), stored.clone()];
+    args.extend(["--database-url".to_owned(), database.clone()]);
+    let retried = run_attache(args).await;
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let delivered = drain_deliveries(app.app.db.read(), &acme).await;
+    assert_eq!(statuses(&delivered), [Delivered, Delivered]);
+    let received: Vec<Received> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.status == 200)
+        .collect();
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[0].id, stored,
+        "file.stored first, then file.deleted"
+    );
+}
+
 async fn delivered_events_are_pruned_after_the_retention(setup: Setup) {
     let live = Receiver::start().await;
     let addr = free_addr().await;
@@ -1104,6 +1167,7 @@ crate::matrix!(db:
     sigterm_lets_deliveries_in_flight_finish,
     a_long_list_of_deliveries_is_listed_whole,
     held_back_deliveries_wait_with_the_one_before,
+    deliveries_behind_one_failed_for_good_wait_parked,
 );
 crate::matrix!(postgres:
     two_replicas_deliver_each_event_exactly_once,
