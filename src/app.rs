@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigError, Secret, StorageBackend};
 use crate::db::Database;
 use crate::error::{AppError, AppResult, RETRY_AFTER_SECONDS};
 use crate::events::Webhooks;
+use crate::recent_urls::RecentUrls;
 use crate::storage::Storage;
 pub use crate::upload_slots::UploadSlot;
 use crate::upload_slots::UploadSlots;
@@ -43,6 +44,8 @@ pub struct App {
     pub upload_slots: Arc<UploadSlots>,
     /// Where events go and how they are delivered.
     pub webhooks: Webhooks,
+    /// Browser URLs made lately, handed out again so that browsers' caches work.
+    pub recent_urls: RecentUrls,
     /// Whether some tenant has a quota of its own, as last counted (every minute):
     /// without one and without `TENANT_QUOTA_*`, uploads skip the quota's early read.
     pub own_quotas_exist: std::sync::atomic::AtomicBool,
@@ -102,6 +105,7 @@ impl App {
             public_base_url,
             upload_slots: UploadSlots::new(permits),
             webhooks,
+            recent_urls: RecentUrls::default(),
             own_quotas_exist: std::sync::atomic::AtomicBool::new(true),
             usage_estimates: UsageEstimates::default(),
             config,

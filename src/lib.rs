@@ -18,6 +18,7 @@ pub mod http;
 pub mod ids;
 pub mod media;
 pub mod quotas;
+pub mod recent_urls;
 pub mod storage;
 pub mod telemetry;
 pub mod upload_slots;

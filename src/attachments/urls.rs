@@ -31,8 +31,15 @@ pub fn download_url(app: &App, id: Uuid) -> String {
     format!("{}/api/attachments/{id}/download", app.public_base_url)
 }
 
-/// A URL that works without headers until `ttl` has passed (for ever when public).
+/// A URL that works without headers until `ttl` has passed (for ever when public);
+/// the same URL for a while ([`crate::recent_urls`]), so that browsers' caches keep
+/// the file across queries.
 pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> AppResult<String> {
+    let made = make_browser_url(app, row, ttl);
+    app.recent_urls.get_or_make(row.id, ttl, made).await
+}
+
+async fn make_browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> AppResult<String> {
     let urls = &app.config.urls;
     match (urls.url_mode, app.storage.backend()) {
         (UrlMode::Public, StorageBackend::Fs) => {

@@ -1,6 +1,8 @@
 //! The download route: signed links without headers, the bearer route, every header
 //! rule (Range, ETag, HEAD, disposition, nosniff, cache), refused links, delete.
 
+use std::time::Duration;
+
 use attache::auth::LinkSigner;
 use attache::auth::link::LinkPurpose;
 use serde_json::{Value, json};
@@ -101,6 +103,35 @@ async fn the_url_opens_without_headers(setup: Setup) {
     };
     let lifetime = lifetime.expect("a lifetime");
     assert!((590..=600).contains(&lifetime), "{lifetime}: {capped}");
+}
+
+/// Queries a while apart get the same `url`, so a browser's cache keeps the file (an
+/// `<img>` of a list revisited): signed anew each second, each was a new URL,
+/// downloaded whole again. A URL asked for less than 10 s is made every time.
+async fn the_same_url_is_handed_out_for_a_while(setup: Setup) {
+    let app = TestApp::spawn(setup).await;
+    let Uploaded { bearer, att, .. } = app.upload_contract_pdf("logo.pdf").await;
+    let first = url_with_ttl(&app, &bearer, &att["id"], 3600).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = url_with_ttl(&app, &bearer, &att["id"], 3600).await;
+    assert_eq!(again, first, "the same URL a second later");
+    let opened = reqwest::get(&again).await.expect("GET url");
+    assert_eq!(opened.status(), 200);
+    // attache's route revalidates (the test S3 server answers conditionals with 200).
+    if app.s3.is_none() {
+        let etag = opened.headers()["etag"].clone();
+        let cached = app
+            .client
+            .get(&again)
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .expect("GET again");
+        assert_eq!(cached.status(), 304, "revalidated, not downloaded again");
+    }
+    let short = url_with_ttl(&app, &bearer, &att["id"], 5).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_ne!(url_with_ttl(&app, &bearer, &att["id"], 5).await, short);
 }
 
 /// Content-Type and Content-Disposition of the bearer route with `?inline=1`.
@@ -863,6 +894,7 @@ crate::matrix!(
 crate::matrix!(
     downloads_are_sandboxed_and_named_after_their_type,
     the_url_opens_without_headers,
+    the_same_url_is_handed_out_for_a_while,
     the_bearer_route_follows_every_header_rule,
     refused_links_and_tokens_answer_401_403_404,
     delete_removes_row_and_file,
