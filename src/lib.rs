@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod http;
+pub mod http_date;
 pub mod ids;
 pub mod media;
 pub mod quotas;

@@ -1,9 +1,12 @@
-//! The `MAX_CONCURRENT_UPLOADS` slots, shared among tenants. A tenant takes a free
-//! slot at once, so one tenant alone may use them all; when none is free, a slot
-//! given back goes to the waiting tenant that holds the fewest (the longest waiting
-//! among equals). With one queue for all, a tenant that sent a burst of large
-//! uploads made every other tenant wait behind the whole burst, up to
-//! `UPLOAD_QUEUE_TIMEOUT_SECONDS` and then "busy"; now the burst waits for itself.
+//! The `MAX_CONCURRENT_UPLOADS` slots, shared among tenants. A quarter of them is
+//! kept for tenants that hold none: a tenant takes a free slot at once while more
+//! than that quarter is free, or whenever it holds none. When it cannot, it waits,
+//! and a slot given back goes to the waiting tenant that holds the fewest (the
+//! longest waiting among equals). With one queue for all, a tenant that sent a burst
+//! of large uploads made every other tenant wait behind the whole burst, up to
+//! `UPLOAD_QUEUE_TIMEOUT_SECONDS` and then "busy"; and since a slot cannot be taken
+//! back, eight slow bodies of one tenant (a body may take `BODY_TIMEOUT_SECONDS`)
+//! held every slot while other tenants' uploads ran out of patience.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -18,6 +21,8 @@ pub struct UploadSlots {
 
 struct State {
     free: usize,
+    /// Free slots only a tenant that holds none may take.
+    reserved: usize,
     /// Slots held, per tenant holding any.
     held: HashMap<Arc<str>, usize>,
     /// In the order they came; a waiter that gave up removes itself.
@@ -73,6 +78,7 @@ impl UploadSlots {
         Arc::new(Self {
             state: Mutex::new(State {
                 free: slots,
+                reserved: slots / 4,
                 held: HashMap::new(),
                 waiting: VecDeque::new(),
                 next_waiter: 0,
@@ -87,7 +93,7 @@ impl UploadSlots {
         let (grant, granted) = oneshot::channel();
         let place = {
             let mut state = self.lock();
-            if state.free > 0 {
+            if state.may_take(&tenant, state.free) {
                 state.free -= 1;
                 *state.held.entry(Arc::clone(&tenant)).or_default() += 1;
                 drop(state);
@@ -114,6 +120,12 @@ impl UploadSlots {
             state.free += 1;
             return;
         };
+        if !state.may_take(&waiter.tenant, state.free + 1) {
+            // It holds the fewest of those waiting: none of them may take it.
+            state.waiting.push_front(waiter);
+            state.free += 1;
+            return;
+        }
         *state.held.entry(Arc::clone(&waiter.tenant)).or_default() += 1;
         let granted = waiter.grant.send(self.slot(Arc::clone(&waiter.tenant)));
         drop(state);
@@ -143,6 +155,12 @@ impl UploadSlots {
 }
 
 impl State {
+    /// Whether `tenant` may take one of `free` slots: any while more than the reserve
+    /// is free, the reserve only when it holds none.
+    fn may_take(&self, tenant: &Arc<str>, free: usize) -> bool {
+        free > self.reserved || (free > 0 && !self.held.contains_key(tenant))
+    }
+
     fn release(&mut self, tenant: &Arc<str>) {
         if let Some(held) = self.held.get_mut(tenant) {
             *held -= 1;
@@ -199,6 +217,35 @@ mod tests {
         drop(held);
         assert_eq!(slots.free(), 3);
         assert!(slots.lock().held.is_empty() && slots.lock().waiting.is_empty());
+    }
+
+    /// Eight slots: one tenant takes six at once, the last two go to tenants that
+    /// hold none, and a slot given back goes to the waiting tenant that holds none.
+    #[tokio::test]
+    async fn a_quarter_is_kept_for_tenants_that_hold_none() {
+        let slots = UploadSlots::new(8);
+        let mut burst = Vec::new();
+        for _ in 0..6 {
+            burst.push(slots.take("burst", PATIENCE).await.expect("a free slot"));
+        }
+        let seventh = waiting(&slots, "burst").await;
+        assert!(!seventh.is_finished(), "the reserve is not for it");
+        let quiet = slots
+            .take("quiet", PATIENCE)
+            .await
+            .expect("a reserved slot");
+        let other = slots.take("other", PATIENCE).await.expect("the last one");
+        let fourth = waiting(&slots, "fourth").await;
+        drop(burst.pop());
+        let fourth = fourth
+            .await
+            .expect("join")
+            .expect("the tenant holding none");
+        assert!(!seventh.is_finished());
+        drop((quiet, other, fourth));
+        assert!(seventh.await.expect("join").is_some());
+        drop(burst);
+        assert_eq!(slots.free(), 8);
     }
 
     #[tokio::test]

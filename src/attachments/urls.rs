@@ -35,64 +35,61 @@ pub fn download_url(app: &App, id: Uuid) -> String {
 /// the same URL for a while ([`crate::recent_urls`]), so that browsers' caches keep
 /// the file across queries.
 pub async fn browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> AppResult<String> {
-    let made = make_browser_url(app, row, ttl);
-    app.recent_urls.get_or_make(row.id, ttl, made).await
-}
-
-async fn make_browser_url(app: &App, row: &attachment::Model, ttl: Duration) -> AppResult<String> {
     let urls = &app.config.urls;
-    match (urls.url_mode, app.storage.backend()) {
-        (UrlMode::Public, StorageBackend::Fs) => {
-            Ok(format!("{}/media/{}", app.public_base_url, row.storage_key))
-        }
-        // Not yet copied into the bucket: neither a public nor a presigned URL finds
-        // it, the download route's fallback to the local copy does.
-        _ if !in_bucket(app, row).await => Ok(signed_link(
+    if let (UrlMode::Public, StorageBackend::Fs) = (urls.url_mode, app.storage.backend()) {
+        return Ok(format!("{}/media/{}", app.public_base_url, row.storage_key));
+    }
+    // Not yet copied into the bucket: neither a public nor a presigned URL finds it,
+    // the download route's fallback to the local copy does. Never kept: once the
+    // copy is done, the next query gets the bucket's URL.
+    if !in_bucket(app, row).await {
+        return Ok(signed_link(
             app,
             LinkPurpose::Download,
             row.id,
             &row.tenant_id,
             ttl,
-        )),
-        (UrlMode::Public, StorageBackend::S3) => {
-            let base = urls
-                .s3_public_base_url
-                .as_deref()
-                .unwrap_or_default()
-                .trim_end_matches('/');
-            let prefix = app.config.storage.s3_prefix.trim_matches('/');
-            Ok(match prefix {
-                "" => format!("{base}/{}", row.storage_key),
-                prefix => format!("{base}/{prefix}/{}", row.storage_key),
-            })
-        }
-        (UrlMode::Signed, _) => {
-            let key = StorageKey::from_stored(row.storage_key.clone());
-            let filename = download_filename(&row.filename, &row.content_type);
-            let disposition = content_disposition(&filename, false);
-            let presigned = app
-                .storage
-                .presign_read(&key, ttl, &row.content_type, &disposition)
-                .await
-                .unwrap_or_else(|err| {
-                    // Credentials of a role that expire before `ttl` has passed (a web
-                    // identity's last an hour) cannot sign for that long; the route
-                    // can, and reads the bucket with fresh ones.
-                    tracing::warn!(error = %err, "cannot presign a download; a signed link to the route instead");
-                    None
-                });
-            match presigned {
-                Some(url) => Ok(url),
-                None => Ok(signed_link(
-                    app,
-                    LinkPurpose::Download,
-                    row.id,
-                    &row.tenant_id,
-                    ttl,
-                )),
-            }
-        }
+        ));
     }
+    let made = bucket_or_route_url(app, row, ttl);
+    app.recent_urls.get_or_make(row.id, ttl, made).await
+}
+
+/// The bucket's public URL, a presigned one, or a signed link to the route.
+async fn bucket_or_route_url(
+    app: &App,
+    row: &attachment::Model,
+    ttl: Duration,
+) -> AppResult<String> {
+    let urls = &app.config.urls;
+    if urls.url_mode == UrlMode::Public {
+        let base = urls
+            .s3_public_base_url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        let prefix = app.config.storage.s3_prefix.trim_matches('/');
+        return Ok(match prefix {
+            "" => format!("{base}/{}", row.storage_key),
+            prefix => format!("{base}/{prefix}/{}", row.storage_key),
+        });
+    }
+    let key = StorageKey::from_stored(row.storage_key.clone());
+    let filename = download_filename(&row.filename, &row.content_type);
+    let disposition = content_disposition(&filename, false);
+    let presigned = app
+        .storage
+        .presign_read(&key, ttl, &row.content_type, &disposition)
+        .await
+        .unwrap_or_else(|err| {
+            // Credentials of a role that expire before `ttl` has passed (a web
+            // identity's last an hour) cannot sign for that long; the route can, and
+            // reads the bucket with fresh ones.
+            tracing::warn!(error = %err, "cannot presign a download; a signed link to the route instead");
+            None
+        });
+    Ok(presigned
+        .unwrap_or_else(|| signed_link(app, LinkPurpose::Download, row.id, &row.tenant_id, ttl)))
 }
 
 /// Whether a presigned URL would find the object: always, unless files are still

@@ -222,19 +222,6 @@ fn etag_matches_strongly(header_value: &str, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag == etag)
 }
 
-/// An HTTP date: IMF-fixdate (the form attache sends), or one of the two obsolete
-/// forms a recipient must still take (RFC 9110 §5.6.7: RFC 850's and asctime's);
-/// `None` for any other text, which RFC 9110 says to ignore.
-fn http_date(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    const OBSOLETE: [&str; 2] = ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"];
-    std::iter::once(HTTP_DATE)
-        .chain(OBSOLETE)
-        .find_map(|form| chrono::NaiveDateTime::parse_from_str(text.trim(), form).ok())
-        .map(|date| date.and_utc())
-}
-
-const HTTP_DATE: &str = "%a, %d %b %Y %H:%M:%S GMT";
-
 /// The outcome of a request's preconditions, evaluated in RFC 9110 §13.2.2's order.
 enum Precondition {
     Proceed,
@@ -255,7 +242,7 @@ fn preconditions(
         if !etag_matches_strongly(value, etag) {
             return Precondition::Failed;
         }
-    } else if let Some(since) = text(header::IF_UNMODIFIED_SINCE).and_then(http_date)
+    } else if let Some(since) = text(header::IF_UNMODIFIED_SINCE).and_then(crate::http_date::parse)
         && modified > since.timestamp()
     {
         return Precondition::Failed;
@@ -269,7 +256,7 @@ fn preconditions(
             };
         }
     } else if safe
-        && let Some(since) = text(header::IF_MODIFIED_SINCE).and_then(http_date)
+        && let Some(since) = text(header::IF_MODIFIED_SINCE).and_then(crate::http_date::parse)
         && modified <= since.timestamp()
     {
         return Precondition::NotModified;
@@ -304,7 +291,7 @@ async fn respond(
         .header(header::ACCEPT_RANGES, "bytes")
         .header(
             header::LAST_MODIFIED,
-            row.created_at.format(HTTP_DATE).to_string(),
+            row.created_at.format(crate::http_date::FORMAT).to_string(),
         );
     if let Some(csp) = csp {
         response = response.header(header::CONTENT_SECURITY_POLICY, csp);
@@ -376,16 +363,6 @@ fn build(builder: axum::http::response::Builder, body: Body) -> AppResult<Respon
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// RFC 9110 §5.6.7's three forms of one date.
-    #[test]
-    fn reads_the_obsolete_http_date_forms_too() {
-        let imf = http_date("Sun, 06 Nov 1994 08:49:37 GMT");
-        assert!(imf.is_some());
-        assert_eq!(http_date("Sunday, 06-Nov-94 08:49:37 GMT"), imf);
-        assert_eq!(http_date("Sun Nov  6 08:49:37 1994"), imf);
-        assert_eq!(http_date("yesterday"), None);
-    }
 
     #[test]
     fn parses_single_byte_ranges() {

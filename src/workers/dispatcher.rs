@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::app::SharedApp;
 use crate::error::AppError;
 use crate::events::{EventData, WebhookSecret, events_by_seq, later, redact_url};
-use pause::{Change, ReceiverPause, Verdict};
+use pause::{Change, ReceiverPause, Room, Verdict, Why};
 
 /// Deliveries in flight to one receiver at once: enough to keep a fast receiver busy,
 /// few enough that one that hangs cannot tie up the process.
@@ -86,14 +86,14 @@ enum AttemptError {
     Gone,
 }
 
-/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110 §10.2.3).
+/// A `Retry-After` value: seconds, or an HTTP date in any of its three forms (RFC
+/// 9110 §10.2.3; RFC 850's and asctime's were ignored).
 fn retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = chrono::NaiveDateTime::parse_from_str(value, "%a, %d %b %Y %H:%M:%S GMT").ok()?;
-    (at.and_utc() - Utc::now()).to_std().ok()
+    (crate::http_date::parse(value)? - Utc::now()).to_std().ok()
 }
 
 /// An error and its causes on one line.
@@ -134,26 +134,36 @@ impl Drop for InFlight {
 }
 
 impl Slot {
-    /// Takes an attempt's verdict into account; logs and counts a change.
-    fn judge(&self, verdict: Verdict) {
-        let Some(change) = self.pause.record(verdict, Instant::now()) else {
+    /// Logs and counts a change of the receiver's state.
+    fn changed(&self, change: Option<Change>) {
+        let Some(change) = change else {
             return;
         };
         let receiver = redact_url(&self.url);
         let ms = |pause: Duration| u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
         match change {
-            Change::Paused(pause) => {
+            Change::Paused(pause, Why::Down) => {
                 crate::telemetry::webhook_receiver_paused(true);
                 tracing::warn!(%receiver, pause_ms = ms(pause),
                     "webhook receiver is down; its deliveries are paused, then one is sent to probe it");
             }
-            Change::StillDown(pause) => {
+            Change::Paused(pause, Why::Refusing) => {
+                crate::telemetry::webhook_receiver_paused(true);
                 tracing::warn!(%receiver, pause_ms = ms(pause),
-                    "webhook receiver is still down; its deliveries stay paused");
+                    "webhook receiver refuses every delivery (check its URL and WEBHOOK_SECRET); \
+                     its deliveries are paused, then one is sent to probe it");
+            }
+            Change::StillFailing(pause) => {
+                tracing::warn!(%receiver, pause_ms = ms(pause),
+                    "webhook receiver still fails; its deliveries stay paused");
             }
             Change::Resumed => {
                 crate::telemetry::webhook_receiver_paused(false);
                 tracing::info!(%receiver, "webhook receiver answers again; its deliveries resume");
+            }
+            Change::NothingDue => {
+                crate::telemetry::webhook_receiver_paused(false);
+                tracing::info!(%receiver, "webhook receiver has nothing due to probe with; its deliveries are no longer paused");
             }
         }
     }
@@ -255,11 +265,16 @@ impl Dispatcher {
             let in_flight = slot.in_flight.load(Ordering::Acquire);
             let free = MAX_IN_FLIGHT_PER_RECEIVER.saturating_sub(in_flight);
             let room = slot.pause.room(free, in_flight, Instant::now());
-            if room == 0 {
-                continue;
+            let limit = match room {
+                Room::Free(0) | Room::None => continue,
+                Room::Free(free) => free,
+                Room::Probe => 1,
+            };
+            let claimed = self.claim(&slot.url, limit).await?;
+            if room == Room::Probe {
+                slot.changed(slot.pause.probed(!claimed.is_empty()));
             }
-            let claimed = self.claim(&slot.url, room).await?;
-            more |= claimed.len() == room;
+            more |= claimed.len() == limit;
             for claimed in claimed {
                 slot.in_flight.fetch_add(1, Ordering::AcqRel);
                 let guard = InFlight(slot.clone());
@@ -314,7 +329,7 @@ impl Dispatcher {
                 return;
             }
         };
-        slot.judge(verdict(&outcome));
+        slot.changed(slot.pause.record(verdict(&outcome), Instant::now()));
         if let Err(err) = self.record_outcome(&claimed, outcome).await {
             tracing::warn!(error = %err, "cannot record a webhook delivery; it will be sent again");
         }
@@ -491,26 +506,23 @@ impl Dispatcher {
     }
 }
 
-/// What an attempt's outcome says about its receiver: a refusal of one event (a 4xx,
-/// 410) is an answer; no connection, no answer in time, 408, 429 and 5xx say it is
-/// down or overloaded.
+/// What an attempt's outcome says about its receiver: no connection, no answer in
+/// time, 408, 429, 502, 503 and 504 say it is down or overloaded; any other answer
+/// that refuses the event (a 4xx, a 3xx, 500: a bug in one of its handlers, most
+/// often) says it is there.
 fn verdict(outcome: &Result<(), AttemptError>) -> Verdict {
     use reqwest::StatusCode;
     match outcome {
         Ok(()) | Err(AttemptError::Gone) => Verdict::Up,
         Err(AttemptError::Timeout(_) | AttemptError::Transport(_)) => Verdict::Down { asked: None },
-        Err(AttemptError::Status(status, asked)) => {
-            let overloaded = status.is_server_error()
-                || matches!(
-                    *status,
-                    StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
-                );
-            if overloaded {
-                Verdict::Down { asked: *asked }
-            } else {
-                Verdict::Up
-            }
-        }
+        Err(AttemptError::Status(status, asked)) => match *status {
+            StatusCode::REQUEST_TIMEOUT
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Verdict::Down { asked: *asked },
+            _ => Verdict::Refused,
+        },
         Err(AttemptError::Payload(_) | AttemptError::Url(_) | AttemptError::SlowBody) => {
             Verdict::Unknown
         }
@@ -618,6 +630,25 @@ mod tests {
     use sea_orm::DbBackend;
 
     use super::*;
+
+    /// RFC 9110 §10.2.3: seconds, or an HTTP date in any of its three forms.
+    #[test]
+    fn retry_after_takes_every_form_of_an_http_date() {
+        let soon = Utc::now() + chrono::TimeDelta::minutes(10);
+        for form in [
+            crate::http_date::FORMAT,
+            "%A, %d-%b-%y %H:%M:%S GMT",
+            "%a %b %e %H:%M:%S %Y",
+        ] {
+            let asked = retry_after(&soon.format(form).to_string()).expect(form);
+            assert!(
+                asked > Duration::from_secs(590) && asked <= Duration::from_secs(600),
+                "{form}: {asked:?}"
+            );
+        }
+        assert_eq!(retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after("soon"), None);
+    }
 
     #[test]
     fn a_claim_skips_locked_rows_and_waits_for_earlier_events() {

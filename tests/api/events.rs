@@ -399,7 +399,7 @@ async fn a_dead_receiver_holds_back_no_other(setup: Setup) {
 /// and WARN lines a second. Once it answers, everything goes out.
 async fn a_receiver_that_is_down_is_paused_and_probed(_: Setup) {
     let receiver = Receiver::start().await;
-    receiver.answer(Answer::Refuse);
+    receiver.answer(Answer::Unavailable);
     let flags = webhook_flags(&[receiver.url()], &[]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let served = Served::start(&flags).await;
@@ -439,6 +439,34 @@ async fn a_receiver_that_is_down_is_paused_and_probed(_: Setup) {
         "one WARN per attempt at most: {log}"
     );
     assert!(!log.contains(URL_TOKEN), "{log}");
+}
+
+/// A receiver whose handler of one event type fails (HTTP 500) is up: its other
+/// events go out at once and it is never paused. Counted as down, it was paused,
+/// and its probes (retries of the failing type) held every event back for up to the
+/// backoff's cap.
+async fn a_receiver_failing_one_event_type_is_not_paused(_: Setup) {
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer::FailType("file.deleted"));
+    let flags = webhook_flags(&[receiver.url()], &[]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let served = Served::start(&flags).await;
+    let bearer = token_for(&tenant());
+    let ids = upload_pdfs(&served, &bearer, 12).await;
+    for id in &ids {
+        served.gql(DELETE, json!({ "id": id }), Some(&bearer)).await;
+    }
+    upload_pdfs(&served, &bearer, 12).await;
+    receiver
+        .wait_for("every file.stored", |received| {
+            let stored = received
+                .iter()
+                .filter(|r| r.status == 200 && r.body["type"] == "file.stored");
+            stored.count() == 24
+        })
+        .await;
+    let log = served.log();
+    assert!(!log.contains("its deliveries are paused"), "{log}");
 }
 
 async fn refused_or_failed_writes_emit_no_event(setup: Setup) {
@@ -1153,7 +1181,10 @@ async fn a_long_list_of_deliveries_is_listed_whole(setup: Setup) {
     }
 }
 
-crate::matrix!(once: a_receiver_that_is_down_is_paused_and_probed);
+crate::matrix!(
+    once: a_receiver_that_is_down_is_paused_and_probed,
+    a_receiver_failing_one_event_type_is_not_paused,
+);
 crate::matrix!(db:
     a_refused_tenant_event_holds_back_no_file_event,
     gone_ends_a_delivery_and_retry_after_is_honoured,

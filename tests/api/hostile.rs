@@ -1311,6 +1311,43 @@ async fn a_tenant_s_burst_of_uploads_waits_for_itself(_: Setup) {
     assert_unharmed(&mut served, before, "a burst of one tenant").await;
 }
 
+/// One tenant's slow bodies cannot take every upload slot: a quarter is kept for
+/// tenants that hold none. A slot cannot be taken back and a body may take
+/// `BODY_TIMEOUT_SECONDS`, so eight trickled bodies of one tenant held every slot
+/// while every other tenant's upload waited `UPLOAD_QUEUE_TIMEOUT_SECONDS`, then
+/// heard "busy".
+async fn slow_bodies_of_one_tenant_leave_slots_for_the_others(_: Setup) {
+    let mut served = Served::start(&[
+        "--max-concurrent-uploads",
+        "4",
+        "--upload-queue-timeout-seconds",
+        "30",
+    ])
+    .await;
+    let before = rss_mib(&served);
+    let noisy = token("noisy");
+    let mut trickling = Vec::new();
+    for _ in 0..4 {
+        trickling.push(half_sent_post(&served.base_url, "/graphql", Some(&noisy)).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut big = pdf();
+    big.resize(200_000, b' ');
+    let request = json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": "quiet", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}});
+    let started = Instant::now();
+    let (status, answer) = post(&served, Some(&token("quiet")), &request).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(data(&answer, "uploadAttachment")["byteSize"], 200_000);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a reserved slot at once, not after {:?}",
+        started.elapsed()
+    );
+    drop(trickling);
+    assert_unharmed(&mut served, before, "one tenant's slow bodies").await;
+}
+
 async fn anonymous_requests_cost_no_upload_slot(_: Setup) {
     let mut served = Served::start(&[
         "--max-concurrent-uploads",
@@ -1933,6 +1970,7 @@ crate::matrix!(
     one_part_for_two_variables_stores_both,
     anonymous_requests_cost_no_upload_slot,
     a_tenant_s_burst_of_uploads_waits_for_itself,
+    slow_bodies_of_one_tenant_leave_slots_for_the_others,
     a_trickled_file_frees_its_upload_slot,
     a_trickled_direct_upload_is_cut,
     direct_upload_puts_take_an_upload_slot,

@@ -33,6 +33,10 @@ pub enum Answer {
     FailFirst(usize),
     /// HTTP 500, always.
     Refuse,
+    /// HTTP 503 without `Retry-After`, always: a receiver that is down behind its proxy.
+    Unavailable,
+    /// HTTP 500 to every event of this type (a handler with a bug), 200 to the others.
+    FailType(&'static str),
     /// No answer, ever: the connection stays open.
     Hang,
     /// No answer to the very first request; 200 to the others.
@@ -175,6 +179,9 @@ async fn receive(
             Answer::FailFirst(n) if earlier < n => (500, None),
             Answer::FailFirst(_) => (200, None),
             Answer::Refuse => (500, None),
+            Answer::Unavailable => (503, None),
+            Answer::FailType(failing) if body["type"] == failing => (500, None),
+            Answer::FailType(_) => (200, None),
             Answer::Hang => (0, None),
             Answer::HangFirst if log.is_empty() => (0, None),
             Answer::HangFirst => (200, None),
