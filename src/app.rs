@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::auth::{JwtVerifier, LinkSigner, TokenMinter};
 use crate::collections::Collections;
 use crate::config::{Config, ConfigError, Secret, StorageBackend};
+use crate::count_slots::CountSlots;
 use crate::db::Database;
 use crate::error::{AppError, AppResult, RETRY_AFTER_SECONDS};
 use crate::events::Webhooks;
@@ -46,6 +47,8 @@ pub struct App {
     pub webhooks: Webhooks,
     /// Browser URLs made lately, handed out again so that browsers' caches work.
     pub recent_urls: RecentUrls,
+    /// A share of the database for each tenant's counts.
+    pub count_slots: CountSlots,
     /// Whether some tenant has a quota of its own, as last counted (every minute):
     /// without one and without `TENANT_QUOTA_*`, uploads skip the quota's early read.
     pub own_quotas_exist: std::sync::atomic::AtomicBool,
@@ -106,6 +109,7 @@ impl App {
             upload_slots: UploadSlots::new(permits),
             webhooks,
             recent_urls: RecentUrls::default(),
+            count_slots: CountSlots::default(),
             own_quotas_exist: std::sync::atomic::AtomicBool::new(true),
             usage_estimates: UsageEstimates::default(),
             config,

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod collections;
 pub mod config;
+pub mod count_slots;
 pub mod db;
 pub mod disposition;
 pub mod error;

@@ -507,11 +507,12 @@ pub async fn list(
 
 /// How many attachments [`list`] pages through, on every page.
 pub async fn count(app: &App, tenant: &SafeId, target: &Target) -> AppResult<u64> {
-    // Every row of the scope is counted: kept on sqlx's thread, off the request's.
-    Ok(attachment::Entity::find()
+    // Every row of the scope is counted: kept on sqlx's thread, off the request's,
+    // and within the tenant's share of the database ([`crate::count_slots`]).
+    let count = attachment::Entity::find()
         .filter(scope(tenant, &target.owner_type, target.owner_id.as_ref()))
-        .count(app.db.read())
-        .await?)
+        .count(app.db.read());
+    Ok(app.count_slots.run(tenant.as_str(), count).await?)
 }
 
 /// The store that holds an attachment's object with the row's size, and the object
