@@ -201,8 +201,9 @@ mod tests {
         waiting
     }
 
+    /// A quarter of three is none: nothing is kept back.
     #[tokio::test]
-    async fn one_tenant_alone_takes_every_slot() {
+    async fn under_four_slots_one_tenant_takes_them_all() {
         let slots = UploadSlots::new(3);
         let mut held = Vec::new();
         for _ in 0..3 {

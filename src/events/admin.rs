@@ -134,9 +134,10 @@ pub async fn retry<C: ConnectionTrait>(db: &C, target: RetryTarget) -> Result<u6
             .filter(Column::EventSeq.gt(event.seq))
             .filter(Expr::exists(behind));
     }
-    let retried = update.exec(db).await?.rows_affected;
+    // The parked first: cut off between the two, they are only due behind a failed
+    // one (walked, as before parking), never parked behind a pending one for good.
     unpark.exec(db).await?;
-    Ok(retried)
+    Ok(update.exec(db).await?.rows_affected)
 }
 
 /// The seqs of the events written before `cutoff` that no delivery waits for, the

@@ -198,7 +198,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 /// a script's or an `<img>`'s fetch.
 pub fn wants_html(headers: &HeaderMap) -> bool {
     headers
-        .get(axum::http::header::ACCEPT)
+        .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"))
 }

@@ -1258,6 +1258,15 @@ async fn endless_part_heads_are_cut_early(_: Setup) {
     assert_unharmed(&mut served, before, "endless part heads").await;
 }
 
+/// An `uploadAttachment` of a 200,000-byte PDF to `owner_id`: over 64 KiB, so it
+/// takes an upload slot.
+fn slot_taking_upload(owner_id: &str) -> Value {
+    let mut big = pdf();
+    big.resize(200_000, b' ');
+    json!({ "query": UPLOAD, "variables": { "input": {
+        "ownerType": "contract", "ownerId": owner_id, "filename": "big.pdf", "base64": STANDARD.encode(&big) }}})
+}
+
 /// When every upload slot is taken, the next one given back goes to the tenant that
 /// holds the fewest: with one queue for all, first come first served, one tenant's
 /// burst of slow uploads made every other tenant wait behind all of it, then hear
@@ -1280,10 +1289,7 @@ async fn a_tenant_s_burst_of_uploads_waits_for_itself(_: Setup) {
     // The burst's third upload waits for a slot; then another tenant's comes.
     let queued = half_sent_post(&served.base_url, "/graphql", Some(&burst)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut big = pdf();
-    big.resize(200_000, b' ');
-    let request = json!({ "query": UPLOAD, "variables": { "input": {
-        "ownerType": "contract", "ownerId": "fair", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}});
+    let request = slot_taking_upload("fair");
     let (base, other) = (served.base_url.clone(), token("other"));
     let other = tokio::spawn(async move {
         let response = http_client()
@@ -1331,12 +1337,9 @@ async fn slow_bodies_of_one_tenant_leave_slots_for_the_others(_: Setup) {
         trickling.push(half_sent_post(&served.base_url, "/graphql", Some(&noisy)).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut big = pdf();
-    big.resize(200_000, b' ');
-    let request = json!({ "query": UPLOAD, "variables": { "input": {
-        "ownerType": "contract", "ownerId": "quiet", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}});
     let started = Instant::now();
-    let (status, answer) = post(&served, Some(&token("quiet")), &request).await;
+    let quiet = slot_taking_upload("quiet");
+    let (status, answer) = post(&served, Some(&token("quiet")), &quiet).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(data(&answer, "uploadAttachment")["byteSize"], 200_000);
     assert!(
@@ -1371,10 +1374,7 @@ async fn anonymous_requests_cost_no_upload_slot(_: Setup) {
         held.push(tcp);
     }
     // A real upload above the small-request threshold still gets a slot.
-    let mut big = pdf();
-    big.resize(200_000, b' ');
-    let (_, body) = post(&served, Some(&token("real")), &json!({ "query": UPLOAD, "variables": { "input": {
-        "ownerType": "contract", "ownerId": "c", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}})).await;
+    let (_, body) = post(&served, Some(&token("real")), &slot_taking_upload("c")).await;
     assert_eq!(data(&body, "uploadAttachment")["byteSize"], 200_000);
 
     // With every slot taken by slow token holders, the next one hears 503 at once.
@@ -1444,10 +1444,7 @@ async fn a_trickled_file_frees_its_upload_slot(_: Setup) {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let mut big = pdf();
-    big.resize(200_000, b' ');
-    let (_, body) = post(&served, Some(&bearer), &json!({ "query": UPLOAD, "variables": { "input": {
-        "ownerType": "contract", "ownerId": "fast", "filename": "big.pdf", "base64": STANDARD.encode(&big) }}})).await;
+    let (_, body) = post(&served, Some(&bearer), &slot_taking_upload("fast")).await;
     assert_eq!(
         data(&body, "uploadAttachment")["byteSize"],
         200_000,
