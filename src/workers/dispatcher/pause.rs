@@ -141,6 +141,25 @@ impl ReceiverPause {
     pub fn record(&self, verdict: Verdict, now: Instant) -> Option<Change> {
         let mut state = self.lock();
         let (next, change) = match (*state, verdict) {
+            // The probe failed on attache's side: it says nothing of the receiver,
+            // and another probe may go (left marked, none ever would).
+            (
+                State::Paused {
+                    until,
+                    pauses,
+                    why,
+                    probing: true,
+                },
+                Verdict::Unknown,
+            ) => (
+                State::Paused {
+                    until,
+                    pauses,
+                    why,
+                    probing: false,
+                },
+                None,
+            ),
             (_, Verdict::Unknown) => return None,
             (State::Taking { .. }, Verdict::Up) => (State::Taking { down: 0, failed: 0 }, None),
             (State::Paused { .. }, Verdict::Up) => {
@@ -333,6 +352,22 @@ mod tests {
             receiver.record(Verdict::Refused, over),
             Some(Change::Resumed)
         );
+    }
+
+    /// A probe whose body could not be made (the database slow) says nothing of the
+    /// receiver: the next round sends another.
+    #[test]
+    fn a_probe_that_failed_on_our_side_is_sent_again() {
+        let receiver = pause();
+        let now = Instant::now();
+        for _ in 0..FAILURES_TO_PAUSE {
+            receiver.record(DOWN, now);
+        }
+        let over = now + Duration::from_secs(1);
+        assert_eq!(receiver.room(16, 0, over), Room::Probe);
+        receiver.probed(true);
+        assert_eq!(receiver.record(Verdict::Unknown, over), None);
+        assert_eq!(receiver.room(16, 0, over), Room::Probe);
     }
 
     /// Nothing due to probe with (another replica sent it all): nothing is held back,
