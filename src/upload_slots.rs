@@ -116,16 +116,18 @@ impl UploadSlots {
     fn give_back(self: &Arc<Self>, tenant: &Arc<str>) {
         let mut state = self.lock();
         state.release(tenant);
-        let Some(waiter) = state.next_waiter() else {
+        let next = state.next_waiter();
+        let Some(index) = next.filter(|&index| {
+            // It holds the fewest of those waiting: if it may not take it, none may.
+            state.may_take(&state.waiting[index].tenant, state.free + 1)
+        }) else {
             state.free += 1;
             return;
         };
-        if !state.may_take(&waiter.tenant, state.free + 1) {
-            // It holds the fewest of those waiting: none of them may take it.
-            state.waiting.push_front(waiter);
+        let Some(waiter) = state.waiting.remove(index) else {
             state.free += 1;
             return;
-        }
+        };
         *state.held.entry(Arc::clone(&waiter.tenant)).or_default() += 1;
         let granted = waiter.grant.send(self.slot(Arc::clone(&waiter.tenant)));
         drop(state);
@@ -170,9 +172,9 @@ impl State {
         }
     }
 
-    /// The waiter of the tenant that holds the fewest slots, the first to come
-    /// among equals; waiters that left are passed over.
-    fn next_waiter(&mut self) -> Option<Waiter> {
+    /// Where the waiter of the tenant that holds the fewest slots stands, the first
+    /// to come among equals; waiters that left are passed over (and dropped).
+    fn next_waiter(&mut self) -> Option<usize> {
         self.waiting.retain(|waiter| !waiter.grant.is_closed());
         let held = |waiter: &Waiter| self.held.get(&waiter.tenant).copied().unwrap_or(0);
         let (index, _) = self
@@ -180,7 +182,7 @@ impl State {
             .iter()
             .enumerate()
             .min_by_key(|(index, waiter)| (held(waiter), *index))?;
-        self.waiting.remove(index)
+        Some(index)
     }
 }
 
@@ -247,6 +249,40 @@ mod tests {
         assert!(seventh.await.expect("join").is_some());
         drop(burst);
         assert_eq!(slots.free(), 8);
+    }
+
+    /// Among waiting tenants that hold as many, the first to come is served first,
+    /// also after a slot the reserve kept from them (it was put back at the front).
+    #[tokio::test]
+    async fn equals_are_served_in_the_order_they_came() {
+        let slots = UploadSlots::new(8);
+        let take = |tenant: &'static str, count: usize| {
+            let slots = Arc::clone(&slots);
+            async move {
+                let mut held = Vec::new();
+                for _ in 0..count {
+                    held.push(slots.take(tenant, PATIENCE).await.expect("a free slot"));
+                }
+                held
+            }
+        };
+        // Two of the reserve taken by tenants that held none: one slot is free.
+        let (mut first, _second) = (take("y", 3).await, take("x", 2).await);
+        let (_z, mut w) = (take("z", 1).await, take("w", 1).await);
+        let came_first = waiting(&slots, "y").await;
+        let came_second = waiting(&slots, "x").await;
+        drop(w.pop());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !came_first.is_finished() && !came_second.is_finished(),
+            "kept in reserve"
+        );
+        drop(first.pop());
+        assert!(
+            came_first.await.expect("join").is_some(),
+            "y holds 2 as x does, and came first"
+        );
+        assert!(!came_second.is_finished());
     }
 
     #[tokio::test]

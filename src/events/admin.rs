@@ -92,6 +92,9 @@ pub enum RetryTarget {
 /// Makes failed deliveries pending again, due now, with a fresh count of attempts,
 /// and the later deliveries parked behind them due too (they go once these are
 /// delivered: the held-back rule keeps the order); returns how many failed ones.
+/// Run it in a transaction: the failed ones first, then the parked, so that on
+/// PostgreSQL a failure committed between the two statements leaves its parked
+/// deliveries due behind a visible failed one, never parked behind a pending one.
 pub async fn retry<C: ConnectionTrait>(db: &C, target: RetryTarget) -> Result<u64, DbErr> {
     use webhook_delivery::{Column, Entity};
     let now = Utc::now();
@@ -118,13 +121,16 @@ pub async fn retry<C: ConnectionTrait>(db: &C, target: RetryTarget) -> Result<u6
             return Ok(0);
         };
         update = update.filter(Column::EventSeq.eq(event.seq));
-        // Parked behind one of this event's deliveries: of its attachment, to the
-        // same receiver.
+        // Parked behind one of this event's deliveries just retried (pending, not
+        // yet attempted, a failure on record): of its attachment, to its receiver.
         let retried = "retried";
         let behind = Query::select()
             .expr(Expr::val(1))
             .from_as(Entity, retried)
             .and_where(Expr::col((retried, Column::EventSeq)).eq(event.seq))
+            .and_where(Expr::col((retried, Column::Status)).eq(DeliveryStatus::Pending))
+            .and_where(Expr::col((retried, Column::Attempts)).eq(0))
+            .and_where(Expr::col((retried, Column::LastError)).is_not_null())
             .and_where(
                 Expr::col((retried, Column::AttachmentId)).equals((Entity, Column::AttachmentId)),
             )
@@ -134,10 +140,9 @@ pub async fn retry<C: ConnectionTrait>(db: &C, target: RetryTarget) -> Result<u6
             .filter(Column::EventSeq.gt(event.seq))
             .filter(Expr::exists(behind));
     }
-    // The parked first: cut off between the two, they are only due behind a failed
-    // one (walked, as before parking), never parked behind a pending one for good.
+    let retried = update.exec(db).await?.rows_affected;
     unpark.exec(db).await?;
-    Ok(update.exec(db).await?.rows_affected)
+    Ok(retried)
 }
 
 /// The seqs of the events written before `cutoff` that no delivery waits for, the
