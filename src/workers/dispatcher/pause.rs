@@ -259,6 +259,16 @@ mod tests {
 
     const DOWN: Verdict = Verdict::Down { asked: None };
 
+    /// A receiver paused for being down, and when its pause is over.
+    fn paused_for_a_second() -> (ReceiverPause, Instant) {
+        let receiver = pause();
+        let now = Instant::now();
+        for _ in 0..FAILURES_TO_PAUSE {
+            receiver.record(DOWN, now);
+        }
+        (receiver, now + Duration::from_secs(1))
+    }
+
     #[test]
     fn the_fifth_failure_in_a_row_pauses_and_a_probe_resumes() {
         let receiver = pause();
@@ -358,12 +368,7 @@ mod tests {
     /// receiver: the next round sends another.
     #[test]
     fn a_probe_that_failed_on_our_side_is_sent_again() {
-        let receiver = pause();
-        let now = Instant::now();
-        for _ in 0..FAILURES_TO_PAUSE {
-            receiver.record(DOWN, now);
-        }
-        let over = now + Duration::from_secs(1);
+        let (receiver, over) = paused_for_a_second();
         assert_eq!(receiver.room(16, 0, over), Room::Probe);
         receiver.probed(true);
         assert_eq!(receiver.record(Verdict::Unknown, over), None);
@@ -374,12 +379,7 @@ mod tests {
     /// and one more failure pauses it again at once.
     #[test]
     fn a_probe_with_nothing_due_ends_the_pause_on_probation() {
-        let receiver = pause();
-        let now = Instant::now();
-        for _ in 0..FAILURES_TO_PAUSE {
-            receiver.record(DOWN, now);
-        }
-        let over = now + Duration::from_secs(1);
+        let (receiver, over) = paused_for_a_second();
         assert_eq!(receiver.room(16, 0, over), Room::Probe);
         assert_eq!(receiver.probed(false), Some(Change::NothingDue));
         assert_eq!(receiver.room(16, 0, over), Room::Free(16));
