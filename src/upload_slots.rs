@@ -116,15 +116,7 @@ impl UploadSlots {
     fn give_back(self: &Arc<Self>, tenant: &Arc<str>) {
         let mut state = self.lock();
         state.release(tenant);
-        let next = state.next_waiter();
-        let Some(index) = next.filter(|&index| {
-            // It holds the fewest of those waiting: if it may not take it, none may.
-            state.may_take(&state.waiting[index].tenant, state.free + 1)
-        }) else {
-            state.free += 1;
-            return;
-        };
-        let Some(waiter) = state.waiting.remove(index) else {
+        let Some(waiter) = state.next_waiter() else {
             state.free += 1;
             return;
         };
@@ -172,17 +164,22 @@ impl State {
         }
     }
 
-    /// Where the waiter of the tenant that holds the fewest slots stands, the first
-    /// to come among equals; waiters that left are passed over (and dropped).
-    fn next_waiter(&mut self) -> Option<usize> {
+    /// Out of the queue, the waiter to give a slot coming back to: that of the
+    /// tenant that holds the fewest, the first to come among equals, if it may take
+    /// it (if it may not, none may: the slot goes back among the free ones, and the
+    /// waiter keeps its place). Waiters that left are passed over (and dropped).
+    fn next_waiter(&mut self) -> Option<Waiter> {
         self.waiting.retain(|waiter| !waiter.grant.is_closed());
         let held = |waiter: &Waiter| self.held.get(&waiter.tenant).copied().unwrap_or(0);
-        let (index, _) = self
+        let (index, first) = self
             .waiting
             .iter()
             .enumerate()
             .min_by_key(|(index, waiter)| (held(waiter), *index))?;
-        Some(index)
+        if !self.may_take(&first.tenant, self.free + 1) {
+            return None;
+        }
+        self.waiting.remove(index)
     }
 }
 
